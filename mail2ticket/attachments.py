@@ -1,0 +1,82 @@
+"""The attachment store: files named by their SHA-256, written durably (temp, fsync, rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from mail2ticket.errors import TempFailError
+
+
+class AttachmentStore:
+    """Content-addressed files under ``root``: ``ab/cd/abcd…`` (the name from the mail is never a path)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def relpath(self, sha256: str) -> str:
+        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / self.relpath(sha256)
+
+    def put(self, data: bytes, sha256: str | None = None) -> tuple[str, str]:
+        """Store ``data`` durably; returns (sha256, relative path). Same content is stored once."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        rel = self.relpath(sha256)
+        target = self.root / rel
+        if target.exists() and target.stat().st_size == len(data):
+            return sha256, rel
+        tmpdir = self.root / "tmp"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            tmp = tmpdir / f"{sha256}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
+            except (OSError, UnboundLocalError):
+                pass
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+        return sha256, rel
+
+    def sweep_temp(self) -> int:
+        """Remove temp files left by a crash mid-write; returns how many."""
+        tmpdir = self.root / "tmp"
+        count = 0
+        if tmpdir.is_dir():
+            for item in tmpdir.iterdir():
+                try:
+                    item.unlink()
+                    count += 1
+                except OSError:
+                    pass
+        return count
+
+    def verify(self, sha256: str) -> bool:
+        path = self.path(sha256)
+        if not path.exists():
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest() == sha256
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,146 @@
+"""The mail2ticket command line: the root group, its context and the one error boundary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+
+from mail2ticket import __version__
+from mail2ticket.errors import EXIT_FAILURE, Mail2TicketError
+
+log = logging.getLogger("mail2ticket")
+
+
+class AppContext:
+    """Opens the config and the database lazily, once per command."""
+
+    def __init__(self, config_path: str | None, debug: bool):
+        self.config_path = config_path
+        self.debug = debug
+        self._config = None
+        self._db = None
+
+    def config(self, must_exist: bool = True):
+        if self._config is None:
+            from mail2ticket.config import load_config
+
+            self._config = load_config(self.config_path, must_exist=must_exist)
+        return self._config
+
+    @property
+    def db(self):
+        if self._db is None:
+            from mail2ticket.store import open_db
+
+            self._db = open_db(self.config().database)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def setup_logging(debug: bool = False, level: int = logging.WARNING) -> None:
+    """Plain 'LEVEL name: message' lines on stderr (journald adds the time); secrets never logged."""
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    else:
+        fmt = "%(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    root = logging.getLogger("mail2ticket")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else level)
+    root.propagate = False
+
+
+class RootGroup(click.Group):
+    """Turns project errors into one line with what to do next, and a named exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Mail2TicketError as exc:
+            app = ctx.obj
+            if app is not None and app.debug:
+                traceback.print_exc()
+            click.echo(f"Error: {exc.one_line()}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            app = ctx.obj
+            if app is not None and app.debug:
+                traceback.print_exc()
+            click.echo(
+                f"Error: unexpected {exc.__class__.__name__}: {exc} (run with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(EXIT_FAILURE)
+        finally:
+            if ctx.obj is not None:
+                ctx.obj.close()
+
+
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="MAIL2TICKET_CONFIG",
+    help="Config file (default: $MAIL2TICKET_CONFIG, ~/.config/mail2ticket/config.toml, "
+    "then /etc/mail2ticket/config.toml).",
+)
+@click.option("--debug", is_flag=True, help="Log everything and show tracebacks on errors.")
+@click.version_option(__version__, prog_name="mail2ticket")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """mail2ticket turns mailboxes into a ticket queue in a local SQLite database.
+
+    \b
+    Quick start:
+      mail2ticket add-account support --email support@example.com --provider gmail
+      mail2ticket poll
+      mail2ticket tickets list
+
+    Run 'mail2ticket COMMAND --help' for the details of each command.
+    """
+    setup_logging(debug)
+    ctx.obj = AppContext(config_path, debug)
+
+
+def _register() -> None:
+    from mail2ticket.cli import accounts, config_cmd, mail, tickets
+
+    for module in (accounts, config_cmd, mail, tickets):
+        module.register(cli)
+    try:
+        from mail2ticket.cli.parse_cmd import parse_command
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cli.add_command(parse_command)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli(prog_name="mail2ticket")
+    except BrokenPipeError:
+        # Output piped into 'head' and the like: not an error worth a traceback.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

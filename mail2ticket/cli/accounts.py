@@ -1,0 +1,308 @@
+"""Commands that manage mailboxes: add-account, accounts ..., providers."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from mail2ticket.cli.output import is_tty, json_option, print_json, print_table
+from mail2ticket.errors import ConfigError
+
+
+def read_password(password_stdin: bool, prompt: str = "App password") -> str:
+    """From stdin (--password-stdin) or a hidden prompt; never from argv."""
+    if password_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+        if not value:
+            raise click.UsageError("--password-stdin was given but standard input was empty")
+        return value
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            "no terminal to ask for the password: pipe it in with --password-stdin"
+        )
+    return click.prompt(prompt, hide_input=True)
+
+
+def verify_account(account, password: str, *, echo=None) -> None:
+    """Log in to IMAP (and open the folder) and to SMTP; raise on the first failure."""
+    from mail2ticket.imap import Mailbox
+    from mail2ticket.smtp import verify_smtp
+
+    echo = echo or (lambda _msg: None)
+    if account.source == "imap":
+        with Mailbox(account, password) as box:
+            echo(f"IMAP: logged in to {account.imap_host}:{account.imap_port} ({account.imap_security})")
+            info = box.select(account.folder)
+            echo(f"IMAP: folder {account.folder} has {info.exists} messages")
+    if account.smtp_host:
+        verify_smtp(account, password)
+        echo(f"SMTP: logged in to {account.smtp_host}:{account.smtp_port} ({account.smtp_security})")
+
+
+@click.command("add-account")
+@click.argument("name")
+@click.option("--email", required=True, help="The mailbox's e-mail address.")
+@click.option("--username", help="Login name, if not the e-mail address.")
+@click.option("--provider", help="Provider preset that fills hosts and ports (see 'mail2ticket providers').")
+@click.option("--imap-host")
+@click.option("--imap-port", type=int)
+@click.option("--imap-security", type=click.Choice(["tls", "starttls"]))
+@click.option("--smtp-host")
+@click.option("--smtp-port", type=int)
+@click.option("--smtp-security", type=click.Choice(["tls", "starttls"]))
+@click.option("--folder", default="INBOX", show_default=True, help="The folder to import from.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="Extra CA bundle to trust (private servers).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Import only mail from this date on (YYYY-MM-DD).")
+@click.option("--after-import", default="seen", show_default=True, help='"seen", "none", "delete" or "move:FOLDER".')
+@click.option("--disabled", is_flag=True, help="Write the account but do not poll it yet.")
+@click.option("--password-stdin", is_flag=True, help="Read the app password from standard input.")
+@click.option("--no-verify", is_flag=True, help="Save without logging in to IMAP and SMTP first.")
+@click.pass_obj
+def add_account(app, name, email, username, provider, imap_host, imap_port, imap_security, smtp_host,
+                smtp_port, smtp_security, folder, ca_file, since, after_import, disabled, password_stdin,
+                no_verify):
+    """Register a mailbox: check it, keep its password in the keyring, write it to the config.
+
+    The account is written to accounts.d/NAME.toml beside the main config (which is created
+    if missing), so the main file and its comments are never rewritten. The password goes
+    to the OS keyring only, never into a file.
+
+    \b
+    Examples:
+      mail2ticket add-account support --email support@example.com --provider gmail
+      echo "$APP_PASSWORD" | mail2ticket add-account help --email help@example.org \\
+          --imap-host mail.example.org --smtp-host mail.example.org --password-stdin
+    """
+    import os
+
+    from mail2ticket.config import _build_account, write_account
+    from mail2ticket.providers import get_preset
+    from mail2ticket.secrets import store_password
+
+    cfg = app.config(must_exist=False)
+    if any(a.name == name for a in cfg.accounts):
+        raise ConfigError(f"an account named {name!r} exists already", "choose another name or remove it first")
+    preset = None
+    if provider:
+        try:
+            preset = get_preset(provider)
+        except KeyError:
+            from mail2ticket.providers import PRESETS
+
+            raise click.BadParameter(
+                f"unknown provider {provider!r}; known: {', '.join(PRESETS)}, or give --imap-host", param_hint="--provider"
+            ) from None
+    elif not imap_host:
+        raise click.UsageError("give --provider or --imap-host (and --smtp-host)")
+    values = {
+        "name": name,
+        "email": email,
+        "username": username,
+        "provider": preset.name if preset else None,
+        "imap_host": imap_host,
+        "imap_port": imap_port,
+        "imap_security": imap_security,
+        "smtp_host": smtp_host,
+        "smtp_port": smtp_port,
+        "smtp_security": smtp_security,
+        "folder": folder if folder != "INBOX" else None,
+        "ca_file": os.path.abspath(ca_file) if ca_file else None,
+        "since": since.date() if since else None,
+        "after_import": after_import if after_import != "seen" else None,
+        "enabled": False if disabled else None,
+        "added_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    }
+    account = _build_account(cfg.path, 0, {k: v for k, v in values.items() if v is not None})
+    if preset and not password_stdin and preset.steps:
+        click.echo(f"To get an app password for {preset.title}:", err=True)
+        for step in preset.steps:
+            click.echo(f"  - {step}", err=True)
+    password = read_password(password_stdin)
+    if not no_verify:
+        verify_account(account, password, echo=lambda m: click.echo(m, err=True))
+    store_password(name, password)
+    path = write_account(cfg, values)
+    click.echo(f"Account {name!r} saved to {path}; password stored in the keyring.")
+
+
+@click.group("accounts")
+def accounts_group():
+    """List, check and manage the configured mailboxes."""
+
+
+def _account_rows(app):
+    from mail2ticket.store import account_status
+
+    cfg = app.config()
+    status = account_status(app.db) if cfg.database.exists() else {}
+    out = []
+    for a in cfg.accounts:
+        d = a.to_dict()
+        st = status.get(a.name, {})
+        d["last_poll_at"] = st.get("last_poll_at")
+        d["last_result"] = st.get("last_result")
+        d["last_error"] = st.get("last_error")
+        out.append(d)
+    return out
+
+
+@accounts_group.command("list")
+@json_option
+@click.pass_obj
+def accounts_list(app, as_json):
+    """List the accounts of the config, with their servers and whether they are polled.
+
+    \b
+    Example:
+      mail2ticket accounts list --json
+    """
+    rows = _account_rows(app)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        [
+            [r["name"], r["email"], "yes" if r["enabled"] else "no", r["source"],
+             f"{r['imap_host']}:{r['imap_port']}" if r["source"] == "imap" else r["path"],
+             r["folder"], r["last_result"] or "never polled"]
+            for r in rows
+        ],
+        ["name", "email", "enabled", "source", "server", "folder", "last poll"],
+    )
+
+
+@accounts_group.command("show")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def accounts_show(app, name, as_json):
+    """Show one account's settings and health."""
+    app.config().account(name)
+    row = next(r for r in _account_rows(app) if r["name"] == name)
+    if as_json:
+        print_json(row)
+        return
+    for key, value in row.items():
+        click.echo(f"{key:>18}: {'' if value is None else value}")
+
+
+@accounts_group.command("test")
+@click.argument("name")
+@click.option("-v", "--verbose", is_flag=True, help="Show each step as it passes.")
+@click.pass_obj
+def accounts_test(app, name, verbose):
+    """Log in to the account's IMAP and SMTP servers over TLS, and open its folder.
+
+    Exits non-zero with a message that says what to do at the first failing step.
+
+    \b
+    Example:
+      mail2ticket accounts test support -v
+    """
+    from mail2ticket.secrets import get_password
+
+    account = app.config().account(name)
+    password = get_password(account)
+    verify_account(account, password, echo=(lambda m: click.echo(f"ok  {m}")) if verbose else None)
+    click.echo(f"Account {name!r}: IMAP and SMTP sign-in work.")
+
+
+def _set_enabled(app, name: str, enabled: bool) -> None:
+    from mail2ticket.config import update_account
+
+    path = update_account(app.config(), name, {"enabled": None if enabled else False})
+    click.echo(f"Account {name!r} {'enabled' if enabled else 'disabled'} ({path}).")
+
+
+@accounts_group.command("enable")
+@click.argument("name")
+@click.pass_obj
+def accounts_enable(app, name):
+    """Switch polling on for an account."""
+    _set_enabled(app, name, True)
+
+
+@accounts_group.command("disable")
+@click.argument("name")
+@click.pass_obj
+def accounts_disable(app, name):
+    """Switch polling off for an account (its tickets stay)."""
+    _set_enabled(app, name, False)
+
+
+@accounts_group.command("set-password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--no-verify", is_flag=True, help="Store without logging in first.")
+@click.pass_obj
+def accounts_set_password(app, name, password_stdin, no_verify):
+    """Replace the password of an account in the keyring (after checking it works)."""
+    from mail2ticket.secrets import store_password
+
+    account = app.config().account(name)
+    password = read_password(password_stdin)
+    if not no_verify:
+        verify_account(account, password)
+    store_password(name, password)
+    click.echo(f"Password of account {name!r} updated in the keyring.")
+
+
+@accounts_group.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def accounts_remove(app, name, yes):
+    """Remove an account's file and its password from the keyring (tickets are kept)."""
+    from pathlib import Path
+
+    from mail2ticket.secrets import delete_password
+
+    cfg = app.config()
+    account = cfg.account(name)
+    src = Path(account.defined_in)
+    if src == cfg.path:
+        raise ConfigError(
+            f"account {name!r} is defined in the main config {src}", "remove it there by hand"
+        )
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("confirm with --yes when not on a terminal")
+        click.confirm(f"Remove account {name!r} ({src}) and its password?", abort=True)
+    src.unlink()
+    deleted = delete_password(name)
+    click.echo(f"Account {name!r} removed" + ("; password deleted from the keyring." if deleted else "."))
+
+
+@click.command("providers")
+@json_option
+def providers(as_json):
+    """List the provider presets: servers, ports, TLS modes and how to sign in.
+
+    \b
+    Example:
+      mail2ticket providers --json
+    """
+    from mail2ticket.providers import PRESETS
+
+    if as_json:
+        print_json([p.to_dict() for p in PRESETS.values()])
+        return
+    print_table(
+        [
+            [p.name, f"{p.imap_host}:{p.imap_port} ({p.imap_security})",
+             f"{p.smtp_host}:{p.smtp_port} ({p.smtp_security})", ", ".join(p.sign_in)]
+            for p in PRESETS.values()
+        ],
+        ["name", "IMAP", "SMTP", "sign-in"],
+    )
+    if is_tty():
+        click.echo("Details: mail2ticket providers --json")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(add_account)
+    cli.add_command(accounts_group)
+    cli.add_command(providers)
+

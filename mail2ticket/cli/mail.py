@@ -1,0 +1,172 @@
+"""Commands that move mail: poll, status, quarantine."""
+
+from __future__ import annotations
+
+import click
+
+from mail2ticket.cli.output import json_option, local_time, print_json, print_table
+
+
+@click.command("poll")
+@click.argument("accounts", nargs=-1)
+@json_option
+@click.pass_obj
+def poll(app, accounts, as_json):
+    """Import new mail once from the enabled accounts (or those named), then exit.
+
+    Each new message becomes a ticket or a follow-up; it is stored (raw bytes
+    included) before it is marked on the server. Exits non-zero if any account
+    failed; the others are still polled.
+
+    \b
+    Examples:
+      mail2ticket poll
+      mail2ticket poll support sales
+    """
+    from mail2ticket.poller import run_poll
+    from mail2ticket.service import poll_once
+
+    cfg = app.config()
+    if accounts:
+        selected = [cfg.account(name) for name in accounts]
+    else:
+        selected = [a for a in cfg.accounts if a.enabled]
+        if not cfg.accounts:
+            click.echo("No accounts configured: add one with 'mail2ticket add-account'.", err=True)
+    results = poll_once(cfg, app.db, selected, run_poll=run_poll)
+    if as_json:
+        print_json(
+            [
+                {"account": r.account, "ok": r.ok, "imported": r.imported, "followups": r.followups,
+                 "duplicates": r.duplicates, "quarantined": r.quarantined, "error": r.error}
+                for r in results
+            ]
+        )
+    else:
+        for r in results:
+            if r.ok:
+                click.echo(f"{r.account}: {r.stored} imported ({r.summary()})")
+            else:
+                click.echo(f"{r.account}: FAILED: {r.error}", err=True)
+    if any(not r.ok for r in results):
+        raise click.exceptions.Exit(1)
+
+
+@click.command("status")
+@json_option
+@click.pass_obj
+def status(app, as_json):
+    """Show each account's health: last poll, its result, last error, messages imported.
+
+    Exits non-zero when an enabled account's last poll failed, so it can serve
+    as a health check.
+
+    \b
+    Example:
+      mail2ticket status --json
+    """
+    from mail2ticket.service import status_report
+
+    report = status_report(app.config(), app.db)
+    if as_json:
+        print_json(report)
+    else:
+        rows = []
+        for a in report["accounts"]:
+            rows.append([
+                a["name"], "yes" if a["enabled"] else "no", a["schedule"], local_time(a["last_poll_at"]),
+                a["last_result"] or "never polled", a["imported_total"], a["last_error"] or "",
+            ])
+        print_table(rows, ["account", "enabled", "schedule", "last poll", "result", "imported", "last error"])
+        t = report["tickets"]
+        click.echo(
+            f"Tickets: {t['open']} open, {t['pending']} pending, {t['overdue']} overdue; "
+            f"quarantine: {report['quarantine']} waiting"
+        )
+        for e in report["alerts"]:
+            click.echo(f"! {e}")
+    if not report["healthy"]:
+        raise click.exceptions.Exit(1)
+
+
+@click.group("quarantine")
+def quarantine_group():
+    """See and re-run messages that could not become tickets (kept raw)."""
+
+
+@quarantine_group.command("list")
+@click.option("--all", "include_resolved", is_flag=True, help="Include entries already resolved.")
+@json_option
+@click.pass_obj
+def quarantine_list(app, include_resolved, as_json):
+    """List quarantined messages and why they are there."""
+    from mail2ticket.quarantine import list_entries
+
+    rows = list_entries(app.db, include_resolved=include_resolved)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        [[r["id"], r["account"], r["reason"], r["size"], local_time(r["created_at"]), r["error"]] for r in rows],
+        ["id", "account", "reason", "bytes", "since", "error"],
+    )
+
+
+@quarantine_group.command("show")
+@click.argument("qid", type=int)
+@click.option("--raw", is_flag=True, help="Write the raw message to stdout (to save as .eml).")
+@json_option
+@click.pass_obj
+def quarantine_show(app, qid, raw, as_json):
+    """Show one quarantined message (or its raw bytes with --raw)."""
+    from mail2ticket.quarantine import get_entry
+    from mail2ticket.store import get_raw
+
+    entry = get_entry(app.db, qid)
+    if raw:
+        data = get_raw(app.db, entry["raw_sha256"]) if entry["raw_sha256"] else None
+        if data is None:
+            raise click.ClickException("this message was too large to download; it is still on the server")
+        click.get_binary_stream("stdout").write(data)
+        return
+    if as_json:
+        print_json(entry)
+        return
+    for key, value in entry.items():
+        click.echo(f"{key:>16}: {'' if value is None else value}")
+
+
+@quarantine_group.command("retry")
+@click.argument("qids", type=int, nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every waiting entry.")
+@click.pass_obj
+def quarantine_retry(app, qids, retry_all):
+    """Import quarantined messages again, once the cause is fixed (or the limit raised).
+
+    \b
+    Example:
+      mail2ticket quarantine retry 12
+    """
+    from mail2ticket.quarantine import list_entries, retry
+
+    cfg = app.config()
+    if retry_all:
+        qids = [e["id"] for e in list_entries(app.db)]
+    if not qids:
+        raise click.UsageError("name entries to retry, or --all")
+    failed = 0
+    for qid in qids:
+        entry = retry(cfg, app.db, qid)
+        if entry["resolved_at"]:
+            click.echo(f"#{qid}: imported as message {entry['resolved_message']}")
+        else:
+            failed += 1
+            click.echo(f"#{qid}: still failing: {entry['error']}", err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(poll)
+    cli.add_command(status)
+    cli.add_command(quarantine_group)

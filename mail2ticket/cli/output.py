@@ -1,0 +1,75 @@
+"""Output for people and scripts: rich tables on a terminal, aligned text when piped, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
+)
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def local_time(value: str | None) -> str:
+    """ISO 8601 UTC -> local 'YYYY-MM-DD HH:MM' for people (terminal only)."""
+    if not value:
+        return ""
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+MAX_PLAIN_CELL = 120
+
+
+def _cell(value: Any) -> str:
+    text = " ".join(("" if value is None else str(value)).split())
+    return text if len(text) <= MAX_PLAIN_CELL else text[: MAX_PLAIN_CELL - 1] + "…"
+
+
+def print_table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    *,
+    title: str | None = None,
+    styles: Sequence[str | None] | None = None,
+    row_styles: Sequence[str | None] | None = None,
+) -> None:
+    """A rich table on a terminal; plain aligned columns (no colour, no truncation) when piped."""
+    if is_tty():
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(no_color=bool(os.environ.get("NO_COLOR")))
+        table = Table(title=title, header_style="bold")
+        for i, h in enumerate(headers):
+            table.add_column(h, style=(styles[i] if styles else None), overflow="fold")
+        for i, row in enumerate(rows):
+            table.add_row(*["" if v is None else str(v) for v in row],
+                          style=row_styles[i] if row_styles else None)
+        console.print(table)
+        return
+    text_rows = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    click.echo("  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip())
+    for row in text_rows:
+        click.echo("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())

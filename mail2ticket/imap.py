@@ -1,0 +1,236 @@
+"""Talk to an IMAP server: verified TLS, login, new UIDs, batched BODY.PEEK[] fetches, UID flags."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from mail2ticket.config import Account
+from mail2ticket.errors import AuthError, ConnectError, ServerError, TLSError
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The system trust store plus the account's own CA file; hostname checked, TLS 1.2+."""
+    ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSError(f"cannot read ca_file {ca_file}: {exc}", "check the path and that it is PEM") from None
+    return ctx
+
+
+def describe_tls_error(exc: ssl.SSLError, host: str, port: int) -> TLSError:
+    """Turn an ssl error into a sentence that says which certificate problem it is."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or str(exc)
+        if "expired" in reason:
+            hint = "the server's certificate has expired: the server's admin must renew it"
+        elif "Hostname mismatch" in reason or "IP address mismatch" in reason:
+            hint = f"the certificate is not for {host}: check the host name (or the provider preset)"
+        elif "self-signed" in reason or "unable to get local issuer" in reason:
+            hint = "the certificate is signed by a CA this machine does not trust: set ca_file for this account"
+        else:
+            hint = "check the host name, or set ca_file for a private CA"
+        return TLSError(f"TLS certificate of {host}:{port} not trusted: {reason}", hint)
+    return TLSError(
+        f"TLS handshake with {host}:{port} failed: {exc.reason or exc}",
+        "check the port and security mode (tls for 993/465, starttls for 143/587)",
+    )
+
+
+def network_error(exc: OSError, host: str, port: int, what: str = "IMAP") -> ConnectError:
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot resolve {what} host {host!r}: {exc.strerror}", "check the host name and DNS")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(
+            f"{what} server {host}:{port} refused the connection", "check the host and port, and that the server runs"
+        )
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return ConnectError(f"{what} server {host}:{port} did not answer in time", "check the host, port and firewall")
+    return ConnectError(f"{what} connection to {host}:{port} failed: {exc}", "check the network and try again")
+
+
+@dataclass
+class FolderInfo:
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+
+
+class Mailbox:
+    """One logged-in IMAP connection for one account. Use as a context manager."""
+
+    def __init__(self, account: Account, password: str):
+        self.account = account
+        self._password = password
+        self.client = None
+        self.folder: str | None = None
+
+    # --- connection -----------------------------------------------------------------
+    def __enter__(self) -> Mailbox:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        from imapclient import IMAPClient
+        from imapclient.exceptions import LoginError
+        from imapclient.imapclient import SocketTimeout
+
+        acct = self.account
+        host, port, mode = acct.imap_host, acct.imap_port, acct.imap_security
+        ctx = tls_context(acct.ca_file)
+        timeout = SocketTimeout(connect=min(30, acct.timeout), read=acct.timeout)
+        try:
+            client = IMAPClient(host, port=port, ssl=(mode == "tls"), ssl_context=ctx, timeout=timeout)
+        except ssl.SSLError as exc:
+            raise describe_tls_error(exc, host, port) from None
+        except OSError as exc:
+            raise network_error(exc, host, port) from None
+        except Exception as exc:  # imaplib.error on a garbled greeting
+            raise ServerError(f"IMAP server {host}:{port} sent an unexpected greeting: {exc}") from None
+        self.client = client
+        try:
+            if mode == "starttls":
+                caps = client.capabilities()
+                if b"STARTTLS" not in caps:
+                    raise TLSError(
+                        f"IMAP server {host}:{port} does not offer STARTTLS; refusing to send the password in clear",
+                        'use imap_security = "tls" (port 993) if the server supports it',
+                    )
+                try:
+                    client.starttls(ctx)
+                except ssl.SSLError as exc:
+                    raise describe_tls_error(exc, host, port) from None
+                client._cached_capabilities = None  # never trust what was said before TLS
+            elif mode == "none":
+                log.warning("account %s: logging in WITHOUT encryption (allow_insecure = true)", acct.name)
+            try:
+                client.login(acct.username, self._password)
+            except LoginError as exc:
+                text = exc.args[0] if exc.args else exc
+                if isinstance(text, bytes):
+                    text = text.decode(errors="replace")
+                raise AuthError(
+                    f"IMAP login as {acct.username!r} at {host} was refused: {text}",
+                    f"check the username and app password (mail2ticket accounts set-password {acct.name})",
+                ) from None
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._password = ""  # keep the secret for as short as we can
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:
+            try:
+                client.shutdown()
+            except Exception:
+                pass
+
+    def capabilities(self) -> set[bytes]:
+        return set(self.client.capabilities())
+
+    # --- folder -------------------------------------------------------------------
+    def select(self, folder: str) -> FolderInfo:
+        from imapclient.exceptions import IMAPClientError
+
+        try:
+            info = self.client.select_folder(folder)
+        except IMAPClientError as exc:
+            raise ServerError(
+                f"cannot open folder {folder!r} of account {self.account.name}: {exc}",
+                "check the folder name (mail2ticket accounts test NAME lists them)",
+            ) from None
+        self.folder = folder
+        return FolderInfo(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None,
+            exists=int(info.get(b"EXISTS", 0)),
+        )
+
+    def new_uids(self, after_uid: int, since: date | None = None) -> list[int]:
+        """UIDs above ``after_uid`` (ascending): cost grows with new mail only."""
+        criteria: list = ["UID", f"{after_uid + 1}:*"]
+        if since:
+            criteria += ["SINCE", since]
+        uids = self.client.search(criteria)
+        # "n:*" always matches the highest UID even when it is below n.
+        return sorted(u for u in uids if u > after_uid)
+
+    def all_uids(self) -> list[int]:
+        return sorted(self.client.search(["ALL"]))
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for chunk in chunks(uids, 1000):
+            for uid, data in self.client.fetch(chunk, ["RFC822.SIZE"]).items():
+                if b"RFC822.SIZE" in data:
+                    out[uid] = int(data[b"RFC822.SIZE"])
+        return out
+
+    def fetch(self, uids: Sequence[int]) -> dict[int, tuple[bytes, object]]:
+        """{uid: (raw bytes, internaldate)} with BODY.PEEK[] (never sets \\Seen)."""
+        out = {}
+        data = self.client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"])
+        for uid, item in data.items():
+            raw = item.get(b"BODY[]")
+            if raw is None:
+                continue  # gone since the search, or the server sent no body: not stored, not flagged
+            size = item.get(b"RFC822.SIZE")
+            if size is not None and int(size) != len(raw):
+                raise ServerError(
+                    f"server sent {len(raw)} bytes for UID {uid} but announced {size}; not storing it",
+                    "the connection may have been cut: the next poll fetches it again",
+                )
+            out[uid] = (bytes(raw), item.get(b"INTERNALDATE"))
+        return out
+
+    # --- after import ---------------------------------------------------------------
+    def apply_action(self, action: str, uids: Sequence[int]) -> None:
+        """The after-import action for stored messages, with UID commands only."""
+        if not uids or action in (None, "none"):
+            return
+        if action == "seen":
+            self.client.add_flags(uids, [b"\\Seen"], silent=True)
+        elif action == "delete":
+            self.client.add_flags(uids, [b"\\Deleted"], silent=True)
+            if b"UIDPLUS" in self.capabilities():
+                self.client.uid_expunge(uids)
+            else:
+                log.warning(
+                    "account %s: server lacks UIDPLUS; messages marked \\Deleted but not expunged "
+                    "(a plain EXPUNGE would also remove other clients' deleted mail)",
+                    self.account.name,
+                )
+        elif action.startswith("move:"):
+            target = action[5:]
+            if b"MOVE" in self.capabilities():
+                self.client.move(uids, target)
+            else:
+                self.client.copy(uids, target)
+                self.client.add_flags(uids, [b"\\Deleted", b"\\Seen"], silent=True)
+                if b"UIDPLUS" in self.capabilities():
+                    self.client.uid_expunge(uids)
+        else:  # pragma: no cover - config validation prevents this
+            raise ValueError(action)
+
+
+def chunks(seq: Sequence[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(seq), size):
+        yield list(seq[i : i + size])

@@ -1,0 +1,333 @@
+"""Store fetched messages exactly once: raw bytes, ticket, message, attachments, or quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlite_utils import Database
+
+from mail2ticket.attachments import AttachmentStore
+from mail2ticket.errors import ParseError, StoreError, TempFailError
+from mail2ticket.parse import ParsedMessage, parse_message
+from mail2ticket.store import iso, log_event, now_iso, transaction
+from mail2ticket.threader import find_ticket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message was read: the identity of exactly-once import."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass
+class Incoming:
+    """One fetched message. ``raw`` is None for a message too large to download."""
+
+    account: str
+    raw: bytes | None
+    source: Source | None = None
+    received_at: datetime | None = None
+    size: int | None = None
+    action: str | None = None  # what to do on the server once stored ("seen", "move:X", ...)
+    too_large_limit: int | None = None
+
+
+@dataclass
+class Outcome:
+    incoming: Incoming
+    status: str  # imported | followup | duplicate | already | quarantined | skipped
+    ticket_id: int | None = None
+    message_row: int | None = None
+    quarantine_id: int | None = None
+    detail: str = ""
+
+    @property
+    def flag_on_server(self) -> bool:
+        """Whether the server-side action may now run (the message is durably accounted for)."""
+        return self.status != "skipped" and self.incoming.raw is not None
+
+
+@dataclass
+class ImportContext:
+    db: Database
+    attachments: AttachmentStore
+    parse: Callable[[bytes], ParsedMessage] = parse_message
+    hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class _Prepared:
+    incoming: Incoming
+    sha256: str | None
+    parsed: ParsedMessage | None
+    error: str | None
+    stored_attachments: list[tuple[int, str, str]]  # (index, sha256, relpath)
+
+
+def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
+    """CPU and file work done before the transaction: hash, parse, write attachment files."""
+    if item.raw is None:
+        limit = item.too_large_limit
+        return _Prepared(item, None, None, f"message of {item.size} bytes is over the size limit of {limit} bytes", [])
+    digest = sha256_hex(item.raw)
+    if _known(ctx.db, item, digest):
+        return _Prepared(item, digest, None, None, [])  # nothing to parse: already imported
+    try:
+        parsed = ctx.parse(item.raw)
+    except ParseError as exc:
+        return _Prepared(item, digest, None, str(exc), [])
+    except Exception as exc:  # a parser bug must never stop the queue
+        log.exception("unexpected parser failure")
+        return _Prepared(item, digest, None, f"internal parser error: {exc.__class__.__name__}: {exc}", [])
+    stored = []
+    for index, att in enumerate(parsed.attachments):
+        sha, rel = ctx.attachments.put(att.data)
+        stored.append((index, sha, rel))
+    return _Prepared(item, digest, parsed, None, stored)
+
+
+def _known(db: Database, item: Incoming, digest: str) -> bool:
+    """Already imported, by source or by content: parsing it again would be wasted work."""
+    if item.source is not None and _existing_source(db, item.source) is not None:
+        return True
+    row = db.execute(
+        "select 1 from messages where raw_sha256 = ? and direction = 'in' limit 1", [digest]
+    ).fetchone()
+    return row is not None
+
+
+def _prepare_parse(ctx: ImportContext, prep: _Prepared) -> _Prepared:
+    item = prep.incoming
+    try:
+        parsed = ctx.parse(item.raw)
+    except Exception as exc:
+        return _Prepared(item, prep.sha256, None, f"{exc.__class__.__name__}: {exc}", [])
+    stored = [(i, *ctx.attachments.put(a.data)) for i, a in enumerate(parsed.attachments)]
+    return _Prepared(item, prep.sha256, parsed, None, stored)
+
+
+def import_batch(
+    ctx: ImportContext,
+    items: Sequence[Incoming],
+    *,
+    before_commit: Callable[[Database], None] | None = None,
+) -> list[Outcome]:
+    """Import ``items`` in one durable transaction; each message isolated by a savepoint.
+
+    Returns one Outcome per item. Raises TempFailError (nothing committed) when the
+    database or disk cannot take the batch right now.
+    """
+    prepared = [_prepare(ctx, item) for item in items]
+    db = ctx.db
+    outcomes: list[Outcome] = []
+    try:
+        with transaction(db):
+            for prep in prepared:
+                outcomes.append(_store_one(ctx, prep))
+            if before_commit:
+                before_commit(db)
+    except sqlite3.OperationalError as exc:
+        raise TempFailError(f"database: {exc}", "free disk space or wait for the lock, then poll again") from None
+    return outcomes
+
+
+def _existing_source(db: Database, source: Source) -> dict | None:
+    rows = list(
+        db.query(
+            "select * from sources where account = ? and folder = ? and uidvalidity = ? and uid = ?",
+            [source.account, source.folder, source.uidvalidity, source.uid],
+        )
+    )
+    return rows[0] if rows else None
+
+
+def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
+    db = ctx.db
+    item = prep.incoming
+    if item.source is not None:
+        existing = _existing_source(db, item.source)
+        if existing is not None:
+            return Outcome(item, "already", message_row=existing["message"], quarantine_id=existing["quarantine"])
+    try:
+        with db.atomic():  # a savepoint: one message's failure rolls back only that message
+            return _store_one_inner(ctx, prep)
+    except sqlite3.OperationalError:
+        raise  # disk full, locked: the whole batch must fail, nothing is flagged
+    except (sqlite3.Error, StoreError, ValueError, TypeError, KeyError) as exc:
+        log.exception("storing a message failed; it goes to the quarantine")
+        prep.parsed = None
+        prep.error = f"could not be stored: {exc.__class__.__name__}: {exc}"
+        with db.atomic():
+            return _store_one_inner(ctx, prep)
+
+
+def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
+    db = ctx.db
+    item = prep.incoming
+    now = now_iso()
+    if prep.sha256 is not None:
+        db.execute(
+            "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
+            "on conflict(sha256) do nothing",
+            [prep.sha256, len(item.raw or b""), item.raw, now],
+        )
+        same = list(
+            db.query(
+                "select id, ticket_id from messages where raw_sha256 = ? and direction = 'in' limit 1",
+                [prep.sha256],
+            )
+        )
+        if same:
+            outcome = Outcome(item, "duplicate", ticket_id=same[0]["ticket_id"], message_row=same[0]["id"],
+                              detail="same bytes already imported")
+            _record_source(db, item, prep.sha256, message=same[0]["id"], quarantine=None)
+            return outcome
+        open_q = list(
+            db.query(
+                "select id from quarantine where raw_sha256 = ? and resolved_at is null limit 1",
+                [prep.sha256],
+            )
+        )
+        if open_q and prep.parsed is None:
+            _record_source(db, item, prep.sha256, message=None, quarantine=open_q[0]["id"])
+            return Outcome(item, "duplicate", quarantine_id=open_q[0]["id"], detail="already in quarantine")
+    if prep.parsed is None and prep.error is None:
+        # Known when prepared but gone inside the transaction: parse now (rare race).
+        return _store_one_inner(ctx, _prepare_parse(ctx, prep))
+    if prep.parsed is None:
+        qid = db["quarantine"].insert(
+            {
+                "account": item.account,
+                "folder": item.source.folder if item.source else None,
+                "uidvalidity": item.source.uidvalidity if item.source else None,
+                "uid": item.source.uid if item.source else None,
+                "raw_sha256": prep.sha256,
+                "size": item.size if item.raw is None else len(item.raw),
+                "reason": "too-large" if item.raw is None else "unparseable",
+                "error": prep.error or "",
+                "created_at": now,
+            }
+        ).last_pk
+        log_event(db, "quarantined", prep.error or "", account=item.account)
+        _record_source(db, item, prep.sha256, message=None, quarantine=qid)
+        log.warning("account %s: message quarantined (#%s): %s", item.account, qid, prep.error)
+        return Outcome(item, "quarantined", quarantine_id=qid, detail=prep.error or "")
+    return _store_parsed(ctx, prep, now)
+
+
+def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
+    db = ctx.db
+    item = prep.incoming
+    parsed = prep.parsed
+    assert parsed is not None
+    decision = find_ticket(db, parsed)
+    date = iso(parsed.date) or iso(item.received_at) or now
+    if decision.ticket_id is None:
+        ticket_id = db["tickets"].insert(
+            {
+                "account": item.account,
+                "subject": parsed.subject or "(no subject)",
+                "requester": parsed.from_address,
+                "requester_name": parsed.from_name,
+                "status": "open",
+                "priority": "normal",
+                "created_at": now,
+                "updated_at": now,
+            }
+        ).last_pk
+        status = "imported"
+        log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
+                  ticket_id=ticket_id, account=item.account)
+    else:
+        ticket_id = decision.ticket_id
+        status = "followup"
+        db.execute(
+            "update tickets set updated_at = ?, status = case when status = 'closed' then 'open' "
+            "when status = 'pending' then 'open' else status end, "
+            "closed_at = case when status = 'closed' then null else closed_at end where id = ?",
+            [now, ticket_id],
+        )
+        log_event(db, "followup", decision.reason, ticket_id=ticket_id, account=item.account)
+    message_row = db["messages"].insert(
+        {
+            "ticket_id": ticket_id,
+            "direction": "in",
+            "account": item.account,
+            "raw_sha256": prep.sha256,
+            "message_id": parsed.message_id,
+            "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
+            "refs": json.dumps(parsed.references),
+            "subject": parsed.subject,
+            "from_address": parsed.from_address,
+            "from_name": parsed.from_name,
+            "to_addrs": json.dumps(parsed.to),
+            "cc_addrs": json.dumps(parsed.cc),
+            "date": date,
+            "received_at": iso(item.received_at) or now,
+            "body_text": parsed.body_text,
+            "body_html": parsed.body_html,
+            "auto_reply": parsed.auto_reply,
+            "defects": json.dumps(parsed.defects),
+            "thread_reason": decision.reason,
+        }
+    ).last_pk
+    rows = []
+    for index, sha, rel in prep.stored_attachments:
+        att = parsed.attachments[index]
+        rows.append(
+            {
+                "message": message_row,
+                "position": index,
+                "filename": att.filename,
+                "original_filename": getattr(att, "original_filename", None),
+                "content_type": att.content_type,
+                "size": att.size,
+                "sha256": sha,
+                "path": rel,
+                "content_id": att.content_id,
+                "disposition": att.disposition,
+            }
+        )
+    if rows:
+        db["attachments"].insert_all(rows)
+    _record_source(db, item, prep.sha256, message=message_row, quarantine=None)
+    outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
+    for hook in ctx.hooks:
+        hook(db, outcome, parsed)
+    return outcome
+
+
+def _record_source(db: Database, item: Incoming, sha: str | None, *, message, quarantine) -> None:
+    if item.source is None:
+        return
+    action = item.action if item.raw is not None else None
+    db["sources"].insert(
+        {
+            "account": item.source.account,
+            "folder": item.source.folder,
+            "uidvalidity": item.source.uidvalidity,
+            "uid": item.source.uid,
+            "raw_sha256": sha,
+            "message": message,
+            "quarantine": quarantine,
+            "imported_at": now_iso(),
+            "action": action,
+            "action_state": "pending" if action and action != "none" else "done",
+        }
+    )

@@ -1,0 +1,179 @@
+"""Schema migrations, applied in order every time the database is opened."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("mail2ticket")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["tickets"].create(
+        {
+            "id": int,
+            "account": str,
+            "subject": str,
+            "requester": str,
+            "requester_name": str,
+            "status": str,
+            "priority": str,
+            "assignee": str,
+            "created_at": str,
+            "updated_at": str,
+            "closed_at": str,
+            "first_response_at": str,
+            "due_response_at": str,
+            "due_resolution_at": str,
+            "overdue": int,
+        },
+        pk="id",
+        defaults={"status": "open", "priority": "normal", "overdue": 0},
+        not_null={"account", "subject", "status", "priority", "created_at", "updated_at"},
+    )
+    db["raw_messages"].create(
+        {"sha256": str, "size": int, "raw": bytes, "stored_at": str},
+        pk="sha256",
+        not_null={"size", "raw", "stored_at"},
+    )
+    db["messages"].create(
+        {
+            "id": int,
+            "ticket_id": int,
+            "direction": str,
+            "account": str,
+            "raw_sha256": str,
+            "message_id": str,
+            "in_reply_to": str,
+            "refs": str,
+            "subject": str,
+            "from_address": str,
+            "from_name": str,
+            "to_addrs": str,
+            "cc_addrs": str,
+            "date": str,
+            "received_at": str,
+            "body_text": str,
+            "body_html": str,
+            "auto_reply": str,
+            "defects": str,
+            "thread_reason": str,
+            "ack_reason": str,
+        },
+        pk="id",
+        foreign_keys=[("ticket_id", "tickets", "id"), ("raw_sha256", "raw_messages", "sha256")],
+        not_null={"ticket_id", "direction", "account", "received_at"},
+    )
+    db["attachments"].create(
+        {
+            "id": int,
+            "message": int,
+            "position": int,
+            "filename": str,
+            "original_filename": str,
+            "content_type": str,
+            "size": int,
+            "sha256": str,
+            "path": str,
+            "content_id": str,
+            "disposition": str,
+        },
+        pk="id",
+        foreign_keys=[("message", "messages", "id")],
+        not_null={"message", "position", "filename", "size", "sha256"},
+    )
+    db["quarantine"].create(
+        {
+            "id": int,
+            "account": str,
+            "folder": str,
+            "uidvalidity": int,
+            "uid": int,
+            "raw_sha256": str,
+            "size": int,
+            "reason": str,
+            "error": str,
+            "created_at": str,
+            "retries": int,
+            "resolved_at": str,
+            "resolved_message": int,
+        },
+        pk="id",
+        foreign_keys=[("raw_sha256", "raw_messages", "sha256")],
+        defaults={"retries": 0},
+        not_null={"account", "reason", "error", "created_at"},
+    )
+    # The import ledger: one row per message seen in a mailbox, the key of exactly-once import.
+    db["sources"].create(
+        {
+            "id": int,
+            "account": str,
+            "folder": str,
+            "uidvalidity": int,
+            "uid": int,
+            "raw_sha256": str,
+            "message": int,
+            "quarantine": int,
+            "imported_at": str,
+            "action": str,
+            "action_state": str,
+        },
+        pk="id",
+        not_null={"account", "folder", "uidvalidity", "uid", "imported_at", "action_state"},
+    )
+    db["mailboxes"].create(
+        {
+            "account": str,
+            "folder": str,
+            "uidvalidity": int,
+            "last_uid": int,
+            "updated_at": str,
+        },
+        pk=("account", "folder"),
+        defaults={"last_uid": 0},
+    )
+    db["account_status"].create(
+        {
+            "account": str,
+            "last_poll_at": str,
+            "last_result": str,
+            "last_error": str,
+            "last_success_at": str,
+            "imported_total": int,
+            "last_imported": int,
+            "failures": int,
+            "next_attempt_at": str,
+        },
+        pk="account",
+        defaults={"imported_total": 0, "failures": 0, "last_imported": 0},
+    )
+    db["events"].create(
+        {
+            "id": int,
+            "ticket_id": int,
+            "account": str,
+            "created_at": str,
+            "kind": str,
+            "actor": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"created_at", "kind"},
+    )
+    db["tickets"].create_index(["status", "updated_at"], index_name="idx_tickets_status_updated")
+    db["tickets"].create_index(["account", "status"], index_name="idx_tickets_account_status")
+    db["tickets"].create_index(["requester"], index_name="idx_tickets_requester")
+    db["messages"].create_index(["ticket_id", "id"], index_name="idx_messages_ticket")
+    db["messages"].create_index(["message_id"], index_name="idx_messages_message_id")
+    db["messages"].create_index(["raw_sha256"], index_name="idx_messages_raw_sha256")
+    db["attachments"].create_index(["message"], index_name="idx_attachments_message")
+    db["sources"].create_index(
+        ["account", "folder", "uidvalidity", "uid"], unique=True, index_name="idx_sources_identity"
+    )
+    db["sources"].create_index(["raw_sha256"], index_name="idx_sources_raw")
+    db["sources"].create_index(
+        ["account", "folder", "action_state"], index_name="idx_sources_pending"
+    )
+    db["quarantine"].create_index(["resolved_at"], index_name="idx_quarantine_open")
+    db["events"].create_index(["ticket_id", "id"], index_name="idx_events_ticket")

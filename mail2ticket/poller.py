@@ -1,0 +1,205 @@
+"""One poll of one mailbox: new UIDs, fetch in batches, import, commit, then flag on the server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlite_utils import Database
+
+from mail2ticket.attachments import AttachmentStore
+from mail2ticket.config import Account, Config
+from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError
+from mail2ticket.imap import Mailbox, chunks
+from mail2ticket.importer import ImportContext, Incoming, Outcome, Source, import_batch
+from mail2ticket.store import get_mailbox, log_event, record_poll, set_mailbox, transaction
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 60
+BACKOFF_MAX = 15 * 60
+
+
+@dataclass
+class PollResult:
+    account: str
+    imported: int = 0  # new tickets
+    followups: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    flagged: int = 0
+    error: str | None = None
+    uidvalidity_changed: bool = False
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def stored(self) -> int:
+        return self.imported + self.followups
+
+    def summary(self) -> str:
+        parts = [f"{self.imported} new", f"{self.followups} follow-ups"]
+        if self.duplicates:
+            parts.append(f"{self.duplicates} duplicates")
+        if self.quarantined:
+            parts.append(f"{self.quarantined} quarantined")
+        if self.uidvalidity_changed:
+            parts.append("UIDVALIDITY changed: re-scanned")
+        return ", ".join(parts)
+
+    def count(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.status == "imported":
+            self.imported += 1
+        elif outcome.status == "followup":
+            self.followups += 1
+        elif outcome.status in ("duplicate", "already"):
+            self.duplicates += 1
+        elif outcome.status == "quarantined":
+            self.quarantined += 1
+
+
+def backoff_seconds(failures: int) -> int:
+    return min(BACKOFF_MAX, BACKOFF_MIN * (2 ** max(0, failures - 1)))
+
+
+def _internaldate(value) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None
+
+
+def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: int) -> int:
+    """Finish server actions of messages stored by an earlier run that stopped before flagging."""
+    rows = list(
+        db.query(
+            "select id, uid, action from sources where account = ? and folder = ? and uidvalidity = ? "
+            "and action_state = 'pending' order by uid",
+            [account.name, account.folder, uidvalidity],
+        )
+    )
+    if not rows:
+        return 0
+    by_action: dict[str, list[dict]] = {}
+    for row in rows:
+        by_action.setdefault(row["action"], []).append(row)
+    done = 0
+    for action, items in by_action.items():
+        for chunk in chunks(items, 500):
+            box.apply_action(action, [r["uid"] for r in chunk])
+            with transaction(db):
+                db.execute(
+                    f"update sources set action_state = 'done' where id in ({','.join('?' * len(chunk))})",
+                    [r["id"] for r in chunk],
+                )
+            done += len(chunk)
+    return done
+
+
+def poll_account(
+    cfg: Config, db: Database, account: Account, password: str, *, hooks=None
+) -> PollResult:
+    """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure."""
+    result = PollResult(account.name)
+    ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []))
+    limit = account.max_message_size or cfg.max_message_size
+    with Mailbox(account, password) as box:
+        info = box.select(account.folder)
+        state = get_mailbox(db, account.name, account.folder)
+        last_uid = 0
+        if state is not None and state["uidvalidity"] == info.uidvalidity:
+            last_uid = state["last_uid"] or 0
+        elif state is not None:
+            result.uidvalidity_changed = True
+            msg = (
+                f"UIDVALIDITY of {account.folder} changed from {state['uidvalidity']} to "
+                f"{info.uidvalidity}: re-scanning the folder, matching messages by content"
+            )
+            log.warning("account %s: %s", account.name, msg)
+            with transaction(db):
+                log_event(db, "uidvalidity-changed", msg, account=account.name)
+                set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
+        else:
+            with transaction(db):
+                set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
+        result.flagged += _apply_pending(db, box, account, info.uidvalidity)
+        uids = box.new_uids(last_uid, account.since)
+        if not uids:
+            return result
+        sizes = box.sizes(uids)
+        action = account.after_import
+        for batch in chunks(uids, max(1, account.batch_size)):
+            big = [u for u in batch if sizes.get(u, 0) > limit]
+            small = [u for u in batch if u not in big]
+            fetched = box.fetch(small) if small else {}
+            items: list[Incoming] = []
+            for uid in batch:
+                source = Source(account.name, account.folder, info.uidvalidity, uid)
+                if uid in big:
+                    items.append(Incoming(account.name, None, source, size=sizes[uid], too_large_limit=limit))
+                elif uid in fetched:
+                    raw, idate = fetched[uid]
+                    items.append(
+                        Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action)
+                    )
+            high = max(batch)
+
+            def advance(db: Database, high=high) -> None:
+                set_mailbox(db, account.name, account.folder, info.uidvalidity, high)
+
+            outcomes = import_batch(ctx, items, before_commit=advance)
+            for outcome in outcomes:
+                result.count(outcome)
+            # Committed and durable: now, and only now, change the server.
+            to_flag = [
+                o.incoming.source.uid
+                for o in outcomes
+                if o.flag_on_server and o.incoming.action and o.incoming.action != "none"
+                and o.incoming.source is not None
+            ]
+            result.flagged += _apply_pending(db, box, account, info.uidvalidity) if to_flag else 0
+    return result
+
+
+def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> PollResult:
+    """poll_account with errors caught, logged and recorded in account_status (never raises)."""
+    from imapclient.exceptions import IMAPClientError
+
+    from mail2ticket.secrets import get_password
+
+    try:
+        if account.source == "maildir":
+            from mail2ticket.maildir import poll_maildir
+
+            result = poll_maildir(cfg, db, account, hooks=hooks)
+        else:
+            result = poll_account(cfg, db, account, get_password(account), hooks=hooks)
+    except Mail2TicketError as exc:
+        result = PollResult(account.name, error=exc.one_line())
+    except ssl.SSLError as exc:
+        result = PollResult(account.name, error=f"TLS error: {exc}")
+    except (OSError, socket.timeout) as exc:
+        err = ConnectError(f"connection to {account.imap_host} lost: {exc}", "the next poll resumes where this stopped")
+        result = PollResult(account.name, error=err.one_line())
+    except IMAPClientError as exc:
+        err = ServerError(f"IMAP error from {account.imap_host}: {exc}", "the next poll resumes where this stopped")
+        result = PollResult(account.name, error=err.one_line())
+    if result.ok:
+        record_poll(db, account.name, ok=True, imported=result.stored, result=result.summary())
+        log.info("account %s: %s", account.name, result.summary())
+    else:
+        row = next(iter(db.query("select failures from account_status where account = ?", [account.name])), None)
+        failures = (row["failures"] if row else 0) + 1
+        next_at = (datetime.now(UTC) + timedelta(seconds=backoff_seconds(failures))).replace(microsecond=0)
+        record_poll(
+            db, account.name, ok=False, imported=result.stored, result="failed", error=result.error,
+            next_attempt_at=next_at.isoformat().replace("+00:00", "Z"),
+        )
+        log.error("account %s: %s", account.name, result.error)
+    return result

@@ -1,0 +1,83 @@
+"""What one pass of the daemon does (poll, outbox, overdue) and the health report of 'status'."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from sqlite_utils import Database
+
+from mail2ticket.config import Account, Config
+
+log = logging.getLogger(__name__)
+
+# Jobs run after the accounts are polled in one pass (outbox sender, overdue check).
+# Later modules register themselves here: each is called as job(cfg, db).
+AFTER_POLL_JOBS: list[Callable[[Config, Database], None]] = []
+
+
+def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll) -> list:
+    """Poll each account in turn (one failing never stops the others), then run the other jobs."""
+    results = [run_poll(cfg, db, account) for account in accounts]
+    for job in AFTER_POLL_JOBS:
+        try:
+            job(cfg, db)
+        except Exception:
+            log.exception("job %s failed", getattr(job, "__name__", job))
+    return results
+
+
+def status_report(cfg: Config, db: Database) -> dict:
+    """Everything 'status' shows, as plain data; 'healthy' is False when an account is failing."""
+    from mail2ticket.quarantine import open_count
+    from mail2ticket.store import account_status
+
+    status = account_status(db)
+    accounts = []
+    alerts = []
+    healthy = True
+    for a in cfg.accounts:
+        st = status.get(a.name, {})
+        failing = bool(st.get("last_error")) and a.enabled
+        if failing:
+            healthy = False
+            alerts.append(f"account {a.name} is failing: {st.get('last_error')}")
+        accounts.append(
+            {
+                "name": a.name,
+                "email": a.email,
+                "enabled": a.enabled,
+                "source": a.source,
+                "schedule": a.poll or cfg.schedule["poll"],
+                "last_poll_at": st.get("last_poll_at"),
+                "last_result": st.get("last_result"),
+                "last_error": st.get("last_error"),
+                "last_success_at": st.get("last_success_at"),
+                "imported_total": st.get("imported_total", 0),
+                "failures": st.get("failures", 0),
+                "next_attempt_at": st.get("next_attempt_at"),
+                "healthy": not failing,
+            }
+        )
+    for ev in db.query(
+        "select account, created_at, detail from events where kind = 'uidvalidity-changed' "
+        "order by id desc limit 5"
+    ):
+        alerts.append(f"{ev['created_at']} account {ev['account']}: {ev['detail']}")
+    counts = {
+        row["status"]: row["n"]
+        for row in db.query("select status, count(*) as n from tickets group by status")
+    }
+    overdue = db.execute("select count(*) from tickets where overdue = 1 and status != 'closed'").fetchone()[0]
+    return {
+        "healthy": healthy,
+        "accounts": accounts,
+        "tickets": {
+            "open": counts.get("open", 0),
+            "pending": counts.get("pending", 0),
+            "closed": counts.get("closed", 0),
+            "overdue": overdue,
+        },
+        "quarantine": open_count(db),
+        "alerts": alerts,
+    }
