@@ -119,16 +119,15 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from mail2ticket.cli import accounts, config_cmd, mail, tickets
+    """Each module of this package that has a ``register(cli)`` adds its commands."""
+    import importlib
+    import pkgutil
 
-    for module in (accounts, config_cmd, mail, tickets):
-        module.register(cli)
-    try:
-        from mail2ticket.cli.parse_cmd import parse_command
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        cli.add_command(parse_command)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(cli)
 
 
 _register()
