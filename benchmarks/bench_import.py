@@ -1,0 +1,301 @@
+"""Import speed, idle-poll cost and memory of mail2ticket against a private Dovecot on loopback.
+
+Run from the repository root:
+
+    python3 benchmarks/bench_import.py                 # N = 10,000, 3 runs each
+    python3 benchmarks/bench_import.py --messages 2000 --runs 1 --skip-large   # quick look
+
+It prints, side by side: (a) a bare imapclient fetch loop, (b) a minimal single-process
+importer (fetch, parse with the email package, text body, SQLite insert, WAL, one transaction
+per batch), (c) `mail2ticket poll` into a fresh database, and the ratios c/a and c/b; then the
+cost of a poll that finds nothing new on mailboxes of 1,000 and 100,000 messages, the peak RSS
+of the imports, and the idle daemon's RSS and CPU with 20 accounts. Figures are medians of
+--runs runs, with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import email.policy
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from imapclient import IMAPClient  # noqa: E402
+
+import mailgen  # noqa: E402
+from tests.servers import CertificateAuthority, Dovecot  # noqa: E402
+
+BATCH = 200
+
+
+def fmt(values: list[float], unit: str = "s") -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.3f} {unit}"
+    return f"{med:.3f} {unit} (min {min(values):.3f}, max {max(values):.3f})"
+
+
+def client(dovecot: Dovecot, user) -> IMAPClient:
+    return dovecot.connect(user, timeout=120)
+
+
+def bare_fetch(dovecot: Dovecot, user) -> int:
+    """(a) fetch only: UID FETCH BODY.PEEK[] in batches of 200."""
+    n = 0
+    with client(dovecot, user) as c:
+        c.select_folder("INBOX", readonly=True)
+        uids = sorted(c.search("ALL"))
+        for i in range(0, len(uids), BATCH):
+            for _uid, data in c.fetch(uids[i : i + BATCH], ["BODY.PEEK[]"]).items():
+                n += len(data[b"BODY[]"]) > 0
+    return n
+
+
+def minimal_importer(dovecot: Dovecot, user, db_path: Path) -> int:
+    """(b) fetch, parse with the email package, take the text body, insert into SQLite (WAL)."""
+    db = sqlite3.connect(db_path)
+    db.execute("pragma journal_mode=wal")
+    db.execute("create table m (uid integer primary key, subject text, sender text, body text, raw blob)")
+    n = 0
+    with client(dovecot, user) as c:
+        c.select_folder("INBOX", readonly=True)
+        uids = sorted(c.search("ALL"))
+        for i in range(0, len(uids), BATCH):
+            rows = []
+            for uid, data in c.fetch(uids[i : i + BATCH], ["BODY.PEEK[]"]).items():
+                raw = data[b"BODY[]"]
+                msg = email.message_from_bytes(raw, policy=email.policy.default)
+                part = msg.get_body(("plain", "html"))
+                try:
+                    body = part.get_content() if part is not None else ""
+                except Exception:
+                    body = ""
+                rows.append((uid, str(msg["subject"]), str(msg["from"]), body, raw))
+            with db:
+                db.executemany("insert into m values (?, ?, ?, ?, ?)", rows)
+            n += len(rows)
+    db.close()
+    return n
+
+
+class Env:
+    """A config directory with accounts reading from the benchmark's Dovecot."""
+
+    def __init__(self, base: Path, dovecot: Dovecot):
+        self.base = base
+        self.dovecot = dovecot
+        self.creds = base / "credentials"
+        self.creds.mkdir(parents=True, exist_ok=True)
+        self.accounts: list[str] = []
+
+    def config(self, users, db_name: str, poll: str = "*/5") -> Path:
+        lines = [
+            f'[storage]\ndatabase = "{db_name}"\nattachments = "{db_name}.files"\n',
+            f'[schedule]\npoll = "{poll}"\n',
+            '[limits]\nmax_message_size = "200MB"\nmax_attachment_size = "200MB"\n',
+        ]
+        for user in users:
+            (self.creds / user.name).write_text(user.password)
+            lines.append(
+                f'[[accounts]]\nname = "{user.name}"\nemail = "{user.email}"\nimap_host = "127.0.0.1"\n'
+                f"imap_port = {self.dovecot.imaps_port}\nca_file = \"{self.dovecot.ca_file}\"\n"
+                "acknowledge = false\n"
+            )
+        path = self.base / f"{db_name}.toml"
+        path.write_text("\n".join(lines))
+        return path
+
+    def environ(self) -> dict:
+        env = dict(os.environ)
+        env["CREDENTIALS_DIRECTORY"] = str(self.creds)
+        env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+        env["XDG_DATA_HOME"] = str(self.base / "xdg")
+        return env
+
+
+def measured(cmd: list[str], env: dict) -> tuple[float, int, int]:
+    """Run ``cmd`` and return (wall seconds, peak RSS KiB, exit code) of exactly that process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        print(proc.stderr.read().decode(errors="replace")[-2000:], file=sys.stderr)
+    return wall, usage.ru_maxrss, proc.returncode
+
+
+def poll_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
+
+
+def idle_poll_cost(env: Env, config: Path, runs: int) -> tuple[list[float], list[float]]:
+    """(wall of 'mail2ticket poll', in-process IMAP time of one poll) with nothing new."""
+    sys.path.insert(0, str(ROOT))
+    from mail2ticket.config import load_config
+    from mail2ticket.poller import poll_account
+    from mail2ticket.store import open_db
+
+    walls, imap_times = [], []
+    os.environ.update({k: v for k, v in env.environ().items() if k in ("CREDENTIALS_DIRECTORY",)})
+    cfg = load_config(config)
+    db = open_db(cfg.database)
+    account = cfg.accounts[0]
+    password = (env.creds / account.name).read_text()
+    for _ in range(runs):
+        wall, _rss, code = measured(poll_cmd(config), env.environ())
+        assert code == 0
+        walls.append(wall)
+        start = time.perf_counter()
+        result = poll_account(cfg, db, account, password)
+        imap_times.append(time.perf_counter() - start)
+        assert result.imported == 0
+    db.close()
+    return walls, imap_times
+
+
+def set_watermark(config: Path) -> None:
+    """As if everything had been imported before: the mailbox's last UID is the highest UID."""
+    from mail2ticket.config import load_config
+    from mail2ticket.store import open_db, set_mailbox
+
+    cfg = load_config(config)
+    account = cfg.accounts[0]
+    with IMAPClient("127.0.0.1", account.imap_port, ssl=True,
+                    ssl_context=__import__("ssl").create_default_context(cafile=account.ca_file)) as c:
+        c.login(account.username, Path(os.environ["CREDENTIALS_DIRECTORY"], account.name).read_text())
+        info = c.select_folder("INBOX", readonly=True)
+        high = max(c.search("ALL"))
+    db = open_db(cfg.database)
+    with db.conn:
+        set_mailbox(db, account.name, "INBOX", int(info[b"UIDVALIDITY"]), high)
+    db.close()
+
+
+def idle_daemon(env: Env, users, seconds: int) -> tuple[float, float] | None:
+    """RSS (MiB) and CPU (% of one core) of `mail2ticket run` with 20 accounts, over ``seconds``."""
+    config = env.config(users, "daemon.db", poll="*/5")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mail2ticket", "--config", str(config), "run"],
+        env=env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    time.sleep(10)  # start-up and the first poll of every account
+    if proc.poll() is not None:
+        print("daemon exited:", proc.stderr.read().decode(errors="replace")[-1000:], file=sys.stderr)
+        return None
+    stat = Path(f"/proc/{proc.pid}/stat")
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    c0, t0 = cpu(), time.perf_counter()
+    time.sleep(seconds)
+    c1, t1 = cpu(), time.perf_counter()
+    rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    return rss_kib / 1024, 100 * (c1 - c0) / (t1 - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=10_000, help="N for the import comparison")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each measurement (median, min, max)")
+    parser.add_argument("--idle-sizes", default="1000,100000", help="mailbox sizes for the idle-poll cost")
+    parser.add_argument("--skip-large", action="store_true", help="skip the 50 MB attachment and the daemon")
+    parser.add_argument("--daemon-seconds", type=int, default=60)
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="m2t-bench-"))
+    try:
+        ca = CertificateAuthority(base / "ca")
+        with Dovecot(ca) as dovecot:
+            env = Env(base / "env", dovecot)
+            os.environ["CREDENTIALS_DIRECTORY"] = str(env.creds)
+            print(f"Filling a mailbox with {args.messages} mixed messages ...", flush=True)
+            user = dovecot.add_user()
+            t = time.perf_counter()
+            msgs = mailgen.mailbox(args.messages)
+            dovecot.append_many(user, msgs)
+            size_mb = sum(len(m) for m in msgs) / 1e6
+            print(f"  {args.messages} messages, {size_mb:.1f} MB, appended in {time.perf_counter() - t:.1f} s")
+
+            a, b, c, c_rss = [], [], [], []
+            for run in range(args.runs):
+                t = time.perf_counter()
+                assert bare_fetch(dovecot, user) == args.messages
+                a.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                assert minimal_importer(dovecot, user, base / f"minimal{run}.db") == args.messages
+                b.append(time.perf_counter() - t)
+                config = env.config([user], f"poll{run}.db")
+                wall, rss, code = measured(poll_cmd(config), env.environ())
+                assert code == 0, "mail2ticket poll failed"
+                c.append(wall)
+                c_rss.append(rss / 1024)
+                print(f"  run {run + 1}: a {a[-1]:.2f} s, b {b[-1]:.2f} s, c {c[-1]:.2f} s", flush=True)
+
+            n = args.messages
+            print()
+            print(f"Import of N = {n} messages (TLS, loopback), {args.runs} run(s): median (min, max)")
+            print(f"  (a) bare fetch loop        {fmt(a)}   {n / statistics.median(a):8.0f} msg/s")
+            print(f"  (b) minimal importer       {fmt(b)}   {n / statistics.median(b):8.0f} msg/s")
+            print(f"  (c) mail2ticket poll       {fmt(c)}   {n / statistics.median(c):8.0f} msg/s")
+            print(f"  c/a = {statistics.median(c) / statistics.median(a):.2f}   "
+                  f"c/b = {statistics.median(c) / statistics.median(b):.2f}")
+            print(f"  peak RSS of (c): {fmt(c_rss, 'MiB')}")
+
+            print()
+            print("Poll that finds nothing new (watermark at the top):")
+            for size in [int(s) for s in args.idle_sizes.split(",") if s]:
+                idle_user = dovecot.add_user()
+                t = time.perf_counter()
+                for start in range(0, size, 5000):
+                    dovecot.append_many(idle_user, [mailgen.tiny(i) for i in range(start, min(size, start + 5000))])
+                config = env.config([idle_user], f"idle{size}.db")
+                set_watermark(config)
+                walls, imap = idle_poll_cost(env, config, args.runs)
+                print(f"  {size:>7} messages: IMAP work {fmt([x * 1000 for x in imap], 'ms')}; "
+                      f"whole 'mail2ticket poll' {fmt(walls)}  (filled in {time.perf_counter() - t:.0f} s)")
+
+            if not args.skip_large:
+                big_user = dovecot.add_user()
+                dovecot.append(big_user, mailgen.message(0, __import__("random").Random(5),
+                                                         big_attachment=50 * 1024 * 1024))
+                rss = []
+                for run in range(args.runs):
+                    config = env.config([big_user], f"big{run}.db")
+                    wall, peak, code = measured(poll_cmd(config), env.environ())
+                    assert code == 0
+                    rss.append(peak / 1024)
+                print()
+                print(f"Peak RSS importing one message with a 50 MB attachment: {fmt(rss, 'MiB')}")
+                users = [dovecot.add_user() for _ in range(20)]
+                for u in users:
+                    dovecot.append(u, mailgen.tiny(1))
+                idle = idle_daemon(env, users, args.daemon_seconds)
+                if idle:
+                    print(f"Idle daemon, 20 accounts, over {args.daemon_seconds} s: "
+                          f"RSS {idle[0]:.1f} MiB, CPU {idle[1]:.2f} % of one core")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
