@@ -177,3 +177,44 @@ def m001_initial(db: Database) -> None:
     )
     db["quarantine"].create_index(["resolved_at"], index_name="idx_quarantine_open")
     db["events"].create_index(["ticket_id", "id"], index_name="idx_events_ticket")
+
+
+@migrations()
+def m101_outbox(db: Database) -> None:
+    """Issue 5: the outbox of mails to send, and the secret that signs our Message-IDs."""
+    import secrets
+
+    db["outbox"].create(
+        {
+            "id": int,
+            "ticket_id": int,
+            "message": int,  # the messages row of a reply; null for acknowledgements and notices
+            "account": str,
+            "kind": str,  # ack | reply | close | reopen
+            "mail_from": str,
+            "recipients": str,  # JSON list: the envelope recipients
+            "to_address": str,  # the main recipient, for the per-sender rate limit
+            "message_id": str,
+            "subject": str,
+            "raw_sha256": str,
+            "status": str,  # queued | sending | sent | failed
+            "attempts": int,
+            "created_at": str,
+            "next_attempt_at": str,
+            "claimed_by": str,  # host:pid of the sender that is sending it now
+            "claimed_at": str,
+            "sent_at": str,
+            "last_error": str,
+            "smtp_reply": str,
+        },
+        pk="id",
+        foreign_keys=[("ticket_id", "tickets", "id"), ("raw_sha256", "raw_messages", "sha256")],
+        defaults={"status": "queued", "attempts": 0},
+        not_null={"account", "kind", "mail_from", "recipients", "message_id", "raw_sha256", "status",
+                  "created_at"},
+    )
+    db["outbox"].create_index(["status", "next_attempt_at"], index_name="idx_outbox_due")
+    db["outbox"].create_index(["to_address", "kind", "created_at"], index_name="idx_outbox_rate")
+    db["outbox"].create_index(["message_id"], index_name="idx_outbox_message_id")
+    db["conversation_state"].create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db["conversation_state"].insert({"key": "message_id_secret", "value": secrets.token_hex(32)})
