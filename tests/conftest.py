@@ -1,0 +1,149 @@
+"""Shared pytest fixtures: an isolated user environment, and the real servers of tests/servers.py.
+
+Sections: environment (autouse), TLS, IMAP (Dovecot), SMTP, network faults. Add new fixtures to
+the section they belong to, or start a new section; keep the machinery itself in helper modules.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import (
+    DOVECOT_MISSING,
+    CertificateAuthority,
+    Dovecot,
+    SmtpServer,
+    TcpRelay,
+    User,
+    account_config,
+    find_dovecot,
+    missing_dependency,
+)
+
+# ------------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class IsolatedEnv:
+    """The per-test stand-ins for the user's directories (all under tmp_path)."""
+
+    home: Path
+    config_home: Path
+    data_home: Path
+    state_home: Path
+    cache_home: Path
+
+    @property
+    def keyring_file(self) -> Path:
+        """Where keyrings.alt's PlaintextKeyring keeps the passwords of this test."""
+        return self.data_home / "python_keyring" / "keyring_pass.cfg"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> IsolatedEnv:
+    """Point every piece of user state (config, data, keyring, HOME) at this test's tmp_path."""
+    env = IsolatedEnv(
+        home=tmp_path / "home",
+        config_home=tmp_path / "xdg-config",
+        data_home=tmp_path / "xdg-data",
+        state_home=tmp_path / "xdg-state",
+        cache_home=tmp_path / "xdg-cache",
+    )
+    for variable, path in [
+        ("HOME", env.home),
+        ("XDG_CONFIG_HOME", env.config_home),
+        ("XDG_DATA_HOME", env.data_home),
+        ("XDG_STATE_HOME", env.state_home),
+        ("XDG_CACHE_HOME", env.cache_home),
+    ]:
+        path.mkdir()
+        monkeypatch.setenv(variable, str(path))
+    monkeypatch.delenv("MAIL2TICKET_CONFIG", raising=False)
+    # A real file keyring; it reads XDG_DATA_HOME on every access, so it lands in data_home.
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    if "keyring.core" in sys.modules:  # forget a backend chosen under another test's environment
+        monkeypatch.setattr(sys.modules["keyring.core"], "_keyring_backend", None)
+    return env
+
+
+# --------------------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    """A throw-away CA: ca_file, a 127.0.0.1/localhost server cert, an unrelated other_ca_file."""
+    return CertificateAuthority(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def other_ca_file(test_ca: CertificateAuthority) -> Path:
+    """A CA that signed none of the test servers' certificates."""
+    return test_ca.other_ca_file
+
+
+# -------------------------------------------------------------------------------------- IMAP
+
+
+@pytest.fixture(scope="session")
+def dovecot(test_ca: CertificateAuthority) -> Iterator[Dovecot]:
+    """A private Dovecot for the whole session: imaps and STARTTLS ports on 127.0.0.1."""
+    if find_dovecot() is None:
+        missing_dependency(DOVECOT_MISSING)
+    with Dovecot(test_ca) as server:
+        yield server
+
+
+@pytest.fixture
+def imap_user(dovecot: Dovecot) -> User:
+    """A fresh mail user with an empty INBOX, so tests never see each other's mail."""
+    return dovecot.add_user()
+
+
+@pytest.fixture(name="account_config")
+def account_config_fixture(dovecot: Dovecot) -> Callable[..., dict[str, object]]:
+    """``account_config(user, smtp=None, **overrides)``: the config keys of an account on Dovecot."""
+
+    def make(user: User, smtp: SmtpServer | None = None, **overrides: object) -> dict[str, object]:
+        return account_config(user, dovecot, smtp, **overrides)
+
+    return make
+
+
+# -------------------------------------------------------------------------------------- SMTP
+
+
+@pytest.fixture
+def smtp_server(test_ca: CertificateAuthority) -> Iterator[SmtpServer]:
+    """A fresh SMTP submission server per test: STARTTLS required, then AUTH, then MAIL."""
+    with SmtpServer(test_ca, security="starttls") as server:
+        yield server
+
+
+@pytest.fixture
+def smtps_server(test_ca: CertificateAuthority) -> Iterator[SmtpServer]:
+    """Like smtp_server, but TLS from the first byte (port 465 style)."""
+    with SmtpServer(test_ca, security="tls") as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------- network faults
+
+
+@pytest.fixture
+def tcp_relay() -> Iterator[Callable[[str, int], TcpRelay]]:
+    """``tcp_relay(host, port)``: a relay to that server which can cut or stall connections."""
+    relays: list[TcpRelay] = []
+
+    def make(host: str, port: int) -> TcpRelay:
+        relay = TcpRelay(host, port)
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        relay.close()
