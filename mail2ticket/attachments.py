@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from pathlib import Path
 
 from mail2ticket.errors import TempFailError
+
+log = logging.getLogger(__name__)
 
 
 class AttachmentStore:
@@ -50,17 +54,34 @@ class AttachmentStore:
             ) from None
         return sha256, rel
 
-    def sweep_temp(self) -> int:
-        """Remove temp files left by a crash mid-write; returns how many."""
+    def sweep_temp(self, max_age: float = 24 * 3600) -> int:
+        """Remove temp files left by a crash mid-write; returns how many.
+
+        A temp file is named ``<sha256>.<pid>.tmp``: it is removed when that process is gone, or
+        when it is older than ``max_age`` (a reused pid), so a sweep never pulls a file from under
+        another process that is writing right now. Complete files that no row references (a crash
+        between the rename and the commit) are kept: they are content-addressed, so the retried
+        import reuses them, and deleting them could race with an import about to commit.
+        """
         tmpdir = self.root / "tmp"
         count = 0
-        if tmpdir.is_dir():
-            for item in tmpdir.iterdir():
-                try:
-                    item.unlink()
-                    count += 1
-                except OSError:
-                    pass
+        if not tmpdir.is_dir():
+            return count
+        now = time.time()
+        for item in tmpdir.iterdir():
+            try:
+                pid = int(item.name.split(".")[1])
+            except (IndexError, ValueError):
+                pid = 0
+            try:
+                if _alive(pid) and now - item.stat().st_mtime < max_age:
+                    continue
+                item.unlink()
+                count += 1
+            except OSError:
+                pass
+        if count:
+            log.info("removed %d temp files left in %s by an interrupted run", count, tmpdir)
         return count
 
     def verify(self, sha256: str) -> bool:
@@ -72,6 +93,20 @@ class AttachmentStore:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest() == sha256
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -79,8 +79,9 @@ class Mailbox:
         self.connect()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # After a failure the connection may be dead or stalled: do not wait for a LOGOUT answer.
+        self.close(quick=exc_type is not None)
 
     def connect(self) -> None:
         from imapclient import IMAPClient
@@ -126,16 +127,18 @@ class Mailbox:
                     f"check the username and app password (mail2ticket accounts set-password {acct.name})",
                 ) from None
         except BaseException:
-            self.close()
+            self.close(quick=True)
             raise
         finally:
             self._password = ""  # keep the secret for as short as we can
 
-    def close(self) -> None:
+    def close(self, quick: bool = False) -> None:
         client, self.client = self.client, None
         if client is None:
             return
         try:
+            if quick:
+                raise ConnectionAbortedError("closing without LOGOUT")
             client.logout()
         except Exception:
             try:
@@ -175,6 +178,13 @@ class Mailbox:
 
     def all_uids(self) -> list[int]:
         return sorted(self.client.search(["ALL"]))
+
+    def existing(self, uids: Sequence[int]) -> list[int]:
+        """Which of ``uids`` are still in the folder (UID SEARCH)."""
+        if not uids:
+            return []
+        found = set(self.client.search(["UID", ",".join(str(u) for u in uids)]))
+        return sorted(u for u in uids if u in found)
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}

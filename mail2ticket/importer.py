@@ -14,7 +14,7 @@ from sqlite_utils import Database
 
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, StoreError, TempFailError
-from mail2ticket.parse import ParsedMessage, parse_message
+from mail2ticket.parse import ParsedMessage
 from mail2ticket.store import iso, log_event, now_iso, transaction
 from mail2ticket.threader import find_ticket
 
@@ -63,8 +63,16 @@ class Outcome:
 class ImportContext:
     db: Database
     attachments: AttachmentStore
-    parse: Callable[[bytes], ParsedMessage] = parse_message
+    parse: Callable[[bytes], ParsedMessage] | None = None  # default: mail2ticket.parse.parse_message
     hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.parse is None:
+            # Looked up now, not at import time, so a parser replaced at run time (a fixed
+            # version, or a test's parser with a bug) is the one used.
+            from mail2ticket import parse as parse_module
+
+            self.parse = parse_module.parse_message
 
 
 def sha256_hex(data: bytes) -> str:
@@ -167,8 +175,8 @@ def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
     try:
         with db.atomic():  # a savepoint: one message's failure rolls back only that message
             return _store_one_inner(ctx, prep)
-    except sqlite3.OperationalError:
-        raise  # disk full, locked: the whole batch must fail, nothing is flagged
+    except (sqlite3.OperationalError, TempFailError):
+        raise  # disk full, locked: the whole batch must fail, nothing is flagged, retried later
     except (sqlite3.Error, StoreError, ValueError, TypeError, KeyError) as exc:
         log.exception("storing a message failed; it goes to the quarantine")
         prep.parsed = None

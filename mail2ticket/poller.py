@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from mail2ticket.config import Account, Config
 from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError
 from mail2ticket.imap import Mailbox, chunks
 from mail2ticket.importer import ImportContext, Incoming, Outcome, Source, import_batch
-from mail2ticket.store import get_mailbox, log_event, record_poll, set_mailbox, transaction
+from mail2ticket.store import get_mailbox, log_event, now_iso, record_poll, set_mailbox, transaction
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,7 @@ def poll_account(
     result = PollResult(account.name)
     ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []))
     limit = account.max_message_size or cfg.max_message_size
+    ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
     with Mailbox(account, password) as box:
         info = box.select(account.folder)
         state = get_mailbox(db, account.name, account.folder)
@@ -125,6 +125,14 @@ def poll_account(
             with transaction(db):
                 log_event(db, "uidvalidity-changed", msg, account=account.name)
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
+                # Over-size messages were never downloaded, so no hash can match them: their
+                # entries name UIDs that no longer exist. The re-scan makes fresh entries.
+                db.execute(
+                    "update quarantine set resolved_at = ?, error = error || ? where account = ? "
+                    "and folder = ? and uidvalidity != ? and raw_sha256 is null and resolved_at is null",
+                    [now_iso(), " (superseded: the folder's UIDVALIDITY changed; see the newer entry)",
+                     account.name, account.folder, info.uidvalidity],
+                )
         else:
             with transaction(db):
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
@@ -138,6 +146,9 @@ def poll_account(
             big = [u for u in batch if sizes.get(u, 0) > limit]
             small = [u for u in batch if u not in big]
             fetched = box.fetch(small) if small else {}
+            # A UID the server sent no body for may be gone (expunged meanwhile: fine) or the
+            # server failed to send it: then the watermark must stay below it, or it is lost.
+            held = box.existing([u for u in small if u not in fetched])
             items: list[Incoming] = []
             for uid in batch:
                 source = Source(account.name, account.folder, info.uidvalidity, uid)
@@ -148,7 +159,7 @@ def poll_account(
                     items.append(
                         Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action)
                     )
-            high = max(batch)
+            high = min(held) - 1 if held else max(batch)
 
             def advance(db: Database, high=high) -> None:
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, high)
@@ -164,12 +175,18 @@ def poll_account(
                 and o.incoming.source is not None
             ]
             result.flagged += _apply_pending(db, box, account, info.uidvalidity) if to_flag else 0
+            if held:
+                result.error = ServerError(
+                    f"the server sent no content for UID {held[0]} of {account.folder}, which is still there",
+                    "the next poll fetches it again",
+                ).one_line()
+                break
     return result
 
 
 def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> PollResult:
     """poll_account with errors caught, logged and recorded in account_status (never raises)."""
-    from imapclient.exceptions import IMAPClientError
+    from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
     from mail2ticket.secrets import get_password
 
@@ -184,8 +201,20 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> Poll
         result = PollResult(account.name, error=exc.one_line())
     except ssl.SSLError as exc:
         result = PollResult(account.name, error=f"TLS error: {exc}")
-    except (OSError, socket.timeout) as exc:
+    except TimeoutError:
+        err = ConnectError(
+            f"IMAP server {account.imap_host}:{account.imap_port} did not answer within {account.timeout} s",
+            "the next poll resumes where the last stored message ended",
+        )
+        result = PollResult(account.name, error=err.one_line())
+    except OSError as exc:
         err = ConnectError(f"connection to {account.imap_host} lost: {exc}", "the next poll resumes where this stopped")
+        result = PollResult(account.name, error=err.one_line())
+    except IMAPClientAbortError as exc:
+        err = ConnectError(
+            f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
+            "the next poll resumes where the last stored message ended",
+        )
         result = PollResult(account.name, error=err.one_line())
     except IMAPClientError as exc:
         err = ServerError(f"IMAP error from {account.imap_host}: {exc}", "the next poll resumes where this stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from sqlite_utils import Database
@@ -36,13 +37,33 @@ def open_count(db: Database) -> int:
     return db.execute("select count(*) from quarantine where resolved_at is null").fetchone()[0]
 
 
-def _fetch_from_server(cfg: Config, entry: dict) -> bytes:
-    """A too-large message was left on the server: fetch it now, limit lifted."""
+def _limit(cfg: Config, account_name: str) -> int:
+    try:
+        account = cfg.account(account_name)
+    except NotFoundError:
+        return cfg.max_message_size
+    return account.max_message_size or cfg.max_message_size
+
+
+def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> bytes:
+    """A too-large message was left on the server: fetch it now that the limit allows it.
+
+    The server-side action (\\Seen, move, delete) is not run here but appended to ``after_commit``:
+    it may only run once the message is stored.
+    """
     from mail2ticket.imap import Mailbox
     from mail2ticket.secrets import get_password
 
     account = cfg.account(entry["account"])
-    with Mailbox(account, get_password(account)) as box:
+    limit = _limit(cfg, entry["account"])
+    if entry["size"] is not None and entry["size"] > limit:
+        raise Mail2TicketError(
+            f"message of {entry['size']} bytes is still over the size limit of {limit} bytes",
+            "raise max_message_size (in [limits] or the account) and retry",
+        )
+    box = Mailbox(account, get_password(account))
+    box.connect()
+    try:
         info = box.select(entry["folder"])
         if info.uidvalidity != entry["uidvalidity"]:
             raise Mail2TicketError(
@@ -52,10 +73,19 @@ def _fetch_from_server(cfg: Config, entry: dict) -> bytes:
         data = box.fetch([entry["uid"]])
         if entry["uid"] not in data:
             raise Mail2TicketError(f"UID {entry['uid']} is no longer in {entry['folder']} on the server")
-        raw = data[entry["uid"]][0]
-        if account.after_import not in (None, "none"):
-            box.apply_action(account.after_import, [entry["uid"]])
-        return raw
+    except BaseException:
+        box.close(quick=True)
+        raise
+    after_commit.append(lambda stored: _finish_on_server(box, account.after_import, entry["uid"], stored))
+    return data[entry["uid"]][0]
+
+
+def _finish_on_server(box, action: str | None, uid: int, stored: bool) -> None:
+    try:
+        if stored and action not in (None, "none"):
+            box.apply_action(action, [uid])
+    finally:
+        box.close()
 
 
 def retry(cfg: Config, db: Database, qid: int) -> dict:
@@ -63,11 +93,30 @@ def retry(cfg: Config, db: Database, qid: int) -> dict:
     entry = get_entry(db, qid)
     if entry["resolved_at"]:
         return entry
+    after_commit: list = []
     if entry["raw_sha256"]:
         raw = get_raw(db, entry["raw_sha256"])
     else:
-        raw = _fetch_from_server(cfg, entry)
-    ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments))
+        try:
+            raw = _fetch_from_server(cfg, entry, after_commit)
+        except Mail2TicketError as exc:
+            with transaction(db):
+                db.execute(
+                    "update quarantine set retries = retries + 1, error = ? where id = ?", [exc.one_line(), qid]
+                )
+            return get_entry(db, qid)
+    stored = False
+    try:
+        result = _retry_stored(cfg, db, qid, entry, raw)
+        stored = bool(result["resolved_at"])
+        return result
+    finally:
+        for finish in after_commit:  # only now, with the import committed, touch the server
+            finish(stored)
+
+
+def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes) -> dict:
+    ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg)
     # Parse first: on failure the entry stays, with the new error and one more retry counted.
     try:
         ctx.parse(raw)
@@ -80,13 +129,17 @@ def retry(cfg: Config, db: Database, qid: int) -> dict:
         return get_entry(db, qid)
     # The raw bytes are already recorded against this entry; import them as a fresh message.
     with transaction(db):
-        db.execute("update quarantine set raw_sha256 = null where id = ? and raw_sha256 is null", [qid])
         outcomes = import_batch(ctx, [Incoming(entry["account"], raw)])
         outcome = outcomes[0]
         if outcome.message_row:
+            digest = hashlib.sha256(raw).hexdigest()
             db.execute(
-                "update quarantine set resolved_at = ?, resolved_message = ?, retries = retries + 1 where id = ?",
-                [now_iso(), outcome.message_row, qid],
+                "update quarantine set resolved_at = ?, resolved_message = ?, retries = retries + 1, "
+                "raw_sha256 = coalesce(raw_sha256, ?) where id = ?",
+                [now_iso(), outcome.message_row, digest, qid],
             )
-            db.execute("update sources set message = ? where quarantine = ?", [outcome.message_row, qid])
+            db.execute(
+                "update sources set message = ?, raw_sha256 = coalesce(raw_sha256, ?) where quarantine = ?",
+                [outcome.message_row, digest, qid],
+            )
     return get_entry(db, qid)
