@@ -1,0 +1,219 @@
+"""Network faults: connections cut mid-FETCH, stalled servers, and per-account backoff.
+
+Every IMAP byte goes through the `tcp_relay` fixture (TLS end to end, verified against the test
+CA), which cuts the connection at chosen byte offsets or stops forwarding. After each fault:
+nothing partial is stored, nothing is flagged on the server that is not stored, the error is one
+clear line, and the next poll resumes where the last commit ended and completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from mail2ticket.cli import cli
+from mail2ticket.secrets import store_password
+from tests.servers import Dovecot, User
+
+CUTS_SURVIVED: list[int] = []  # offsets of the connections cut in this module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report_cuts():
+    """Print the figure the closing note reports, once the module's tests have run (pytest -s)."""
+    yield
+    print(f"\nconnection cuts survived: {len(CUTS_SURVIVED)} (offsets {sorted(set(CUTS_SURVIVED))})")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _message(n: int, size: int = 20_000) -> bytes:
+    # Base64 lines of pseudo-random text: large enough that FETCH spans many TLS records.
+    body = hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64)
+    lines = b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
+    return (
+        b"From: customer%d@example.org\r\nTo: support@example.test\r\n"
+        b"Subject: network fault test %d\r\nMessage-ID: <net-%d@example.org>\r\n\r\n" % (n, n, n)
+        + lines
+        + b"\r\n"
+    )
+
+
+def _setup(tmp_path: Path, accounts: list[dict]) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
+                "accounts": accounts,
+            }
+        )
+    )
+    return config
+
+
+def _poll(config: Path, *accounts: str):
+    return CliRunner().invoke(cli, ["--config", str(config), "poll", *accounts])
+
+
+def _status(config: Path) -> dict:
+    result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
+    return {a["name"]: a for a in json.loads(result.stdout)["accounts"]}
+
+
+def _ledger(db_path: Path, account: str, uidvalidity: int) -> dict[int, str]:
+    if not db_path.exists():
+        return {}
+    with sqlite3.connect(db_path) as conn:
+        return dict(
+            conn.execute(
+                "select uid, raw_sha256 from sources where account = ? and uidvalidity = ?",
+                [account, uidvalidity],
+            ).fetchall()
+        )
+
+
+def check_consistent(dovecot: Dovecot, user: User, db_path: Path) -> dict[int, str]:
+    """Nothing partial stored, nothing flagged without a row; returns the ledger {uid: sha256}."""
+    server = {uid: _sha(raw) for uid, raw in dovecot.fetch_raw(user).items()}
+    ledger = _ledger(db_path, user.name, dovecot.uidvalidity(user))
+    for uid, digest in ledger.items():
+        assert server[uid] == digest, f"UID {uid} stored with other bytes than the server has"
+    if db_path.exists():
+        with sqlite3.connect(db_path) as conn:
+            for digest, raw in conn.execute("select sha256, raw from raw_messages"):
+                assert _sha(raw) == digest and digest in server.values(), "a partial message was stored"
+            dup = conn.execute(
+                "select count(*) from (select raw_sha256 from messages group by raw_sha256 having count(*) > 1)"
+            ).fetchone()[0]
+            assert dup == 0, "a message was imported twice"
+    seen = {uid for uid, flags in dovecot.flags(user).items() if "\\Seen" in flags}
+    assert seen <= set(ledger), f"flagged on the server but not stored: {sorted(seen - set(ledger))}"
+    return ledger
+
+
+@pytest.fixture
+def mailbox(dovecot: Dovecot, imap_user: User) -> User:
+    dovecot.append_many(imap_user, [_message(n) for n in range(30)])
+    store_password(imap_user.name, imap_user.password)
+    return imap_user
+
+
+@pytest.mark.parametrize("offset", [9_000, 60_000, 150_000, 333_333, 520_000])
+def test_a_connection_cut_mid_fetch_stores_nothing_partial_and_the_next_poll_completes(
+    dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path, offset: int
+) -> None:
+    relay = tcp_relay(dovecot.host, dovecot.imaps_port)
+    config = _setup(tmp_path, [account_config(mailbox, imap_port=relay.port, batch_size=5, timeout=10)])
+    relay.cut_once_at(offset)
+
+    cut = _poll(config)
+
+    assert relay.cuts == 1, "the relay did not cut the connection: the offset is past the end"
+    assert cut.exit_code == 1
+    error = [line for line in cut.stderr.splitlines() if line.startswith(f"{mailbox.name}: FAILED:")]
+    assert len(error) == 1 and "Traceback" not in cut.output, cut.stderr
+    assert f"{dovecot.host}:{relay.port} was lost" in error[0], error
+    partial = check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
+    assert len(partial) < 30 and len(partial) % 5 == 0, "only whole committed batches are stored"
+
+    done = _poll(config)
+
+    assert done.exit_code == 0, done.output
+    assert f"{30 - len(partial)} imported" in done.stdout
+    ledger = check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
+    assert len(ledger) == 30
+    assert all("\\Seen" in f for f in dovecot.flags(mailbox).values())
+    CUTS_SURVIVED.append(offset)
+
+
+def test_connections_cut_again_and_again_still_import_everything_exactly_once(
+    dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path
+) -> None:
+    relay = tcp_relay(dovecot.host, dovecot.imaps_port)
+    config = _setup(tmp_path, [account_config(mailbox, imap_port=relay.port, batch_size=3, timeout=10)])
+    relay.cut_after(140_000)  # every connection dies after ~140 kB: a couple of batches per poll
+    stored = []
+    for _ in range(20):
+        result = _poll(config)
+        stored.append(len(check_consistent(dovecot, mailbox, tmp_path / "m2t.db")))
+        if result.exit_code == 0:
+            break
+    assert stored[-1] == 30, f"stored after each poll: {stored}"
+    assert stored == sorted(stored) and len(set(stored)) == len(stored), f"each poll made progress: {stored}"
+    assert relay.cuts == len(stored) - 1 >= 3
+    CUTS_SURVIVED.extend([140_000] * relay.cuts)
+
+
+@pytest.mark.parametrize("stall_after", [0, 80_000], ids=["before-the-greeting", "mid-fetch"])
+def test_a_stalled_server_times_out_quickly_with_a_clear_error(
+    dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path, stall_after: int
+) -> None:
+    relay = tcp_relay(dovecot.host, dovecot.imaps_port)
+    config = _setup(tmp_path, [account_config(mailbox, imap_port=relay.port, batch_size=5, timeout=2)])
+    relay.stall(after=stall_after)
+
+    started = time.monotonic()
+    result = _poll(config)
+    elapsed = time.monotonic() - started
+
+    assert result.exit_code == 1
+    assert elapsed < 8, f"a 2 s timeout took {elapsed:.1f} s to report"
+    assert "did not answer" in result.stderr and f"{relay.port}" in result.stderr, result.stderr
+    check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
+    relay.resume()
+    assert _poll(config).exit_code == 0
+    assert len(check_consistent(dovecot, mailbox, tmp_path / "m2t.db")) == 30
+
+
+def _in_seconds(iso: str) -> float:
+    return (datetime.fromisoformat(iso.replace("Z", "+00:00")) - datetime.now(UTC)).total_seconds()
+
+
+def test_errors_back_off_per_account_and_show_in_status(
+    dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path
+) -> None:
+    healthy = dovecot.add_user()
+    dovecot.append_many(healthy, [_message(n, 500) for n in range(3)])
+    store_password(healthy.name, healthy.password)
+    relay = tcp_relay(dovecot.host, dovecot.imaps_port)
+    config = _setup(
+        tmp_path,
+        [account_config(mailbox, imap_port=relay.port, timeout=10), account_config(healthy)],
+    )
+    relay.cut_after(60_000)
+
+    first = _poll(config)
+    status = _status(config)
+
+    assert first.exit_code == 1
+    assert f"{healthy.name}: 3 imported" in first.stdout, "the other account is polled all the same"
+    broken = status[mailbox.name]
+    assert broken["healthy"] is False and broken["failures"] == 1
+    assert "lost" in broken["last_error"] or "TLS" in broken["last_error"]
+    assert 50 <= _in_seconds(broken["next_attempt_at"]) <= 61
+    assert status[healthy.name]["healthy"] and status[healthy.name]["next_attempt_at"] is None
+
+    _poll(config)
+    status = _status(config)
+    assert status[mailbox.name]["failures"] == 2
+    assert 110 <= _in_seconds(status[mailbox.name]["next_attempt_at"]) <= 121, "the wait doubles"
+    text = CliRunner().invoke(cli, ["--config", str(config), "status"])
+    assert text.exit_code == 1 and mailbox.name in text.stdout and "lost" in text.stdout
+
+    relay.resume()
+    assert _poll(config).exit_code == 0
+    status = _status(config)
+    assert status[mailbox.name]["failures"] == 0 and status[mailbox.name]["last_error"] is None
+    assert status[mailbox.name]["next_attempt_at"] is None
+    CUTS_SURVIVED.extend([60_000] * relay.cuts)
