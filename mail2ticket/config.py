@@ -75,9 +75,62 @@ SCHEDULE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "overdue": (_str, "*/15", 'a schedule such as "*/15" or "1h"'),
     "outbox": (_str, "1m", 'a schedule such as "1m"'),
 }
+def _str_or_list(v):
+    return isinstance(v, str) or _str_list(v)
+
+
+def _table(v):
+    return isinstance(v, dict)
+
+
+def _hours_or_false(v):
+    return isinstance(v, str) or v is False
+
+
+def _date_list(v):
+    return isinstance(v, list) and all(_date(x) for x in v)
+
+
+def _header_patterns(v):
+    return isinstance(v, dict) and all(isinstance(k, str) and _str_or_list(x) for k, x in v.items())
+
+
 SLA_KEYS: dict[str, tuple[Any, Any, str]] = {
     "response": (_str, None, 'a duration such as "4h"'),
     "resolution": (_str, None, 'a duration such as "3d"'),
+    # Issue 7 (docs/triage.md): business hours, notices, per-priority and per-account targets.
+    "business_hours": (_str, None, 'a time range such as "09:00-17:00"'),
+    "business_days": (_str_list, None, 'a list of days such as ["mon", "tue", "wed", "thu", "fri"]'),
+    "timezone": (_str, None, 'an IANA time zone such as "Europe/Berlin"'),
+    "holidays": (_date_list, None, "a list of dates such as [2026-12-25]"),
+    "notify": (_str, None, "an e-mail address that gets a notice when targets are missed"),
+    "notify_account": (_str, None, "the account that sends the notice"),
+    "priority": (_table, None, "tables [sla.priority.NAME] with response and resolution"),
+    "account": (_table, None, "tables [sla.account.NAME] with response and resolution"),
+}
+# [sla.priority.NAME] and [sla.account.NAME].
+SLA_TARGET_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "response": (_str, None, 'a duration such as "30m"'),
+    "resolution": (_str, None, 'a duration such as "1d"'),
+    "business_hours": (_hours_or_false, None, 'a time range such as "09:00-17:00", or false for all hours'),
+}
+# [[rules]] (mail2ticket/rules.py, docs/triage.md): conditions, then actions.
+RULE_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "name": (_str, None, "a short name, shown in the ticket's history"),
+    "match": (_str, "substring", '"substring", "glob" or "regex"'),
+    "account": (_str_or_list, None, "an account name or a list of them"),
+    "from": (_str_or_list, None, "a pattern or a list of patterns"),
+    "to": (_str_or_list, None, "a pattern or a list of patterns"),
+    "subject": (_str_or_list, None, "a pattern or a list of patterns"),
+    "body": (_str_or_list, None, "a pattern or a list of patterns"),
+    "headers": (_header_patterns, None, 'a table of header = pattern, such as { "X-Spam-Flag" = "YES" }'),
+    "priority": (_str, None, '"low", "normal", "high" or "urgent"'),
+    "tags": (_str_or_list, None, "a tag or a list of tags"),
+    "assignee": (_str, None, "a name"),
+    "queue": (_str, None, "an account name"),
+    "acknowledge": (_bool, None, "true or false"),
+    "ignore": (_bool, False, "true or false"),
+    "stop": (_bool, False, "true or false"),
 }
 LIMIT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "max_message_size": (_str, "50MB", 'a size such as "50MB"'),
@@ -165,7 +218,7 @@ class Config:
     max_message_size: int
     max_attachment_size: int
     accounts: list[Account] = field(default_factory=list)
-    rules: list[dict[str, Any]] = field(default_factory=list)
+    rules: list[Any] = field(default_factory=list)  # rules.Rule, validated
     files: list[Path] = field(default_factory=list)
     exists: bool = True
 
@@ -364,8 +417,6 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
     for key, value in schedule.items():
         _check_schedule(cfg_path, f"schedule.{key}", value)
     sla = _check_table(cfg_path, "sla", data.get("sla", {}), SLA_KEYS)
-    for key, value in sla.items():
-        _check_duration(cfg_path, f"sla.{key}", value)
     limits = _check_table(cfg_path, "limits", data.get("limits", {}), LIMIT_KEYS)
     sizes = {}
     for key, value in limits.items():
@@ -405,9 +456,12 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
             )
         seen[account.name] = src
         accounts.append(account)
-    rules = data.get("rules", [])
-    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
-        raise ConfigError(f"{cfg_path}: 'rules' must be an array of tables ([[rules]])")
+    from mail2ticket.rules import compile_rules
+    from mail2ticket.sla import check_config as check_sla
+
+    account_names = [a.name for a in accounts]
+    sla = check_sla(cfg_path, sla, account_names)
+    rules = compile_rules(cfg_path, data.get("rules", []), account_names)
     return Config(
         path=cfg_path,
         database=resolve(storage["database"], data_dir / "mail2ticket.db"),

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -52,6 +53,8 @@ class Outcome:
     message_row: int | None = None
     quarantine_id: int | None = None
     detail: str = ""
+    previous_status: str | None = None  # a follow-up's ticket status before this mail reopened it
+    no_ack: str | None = None  # why no acknowledgement may be sent (set by rules; see rules.suppresses_ack)
 
     @property
     def flag_on_server(self) -> bool:
@@ -65,6 +68,8 @@ class ImportContext:
     attachments: AttachmentStore
     parse: Callable[[bytes], ParsedMessage] | None = None  # default: mail2ticket.parse.parse_message
     hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)
+    # The Config: when set, [[rules]] and [sla] targets apply to each stored mail (rules.apply_to_mail).
+    config: Any = None
 
     def __post_init__(self) -> None:
         if self.parse is None:
@@ -265,6 +270,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     else:
         ticket_id = decision.ticket_id
         status = "followup"
+        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
         db.execute(
             "update tickets set updated_at = ?, status = case when status = 'closed' then 'open' "
             "when status = 'pending' then 'open' else status end, "
@@ -316,6 +322,12 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         db["attachments"].insert_all(rows)
     _record_source(db, item, prep.sha256, message=message_row, quarantine=None)
     outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
+    if status == "followup":
+        outcome.previous_status = previous_status
+    if ctx.config is not None:
+        from mail2ticket.rules import apply_to_mail
+
+        apply_to_mail(ctx.config, db, outcome, parsed)
     for hook in ctx.hooks:
         hook(db, outcome, parsed)
     return outcome

@@ -218,3 +218,79 @@ def m101_outbox(db: Database) -> None:
     db["outbox"].create_index(["message_id"], index_name="idx_outbox_message_id")
     db["conversation_state"].create({"key": str, "value": str}, pk="key", not_null={"value"})
     db["conversation_state"].insert({"key": "message_id_secret", "value": secrets.token_hex(32)})
+
+
+@migrations()
+def m301_triage(db: Database) -> None:
+    # Issue 7: tags, the SLA breach record, and the indexes behind 'tickets list' filters and sorts.
+    db["ticket_tags"].create(
+        {"ticket_id": int, "tag": str},
+        pk=("ticket_id", "tag"),
+        foreign_keys=[("ticket_id", "tickets", "id")],
+        not_null={"tag"},
+    )
+    db["ticket_tags"].create_index(["tag", "ticket_id"], index_name="idx_ticket_tags_tag")
+    # When each SLA target was first found passed: the overdue event is recorded once per breach.
+    db["tickets"].add_column("response_breached_at", str)
+    db["tickets"].add_column("resolution_breached_at", str)
+    db["tickets"].create_index(["updated_at"], index_name="idx_tickets_updated")
+    db["tickets"].create_index(["created_at"], index_name="idx_tickets_created")
+    db["tickets"].create_index(["priority", "updated_at"], index_name="idx_tickets_priority_updated")
+    db["tickets"].create_index(["assignee", "updated_at"], index_name="idx_tickets_assignee_updated")
+    db["tickets"].create_index(["account", "updated_at"], index_name="idx_tickets_account_updated")
+    # Partial indexes: only the few tickets that the overdue check and 'list --overdue' look at.
+    db.execute(
+        "create index idx_tickets_overdue on tickets (updated_at) where overdue = 1"
+    )
+    db.execute(
+        "create index idx_tickets_due_response on tickets (due_response_at) "
+        "where status != 'closed' and first_response_at is null"
+    )
+    db.execute(
+        "create index idx_tickets_due_resolution on tickets (due_resolution_at) where status != 'closed'"
+    )
+
+
+@migrations()
+def m301_search(db: Database) -> None:
+    # Full-text search (messages_fts, FTS5) over every message already stored, and the triggers
+    # that keep it in sync with each insert, update and delete (mail2ticket/search.py).
+    from mail2ticket.search import install
+
+    install(db)
+
+
+@migrations()
+def m301_views(db: Database) -> None:
+    # Views for reading the database without our code (sqlite3, Datasette): docs/triage.md.
+    db.execute(
+        """
+        create view ticket_list as
+        select t.id, t.status, t.priority, t.account, t.requester, t.requester_name, t.assignee,
+               t.subject, t.created_at, t.updated_at, t.closed_at, t.first_response_at,
+               t.due_response_at, t.due_resolution_at,
+               (t.overdue = 1 and t.status != 'closed') as overdue,
+               (select group_concat(g.tag, ' ') from ticket_tags g where g.ticket_id = t.id) as tags,
+               (select count(*) from messages m where m.ticket_id = t.id) as message_count,
+               (select count(*) from messages m where m.ticket_id = t.id and m.direction = 'in')
+                 as incoming_count
+        from tickets t
+        """
+    )
+    db.execute(
+        """
+        create view overdue_tickets as
+        select t.id, t.status, t.priority, t.account, t.requester, t.assignee, t.subject,
+               t.created_at, t.due_response_at, t.due_resolution_at, t.first_response_at,
+               t.response_breached_at, t.resolution_breached_at
+        from tickets t
+        where t.overdue = 1 and t.status != 'closed'
+        """
+    )
+    db.execute(
+        """
+        create view ticket_history as
+        select e.id, e.ticket_id, t.subject, e.created_at, e.kind, e.actor, e.detail
+        from events e join tickets t on t.id = e.ticket_id
+        """
+    )

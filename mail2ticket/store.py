@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
+if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.store' stays cheap
+    from sqlite_utils import Database
 
 from mail2ticket.errors import NotFoundError, StoreError, TempFailError
 
@@ -30,6 +32,8 @@ def iso(dt: datetime | None) -> str | None:
 
 def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Database:
     """Open (creating if needed) the database: WAL, synchronous=FULL, foreign keys, migrations."""
+    from sqlite_utils import Database
+
     from mail2ticket.migrations import migrations
 
     path = Path(path)
@@ -160,12 +164,28 @@ def account_status(db: Database) -> dict[str, dict]:
 
 # --- tickets ----------------------------------------------------------------------------------
 
+PRIORITIES = ("low", "normal", "high", "urgent")  # in rising order of urgency
+STATUSES = ("open", "pending", "closed")
+# The next SLA deadline of a ticket: the response while none was given, then the resolution.
+DUE_AT_SQL = (
+    "case when t.first_response_at is null and t.due_response_at is not null "
+    "then t.due_response_at else t.due_resolution_at end"
+)
 TICKET_COLUMNS = (
     "t.id, t.subject, t.requester, t.requester_name, t.status, t.priority, t.assignee, t.account, "
-    "t.created_at, t.updated_at, t.closed_at, t.due_response_at, t.due_resolution_at, t.overdue, "
+    "t.created_at, t.updated_at, t.closed_at, t.first_response_at, t.due_response_at, "
+    f"t.due_resolution_at, {DUE_AT_SQL} as due_at, (t.overdue = 1 and t.status != 'closed') as overdue, "
     "(select count(*) from messages m where m.ticket_id = t.id) as message_count, "
     "(select count(*) from messages m where m.ticket_id = t.id and m.direction = 'in') as incoming_count"
 )
+ORDERS = {
+    "updated": "t.updated_at desc, t.id desc",
+    "created": "t.created_at desc, t.id desc",
+    "id": "t.id asc",
+    "priority": "case t.priority when 'urgent' then 0 when 'high' then 1 when 'normal' then 2 "
+    "when 'low' then 3 else 4 end asc, t.updated_at desc, t.id desc",
+    "due": f"({DUE_AT_SQL}) is null asc, ({DUE_AT_SQL}) asc, t.id asc",
+}
 
 
 def _ticket_obj(row: dict) -> dict:
@@ -174,51 +194,257 @@ def _ticket_obj(row: dict) -> dict:
     return row
 
 
+def _with_tags(db: Database, tickets: list[dict]) -> list[dict]:
+    """Add ``tags`` (a sorted list) to each ticket object, in one query."""
+    by_id = {t["id"]: t for t in tickets}
+    for t in tickets:
+        t["tags"] = []
+    ids = list(by_id)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for ticket_id, tag in db.execute(
+            f"select ticket_id, tag from ticket_tags where ticket_id in ({marks}) order by tag", chunk
+        ):
+            by_id[ticket_id]["tags"].append(tag)
+    return tickets
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, str) else [v for v in value if v]
+
+
+def ticket_filters(
+    *,
+    status: str | None = None,
+    account: str | Sequence[str] | None = None,
+    overdue: bool = False,
+    requester: str | None = None,
+    priority: str | Sequence[str] | None = None,
+    assignee: str | Sequence[str] | None = None,
+    unassigned: bool = False,
+    tags: Sequence[str] = (),
+    created_since: str | None = None,
+    created_until: str | None = None,
+    updated_since: str | None = None,
+    updated_until: str | None = None,
+) -> tuple[list[str], list[Any]]:
+    """The SQL conditions (on ``tickets t``) and parameters of a listing's filters.
+
+    ``status``: None (every ticket that is not closed), "all", or one status. ``requester``: an
+    address, or "@domain" for everyone at that domain. Times are ISO 8601 UTC; "until" is exclusive.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+
+    def one_of(column: str, values: list[str]) -> None:
+        if len(values) == 1:
+            where.append(f"{column} = ?")
+        else:
+            where.append(f"{column} in ({','.join('?' * len(values))})")
+        params.extend(values)
+
+    if status in (None, "", "active"):
+        where.append("t.status != 'closed'")
+    elif status != "all":
+        one_of("t.status", [status])
+    if _as_list(account):
+        one_of("t.account", _as_list(account))
+    if overdue:
+        where.append("t.overdue = 1 and t.status != 'closed'")
+    if requester:
+        requester = requester.strip().lower()
+        if requester.startswith("@"):
+            where.append("t.requester like ? escape '\\'")
+            params.append("%" + requester.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"))
+        else:
+            where.append("t.requester = ?")
+            params.append(requester)
+    if _as_list(priority):
+        one_of("t.priority", _as_list(priority))
+    if unassigned:
+        where.append("t.assignee is null")
+    elif _as_list(assignee):
+        one_of("t.assignee", _as_list(assignee))
+    for tag in tags:
+        where.append("t.id in (select ticket_id from ticket_tags where tag = ?)")
+        params.append(tag)
+    for column, op, value in (
+        ("created_at", ">=", created_since),
+        ("created_at", "<", created_until),
+        ("updated_at", ">=", updated_since),
+        ("updated_at", "<", updated_until),
+    ):
+        if value:
+            where.append(f"t.{column} {op} ?")
+            params.append(value)
+    return where, params
+
+
 def list_tickets(
     db: Database,
     *,
     status: str | None = None,
-    account: str | None = None,
+    account: str | Sequence[str] | None = None,
     overdue: bool = False,
     requester: str | None = None,
     limit: int | None = None,
     offset: int = 0,
     order: str = "updated",
+    reverse: bool = False,
+    **filters: Any,
 ) -> list[dict]:
-    where, params = [], []
-    if status in (None, "", "active"):
-        where.append("t.status != 'closed'")
-    elif status != "all":
-        where.append("t.status = ?")
-        params.append(status)
-    if account:
-        where.append("t.account = ?")
-        params.append(account)
-    if overdue:
-        where.append("t.overdue = 1")
-    if requester:
-        where.append("t.requester = ?")
-        params.append(requester.lower())
+    """Ticket objects (INTERFACE.md) matching the filters of ``ticket_filters``, in ``order``."""
+    where, params = ticket_filters(
+        status=status, account=account, overdue=overdue, requester=requester, **filters
+    )
     sql = f"select {TICKET_COLUMNS} from tickets t"
     if where:
         sql += " where " + " and ".join(where)
-    order_sql = {
-        "updated": "t.updated_at desc, t.id desc",
-        "created": "t.created_at desc, t.id desc",
-        "id": "t.id asc",
-    }.get(order, "t.updated_at desc, t.id desc")
+    order_sql = ORDERS.get(order, ORDERS["updated"])
+    if reverse:
+        order_sql = _reverse(order_sql)
     sql += f" order by {order_sql}"
     if limit is not None:
         sql += " limit ? offset ?"
         params += [limit, offset]
-    return [_ticket_obj(r) for r in db.query(sql, params)]
+    elif offset:
+        sql += " limit -1 offset ?"
+        params.append(offset)
+    return _with_tags(db, [_ticket_obj(r) for r in db.query(sql, params)])
+
+
+def _reverse(order_sql: str) -> str:
+    swap = {" asc": " desc", " desc": " asc"}
+    return re.sub(r" (asc|desc)\b", lambda m: swap[" " + m.group(1)], order_sql)
+
+
+def count_tickets(db: Database, *, by: str | None = None, **filters: Any) -> int | dict[str, int]:
+    """How many tickets match the filters; with ``by`` (status, priority, account, assignee),
+    a dict of counts per value (None for tickets without one)."""
+    where, params = ticket_filters(**filters)
+    clause = (" where " + " and ".join(where)) if where else ""
+    if by is None:
+        return db.execute(f"select count(*) from tickets t{clause}", params).fetchone()[0]
+    if by not in ("status", "priority", "account", "assignee"):
+        raise ValueError(f"cannot count by {by!r}")
+    rows = db.execute(
+        f"select t.{by}, count(*) from tickets t{clause} group by t.{by} order by count(*) desc", params
+    ).fetchall()
+    return {key: n for key, n in rows}
+
+
+def get_tickets(db: Database, ids: Sequence[int]) -> list[dict]:
+    """The ticket objects of ``ids`` (those that exist), in no particular order."""
+    out: list[dict] = []
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        out += [_ticket_obj(r) for r in db.query(f"select {TICKET_COLUMNS} from tickets t where t.id in ({marks})", chunk)]
+    return _with_tags(db, out)
 
 
 def get_ticket(db: Database, ticket_id: int) -> dict:
     rows = list(db.query(f"select {TICKET_COLUMNS} from tickets t where t.id = ?", [ticket_id]))
     if not rows:
         raise NotFoundError(f"no ticket #{ticket_id}", "see 'mail2ticket tickets list --status all'")
-    return _ticket_obj(rows[0])
+    return _with_tags(db, [_ticket_obj(rows[0])])[0]
+
+
+# --- managing tickets: each change is an event in the ticket's history -------------------------
+
+
+def _ticket_field(db: Database, ticket_id: int, column: str) -> Any:
+    row = db.execute(f"select {column} from tickets where id = ?", [ticket_id]).fetchone()
+    if row is None:
+        raise NotFoundError(f"no ticket #{ticket_id}", "see 'mail2ticket tickets list --status all'")
+    return row[0]
+
+
+def _touch(db: Database, ticket_id: int) -> None:
+    db.execute("update tickets set updated_at = ? where id = ?", [now_iso(), ticket_id])
+
+
+def set_priority(db: Database, ticket_id: int, priority: str, *, actor: str, event: bool = True) -> bool:
+    """Set the priority (one of PRIORITIES); False when it already was that."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"{priority!r} is not a priority (expected one of: {', '.join(PRIORITIES)})")
+    before = _ticket_field(db, ticket_id, "priority")
+    if before == priority:
+        return False
+    db.execute("update tickets set priority = ? where id = ?", [priority, ticket_id])
+    if event:
+        _touch(db, ticket_id)
+        log_event(db, "priority", f"{before} -> {priority}", ticket_id=ticket_id, actor=actor)
+    return True
+
+
+def set_assignee(db: Database, ticket_id: int, assignee: str | None, *, actor: str, event: bool = True) -> bool:
+    """Assign the ticket to ``assignee`` (None: to nobody); False when nothing changed."""
+    assignee = (assignee or "").strip() or None
+    before = _ticket_field(db, ticket_id, "assignee")
+    if before == assignee:
+        return False
+    db.execute("update tickets set assignee = ? where id = ?", [assignee, ticket_id])
+    if event:
+        _touch(db, ticket_id)
+        detail = f"to {assignee}" if assignee else f"unassigned (was {before})"
+        log_event(db, "assigned", detail, ticket_id=ticket_id, actor=actor)
+    return True
+
+
+def normalise_tag(tag: str) -> str:
+    """Tags are lower case words: spaces and commas are not part of a tag."""
+    return "-".join(tag.strip().lower().replace(",", " ").split())
+
+
+def add_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str, event: bool = True) -> list[str]:
+    """Add tags; returns those that were new."""
+    _ticket_field(db, ticket_id, "id")
+    added = []
+    for tag in dict.fromkeys(normalise_tag(t) for t in tags):
+        if tag and db.execute(
+            "insert into ticket_tags (ticket_id, tag) values (?, ?) on conflict do nothing", [ticket_id, tag]
+        ).rowcount:
+            added.append(tag)
+    if added and event:
+        _touch(db, ticket_id)
+        log_event(db, "tagged", ", ".join(added), ticket_id=ticket_id, actor=actor)
+    return added
+
+
+def remove_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str) -> list[str]:
+    """Remove tags; returns those that were there."""
+    _ticket_field(db, ticket_id, "id")
+    removed = []
+    for tag in dict.fromkeys(normalise_tag(t) for t in tags):
+        if db.execute("delete from ticket_tags where ticket_id = ? and tag = ?", [ticket_id, tag]).rowcount:
+            removed.append(tag)
+    if removed:
+        _touch(db, ticket_id)
+        log_event(db, "untagged", ", ".join(removed), ticket_id=ticket_id, actor=actor)
+    return removed
+
+
+def add_note(db: Database, ticket_id: int, text: str, *, actor: str) -> None:
+    """An internal note: part of the history, never mailed to anyone."""
+    _ticket_field(db, ticket_id, "id")
+    _touch(db, ticket_id)
+    log_event(db, "note", text.strip(), ticket_id=ticket_id, actor=actor)
+
+
+def set_account(db: Database, ticket_id: int, account: str, *, actor: str, event: bool = True) -> bool:
+    """Move the ticket to another account's queue (replies then go out from that account)."""
+    before = _ticket_field(db, ticket_id, "account")
+    if before == account:
+        return False
+    db.execute("update tickets set account = ? where id = ?", [account, ticket_id])
+    if event:
+        _touch(db, ticket_id)
+        log_event(db, "queue", f"{before} -> {account}", ticket_id=ticket_id, actor=actor)
+    return True
 
 
 def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None = None) -> dict:
