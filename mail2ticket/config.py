@@ -163,6 +163,17 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "timeout": (_int, 60, "seconds"),
     "batch_size": (_int, 100, "a number of messages"),
     "added_at": (_str, None, "when the account was added (ISO 8601); older mail gets no acknowledgement"),
+    # Sign-in (docs/providers.md): a password / app password, or OAuth2 with SASL XOAUTH2.
+    "auth": (_str, "password", '"password" or "oauth2"'),
+    "smtp_username": (_str, None, "the SMTP login, if not the IMAP one (iCloud: the full address)"),
+    "oauth_client_id": (_str, None, "the client (application) id registered with the provider"),
+    "oauth_client_secret": (_str, None, "the client secret, where the provider needs one (Google)"),
+    "oauth_tenant": (_str, None, 'a Microsoft Entra tenant: "organizations", "consumers" or an id'),
+    "oauth_authorize_url": (_str, None, "an OAuth2 authorization endpoint URL"),
+    "oauth_token_url": (_str, None, "an OAuth2 token endpoint URL"),
+    "oauth_device_url": (_str, None, "an OAuth2 device-authorization endpoint URL"),
+    "oauth_scopes": (_str, None, "space-separated OAuth2 scopes"),
+    "oauth_redirect_uri": (_str, None, 'the redirect URI registered for the app (default "http://localhost")'),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules"}
 
@@ -197,6 +208,16 @@ class Account:
     timeout: int = 60
     batch_size: int = 100
     added_at: str | None = None
+    auth: str = "password"
+    smtp_username: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = None
+    oauth_tenant: str | None = None
+    oauth_authorize_url: str | None = None
+    oauth_token_url: str | None = None
+    oauth_device_url: str | None = None
+    oauth_scopes: str | None = None
+    oauth_redirect_uri: str | None = None
     defined_in: str = ""  # the file the account was read from
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,7 +390,18 @@ def _build_account(path: Path, index: int, data: Any) -> Account:
     for key in ("poll",):
         if values[key]:
             _check_schedule(path, f"{label}.{key}", values[key])
+    if not values["username"] and values["provider"]:
+        values["username"] = get_preset(values["provider"]).imap_username(values["email"])
+        values["smtp_username"] = values["smtp_username"] or values["email"]
     values["username"] = values["username"] or values["email"]
+    if values["auth"] not in ("password", "oauth2"):
+        raise ConfigError(
+            f"{path}: '{label}.auth' = {values['auth']!r} is not valid", 'expected "password" or "oauth2"'
+        )
+    if values["auth"] == "oauth2":
+        from mail2ticket.oauth import check_oauth_config
+
+        check_oauth_config(path, label, values)
     return Account(**values, defined_in=str(path))
 
 

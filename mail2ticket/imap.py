@@ -84,8 +84,13 @@ class Mailbox:
         self.close(quick=exc_type is not None)
 
     def connect(self) -> None:
+        """Open the connection (TLS verified) and sign in."""
+        self.open()
+        self.login()
+
+    def open(self) -> None:
+        """Connect and set up TLS (implicit or STARTTLS), without signing in yet."""
         from imapclient import IMAPClient
-        from imapclient.exceptions import LoginError
         from imapclient.imapclient import SocketTimeout
 
         acct = self.account
@@ -116,15 +121,39 @@ class Mailbox:
                 client._cached_capabilities = None  # never trust what was said before TLS
             elif mode == "none":
                 log.warning("account %s: logging in WITHOUT encryption (allow_insecure = true)", acct.name)
+        except BaseException:
+            self._password = ""
+            self.close(quick=True)
+            raise
+
+    def login(self) -> None:
+        """Sign in on the open connection: LOGIN, or SASL XOAUTH2 when the account uses OAuth2."""
+        from imapclient.exceptions import LoginError
+
+        from mail2ticket.providers import auth_failure_hint
+
+        acct, client = self.account, self.client
+        try:
             try:
-                client.login(acct.username, self._password)
+                if acct.auth == "oauth2":
+                    client.oauth2_login(acct.username, self._password)
+                else:
+                    client.login(acct.username, self._password)
             except LoginError as exc:
                 text = exc.args[0] if exc.args else exc
+                if isinstance(text, str) and text[:2] in ("b'", 'b"'):  # str() of the server's bytes
+                    import ast
+
+                    try:
+                        text = ast.literal_eval(text)
+                    except (ValueError, SyntaxError):
+                        pass
                 if isinstance(text, bytes):
                     text = text.decode(errors="replace")
+                text = " ".join(str(text).split())
                 raise AuthError(
-                    f"IMAP login as {acct.username!r} at {host} was refused: {text}",
-                    f"check the username and app password (mail2ticket accounts set-password {acct.name})",
+                    f"IMAP login as {acct.username!r} at {acct.imap_host} was refused: {text}",
+                    auth_failure_hint(acct, str(text)),
                 ) from None
         except BaseException:
             self.close(quick=True)

@@ -108,8 +108,48 @@ def _from_command(account: Account) -> tuple[str | None, str]:
     return (value or None), "password_command (printed nothing)" if not value else "password_command"
 
 
+# --- OAuth2 refresh tokens: a second kind of secret, kept beside the password -----------------
+# Keyring username "NAME:oauth2"; systemd credential "NAME.oauth2" (':' cannot appear in a
+# LoadCredential= id).
+
+
+def token_key(account_name: str) -> str:
+    return f"{account_name}:oauth2"
+
+
+def store_token(account_name: str, refresh_token: str) -> None:
+    """Keep an OAuth2 refresh token in the keyring. Raises SecretError like store_password."""
+    store_password(token_key(account_name), refresh_token)
+
+
+def delete_token(account_name: str) -> bool:
+    return delete_password(token_key(account_name))
+
+
+def get_token(account: Account) -> str:
+    """The account's OAuth2 refresh token: the keyring, then $CREDENTIALS_DIRECTORY/NAME.oauth2."""
+    tried = []
+    for lookup, key in ((_from_keyring, token_key(account.name)), (_from_credentials, f"{account.name}.oauth2")):
+        value, where = lookup(key)
+        if value:
+            return value
+        tried.append(where)
+    raise SecretError(
+        f"no OAuth2 sign-in stored for account {account.name!r}; tried: " + "; ".join(tried),
+        f"run 'mail2ticket accounts sign-in {account.name}'",
+    )
+
+
 def get_password(account: Account) -> str:
-    """The account's secret, looked up in the documented order; SecretError names every source tried."""
+    """The secret the account signs in with, looked up in the documented order.
+
+    For ``auth = "oauth2"`` that is a fresh access token (mail2ticket.oauth refreshes it).
+    SecretError names every source tried.
+    """
+    if account.auth == "oauth2":
+        from mail2ticket.oauth import access_token
+
+        return access_token(account)
     tried = []
     for lookup in (_from_keyring, _from_credentials):
         value, where = lookup(account.name)
@@ -120,7 +160,10 @@ def get_password(account: Account) -> str:
     if value:
         return value
     tried.append(where)
+    hint = f"run 'mail2ticket accounts set-password {account.name}' or see README: Passwords"
+    if "no backend" in tried[0]:  # a headless server: set-password cannot help
+        hint = (f"put it in $CREDENTIALS_DIRECTORY/{account.name} (systemd LoadCredentialEncrypted="
+                f"{account.name}:FILE, see examples/systemd.md) or set password_command for the account")
     raise SecretError(
-        f"no password found for account {account.name!r}; tried: " + "; ".join(tried),
-        f"run 'mail2ticket accounts set-password {account.name}' or see README: Passwords",
+        f"no password found for account {account.name!r}; tried: " + "; ".join(tried), hint
     )

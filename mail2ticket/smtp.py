@@ -13,8 +13,14 @@ from mail2ticket.imap import describe_tls_error, network_error, tls_context
 log = logging.getLogger(__name__)
 
 
-def smtp_connect(account: Account, password: str, *, timeout: float | None = None) -> smtplib.SMTP:
-    """A logged-in SMTP connection. Never authenticates over an unencrypted connection."""
+def smtp_connect(
+    account: Account, password: str, *, timeout: float | None = None, progress=None
+) -> smtplib.SMTP:
+    """A logged-in SMTP connection. Never authenticates over an unencrypted connection.
+
+    ``progress(step, detail)``, if given, is called as each step passes (diagnostics).
+    """
+    progress = progress or (lambda _step, _detail: None)
     host, port, mode = account.smtp_host, account.smtp_port, account.smtp_security
     if not host or not port:
         raise ConfigError(
@@ -33,7 +39,9 @@ def smtp_connect(account: Account, password: str, *, timeout: float | None = Non
     except OSError as exc:
         raise network_error(exc, host, port, "SMTP") from None
     try:
+        progress("connect", f"{host}:{port}" + (" (TLS)" if mode == "tls" else ""))
         conn.ehlo()
+        progress("ehlo", " ".join(sorted(conn.esmtp_features)))
         if mode == "starttls":
             if not conn.has_extn("starttls"):
                 raise TLSError(
@@ -45,6 +53,7 @@ def smtp_connect(account: Account, password: str, *, timeout: float | None = Non
             except ssl.SSLError as exc:
                 raise describe_tls_error(exc, host, port) from None
             conn.ehlo()  # what was said before TLS is forgotten
+            progress("starttls", "TLS set up, certificate verified")
         elif mode == "none":
             log.warning("account %s: SMTP WITHOUT encryption (allow_insecure = true)", account.name)
         if not conn.has_extn("auth"):
@@ -52,14 +61,33 @@ def smtp_connect(account: Account, password: str, *, timeout: float | None = Non
                 f"SMTP server {host}:{port} offers no AUTH after {'TLS' if mode != 'none' else 'EHLO'}",
                 "check the port: submission is 587 (starttls) or 465 (tls)",
             )
+        from mail2ticket.providers import auth_failure_hint
+
+        user = account.smtp_username or account.username
         try:
-            conn.login(account.username, password)
+            if account.auth == "oauth2":
+                if "xoauth2" not in conn.esmtp_features.get("auth", "").lower().split():
+                    raise ServerError(
+                        f"SMTP server {host}:{port} does not offer AUTH XOAUTH2 "
+                        f"(it offers: {conn.esmtp_features.get('auth', 'nothing')})",
+                        'check smtp_host, or use auth = "password" for this server',
+                    )
+                bearer = f"user={user}\x01auth=Bearer {password}\x01\x01"
+                # On failure the server sends a JSON challenge; the answer is an empty line.
+                conn.auth("XOAUTH2", lambda challenge=None: "" if challenge else bearer)
+            else:
+                conn.login(user, password)
         except smtplib.SMTPAuthenticationError as exc:
+            text = (
+                exc.smtp_error.decode(errors="replace")
+                if isinstance(exc.smtp_error, bytes)
+                else str(exc.smtp_error)
+            )
             raise AuthError(
-                f"SMTP login as {account.username!r} at {host} was refused: {exc.smtp_code} "
-                f"{exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}",
-                f"check the username and app password (mail2ticket accounts set-password {account.name})",
+                f"SMTP login as {user!r} at {host} was refused: {exc.smtp_code} {text}",
+                auth_failure_hint(account, text),
             ) from None
+        progress("auth", f"signed in as {user}")
     except BaseException:
         try:
             conn.close()

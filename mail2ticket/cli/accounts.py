@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from mail2ticket.cli.output import is_tty, json_option, print_json, print_table
-from mail2ticket.errors import ConfigError
+from mail2ticket.errors import ConfigError, Mail2TicketError
 
 
 def read_password(password_stdin: bool, prompt: str = "App password") -> str:
@@ -25,20 +25,32 @@ def read_password(password_stdin: bool, prompt: str = "App password") -> str:
     return click.prompt(prompt, hide_input=True)
 
 
-def verify_account(account, password: str, *, echo=None) -> None:
-    """Log in to IMAP (and open the folder) and to SMTP; raise on the first failure."""
-    from mail2ticket.imap import Mailbox
-    from mail2ticket.smtp import verify_smtp
+def read_line(prompt: str) -> str:
+    """One line from the terminal, or from standard input when it is not a terminal."""
+    if sys.stdin.isatty():
+        return click.prompt(prompt)
+    click.echo(f"{prompt}: ", err=True, nl=False)
+    return sys.stdin.readline().strip()
 
-    echo = echo or (lambda _msg: None)
-    if account.source == "imap":
-        with Mailbox(account, password) as box:
-            echo(f"IMAP: logged in to {account.imap_host}:{account.imap_port} ({account.imap_security})")
-            info = box.select(account.folder)
-            echo(f"IMAP: folder {account.folder} has {info.exists} messages")
-    if account.smtp_host:
-        verify_smtp(account, password)
-        echo(f"SMTP: logged in to {account.smtp_host}:{account.smtp_port} ({account.smtp_security})")
+
+def verify_account(account, password: str, *, echo=None) -> int:
+    """Check the account step by step (mail2ticket.diagnostics); raise at the first failure."""
+    from mail2ticket.diagnostics import check_account
+
+    report = (lambda step, detail: echo(f"ok  {step}: {detail}")) if echo else None
+    return check_account(account, password, report)
+
+
+def show_preset_steps(preset, err: bool = True) -> None:
+    """What to do at the provider before the password (or sign-in) is asked for."""
+    if not preset:
+        return
+    click.echo(f"{preset.title}: sign in with {', '.join(preset.sign_in).replace('_', ' ')}; "
+               f"username: {preset.username}.", err=err)
+    for number, step in enumerate(preset.steps, 1):
+        click.echo(f"  {number}. {step}", err=err)
+    if preset.docs:
+        click.echo(f"  (settings checked against {preset.docs})", err=err)
 
 
 @click.command("add-account")
@@ -59,10 +71,18 @@ def verify_account(account, password: str, *, echo=None) -> None:
 @click.option("--disabled", is_flag=True, help="Write the account but do not poll it yet.")
 @click.option("--password-stdin", is_flag=True, help="Read the app password from standard input.")
 @click.option("--no-verify", is_flag=True, help="Save without logging in to IMAP and SMTP first.")
+@click.option("--oauth", is_flag=True, help="Sign in with OAuth2 (Microsoft, Google) instead of a password.")
+@click.option("--oauth-client-id", help="The client (application) id you registered (see docs/providers.md).")
+@click.option("--oauth-tenant", help="Microsoft Entra tenant: organizations, consumers, or your tenant id.")
+@click.option("--oauth-token-url", help="Token endpoint, for a provider without a preset.")
+@click.option("--oauth-device-url", help="Device-authorization endpoint, for a provider without a preset.")
+@click.option("--oauth-authorize-url", help="Authorization endpoint, for a provider without a preset.")
+@click.option("--oauth-scopes", help="Space-separated scopes, if not the preset's.")
 @click.pass_obj
 def add_account(app, name, email, username, provider, imap_host, imap_port, imap_security, smtp_host,
                 smtp_port, smtp_security, folder, ca_file, since, after_import, disabled, password_stdin,
-                no_verify):
+                no_verify, oauth, oauth_client_id, oauth_tenant, oauth_token_url, oauth_device_url,
+                oauth_authorize_url, oauth_scopes):
     """Register a mailbox: check it, keep its password in the keyring, write it to the config.
 
     The account is written to accounts.d/NAME.toml beside the main config (which is created
@@ -74,6 +94,8 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
       mail2ticket add-account support --email support@example.com --provider gmail
       echo "$APP_PASSWORD" | mail2ticket add-account help --email help@example.org \\
           --imap-host mail.example.org --smtp-host mail.example.org --password-stdin
+      mail2ticket add-account desk --email desk@contoso.com --provider microsoft365 \\
+          --oauth --oauth-client-id 00000000-0000-0000-0000-000000000000
     """
     import os
 
@@ -114,17 +136,47 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
         "enabled": False if disabled else None,
         "added_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
     }
+    if oauth:
+        if preset and not preset.oauth and not oauth_token_url:
+            raise click.UsageError(f"{preset.title} offers no OAuth2 sign-in here; leave out --oauth")
+        if not oauth_client_id:
+            raise click.UsageError(
+                "--oauth needs --oauth-client-id: register an application first (docs/providers.md)"
+            )
+        values.update(
+            auth="oauth2", oauth_client_id=oauth_client_id, oauth_tenant=oauth_tenant,
+            oauth_token_url=oauth_token_url, oauth_device_url=oauth_device_url,
+            oauth_authorize_url=oauth_authorize_url, oauth_scopes=oauth_scopes,
+        )
+        if preset and preset.oauth and preset.oauth.needs_client_secret:
+            values["oauth_client_secret"] = read_line("Client secret of the Desktop app (Google Cloud console)")
+    elif preset and preset.sign_in == ("oauth2",):
+        raise click.UsageError(
+            f"{preset.title} accepts no passwords for IMAP/SMTP: add --oauth and --oauth-client-id "
+            "(see docs/providers.md)"
+        )
     account = _build_account(cfg.path, 0, {k: v for k, v in values.items() if v is not None})
-    if preset and not password_stdin and preset.steps:
-        click.echo(f"To get an app password for {preset.title}:", err=True)
-        for step in preset.steps:
-            click.echo(f"  - {step}", err=True)
-    password = read_password(password_stdin)
+    show_preset_steps(preset)
+    if oauth:
+        from mail2ticket import oauth as oauth2
+
+        tokens = oauth2.sign_in(account, lambda m: click.echo(m, err=True), read_line)
+        secret, refresh = tokens.access_token, tokens.refresh_token
+    else:
+        secret = read_password(password_stdin)
     if not no_verify:
-        verify_account(account, password, echo=lambda m: click.echo(m, err=True))
-    store_password(name, password)
+        count = verify_account(account, secret, echo=lambda m: click.echo(m, err=True))
+        click.echo(f"All {count} checks passed.", err=True)
+    if oauth:
+        from mail2ticket.secrets import store_token
+
+        store_token(name, refresh)
+        kept = "OAuth2 refresh token stored in the keyring"
+    else:
+        store_password(name, secret)
+        kept = "password stored in the keyring"
     path = write_account(cfg, values)
-    click.echo(f"Account {name!r} saved to {path}; password stored in the keyring.")
+    click.echo(f"Account {name!r} saved to {path}; {kept}.")
 
 
 @click.group("accounts")
@@ -193,9 +245,10 @@ def accounts_show(app, name, as_json):
 @click.option("-v", "--verbose", is_flag=True, help="Show each step as it passes.")
 @click.pass_obj
 def accounts_test(app, name, verbose):
-    """Log in to the account's IMAP and SMTP servers over TLS, and open its folder.
+    """Check an account step by step, stopping at the first failure with what to do.
 
-    Exits non-zero with a message that says what to do at the first failing step.
+    The steps: DNS, TCP connect, TLS handshake and certificate, IMAP capabilities, sign-in,
+    the folder, then SMTP: DNS, connect, EHLO, STARTTLS, AUTH. Exits non-zero on a failure.
 
     \b
     Example:
@@ -204,9 +257,39 @@ def accounts_test(app, name, verbose):
     from mail2ticket.secrets import get_password
 
     account = app.config().account(name)
-    password = get_password(account)
-    verify_account(account, password, echo=(lambda m: click.echo(f"ok  {m}")) if verbose else None)
-    click.echo(f"Account {name!r}: IMAP and SMTP sign-in work.")
+    try:
+        password = get_password(account)
+    except Mail2TicketError as exc:
+        raise type(exc)(f"secret: {exc}", exc.hint) from None
+    count = verify_account(account, password, echo=click.echo if verbose else None)
+    click.echo(f"Account {name!r}: all {count} checks passed (IMAP and SMTP sign-in work).")
+
+
+@accounts_group.command("sign-in")
+@click.argument("name")
+@click.option("--no-verify", is_flag=True, help="Store the new sign-in without checking it first.")
+@click.pass_obj
+def accounts_sign_in(app, name, no_verify):
+    """Sign an OAuth2 account in again (after its grant expired or was revoked).
+
+    \b
+    Example:
+      mail2ticket accounts sign-in desk
+    """
+    from mail2ticket import oauth
+    from mail2ticket.secrets import store_token
+
+    account = app.config().account(name)
+    if account.auth != "oauth2":
+        raise click.UsageError(
+            f"account {name!r} signs in with a password: use 'mail2ticket accounts set-password {name}'"
+        )
+    oauth.forget(name)
+    tokens = oauth.sign_in(account, lambda m: click.echo(m, err=True), read_line)
+    if not no_verify:
+        verify_account(account, tokens.access_token)
+    store_token(name, tokens.refresh_token)
+    click.echo(f"Account {name!r} signed in; OAuth2 refresh token stored in the keyring.")
 
 
 def _set_enabled(app, name: str, enabled: bool) -> None:
@@ -242,6 +325,8 @@ def accounts_set_password(app, name, password_stdin, no_verify):
     from mail2ticket.secrets import store_password
 
     account = app.config().account(name)
+    if account.auth == "oauth2":
+        raise click.UsageError(f"account {name!r} signs in with OAuth2: use 'mail2ticket accounts sign-in {name}'")
     password = read_password(password_stdin)
     if not no_verify:
         verify_account(account, password)
@@ -270,9 +355,32 @@ def accounts_remove(app, name, yes):
         if not sys.stdin.isatty():
             raise click.UsageError("confirm with --yes when not on a terminal")
         click.confirm(f"Remove account {name!r} ({src}) and its password?", abort=True)
+    from mail2ticket.secrets import delete_token
+
     src.unlink()
     deleted = delete_password(name)
-    click.echo(f"Account {name!r} removed" + ("; password deleted from the keyring." if deleted else "."))
+    deleted = delete_token(name) or deleted
+    click.echo(f"Account {name!r} removed" + ("; its secret deleted from the keyring." if deleted else "."))
+
+
+@accounts_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@click.pass_obj
+def accounts_rename(app, old, new):
+    """Rename an account: its file, its keyring entries and its name on tickets and history.
+
+    The database is changed in one transaction; tickets, messages and the import ledger keep
+    pointing at the account, so nothing is imported twice.
+
+    \b
+    Example:
+      mail2ticket accounts rename support helpdesk
+    """
+    from mail2ticket.accounts_admin import rename_account
+
+    path = rename_account(app.config(), app.db, old, new)
+    click.echo(f"Account {old!r} renamed to {new!r} ({path}).")
 
 
 @click.command("providers")

@@ -1,0 +1,143 @@
+"""Managing accounts from the CLI: list, show, enable/disable, set-password, remove, rename."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from email.message import EmailMessage
+
+import keyring
+import pytest
+from click.testing import CliRunner
+
+from mail2ticket.cli import cli
+
+
+@pytest.fixture
+def env(tmp_path, dovecot, imap_user, smtp_server, account_config):
+    main = tmp_path / "etc" / "config.toml"
+    main.parent.mkdir()
+    main.write_text('# my own comment\n[storage]\ndatabase = "../var/m2t.db"\n')
+    acc = account_config(imap_user, smtp_server)
+
+    class Env:
+        user = imap_user
+        name = acc["name"]
+        config = main
+        database = tmp_path / "var" / "m2t.db"
+
+        def invoke(self, *args, input=None):
+            return CliRunner().invoke(cli, ["--config", str(main), *args], input=input)
+
+        def add(self):
+            result = self.invoke(
+                "add-account", acc["name"], "--email", acc["email"], "--imap-host", acc["imap_host"],
+                "--imap-port", str(acc["imap_port"]), "--smtp-host", acc["smtp_host"],
+                "--smtp-port", str(acc["smtp_port"]), "--ca-file", acc["ca_file"],
+                "--password-stdin", input=imap_user.password + "\n",
+            )
+            assert result.exit_code == 0, result.output
+            return result
+
+    return Env()
+
+
+def mail(subject: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "ann@customer.test"
+    msg["To"] = "desk@example.test"
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@customer.test>"
+    msg.set_content("hello")
+    return msg.as_bytes()
+
+
+def test_add_account_runs_every_check_and_says_so_before_saving(env):
+    result = env.add()
+    assert "ok  IMAP sign-in" in result.stderr and "ok  SMTP AUTH" in result.stderr
+    assert "All 12 checks passed." in result.stderr
+    assert env.config.read_text().startswith("# my own comment")
+
+
+def test_disable_and_enable_switch_polling_and_keep_the_main_configs_comments(env):
+    env.add()
+    assert env.invoke("accounts", "disable", env.name).exit_code == 0
+    rows = json.loads(env.invoke("accounts", "list", "--json").stdout)
+    assert [(r["name"], r["enabled"]) for r in rows] == [(env.name, False)]
+    poll = env.invoke("poll")
+    assert poll.exit_code == 0
+    assert env.name not in poll.stdout
+    assert env.invoke("accounts", "enable", env.name).exit_code == 0
+    rows = json.loads(env.invoke("accounts", "list", "--json").stdout)
+    assert rows[0]["enabled"] is True
+    assert env.config.read_text().startswith("# my own comment")
+
+
+def test_show_prints_the_accounts_settings(env):
+    env.add()
+    result = env.invoke("accounts", "show", env.name, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["email"] == env.user.email and data["auth"] == "password"
+
+
+def test_set_password_checks_the_new_password_before_storing_it(env):
+    env.add()
+    bad = env.invoke("accounts", "set-password", env.name, "--password-stdin", input="wrong\n")
+    assert bad.exit_code == 4
+    assert keyring.get_password("mail2ticket", env.name) == env.user.password
+
+
+def test_remove_asks_for_confirmation_and_deletes_the_password(env):
+    env.add()
+    refused = env.invoke("accounts", "remove", env.name)
+    assert refused.exit_code != 0
+    result = env.invoke("accounts", "remove", env.name, "--yes")
+    assert result.exit_code == 0, result.output
+    assert keyring.get_password("mail2ticket", env.name) is None
+    assert json.loads(env.invoke("accounts", "list", "--json").stdout) == []
+
+
+def test_rename_moves_the_file_the_password_and_every_row_of_the_account(env, dovecot):
+    env.add()
+    dovecot.append(env.user, mail("Printer on fire"))
+    assert env.invoke("poll").exit_code == 0
+    result = env.invoke("accounts", "rename", env.name, "helpdesk")
+    assert result.exit_code == 0, result.output
+    assert not (env.config.parent / "accounts.d" / f"{env.name}.toml").exists()
+    assert (env.config.parent / "accounts.d" / "helpdesk.toml").exists()
+    assert keyring.get_password("mail2ticket", "helpdesk") == env.user.password
+    assert keyring.get_password("mail2ticket", env.name) is None
+    with sqlite3.connect(env.database) as db:
+        for table in ("tickets", "messages", "sources", "mailboxes", "account_status"):
+            names = {row[0] for row in db.execute(f"select account from {table}")}
+            assert names == {"helpdesk"}, table
+    # The import ledger moved with it: the next poll imports nothing twice.
+    poll = env.invoke("poll", "--json")
+    assert poll.exit_code == 0, poll.output
+    tickets = json.loads(env.invoke("tickets", "list", "--json").stdout)
+    assert [(t["subject"], t["account"]) for t in tickets] == [("Printer on fire", "helpdesk")]
+    assert env.invoke("accounts", "test", "helpdesk").exit_code == 0
+
+
+def test_rename_refuses_a_name_that_is_taken_and_changes_nothing(env):
+    env.add()
+    result = env.invoke("accounts", "rename", env.name, env.name)
+    assert result.exit_code == 3
+    assert "exists already" in result.stderr
+    assert (env.config.parent / "accounts.d" / f"{env.name}.toml").exists()
+
+
+def test_rename_refuses_a_name_still_used_in_the_database(env, dovecot):
+    env.add()
+    dovecot.append(env.user, mail("Old ticket"))
+    assert env.invoke("poll").exit_code == 0
+    with sqlite3.connect(env.database) as db:
+        db.execute("update tickets set account = 'gone'")
+    result = env.invoke("accounts", "rename", env.name, "gone")
+    assert result.exit_code == 3
+    assert "already holds" in result.stderr
+    with sqlite3.connect(env.database) as db:
+        assert {r[0] for r in db.execute("select account from sources")} == {env.name}
+    assert (env.config.parent / "accounts.d" / f"{env.name}.toml").exists()
+    assert not (env.config.parent / "accounts.d" / "gone.toml").exists()
