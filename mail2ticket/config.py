@@ -175,7 +175,25 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "oauth_scopes": (_str, None, "space-separated OAuth2 scopes"),
     "oauth_redirect_uri": (_str, None, 'the redirect URI registered for the app (default "http://localhost")'),
 }
-TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules"}
+# Threading and replies (docs/conversations.md).
+ACCOUNT_KEYS["allow_anyone_by_tag"] = (_bool, False, "true or false")
+ACCOUNT_KEYS["reopen_on_reply"] = (_bool, True, "true or false")
+# [conversations]: threading, acknowledgements and notifications (docs/conversations.md).
+# Templates left unset use the built-in texts of mail2ticket/compose.py.
+CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "tag_format": (_str, "[#{id}]", 'a subject tag containing {id}, such as "[#{id}]"'),
+    "ack_subject": (_str, None, 'a template such as "{tag} {subject}"'),
+    "ack_body": (_str, None, "a template using {ticket}, {tag}, {subject}, {requester}, {account}"),
+    "close_subject": (_str, None, "a template"),
+    "close_body": (_str, None, "a template"),
+    "reopen_subject": (_str, None, "a template"),
+    "reopen_body": (_str, None, "a template"),
+    "reply_status": (_str, "pending", '"open", "pending" or "closed"'),
+    "auto_reply_limit": (_int, 1, "a number of automatic mails per sender and period"),
+    "auto_reply_period": (_str, "24h", 'a duration such as "24h"'),
+    "outbox_expire": (_str, "5d", 'a duration such as "5d"'),
+}
+TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations"}
 
 
 @dataclass
@@ -218,6 +236,8 @@ class Account:
     oauth_device_url: str | None = None
     oauth_scopes: str | None = None
     oauth_redirect_uri: str | None = None
+    allow_anyone_by_tag: bool = False
+    reopen_on_reply: bool = True
     defined_in: str = ""  # the file the account was read from
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +260,7 @@ class Config:
     max_attachment_size: int
     accounts: list[Account] = field(default_factory=list)
     rules: list[Any] = field(default_factory=list)  # rules.Rule, validated
+    conversations: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     exists: bool = True
 
@@ -415,6 +436,17 @@ def _check_schedule(path: Path, key: str, value: str) -> None:
                           'expected a cron minute field such as "*/5" or "0,30", or an interval such as "10m"') from None
 
 
+def _check_conversations(path: Path, values: dict[str, Any]) -> None:
+    from mail2ticket.compose import check_conversation_settings
+
+    for key in ("auto_reply_period", "outbox_expire"):
+        _check_duration(path, f"conversations.{key}", values[key])
+    try:
+        check_conversation_settings(values)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def _check_duration(path: Path, key: str, value: str | None) -> None:
     if value is None:
         return
@@ -488,6 +520,8 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
             )
         seen[account.name] = src
         accounts.append(account)
+    conversations = _check_table(cfg_path, "conversations", data.get("conversations", {}), CONVERSATION_KEYS)
+    _check_conversations(cfg_path, conversations)
     from mail2ticket.rules import compile_rules
     from mail2ticket.sla import check_config as check_sla
 
@@ -504,6 +538,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         max_attachment_size=sizes["max_attachment_size"],
         accounts=accounts,
         rules=rules,
+        conversations=conversations,
         files=files,
         exists=exists,
     )

@@ -17,7 +17,7 @@ from mail2ticket.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, StoreError, TempFailError
 from mail2ticket.parse import ParsedMessage
 from mail2ticket.store import iso, log_event, now_iso, transaction
-from mail2ticket.threader import find_ticket
+from mail2ticket.threader import find_ticket, settings_for
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,14 @@ class ImportContext:
     hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)
     # The Config: when set, [[rules]] and [sla] targets apply to each stored mail (rules.apply_to_mail).
     config: Any = None
+    # With a config, new tickets are acknowledged (mail2ticket.acknowledge, run after ``hooks``).
+    acknowledge: bool = True
 
     def __post_init__(self) -> None:
+        if self.config is not None and self.acknowledge:
+            from mail2ticket.acknowledge import ack_hook
+
+            self.hooks = [*self.hooks, ack_hook(self.config)]
         if self.parse is None:
             # Looked up now, not at import time, so a parser replaced at run time (a fixed
             # version, or a test's parser with a bug) is the one used.
@@ -249,9 +255,20 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     item = prep.incoming
     parsed = prep.parsed
     assert parsed is not None
-    decision = find_ticket(db, parsed)
+    thread = settings_for(ctx.config, item.account)
+    decision = find_ticket(db, parsed, allow_anyone_by_tag=thread.allow_anyone_by_tag,
+                           tag_format=thread.tag_format, raw=item.raw)
+    if decision.kind == "own":  # our own mail fetched back: already in the ticket or the outbox
+        _record_source(db, item, prep.sha256, message=decision.message_row, quarantine=None)
+        log.info("account %s: %s", item.account, decision.reason)
+        return Outcome(item, "duplicate", ticket_id=decision.ticket_id, message_row=decision.message_row,
+                       detail=decision.reason)
     date = iso(parsed.date) or iso(item.received_at) or now
-    if decision.ticket_id is None:
+    if decision.kind == "copy":  # kept (never drop mail) in the same ticket, status unchanged
+        ticket_id = decision.ticket_id
+        status = "duplicate"
+        log_event(db, "copy", decision.reason, ticket_id=ticket_id, account=item.account)
+    elif decision.ticket_id is None:
         ticket_id = db["tickets"].insert(
             {
                 "account": item.account,
@@ -271,13 +288,17 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         ticket_id = decision.ticket_id
         status = "followup"
         previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        reopen = 1 if thread.reopen_on_reply else 0  # a closed ticket stays closed when 0
         db.execute(
-            "update tickets set updated_at = ?, status = case when status = 'closed' then 'open' "
+            "update tickets set updated_at = ?, status = case when status = 'closed' and ? then 'open' "
             "when status = 'pending' then 'open' else status end, "
-            "closed_at = case when status = 'closed' then null else closed_at end where id = ?",
-            [now, ticket_id],
+            "closed_at = case when status = 'closed' and ? then null else closed_at end where id = ?",
+            [now, reopen, reopen, ticket_id],
         )
         log_event(db, "followup", decision.reason, ticket_id=ticket_id, account=item.account)
+        if previous_status == "closed" and reopen:
+            log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
+                      ticket_id=ticket_id, account=item.account)
     message_row = db["messages"].insert(
         {
             "ticket_id": ticket_id,

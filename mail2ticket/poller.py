@@ -106,7 +106,9 @@ def poll_account(
 ) -> PollResult:
     """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure."""
     result = PollResult(account.name)
-    ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []))
+    ctx = ImportContext(  # config: rules, SLA and acknowledgements (the outbox sends them later)
+        db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
+    )
     limit = account.max_message_size or cfg.max_message_size
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
     with Mailbox(account, password) as box:

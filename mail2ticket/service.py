@@ -16,6 +16,17 @@ log = logging.getLogger(__name__)
 AFTER_POLL_JOBS: list[Callable[[Config, Database], None]] = []
 
 
+def send_outbox(cfg: Config, db: Database) -> None:
+    """Send the mail waiting in the outbox (acknowledgements, replies, notices) that is due."""
+    from mail2ticket.outbox import outbox_job
+
+    outbox_job(cfg, db)
+
+
+send_outbox.schedule_key = "outbox"  # type: ignore[attr-defined]
+AFTER_POLL_JOBS.append(send_outbox)
+
+
 def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll) -> list:
     """Poll each account in turn (one failing never stops the others), then run the other jobs."""
     results = [run_poll(cfg, db, account) for account in accounts]
@@ -79,5 +90,19 @@ def status_report(cfg: Config, db: Database) -> dict:
             "overdue": overdue,
         },
         "quarantine": open_count(db),
+        "outbox": _outbox_alerts(db, alerts),
         "alerts": alerts,
     }
+
+
+def _outbox_alerts(db: Database, alerts: list[str]) -> dict[str, int]:
+    """Mail waiting in the outbox, by status; an alert for mail that will not go by itself."""
+    from mail2ticket.outbox import waiting_count
+
+    waiting = waiting_count(db)
+    if waiting.get("failed"):
+        alerts.append(
+            f"outbox: {waiting['failed']} mail(s) refused or given up; see 'mail2ticket outbox list', "
+            "then 'mail2ticket outbox retry ID'"
+        )
+    return waiting

@@ -1,4 +1,4 @@
-"""Talk to an SMTP server: implicit TLS or STARTTLS with verified certificates, then AUTH."""
+"""Talk to an SMTP server: implicit TLS or STARTTLS with verified certificates, AUTH, then send."""
 
 from __future__ import annotations
 
@@ -107,3 +107,61 @@ def verify_smtp(account: Account, password: str) -> None:
         conn.quit()
     except smtplib.SMTPException:
         pass
+
+
+# RFC 5321 4.5.3.2: a client waits at least 10 minutes for the answer to the end of DATA.
+DATA_TIMEOUT = 600
+
+
+class SendFailure(Exception):
+    """One mail was not accepted. ``permanent`` for a 5xx answer: sending again will not help."""
+
+    def __init__(self, text: str, *, permanent: bool = False, code: int | None = None):
+        super().__init__(text)
+        self.permanent = permanent
+        self.code = code
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    return f"{code} {' '.join(text.split())}"
+
+
+def send_raw(conn: smtplib.SMTP, mail_from: str, recipients: list[str], raw: bytes) -> tuple[str, dict]:
+    """Send ``raw`` as is; returns (the server's answer to DATA, refused recipients).
+
+    Raises SendFailure unless the server accepted the mail (250 after DATA) for at least one
+    recipient. The bytes are sent unchanged, so a repeated send carries the same Message-ID.
+    """
+    if conn.sock is not None:
+        conn.sock.settimeout(max(DATA_TIMEOUT, conn.timeout or 0))
+    try:
+        code, text = conn.mail(mail_from)
+        if code != 250:
+            conn.rset()
+            raise SendFailure(f"sender {mail_from} refused: {_reply(code, text)}", permanent=code >= 500, code=code)
+        refused: dict[str, str] = {}
+        permanent = True
+        for rcpt in recipients:
+            code, text = conn.rcpt(rcpt)
+            if code not in (250, 251):
+                refused[rcpt] = _reply(code, text)
+                permanent = permanent and code >= 500
+        if len(refused) == len(recipients):
+            conn.rset()
+            detail = "; ".join(f"{r}: {t}" for r, t in refused.items())
+            raise SendFailure(f"all recipients refused: {detail}", permanent=permanent)
+        code, text = conn.data(raw)
+        return _reply(code, text), refused
+    except smtplib.SMTPDataError as exc:
+        raise SendFailure(
+            f"message refused after DATA: {_reply(exc.smtp_code, exc.smtp_error)}",
+            permanent=exc.smtp_code >= 500, code=exc.smtp_code,
+        ) from None
+    except smtplib.SMTPResponseException as exc:
+        raise SendFailure(
+            f"SMTP error: {_reply(exc.smtp_code, exc.smtp_error)}",
+            permanent=exc.smtp_code >= 500, code=exc.smtp_code,
+        ) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise SendFailure(f"connection lost while sending: {exc.__class__.__name__}: {exc}") from None

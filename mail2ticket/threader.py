@@ -1,4 +1,4 @@
-"""Decide which ticket an incoming message belongs to: headers first, then a subject tag."""
+"""Decide which ticket an incoming message belongs to: its headers first, then a subject tag."""
 
 from __future__ import annotations
 
@@ -6,79 +6,192 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from sqlite_utils import Database
 
+from mail2ticket.compose import is_our_message_id, looks_like_ours, make_tag, tag_pattern
 from mail2ticket.parse import ParsedMessage
 
 log = logging.getLogger(__name__)
-DEFAULT_TAG_RE = re.compile(r"\[#(\d+)\]")
+DEFAULT_TAG_FORMAT = "[#{id}]"
+DEFAULT_TAG_RE = tag_pattern(DEFAULT_TAG_FORMAT)
+# Our Message-IDs as they appear anywhere in a bounce (the returned headers of our mail).
+_OUR_ID_IN_TEXT = re.compile(rb"<m2t\.[0-9a-f]{8,40}\.[0-9a-f]{20}@[A-Za-z0-9.-]{1,253}>")
 
 
 @dataclass
 class ThreadDecision:
+    """Where a message goes. ``kind``: new | followup | copy (same mail seen in another mailbox)
+    | own (a mail we sent, fetched back: nothing new to store)."""
+
     ticket_id: int | None  # None: open a new ticket
     reason: str
+    kind: str = "new"
+    message_row: int | None = None  # for "own": our stored message, if the mail was a reply
 
 
-def ticket_tag(ticket_id: int) -> str:
-    return f"[#{ticket_id}]"
+@dataclass(frozen=True)
+class ThreadSettings:
+    tag_format: str = DEFAULT_TAG_FORMAT
+    allow_anyone_by_tag: bool = False
+    reopen_on_reply: bool = True
+
+
+def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
+    """The threading rules of an account (defaults when there is no config or no such account)."""
+    if cfg is None:
+        return ThreadSettings()
+    from mail2ticket.compose import conversation_settings
+
+    tag_format = conversation_settings(cfg)["tag_format"]
+    account = next((a for a in getattr(cfg, "accounts", []) if a.name == account_name), None)
+    if account is None:
+        return ThreadSettings(tag_format)
+    return ThreadSettings(tag_format, account.allow_anyone_by_tag, account.reopen_on_reply)
+
+
+def ticket_tag(ticket_id: int, tag_format: str = DEFAULT_TAG_FORMAT) -> str:
+    return make_tag(tag_format, ticket_id)
+
+
+def participants(db: Database, ticket_id: int) -> set[str]:
+    """The requester and everyone who sent or received a message of the ticket (lower case)."""
+    found: set[str] = set()
+    row = db.execute("select requester from tickets where id = ?", [ticket_id]).fetchone()
+    if row and row[0]:
+        found.add(row[0].lower())
+    for from_address, to_addrs, cc_addrs in db.execute(
+        "select from_address, to_addrs, cc_addrs from messages where ticket_id = ?", [ticket_id]
+    ).fetchall():
+        if from_address:
+            found.add(from_address.lower())
+        for field in (to_addrs, cc_addrs):
+            found.update(a.lower() for a in json.loads(field or "[]") if isinstance(a, str))
+    return found
 
 
 def is_participant(db: Database, ticket_id: int, address: str | None) -> bool:
     """The requester, or anyone who sent or received a message of the ticket."""
-    if not address:
-        return False
-    address = address.lower()
-    row = next(iter(db.query("select requester from tickets where id = ?", [ticket_id])), None)
-    if row is None:
-        return False
-    if (row["requester"] or "").lower() == address:
-        return True
-    for m in db.query(
-        "select from_address, to_addrs, cc_addrs from messages where ticket_id = ?", [ticket_id]
-    ):
-        if (m["from_address"] or "").lower() == address:
-            return True
-        for field in ("to_addrs", "cc_addrs"):
-            if address in (a.lower() for a in json.loads(m[field] or "[]")):
-                return True
-    return False
+    return bool(address) and address.lower() in participants(db, ticket_id)  # type: ignore[union-attr]
+
+
+def _ticket_of_id(db: Database, message_id: str) -> tuple[int, str] | None:
+    """The ticket a message id belongs to, and what it is (a stored message or a mail we sent)."""
+    row = db.execute(
+        "select ticket_id, direction from messages where message_id = ? order by id desc limit 1",
+        [message_id],
+    ).fetchone()
+    if row:
+        return row[0], ("our reply" if row[1] == "out" else "message")
+    row = db.execute(
+        "select ticket_id, kind from outbox where message_id = ? and ticket_id is not null limit 1",
+        [message_id],
+    ).fetchone()
+    if row:
+        return row[0], {"ack": "our acknowledgement"}.get(row[1], f"our {row[1]} notice")
+    return None
+
+
+def _is_bounce(parsed: ParsedMessage) -> bool:
+    from mail2ticket.acknowledge import bounce_reason
+
+    return bounce_reason(parsed) is not None
 
 
 def find_ticket(
-    db: Database, parsed: ParsedMessage, *, allow_anyone_by_tag: bool = False
+    db: Database,
+    parsed: ParsedMessage,
+    *,
+    allow_anyone_by_tag: bool = False,
+    tag_format: str = DEFAULT_TAG_FORMAT,
+    raw: bytes | None = None,
 ) -> ThreadDecision:
-    """The ticket this message follows up, with the reason; or a new ticket, with the reason."""
-    ids = list(dict.fromkeys(parsed.in_reply_to + list(reversed(parsed.references))))
-    if ids:
-        marks = ",".join("?" * len(ids))
-        rows = list(
-            db.query(
-                f"select ticket_id, message_id from messages where message_id in ({marks}) "
-                "order by id desc limit 1",
-                ids,
-            )
+    """The ticket this message follows up, with the reason; or a new ticket, with the reason.
+
+    Trust nothing in the mail for authorization: a header naming one of our Message-IDs counts
+    only when its token verifies, and a subject tag only when the sender takes part in the ticket.
+    """
+    # Our own mail fetched back (a shared mailbox, a copy to ourselves): nothing new.
+    if is_our_message_id(db, parsed.message_id):
+        row = db.execute(
+            "select id, ticket_id from messages where message_id = ? and direction = 'out' limit 1",
+            [parsed.message_id],
+        ).fetchone()
+        found = _ticket_of_id(db, parsed.message_id)  # type: ignore[arg-type]
+        return ThreadDecision(
+            found[0] if found else None,
+            f"our own mail {parsed.message_id} fetched back: not imported again",
+            kind="own",
+            message_row=row[0] if row else None,
         )
-        if rows:
-            header = "In-Reply-To" if rows[0]["message_id"] in parsed.in_reply_to else "References"
+    # The same mail delivered to two monitored mailboxes (or forwarded between them).
+    if parsed.message_id and parsed.from_address:
+        row = db.execute(
+            "select ticket_id from messages where message_id = ? and direction = 'in' "
+            "and lower(from_address) = ? order by id limit 1",
+            [parsed.message_id, parsed.from_address.lower()],
+        ).fetchone()
+        if row:
             return ThreadDecision(
-                rows[0]["ticket_id"], f"{header} names {rows[0]['message_id']} of ticket #{rows[0]['ticket_id']}"
+                row[0],
+                f"a copy of {parsed.message_id} (same Message-ID and sender) already in ticket #{row[0]}",
+                kind="copy",
             )
-    match = DEFAULT_TAG_RE.search(parsed.subject or "")
+    ignored: list[str] = []
+    headers = [("In-Reply-To", i) for i in parsed.in_reply_to]
+    headers += [("References", i) for i in reversed(parsed.references)]  # the newest first
+    for header, message_id in headers:
+        if looks_like_ours(message_id) and not is_our_message_id(db, message_id):
+            ignored.append(message_id)
+            continue
+        found = _ticket_of_id(db, message_id)
+        if found:
+            return ThreadDecision(
+                found[0], f"{header} names {found[1]} {message_id} of ticket #{found[0]}", kind="followup"
+            )
+    if ignored:
+        log.warning(
+            "message %s from %s quotes Message-IDs in our form with a wrong token (%s): not trusted",
+            parsed.message_id, parsed.from_address, ", ".join(ignored[:3]),
+        )
+    if raw is not None and _is_bounce(parsed):
+        # The returned headers of our mail: in the raw report, or in an encoded part of it.
+        texts = [raw, *(a.data for a in parsed.attachments[:20] if len(a.data) < 1_000_000)]
+        found_ids = [m.decode() for text in texts for m in _OUR_ID_IN_TEXT.findall(text)]
+        for candidate in dict.fromkeys(found_ids):
+            if is_our_message_id(db, candidate):
+                found = _ticket_of_id(db, candidate)
+                if found:
+                    return ThreadDecision(
+                        found[0], f"a delivery failure report about {found[1]} {candidate} of "
+                        f"ticket #{found[0]}", kind="followup",
+                    )
+    forged = f"; ignored forged Message-IDs {', '.join(ignored[:3])}" if ignored else ""
+    match = tag_pattern(tag_format).search(parsed.subject or "")
     if match:
         ticket_id = int(match.group(1))
-        exists = next(iter(db.query("select id from tickets where id = ?", [ticket_id])), None)
+        tag = make_tag(tag_format, ticket_id)
+        exists = db.execute("select 1 from tickets where id = ?", [ticket_id]).fetchone()
         if exists is None:
-            return ThreadDecision(None, f"subject tag [#{ticket_id}] names no ticket: new ticket")
-        if allow_anyone_by_tag or is_participant(db, ticket_id, parsed.from_address):
-            return ThreadDecision(ticket_id, f"subject tag [#{ticket_id}] from a participant")
+            return ThreadDecision(None, f"subject tag {tag} names no ticket: new ticket{forged}")
+        if is_participant(db, ticket_id, parsed.from_address):
+            return ThreadDecision(
+                ticket_id, f"subject tag {tag} from {parsed.from_address}, a participant", kind="followup"
+            )
+        if allow_anyone_by_tag:
+            return ThreadDecision(
+                ticket_id, f"subject tag {tag} (the account accepts the tag from anyone)", kind="followup"
+            )
         log.warning(
-            "subject tag [#%s] from %s, who is not a participant of that ticket: new ticket",
-            ticket_id,
-            parsed.from_address,
+            "subject tag %s from %s, who is not a participant of ticket #%s: opening a new ticket",
+            tag, parsed.from_address, ticket_id,
         )
         return ThreadDecision(
-            None, f"subject tag [#{ticket_id}] from a non-participant ({parsed.from_address}): new ticket"
+            None,
+            f"subject tag {tag} from {parsed.from_address or 'an unknown sender'}, who is not a "
+            f"participant of ticket #{ticket_id}: new ticket{forged}",
         )
+    if ignored:
+        return ThreadDecision(None, f"new conversation{forged}")
     return ThreadDecision(None, "new conversation")

@@ -1,0 +1,328 @@
+"""Which ticket a mail joins: reply headers, our signed Message-IDs, the subject tag (issue 5, point 1).
+
+Mail is read from the real Dovecot with `mail2ticket poll`; what mail2ticket sends is received by
+the real aiosmtpd of the test suite (STARTTLS + AUTH). The helpers here (Desk, make_mail) are also
+used by the other conversation tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from mail2ticket.cli import cli
+from mail2ticket.secrets import store_password
+from mail2ticket.store import open_db
+
+LONG_AGO = "2000-01-01T00:00:00Z"  # accounts "added" long ago: every test mail is new mail
+
+
+def make_mail(
+    subject: str = "Printer on fire",
+    sender: str = "Ann Customer <ann@customer.test>",
+    to: str = "support@example.test",
+    body: str = "It is on fire.",
+    *,
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+    headers: dict[str, str] | None = None,
+    date: datetime | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or make_msgid(domain="customer.test")
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        msg["References"] = references
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def reply_to(sent: bytes, *, sender: str = "ann@customer.test", body: str = "Thanks!", **kw) -> bytes:
+    """What a mail client makes when its user answers ``sent``: Re: subject, threading headers."""
+    from email import message_from_bytes, policy
+
+    original = message_from_bytes(sent, policy=policy.default)
+    refs = " ".join([*(original.get("References", "").split()), original["Message-ID"]])
+    return make_mail(
+        f"Re: {original['Subject']}", sender, str(original["From"]), body,
+        in_reply_to=original["Message-ID"], references=refs, **kw,
+    )
+
+
+class Desk:
+    """One mail2ticket installation: its config and database under ``root``, one account."""
+
+    def __init__(self, root: Path, dovecot, user, smtp, account_config, *, conversations=None, **account):
+        self.root, self.dovecot, self.user, self.smtp = root, dovecot, user, smtp
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "config.toml"
+        acc = account_config(user, smtp, added_at=LONG_AGO, **account)
+        self.account = acc
+        data: dict = {"storage": {"database": "m2t.db", "attachments": "att"}, "accounts": [acc]}
+        if conversations:
+            data["conversations"] = conversations
+        self.config.write_text(tomli_w.dumps(data))
+        store_password(acc["name"], user.password)
+
+    @property
+    def email(self) -> str:
+        return self.user.email
+
+    def invoke(self, *args: str, input: str | None = None, env=None):
+        return CliRunner().invoke(cli, ["--config", str(self.config), *args], input=input, env=env)
+
+    def ok(self, *args: str, **kw):
+        result = self.invoke(*args, **kw)
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result
+
+    def poll(self):
+        return self.ok("poll")
+
+    def deliver(self, raw: bytes) -> int:
+        return self.dovecot.append(self.user, raw)
+
+    def tickets(self) -> list[dict]:
+        return json.loads(self.ok("tickets", "list", "--status", "all", "--json", "--sort", "id").stdout)
+
+    def show(self, ticket_id: int) -> dict:
+        return json.loads(self.ok("tickets", "show", str(ticket_id), "--json").stdout)
+
+    def db(self):
+        return open_db(self.root / "m2t.db")
+
+    def sent_to(self, address: str) -> list:
+        return [m for m in self.smtp.messages if address in m.rcpt_tos]
+
+
+@pytest.fixture
+def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
+    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
+
+
+@pytest.fixture
+def make_desk(tmp_path, dovecot, smtp_server, account_config):
+    """make_desk(name, **account_keys): another installation with its own mailbox user."""
+
+    def make(name: str, conversations=None, **account) -> Desk:
+        return Desk(tmp_path / name, dovecot, dovecot.add_user(), smtp_server, account_config,
+                    conversations=conversations, **account)
+
+    return make
+
+
+def test_the_customers_reply_to_the_acknowledgement_lands_in_the_same_ticket(desk):
+    desk.deliver(make_mail("Printer on fire", to=desk.email))
+    desk.poll()
+    [ack] = desk.sent_to("ann@customer.test")
+    desk.deliver(reply_to(ack.data, body="It is still burning."))
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["incoming_count"] == 2 and ticket["status"] == "open"
+    second = desk.show(ticket["id"])["messages"][1]
+    assert "It is still burning." in second["body_text"]
+    assert "our acknowledgement" in second["thread_reason"] and f"#{ticket['id']}" in second["thread_reason"]
+    assert len(desk.smtp.messages) == 1  # the follow-up itself is not acknowledged
+    assert second["ack_reason"].startswith("not acknowledged: not a new ticket")
+
+
+def test_a_reply_naming_an_earlier_customer_mail_joins_its_ticket(desk):
+    first = make_mail("Invoice wrong", to=desk.email)
+    desk.deliver(first)
+    desk.deliver(reply_to(first, body="Also the date is wrong."))  # the customer adds to their own mail
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["incoming_count"] == 2
+
+
+def test_a_forged_subject_tag_from_a_stranger_makes_a_new_ticket(desk):
+    desk.deliver(make_mail("Password reset", to=desk.email))
+    desk.poll()
+    [victim] = desk.tickets()
+    tag = f"[#{victim['id']}]"
+    desk.deliver(make_mail(f"Re: {tag} Password reset", "Mallory <mallory@evil.test>", desk.email,
+                           "Please send the new password to me instead."))
+    polled = desk.poll()
+    tickets = desk.tickets()
+    assert len(tickets) == 2
+    assert desk.show(victim["id"])["messages"][0]["from_address"] == "ann@customer.test"
+    assert len(desk.show(victim["id"])["messages"]) == 1
+    stranger = desk.show(tickets[1]["id"])
+    assert stranger["requester"] == "mallory@evil.test"
+    reason = stranger["messages"][0]["thread_reason"]
+    assert "not a participant" in reason and tag in reason
+    # ... and the log says so, naming the sender (the daemon's log: stderr, for journald).
+    assert re.search(r"WARNING .*mallory@evil\.test.*not a participant", polled.stderr)
+
+
+def test_a_subject_tag_from_the_requester_joins_the_ticket_without_reply_headers(desk):
+    desk.deliver(make_mail("VPN down", to=desk.email))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.deliver(make_mail(f"[#{ticket['id']}] VPN down again", to=desk.email, body="Again."))
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["incoming_count"] == 2
+    assert "a participant" in desk.show(ticket["id"])["messages"][1]["thread_reason"]
+
+
+def test_someone_copied_on_the_ticket_may_use_the_tag(desk):
+    desk.deliver(make_mail("Shared drive", to=f"{desk.email}, bob@customer.test", body="Bob knows."))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.deliver(make_mail(f"[#{ticket['id']}] Shared drive", "bob@customer.test", desk.email))
+    desk.poll()
+    assert len(desk.tickets()) == 1
+
+
+def test_an_account_that_allows_anyone_by_tag_accepts_a_strangers_tag(
+    tmp_path, dovecot, imap_user, smtp_server, account_config
+):
+    desk = Desk(tmp_path / "open", dovecot, imap_user, smtp_server, account_config, allow_anyone_by_tag=True)
+    desk.deliver(make_mail("Leaking roof", to=desk.email))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.deliver(make_mail(f"[#{ticket['id']}] roof", "roofer@builder.test", desk.email))
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["incoming_count"] == 2
+    assert "accepts the tag from anyone" in desk.show(ticket["id"])["messages"][1]["thread_reason"]
+
+
+def test_the_tag_format_is_configurable(tmp_path, dovecot, imap_user, smtp_server, account_config):
+    desk = Desk(tmp_path / "tagged", dovecot, imap_user, smtp_server, account_config,
+                conversations={"tag_format": "[Ticket {id}]"})
+    desk.deliver(make_mail("Scanner jams", to=desk.email))
+    desk.poll()
+    [ticket] = desk.tickets()
+    [ack] = desk.smtp.messages
+    assert f"[Ticket {ticket['id']}]" in ack.message["Subject"]
+    desk.deliver(make_mail(f"[Ticket {ticket['id']}] more", to=desk.email))
+    desk.deliver(make_mail(f"[#{ticket['id']}] not our tag", to=desk.email))
+    desk.poll()
+    assert [t["incoming_count"] for t in desk.tickets()] == [2, 1]
+
+
+def test_references_quoting_our_id_form_without_a_valid_token_are_not_trusted(desk):
+    desk.deliver(make_mail("Salary question", to=desk.email))
+    desk.poll()
+    [ack] = desk.sent_to("ann@customer.test")
+    real = ack.message["Message-ID"]
+    forged = re.sub(r"\.([0-9a-f]{20})@", lambda m: "." + "0" * 20 + "@", real)
+    assert forged != real
+    desk.deliver(make_mail("Re: salary", "mallory@evil.test", desk.email, "me too",
+                           in_reply_to=forged, references=forged))
+    desk.poll()
+    tickets = desk.tickets()
+    assert len(tickets) == 2
+    reason = desk.show(tickets[1]["id"])["messages"][0]["thread_reason"]
+    assert "forged" in reason and forged in reason
+
+
+def test_a_follow_up_reopens_a_closed_ticket(desk):
+    first = make_mail("Toner empty", to=desk.email)
+    desk.deliver(first)
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.ok("tickets", "close", str(ticket["id"]))
+    desk.deliver(reply_to(first, body="It is empty again."))
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["status"] == "open"
+    assert any(e["kind"] == "reopened" for e in desk.show(ticket["id"])["events"])
+
+
+def test_with_reopen_on_reply_false_a_follow_up_leaves_the_ticket_closed(
+    tmp_path, dovecot, imap_user, smtp_server, account_config
+):
+    desk = Desk(tmp_path / "noreopen", dovecot, imap_user, smtp_server, account_config, reopen_on_reply=False)
+    first = make_mail("Thanks for the fix", to=desk.email)
+    desk.deliver(first)
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.ok("tickets", "close", str(ticket["id"]))
+    desk.deliver(reply_to(first, body="Thank you!"))
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["status"] == "closed" and ticket["incoming_count"] == 2
+
+
+def test_one_mail_arriving_in_two_monitored_mailboxes_makes_one_ticket(
+    tmp_path, dovecot, smtp_server, account_config
+):
+    sales, support = dovecot.add_user(), dovecot.add_user()
+    root = tmp_path / "two"
+    desk = Desk(root, dovecot, sales, smtp_server, account_config)
+    second = account_config(support, smtp_server, added_at=LONG_AGO)
+    store_password(second["name"], support.password)
+    config = json.loads(json.dumps({"storage": {"database": "m2t.db", "attachments": "att"},
+                                    "accounts": [desk.account, second]}))
+    desk.config.write_text(tomli_w.dumps(config))
+    mail = make_mail("Quote please", to=f"{sales.email}, {support.email}")
+    # Each mailbox gets its own copy, with its own delivery header: not the same bytes.
+    dovecot.append(sales, b"Delivered-To: " + sales.email.encode() + b"\r\n" + mail)
+    dovecot.append(support, b"Delivered-To: " + support.email.encode() + b"\r\n" + mail)
+    desk.poll()
+    [ticket] = desk.tickets()
+    messages = desk.show(ticket["id"])["messages"]
+    assert len(messages) == 2  # both copies are kept: mail is never dropped
+    assert "copy of" in messages[1]["thread_reason"]
+    assert len(desk.smtp.messages) == 1  # and acknowledged once
+
+
+def test_our_own_mail_fetched_back_is_not_a_new_ticket(desk):
+    desk.deliver(make_mail("Backup failed", to=desk.email))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.ok("tickets", "reply", str(ticket["id"]), "--message", "Restarted it.")
+    for sent in desk.smtp.messages:  # a copy of everything we sent lands in our mailbox
+        desk.deliver(sent.data)
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["message_count"] == 2  # the customer's mail and our reply, nothing else
+    assert len(desk.smtp.messages) == 2  # no acknowledgement of our own mail
+
+
+def test_a_bounce_of_our_acknowledgement_joins_the_ticket_and_is_not_answered(desk):
+    desk.deliver(make_mail("Hello", "ghost@customer.test", desk.email))
+    desk.poll()
+    [ack] = desk.smtp.messages
+    returned_headers = ack.data.split(b"\r\n\r\n")[0]
+    bounce = (  # as Postfix writes one: a multipart/report with the returned headers, 7bit
+        b"Return-Path: <>\r\n"
+        b"From: Mail Delivery System <MAILER-DAEMON@customer.test>\r\n"
+        b"To: " + desk.email.encode() + b"\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <bounce.1@customer.test>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nUser unknown: ghost@customer.test\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.customer.test\r\n\r\nFinal-Recipient: rfc822; ghost@customer.test\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"--B\r\nContent-Type: text/rfc822-headers\r\n\r\n" + returned_headers + b"\r\n"
+        b"--B--\r\n"
+    )
+    desk.deliver(bounce)
+    desk.poll()
+    [ticket] = desk.tickets()
+    report = desk.show(ticket["id"])["messages"][1]
+    assert "delivery failure report" in report["thread_reason"]
+    assert report["ack_reason"].startswith("not acknowledged")
+    assert len(desk.smtp.messages) == 1
