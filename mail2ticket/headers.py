@@ -1,0 +1,177 @@
+"""Decode header values: raw 8-bit bytes, RFC 2047 encoded words, addresses, message ids."""
+
+from __future__ import annotations
+
+import binascii
+import email.utils
+import re
+
+from mail2ticket import charsets
+
+# A decoded header value longer than this is cut (a 130,000-character Subject exists in the wild).
+MAX_VALUE_CHARS = 16 * 1024
+# Address headers longer than this are cut before the (super-linear) stdlib address parser runs.
+MAX_ADDRESS_HEADER_CHARS = 32 * 1024
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,80})\?([bBqQ])\?(.*?)\?=", re.DOTALL)
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SPACE_BETWEEN = re.compile(r"[ \t\r\n]*")
+_BASE64_JUNK = re.compile(r"[^A-Za-z0-9+/]")
+_MSGID = re.compile(r"<[^<>\s]{1,998}>")
+_BARE_ADDR_AS_NAME = re.compile(r'(^|,)\s*([^\s",<>()@]+@[^\s",<>()@]+)\s*(<[^<>]*>)')
+
+
+def to_bytes(value: object) -> bytes:
+    """The bytes a header value was parsed from (the stdlib keeps 8-bit bytes as surrogates)."""
+    if isinstance(value, bytes):
+        return value
+    text = str(value)
+    return text.encode("utf-8", "surrogateescape")
+
+
+def clean(text: str, *, single_line: bool = True) -> str:
+    """Text safe for SQLite and one-line display: no surrogates, NUL or control characters."""
+    if not text:
+        return ""
+    text = _SURROGATE.sub("\ufffd", text)
+    if single_line:
+        return _CONTROL.sub(" ", text.replace("\r\n", " "))
+    return text.replace("\x00", "")
+
+
+def raw_text(value: object, hint: str | None = None) -> tuple[str, str | None]:
+    """Unfolded header text with any raw 8-bit bytes decoded (UTF-8, then ``hint``, then cp1252)."""
+    data = to_bytes(value)
+    text, defect = charsets.decode(data, None, hint=hint, detect=False)
+    return _FOLD.sub("", text), defect
+
+
+def decode_words(text: str) -> tuple[str, list[str]]:
+    """Decode RFC 2047 encoded words in ``text``, leniently.
+
+    Whitespace between adjacent encoded words is dropped; adjacent words in one charset are
+    joined as bytes first, so a character split across two words survives; unknown, wrong or
+    missing charsets fall back like body text does; broken base64 padding is repaired.
+    """
+    if "=?" not in text:
+        return text, []
+    defects: list[str] = []
+    out: list[str] = []
+    pending: list[bytes] = []
+    pending_charset: str | None = None
+    pos = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_charset
+        if pending:
+            decoded, defect = charsets.decode(b"".join(pending), pending_charset, detect=False)
+            if defect:
+                defects.append(f"encoded word: {defect}")
+            out.append(decoded)
+        pending, pending_charset = [], None
+
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[pos : match.start()]
+        if between and (not pending or _SPACE_BETWEEN.fullmatch(between) is None):
+            flush()
+            out.append(between)
+        charset = match.group(1).split("*", 1)[0]
+        data = _decode_word(match.group(2), match.group(3))
+        if pending and charset.lower() != (pending_charset or "").lower():
+            flush()
+        pending_charset = charset
+        pending.append(data)
+        pos = match.end()
+    flush()
+    out.append(text[pos:])
+    return "".join(out), defects
+
+
+def _decode_word(encoding: str, payload: str) -> bytes:
+    if encoding in "bB":
+        data = _BASE64_JUNK.sub("", payload.split("=", 1)[0])
+        if len(data) % 4 == 1:
+            data = data[:-1]
+        try:
+            return binascii.a2b_base64(data + "=" * (-len(data) % 4))
+        except (binascii.Error, ValueError):
+            return payload.encode("ascii", "replace")
+    try:
+        return binascii.a2b_qp(payload.encode("utf-8", "surrogateescape"), header=True)
+    except (binascii.Error, ValueError):
+        return payload.encode("utf-8", "surrogateescape")
+
+
+def decode(value: object, hint: str | None = None) -> tuple[str, list[str]]:
+    """A header value as a person reads it: one line, decoded, cleaned, length capped."""
+    text, defect = raw_text(value, hint)
+    defects = [f"raw 8-bit header: {defect}"] if defect else []
+    text, word_defects = decode_words(text)
+    defects += word_defects
+    text = clean(text).strip()
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[:MAX_VALUE_CHARS]
+        defects.append(f"header value cut to {MAX_VALUE_CHARS} characters")
+    return text, defects
+
+
+def addresses(
+    values: list[object], hint: str | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(display name, lower-case address) pairs of address headers; only real addresses (with @)."""
+    defects: list[str] = []
+    texts = []
+    for value in values:
+        text, defect = raw_text(value, hint)
+        if defect:
+            defects.append(f"raw 8-bit address header: {defect}")
+        if len(text) > MAX_ADDRESS_HEADER_CHARS:
+            text = text[:MAX_ADDRESS_HEADER_CHARS]
+            defects.append("address header cut before parsing")
+        texts.append(_quote_address_names(text))
+    pairs = _getaddresses(texts, defects)
+    if not any("@" in addr for _, addr in pairs) and any("=?" in t for t in texts):
+        # Some senders encode the whole mailbox, address included, as one encoded word.
+        pairs = _getaddresses([decode_words(t)[0] for t in texts], defects)
+    out: list[tuple[str, str]] = []
+    for name, addr in pairs:
+        addr = clean(addr).strip().strip("<>").lower()
+        if "@" not in addr or " " in addr:
+            continue
+        name, word_defects = decode_words(name)
+        defects += word_defects
+        name = clean(name).strip().strip('"').strip()
+        if name.lower() == addr or ("@" in name and " " not in name):
+            name = ""  # an address where the name goes is not a name, and may be a spoof
+        out.append((name[:MAX_VALUE_CHARS], addr[:998]))
+    return out, defects
+
+
+def _quote_address_names(text: str) -> str:
+    """Quote an unquoted address used as a display name: ``a@x <b@y>`` is one mailbox, b@y."""
+    if "<" not in text:
+        return text
+    return _BARE_ADDR_AS_NAME.sub(r'\1 "\2" \3', text)
+
+
+def _getaddresses(texts: list[str], defects: list[str]) -> list[tuple[str, str]]:
+    try:
+        return email.utils.getaddresses(texts)
+    except (RecursionError, Exception) as exc:  # cpython#103800 and friends: sender unknown
+        defects.append(f"address header could not be parsed ({type(exc).__name__})")
+        return []
+
+
+def message_ids(value: object) -> list[str]:
+    """The <id@host> tokens of a Message-ID, In-Reply-To or References value, brackets kept."""
+    if value is None:
+        return []
+    text = clean(raw_text(value)[0])
+    found = _MSGID.findall(text)
+    if not found:
+        bare = text.strip()
+        if bare and "@" in bare and " " not in bare and len(bare) < 990:
+            found = [f"<{bare.strip('<>')}>"]
+    return found
