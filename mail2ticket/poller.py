@@ -201,6 +201,12 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> Poll
             result = poll_account(cfg, db, account, get_password(account), hooks=hooks)
     except Mail2TicketError as exc:
         result = PollResult(account.name, error=exc.one_line())
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem
+        err = ConnectError(
+            f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
+            "the next poll resumes where the last stored message ended",
+        )
+        result = PollResult(account.name, error=err.one_line())
     except ssl.SSLError as exc:
         result = PollResult(account.name, error=f"TLS error: {exc}")
     except TimeoutError:
@@ -210,7 +216,10 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> Poll
         )
         result = PollResult(account.name, error=err.one_line())
     except OSError as exc:
-        err = ConnectError(f"connection to {account.imap_host} lost: {exc}", "the next poll resumes where this stopped")
+        err = ConnectError(
+            f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
+            "the next poll resumes where the last stored message ended",
+        )
         result = PollResult(account.name, error=err.one_line())
     except IMAPClientAbortError as exc:
         err = ConnectError(
