@@ -141,7 +141,7 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "email": (_str, REQUIRED, "an e-mail address"),
     "username": (_str, None, "the IMAP/SMTP login (defaults to email)"),
     "provider": (_str, None, "a provider preset name (see 'mail2ticket providers')"),
-    "source": (_str, "imap", '"imap" or "maildir"'),
+    "source": (_str, "imap", '"imap", "maildir" or "pipe" (mail arrives only by \'mail2ticket ingest\')'),
     "path": (_str, None, "the Maildir path (source = \"maildir\")"),
     "imap_host": (_str, None, "a host name"),
     "imap_port": (_int, None, "a port number"),
@@ -374,13 +374,13 @@ def _build_account(path: Path, index: int, data: Any) -> Account:
                 f"{path}: '{label}.{key}' = \"none\" sends the password in clear text",
                 'use "tls" or "starttls", or set allow_insecure = true for this account if you really must',
             )
-    if values["source"] not in ("imap", "maildir"):
-        raise ConfigError(f"{path}: '{label}.source' must be \"imap\" or \"maildir\"")
+    if values["source"] not in ("imap", "maildir", "pipe"):
+        raise ConfigError(f"{path}: '{label}.source' must be \"imap\", \"maildir\" or \"pipe\"")
     if values["source"] == "maildir":
         if not values["path"]:
             raise ConfigError(f"{path}: '{label}.path' is required when source = \"maildir\"")
         values["path"] = str((path.parent / os.path.expanduser(values["path"])).resolve())
-    else:
+    elif values["source"] == "imap":
         if not values["imap_host"]:
             raise ConfigError(
                 f"{path}: '{label}.imap_host' is required",

@@ -294,3 +294,18 @@ def m301_views(db: Database) -> None:
         from events e join tickets t on t.id = e.ticket_id
         """
     )
+
+
+@migrations()
+def m501_maildir_names(db: Database) -> None:
+    # A Maildir message's stable integer id for the import ledger ('sources': folder = the Maildir
+    # path, uidvalidity = 0, uid = this id). The unique name (the file name before ':2,') survives
+    # the move from new/ to cur/ and any change of flags.
+    db["maildir_names"].create(
+        {"id": int, "folder": str, "name": str, "created_at": str},
+        pk="id",
+        not_null={"folder", "name", "created_at"},
+    )
+    db["maildir_names"].create_index(
+        ["folder", "name"], unique=True, index_name="idx_maildir_names_identity"
+    )

@@ -192,6 +192,8 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> Poll
 
     from mail2ticket.secrets import get_password
 
+    if account.source == "pipe":
+        return PollResult(account.name)  # nothing to fetch: its mail arrives by 'mail2ticket ingest'
     try:
         if account.source == "maildir":
             from mail2ticket.maildir import poll_maildir

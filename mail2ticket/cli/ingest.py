@@ -1,0 +1,127 @@
+"""The 'ingest' command: one message on stdin from an MTA pipe, procmail or .forward."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from mail2ticket.errors import Mail2TicketError, TempFailError
+
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+
+def pick_account(cfg, name: str | None):
+    """The account named, or the only one; ConfigError when that is ambiguous or it is disabled."""
+    from mail2ticket.errors import ConfigError
+
+    if name:
+        account = cfg.account(name)
+    elif len(cfg.accounts) == 1:
+        account = cfg.accounts[0]
+    else:
+        known = ", ".join(a.name for a in cfg.accounts) or "none"
+        raise ConfigError(
+            f"{cfg.path}: {len(cfg.accounts)} accounts, so 'ingest' needs --account NAME",
+            f"known accounts: {known}",
+        )
+    if not account.enabled:
+        raise ConfigError(
+            f"account {account.name} is disabled",
+            f"enable it with 'mail2ticket accounts enable {account.name}'; until then the MTA keeps the mail",
+        )
+    return account
+
+
+def ingest_message(cfg, db, account, raw: bytes, *, hooks=None):
+    """Store ``raw`` for ``account`` through the importer (no mailbox identity: dedup by content).
+
+    Returns the importer's Outcome; raises TempFailError when it could not be stored durably now.
+    """
+    from mail2ticket.attachments import AttachmentStore
+    from mail2ticket.importer import ImportContext, Incoming, import_batch
+    from mail2ticket.maildir import size_limited
+
+    ctx = ImportContext(
+        db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
+    )  # config: rules, SLA and acknowledgements as for IMAP mail
+    ctx.parse = size_limited(ctx.parse, account.max_message_size or cfg.max_message_size)
+    incoming = Incoming(account.name, raw, None, received_at=datetime.now(UTC))
+    return import_batch(ctx, [incoming])[0]
+
+
+def _describe(outcome) -> str:
+    if outcome.status == "imported":
+        return f"stored as new ticket #{outcome.ticket_id}"
+    if outcome.status == "followup":
+        return f"stored as a follow-up to ticket #{outcome.ticket_id}"
+    if outcome.status == "duplicate" and outcome.ticket_id is not None:
+        return f"already stored in ticket #{outcome.ticket_id}: this delivery is a duplicate"
+    if outcome.status == "duplicate":
+        return f"already stored in the quarantine as #{outcome.quarantine_id}: this delivery is a duplicate"
+    return f"stored ({outcome.status})"
+
+
+@click.command("ingest")
+@click.option("--account", "account_name", metavar="NAME",
+              help="The account the message is for (may be left out when there is only one).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=DEFAULT_LOCK_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="How long to wait for a database another process holds before exiting 75.")
+@click.pass_obj
+def ingest(app, account_name, lock_timeout):
+    """Import one message from standard input (for an MTA pipe, procmail or .forward).
+
+    The message takes the same path as mail read from IMAP: parsing, threading,
+    acknowledgement, quarantine. Exit status follows the mail delivery convention
+    (sysexits.h): 0 once the message is stored (or was stored before: a repeated
+    delivery makes no second ticket); 75 (EX_TEMPFAIL) when it could not be
+    stored now (database locked, disk full, store unwritable, config broken), so
+    the MTA keeps it and retries. A message that cannot be parsed is stored in
+    the quarantine: exit 0, with a warning.
+
+    \b
+    Examples:
+      mail2ticket ingest --account support < message.eml
+      /etc/aliases:  support: "|/usr/local/bin/mail2ticket ingest --account support"
+    """
+    stdin = click.get_binary_stream("stdin")
+    if stdin.isatty():
+        raise click.UsageError("no message on standard input: pipe one in ('mail2ticket ingest < message.eml')")
+    raw = stdin.read()
+    if not raw.strip():
+        raise click.UsageError("standard input was empty: there is no message to import")
+    db = None
+    try:
+        from mail2ticket.store import open_db
+
+        cfg = app.config()
+        account = pick_account(cfg, account_name)
+        db = open_db(cfg.database, busy_timeout_ms=int(lock_timeout * 1000))
+        outcome = ingest_message(cfg, db, account, raw)
+    except TempFailError:
+        raise
+    except Mail2TicketError as exc:
+        # Not stored: whatever the cause, the MTA must keep the message (a config mistake
+        # must not bounce mail), so every failure here is a temporary one.
+        raise TempFailError(str(exc), exc.hint) from exc
+    except Exception as exc:
+        raise TempFailError(
+            f"unexpected {exc.__class__.__name__}: {exc}", "run with --debug for the traceback"
+        ) from exc
+    finally:
+        if db is not None:
+            db.close()
+    if outcome.status == "quarantined":
+        click.echo(
+            f"Warning: the message could not be read as mail; it is stored in the quarantine as "
+            f"#{outcome.quarantine_id} ({outcome.detail}). See 'mail2ticket quarantine show "
+            f"{outcome.quarantine_id}'.",
+            err=True,
+        )
+        return
+    click.echo(f"{account.name}: {_describe(outcome)}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(ingest)

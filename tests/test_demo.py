@@ -1,0 +1,97 @@
+"""The demo in examples/demo: the README's two commands work on a fresh machine and change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from mail2ticket.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "demo"
+CONFIG = "examples/demo/config.toml"  # as the README's quick start spells it, from the checkout
+
+# What the demo's Maildir holds, by ticket: (subject, number of messages).
+EXPECTED = {
+    "Printer on the 3rd floor jams on every page": 3,  # a reply (In-Reply-To) and a [#1] tag
+    "Cannot connect to the VPN since this morning": 2,  # HTML only; a reply with References only
+    "Invoice 2026-0117 charges the wrong VAT rate": 1,  # a CSV attachment
+    "Automatic reply: Out of office until 9 March": 1,  # an auto-reply
+    "Lieferung für Bestellung 4711 verspätet": 1,  # German, quoted-printable
+    "パスワードの再設定ができません": 1,  # Japanese, ISO-2022-JP
+    "Fwd: Contract renewal for the copier lease": 1,  # a forwarded message
+    "Error 0x80070005 when saving to the shared drive": 1,  # HTML with an inline image
+    "New laptop and accounts for a new colleague starting 16 March": 1,
+}
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under root: its content hash and modification time."""
+    return {
+        str(path.relative_to(root)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def column(header: str, row: str, name: str) -> str:
+    """One cell of the plain (piped) table: its columns start where their headings start."""
+    names = header.split()
+    start = header.index(name)
+    following = names.index(name) + 1
+    end = header.index(names[following], start) if following < len(names) else None
+    return row[start:end].strip()
+
+
+def mail2ticket(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "mail2ticket", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+def test_the_demo_runs_with_two_commands_and_lists_its_tickets(isolated_env) -> None:
+    before = snapshot(DEMO)
+    repo_files_before = set(os.listdir(REPO))
+
+    polled = mail2ticket("--config", CONFIG, "poll")
+    assert polled.returncode == 0, polled.stderr
+    assert polled.stdout == "demo: 12 imported (9 new, 3 follow-ups)\n"
+    listed = mail2ticket("--config", CONFIG, "tickets", "list")
+    assert listed.returncode == 0, listed.stderr
+
+    header, *rows = listed.stdout.splitlines()
+    assert len(rows) == len(EXPECTED)
+    for subject, count in EXPECTED.items():
+        (row,) = [line for line in rows if subject in line]
+        assert column(header, row, "account") == "demo"
+        assert column(header, row, "msgs") == str(count), row
+
+    # The database went to the user's data directory, and the source tree is as it was.
+    assert (isolated_env.data_home / "mail2ticket" / "mail2ticket.db").is_file()
+    assert snapshot(DEMO) == before
+    assert set(os.listdir(REPO)) == repo_files_before
+
+    again = mail2ticket("--config", CONFIG, "poll")
+    assert again.stdout == "demo: 0 imported (0 new, 0 follow-ups)\n"
+
+
+def test_the_demo_config_has_no_storage_and_never_moves_its_sample_files() -> None:
+    cfg = load_config(DEMO / "config.toml")
+    (account,) = cfg.accounts
+    assert account.source == "maildir" and Path(account.path) == DEMO / "Maildir"
+    assert account.after_import == "none" and account.acknowledge is False
+    assert "storage" not in tomllib.loads((DEMO / "config.toml").read_text())
+    assert not cfg.database.is_relative_to(REPO)
+
+
+def test_the_demo_maildir_holds_a_dozen_messages_in_new() -> None:
+    names = sorted(f for f in os.listdir(DEMO / "Maildir" / "new") if not f.startswith("."))
+    assert len(names) == 12
+    assert all(":" not in name for name in names)  # also checks out on filesystems without ':'

@@ -1,0 +1,337 @@
+"""The Maildir source: each message imported exactly once, then moved to cur/ with the S flag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from mail2ticket.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+KILLS = int(os.environ.get("MAIL2TICKET_KILLS", "25"))
+SEED = int(os.environ.get("MAIL2TICKET_SEED", str(random.randrange(1 << 30))))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_maildir(root: Path) -> Path:
+    for sub in ("tmp", "new", "cur"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def deliver(root: Path, raw: bytes, name: str, subdir: str = "new", info: str = "") -> Path:
+    """Deliver like an MDA: write in tmp/, then rename into new/ (or cur/ with an info suffix)."""
+    tmp = root / "tmp" / name
+    tmp.write_bytes(raw)
+    target = root / subdir / (name + (f":2,{info}" if subdir == "cur" else ""))
+    os.rename(tmp, target)
+    return target
+
+
+def message(n: int, subject: str | None = None, **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"customer{n}@example.org"
+    msg["To"] = "support@example.com"
+    msg["Subject"] = subject or f"Request number {n}"
+    msg["Message-ID"] = f"<request-{n}@example.org>"
+    for key, value in headers.items():
+        msg[key.replace("_", "-")] = value
+    msg.set_content(f"Hello, this is request {n}.\n")
+    return bytes(msg)
+
+
+def write_config(tmp_path: Path, maildir: Path, **account: object) -> Path:
+    config = tmp_path / "config.toml"
+    data = {
+        "storage": {"database": "data/m2t.db", "attachments": "data/files"},
+        "accounts": [
+            {"name": "local", "email": "support@example.com", "source": "maildir",
+             "path": os.path.relpath(maildir, tmp_path), "acknowledge": False, **account}
+        ],
+    }
+    config.write_text(tomli_w.dumps(data))
+    return config
+
+
+def run(config: Path, *args: str):
+    result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+    return result
+
+
+def tickets(config: Path) -> list[dict]:
+    result = run(config, "tickets", "list", "--status", "all", "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def files_in(root: Path, subdir: str) -> list[str]:
+    return sorted(f for f in os.listdir(root / subdir) if not f.startswith("."))
+
+
+def test_poll_imports_every_message_of_new_and_cur_once_and_marks_it_seen_in_cur(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    deliver(root, message(2), "1772442001.M2P1.host")
+    # Already in cur/ (a mail client looked at it), flagged but not seen: still new to us.
+    deliver(root, message(3), "1772442002.M3P1.host", subdir="cur", info="F")
+    config = write_config(tmp_path, root)
+
+    first = run(config, "poll")
+    assert first.exit_code == 0, first.stderr
+    assert "local: 3 imported" in first.stdout
+    assert files_in(root, "new") == []
+    assert files_in(root, "cur") == [
+        "1772442000.M1P1.host:2,S", "1772442001.M2P1.host:2,S", "1772442002.M3P1.host:2,FS"
+    ]
+    assert sorted(t["subject"] for t in tickets(config)) == [
+        "Request number 1", "Request number 2", "Request number 3"
+    ]
+
+    second = run(config, "poll")
+    assert second.exit_code == 0, second.stderr
+    assert "local: 0 imported" in second.stdout
+    assert len(tickets(config)) == 3
+
+
+def test_new_mail_arriving_later_is_imported_by_the_next_poll(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    config = write_config(tmp_path, root)
+    assert run(config, "poll").exit_code == 0
+    deliver(root, message(2), "1772442100.M2P1.host")
+    result = run(config, "poll")
+    assert "local: 1 imported" in result.stdout
+    assert len(tickets(config)) == 2
+    assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S", "1772442100.M2P1.host:2,S"]
+
+
+def test_a_reply_delivered_in_the_same_poll_as_its_original_joins_the_original_ticket(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    # The reply's file is written first, but its unique name says it was delivered later.
+    deliver(root, message(2, "Re: Printer jams", In_Reply_To="<request-1@example.org>"), "1772442500.M2P1.host")
+    deliver(root, message(1, "Printer jams"), "1772442000.M1P1.host")
+    config = write_config(tmp_path, root)
+    result = run(config, "poll")
+    assert "(1 new, 1 follow-ups)" in result.stdout
+    (ticket,) = tickets(config)
+    assert ticket["subject"] == "Printer jams" and ticket["message_count"] == 2
+
+
+def test_after_import_none_leaves_every_file_where_and_as_it_was(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    deliver(root, message(2), "1772442001.M2P1.host", subdir="cur", info="")
+    config = write_config(tmp_path, root, after_import="none")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    assert "local: 2 imported" in run(config, "poll").stdout
+    assert "local: 0 imported" in run(config, "poll").stdout
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    assert after == before
+    assert len(tickets(config)) == 2
+
+
+def test_a_message_stored_but_not_yet_moved_when_the_poll_died_is_moved_by_the_next_poll(
+    tmp_path: Path,
+) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    deliver(root, message(2), "1772442001.M2P1.host")
+    config = write_config(tmp_path, root)
+    assert run(config, "poll").exit_code == 0
+    # Recreate the state a kill between COMMIT and rename leaves: stored, action pending, file in new/.
+    os.rename(root / "cur" / "1772442001.M2P1.host:2,S", root / "new" / "1772442001.M2P1.host")
+    with sqlite3.connect(tmp_path / "data" / "m2t.db") as conn:
+        changed = conn.execute(
+            "update sources set action_state = 'pending' where uid = "
+            "(select id from maildir_names where name = '1772442001.M2P1.host')"
+        ).rowcount
+    assert changed == 1
+
+    result = run(config, "poll")
+    assert result.exit_code == 0, result.stderr
+    assert "local: 0 imported" in result.stdout
+    assert files_in(root, "new") == []
+    assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S", "1772442001.M2P1.host:2,S"]
+    assert len(tickets(config)) == 2
+
+
+def test_the_same_bytes_delivered_twice_make_one_ticket_and_both_files_are_marked_seen(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    deliver(root, message(1), "1772442009.M9P1.host")
+    config = write_config(tmp_path, root)
+    result = run(config, "poll")
+    assert "1 new" in result.stdout and "1 duplicates" in result.stdout
+    assert len(tickets(config)) == 1
+    assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S", "1772442009.M9P1.host:2,S"]
+
+
+def test_a_message_over_the_size_limit_is_kept_raw_in_the_quarantine_and_marked_seen(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    big = message(1, "Huge scan") + b"x" * 4000 + b"\n"
+    deliver(root, big, "1772442000.M1P1.host")
+    deliver(root, message(2), "1772442001.M2P1.host")
+    config = write_config(tmp_path, root, max_message_size="2KB")
+    result = run(config, "poll")
+    assert result.exit_code == 0, result.stderr
+    assert "1 new" in result.stdout and "1 quarantined" in result.stdout
+    listed = json.loads(run(config, "quarantine", "list", "--json").stdout)
+    assert [q["raw_sha256"] for q in listed] == [_sha(big)]
+    assert "over the size limit" in listed[0]["error"]
+    raw = run(config, "quarantine", "show", str(listed[0]["id"]), "--raw").stdout_bytes
+    assert raw == big
+    assert files_in(root, "new") == []
+
+
+def test_a_path_that_is_not_a_maildir_fails_the_poll_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "Maildir").mkdir()
+    config = write_config(tmp_path, tmp_path / "Maildir")
+    result = run(config, "poll")
+    assert result.exit_code == 1
+    assert "is not a Maildir (no new/ or cur/ in it)" in result.stderr
+
+
+def test_a_maildir_account_needs_a_path(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[[accounts]]\nname = "local"\nemail = "support@example.com"\nsource = "maildir"\n'
+    )
+    result = run(config, "poll")
+    assert result.exit_code == 3
+    assert "'accounts.local.path' is required when source = \"maildir\"" in result.stderr
+
+
+# --------------------------------------------------------------------- SIGKILL, exactly once
+
+
+def _kill_test_message(rng: random.Random, n: int) -> bytes:
+    """Message *n*: mostly plain, some with an attachment, some in another charset."""
+    msg = EmailMessage()
+    msg["From"] = f"user{rng.randrange(40)}@customer.example"
+    msg["To"] = "support@example.com"
+    msg["Subject"] = f"Request {n}"
+    msg["Message-ID"] = f"<kill-{n}-{rng.randrange(1 << 30)}@customer.example>"
+    kind = rng.random()
+    if kind < 0.15:
+        msg.set_content(f"Größe {n}: Bürostühle", charset="iso-8859-1", cte="quoted-printable")
+    else:
+        msg.set_content(f"Request {n}.\n" + "Details. " * rng.randrange(1, 200))
+    if 0.15 <= kind < 0.45:
+        msg.add_attachment(rng.randbytes(rng.choice([500, 20_000, 200_000])),
+                           maintype="application", subtype="octet-stream", filename=f"file-{n}.bin")
+    return bytes(msg)
+
+
+def _poll_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message_exactly_once(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(SEED)
+    print(f"\nseed {SEED} (MAIL2TICKET_SEED={SEED} replays this run), kills {KILLS}")
+    root = make_maildir(tmp_path / "Maildir")
+    delivered: dict[str, bytes] = {}  # unique name -> bytes
+
+    def new_mail(count: int) -> None:
+        for _ in range(count):
+            n = len(delivered)
+            raw = _kill_test_message(rng, n)
+            if n % 97 == 5:  # now and then the same mail delivered twice
+                raw = delivered[f"{1772442000 + n - 1}.M{n - 1}P7.host"]
+            name = f"{1772442000 + n}.M{n}P7.host"
+            deliver(root, raw, name)
+            delivered[name] = raw
+
+    config = write_config(tmp_path, root, batch_size=10)
+    db_path = tmp_path / "data" / "m2t.db"
+    env = _subprocess_env()
+    # How long a poll takes to find nothing to do: the kill delays are drawn around it, so most
+    # kills land inside the import (reading, attachment files, commit, renames).
+    started = time.monotonic()
+    subprocess.run(_poll_cmd(config), env=env, check=True, capture_output=True, timeout=60)
+    startup = time.monotonic() - started
+    new_mail(300)
+
+    kills = mid_import = finished = stored_not_moved = 0
+    log = tmp_path / "poll-stderr.log"
+    while kills < KILLS:
+        with log.open("ab") as err:
+            proc = subprocess.Popen(_poll_cmd(config), env=env, stdout=subprocess.DEVNULL, stderr=err)
+        delay = startup * rng.uniform(0.5, 1.0) + rng.expovariate(1 / 0.25)
+        try:
+            proc.wait(delay)
+            finished += 1
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        assert proc.returncode in (0, -signal.SIGKILL), f"poll failed with {proc.returncode}; see {log}"
+        # After any kill: no file is marked seen unless its message is durably stored.
+        seen = {f.split(":", 1)[0] for f in files_in(root, "cur")}
+        with sqlite3.connect(db_path, timeout=30) as conn:
+            stored = {r[0] for r in conn.execute(
+                "select n.name from maildir_names n join sources s on s.uid = n.id "
+                "and s.folder = n.folder and s.account = 'local'")}
+        assert seen <= stored, f"marked seen but not stored: {sorted(seen - stored)[:10]}"
+        if proc.returncode == -signal.SIGKILL and len(stored) < len(delivered):
+            mid_import += 1
+        if proc.returncode == -signal.SIGKILL and len(seen) < len(stored):
+            stored_not_moved += 1  # killed between COMMIT and rename: the next poll moves them
+        if len(stored) == len(delivered) and kills < KILLS:
+            new_mail(150)  # new mail arrives, so the next kills land in an import too
+    final = subprocess.run(_poll_cmd(config), env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    print(f"kills: {kills} (mid-import: {mid_import}, leaving stored files not yet moved: "
+          f"{stored_not_moved}); polls that finished first: {finished}; "
+          f"messages: {len(delivered)}")
+    assert mid_import >= kills // 2, "most kills should land in the middle of an import"
+
+    # Every file ended in cur/ with the S flag, under its own unique name.
+    assert files_in(root, "new") == []
+    assert files_in(root, "cur") == sorted(f"{name}:2,S" for name in delivered)
+    conn = sqlite3.connect(db_path)
+    # Every file is in the ledger exactly once, pointing at byte-identical stored bytes.
+    rows = conn.execute(
+        "select n.name, s.raw_sha256, r.raw from maildir_names n join sources s on s.uid = n.id "
+        "and s.folder = n.folder join raw_messages r on r.sha256 = s.raw_sha256 where s.account = 'local'"
+    ).fetchall()
+    assert len(rows) == len(delivered) == len({name for name, _, _ in rows})
+    for name, sha, raw in rows:
+        assert sha == _sha(delivered[name]) and raw == delivered[name], name
+    # Each distinct message is one ticket message, no more; no ticket without a message.
+    distinct = {_sha(raw) for raw in delivered.values()}
+    in_db = conn.execute("select raw_sha256, count(*) from messages group by raw_sha256").fetchall()
+    assert {sha for sha, _ in in_db} == distinct
+    assert all(count == 1 for _, count in in_db)
+    assert conn.execute("select count(*) from tickets").fetchone()[0] == len(distinct)
+    assert conn.execute("select count(*) from sources where action_state != 'done'").fetchone()[0] == 0
+    for sha, size, path in conn.execute("select sha256, size, path from attachments"):
+        data = (tmp_path / "data" / "files" / path).read_bytes()
+        assert _sha(data) == sha and len(data) == size
+    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    conn.close()
