@@ -151,7 +151,9 @@ def send_raw(conn: smtplib.SMTP, mail_from: str, recipients: list[str], raw: byt
             conn.rset()
             detail = "; ".join(f"{r}: {t}" for r, t in refused.items())
             raise SendFailure(f"all recipients refused: {detail}", permanent=permanent)
-        code, text = conn.data(raw)
+        code, text = conn.data(raw)  # raises for a refused DATA; returns the final answer
+        if code != 250:  # only this is acceptance: a 4xx or 5xx after the data is a refusal
+            raise SendFailure(f"message refused after DATA: {_reply(code, text)}", permanent=code >= 500, code=code)
         return _reply(code, text), refused
     except smtplib.SMTPDataError as exc:
         raise SendFailure(

@@ -72,7 +72,7 @@ class Desk:
         self.root, self.dovecot, self.user, self.smtp = root, dovecot, user, smtp
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "config.toml"
-        acc = account_config(user, smtp, added_at=LONG_AGO, **account)
+        acc = account_config(user, smtp, **{"added_at": LONG_AGO, **account})
         self.account = acc
         data: dict = {"storage": {"database": "m2t.db", "attachments": "att"}, "accounts": [acc]}
         if conversations:

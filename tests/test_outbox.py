@@ -1,0 +1,163 @@
+"""The outbox: queued with its cause, sent with retries, marked sent only on 250 (issue 5, point 3).
+
+The SMTP server is the real aiosmtpd of the test suite, stopped, failing or crashing on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mail2ticket.config import load_config
+from mail2ticket.outbox import BACKOFF_MAX, backoff_seconds, send_pending
+from tests.test_threading import Desk, make_mail
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
+    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
+
+
+def outbox(desk: Desk, *args: str) -> list[dict]:
+    return json.loads(desk.ok("outbox", "list", "--json", *args).stdout)
+
+
+def test_an_smtp_server_that_is_down_at_first_still_gets_the_mail_later_once(desk):
+    desk.smtp.stop()
+    desk.deliver(make_mail("Network down", to=desk.email))
+    polled = desk.poll()  # the account itself is fine: exit 0, the mail waits
+    assert desk.smtp.messages == [] and len(desk.tickets()) == 1
+    [waiting] = outbox(desk)
+    assert waiting["status"] == "queued" and waiting["kind"] == "ack" and waiting["attempts"] == 1
+    assert "refused the connection" in waiting["last_error"]
+    assert waiting["next_attempt_at"] > waiting["created_at"]
+    assert "not sent, retrying" in polled.stderr
+    desk.smtp.start()
+    desk.poll()  # too early: the retry is not due yet
+    assert desk.smtp.messages == []
+    cfg = load_config(desk.config)
+    db = desk.db()
+    report = send_pending(cfg, db, now=datetime.now(UTC) + timedelta(seconds=backoff_seconds(1) + 1))
+    assert len(report.sent) == 1
+    desk.poll()
+    desk.poll()
+    [delivered] = desk.smtp.messages
+    assert delivered.message["Message-ID"] == waiting["message_id"]
+    assert outbox(desk) == []
+    [sent] = outbox(desk, "--all")
+    assert sent["status"] == "sent" and sent["smtp_reply"].startswith("250") and sent["attempts"] == 2
+
+
+def test_outbox_retry_sends_waiting_mail_at_once(desk):
+    desk.smtp.stop()
+    desk.deliver(make_mail("Retry me", to=desk.email))
+    desk.poll()
+    desk.smtp.start()
+    result = desk.ok("outbox", "retry", "--all")
+    assert "sent to ann@customer.test" in result.stdout
+    assert len(desk.smtp.messages) == 1
+    assert desk.ok("outbox", "retry", "--all").stdout.strip() == "Nothing waiting in the outbox."
+    assert len(desk.smtp.messages) == 1
+
+
+def test_a_temporary_refusal_is_retried_with_growing_delays(desk):
+    desk.smtp.fail_next(2, code=451)
+    desk.deliver(make_mail("Greylisted", to=desk.email))
+    desk.poll()
+    [entry] = outbox(desk)
+    assert entry["status"] == "queued" and "451" in entry["last_error"]
+    first_delay = entry["next_attempt_at"]
+    assert desk.invoke("outbox", "retry", str(entry["id"])).exit_code == 1  # refused again
+    assert desk.smtp.messages == []
+    [entry] = outbox(desk)
+    assert entry["attempts"] == 2 and entry["next_attempt_at"] >= first_delay
+    desk.ok("outbox", "retry", str(entry["id"]))
+    assert len(desk.smtp.messages) == 1
+    assert [backoff_seconds(n) for n in (1, 2, 3)] == [30, 60, 120]
+    assert backoff_seconds(50) == BACKOFF_MAX == 15 * 60
+
+
+def test_outbox_retry_exits_non_zero_while_the_mail_is_still_refused(desk):
+    desk.smtp.fail_next(2, code=451)
+    desk.deliver(make_mail("Still greylisted", to=desk.email))
+    desk.poll()
+    result = desk.invoke("outbox", "retry", "--all")
+    assert result.exit_code == 1 and "not sent (queued)" in result.stderr and "451" in result.stderr
+
+
+def test_a_permanent_refusal_is_not_retried_and_is_shown_to_the_operator(desk):
+    desk.smtp.fail_next(1, code=550, text="5.1.1 No such user")
+    desk.deliver(make_mail("Unknown user", to=desk.email))
+    desk.poll()
+    [entry] = outbox(desk)
+    assert entry["status"] == "failed" and "550" in entry["last_error"]
+    desk.poll()
+    assert desk.smtp.messages == [] and len(desk.smtp.rejections) == 1
+    status = json.loads(desk.invoke("status", "--json").stdout)
+    assert any("outbox" in alert and "refused" in alert for alert in status["alerts"])
+    listed = desk.ok("outbox", "list").stdout
+    assert "failed" in listed and "550" in listed
+    [ticket] = desk.tickets()
+    assert any(e["kind"] == "mail-failed" for e in desk.show(ticket["id"])["events"])
+    desk.ok("outbox", "retry", str(entry["id"]))  # the cause is fixed: send it by hand
+    assert len(desk.smtp.messages) == 1
+
+
+def test_mail_that_cannot_be_sent_for_longer_than_outbox_expire_is_given_up(desk):
+    desk.smtp.stop()
+    desk.deliver(make_mail("Gone for a week", to=desk.email))
+    desk.poll()
+    cfg, db = load_config(desk.config), desk.db()
+    report = send_pending(cfg, db, now=datetime.now(UTC) + timedelta(days=6))
+    assert len(report.failed) == 1
+    [entry] = outbox(desk)
+    assert entry["status"] == "failed" and entry["last_error"].startswith("gave up after 5d")
+
+
+def test_a_crash_after_the_servers_acceptance_sends_the_mail_once_more_with_the_same_message_id(desk):
+    desk.deliver(make_mail("Crash me", to=desk.email))
+    script = textwrap.dedent(f"""
+        import os, sys
+        from mail2ticket import outbox
+        outbox.after_accept = lambda row: os._exit(9)  # killed after 250, before 'sent' is stored
+        from mail2ticket.cli import main
+        sys.argv = ["mail2ticket", "--config", {str(desk.config)!r}, "poll"]
+        main()
+    """)
+    crashed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=60)
+    assert crashed.returncode == 9, crashed.stderr.decode()
+    assert len(desk.smtp.messages) == 1
+    [entry] = outbox(desk)
+    assert entry["status"] == "sending"  # the claim of a process that is gone
+    desk.poll()
+    desk.poll()
+    assert len(desk.smtp.messages) == 2
+    first, again = desk.smtp.messages
+    assert first.data == again.data  # byte for byte: the same Message-ID
+    assert outbox(desk) == []
+
+
+def test_outbox_list_json_gives_every_field_a_script_needs(desk):
+    desk.smtp.stop()
+    desk.deliver(make_mail("Fields", to=desk.email))
+    desk.poll()
+    [entry] = outbox(desk)
+    [ticket] = desk.tickets()
+    assert entry["ticket_id"] == ticket["id"] and entry["recipients"] == ["ann@customer.test"]
+    assert entry["message_id"].startswith("<m2t.") and entry["subject"].startswith(f"[#{ticket['id']}]")
+    for key in ("id", "kind", "status", "attempts", "created_at", "next_attempt_at", "last_error", "sent_at"):
+        assert key in entry
+
+
+def test_outbox_retry_of_an_unknown_entry_is_a_one_line_error(desk):
+    result = desk.invoke("outbox", "retry", "999")
+    assert result.exit_code != 0
+    assert "no outbox entry #999" in result.stderr and "Traceback" not in result.output
