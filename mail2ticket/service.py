@@ -16,6 +16,21 @@ log = logging.getLogger(__name__)
 AFTER_POLL_JOBS: list[Callable[[Config, Database], None]] = []
 
 
+def overdue_check(cfg: Config, db: Database) -> None:
+    """Mark tickets past their SLA targets (sla.check_overdue). Registered before the outbox job,
+    so a breach notice goes out in the same pass."""
+    from mail2ticket.search import ensure_triggers
+    from mail2ticket.sla import check_overdue
+
+    if ensure_triggers(db):  # a table rebuild by a migration drops triggers: never lose search
+        log.warning("the search index had lost its triggers: recreated and re-indexed")
+    check_overdue(cfg, db)
+
+
+overdue_check.schedule_key = "overdue"  # type: ignore[attr-defined]
+AFTER_POLL_JOBS.append(overdue_check)
+
+
 def send_outbox(cfg: Config, db: Database) -> None:
     """Send the mail waiting in the outbox (acknowledgements, replies, notices) that is due."""
     from mail2ticket.outbox import outbox_job

@@ -26,7 +26,9 @@ class AppContext:
     def config(self, must_exist: bool = True):
         if self._config is None:
             from mail2ticket.config import load_config
+            from mail2ticket.store import import_sqlite_utils
 
+            import_sqlite_utils()  # first, so that it loads without numpy and pandas (start-up)
             self._config = load_config(self.config_path, must_exist=must_exist)
         return self._config
 

@@ -35,6 +35,25 @@ def local_time(value: str | None) -> str:
     return dt.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+def print_csv(rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """CSV with a header row, for spreadsheets and scripts; lists are joined with spaces."""
+    import csv
+
+    out = click.get_text_stream("stdout")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        values = []
+        for c in columns:
+            v = row.get(c)
+            if isinstance(v, list | tuple):
+                v = " ".join(str(x) for x in v)
+            elif isinstance(v, bool):
+                v = "true" if v else "false"
+            values.append("" if v is None else v)
+        writer.writerow(values)
+
+
 MAX_PLAIN_CELL = 120
 
 
@@ -55,13 +74,15 @@ def print_table(
     if is_tty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         console = Console(no_color=bool(os.environ.get("NO_COLOR")))
         table = Table(title=title, header_style="bold")
         for i, h in enumerate(headers):
             table.add_column(h, style=(styles[i] if styles else None), overflow="fold")
         for i, row in enumerate(rows):
-            table.add_row(*["" if v is None else str(v) for v in row],
+            # Text, never markup: a subject such as "[ticket] a [/] b" is shown as it is.
+            table.add_row(*[v if isinstance(v, Text) else Text("" if v is None else str(v)) for v in row],
                           style=row_styles[i] if row_styles else None)
         console.print(table)
         return

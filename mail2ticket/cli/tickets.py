@@ -1,67 +1,241 @@
-"""The 'tickets' commands: triage from the shell."""
+"""The 'tickets' commands: triage from the shell (list, count, show, search, assign, priority, tag, note)."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+
 import click
 
-from mail2ticket.cli.output import is_tty, json_option, local_time, print_json, print_table
+from mail2ticket.cli.output import (
+    is_tty,
+    json_option,
+    local_time,
+    print_csv,
+    print_json,
+    print_table,
+)
+
+PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
+SORTS = ["updated", "created", "id", "priority", "due"]
+PAGE = 50  # rows shown on a terminal unless --limit says otherwise
+CSV_COLUMNS = [
+    "id", "status", "priority", "account", "requester", "requester_name", "assignee", "subject", "tags",
+    "created_at", "updated_at", "closed_at", "first_response_at", "due_response_at", "due_resolution_at",
+    "overdue", "message_count", "incoming_count",
+]
+PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
 
 
 @click.group("tickets")
 def tickets_group():
-    """List, read and answer tickets."""
+    """List, search, read, answer and manage tickets."""
 
 
 def _when(value: str | None) -> str:
     return local_time(value) if is_tty() else (value or "")
 
 
+# --- dates on the command line ------------------------------------------------------------------
+
+_AGO_RE = re.compile(r"^(\d+)\s*([mhdw])$")
+
+
+class When(click.ParamType):
+    """A time: 2026-01-31, '2026-01-31 14:00' (local time), ISO 8601 with a zone, 'today',
+    'yesterday', or an age such as 7d, 12h, 30m, 2w (that long ago). Converted to ISO 8601 UTC.
+    With ``end``, a bare date means the end of that day (the whole day is included)."""
+
+    name = "when"
+
+    def __init__(self, end: bool = False):
+        self.end = end
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        now = datetime.now().astimezone()
+        m = _AGO_RE.match(text)
+        if m:
+            n, unit = int(m.group(1)), m.group(2)
+            delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n),
+                     "w": timedelta(weeks=n)}[unit]
+            return _utc(now - delta)
+        day_only = False
+        if text in ("today", "yesterday"):
+            dt = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            if text == "yesterday":
+                dt = (dt - timedelta(days=1)).replace(tzinfo=None).astimezone()
+            day_only = True
+        else:
+            try:
+                dt = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+            except ValueError:
+                self.fail(
+                    f"{value!r} is not a date or time (try 2026-01-31, '2026-01-31 14:00', 7d or yesterday)",
+                    param, ctx,
+                )
+            day_only = re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) is not None
+            if dt.tzinfo is None:
+                dt = dt.astimezone()  # local time, as the user reads their clock
+        if day_only and self.end:
+            dt = (dt.replace(tzinfo=None) + timedelta(days=1)).astimezone(dt.tzinfo)
+        return _utc(dt)
+
+
+def _utc(dt: datetime) -> str:
+    return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --- the filters shared by list and count --------------------------------------------------------
+
+
+def filter_options(func):
+    options = [
+        click.option("--status", type=click.Choice(["open", "pending", "closed", "all"]),
+                     help="Only tickets with this status (default: every ticket that is not closed)."),
+        click.option("--account", multiple=True, help="Only tickets of this account (repeat for several)."),
+        click.option("--priority", multiple=True, type=click.Choice(PRIORITY_CHOICES),
+                     help="Only tickets of this priority (repeat for several)."),
+        click.option("--assignee", multiple=True, help="Only tickets assigned to this person (repeat for several)."),
+        click.option("--unassigned", is_flag=True, help="Only tickets assigned to nobody."),
+        click.option("--tag", "tags", multiple=True, help="Only tickets with this tag (repeat: all of them)."),
+        click.option("--requester", help="Only tickets from this address, or from a domain: --requester @example.com."),
+        click.option("--overdue", is_flag=True, help="Only tickets past an SLA target."),
+        click.option("--since", "created_since", type=When(), help="Created at or after (2026-01-31, 7d, yesterday)."),
+        click.option("--until", "created_until", type=When(end=True), help="Created before (a date: up to its end)."),
+        click.option("--updated-since", type=When(), help="Last activity at or after."),
+        click.option("--updated-until", type=When(end=True), help="Last activity before."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _filters(kw: dict) -> dict:
+    names = ("status", "account", "priority", "assignee", "unassigned", "tags", "requester", "overdue",
+             "created_since", "created_until", "updated_since", "updated_until")
+    return {n: kw.pop(n) for n in names}
+
+
+# --- list and count ------------------------------------------------------------------------------
+
+
+def _styled(text: str, style: str):
+    """Coloured text on a terminal (rich is only imported there), the plain string otherwise."""
+    if not style or not is_tty():
+        return text
+    from rich.text import Text
+
+    return Text(text, style=style)
+
+
+def _due_cell(t: dict):
+    if t["status"] == "closed" or not t["due_at"]:
+        return ""
+    if t["overdue"]:
+        return _styled(f"OVERDUE {_when(t['due_at'])}", "bold red")
+    return _when(t["due_at"])
+
+
+def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
+    table = []
+    for t in rows:
+        row = [
+            f"#{t['id']}", t["status"], _styled(t["priority"], PRIORITY_STYLE.get(t["priority"], "")),
+            _due_cell(t), t["account"], t["requester"] or "", t["assignee"] or "", t["subject"],
+            " ".join(t.get("tags") or []), t["message_count"], _when(t["updated_at"]),
+        ]
+        if extra:
+            row.append(extra(t))
+        table.append(row)
+    headers = ["id", "status", "priority", "due", "account", "requester", "assignee", "subject", "tags",
+               "msgs", "updated"]
+    return table, headers
+
+
 @tickets_group.command("list")
-@click.option(
-    "--status",
-    type=click.Choice(["open", "pending", "closed", "all"]),
-    help="Only tickets with this status (default: all that are not closed).",
-)
-@click.option("--account", help="Only tickets of this account.")
-@click.option("--requester", help="Only tickets from this address.")
-@click.option("--overdue", is_flag=True, help="Only tickets past their SLA targets.")
-@click.option("--sort", "order", type=click.Choice(["updated", "created", "id"]), default="updated",
-              show_default=True, help="Sort order (newest first for dates).")
-@click.option("--limit", type=int, help="At most this many tickets.")
-@click.option("--offset", type=int, default=0, help="Skip this many tickets first (for paging).")
+@filter_options
+@click.option("--sort", "order", type=click.Choice(SORTS), default="updated", show_default=True,
+              help="Sort order: newest activity or creation first, by id, most urgent first, or soonest due.")
+@click.option("--reverse", is_flag=True, help="Reverse the sort order.")
+@click.option("--limit", type=click.IntRange(min=0),
+              help=f"At most this many tickets; 0 for all (default: {PAGE} on a terminal, all otherwise).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many tickets first (for paging).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (with a header row) instead of a table.")
 @json_option
 @click.pass_obj
-def tickets_list(app, status, account, requester, overdue, order, limit, offset, as_json):
-    """List tickets: a table on a terminal, aligned text when piped, JSON with --json.
+def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
+    """List tickets: a table on a terminal, aligned text when piped, JSON or CSV for scripts.
+
+    Without --status it lists every ticket that is not closed, most recent
+    activity first. Filters combine (all must hold). Times are local on a
+    terminal and ISO 8601 UTC everywhere else.
 
     \b
     Examples:
       mail2ticket tickets list
-      mail2ticket tickets list --status all --account support --limit 20
-      mail2ticket tickets list --json | jq '.[].subject'
+      mail2ticket tickets list --overdue --sort due
+      mail2ticket tickets list --priority urgent --priority high --unassigned
+      mail2ticket tickets list --status all --account support --since 2026-01-01 --until 2026-01-31
+      mail2ticket tickets list --tag vip --requester @bigcorp.example --json | jq '.[].subject'
+      mail2ticket tickets list --status all --limit 0 --csv > tickets.csv
     """
-    from mail2ticket.store import list_tickets
+    from mail2ticket.store import count_tickets, list_tickets
 
-    rows = list_tickets(
-        app.db, status=status, account=account, requester=requester, overdue=overdue,
-        limit=limit, offset=offset, order=order,
-    )
+    filters = _filters(kw)
+    table_on_tty = is_tty() and not as_json and not as_csv
+    if limit is None and table_on_tty:
+        limit = PAGE
+    rows = list_tickets(app.db, order=order, reverse=reverse, limit=limit or None, offset=offset, **filters)
     if as_json:
         print_json(rows)
         return
-    if not rows and is_tty():
-        click.echo("No tickets." if status == "all" else "No tickets (try --status all).")
+    if as_csv:
+        print_csv(rows, CSV_COLUMNS)
         return
-    print_table(
-        [
-            [f"#{r['id']}", r["status"] + (" OVERDUE" if r["overdue"] else ""), r["priority"], r["account"],
-             r["requester"] or "", r["subject"], r["message_count"], _when(r["updated_at"])]
-            for r in rows
-        ],
-        ["id", "status", "priority", "account", "requester", "subject", "msgs", "updated"],
-        row_styles=["bold red" if r["overdue"] else ("yellow" if r["priority"] in ("high", "urgent") else None)
-                    for r in rows],
-    )
+    if not rows and table_on_tty:
+        click.echo("No tickets." if filters["status"] == "all" else "No tickets (try --status all).")
+        return
+    table, headers = _ticket_rows(rows)
+    print_table(table, headers)
+    if table_on_tty and limit and len(rows) == limit:
+        total = count_tickets(app.db, **filters)
+        if total > offset + len(rows):
+            click.echo(
+                f"Showing {offset + 1}-{offset + len(rows)} of {total}: see more with "
+                f"--offset {offset + len(rows)}, or all with --limit 0."
+            )
+
+
+@tickets_group.command("count")
+@filter_options
+@click.option("--by", type=click.Choice(["status", "priority", "account", "assignee"]),
+              help="Count per status, priority, account or assignee.")
+@json_option
+@click.pass_obj
+def tickets_count(app, by, as_json, **kw):
+    """Count tickets, with the same filters as 'tickets list'.
+
+    \b
+    Examples:
+      mail2ticket tickets count --overdue
+      mail2ticket tickets count --status all --by status
+      mail2ticket tickets count --by assignee --json
+    """
+    from mail2ticket.store import count_tickets
+
+    result = count_tickets(app.db, by=by, **_filters(kw))
+    if as_json:
+        print_json({"count": result} if by is None else [{by: k, "count": n} for k, n in result.items()])
+    elif by is None:
+        click.echo(str(result))
+    else:
+        print_table([[k if k is not None else "(none)", n] for k, n in result.items()], [by, "tickets"])
+
+
+# --- show ----------------------------------------------------------------------------------------
 
 
 @tickets_group.command("show")
@@ -69,11 +243,12 @@ def tickets_list(app, status, account, requester, overdue, order, limit, offset,
 @json_option
 @click.pass_obj
 def tickets_show(app, ticket_id, as_json):
-    """Show a ticket with all its messages and its history.
+    """Show a ticket with all its messages and its history (changes, notes, SLA events).
 
     \b
-    Example:
+    Examples:
       mail2ticket tickets show 42
+      mail2ticket tickets show 42 --json | jq '.messages[-1].body_text'
     """
     from mail2ticket.store import get_ticket, ticket_events, ticket_messages
 
@@ -88,7 +263,15 @@ def tickets_show(app, ticket_id, as_json):
         f"Status: {ticket['status']}   Priority: {ticket['priority']}   Account: {ticket['account']}   "
         f"Requester: {ticket['requester_name'] or ''} <{ticket['requester'] or ''}>"
     )
+    click.echo(f"Assignee: {ticket['assignee'] or '-'}   Tags: {' '.join(ticket['tags']) or '-'}")
     click.echo(f"Created: {_when(ticket['created_at'])}   Updated: {_when(ticket['updated_at'])}")
+    if ticket["due_response_at"] or ticket["due_resolution_at"]:
+        response = "answered " + _when(ticket["first_response_at"]) if ticket["first_response_at"] else (
+            "due " + _when(ticket["due_response_at"]) if ticket["due_response_at"] else "-")
+        click.echo(
+            f"Response: {response}   Resolution: due {_when(ticket['due_resolution_at']) or '-'}"
+            + ("   OVERDUE" if ticket["overdue"] else "")
+        )
     for m in ticket["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
         click.echo("")
@@ -107,7 +290,192 @@ def tickets_show(app, ticket_id, as_json):
         click.echo("")
         click.echo("History:")
         for e in ticket["events"]:
-            click.echo(f"  {_when(e['created_at'])}  {e['kind']}: {e['detail']}")
+            actor = f" ({e['actor']})" if e.get("actor") and e["actor"] != "system" else ""
+            detail = (e["detail"] or "").strip()
+            if e["kind"] == "note" and "\n" in detail:
+                click.echo(f"  {_when(e['created_at'])}  note{actor}:")
+                for line in detail.splitlines():
+                    click.echo(f"      {line}")
+            else:
+                click.echo(f"  {_when(e['created_at'])}  {e['kind']}{actor}: {detail}")
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+@tickets_group.command("search")
+@click.argument("query")
+@click.option("--status", type=click.Choice(["open", "pending", "closed", "all"]), default="all",
+              show_default=True, help="Only tickets with this status.")
+@click.option("--account", help="Only tickets of this account.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many tickets.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many tickets first (for paging).")
+@json_option
+@click.pass_obj
+def tickets_search(app, query, status, account, limit, offset, as_json):
+    """Full-text search in subjects, bodies and senders, best match first, with the matching text.
+
+    Words must all appear (in any message of a ticket). QUERY may use SQLite FTS5
+    syntax: "a phrase", OR, NOT, prefix*, subject:word, from_name:word.
+
+    \b
+    Examples:
+      mail2ticket tickets search printer
+      mail2ticket tickets search '"paper jam" OR toner' --status open
+      mail2ticket tickets search 'invoice*' --json | jq '.[] | {id, snippet}'
+    """
+    from mail2ticket.search import HIT_END, HIT_START, mark_hits, search
+
+    rows = search(app.db, query, limit=limit, offset=offset, status=status, account=account)
+    if as_json:
+        for r in rows:
+            r["snippet"] = mark_hits(r["snippet"])
+        print_json(rows)
+        return
+    if not rows:
+        if is_tty():
+            click.echo("No matching tickets.")
+        return
+
+    def snippet(t):
+        if not is_tty():
+            return mark_hits(t["snippet"])
+        from rich.text import Text
+
+        text = Text()
+        for i, part in enumerate(re.split(f"[{HIT_START}{HIT_END}]", t["snippet"])):
+            text.append(part, style="bold yellow" if i % 2 else "")
+        return text
+
+    table = []
+    for t in rows:
+        table.append([f"#{t['id']}", t["status"], t["priority"], t["account"], t["requester"] or "",
+                      t["subject"], _when(t["updated_at"]), snippet(t)])
+    print_table(table, ["id", "status", "priority", "account", "requester", "subject", "updated", "match"])
+
+
+# --- managing tickets: each change is an event in the ticket's history -----------------------------
+
+
+def _actor() -> str:
+    from mail2ticket.outbox import _user
+
+    return _user()
+
+
+@tickets_group.command("assign")
+@click.argument("ticket_id", type=int)
+@click.argument("assignee", required=False)
+@click.option("--unassign", is_flag=True, help="Assign the ticket to nobody.")
+@click.pass_obj
+def tickets_assign(app, ticket_id, assignee, unassign):
+    """Assign a ticket to someone (any name your team uses), or to nobody.
+
+    \b
+    Examples:
+      mail2ticket tickets assign 42 alice
+      mail2ticket tickets assign 42 --unassign
+    """
+    from mail2ticket.store import set_assignee, transaction
+
+    if bool(assignee) == unassign:
+        raise click.UsageError("give a name, or --unassign")
+    with transaction(app.db):
+        changed = set_assignee(app.db, ticket_id, None if unassign else assignee, actor=_actor())
+    if not changed:
+        click.echo(f"Ticket #{ticket_id} already {'has no assignee' if unassign else f'is assigned to {assignee}'}.")
+    else:
+        click.echo(f"Ticket #{ticket_id} {'unassigned' if unassign else f'assigned to {assignee}'}.")
+
+
+@tickets_group.command("priority")
+@click.argument("ticket_id", type=int)
+@click.argument("priority", type=click.Choice(PRIORITY_CHOICES))
+@click.pass_obj
+def tickets_priority(app, ticket_id, priority):
+    """Set a ticket's priority; its SLA due times follow the targets of that priority.
+
+    \b
+    Example:
+      mail2ticket tickets priority 42 urgent
+    """
+    from mail2ticket.sla import check_overdue, set_due_times
+    from mail2ticket.store import set_priority, transaction
+
+    cfg = app.config()
+    with transaction(app.db):
+        changed = set_priority(app.db, ticket_id, priority, actor=_actor())
+        if changed:
+            set_due_times(cfg, app.db, ticket_id)
+    if not changed:
+        click.echo(f"Ticket #{ticket_id} already has priority {priority}.")
+        return
+    check_overdue(cfg, app.db)  # a tighter target may already have passed: mark it now
+    click.echo(f"Ticket #{ticket_id} now has priority {priority}.")
+
+
+@tickets_group.command("tag")
+@click.argument("ticket_id", type=int)
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--remove", is_flag=True, help="Remove these tags instead of adding them.")
+@click.pass_obj
+def tickets_tag(app, ticket_id, tags, remove):
+    """Add tags to a ticket (or remove them with --remove). Tags are lower case words.
+
+    \b
+    Examples:
+      mail2ticket tickets tag 42 billing vip
+      mail2ticket tickets tag 42 vip --remove
+    """
+    from mail2ticket.store import add_tags, get_ticket, remove_tags, transaction
+
+    with transaction(app.db):
+        if remove:
+            changed = remove_tags(app.db, ticket_id, tags, actor=_actor())
+        else:
+            changed = add_tags(app.db, ticket_id, tags, actor=_actor())
+        now = get_ticket(app.db, ticket_id)["tags"]
+    verb = "removed" if remove else "added"
+    if changed:
+        click.echo(f"Ticket #{ticket_id}: {verb} {', '.join(changed)}; tags: {' '.join(now) or '(none)'}.")
+    else:
+        click.echo(f"Ticket #{ticket_id}: nothing {verb}; tags: {' '.join(now) or '(none)'}.")
+
+
+@tickets_group.command("note")
+@click.argument("ticket_id", type=int)
+@click.option("-m", "--message", "text", help="The text of the note.")
+@click.option("--file", "path", type=click.File("r", encoding="utf-8"), help="Read the text from a file ('-': stdin).")
+@click.pass_obj
+def tickets_note(app, ticket_id, text, path):
+    """Add an internal note to a ticket's history. Notes are never mailed to anyone.
+
+    The text comes from --message, --file, or else $EDITOR.
+
+    \b
+    Examples:
+      mail2ticket tickets note 42 --message "Called the customer; waiting for the part."
+      dmesg | tail -20 | mail2ticket tickets note 42 --file -
+    """
+    from mail2ticket.store import add_note, get_ticket, transaction
+
+    if text is not None and path is not None:
+        raise click.UsageError("give either --message or --file, not both")
+    if path is not None:
+        text = path.read()
+    elif text is None:
+        ticket = get_ticket(app.db, ticket_id)
+        edited = click.edit(f"\n\n# Internal note on #{ticket['id']}: {ticket['subject']}\n"
+                            "# Lines starting with '#' are removed. Notes are never mailed.\n",
+                            extension=".txt", require_save=True)
+        if edited is None:
+            raise click.ClickException("the editor was closed without saving: no note added")
+        text = "\n".join(line for line in edited.splitlines() if not line.startswith("#"))
+    if not text.strip():
+        raise click.ClickException("the note is empty: nothing added")
+    with transaction(app.db):
+        add_note(app.db, ticket_id, text, actor=_actor())
+    click.echo(f"Note added to ticket #{ticket_id}.")
 
 
 def register(cli: click.Group) -> None:

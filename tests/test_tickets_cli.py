@@ -1,0 +1,296 @@
+"""'tickets list/count/show/assign/priority/tag/note' from the shell (issue 7, points 2, 3 and 6)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.triage_support import deliver, mail, run, run_json, sql, write_config
+
+INTERFACE_FIELDS = {
+    "id": int, "subject": str, "requester": str, "status": str, "priority": str, "account": str,
+    "created_at": str, "updated_at": str, "message_count": int, "incoming_count": int, "overdue": bool,
+}
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def desk(cfg: Path) -> Path:
+    """Five tickets: #1 Printer (bob, support), #2 VPN (carol@corp, sales), #3 Invoice (dave@corp),
+    #4 Laptop (erin), #5 Closed matter (bob, closed). #1 has a follow-up."""
+    first = mail("Printer broken", sender="Bob Example <bob@example.com>", message_id="<p1@customer.example>")
+    deliver(cfg, first)
+    deliver(cfg, mail("VPN down", "Cannot connect to the VPN.", sender="Carol <carol@corp.example>"),
+            account="sales")
+    deliver(
+        cfg,
+        mail("Invoice 2026-17 wrong", "The invoice total is wrong.", sender="Dave <dave@corp.example>"),
+        mail("Laptop screen flickers", sender="Erin <erin@example.org>"),
+        mail("Closed matter", sender="bob@example.com"),
+        mail("Re: Printer broken", "Still broken.", sender="bob@example.com", in_reply_to="<p1@customer.example>"),
+    )
+    sql(cfg, "update tickets set status = 'closed', closed_at = updated_at where id = 5")
+    # A history spread over January 2026 (the import stamps 'now'): as a sysadmin would see it.
+    for ticket_id, day in [(1, "05"), (2, "10"), (3, "15"), (4, "20"), (5, "25")]:
+        sql(cfg, "update tickets set created_at = ?, updated_at = ? where id = ?",
+            [f"2026-01-{day}T10:00:00Z", f"2026-01-{day}T12:00:00Z", ticket_id])
+    return cfg
+
+
+def ids(cfg: Path, *args: str) -> list[int]:
+    return [t["id"] for t in run_json(cfg, "tickets", "list", *args)]
+
+
+def test_list_json_keeps_every_field_of_the_interface_with_its_type(desk: Path):
+    tickets = run_json(desk, "tickets", "list", "--status", "all")
+    assert len(tickets) == 5
+    for t in tickets:
+        for name, kind in INTERFACE_FIELDS.items():
+            assert isinstance(t[name], kind), (name, t[name])
+        assert ISO_UTC.match(t["created_at"]) and ISO_UTC.match(t["updated_at"])
+    printer = next(t for t in tickets if t["id"] == 1)
+    assert printer["requester"] == "bob@example.com"
+    assert (printer["message_count"], printer["incoming_count"]) == (2, 2)
+    assert printer["tags"] == [] and printer["assignee"] is None
+
+
+def test_list_hides_closed_tickets_unless_asked_and_sorts_newest_activity_first(desk: Path):
+    assert ids(desk) == [4, 3, 2, 1]
+    assert ids(desk, "--status", "all") == [5, 4, 3, 2, 1]
+    assert ids(desk, "--status", "closed") == [5]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--account", "sales"], [2]),
+        (["--account", "sales", "--account", "support"], [4, 3, 2, 1]),
+        (["--requester", "bob@example.com"], [1]),
+        (["--requester", "BOB@example.com", "--status", "all"], [5, 1]),
+        (["--requester", "@corp.example"], [3, 2]),
+        (["--since", "2026-01-10", "--until", "2026-01-15"], [3, 2]),
+        (["--since", "2026-01-16"], [4]),
+        (["--updated-since", "2026-01-15T11:00:00Z", "--updated-until", "2026-01-20"], [4, 3]),
+    ],
+)
+def test_list_filters_combine(desk: Path, args: list[str], expected: list[int]):
+    assert ids(desk, *args) == expected
+
+
+def test_list_filters_by_priority_assignee_and_tags_set_from_the_shell(desk: Path):
+    assert run(desk, "tickets", "priority", "3", "urgent").exit_code == 0
+    assert run(desk, "tickets", "priority", "4", "high").exit_code == 0
+    assert run(desk, "tickets", "assign", "3", "alice").exit_code == 0
+    assert run(desk, "tickets", "tag", "3", "billing", "VIP").exit_code == 0
+    assert run(desk, "tickets", "tag", "2", "vip").exit_code == 0
+    assert ids(desk, "--priority", "urgent") == [3]
+    assert sorted(ids(desk, "--priority", "urgent", "--priority", "high")) == [3, 4]
+    assert ids(desk, "--assignee", "alice") == [3]
+    assert sorted(ids(desk, "--unassigned")) == [1, 2, 4]
+    assert sorted(ids(desk, "--tag", "vip")) == [2, 3]
+    assert ids(desk, "--tag", "vip", "--tag", "billing") == [3]
+    assert ids(desk, "--tag", "nosuchtag") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--sort", "created"], [4, 3, 2, 1]),
+        (["--sort", "created", "--reverse"], [1, 2, 3, 4]),
+        (["--sort", "id"], [1, 2, 3, 4]),
+        (["--sort", "priority"], [3, 4, 2, 1]),
+    ],
+)
+def test_list_sorts(desk: Path, args: list[str], expected: list[int]):
+    run(desk, "tickets", "priority", "3", "urgent")
+    run(desk, "tickets", "priority", "4", "high")
+    run(desk, "tickets", "priority", "1", "low")
+    sql(desk, "update tickets set updated_at = '2026-01-01T00:00:00Z'")  # priority ties: by updated, id
+    got = ids(desk, *args)
+    if args[1] == "priority":
+        assert got[:2] == [3, 4] and got[-1] == 1
+    else:
+        assert got == expected
+
+
+def test_limit_and_offset_page_through_the_listing(desk: Path):
+    assert ids(desk, "--status", "all", "--limit", "2") == [5, 4]
+    assert ids(desk, "--status", "all", "--limit", "2", "--offset", "2") == [3, 2]
+    assert ids(desk, "--status", "all", "--limit", "2", "--offset", "4") == [1]
+    assert ids(desk, "--status", "all", "--offset", "3") == [2, 1]
+
+
+def test_csv_has_a_header_row_and_iso_utc_times(desk: Path):
+    run(desk, "tickets", "tag", "1", "hardware", "printer")
+    result = run(desk, "tickets", "list", "--status", "all", "--sort", "id", "--csv")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5"]
+    printer = rows[0]
+    assert printer["subject"] == "Printer broken" and printer["requester"] == "bob@example.com"
+    assert printer["tags"] == "hardware printer" and printer["overdue"] == "false"
+    assert printer["message_count"] == "2"
+    assert printer["created_at"] == "2026-01-05T10:00:00Z"
+
+
+def test_piped_listing_is_aligned_plain_text_with_iso_times(desk: Path):
+    result = run(desk, "tickets", "list")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["id", "status", "priority", "due", "account", "requester", "assignee",
+                                "subject", "tags", "msgs", "updated"]
+    assert "\x1b[" not in result.stdout
+    subject_col = lines[0].index("subject")
+    assert [line[subject_col:].split("  ")[0] for line in lines[1:]] == [
+        "Laptop screen flickers", "Invoice 2026-17 wrong", "VPN down", "Printer broken"]
+    assert "2026-01-20T12:00:00Z" in lines[1]
+
+
+def test_count_uses_the_same_filters_and_counts_per_value(desk: Path):
+    run(desk, "tickets", "assign", "1", "alice")
+    assert run(desk, "tickets", "count").stdout.strip() == "4"
+    assert run(desk, "tickets", "count", "--status", "all").stdout.strip() == "5"
+    assert run(desk, "tickets", "count", "--requester", "@corp.example").stdout.strip() == "2"
+    assert run_json(desk, "tickets", "count", "--overdue") == {"count": 0}
+    by_status = run_json(desk, "tickets", "count", "--status", "all", "--by", "status")
+    assert {r["status"]: r["count"] for r in by_status} == {"open": 4, "closed": 1}
+    by_assignee = run_json(desk, "tickets", "count", "--by", "assignee")
+    assert {r["assignee"]: r["count"] for r in by_assignee} == {None: 3, "alice": 1}
+
+
+def test_assign_priority_tag_and_note_are_each_an_event_shown_by_show(desk: Path):
+    assert run(desk, "tickets", "assign", "1", "alice").stdout == "Ticket #1 assigned to alice.\n"
+    assert run(desk, "tickets", "priority", "1", "high").exit_code == 0
+    assert run(desk, "tickets", "tag", "1", "hardware", "floor-2").exit_code == 0
+    assert run(desk, "tickets", "tag", "1", "floor-2", "--remove").exit_code == 0
+    assert run(desk, "tickets", "note", "1", "--message", "Toner ordered.\nArrives Friday.").exit_code == 0
+    assert run(desk, "tickets", "assign", "1", "--unassign").exit_code == 0
+    ticket = run_json(desk, "tickets", "show", "1")
+    assert ticket["priority"] == "high" and ticket["tags"] == ["hardware"] and ticket["assignee"] is None
+    history = [(e["kind"], e["detail"]) for e in ticket["events"] if e["actor"] != "system"]
+    assert history == [
+        ("assigned", "to alice"),
+        ("priority", "normal -> high"),
+        ("tagged", "hardware, floor-2"),
+        ("untagged", "floor-2"),
+        ("note", "Toner ordered.\nArrives Friday."),
+        ("assigned", "unassigned (was alice)"),
+    ]
+    text = run(desk, "tickets", "show", "1").stdout
+    assert "Priority: high" in text and "Tags: hardware" in text
+    assert "priority" in text and "normal -> high" in text
+    assert "      Toner ordered.\n      Arrives Friday." in text
+
+
+def test_a_note_is_internal_and_never_mailed(desk: Path):
+    before = sql(desk, "select count(*) from outbox")[0][0]
+    result = run(desk, "tickets", "note", "2", "--file", "-", input="Customer is on holiday until May.\n")
+    assert result.exit_code == 0
+    assert sql(desk, "select count(*) from outbox")[0][0] == before
+    ticket = run_json(desk, "tickets", "show", "2")
+    assert ticket["message_count"] == 1
+    assert all("holiday" not in m["body_text"] for m in ticket["messages"])
+    assert ticket["events"][-1]["kind"] == "note"
+
+
+def test_changing_nothing_says_so_and_records_no_event(desk: Path):
+    run(desk, "tickets", "assign", "1", "alice")
+    events = len(run_json(desk, "tickets", "show", "1")["events"])
+    assert "already" in run(desk, "tickets", "assign", "1", "alice").stdout
+    assert "already" in run(desk, "tickets", "priority", "1", "normal").stdout
+    assert len(run_json(desk, "tickets", "show", "1")["events"]) == events
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["tickets", "assign", "99", "alice"], ["tickets", "priority", "99", "high"],
+     ["tickets", "tag", "99", "x"], ["tickets", "note", "99", "-m", "x"], ["tickets", "show", "99"]],
+)
+def test_an_unknown_ticket_is_one_line_on_stderr_and_exit_1(desk: Path, args: list[str]):
+    result = run(desk, *args)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["Error: no ticket #99 (see 'mail2ticket tickets list --status all')"]
+
+
+def test_a_bad_date_is_a_usage_error(desk: Path):
+    result = run(desk, "tickets", "list", "--since", "last tuesday")
+    assert result.exit_code == 2
+    assert "is not a date or time" in result.stderr
+
+
+# --- on a terminal: a rich table with colour, local times; NO_COLOR honoured ----------------------
+
+
+def _run_on_terminal(cfg: Path, *args: str, env_extra: dict[str, str] | None = None) -> str:
+    """Run the installed CLI with stdout on a real pseudo-terminal; return what it printed."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200", "TZ": "America/New_York"}
+    env.pop("NO_COLOR", None)
+    env.update(env_extra or {})
+    proc = subprocess.Popen([sys.executable, "-m", "mail2ticket", "--config", str(cfg), *args],
+                            stdout=slave, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    return b"".join(chunks).decode()
+
+
+def test_terminal_table_colours_priority_and_overdue_and_shows_local_time(desk: Path):
+    run(desk, "tickets", "priority", "3", "urgent")
+    sql(desk, "update tickets set subject = '[ticket] a [/] b', due_response_at = '2026-01-15T12:00:00Z', "
+              "overdue = 1 where id = 3")
+    out = _run_on_terminal(desk, "tickets", "list")
+    assert "\x1b[1;31murgent" in out  # bold red
+    assert "\x1b[1;31mOVERDUE 2026-01-15 07:00" in out  # local time (New York), red
+    assert "[ticket] a [/] b" in out  # a subject is text, never markup
+    assert "2026-01-20 07:00" in out  # 'updated' in local time
+    plain = _run_on_terminal(desk, "tickets", "list", env_extra={"NO_COLOR": "1"})
+    assert "urgent" in plain and "\x1b[1;31m" not in plain
+
+
+def test_terminal_listing_pages_and_says_how_to_see_more(cfg: Path):
+    deliver(cfg, *[mail(f"Question {n}") for n in range(55)])
+    out = _run_on_terminal(cfg, "tickets", "list")
+    assert "Question 54" in out and "Question 4 " not in out
+    assert "Showing 1-50 of 55: see more with --offset 50, or all with --limit 0." in out
+
+
+# --- start-up: a command imports only what it needs ----------------------------------------------
+
+
+def _imported(*args: str, cfg: Path) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mail2ticket", "--config", str(cfg), *args],
+        capture_output=True, text=True, check=True,
+    )
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_listing_from_a_script_does_not_import_rich_or_the_mail_libraries(desk: Path):
+    modules = _imported("tickets", "list", "--status", "all", cfg=desk)
+    heavy = {"rich", "imapclient", "keyring", "charset_normalizer", "schedule", "smtplib", "email.parser"}
+    assert not heavy & modules, heavy & modules
+    help_modules = _imported("tickets", "list", "--help", cfg=desk)
+    assert not ({"sqlite_utils", "sqlite3"} | heavy) & help_modules
