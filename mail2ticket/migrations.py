@@ -309,3 +309,28 @@ def m501_maildir_names(db: Database) -> None:
     db["maildir_names"].create_index(
         ["folder", "name"], unique=True, index_name="idx_maildir_names_identity"
     )
+
+
+@migrations()
+def m201_daemon_heartbeat(db: Database) -> None:
+    # One row per start of 'mail2ticket run': 'status' reads whether a daemon serves this database.
+    db["daemon"].create(
+        {
+            "id": int,
+            "pid": int,
+            "host": str,
+            "version": str,
+            "config": str,
+            "started_at": str,
+            "heartbeat_at": str,
+            "stopped_at": str,
+            "status": str,
+        },
+        pk="id",
+        not_null={"pid", "host", "started_at", "heartbeat_at"},
+    )
+    # The running daemon's next run of each scheduled job ('status' shows each account's next poll).
+    db["daemon_jobs"].create(
+        {"name": str, "account": str, "schedule": str, "next_run_at": str},
+        pk="name",
+    )

@@ -102,9 +102,12 @@ def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: in
 
 
 def poll_account(
-    cfg: Config, db: Database, account: Account, password: str, *, hooks=None
+    cfg: Config, db: Database, account: Account, password: str, *, hooks=None, stop=None
 ) -> PollResult:
-    """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure."""
+    """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure.
+
+    ``stop`` (a threading.Event): once set, the poll ends after the batch being imported is
+    committed and flagged, and logs out; the rest waits for the next poll."""
     result = PollResult(account.name)
     ctx = ImportContext(  # config: rules, SLA and acknowledgements (the outbox sends them later)
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
@@ -145,6 +148,9 @@ def poll_account(
         sizes = box.sizes(uids)
         action = account.after_import
         for batch in chunks(uids, max(1, account.batch_size)):
+            if stop is not None and stop.is_set():
+                log.info("account %s: stopping after the last committed batch", account.name)
+                break
             big = [u for u in batch if sizes.get(u, 0) > limit]
             small = [u for u in batch if u not in big]
             fetched = box.fetch(small) if small else {}
@@ -186,7 +192,7 @@ def poll_account(
     return result
 
 
-def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> PollResult:
+def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None) -> PollResult:
     """poll_account with errors caught, logged and recorded in account_status (never raises)."""
     from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
@@ -200,7 +206,7 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None) -> Poll
 
             result = poll_maildir(cfg, db, account, hooks=hooks)
         else:
-            result = poll_account(cfg, db, account, get_password(account), hooks=hooks)
+            result = poll_account(cfg, db, account, get_password(account), hooks=hooks, stop=stop)
     except Mail2TicketError as exc:
         result = PollResult(account.name, error=exc.one_line())
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem

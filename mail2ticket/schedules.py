@@ -1,9 +1,15 @@
-"""Parse schedule strings ("*/5", "0,30", "10m", "30s") and durations ("4h", "3d")."""
+"""Parse schedule strings ("*/5", "0,30", "10m", "30s") and durations ("4h", "3d"); turn them into jobs."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the schedule package is only needed by the daemon
+    import schedule
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -31,7 +37,7 @@ class Schedule:
         if self.interval:
             return self.interval
         mins = sorted(self.minutes)
-        gaps = [b - a for a, b in zip(mins, mins[1:])] + [60 - mins[-1] + mins[0]]
+        gaps = [b - a for a, b in zip(mins, mins[1:], strict=False)] + [60 - mins[-1] + mins[0]]
         return min(gaps) * 60
 
 
@@ -63,3 +69,57 @@ def parse_schedule(text: str) -> Schedule:
     if not minutes:
         raise ValueError("empty schedule")
     return Schedule(text, minutes=tuple(sorted(minutes)))
+
+
+# A poll more frequent than this loads the provider (and may get the account throttled): warn once.
+FREQUENT_POLL_SECONDS = 300
+
+
+def human_period(seconds: int) -> str:
+    """300 -> '5 minutes', 30 -> '30 seconds', 3600 -> '1 hour'."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def frequency_warning(what: str, sched: Schedule) -> str | None:
+    """The warning for a poll schedule more frequent than every 5 minutes, else None."""
+    if sched.period >= FREQUENT_POLL_SECONDS:
+        return None
+    return (
+        f"{what} polls every {human_period(sched.period)} ({sched.text!r}), more often than every "
+        f"5 minutes: this loads the mail provider and may get the account throttled; "
+        f"for fast delivery prefer push = true (IMAP IDLE) with a slower poll"
+    )
+
+
+def add_jobs(
+    scheduler: schedule.Scheduler, sched: Schedule, func: Callable[[], object], tag: Hashable
+) -> list[schedule.Job]:
+    """Schedule ``func``: every N seconds for an interval, at the listed minutes of every hour
+    (aligned to the clock) for the cron minute form. Every job gets ``tag``."""
+    if sched.interval:
+        jobs = [scheduler.every(sched.interval).seconds.do(func)]
+    elif len(sched.minutes) == 60:
+        jobs = [scheduler.every().minute.at(":00").do(func)]
+    else:
+        jobs = [scheduler.every().hour.at(f":{m:02d}").do(func) for m in sched.minutes]
+    for job in jobs:
+        job.tag(tag)
+    return jobs
+
+
+def next_aligned_run(sched: Schedule, after: datetime) -> datetime | None:
+    """The next clock-aligned run of a cron-minute schedule strictly after ``after``, in UTC
+    (minutes are those of the local clock, as for cron); None for an interval, whose runs
+    depend on when the daemon started."""
+    if sched.interval:
+        return None
+    start = after.astimezone().replace(second=0, microsecond=0) + timedelta(minutes=1)
+    for step in range(61):
+        candidate = start + timedelta(minutes=step)
+        if candidate.minute in sched.minutes:
+            return candidate.astimezone(UTC)
+    return None  # pragma: no cover - every hour has one of the minutes

@@ -13,7 +13,21 @@ log = logging.getLogger(__name__)
 
 # Jobs run after the accounts are polled in one pass (outbox sender, overdue check).
 # Later modules register themselves here: each is called as job(cfg, db).
+# The daemon runs each on its own [schedule] key: register with @register_job("outbox"), or set
+# job.schedule_key; without one it guesses from the job's name (outbox/overdue), else "poll".
 AFTER_POLL_JOBS: list[Callable[[Config, Database], None]] = []
+
+
+def register_job(schedule_key: str):
+    """Decorator: run job(cfg, db) after each 'poll' pass and, in the daemon, on [schedule] KEY."""
+
+    def decorate(job):
+        job.schedule_key = schedule_key
+        if job not in AFTER_POLL_JOBS:
+            AFTER_POLL_JOBS.append(job)
+        return job
+
+    return decorate
 
 
 def overdue_check(cfg: Config, db: Database) -> None:
@@ -53,12 +67,16 @@ def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_pol
     return results
 
 
-def status_report(cfg: Config, db: Database) -> dict:
-    """Everything 'status' shows, as plain data; 'healthy' is False when an account is failing."""
+def status_report(cfg: Config, db: Database, *, require_daemon: bool = True) -> dict:
+    """Everything 'status' shows, as plain data. 'healthy' is False when an enabled account is
+    failing or (with ``require_daemon``) no daemon is running on this database."""
+    from mail2ticket.daemon import daemon_state, next_polls
     from mail2ticket.quarantine import open_count
     from mail2ticket.store import account_status
 
     status = account_status(db)
+    daemon = daemon_state(db)
+    upcoming = next_polls(db) if daemon["running"] else {}
     accounts = []
     alerts = []
     healthy = True
@@ -68,6 +86,10 @@ def status_report(cfg: Config, db: Database) -> dict:
         if failing:
             healthy = False
             alerts.append(f"account {a.name} is failing: {st.get('last_error')}")
+        next_poll = upcoming.get(a.name) if a.enabled else None
+        backoff = st.get("next_attempt_at")
+        if next_poll and backoff and backoff > next_poll:
+            next_poll = backoff  # backing off: no poll before then
         accounts.append(
             {
                 "name": a.name,
@@ -75,6 +97,8 @@ def status_report(cfg: Config, db: Database) -> dict:
                 "enabled": a.enabled,
                 "source": a.source,
                 "schedule": a.poll or cfg.schedule["poll"],
+                "push": a.push,
+                "next_poll_at": next_poll,
                 "last_poll_at": st.get("last_poll_at"),
                 "last_result": st.get("last_result"),
                 "last_error": st.get("last_error"),
@@ -95,8 +119,17 @@ def status_report(cfg: Config, db: Database) -> dict:
         for row in db.query("select status, count(*) as n from tickets group by status")
     }
     overdue = db.execute("select count(*) from tickets where overdue = 1 and status != 'closed'").fetchone()[0]
+    if not daemon["running"]:
+        if require_daemon:
+            healthy = False
+        if daemon["state"] == "dead":
+            alerts.append(
+                f"the daemon (pid {daemon['pid']} on {daemon['host']}) stopped without a clean "
+                f"shutdown; last heartbeat {daemon['heartbeat_at']}"
+            )
     return {
         "healthy": healthy,
+        "daemon": daemon,
         "accounts": accounts,
         "tickets": {
             "open": counts.get("open", 0),

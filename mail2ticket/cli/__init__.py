@@ -46,14 +46,40 @@ class AppContext:
             self._db = None
 
 
+class JournalFormatter(logging.Formatter):
+    """For stderr connected to journald: a '<N>' syslog priority before every line (journald
+    stores it as the entry's level), no time (journald adds it) and no level word."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
+
+
+def stderr_is_journal() -> bool:
+    """True when systemd connected our stderr to journald ($JOURNAL_STREAM is 'device:inode')."""
+    import os
+
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in stream.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def setup_logging(debug: bool = False, level: int = logging.WARNING) -> None:
-    """Plain 'LEVEL name: message' lines on stderr (journald adds the time); secrets never logged."""
+    """One line per event on stderr, secrets never logged: '<N>message' under journald (which
+    adds the time and reads the level), 'LEVEL message' when piped, with the time on a terminal."""
     handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
-        fmt = "%(asctime)s %(levelname)s %(message)s"
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    elif sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     else:
-        fmt = "%(levelname)s %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root = logging.getLogger("mail2ticket")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else level)

@@ -53,31 +53,55 @@ def poll(app, accounts, as_json):
 
 
 @click.command("status")
+@click.option(
+    "--no-daemon",
+    is_flag=True,
+    help="Do not require a running daemon (when 'mail2ticket poll' runs from cron or a timer).",
+)
 @json_option
 @click.pass_obj
-def status(app, as_json):
-    """Show each account's health: last poll, its result, last error, messages imported.
+def status(app, no_daemon, as_json):
+    """Show whether the daemon runs and each account's health: enabled, schedule,
+    last poll and its result, next poll, last error, messages imported.
 
-    Exits non-zero when an enabled account's last poll failed, so it can serve
-    as a health check.
+    Exits 1 when an enabled account's last poll failed or when no daemon is
+    running on this database (it never started, stopped, or its heartbeat is
+    older than a minute), so it can serve as a health check. With --no-daemon
+    only the accounts count.
 
     \b
-    Example:
-      mail2ticket status --json
+    Examples:
+      mail2ticket status
+      mail2ticket status --json | jq .daemon.running
+      mail2ticket status --no-daemon    # polling from cron instead of 'run'
     """
     from mail2ticket.service import status_report
 
-    report = status_report(app.config(), app.db)
+    report = status_report(app.config(), app.db, require_daemon=not no_daemon)
     if as_json:
         print_json(report)
     else:
+        d = report["daemon"]
+        if d["running"]:
+            click.echo(f"Daemon: running (pid {d['pid']} on {d['host']}, since {local_time(d['started_at'])}, "
+                       f"last heartbeat {local_time(d['heartbeat_at'])})")
+        elif d["state"] == "never started":
+            click.echo("Daemon: not running (never started on this database; see 'mail2ticket run')")
+        elif d["state"] == "stopped":
+            click.echo(f"Daemon: not running (stopped {local_time(d['stopped_at'])})")
+        else:
+            click.echo(f"Daemon: not running (no heartbeat since {local_time(d['heartbeat_at'])}: "
+                       f"pid {d['pid']} was killed or hung)")
         rows = []
         for a in report["accounts"]:
+            schedule = a["schedule"] + (" + push" if a["push"] else "")
             rows.append([
-                a["name"], "yes" if a["enabled"] else "no", a["schedule"], local_time(a["last_poll_at"]),
-                a["last_result"] or "never polled", a["imported_total"], a["last_error"] or "",
+                a["name"], "yes" if a["enabled"] else "no", schedule, local_time(a["last_poll_at"]),
+                a["last_result"] or "never polled", local_time(a["next_poll_at"]) or "-",
+                a["imported_total"], a["last_error"] or "",
             ])
-        print_table(rows, ["account", "enabled", "schedule", "last poll", "result", "imported", "last error"])
+        print_table(rows, ["account", "enabled", "schedule", "last poll", "result", "next poll",
+                           "imported", "last error"])
         t = report["tickets"]
         click.echo(
             f"Tickets: {t['open']} open, {t['pending']} pending, {t['overdue']} overdue; "

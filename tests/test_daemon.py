@@ -1,0 +1,485 @@
+"""'mail2ticket run' as a real process against the test Dovecot, listened to as systemd would (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import keyring
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from mail2ticket.cli import cli
+from mail2ticket.config import load_config
+from mail2ticket.daemon import JobRunner, job_schedule_key
+from mail2ticket.push import PushWatcher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def make_mail(subject: str, body: str = "Hello.") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Ann Customer <ann@customer.test>"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = subject
+    msg["Message-ID"] = make_msgid(domain="customer.test")
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def write_config(tmp_path: Path, *, poll: str = "2s", outbox: str = "1h", overdue: str = "1h") -> Path:
+    main = tmp_path / "etc" / "config.toml"
+    main.parent.mkdir(exist_ok=True)
+    main.write_text(
+        "# the sysadmin's own file\n"
+        '[storage]\ndatabase = "../var/m2t.db"\nattachments = "../var/att"\n'
+        f'[schedule]\npoll = "{poll}"\noutbox = "{outbox}"\noverdue = "{overdue}"\n'
+    )
+    return main
+
+
+def add_account(main: Path, account: dict, password: str | None) -> Path:
+    """What 'add-account' leaves behind: accounts.d/NAME.toml, and the password in the keyring."""
+    path = main.parent / "accounts.d" / f"{account['name']}.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(tomli_w.dumps({"accounts": [account]}))
+    if password is not None:
+        keyring.set_password("mail2ticket", account["name"], password)
+    return path
+
+
+def subjects(main: Path, account: str | None = None) -> list[str]:
+    db = main.parent.parent / "var" / "m2t.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        try:
+            if account:
+                rows = conn.execute("select subject from tickets where account = ?", [account])
+            else:
+                rows = conn.execute("select subject from tickets")
+            return [r[0] for r in rows]
+        except sqlite3.OperationalError:  # not created yet
+            return []
+
+
+def status(main: Path, *args: str):
+    result = CliRunner().invoke(cli, ["--config", str(main), "status", "--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+class NotifyListener:
+    """The systemd side of sd_notify: an AF_UNIX datagram socket in tmp_path."""
+
+    def __init__(self, directory: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = directory / f"notify-{secrets.token_hex(3)}.sock"
+        if len(str(path)) < 100:
+            self.sock.bind(str(path))
+            self.address = str(path)
+        else:  # sun_path holds 108 bytes: use an abstract socket for very long tmp paths
+            name = f"mail2ticket-test-{secrets.token_hex(8)}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        self.sock.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+
+    def _receive(self) -> None:
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append(fields)
+
+    def wait_for(self, key: str, value: str | None = None, *, timeout: float = 10,
+                 contains: str | None = None, start: int = 0) -> int:
+        """Index of the first message from ``start`` on with ``key`` (= ``value``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(start, len(self.messages)):
+                got = self.messages[i].get(key)
+                if got is not None and (value is None or got == value) and (
+                    contains is None or contains in got
+                ):
+                    return i
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {key}={value or contains or ''} from the daemon; got {self.messages}")
+            self._receive()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DaemonProcess:
+    """``python -m mail2ticket --config MAIN run`` with a NOTIFY_SOCKET we listen on."""
+
+    def __init__(self, main: Path, tmp_path: Path, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = (), journal: bool = False):
+        self.notify = NotifyListener(tmp_path)
+        self.log_path = tmp_path / f"daemon-{secrets.token_hex(3)}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify.address}
+        if journal:  # what systemd sets when stderr is connected to journald
+            st = os.fstat(self._log.fileno())
+            full_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mail2ticket", "--config", str(main), *args, "run"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=full_env,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
+        """Send ``sig`` and wait: (exit code, seconds it took)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - t0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        self.notify.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(main: Path, **kwargs) -> DaemonProcess:
+        proc = DaemonProcess(main, tmp_path, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+# --- the daemon as systemd runs it -------------------------------------------------------------------
+
+
+def test_run_says_ready_and_turns_new_mail_into_a_ticket_within_the_poll_interval(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="2s")
+    add_account(main, account_config(imap_user), imap_user.password)
+    daemon = start_daemon(main, env={"WATCHDOG_USEC": "1000000"}, journal=True)
+    daemon.notify.wait_for("READY", "1", timeout=10)
+    daemon.notify.wait_for("STATUS", contains="last poll")
+    daemon.notify.wait_for("WATCHDOG", "1", timeout=5)
+
+    dovecot.append(imap_user, make_mail("Arrives while the daemon runs"))
+    t0 = time.monotonic()
+    wait_until(lambda: "Arrives while the daemon runs" in subjects(main), 2 + 3, "the ticket")
+    assert time.monotonic() - t0 < 5  # one 2 s interval, plus the poll itself
+    seen = wait_until(lambda: any("\\Seen" in f for f in dovecot.flags(imap_user).values()), 5)
+    assert seen
+    after = daemon.notify.wait_for("STATUS", contains="1 message imported since start")
+    assert "1 account; all ok" in daemon.notify.messages[after]["STATUS"]
+
+    code, took = daemon.stop()
+    assert code == 0 and took < 10
+    daemon.notify.wait_for("STOPPING", "1", timeout=1)
+    log = daemon.log()
+    # journald: a priority prefix on every line, no timestamps of our own
+    lines = [line for line in log.splitlines() if line]
+    assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), log
+    assert not any(line[3:5].isdigit() and line[5:6] == ":" for line in lines)
+    # a poll every 2 s is allowed, and warned about once, as a warning
+    warnings = [line for line in lines if "more often than every 5 minutes" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("<4>")
+
+
+def test_status_shows_the_daemon_heartbeat_and_each_accounts_next_poll(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="*/5")
+    add_account(main, account_config(imap_user), imap_user.password)
+    code, report = status(main)
+    assert code == 1 and report["daemon"] == report["daemon"] | {"running": False, "state": "never started"}
+    assert status(main, "--no-daemon")[0] == 0
+
+    daemon = start_daemon(main)
+    daemon.notify.wait_for("READY", "1")
+    daemon.notify.wait_for("STATUS", contains="last poll")
+    code, report = status(main)
+    assert code == 0 and report["healthy"] is True
+    assert report["daemon"]["running"] is True and report["daemon"]["pid"] == daemon.proc.pid
+    [acct] = report["accounts"]
+    assert acct["schedule"] == "*/5" and acct["last_poll_at"] and acct["last_error"] is None
+    nxt = datetime.fromisoformat(acct["next_poll_at"].replace("Z", "+00:00"))
+    assert nxt.astimezone().minute % 5 == 0 and nxt.second == 0  # aligned to the clock
+    assert 0 < (nxt - datetime.now(UTC)).total_seconds() <= 300
+    human = CliRunner().invoke(cli, ["--config", str(main), "status"])
+    assert human.exit_code == 0 and "Daemon: running" in human.stdout and "next poll" in human.stdout
+
+    assert daemon.stop()[0] == 0
+    code, report = status(main)
+    assert code == 1 and report["daemon"]["state"] == "stopped" and report["daemon"]["stopped_at"]
+    human = CliRunner().invoke(cli, ["--config", str(main), "status"])
+    assert human.exit_code == 1 and "Daemon: not running (stopped" in human.stdout
+
+
+def test_a_killed_daemon_is_reported_as_not_running(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="1h")
+    add_account(main, account_config(imap_user), imap_user.password)
+    daemon = start_daemon(main)
+    daemon.notify.wait_for("READY", "1")
+    assert status(main)[0] == 0
+    daemon.proc.kill()
+    daemon.proc.wait()
+    code, report = status(main)
+    assert code == 1 and report["daemon"]["state"] == "dead"
+    assert any("without a clean shutdown" in a for a in report["alerts"])
+
+
+def test_push_account_turns_new_mail_into_a_ticket_within_seconds(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="1h")  # no scheduled poll during the test: only push
+    add_account(main, account_config(imap_user, push=True), imap_user.password)
+    daemon = start_daemon(main)
+    daemon.notify.wait_for("READY", "1")
+    wait_until(lambda: "push (IDLE) session open" in daemon.log(), 10, "the IDLE session")
+    daemon.notify.wait_for("STATUS", contains="last poll")
+
+    dovecot.append(imap_user, make_mail("Pushed, not polled"))
+    t0 = time.monotonic()
+    wait_until(lambda: "Pushed, not polled" in subjects(main), 5, "the pushed ticket")
+    assert time.monotonic() - t0 < 5
+    assert daemon.stop()[0] == 0
+    wait_until(lambda: dovecot.sessions(imap_user) == 0, 5, "the IDLE session to log out")
+
+
+def test_idle_is_renewed_and_still_announces_new_mail(dovecot, imap_user, account_config, tmp_path):
+    cfg_path = write_config(tmp_path)
+    add_account(cfg_path, account_config(imap_user, push=True), imap_user.password)
+    account = load_config(cfg_path).accounts[0]
+    announced = threading.Event()
+    stop = threading.Event()
+    watcher = PushWatcher(account, lambda name: announced.set(), stop, renew_after=0.5)
+    watcher.start()
+    try:
+        assert watcher.connected.wait(10)
+        announced.clear()  # the announcement made on connecting
+        wait_until(lambda: watcher.idle_started >= 3, 10, "two IDLE renewals")
+        dovecot.append(imap_user, make_mail("After renewals"))
+        assert announced.wait(5)
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert not watcher.is_alive()
+    wait_until(lambda: dovecot.sessions(imap_user) == 0, 5, "the logout")
+
+
+def test_sighup_picks_up_a_new_account_and_ignores_a_broken_config(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="2s")
+    add_account(main, account_config(imap_user), imap_user.password)
+    daemon = start_daemon(main)
+    daemon.notify.wait_for("READY", "1")
+
+    other = dovecot.add_user()
+    dovecot.append(other, make_mail("For the account added later"))
+    add_account(main, account_config(other), other.password)
+    daemon.send(signal.SIGHUP)
+    reloading = daemon.notify.wait_for("RELOADING", "1")
+    daemon.notify.wait_for("READY", "1", start=reloading)
+    wait_until(lambda: "For the account added later" in subjects(main, other.name), 6, "the new account's ticket")
+    assert "added: " + other.name in daemon.log()
+
+    good = main.read_text()
+    main.write_text(good + "\n[schedule\nthis is not TOML\n")
+    mark = len(daemon.notify.messages)
+    daemon.send(signal.SIGHUP)
+    daemon.notify.wait_for("STATUS", contains="config reload FAILED", start=mark)
+    wait_until(lambda: "config reload failed" in daemon.log(), 5, "the error in the log")
+    assert "invalid TOML" in daemon.log()
+    assert daemon.proc.poll() is None  # still running, on the old config
+    dovecot.append(imap_user, make_mail("Still polled after a bad reload"))
+    wait_until(lambda: "Still polled after a bad reload" in subjects(main), 6, "polling to go on")
+
+    # Removing an account takes effect too: its mail is no longer imported.
+    main.write_text(good)
+    (main.parent / "accounts.d" / f"{other.name}.toml").unlink()
+    daemon.send(signal.SIGHUP)
+    wait_until(lambda: "removed: " + other.name in daemon.log(), 5, "the removal")
+    dovecot.append(other, make_mail("Not any more"))
+    dovecot.append(imap_user, make_mail("Marker after removal"))
+    wait_until(lambda: "Marker after removal" in subjects(main), 6, "the marker")
+    assert "Not any more" not in subjects(main)
+    assert daemon.stop()[0] == 0
+
+
+def test_sigterm_finishes_the_batch_logs_out_and_exits_0_with_no_message_lost(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="1h")
+    add_account(main, account_config(imap_user, batch_size=3), imap_user.password)
+    count = 40
+    dovecot.append_many(imap_user, [make_mail(f"Bulk {i}", "x" * 20_000) for i in range(count)])
+    daemon = start_daemon(main)
+    wait_until(lambda: subjects(main), 15, "the first batch")
+    code, took = daemon.stop()
+    assert code == 0 and took < 10
+    wait_until(lambda: dovecot.sessions(imap_user) == 0, 5, "the logout")
+    stored = set(subjects(main))
+    assert 0 < len(stored) < count  # stopped part-way, between two batches
+    assert "stopping after the last committed batch" in daemon.log()
+    raw = dovecot.fetch_raw(imap_user)
+    flagged = {uid for uid, f in dovecot.flags(imap_user).items() if "\\Seen" in f}
+    flagged_subjects = {m.split(b"Subject: ")[1].split(b"\r\n")[0].split(b"\n")[0].decode()
+                        for uid, m in raw.items() if uid in flagged}
+    assert flagged_subjects <= stored  # nothing was flagged on the server without its ticket
+    assert "Traceback" not in daemon.log()
+
+    again = start_daemon(main)  # the next start needs no manual step
+    wait_until(lambda: len(subjects(main)) >= count, 20, "the rest of the messages")
+    assert again.stop()[0] == 0
+    assert sorted(subjects(main)) == sorted(f"Bulk {i}" for i in range(count))  # none lost, none twice
+
+
+def test_an_account_with_a_wrong_password_backs_off_and_does_not_stop_the_others(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="2s")
+    bad = dovecot.add_user()
+    canary = "canary-" + secrets.token_hex(6)
+    add_account(main, account_config(bad), canary)
+    add_account(main, account_config(imap_user), imap_user.password)
+    daemon = start_daemon(main, args=("--debug",))
+    daemon.notify.wait_for("READY", "1")
+    dovecot.append(imap_user, make_mail("The healthy account"))
+    wait_until(lambda: "The healthy account" in subjects(main), 8, "the healthy account's ticket")
+    daemon.notify.wait_for("STATUS", contains=f"1 failing ({bad.name})")
+
+    code, report = status(main)
+    assert code == 1
+    failing = next(a for a in report["accounts"] if a["name"] == bad.name)
+    assert "IMAP login" in failing["last_error"] and failing["failures"] == 1
+    assert failing["next_poll_at"] == failing["next_attempt_at"]  # backing off
+    assert report["daemon"]["running"] is True
+    time.sleep(2.5)  # more than one 2 s interval: the failing account is not retried yet
+    log = daemon.log()
+    assert log.count("IMAP login") == 1, log
+    assert daemon.stop()[0] == 0
+    assert canary not in daemon.log()
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="1h")
+    add_account(main, account_config(imap_user), imap_user.password)
+    first = start_daemon(main)
+    first.notify.wait_for("READY", "1")
+    second = start_daemon(main)
+    assert second.proc.wait(timeout=10) != 0
+    assert "already running" in second.log() and str(first.proc.pid) in second.log()
+    assert first.proc.poll() is None
+    assert first.stop()[0] == 0
+
+
+# --- the pieces, in-process ----------------------------------------------------------------------
+
+
+def test_a_running_job_is_never_started_twice_and_a_slow_job_does_not_delay_the_others():
+    runner = JobRunner({"poll": 2, "job": 1})
+    release = threading.Event()
+    runs: list[str] = []
+    fast_done = threading.Event()
+
+    def slow():
+        runs.append("slow")
+        release.wait(10)
+
+    assert runner.submit("poll", "poll:a", slow)
+    assert not runner.submit("poll", "poll:a", slow)  # still running: not started again
+    assert runner.submit("poll", "poll:b", lambda: (runs.append("b"), fast_done.set()))
+    assert fast_done.wait(5)  # another account's poll ran while a's was stuck
+    assert runner.submit("job", "job outbox", lambda: runs.append("outbox"))
+    wait_until(lambda: "outbox" in runs, 5, "the outbox job")
+    release.set()
+    assert runner.close(5) == []
+    assert runs.count("slow") == 1
+
+
+def test_new_mail_during_a_poll_makes_it_run_once_more_afterwards():
+    runner = JobRunner({"poll": 1})
+    release = threading.Event()
+    calls = []
+
+    def poll():
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(10)
+
+    runner.submit("poll", "poll:a", poll)
+    wait_until(lambda: calls, 5)
+    assert not runner.submit("poll", "poll:a", poll, again=True)
+    assert not runner.submit("poll", "poll:a", poll, again=True)  # remembered once, not twice
+    release.set()
+    wait_until(lambda: len(calls) == 2 and not runner.running(), 5, "the second run")
+    time.sleep(0.1)
+    assert len(calls) == 2
+    runner.close(5)
+
+
+def test_outbox_and_overdue_jobs_run_on_their_own_schedule_keys():
+    from mail2ticket.service import register_job
+
+    @register_job("overdue")
+    def check(cfg, db):
+        pass
+
+    def send_outbox(cfg, db):
+        pass
+
+    try:
+        assert job_schedule_key(check) == "overdue"
+        assert job_schedule_key(send_outbox) == "outbox"
+    finally:
+        from mail2ticket.service import AFTER_POLL_JOBS
+
+        AFTER_POLL_JOBS.remove(check)
