@@ -69,21 +69,49 @@ def ensure_triggers(db: Database) -> bool:
 
 
 _TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+# Column names a query may start a word with (column:word): ours, and the ones people type.
+_COLUMNS = {
+    "from": "{from_name from_address}",
+    "sender": "{from_name from_address}",
+    "body": "body_text",
+    **{c: c for c in FTS_COLUMNS},
+}
 
 
 def plain_query(text: str) -> str:
-    """Words as typed -> an FTS5 query that matches them all, whatever punctuation surrounds them."""
-    words = _TOKEN_RE.findall(text)
-    return " ".join(f'"{w}"' for w in words)
+    """Text as typed -> an FTS5 query: each word (an address, a path: its parts, in order) must
+    appear; "column:word" limits that word to a column (subject, from, body)."""
+    parts = []
+    for chunk in text.split():
+        column = None
+        head, sep, rest = chunk.partition(":")
+        if sep and head.lower() in _COLUMNS:
+            column, chunk = _COLUMNS[head.lower()], rest
+        words = _TOKEN_RE.findall(chunk)
+        if not words:
+            continue
+        phrase = '"' + " ".join(words) + '"'
+        parts.append(f"{column} : {phrase}" if column else phrase)
+    return " ".join(parts)
+
+
+# Column names people type, as FTS5 column filters: from:dave, body:toner.
+_ALIASES = [
+    (re.compile(r"(?<![\w{])from\s*:", re.I), "{from_name from_address}:"),
+    (re.compile(r"(?<![\w{])body\s*:", re.I), "body_text:"),
+]
 
 
 def _match(db: Database, sql: str, query: str, params: list) -> list[sqlite3.Row | tuple]:
     """Run ``sql`` with the query as FTS5 syntax; if it is not valid syntax, as plain words."""
+    fts_query = query
+    for pattern, column in _ALIASES:
+        fts_query = pattern.sub(column, fts_query)
     try:
-        return db.execute(sql, [query, *params]).fetchall()
+        return db.execute(sql, [fts_query, *params]).fetchall()
     except sqlite3.OperationalError as exc:
         text = str(exc)
-        if not ("fts5" in text or "no such column" in text or "syntax error" in text):
+        if any(word in text for word in ("locked", "busy", "disk", "I/O", "readonly", "no such table")):
             raise
     plain = plain_query(query)
     if not plain:
