@@ -146,6 +146,47 @@ def test_after_import_none_leaves_every_file_where_and_as_it_was(tmp_path: Path)
     assert len(tickets(config)) == 2
 
 
+def test_after_import_delete_removes_each_file_once_its_message_is_stored(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    deliver(root, message(2), "1772442001.M2P1.host", subdir="cur", info="S")
+    config = write_config(tmp_path, root, after_import="delete")
+    assert "local: 2 imported" in run(config, "poll").stdout
+    assert files_in(root, "new") == [] and files_in(root, "cur") == []
+    raw = run(config, "tickets", "show", "1", "--json")
+    assert json.loads(raw.stdout)["messages"][0]["subject"] == "Request number 1"
+
+
+def test_after_import_move_puts_each_file_in_a_maildirplusplus_folder_marked_seen(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    deliver(root, message(2), "1772442001.M2P1.host", subdir="cur", info="F")
+    config = write_config(tmp_path, root, after_import="move:Archive/2026")
+    assert "local: 2 imported" in run(config, "poll").stdout
+    assert files_in(root, "new") == [] and files_in(root, "cur") == []
+    archive = root / ".Archive.2026"
+    assert files_in(archive, "cur") == ["1772442000.M1P1.host:2,S", "1772442001.M2P1.host:2,FS"]
+    assert (archive / "new").is_dir() and (archive / "tmp").is_dir()
+    assert "local: 0 imported" in run(config, "poll").stdout  # the subfolder is not read as new mail
+
+
+def test_a_file_that_cannot_be_read_is_skipped_and_named_while_the_rest_is_imported(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    deliver(root, message(1), "1772442000.M1P1.host")
+    (root / "new" / "1772442001.M2P1.host").mkdir()  # unreadable as a file, even for root
+    config = write_config(tmp_path, root)
+    result = run(config, "poll")
+    assert result.exit_code == 1
+    assert "1 message(s) in" in result.stderr and "1772442001.M2P1.host" in result.stderr
+    assert [t["subject"] for t in tickets(config)] == ["Request number 1"]
+    assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S"]
+    # Once it is a readable file, the next poll imports it.
+    (root / "new" / "1772442001.M2P1.host").rmdir()
+    deliver(root, message(2), "1772442001.M2P1.host")
+    fixed = run(config, "poll")
+    assert fixed.exit_code == 0 and "local: 1 imported" in fixed.stdout
+
+
 def test_a_message_stored_but_not_yet_moved_when_the_poll_died_is_moved_by_the_next_poll(
     tmp_path: Path,
 ) -> None:
