@@ -70,7 +70,8 @@ def backoff_seconds(failures: int) -> int:
 
 def _internaldate(value) -> datetime | None:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        # imapclient hands INTERNALDATE over as naive *local* time (normalise_times=True).
+        return value if value.tzinfo else value.astimezone(UTC)
     return None
 
 

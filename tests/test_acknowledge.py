@@ -5,6 +5,7 @@ Mail is read from the real Dovecot; acknowledgements are received by the real SM
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 
@@ -138,8 +139,18 @@ def test_mail_from_one_of_our_own_accounts_gets_no_acknowledgement(desk):
     assert "our own account" in desk.show(ticket["id"])["messages"][0]["ack_reason"]
 
 
+@pytest.fixture(params=["UTC", "America/Los_Angeles", "Asia/Tokyo"])
+def local_timezone(request, monkeypatch):
+    """The machine's time zone: IMAP arrival times come as local time and must not be misread."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
 def test_mail_already_in_the_mailbox_when_the_account_was_added_gets_no_acknowledgement(
-    tmp_path, dovecot, imap_user, smtp_server, account_config
+    tmp_path, dovecot, imap_user, smtp_server, account_config, local_timezone
 ):
     added = datetime.now(UTC) - timedelta(hours=1)
     desk = Desk(tmp_path / "busy", dovecot, imap_user, smtp_server, account_config,
