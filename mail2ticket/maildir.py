@@ -229,11 +229,13 @@ def finish_pending(db: Database, account: Account, root: Path, known: dict[str, 
     return len(done)
 
 
-def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None) -> PollResult:
+def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=None) -> PollResult:
     """Import every message of the account's Maildir that is not in the ledger yet.
 
     Each batch is committed before its files are moved to cur/ with the S flag (or handled as
     ``after_import`` says; "none" leaves them alone). Raises Mail2TicketError on failure.
+    ``stop`` (a threading.Event): once set, the poll ends after the batch being imported is
+    committed and its files are handled; the rest waits for the next poll.
     """
     root = check_maildir(account)
     folder = str(root)
@@ -263,6 +265,9 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None) -> Pol
     ids = _ids(db, folder, (entry.name for entry, _ in todo))
     unreadable: list[str] = []
     for batch in chunks(todo, max(1, account.batch_size)):
+        if stop is not None and stop.is_set():
+            log.info("account %s: stopping after the last committed batch", account.name)
+            break
         items: list[Incoming] = []
         for entry, mtime in batch:
             raw = _read(root, entry, unreadable)

@@ -205,7 +205,7 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=No
         if account.source == "maildir":
             from mail2ticket.maildir import poll_maildir
 
-            result = poll_maildir(cfg, db, account, hooks=hooks)
+            result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
         else:
             result = poll_account(cfg, db, account, get_password(account), hooks=hooks, stop=stop)
     except Mail2TicketError as exc:

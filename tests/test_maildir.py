@@ -240,6 +240,34 @@ def test_a_message_over_the_size_limit_is_kept_raw_in_the_quarantine_and_marked_
     assert files_in(root, "new") == []
 
 
+def test_a_stop_request_ends_the_poll_after_the_committed_batch_and_the_next_poll_takes_the_rest(
+    tmp_path: Path,
+) -> None:
+    """What the daemon does on SIGTERM: run_poll(stop=event) finishes the batch in hand, no more."""
+    import threading
+
+    from mail2ticket.config import load_config
+    from mail2ticket.poller import run_poll
+    from mail2ticket.store import open_db
+
+    root = make_maildir(tmp_path / "Maildir")
+    for n in range(20):
+        deliver(root, message(n), f"{1772442000 + n}.M{n}P1.host")
+    config = write_config(tmp_path, root, batch_size=5)
+    cfg = load_config(config)
+    stop = threading.Event()
+    db = open_db(cfg.database)
+    try:
+        # The stop request arrives while the first message is being stored.
+        result = run_poll(cfg, db, cfg.accounts[0], hooks=[lambda *_: stop.set()], stop=stop)
+    finally:
+        db.close()
+    assert result.ok and result.imported == 5
+    assert len(files_in(root, "cur")) == 5 and len(files_in(root, "new")) == 15
+    assert "local: 15 imported" in run(config, "poll").stdout
+    assert len(tickets(config)) == 20 and files_in(root, "new") == []
+
+
 def test_a_path_that_is_not_a_maildir_fails_the_poll_with_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "Maildir").mkdir()
     config = write_config(tmp_path, tmp_path / "Maildir")
