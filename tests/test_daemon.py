@@ -407,6 +407,23 @@ def test_an_account_with_a_wrong_password_backs_off_and_does_not_stop_the_others
     assert canary not in daemon.log()
 
 
+def test_the_outbox_is_sent_on_its_own_schedule_while_polls_are_hourly(
+    tmp_path, dovecot, imap_user, smtp_server, account_config, start_daemon
+):
+    main = write_config(tmp_path, poll="1h", outbox="2s")
+    add_account(main, account_config(imap_user, smtp_server), imap_user.password)
+    daemon = start_daemon(main)
+    daemon.notify.wait_for("READY", "1")
+    daemon.notify.wait_for("STATUS", contains="last poll")  # the poll at start: nothing yet
+    dovecot.append(imap_user, make_mail("Please acknowledge"))
+    daemon.send(signal.SIGHUP)  # a reload polls at once; the next scheduled poll is an hour away
+    wait_until(lambda: "Please acknowledge" in subjects(main), 6, "the ticket")
+    wait_until(lambda: smtp_server.messages, 6, "the acknowledgement sent by the outbox job")
+    [ack] = smtp_server.messages
+    assert ack.rcpt_tos == ("ann@customer.test",) and "Please acknowledge" in ack.message["Subject"]
+    assert daemon.stop()[0] == 0
+
+
 def test_a_second_daemon_on_the_same_database_is_refused(
     tmp_path, dovecot, imap_user, account_config, start_daemon
 ):
