@@ -22,6 +22,7 @@ email = "support@example.com"
 source = "pipe"
 smtp_host = "127.0.0.1"
 smtp_port = 2525
+added_at = "2020-01-01T00:00:00Z"  # all test mail is newer: it is acknowledged
 
 [[accounts]]
 name = "sales"
@@ -75,15 +76,13 @@ def load(cfg_path: Path):
 
 
 def deliver(cfg_path: Path, *raws: bytes, account: str = "support") -> list:
-    """Import the mails as the poller does (config, rules, SLA, acknowledgement hook)."""
-    from mail2ticket.acknowledge import ack_hook
+    """Import the mails as the poller does (with the config: rules, SLA, acknowledgements)."""
     from mail2ticket.attachments import AttachmentStore
     from mail2ticket.importer import ImportContext, Incoming, import_batch
 
     cfg, db = load(cfg_path)
     try:
-        ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg,
-                            hooks=[ack_hook(cfg)])
+        ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg)
         return import_batch(ctx, [Incoming(account, raw) for raw in raws])
     finally:
         db.close()
