@@ -15,7 +15,9 @@ MAX_ADDRESS_HEADER_CHARS = 32 * 1024
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]{1,80})\?([bBqQ])\?(.*?)\?=", re.DOTALL)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# In multi-line text: controls other than tab and newline (terminal escapes among them) go.
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SPACE_BETWEEN = re.compile(r"[ \t\r\n]*")
 _BASE64_JUNK = re.compile(r"[^A-Za-z0-9+/]")
@@ -32,13 +34,17 @@ def to_bytes(value: object) -> bytes:
 
 
 def clean(text: str, *, single_line: bool = True) -> str:
-    """Text safe for SQLite and one-line display: no surrogates, NUL or control characters."""
+    """Text safe for SQLite and display: no surrogates, NUL or control characters.
+
+    ``single_line`` text has every control character (newlines too) made a space; otherwise
+    tab and newline stay and the other controls, such as terminal escapes, are removed.
+    """
     if not text:
         return ""
     text = _SURROGATE.sub("\ufffd", text)
     if single_line:
         return _CONTROL.sub(" ", text.replace("\r\n", " "))
-    return text.replace("\x00", "")
+    return _BODY_CONTROL.sub("", text.replace("\x0c", "\n"))
 
 
 def raw_text(value: object, hint: str | None = None) -> tuple[str, str | None]:

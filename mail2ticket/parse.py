@@ -111,6 +111,7 @@ class ParsedMessage:
 _OLE_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _NESTING_TYPES = re.compile(rb"(?i)multipart/|message/rfc822")
+_BOUNDARY = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))')
 _DEEP_PREFIX = "x-mail2ticket-unparsed-"
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}charset\s*=\s*["']?([a-zA-Z0-9_.:-]{1,40})""", re.I)
 _SIGNATURE_ONLY = re.compile(r"^\s*(--\s*\n|__+\s*\n)", re.S)
@@ -154,6 +155,9 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
             f"header section too large: {header_bytes} bytes, over the limit of "
             f"{limits.max_header_bytes} bytes (max_header_bytes)"
         )
+    delimiters = _count_delimiters(raw)
+    if delimiters > limits.max_parts:
+        raise ParseError(f"too many MIME parts: {delimiters}, over {limits.max_parts} (max_parts)")
     defects: list[str] = []
     source, cut = _unnest(raw, limits.max_depth)
     if cut:
@@ -220,7 +224,7 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
     result.auto_reply = autoreply.classify(
         header_map, result.from_address, msg.get_content_type(), _param(msg, "report-type")
     )
-    result.defects = list(dict.fromkeys(defects))
+    result.defects = list(dict.fromkeys(headers.clean(d)[:500] for d in defects))
     return result
 
 
@@ -292,6 +296,21 @@ def _param_headers(part: Message, hint: str | None) -> Message:
     return copy
 
 
+def _count_delimiters(raw: bytes) -> int:
+    """How many parts the declared boundaries open: a cheap early count of MIME parts.
+
+    Returns 0 (no early verdict; the walk still counts) when there are too many distinct
+    boundaries to count cheaply.
+    """
+    boundaries = {quoted or bare for quoted, bare in _BOUNDARY.findall(raw, 0, len(raw))}
+    if len(boundaries) > 200:
+        return 0
+    return sum(
+        raw.count(b"\n--" + boundary + b"\n") + raw.count(b"\n--" + boundary + b"\r\n")
+        for boundary in boundaries
+    )
+
+
 def _unnest(raw: bytes, max_depth: int) -> tuple[bytes, bool]:
     """Make MIME parts nested deeper than ``max_depth`` opaque, so the stdlib never recurses on them.
 
@@ -361,7 +380,7 @@ def _nesting_kind(ctype_value: bytes) -> tuple[str | None, bytes | None]:
         return "message", None
     if not value.startswith(b"multipart/"):
         return None, None
-    match = re.search(rb'(?i)boundary\s*=\s*(?:"([^"]+)"|([^\s;]+))', ctype_value)
+    match = _BOUNDARY.search(ctype_value)
     if not match:
         return None, None
     return "multipart", match.group(1) or match.group(2)
@@ -393,7 +412,7 @@ class _Walker:
         for defect in getattr(part, "defects", ()):
             self.defects.append(f"MIME: {type(defect).__name__}")
         ctype = self.content_type(part)
-        payload = part.get_payload()
+        payload = part._payload  # get_payload() may charset-decode, and raise doing so
         if ctype.startswith(_DEEP_PREFIX):
             self.attachment(part, ctype[len(_DEEP_PREFIX) :], self.payload_bytes(part))
         elif part.is_multipart() and ctype == "message/rfc822":
@@ -410,12 +429,16 @@ class _Walker:
                 self.walk(child, depth + 1, in_body)
         elif part.is_multipart():  # message/delivery-status and other message/* lists
             self.attachment(part, ctype, _flatten_payload(part))
+        elif ctype.startswith("multipart/"):  # no boundary, or no parts: show what text it has
+            self.defects.append(f"{ctype} without parts")
+            if self.payload_bytes(part).strip():
+                self.leaf(part, "text/plain", in_body)
         else:
             self.leaf(part, ctype, in_body)
 
     def content_type(self, part: Message) -> str:
         """The part's content type; a named part with an invalid one is application/octet-stream."""
-        ctype = part.get_content_type()
+        ctype = headers.clean(part.get_content_type()).replace(" ", "")[:128]
         declared = part.get("content-type")
         if declared is None or ctype != part.get_default_type():
             return ctype
@@ -489,7 +512,9 @@ class _Walker:
     # -- content ------------------------------------------------------------------------
     def payload_bytes(self, part: Message) -> bytes:
         """The decoded bytes of a leaf part, per its Content-Transfer-Encoding."""
-        payload = part.get_payload()
+        # The undecoded body as parsed (8-bit bytes kept as surrogates): get_payload() would
+        # already have decoded 8-bit text with the declared charset, losing the bytes.
+        payload = part._payload
         if isinstance(payload, list):
             return _flatten_payload(part)
         raw = headers.to_bytes(payload or "")
@@ -664,7 +689,7 @@ def _write(msg: Message, out: list[bytes]) -> None:
     for key, value in msg.raw_items():
         out.append(headers.to_bytes(f"{key}: {value}\n"))
     out.append(b"\n")
-    payload = msg.get_payload()
+    payload = msg._payload  # as parsed; get_payload() would charset-decode 8-bit text
     if not isinstance(payload, list):
         out.append(headers.to_bytes(payload or ""))
         return
@@ -685,7 +710,7 @@ def _write(msg: Message, out: list[bytes]) -> None:
 
 
 def _flatten_payload(part: Message) -> bytes:
-    payload = part.get_payload()
+    payload = part._payload
     if isinstance(payload, list):
         return b"\n".join(_flatten(sub) for sub in payload)
     return headers.to_bytes(payload or "")

@@ -109,6 +109,8 @@ def unpack(data: bytes) -> TNEFContent:
             body = _properties(value, codepage).get(_PR_BODY)
             if isinstance(body, str):
                 content.body = body
+    if pos < len(data) and len(attachments) < MAX_FILES:
+        raise TNEFError("TNEF data ends inside an attribute")
     for attachment in attachments:
         props = attachment.get("props", {})
         name = next(
