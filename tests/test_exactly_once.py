@@ -365,13 +365,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     next_number = FIRST_MAILBOX
 
     kills = interrupted = pending_after_kill = temp_files_after_kill = finished_early = 0
+    progressed = previous = 0
+    patience = 0.0  # grows while kills land before the first commit (a slow or busy machine)
     log = tmp_path / "poll-stderr.log"
     while kills < KILLS:
         with log.open("ab") as err:
             proc = subprocess.Popen(
                 _poll_cmd(config), env=env, stdout=subprocess.DEVNULL, stderr=err
             )
-        delay = startup * rng.uniform(0.5, 1.0) + rng.expovariate(1 / 0.35)
+        delay = startup * rng.uniform(0.5, 1.0) + patience + rng.expovariate(1 / 0.35)
         try:
             proc.wait(delay)
             finished_early += 1  # the poll finished before its kill: it was a short one
@@ -393,6 +395,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
         if proc.returncode == -signal.SIGKILL:
             total = len(dovecot.uids(imap_user))
             interrupted += stored < total
+            progressed += stored > previous
+            patience = patience / 2 if stored > previous else patience + 0.15
             with _db(db_path) as conn:
                 pending_after_kill += conn.execute(
                     "select count(*) > 0 from sources where action_state = 'pending'"
@@ -400,6 +404,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
             temp_files_after_kill += (
                 any((files / "tmp").glob("*")) if (files / "tmp").is_dir() else 0
             )
+        previous = stored
         if stored >= len(dovecot.uids(imap_user)) and kills < KILLS:
             dovecot.append_many(
                 imap_user, build_mailbox(rng, next_number, MORE_MAIL)
@@ -410,7 +415,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     assert final.returncode == 0, final.stderr
     figures = audit(dovecot, imap_user, db_path, files)
     print(
-        f"kills: {kills} (mid-import: {interrupted}, leaving server actions pending: "
+        f"kills: {kills} (mid-import: {interrupted}, after a commit: {progressed}, leaving server actions pending: "
         f"{pending_after_kill}, leaving a temp attachment file: {temp_files_after_kill}; "
         f"polls that finished before their kill: {finished_early})\n"
         f"messages: {figures['messages']} ({figures['distinct']} distinct, "
