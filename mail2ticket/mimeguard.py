@@ -1,0 +1,100 @@
+"""Cheap scans of raw message bytes that bound what the stdlib MIME parser is given."""
+
+from __future__ import annotations
+
+import re
+
+_NESTING_TYPES = re.compile(rb"(?i)multipart/|message/rfc822")
+BOUNDARY = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))')
+# Content types of parts nested too deep are prefixed with this, so the parser keeps them opaque.
+DEEP_PREFIX = "x-mail2ticket-unparsed-"
+
+
+def count_delimiters(raw: bytes) -> int:
+    """How many parts the declared boundaries open: a cheap early count of MIME parts.
+
+    Returns 0 (no early verdict; the walk still counts) when there are too many distinct
+    boundaries to count cheaply.
+    """
+    boundaries = {quoted or bare for quoted, bare in BOUNDARY.findall(raw, 0, len(raw))}
+    if len(boundaries) > 200:
+        return 0
+    return sum(
+        raw.count(b"\n--" + boundary + b"\n") + raw.count(b"\n--" + boundary + b"\r\n")
+        for boundary in boundaries
+    )
+
+
+def unnest(raw: bytes, max_depth: int) -> tuple[bytes, bool]:
+    """Make MIME parts nested deeper than ``max_depth`` opaque, so the stdlib never recurses on them.
+
+    Scans lines like the MIME parser does, tracking open boundaries and enclosed messages, and
+    renames the content type of any part that would open a level too deep. The raw bytes
+    the caller keeps are not changed.
+    """
+    if len(_NESTING_TYPES.findall(raw, 0, len(raw))) <= max_depth:
+        return raw, False
+    stack: list[bytes | None] = []  # open boundaries; None for an enclosed message
+    edits: list[tuple[int, int]] = []  # (offset of the content type value, length)
+    in_headers = True
+    ctype_at, ctype_value = -1, b""
+    collecting = False
+    offset = 0
+    for line in raw.splitlines(keepends=True):
+        stripped = line.rstrip(b"\r\n")
+        start = offset
+        offset += len(line)
+        if in_headers:
+            if stripped == b"":
+                in_headers = False
+                kind, boundary = _nesting_kind(ctype_value)
+                if kind:
+                    if len(stack) >= max_depth:
+                        edits.append((ctype_at, len(ctype_value)))
+                    elif kind == "multipart" and boundary:
+                        stack.append(boundary)
+                    elif kind == "message":
+                        stack.append(None)
+                        in_headers = True
+                ctype_at, ctype_value, collecting = -1, b"", False
+            elif line[:1] in (b" ", b"\t") and collecting:
+                ctype_value += stripped
+            elif stripped[:13].lower() == b"content-type:":
+                ctype_at, ctype_value, collecting = start + 13, stripped[13:], True
+            else:
+                collecting = False
+            continue
+        if stripped.startswith(b"--"):
+            for index in range(len(stack) - 1, -1, -1):
+                boundary = stack[index]
+                if boundary is not None and stripped.startswith(b"--" + boundary):
+                    if stripped[len(boundary) + 2 :].startswith(b"--"):
+                        del stack[index:]
+                    else:
+                        del stack[index + 1 :]
+                        in_headers = True
+                    break
+    if not edits:
+        return raw, False
+    out = bytearray()
+    last = 0
+    for at, _length in edits:
+        out += raw[last:at]
+        out += b" " + DEEP_PREFIX.encode()
+        last = at
+        while last < len(raw) and raw[last : last + 1] in (b" ", b"\t"):
+            last += 1
+    out += raw[last:]
+    return bytes(out), True
+
+
+def _nesting_kind(ctype_value: bytes) -> tuple[str | None, bytes | None]:
+    value = ctype_value.strip().lower()
+    if value.startswith(b"message/rfc822"):
+        return "message", None
+    if not value.startswith(b"multipart/"):
+        return None, None
+    match = BOUNDARY.search(ctype_value)
+    if not match:
+        return None, None
+    return "multipart", match.group(1) or match.group(2)

@@ -1,0 +1,98 @@
+"""What the parser returns: ParsedMessage and ParsedAttachment, and the ParseLimits it keeps to."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds on what one message may cost; input beyond them raises ParseError (quarantine)."""
+
+    max_message_bytes: int = 40 * MiB
+    max_attachment_bytes: int = 25 * MiB
+    max_depth: int = 50  # MIME nesting; deeper parts are kept unparsed as one attachment
+    max_parts: int = 10_000
+    max_header_bytes: int = 1 * MiB
+
+
+DEFAULT_LIMITS = ParseLimits()
+
+
+@dataclass
+class ParsedAttachment:
+    """One attachment as found in the mail. ``filename`` is for display only, never a path."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    content_id: str | None = None
+    disposition: str = "attachment"
+    original_filename: str | None = None  # the decoded name the mail gave, if any (not safe)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class ParsedMessage:
+    """What mail2ticket reads from one message. Text fields never hold surrogates."""
+
+    message_id: str | None
+    subject: str
+    from_address: str | None
+    from_name: str | None
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    reply_to: list[str] = field(default_factory=list)
+    date: datetime | None = None
+    in_reply_to: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    body_text: str = ""
+    body_html: str | None = None
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+    auto_reply: str | None = None  # why this is automatic mail (no acknowledgement), or None
+    defects: list[str] = field(default_factory=list)
+    headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    def to_dict(self) -> dict:
+        return {
+            "message_id": self.message_id,
+            "subject": self.subject,
+            "from_address": self.from_address,
+            "from_name": self.from_name,
+            "to": self.to,
+            "cc": self.cc,
+            "reply_to": self.reply_to,
+            "date": self.date.isoformat().replace("+00:00", "Z") if self.date else None,
+            "in_reply_to": self.in_reply_to,
+            "references": self.references,
+            "body_text": self.body_text,
+            "attachments": [
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": a.size,
+                    "sha256": a.sha256,
+                    "content_id": a.content_id,
+                    "disposition": a.disposition,
+                    "original_filename": a.original_filename,
+                }
+                for a in self.attachments
+            ],
+            "auto_reply": self.auto_reply,
+            "defects": self.defects,
+        }
