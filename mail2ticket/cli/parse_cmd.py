@@ -109,3 +109,7 @@ def _print_rich(parsed: ParsedMessage) -> None:
         console.print(Text("Defects", style="bold"))
         for defect in parsed.defects:
             console.print(Text(f"  {defect}"))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(parse_command)
