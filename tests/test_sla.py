@@ -194,11 +194,12 @@ def test_one_notice_lists_the_new_breaches_and_goes_through_the_outbox(tmp_path:
     report = check(cfg, created + timedelta(hours=5))
     assert {b["id"] for b in report["new_breaches"]} == {1, 2}
     assert report["notice"]["to"] == "oncall@example.com"
-    rows = sql(cfg, "select kind, to_address, subject, raw_sha256 from outbox where kind = 'sla-notice'")
+    rows = sql(cfg, "select o.to_address, o.subject, coalesce(o.raw, r.raw) from outbox o "
+                    "left join raw_messages r on r.sha256 = o.raw_sha256 where o.kind = 'sla-notice'")
     assert len(rows) == 1
-    kind, to, subject, sha = rows[0]
+    to, subject, raw = rows[0]
     assert to == "oncall@example.com" and subject == "[mail2ticket] 2 ticket(s) passed their SLA targets"
-    raw = sql(cfg, "select raw from raw_messages where sha256 = ?", [sha])[0][0].decode()
+    raw = raw.decode()
     assert "#1 [normal] response due" in raw and "#2 [urgent] response due" in raw
     assert "Auto-Submitted: auto-generated" in raw and "From: support@example.com" in raw
     check(cfg, created + timedelta(hours=6))  # nothing new: no second notice
