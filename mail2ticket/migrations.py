@@ -334,3 +334,11 @@ def m201_daemon_heartbeat(db: Database) -> None:
         {"name": str, "account": str, "schedule": str, "next_run_at": str},
         pk="name",
     )
+
+
+@migrations()
+def m102_outbox_raw(db: Database) -> None:
+    """Issue 5: acknowledgements and notices keep their bytes in the outbox row itself, so that
+    raw_messages holds only mail stored as a message of a ticket (incoming mail, replies)."""
+    db["outbox"].add_column("raw", bytes)
+    db["outbox"].transform(drop_foreign_keys=["raw_sha256"])

@@ -64,17 +64,19 @@ def backoff_seconds(attempts: int) -> int:
 
 def queue(
     db: Database, draft: Draft, *, account: str, kind: str, ticket_id: int | None,
-    message_row: int | None = None,
+    message_row: int | None = None, raw: bytes | None = None,
 ) -> dict:
-    """Build the mail and put it in the outbox; call inside the caller's transaction."""
-    raw = build(db, draft)
+    """Put a mail in the outbox; call inside the caller's transaction.
+
+    ``raw``: the bytes of a reply already stored in raw_messages with its messages row. Without,
+    the mail is built here and its bytes are kept in the outbox row (acknowledgements, notices:
+    raw_messages holds only mail that is a message of a ticket).
+    """
+    own = raw is None
+    if raw is None:
+        raw = build(db, draft)
     sha = hashlib.sha256(raw).hexdigest()
     now = now_iso()
-    db.execute(
-        "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
-        "on conflict(sha256) do nothing",
-        [sha, len(raw), raw, now],
-    )
     row_id = db["outbox"].insert(
         {
             "ticket_id": ticket_id,
@@ -87,6 +89,7 @@ def queue(
             "message_id": draft.message_id,
             "subject": header_text(draft.subject, 250),
             "raw_sha256": sha,
+            "raw": raw if own else None,
             "status": "queued",
             "attempts": 0,
             "created_at": now,
@@ -256,7 +259,8 @@ def queue_reply(
                 "thread_reason": f"reply by {actor} from the shell",
             }
         ).last_pk
-        row = queue(db, draft, account=account.name, kind="reply", ticket_id=ticket_id, message_row=message_row)
+        row = queue(db, draft, account=account.name, kind="reply", ticket_id=ticket_id, message_row=message_row,
+                    raw=raw)
         _set_status(db, ticket_id, status, now)
         db.execute("update tickets set first_response_at = coalesce(first_response_at, ?) where id = ?",
                    [now, ticket_id])
@@ -480,7 +484,7 @@ def send_pending(
                 try:
                     if conn is None:
                         conn = _connect(cfg, account_name, smtp_connect)
-                    raw = get_raw(db, row["raw_sha256"])
+                    raw = row["raw"] or get_raw(db, row["raw_sha256"])
                     if raw is None:
                         raise SendFailure(f"the raw mail {row['raw_sha256']} is missing", permanent=True)
                     reply, refused = send_raw(conn, row["mail_from"], json.loads(row["recipients"]), raw)

@@ -161,3 +161,29 @@ def test_outbox_retry_of_an_unknown_entry_is_a_one_line_error(desk):
     result = desk.invoke("outbox", "retry", "999")
     assert result.exit_code != 0
     assert "no outbox entry #999" in result.stderr and "Traceback" not in result.output
+
+
+def test_mail_queued_before_the_m102_upgrade_is_still_sent(desk):
+    """An outbox row from before m102 (its bytes in raw_messages) survives the upgrade and goes."""
+    import sqlite3
+
+    from sqlite_utils import Database
+
+    from mail2ticket.compose import Draft, build
+    from mail2ticket.migrations import migrations
+
+    path = desk.root / "m2t.db"
+    old = Database(sqlite3.connect(path))
+    migrations.apply(old, stop_before="m102_outbox_raw")
+    raw = build(old, Draft(desk.email, ["ann@customer.test"], "[#1] Queued long ago", "Hello"))
+    old["raw_messages"].insert({"sha256": "f" * 64, "size": len(raw), "raw": raw, "stored_at": "2026-01-01T00:00:00Z"})
+    old["outbox"].insert({"account": desk.account["name"], "kind": "ack", "mail_from": desk.email,
+                          "recipients": '["ann@customer.test"]', "to_address": "ann@customer.test",
+                          "message_id": "<x@y>", "raw_sha256": "f" * 64, "status": "queued",
+                          "created_at": datetime.now(UTC).isoformat()})
+    old.conn.commit()
+    old.close()
+    desk.poll()  # opens the database: m102 runs, then the outbox job sends
+    [sent] = desk.smtp.messages
+    assert sent.data == raw
+    assert "raw" in desk.db()["outbox"].columns_dict
