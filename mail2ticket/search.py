@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.errors import Mail2TicketError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 # The index follows sqlite-utils' naming (messages_fts, triggers messages_ai/_ad/_au), so
 # 'sqlite-utils search DB messages QUERY' and Datasette's search box work on it as well.
