@@ -18,6 +18,7 @@ from mail2ticket.errors import ConfigError, ParseError, StoreError
 from mail2ticket.imap import chunks
 from mail2ticket.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.parse import ParsedMessage
+from mail2ticket.pipeline import Pipeline, ahead
 from mail2ticket.poller import PollResult
 from mail2ticket.store import now_iso, transaction
 
@@ -264,30 +265,31 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
     todo.sort(key=lambda item: _delivery_order(*item))
     ids = _ids(db, folder, (entry.name for entry, _ in todo))
     unreadable: list[str] = []
-    for batch in chunks(todo, max(1, account.batch_size)):
-        if stop is not None and stop.is_set():
-            log.info("account %s: stopping after the last committed batch", account.name)
-            break
-        items: list[Incoming] = []
-        for entry, mtime in batch:
-            raw = _read(root, entry, unreadable)
-            if raw is None:
-                continue
-            items.append(
-                Incoming(
-                    account.name,
-                    raw,
-                    Source(account.name, folder, UIDVALIDITY, ids[entry.name]),
-                    received_at=datetime.fromtimestamp(mtime, UTC),
-                    action=account.after_import,
-                )
-            )
-        if not items:
-            continue
-        for outcome in import_batch(ctx, items):
-            result.count(outcome)
-        # Committed and durable: now, and only now, move the files.
-        result.flagged += finish_pending(db, account, root, files)
+
+    def read_batches():
+        for batch in chunks(todo, max(1, account.batch_size)):
+            items = []
+            for entry, mtime in batch:
+                raw = _read(root, entry, unreadable)
+                if raw is not None:
+                    source = Source(account.name, folder, UIDVALIDITY, ids[entry.name])
+                    items.append(Incoming(account.name, raw, source, action=account.after_import,
+                                          received_at=datetime.fromtimestamp(mtime, UTC)))
+            if items:
+                yield items
+
+    # As for IMAP: batch k+1 is read and parsed (in worker processes, each message with a time
+    # limit) while batch k is committed; a batch's files are handled only after its own commit.
+    with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
+        for items, job in ahead(read_batches(), pipe.submit):
+            if stop is not None and stop.is_set():
+                log.info("account %s: stopping after the last committed batch", account.name)
+                break
+            for outcome in import_batch(ctx, items, prepared=job.result()):
+                result.count(outcome)
+                outcome.incoming.raw = None  # stored: a large Maildir must not stay in memory
+            # Committed and durable: now, and only now, move the files.
+            result.flagged += finish_pending(db, account, root, files)
     if unreadable:
         result.error = (
             f"{len(unreadable)} message(s) in {root} could not be read, e.g. {unreadable[0]}; "

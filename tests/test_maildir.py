@@ -311,6 +311,25 @@ def _poll_cmd(config: Path) -> list[str]:
     return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
 
 
+def _kill_leftovers(marker: str) -> int:
+    """SIGKILL processes this test started that outlived their killed parent (parse workers)."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                count += 1
+            except ProcessLookupError:
+                pass
+    return count
+
+
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -319,7 +338,7 @@ def _subprocess_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message_exactly_once(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(SEED)
     print(f"\nseed {SEED} (MAIL2TICKET_SEED={SEED} replays this run), kills {KILLS}")
@@ -337,6 +356,8 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
             delivered[name] = raw
 
     config = write_config(tmp_path, root, batch_size=10)
+    # A parse worker of a killed poll can outlive it: clean up what this test started.
+    request.addfinalizer(lambda: print(f"leftover processes killed: {_kill_leftovers(str(config))}"))
     db_path = tmp_path / "data" / "m2t.db"
     env = _subprocess_env()
     # How long a poll takes to find nothing to do: the kill delays are drawn around it, so most

@@ -41,13 +41,18 @@ def ingest_message(cfg, db, account, raw: bytes, *, hooks=None):
     from mail2ticket.attachments import AttachmentStore
     from mail2ticket.importer import ImportContext, Incoming, import_batch
     from mail2ticket.maildir import size_limited
+    from mail2ticket.pipeline import Pipeline
 
     ctx = ImportContext(
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
     )  # config: rules, SLA and acknowledgements as for IMAP mail
     ctx.parse = size_limited(ctx.parse, account.max_message_size or cfg.max_message_size)
     incoming = Incoming(account.name, raw, None, received_at=datetime.now(UTC))
-    return import_batch(ctx, [incoming])[0]
+    # Parsed as poll parses: in a worker process with a time limit, so a message that hangs or
+    # crashes the parser is quarantined (stored) instead of holding up the MTA.
+    with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
+        prepared = pipe.submit([incoming]).result()
+    return import_batch(ctx, [incoming], prepared=prepared)[0]
 
 
 def _describe(outcome) -> str:
