@@ -69,10 +69,29 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
         if migrations.pending(db):
-            migrations.apply(db)
+            _migrate(db, path, migrations)
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc, path)
     return db
+
+
+def _migrate(db, path: Path, migrations) -> None:
+    """Apply pending migrations with a lock file held, so processes that open a new database at
+    the same moment (parallel MTA deliveries, the daemon) never race to create the schema."""
+    import fcntl
+
+    try:
+        lock = open(path.with_name(path.name + ".migrate-lock"), "a")
+    except OSError as exc:
+        raise StoreError(f"cannot create the migration lock beside {path}: {exc}",
+                         "check that the directory is writable") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if migrations.pending(db):  # another process may have applied them meanwhile
+                migrations.apply(db)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _raise_store_error(exc: sqlite3.Error, path: Any = None) -> None:

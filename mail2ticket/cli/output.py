@@ -57,6 +57,22 @@ def print_csv(rows: Sequence[dict], columns: Sequence[str]) -> None:
 MAX_PLAIN_CELL = 120
 
 
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: East Asian wide characters take two."""
+    import unicodedata
+
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - display_width(text))
+
+
 def _cell(value: Any) -> str:
     text = " ".join(("" if value is None else str(value)).split())
     return text if len(text) <= MAX_PLAIN_CELL else text[: MAX_PLAIN_CELL - 1] + "…"
@@ -90,7 +106,7 @@ def print_table(
     widths = [len(h) for h in headers]
     for row in text_rows:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    click.echo("  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip())
+            widths[i] = max(widths[i], display_width(cell))
+    click.echo("  ".join(_pad(h, widths[i]) for i, h in enumerate(headers)).rstrip())
     for row in text_rows:
-        click.echo("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+        click.echo("  ".join(_pad(c, widths[i]) for i, c in enumerate(row)).rstrip())

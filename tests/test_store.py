@@ -1,0 +1,51 @@
+"""The SQLite store: durable settings, migrations fresh and upgraded, concurrent first opens."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from mail2ticket.cli.output import display_width
+from mail2ticket.migrations import migrations
+from mail2ticket.store import open_db
+
+
+def test_a_new_database_is_wal_synchronous_full_with_every_migration(tmp_path):
+    db = open_db(tmp_path / "t.db")
+    assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert db.execute("pragma synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute("pragma foreign_keys").fetchone()[0] == 1
+    assert migrations.pending(db) == []
+    for table in ("tickets", "messages", "raw_messages", "attachments", "sources", "quarantine", "events"):
+        assert db[table].exists(), table
+
+
+def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
+    from sqlite_utils import Database
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    first = migrations._migrations[0].name
+    migrations.apply(old, stop_before=migrations._migrations[1].name)
+    assert [m.name for m in migrations.applied(old)] == [first]
+    old["tickets"].insert({"account": "a", "subject": "kept", "status": "open", "priority": "normal",
+                           "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"})
+    old.close()
+    db = open_db(path)
+    assert migrations.pending(db) == []
+    assert [r["subject"] for r in db.query("select subject from tickets")] == ["kept"]
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    path = tmp_path / "race.db"
+    code = f"from mail2ticket.store import open_db; open_db({str(path)!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(6)]
+    errors = [p.communicate()[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    assert migrations.pending(open_db(path)) == []
+
+
+def test_wide_characters_count_twice_in_plain_tables():
+    assert display_width("abc") == 3
+    assert display_width("パスワード") == 10
+    assert display_width("für") == 3
