@@ -18,18 +18,6 @@ log = logging.getLogger(__name__)
 AFTER_POLL_JOBS: list[Callable[[Config, Database], None]] = []
 
 
-def register_job(schedule_key: str):
-    """Decorator: run job(cfg, db) after each 'poll' pass and, in the daemon, on [schedule] KEY."""
-
-    def decorate(job):
-        job.schedule_key = schedule_key
-        if job not in AFTER_POLL_JOBS:
-            AFTER_POLL_JOBS.append(job)
-        return job
-
-    return decorate
-
-
 def overdue_check(cfg: Config, db: Database) -> None:
     """Mark tickets past their SLA targets (sla.check_overdue). Registered before the outbox job,
     so a breach notice goes out in the same pass."""
@@ -45,15 +33,24 @@ overdue_check.schedule_key = "overdue"  # type: ignore[attr-defined]
 AFTER_POLL_JOBS.append(overdue_check)
 
 
+def register_job(schedule_key: str):
+    """Decorator: run job(cfg, db) after each 'poll' pass and, in the daemon, on [schedule] KEY."""
+
+    def decorate(job):
+        job.schedule_key = schedule_key
+        if job not in AFTER_POLL_JOBS:
+            AFTER_POLL_JOBS.append(job)
+        return job
+
+    return decorate
+
+
+@register_job("outbox")
 def send_outbox(cfg: Config, db: Database) -> None:
     """Send the mail waiting in the outbox (acknowledgements, replies, notices) that is due."""
     from mail2ticket.outbox import outbox_job
 
     outbox_job(cfg, db)
-
-
-send_outbox.schedule_key = "outbox"  # type: ignore[attr-defined]
-AFTER_POLL_JOBS.append(send_outbox)
 
 
 def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll) -> list:
@@ -67,9 +64,11 @@ def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_pol
     return results
 
 
-def status_report(cfg: Config, db: Database, *, require_daemon: bool = True) -> dict:
+def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = None) -> dict:
     """Everything 'status' shows, as plain data. 'healthy' is False when an enabled account is
-    failing or (with ``require_daemon``) no daemon is running on this database."""
+    failing or no daemon is running on this database: with ``require_daemon`` None (the default)
+    only once a daemon has run on it (stopped or dead), with True also when none ever started,
+    with False never."""
     from mail2ticket.daemon import daemon_state, next_polls
     from mail2ticket.quarantine import open_count
     from mail2ticket.store import account_status
@@ -120,7 +119,7 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool = True) -> 
     }
     overdue = db.execute("select count(*) from tickets where overdue = 1 and status != 'closed'").fetchone()[0]
     if not daemon["running"]:
-        if require_daemon:
+        if require_daemon or (require_daemon is None and daemon["state"] != "never started"):
             healthy = False
         if daemon["state"] == "dead":
             alerts.append(

@@ -54,30 +54,32 @@ def poll(app, accounts, as_json):
 
 @click.command("status")
 @click.option(
-    "--no-daemon",
-    is_flag=True,
-    help="Do not require a running daemon (when 'mail2ticket poll' runs from cron or a timer).",
+    "--require-daemon/--no-daemon",
+    default=None,
+    help="--require-daemon: fail also when no daemon ever ran on this database (for monitoring "
+    "a 'run' service from its first day). --no-daemon: ignore the daemon (polling from cron).",
 )
 @json_option
 @click.pass_obj
-def status(app, no_daemon, as_json):
+def status(app, require_daemon, as_json):
     """Show whether the daemon runs and each account's health: enabled, schedule,
     last poll and its result, next poll, last error, messages imported.
 
-    Exits 1 when an enabled account's last poll failed or when no daemon is
-    running on this database (it never started, stopped, or its heartbeat is
-    older than a minute), so it can serve as a health check. With --no-daemon
-    only the accounts count.
+    Exits 1 when an enabled account's last poll failed, or when the daemon that
+    ran on this database is no longer running (stopped, or its heartbeat is
+    older than a minute), so it can serve as a health check. A daemon that never
+    started is shown but fails the check only with --require-daemon.
 
     \b
     Examples:
       mail2ticket status
       mail2ticket status --json | jq .daemon.running
-      mail2ticket status --no-daemon    # polling from cron instead of 'run'
+      mail2ticket status --require-daemon    # monitoring a 'mail2ticket run' service
+      mail2ticket status --no-daemon         # polling from cron instead of 'run'
     """
     from mail2ticket.service import status_report
 
-    report = status_report(app.config(), app.db, require_daemon=not no_daemon)
+    report = status_report(app.config(), app.db, require_daemon=require_daemon)
     if as_json:
         print_json(report)
     else:
