@@ -194,6 +194,12 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
     "outbox_expire": (_str, "5d", 'a duration such as "5d"'),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations"}
+# [performance]: how an import uses the machine (docs/performance.md).
+PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "workers": (_int, None, "a number of parser processes, 0 to parse in the main process"),
+    "parse_timeout": (_int, 60, "seconds one message may take to parse before it is quarantined"),
+}
+TOP_KEYS.add("performance")
 
 
 @dataclass
@@ -263,6 +269,8 @@ class Config:
     conversations: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     exists: bool = True
+    workers: int | None = None  # parser processes; None: one per core, at most 4 (mail2ticket.pipeline)
+    parse_timeout: int = 60
 
     def account(self, name: str) -> Account:
         for account in self.accounts:
@@ -521,6 +529,10 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         seen[account.name] = src
         accounts.append(account)
     conversations = _check_table(cfg_path, "conversations", data.get("conversations", {}), CONVERSATION_KEYS)
+    performance = _check_table(cfg_path, "performance", data.get("performance", {}), PERFORMANCE_KEYS)
+    for key, low in (("workers", 0), ("parse_timeout", 1)):
+        if performance[key] is not None and performance[key] < low:
+            raise ConfigError(f"{cfg_path}: 'performance.{key}' must be at least {low}")
     _check_conversations(cfg_path, conversations)
     from mail2ticket.rules import compile_rules
     from mail2ticket.sla import check_config as check_sla
@@ -541,6 +553,8 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         conversations=conversations,
         files=files,
         exists=exists,
+        workers=performance["workers"],
+        parse_timeout=performance["parse_timeout"],
     )
 
 

@@ -146,13 +146,17 @@ def import_batch(
     items: Sequence[Incoming],
     *,
     before_commit: Callable[[Database], None] | None = None,
+    prepared: Sequence[_Prepared] | None = None,
 ) -> list[Outcome]:
     """Import ``items`` in one durable transaction; each message isolated by a savepoint.
 
+    ``prepared``: the items already hashed, parsed and their attachments written (by the worker
+    processes of mail2ticket.pipeline), one per item in order; by default they are prepared here.
     Returns one Outcome per item. Raises TempFailError (nothing committed) when the
     database or disk cannot take the batch right now.
     """
-    prepared = [_prepare(ctx, item) for item in items]
+    if prepared is None:
+        prepared = [_prepare(ctx, item) for item in items]
     db = ctx.db
     outcomes: list[Outcome] = []
     try:
@@ -167,13 +171,20 @@ def import_batch(
 
 
 def _existing_source(db: Database, source: Source) -> dict | None:
-    rows = list(
-        db.query(
-            "select * from sources where account = ? and folder = ? and uidvalidity = ? and uid = ?",
-            [source.account, source.folder, source.uidvalidity, source.uid],
-        )
+    cur = db.execute(
+        "select * from sources where account = ? and folder = ? and uidvalidity = ? and uid = ?",
+        [source.account, source.folder, source.uidvalidity, source.uid],
     )
-    return rows[0] if rows else None
+    row = cur.fetchone()
+    return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+
+def _insert(db: Database, table: str, row: dict) -> int:
+    """INSERT one row, return its rowid: sqlite-utils' insert() runs schema queries on every call,
+    a cost paid several times per imported message (see docs/performance.md)."""
+    columns = ", ".join(f'"{name}"' for name in row)
+    marks = ", ".join("?" * len(row))
+    return db.execute(f'insert into "{table}" ({columns}) values ({marks})', list(row.values())).lastrowid
 
 
 def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
@@ -206,23 +217,25 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
             "on conflict(sha256) do nothing",
             [prep.sha256, len(item.raw or b""), item.raw, now],
         )
-        same = list(
-            db.query(
+        same = [
+            {"id": row[0], "ticket_id": row[1]}
+            for row in db.execute(
                 "select id, ticket_id from messages where raw_sha256 = ? and direction = 'in' limit 1",
                 [prep.sha256],
             )
-        )
+        ]
         if same:
             outcome = Outcome(item, "duplicate", ticket_id=same[0]["ticket_id"], message_row=same[0]["id"],
                               detail="same bytes already imported")
             _record_source(db, item, prep.sha256, message=same[0]["id"], quarantine=None)
             return outcome
-        open_q = list(
-            db.query(
+        open_q = [
+            {"id": row[0]}
+            for row in db.execute(
                 "select id from quarantine where raw_sha256 = ? and resolved_at is null limit 1",
                 [prep.sha256],
             )
-        )
+        ]
         if open_q and prep.parsed is None:
             _record_source(db, item, prep.sha256, message=None, quarantine=open_q[0]["id"])
             return Outcome(item, "duplicate", quarantine_id=open_q[0]["id"], detail="already in quarantine")
@@ -230,7 +243,9 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
         # Known when prepared but gone inside the transaction: parse now (rare race).
         return _store_one_inner(ctx, _prepare_parse(ctx, prep))
     if prep.parsed is None:
-        qid = db["quarantine"].insert(
+        qid = _insert(
+            db,
+            "quarantine",
             {
                 "account": item.account,
                 "folder": item.source.folder if item.source else None,
@@ -242,7 +257,7 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
                 "error": prep.error or "",
                 "created_at": now,
             }
-        ).last_pk
+        )
         log_event(db, "quarantined", prep.error or "", account=item.account)
         _record_source(db, item, prep.sha256, message=None, quarantine=qid)
         log.warning("account %s: message quarantined (#%s): %s", item.account, qid, prep.error)
@@ -269,7 +284,9 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         status = "duplicate"
         log_event(db, "copy", decision.reason, ticket_id=ticket_id, account=item.account)
     elif decision.ticket_id is None:
-        ticket_id = db["tickets"].insert(
+        ticket_id = _insert(
+            db,
+            "tickets",
             {
                 "account": item.account,
                 "subject": parsed.subject or "(no subject)",
@@ -280,7 +297,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
                 "created_at": now,
                 "updated_at": now,
             }
-        ).last_pk
+        )
         status = "imported"
         log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
                   ticket_id=ticket_id, account=item.account)
@@ -299,7 +316,9 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         if previous_status == "closed" and reopen:
             log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
                       ticket_id=ticket_id, account=item.account)
-    message_row = db["messages"].insert(
+    message_row = _insert(
+        db,
+        "messages",
         {
             "ticket_id": ticket_id,
             "direction": "in",
@@ -321,7 +340,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
             "defects": json.dumps(parsed.defects),
             "thread_reason": decision.reason,
         }
-    ).last_pk
+    )
     rows = []
     for index, sha, rel in prep.stored_attachments:
         att = parsed.attachments[index]
@@ -340,7 +359,8 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
             }
         )
     if rows:
-        db["attachments"].insert_all(rows)
+        for row in rows:
+            _insert(db, "attachments", row)
     _record_source(db, item, prep.sha256, message=message_row, quarantine=None)
     outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
     if status == "followup":
@@ -358,7 +378,9 @@ def _record_source(db: Database, item: Incoming, sha: str | None, *, message, qu
     if item.source is None:
         return
     action = item.action if item.raw is not None else None
-    db["sources"].insert(
+    _insert(
+        db,
+        "sources",
         {
             "account": item.source.account,
             "folder": item.source.folder,

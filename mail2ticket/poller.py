@@ -14,6 +14,7 @@ from mail2ticket.config import Account, Config
 from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError
 from mail2ticket.imap import Mailbox, chunks
 from mail2ticket.importer import ImportContext, Incoming, Outcome, Source, import_batch
+from mail2ticket.pipeline import Pipeline, ahead, size_batches
 from mail2ticket.store import get_mailbox, log_event, now_iso, record_poll, set_mailbox, transaction
 
 log = logging.getLogger(__name__)
@@ -148,48 +149,63 @@ def poll_account(
             return result
         sizes = box.sizes(uids)
         action = account.after_import
-        for batch in chunks(uids, max(1, account.batch_size)):
-            if stop is not None and stop.is_set():
-                log.info("account %s: stopping after the last committed batch", account.name)
-                break
-            big = [u for u in batch if sizes.get(u, 0) > limit]
-            small = [u for u in batch if u not in big]
-            fetched = box.fetch(small) if small else {}
-            # A UID the server sent no body for may be gone (expunged meanwhile: fine) or the
-            # server failed to send it: then the watermark must stay below it, or it is lost.
-            held = box.existing([u for u in small if u not in fetched])
-            items: list[Incoming] = []
-            for uid in batch:
-                source = Source(account.name, account.folder, info.uidvalidity, uid)
-                if uid in big:
-                    items.append(Incoming(account.name, None, source, size=sizes[uid], too_large_limit=limit))
-                elif uid in fetched:
-                    raw, idate = fetched[uid]
-                    items.append(
-                        Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action)
-                    )
-            high = min(held) - 1 if held else max(batch)
 
-            def advance(db: Database, high=high) -> None:
-                set_mailbox(db, account.name, account.folder, info.uidvalidity, high)
+        def fetched_batches():
+            # By count and by announced size, so a batch never holds more than a few tens of MB.
+            for batch in size_batches(uids, sizes, max(1, account.batch_size), limit=limit):
+                if stop is not None and stop.is_set():
+                    return
+                big = [u for u in batch if sizes.get(u, 0) > limit]
+                small = [u for u in batch if u not in big]
+                fetched = box.fetch(small) if small else {}
+                # A UID the server sent no body for may be gone (expunged meanwhile: fine) or the
+                # server failed to send it: then the watermark must stay below it, or it is lost.
+                held = box.existing([u for u in small if u not in fetched])
+                items: list[Incoming] = []
+                for uid in batch:
+                    source = Source(account.name, account.folder, info.uidvalidity, uid)
+                    if uid in big:
+                        items.append(Incoming(account.name, None, source, size=sizes[uid], too_large_limit=limit))
+                    elif uid in fetched:
+                        raw, idate = fetched.pop(uid)
+                        items.append(
+                            Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action)
+                        )
+                yield batch, items, held
+                if held:
+                    return
 
-            outcomes = import_batch(ctx, items, before_commit=advance)
-            for outcome in outcomes:
-                result.count(outcome)
-            # Committed and durable: now, and only now, change the server.
-            to_flag = [
-                o.incoming.source.uid
-                for o in outcomes
-                if o.flag_on_server and o.incoming.action and o.incoming.action != "none"
-                and o.incoming.source is not None
-            ]
-            result.flagged += _apply_pending(db, box, account, info.uidvalidity) if to_flag else 0
-            if held:
-                result.error = ServerError(
-                    f"the server sent no content for UID {held[0]} of {account.folder}, which is still there",
-                    "the next poll fetches it again",
-                ).one_line()
-                break
+        # Batch k+1 is fetched and parsed (worker processes) while batch k is committed here, in
+        # order; each batch's server action still runs only after its own commit.
+        with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
+            for (batch, items, held), job in ahead(fetched_batches(), lambda b: pipe.submit(b[1])):
+                if stop is not None and stop.is_set():
+                    log.info("account %s: stopping after the last committed batch", account.name)
+                    break
+                high = min(held) - 1 if held else max(batch)
+
+                def advance(db: Database, high=high) -> None:
+                    set_mailbox(db, account.name, account.folder, info.uidvalidity, high)
+
+                outcomes = import_batch(ctx, items, before_commit=advance, prepared=job.result())
+                for outcome in outcomes:
+                    result.count(outcome)
+                # Committed and durable: now, and only now, change the server.
+                to_flag = [
+                    o.incoming.source.uid
+                    for o in outcomes
+                    if o.flag_on_server and o.incoming.action and o.incoming.action != "none"
+                    and o.incoming.source is not None
+                ]
+                result.flagged += _apply_pending(db, box, account, info.uidvalidity) if to_flag else 0
+                for outcome in outcomes:
+                    outcome.incoming.raw = None  # stored: a long first import must not keep every body
+                if held:
+                    result.error = ServerError(
+                        f"the server sent no content for UID {held[0]} of {account.folder}, which is still there",
+                        "the next poll fetches it again",
+                    ).one_line()
+                    break
     return result
 
 
