@@ -136,13 +136,13 @@ def search(
     ``query`` is FTS5 syntax ("printer AND toner", "subject:invoice", "migrat*", a "quoted phrase");
     text that is not valid syntax (an address, a path) is searched as plain words.
     """
-    from mail2ticket.store import get_tickets
+    from mail2ticket.store import NOT_CLOSED_SQL, get_tickets
 
     if not query.strip():
         return []
     where, params = [], []
     if status in (None, "", "active"):
-        where.append("t.status != 'closed'")
+        where.append(NOT_CLOSED_SQL)
     elif status != "all":
         where.append("t.status = ?")
         params.append(status)

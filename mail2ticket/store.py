@@ -202,6 +202,9 @@ def account_status(db: Database) -> dict[str, dict]:
 
 PRIORITIES = ("low", "normal", "high", "urgent")  # in rising order of urgency
 STATUSES = ("open", "pending", "closed")
+# "Not closed", written as the statuses that are not closed: the index on (status, updated_at)
+# then serves it (with "!= 'closed'", SQLite walks all tickets in date order: 2 s at 1,000,000).
+NOT_CLOSED_SQL = "t.status in ({})".format(", ".join(f"'{s}'" for s in STATUSES if s != "closed"))
 # The next SLA deadline of a ticket: the response while none was given, then the resolution.
 DUE_AT_SQL = (
     "case when t.first_response_at is null and t.due_response_at is not null "
@@ -283,7 +286,7 @@ def ticket_filters(
         params.extend(values)
 
     if status in (None, "", "active"):
-        where.append("t.status != 'closed'")
+        where.append(NOT_CLOSED_SQL)
     elif status != "all":
         one_of("t.status", [status])
     if _as_list(account):
