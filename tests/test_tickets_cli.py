@@ -294,3 +294,52 @@ def test_listing_from_a_script_does_not_import_rich_or_the_mail_libraries(desk: 
     assert not heavy & modules, heavy & modules
     help_modules = _imported("tickets", "list", "--help", cfg=desk)
     assert not ({"sqlite_utils", "sqlite3"} | heavy) & help_modules
+
+
+# --- the database is readable without our code (issue 7.7) ---------------------------------------
+
+
+def test_the_views_show_tickets_overdue_tickets_and_history_to_plain_sqlite(desk: Path):
+    import sqlite3
+
+    run(desk, "tickets", "tag", "1", "vip", "hardware")
+    run(desk, "tickets", "note", "1", "-m", "Toner ordered.")
+    sql(desk, "update tickets set overdue = 1 where id = 3")
+    conn = sqlite3.connect(f"file:{desk.parent / 'tickets.db'}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "select subject, requester, tags, message_count, incoming_count, overdue from ticket_list where id = 1"
+        ).fetchone()
+        assert row == ("Printer broken", "bob@example.com", "hardware vip", 2, 2, 0)
+        assert conn.execute("select id, subject from overdue_tickets").fetchall() == [(3, "Invoice 2026-17 wrong")]
+        assert conn.execute(
+            "select subject, kind, detail from ticket_history where ticket_id = 1 and kind = 'note'"
+        ).fetchall() == [("Printer broken", "note", "Toner ordered.")]
+        assert conn.execute("select count(*) from ticket_list").fetchone()[0] == 5
+    finally:
+        conn.close()
+
+
+def test_docs_name_every_table_and_view_of_the_database(tmp_path: Path):
+    from mail2ticket.store import open_db
+
+    db = open_db(tmp_path / "fresh.db")
+    names = [n for n in db.table_names() if not n.startswith("messages_fts_")] + db.view_names()
+    db.close()
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "triage.md").read_text()
+    missing = [n for n in names if f"**`{n}`**" not in docs]
+    assert not missing, f"docs/triage.md does not describe: {missing}"
+
+
+def test_the_benchmark_builds_a_small_database_and_times_every_command(tmp_path: Path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_triage.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--tickets", "300", "--runs", "1", "--dir", str(tmp_path / "bench")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Built 300 tickets" in result.stdout
+    timed = [line for line in result.stdout.splitlines() if line.rstrip().endswith(tuple("0123456789"))
+             and "s " in line]
+    assert len(timed) >= 25, result.stdout
+    assert "exit" not in result.stderr, result.stderr
