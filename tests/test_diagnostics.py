@@ -161,11 +161,37 @@ def test_a_missing_folder_fails_with_the_folders_that_exist(env, dovecot, imap_u
     assert "set folder to one of: INBOX, Tickets" in result.stderr
 
 
-def test_smtp_without_starttls_is_refused_at_the_starttls_step(env, imap_user, smtps_server):
-    # An implicit-TLS port spoken to as if it were plain: the TLS server never answers EHLO in clear,
-    # so use a plain server instead: Dovecot's IMAP STARTTLS port is no SMTP server either.
-    # Here the SMTP server is TLS-only, and the account says starttls: the greeting never comes.
-    name = env.account(imap_user, smtps_server, smtp_security="starttls")
+@pytest.fixture
+def plain_smtp_server():
+    """A real SMTP server that offers no STARTTLS at all (and AUTH in clear, which we must not use)."""
+    from aiosmtpd.controller import Controller
+
+    from tests.servers import free_port
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=free_port(), auth_require_tls=False,
+                            server_hostname="plain.test")
+    controller.start()
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+def test_smtp_without_starttls_is_refused_at_the_starttls_step(env, imap_user, smtp_server, plain_smtp_server):
+    name = env.account(imap_user, smtp_server, smtp_port=plain_smtp_server.port, smtp_security="starttls")
+    result = env.invoke("accounts", "test", name, "-v")
+    assert result.exit_code == 5
+    assert "ok  SMTP TCP connect" in result.stdout
+    assert "does not offer STARTTLS; refusing to send the password in clear" in result.stderr
+
+
+def test_a_tls_only_smtp_port_spoken_to_in_clear_fails_at_connect_within_the_timeout(env, imap_user, smtps_server):
+    # The account says starttls, but the port wants TLS from the first byte: no greeting comes.
+    name = env.account(imap_user, smtps_server, smtp_security="starttls", timeout=2)
     result = env.invoke("accounts", "test", name, "-v")
     assert result.exit_code != 0
     assert "ok  IMAP folder INBOX" in result.stdout
