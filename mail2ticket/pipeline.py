@@ -118,11 +118,28 @@ def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: 
     return ("ok", parsed, stored)
 
 
+def _die_with_parent() -> None:
+    """Have the kernel kill this worker when the main process dies, even by SIGKILL.
+
+    Waiting for EOF is not enough (see _serve): after a SIGKILL of `poll` the workers would wait
+    for each other forever. Linux only (prctl PR_SET_PDEATHSIG); elsewhere EOF is all there is."""
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+        os._exit(0)
+
+
 def _serve(conn, parse: Callable[[bytes], Any], root: Path) -> None:
     """A worker's loop: read one raw message, answer with parse_and_store's result.
 
     An empty message, or EOF, ends it (EOF alone is not enough: workers forked later hold copies
     of the main process's ends of the earlier workers' pipes)."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "SIGHUP"):
