@@ -261,3 +261,26 @@ def test_a_wrong_rule_is_one_line_naming_the_rule_and_the_key(tmp_path: Path, to
     assert result.exit_code == 3
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_parse_shows_which_rules_a_mail_file_would_match(tmp_path: Path):
+    cfg = write_config(tmp_path, """
+        [[rules]]
+        name = "printers"
+        subject = "printer"
+        tags = ["printer", "hardware"]
+        priority = "high"
+
+        [[rules]]
+        name = "vpn"
+        subject = "vpn"
+        assignee = "bob"
+    """)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(mail("Printer broken"))
+    text = run(cfg, "parse", str(eml))
+    assert text.exit_code == 0
+    assert text.stdout.splitlines()[-2:] == ["Rules: 1", "  printers: priority high, tags printer hardware"]
+    data = run_json(cfg, "parse", str(eml))
+    assert data["rules"] == [{"name": "printers", "priority": "high", "tags": ["printer", "hardware"]}]
+    assert not (tmp_path / "tickets.db").exists()  # nothing stored, no database made

@@ -36,12 +36,40 @@ def parse(file: Path, as_json: bool) -> None:
         parsed = parse_message(raw)
     except ParseError as exc:
         raise click.ClickException(f"{file} would be quarantined: {exc.one_line()}") from exc
+    rules = _matching_rules(parsed)
     if as_json:
-        print_json(parsed.to_dict())
+        print_json({**parsed.to_dict(), "rules": [r.to_dict() for r in rules]})
     elif is_tty():
         _print_rich(parsed)
+        click.echo(_rules_text(rules))
     else:
         click.echo(_plain(parsed))
+        click.echo(_rules_text(rules))
+
+
+def _matching_rules(parsed: ParsedMessage) -> list:
+    """The [[rules]] of the config that this mail would match (docs/triage.md), in order."""
+    from mail2ticket.errors import Mail2TicketError
+    from mail2ticket.rules import matching_rules
+
+    ctx = click.get_current_context(silent=True)
+    app = ctx.find_root().obj if ctx is not None else None
+    if app is None:
+        return []
+    try:
+        cfg = app.config(must_exist=False)
+    except Mail2TicketError as exc:
+        click.echo(f"Warning: rules not checked: {exc.one_line()}", err=True)
+        return []
+    return matching_rules(cfg, parsed)
+
+
+def _rules_text(rules: list) -> str:
+    lines = [f"Rules: {len(rules)}"]
+    for rule in rules:
+        actions = ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in rule.actions().items())
+        lines.append(f"  {rule.name}: {actions}")
+    return "\n".join(lines)
 
 
 parse_command = click.command("parse")(parse)
