@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import unicodedata
 from pathlib import Path
 
 from mail2ticket.config import load_config
@@ -44,7 +45,9 @@ def column(header: str, row: str, name: str) -> str:
     start = header.index(name)
     following = names.index(name) + 1
     end = header.index(names[following], start) if following < len(names) else None
-    return row[start:end].strip()
+    # Columns are measured in terminal cells: a wide (East Asian) character takes two.
+    cells = "".join(ch + ("\0" if unicodedata.east_asian_width(ch) in "WF" else "") for ch in row)
+    return cells[start:end].replace("\0", "").strip()
 
 
 def mail2ticket(*args: str) -> subprocess.CompletedProcess:
