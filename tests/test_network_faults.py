@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,8 +64,15 @@ def _setup(tmp_path: Path, accounts: list[dict]) -> Path:
     return config
 
 
-def _poll(config: Path, *accounts: str):
-    return CliRunner().invoke(cli, ["--config", str(config), "poll", *accounts])
+def _poll(config: Path, *accounts: str) -> subprocess.CompletedProcess:
+    """`mail2ticket poll` in its own process, as cron or systemd runs it.
+
+    Not in-process: the parse workers it forks would inherit the relay's sockets, and a cut
+    connection would then stay open in them."""
+    return subprocess.run(
+        [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll", *accounts],
+        capture_output=True, text=True, timeout=120,
+    )
 
 
 def _status(config: Path) -> dict:
@@ -120,16 +129,16 @@ def test_a_connection_cut_mid_fetch_stores_nothing_partial_and_the_next_poll_com
     cut = _poll(config)
 
     assert relay.cuts == 1, "the relay did not cut the connection: the offset is past the end"
-    assert cut.exit_code == 1
+    assert cut.returncode == 1
     error = [line for line in cut.stderr.splitlines() if line.startswith(f"{mailbox.name}: FAILED:")]
-    assert len(error) == 1 and "Traceback" not in cut.output, cut.stderr
+    assert len(error) == 1 and "Traceback" not in cut.stdout + cut.stderr, cut.stderr
     assert f"{dovecot.host}:{relay.port} was lost" in error[0], error
     partial = check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
     assert len(partial) < 30 and len(partial) % 5 == 0, "only whole committed batches are stored"
 
     done = _poll(config)
 
-    assert done.exit_code == 0, done.output
+    assert done.returncode == 0, done.stdout + done.stderr
     assert f"{30 - len(partial)} imported" in done.stdout
     ledger = check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
     assert len(ledger) == 30
@@ -147,7 +156,7 @@ def test_connections_cut_again_and_again_still_import_everything_exactly_once(
     for _ in range(20):
         result = _poll(config)
         stored.append(len(check_consistent(dovecot, mailbox, tmp_path / "m2t.db")))
-        if result.exit_code == 0:
+        if result.returncode == 0:
             break
     assert stored[-1] == 30, f"stored after each poll: {stored}"
     assert stored == sorted(stored) and len(set(stored)) == len(stored), f"each poll made progress: {stored}"
@@ -167,12 +176,12 @@ def test_a_stalled_server_times_out_quickly_with_a_clear_error(
     result = _poll(config)
     elapsed = time.monotonic() - started
 
-    assert result.exit_code == 1
+    assert result.returncode == 1
     assert elapsed < 8, f"a 2 s timeout took {elapsed:.1f} s to report"
     assert "did not answer" in result.stderr and f"{relay.port}" in result.stderr, result.stderr
     check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
     relay.resume()
-    assert _poll(config).exit_code == 0
+    assert _poll(config).returncode == 0
     assert len(check_consistent(dovecot, mailbox, tmp_path / "m2t.db")) == 30
 
 
@@ -196,7 +205,7 @@ def test_errors_back_off_per_account_and_show_in_status(
     first = _poll(config)
     status = _status(config)
 
-    assert first.exit_code == 1
+    assert first.returncode == 1
     assert f"{healthy.name}: 3 imported" in first.stdout, "the other account is polled all the same"
     broken = status[mailbox.name]
     assert broken["healthy"] is False and broken["failures"] == 1
@@ -212,7 +221,7 @@ def test_errors_back_off_per_account_and_show_in_status(
     assert text.exit_code == 1 and mailbox.name in text.stdout and "lost" in text.stdout
 
     relay.resume()
-    assert _poll(config).exit_code == 0
+    assert _poll(config).returncode == 0
     status = _status(config)
     assert status[mailbox.name]["failures"] == 0 and status[mailbox.name]["last_error"] is None
     assert status[mailbox.name]["next_attempt_at"] is None
