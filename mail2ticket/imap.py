@@ -42,6 +42,39 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return ctx
 
 
+class StartTLSGuard:
+    """Stands in for the SSL context of a STARTTLS upgrade: before the handshake it refuses the
+    connection if the server already sent anything after its OK, because such bytes would be
+    read as if they had come over TLS (response injection, CVE-2020-14954, RELIABILITY 49)."""
+
+    def __init__(self, ctx: ssl.SSLContext, reader, what: str, host: str, port: int):
+        self.ctx, self.reader, self.what, self.host, self.port = ctx, reader, what, host, port
+
+    def wrap_socket(
+        self, sock: socket.socket, server_hostname: str | None = None, **kwargs
+    ) -> ssl.SSLSocket:
+        if pending_bytes(sock, self.reader()):
+            raise TLSError(
+                f"{self.what} server {self.host}:{self.port} sent data before the TLS handshake "
+                "(a STARTTLS injection attempt?); refusing the connection",
+                "check for a man in the middle on the way to the server, or use implicit TLS",
+            )
+        return self.ctx.wrap_socket(sock, server_hostname=server_hostname, **kwargs)
+
+
+def pending_bytes(sock: socket.socket, reader) -> bytes:
+    """What the peer has sent that nobody read yet: in *reader*'s buffer or the socket's queue."""
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        data = reader.peek(1) if reader is not None and hasattr(reader, "peek") else b""
+        return data or sock.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError, ValueError):
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
 def describe_tls_error(exc: ssl.SSLError, host: str, port: int) -> TLSError:
     """Turn an ssl error into a sentence that says which certificate problem it is."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -122,6 +155,12 @@ class Mailbox:
             raise ServerError(f"IMAP server {host}:{port} sent an unexpected greeting: {exc}") from None
         self.client = client
         try:
+            if mode != "tls" and getattr(client._imap, "state", "NONAUTH") != "NONAUTH":
+                raise TLSError(  # RELIABILITY 48: a plaintext session must not start signed in
+                    f"IMAP server {host}:{port} greeted with PREAUTH on an unencrypted connection; "
+                    "refusing to use it",
+                    'use imap_security = "tls" (port 993), and check for a man in the middle',
+                )
             if mode == "starttls":
                 caps = client.capabilities()
                 if b"STARTTLS" not in caps:
@@ -130,7 +169,8 @@ class Mailbox:
                         'use imap_security = "tls" (port 993) if the server supports it',
                     )
                 try:
-                    client.starttls(ctx)
+                    reader = lambda: getattr(client._imap, "file", None)  # noqa: E731
+                    client.starttls(StartTLSGuard(ctx, reader, "IMAP", host, port))
                 except ssl.SSLError as exc:
                     raise describe_tls_error(exc, host, port) from None
                 client._cached_capabilities = None  # never trust what was said before TLS

@@ -8,7 +8,7 @@ import ssl
 
 from mail2ticket.config import Account
 from mail2ticket.errors import AuthError, ConfigError, ServerError, TLSError
-from mail2ticket.imap import describe_tls_error, network_error, tls_context
+from mail2ticket.imap import StartTLSGuard, describe_tls_error, network_error, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def smtp_connect(
                     'use smtp_security = "tls" (port 465) if the server supports it',
                 )
             try:
-                conn.starttls(context=ctx)
+                conn.starttls(context=StartTLSGuard(ctx, lambda: conn.file, "SMTP", host, port))
             except ssl.SSLError as exc:
                 raise describe_tls_error(exc, host, port) from None
             conn.ehlo()  # what was said before TLS is forgotten
