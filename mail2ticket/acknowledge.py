@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
@@ -11,8 +12,11 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.parse import ParsedMessage
+from mail2ticket.store import log_event
 
 log = logging.getLogger(__name__)
+# hold_reason() (outbox.py) reasons: the mail is held back, and an event on the ticket says so.
+HELD_PREFIXES = ("loop protection:", "failing address:")
 
 _NO_REPLY_LOCAL = re.compile(
     r"^(mailer-daemon|postmaster|abuse|bounces?|do[-_.]?not[-_.]?reply|no[-_.]?reply|"
@@ -99,7 +103,8 @@ def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
     """Acknowledgements queued for ``address`` since ``since`` (all accounts)."""
     since_iso = since.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     return db.execute(
-        "select count(*) from outbox where to_address = ? and kind = 'ack' and created_at >= ?",
+        "select count(*) from outbox where to_address = ? and kind = 'ack' and status != 'held' "
+        "and created_at >= ?",
         [address.lower(), since_iso],
     ).fetchone()[0]
 
@@ -144,6 +149,11 @@ def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple
     sent = automatic_mails_sent(db, sender, datetime.now(UTC) - timedelta(seconds=parse_duration(period)))
     if sent >= limit:
         return False, f"rate limit: {sent} automatic mail(s) to {sender} in the last {period} (limit {limit})"
+    from mail2ticket.outbox import hold_reason
+
+    held = hold_reason(cfg, db, to_address=sender, ticket_id=outcome.ticket_id)
+    if held:
+        return False, held
     return True, "new ticket"
 
 
@@ -158,8 +168,14 @@ def acknowledge(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> 
 
             with db.atomic():  # a savepoint: a failure here leaves no half-queued mail
                 row = queue_ack(cfg, db, outcome.ticket_id, outcome.message_row, parsed)
-            reason = f"acknowledged: outbox #{row['id']} to {row['to_address']}, {row['message_id']}"
+            if row["status"] == "held":
+                reason = f"not acknowledged: {row['last_error']} (outbox #{row['id']}, held)"
+            else:
+                reason = f"acknowledged: outbox #{row['id']} to {row['to_address']}, {row['message_id']}"
         else:
+            if reason.startswith(HELD_PREFIXES):
+                log_event(db, "mail-held", f"ack to {(parsed.from_address or '').lower()} not sent: {reason}",
+                          ticket_id=outcome.ticket_id, account=outcome.incoming.account)
             reason = f"not acknowledged: {reason}"
     except sqlite3.OperationalError:
         raise  # disk full or locked: the whole batch fails and is retried
@@ -171,10 +187,145 @@ def acknowledge(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> 
     return reason
 
 
+# --- failing addresses (RELIABILITY 46) ---------------------------------------------------------
+# A bounce quoting one of our verified Message-IDs marks the recipients of that mail that it
+# reports as failed; no automatic mail goes to them for failing_address_hold (default 60 days),
+# or until they write to us again. Only recipients of our quoted mail can be marked: a forged
+# report cannot silence mail to an address that never got mail from us.
+_DSN_BLOCK = re.compile(rb"\r?\n[ \t]*\r?\n")
+_DSN_FIELD = re.compile(
+    rb"(?im)^(final-recipient|original-recipient|action|status|diagnostic-code)[ \t]*:[ \t]*"
+    rb"([^\r\n]*(?:\r?\n[ \t]+[^\r\n]*)*)"
+)
+_DELAY_WORDS = re.compile(rb"(?i)\b(delayed|deferred|will (?:be )?retr|temporar)")
+_SCAN_LIMIT = 1_000_000
+
+
+def _report_texts(raw: bytes, parsed: ParsedMessage) -> list[bytes]:
+    """The bounce's raw bytes and its decoded parts (an encoded delivery-status or returned mail)."""
+    return [raw[:_SCAN_LIMIT], *(a.data for a in parsed.attachments[:20] if len(a.data) < _SCAN_LIMIT)]
+
+
+def reported_failures(texts: list[bytes], parsed: ParsedMessage) -> dict[str, str]:
+    """{address: why} for each recipient a delivery report says failed for good (RFC 3464).
+
+    'Action: failed' or a 5.x.x Status; delayed, delivered and relayed recipients are not
+    failures. Exim's X-Failed-Recipients header counts too.
+    """
+    found: dict[str, str] = {}
+    for text in texts:
+        for block in _DSN_BLOCK.split(text):
+            fields: dict[str, str] = {}
+            for name, value in _DSN_FIELD.findall(block):
+                fields.setdefault(name.decode().lower(), " ".join(value.decode("ascii", "replace").split()))
+            recipient = fields.get("final-recipient") or fields.get("original-recipient")
+            if not recipient:
+                continue
+            action = fields.get("action", "").lower()
+            status = fields.get("status", "")
+            if action != "failed" and not (not action and status.startswith("5")):
+                continue
+            why = " ".join(x for x in (f"Status {status}" if status else "", fields.get("diagnostic-code", "")) if x)
+            for value in (fields.get("final-recipient"), fields.get("original-recipient")):
+                address = (value or "").rpartition(";")[2].strip().strip("<>").lower()
+                if address:
+                    found.setdefault(address, why or "delivery failed")
+    for value in parsed.headers.get("x-failed-recipients", []):
+        for address in value.split(","):
+            address = address.strip().strip("<>").lower()
+            if address:
+                found.setdefault(address, "delivery failed (X-Failed-Recipients)")
+    return found
+
+
+def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
+    """The recipients of the mails of ours (verified Message-IDs) that a bounce quotes."""
+    from mail2ticket.compose import is_our_message_id
+    from mail2ticket.threader import _OUR_ID_IN_TEXT
+
+    ids = [m.decode() for text in texts for m in _OUR_ID_IN_TEXT.findall(text)]
+    recipients: list[str] = []
+    for message_id in dict.fromkeys(ids):
+        if not is_our_message_id(db, message_id):
+            continue
+        for (value,) in db.execute("select recipients from outbox where message_id = ?", [message_id]):
+            recipients += [a.lower() for a in json.loads(value or "[]") if isinstance(a, str)]
+    return list(dict.fromkeys(recipients))
+
+
+def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
+    """Mark the addresses a bounce reports as failing; returns them (an event on the ticket each)."""
+    from mail2ticket.compose import conversation_settings, header_text
+    from mail2ticket.schedules import parse_duration
+
+    raw = outcome.incoming.raw or b""
+    texts = _report_texts(raw, parsed)
+    ours = _our_recipients(db, texts)
+    if not ours:
+        log.info("bounce %s quotes no mail of ours: no address marked as failing", parsed.message_id)
+        return []
+    reported = reported_failures(texts, parsed)
+    failed = {a: why for a, why in reported.items() if a in ours}
+    if not failed and len(ours) == 1:
+        if reported:  # one recipient of ours, reported under another name (an alias, a forward)
+            failed = {ours[0]: next(iter(reported.values()))}
+        elif not _DELAY_WORDS.search(b"\n".join(texts)) and bounce_reason(parsed):
+            failed = {ours[0]: f"{bounce_reason(parsed)}: {parsed.subject or ''}"}  # a plain-text bounce
+    if not failed:
+        return []
+    hold = conversation_settings(cfg)["failing_address_hold"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    until = (now + timedelta(seconds=parse_duration(hold))).isoformat().replace("+00:00", "Z")
+    at = now.isoformat().replace("+00:00", "Z")
+    for address, why in failed.items():
+        why = header_text(why, 200)
+        db.execute(
+            "insert into failing_addresses (address, reason, failed_at, hold_until, ticket_id, message) "
+            "values (?, ?, ?, ?, ?, ?) on conflict(address) do update set reason = excluded.reason, "
+            "failed_at = excluded.failed_at, hold_until = excluded.hold_until, "
+            "ticket_id = excluded.ticket_id, message = excluded.message",
+            [address, why, at, until, outcome.ticket_id, outcome.message_row],
+        )
+        log_event(db, "address-failing",
+                  f"{address}: {why}; no automatic mail to it until {until} or until it writes to us",
+                  ticket_id=outcome.ticket_id, account=outcome.incoming.account)
+        log.warning("ticket #%s: mail to %s bounced (%s): no automatic mail to it until %s",
+                    outcome.ticket_id, address, why, until)
+    return list(failed)
+
+
+def clear_failing(db: Database, outcome: Any, parsed: ParsedMessage) -> bool:
+    """A failing address that writes to us again gets automatic mail again."""
+    sender = (parsed.from_address or "").lower()
+    if not sender or db.execute("select 1 from failing_addresses where address = ?", [sender]).fetchone() is None:
+        return False
+    db.execute("delete from failing_addresses where address = ?", [sender])
+    log_event(db, "address-ok", f"{sender} wrote to us again: automatic mail to it resumes",
+              ticket_id=outcome.ticket_id, account=outcome.incoming.account)
+    return True
+
+
+def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> None:
+    """Mark the addresses a bounce reports; clear the mark of an address that writes again."""
+    if outcome.message_row is None:
+        return
+    try:
+        with db.atomic():
+            if bounce_reason(parsed):
+                record_bounce(cfg, db, outcome, parsed)
+            else:
+                clear_failing(db, outcome, parsed)
+    except sqlite3.OperationalError:
+        raise
+    except Exception:  # never cost the message itself
+        log.exception("failing-address bookkeeping of ticket #%s failed", outcome.ticket_id)
+
+
 def ack_hook(cfg: Any):
-    """The import hook (``ImportContext.hooks``) that acknowledges new tickets."""
+    """The import hook (``ImportContext.hooks``) that tracks bounces and acknowledges new tickets."""
 
     def hook(db: Database, outcome: Any, parsed: ParsedMessage) -> None:
+        track_failing(cfg, db, outcome, parsed)
         acknowledge(cfg, db, outcome, parsed)
 
     hook.__name__ = "acknowledge"

@@ -182,8 +182,9 @@ def check_conversation_settings(values: dict[str, Any]) -> None:
                 )
     if values.get("reply_status", "pending") not in ("open", "pending", "closed"):
         raise ValueError("'conversations.reply_status' must be \"open\", \"pending\" or \"closed\"")
-    if values.get("auto_reply_limit", 1) < 0:
-        raise ValueError("'conversations.auto_reply_limit' must be 0 or more")
+    for key in ("auto_reply_limit", "auto_mail_ticket_limit", "auto_mail_address_limit"):
+        if values.get(key, 1) < 0:
+            raise ValueError(f"'conversations.{key}' must be 0 or more")
 
 
 def make_tag(tag_format: str, ticket_id: int) -> str:

@@ -192,6 +192,12 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
     "auto_reply_limit": (_int, 1, "a number of automatic mails per sender and period"),
     "auto_reply_period": (_str, "24h", 'a duration such as "24h"'),
     "outbox_expire": (_str, "5d", 'a duration such as "5d"'),
+    # Loop protection over all automatic mail (acks, notices), RELIABILITY 45 and 46.
+    "auto_mail_ticket_limit": (_int, 10, "a number of automatic mails per ticket and period"),
+    "auto_mail_ticket_period": (_str, "10m", 'a duration such as "10m"'),
+    "auto_mail_address_limit": (_int, 40, "a number of automatic mails per address and period"),
+    "auto_mail_address_period": (_str, "24h", 'a duration such as "24h"'),
+    "failing_address_hold": (_str, "60d", 'a duration such as "60d"'),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations"}
 # [performance]: how an import uses the machine (docs/performance.md).
@@ -447,7 +453,8 @@ def _check_schedule(path: Path, key: str, value: str) -> None:
 def _check_conversations(path: Path, values: dict[str, Any]) -> None:
     from mail2ticket.compose import check_conversation_settings
 
-    for key in ("auto_reply_period", "outbox_expire"):
+    for key in ("auto_reply_period", "outbox_expire", "auto_mail_ticket_period", "auto_mail_address_period",
+                "failing_address_hold"):
         _check_duration(path, f"conversations.{key}", values[key])
     try:
         check_conversation_settings(values)

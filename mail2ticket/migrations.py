@@ -342,3 +342,23 @@ def m102_outbox_raw(db: Database) -> None:
     raw_messages holds only mail stored as a message of a ticket (incoming mail, replies)."""
     db["outbox"].add_column("raw", bytes)
     db["outbox"].transform(drop_foreign_keys=["raw_sha256"])
+
+
+@migrations()
+def m111_loop_protection(db: Database) -> None:
+    """Issue 5, RELIABILITY 45/46: addresses whose mail bounced get no automatic mail for a while,
+    and automatic mail is counted per ticket (the per-address count uses idx_outbox_rate)."""
+    db["failing_addresses"].create(
+        {
+            "address": str,  # lower case
+            "reason": str,  # the bounce's status and diagnostic, one line
+            "failed_at": str,
+            "hold_until": str,  # no automatic mail to it before this (or until it writes to us)
+            "ticket_id": int,  # the ticket whose mail bounced
+            "message": int,  # the messages row of the bounce
+        },
+        pk="address",
+        not_null={"reason", "failed_at", "hold_until"},
+    )
+    db["outbox"].create_index(["ticket_id", "created_at"], index_name="idx_outbox_ticket_time")
+

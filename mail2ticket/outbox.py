@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 30  # seconds after the first failed attempt, doubling up to BACKOFF_MAX
 BACKOFF_MAX = 15 * 60
 CLAIM_LEASE = 20 * 60  # a claim older than this is stale even if its process looks alive
-UNSENT = ("queued", "sending", "failed")
+UNSENT = ("queued", "sending", "failed", "held")
+# Mail a machine decided to send: capped per ticket and per address, never sent to a failing
+# address (RELIABILITY 45, 46). A reply typed by a person is never held, only warned about.
+AUTOMATIC_KINDS = ("ack", "close", "reopen", "sla-notice")
 
 # Test seam: called right after the server accepted a mail and before it is marked sent.
 after_accept: Callable[[dict], None] | None = None
@@ -59,20 +62,98 @@ def backoff_seconds(attempts: int) -> int:
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, attempts - 1))
 
 
+# --- loop protection ---------------------------------------------------------------------------
+
+
+def failing_address(db: Database, address: str, now: datetime | None = None) -> dict | None:
+    """The failing_addresses row of ``address`` while its hold lasts (a bounce said it fails)."""
+    rows = list(db.query(
+        "select * from failing_addresses where address = ? and hold_until > ?",
+        [address.lower(), _iso(now or datetime.now(UTC))],
+    ))
+    return rows[0] if rows else None
+
+
+def failing_participants(db: Database, ticket_id: int) -> list[dict]:
+    """The ticket's participants that are failing addresses now ('tickets show' says so)."""
+    from mail2ticket.threader import participants
+
+    found = []
+    for address in sorted(participants(db, ticket_id)):
+        row = failing_address(db, address)
+        if row is not None:
+            found.append({k: row[k] for k in ("address", "reason", "failed_at", "hold_until", "ticket_id")})
+    return found
+
+
+def automatic_count(db: Database, *, since: datetime, ticket_id: int | None = None,
+                    address: str | None = None) -> int:
+    """Automatic mails queued (held ones not counted) since ``since``, on a ticket or to an address."""
+    kinds = ",".join("?" * len(AUTOMATIC_KINDS))
+    where = [f"kind in ({kinds})", "status != 'held'", "created_at >= ?"]
+    args: list[Any] = [*AUTOMATIC_KINDS, _iso(since)]
+    if ticket_id is not None:
+        where.append("ticket_id = ?")
+        args.append(ticket_id)
+    if address is not None:
+        where.append("to_address = ?")
+        args.append(address.lower())
+    return db.execute(f"select count(*) from outbox where {' and '.join(where)}", args).fetchone()[0]
+
+
+def hold_reason(cfg: Any, db: Database, *, to_address: str, ticket_id: int | None,
+                now: datetime | None = None) -> str | None:
+    """Why one more automatic mail to ``to_address`` (about ``ticket_id``) must not be sent, or None.
+
+    A failing address (a bounce said so, RELIABILITY 46), or too many automatic mails on the
+    ticket or to the address within [conversations] auto_mail_*_period (RELIABILITY 45): what
+    stops a ping-pong with a responder that ignores Auto-Submitted.
+    """
+    from mail2ticket.schedules import parse_duration
+
+    now = now or datetime.now(UTC)
+    address = to_address.lower()
+    failing = failing_address(db, address, now)
+    if failing is not None:
+        return (
+            f"failing address: mail to {address} bounced ({failing['failed_at']}: {failing['reason']}); "
+            f"no automatic mail to it until {failing['hold_until']} or until it writes to us"
+        )
+    settings = conversation_settings(cfg)
+    checks = [("address", address, f"to {address}")]
+    if ticket_id is not None:
+        checks.insert(0, ("ticket", ticket_id, f"on ticket #{ticket_id}"))
+    for scope, value, what in checks:
+        limit, period = settings[f"auto_mail_{scope}_limit"], settings[f"auto_mail_{scope}_period"]
+        since = now - timedelta(seconds=parse_duration(period))
+        sent = automatic_count(db, since=since, **{"ticket_id" if scope == "ticket" else "address": value})
+        if sent >= limit:
+            return (f"loop protection: {sent} automatic mail(s) {what} in the last {period} "
+                    f"(auto_mail_{scope}_limit = {limit})")
+    return None
+
+
 # --- queueing ----------------------------------------------------------------------------------
 
 
 def queue(
     db: Database, draft: Draft, *, account: str, kind: str, ticket_id: int | None,
-    message_row: int | None = None, raw: bytes | None = None,
+    message_row: int | None = None, raw: bytes | None = None, cfg: Any = None,
 ) -> dict:
     """Put a mail in the outbox; call inside the caller's transaction.
 
     ``raw``: the bytes of a reply already stored in raw_messages with its messages row. Without,
     the mail is built here and its bytes are kept in the outbox row (acknowledgements, notices:
     raw_messages holds only mail that is a message of a ticket).
+
+    Automatic mail (AUTOMATIC_KINDS) that hold_reason() stops is kept with status 'held' and the
+    reason in last_error (an event 'mail-held' on the ticket); it is sent only by 'outbox retry'.
+    For other mail (a person's reply) the returned row has the reason as 'warning'.
+    ``cfg``: the limits of [conversations]; without it, the defaults.
     """
     own = raw is None
+    why = hold_reason(cfg, db, to_address=draft.to[0], ticket_id=ticket_id)
+    held = why is not None and kind in AUTOMATIC_KINDS
     if raw is None:
         raw = build(db, draft)
     sha = hashlib.sha256(raw).hexdigest()
@@ -90,12 +171,21 @@ def queue(
             "subject": header_text(draft.subject, 250),
             "raw_sha256": sha,
             "raw": raw if own else None,
-            "status": "queued",
+            "status": "held" if held else "queued",
             "attempts": 0,
             "created_at": now,
+            "last_error": why if held else None,
         }
     ).last_pk
-    return get_entry(db, row_id)
+    entry = get_entry(db, row_id)
+    if held:
+        log_event(db, "mail-held", f"{kind} to {entry['to_address']} not sent: {why}", ticket_id=ticket_id,
+                  account=account)
+        log.warning("outbox #%s: %s to %s held back: %s", row_id, kind, entry["to_address"], why)
+    elif why is not None:
+        entry["warning"] = why
+        log.warning("outbox #%s: %s to %s is sent although: %s", row_id, kind, entry["to_address"], why)
+    return entry
 
 
 def _account(cfg: Any, name: str) -> Any:
@@ -135,7 +225,9 @@ def queue_ack(cfg: Any, db: Database, ticket_id: int, message_row: int, parsed: 
         auto_submitted="auto-replied",
         ticket_id=ticket_id,
     )
-    row = queue(db, draft, account=account.name, kind="ack", ticket_id=ticket_id)
+    row = queue(db, draft, account=account.name, kind="ack", ticket_id=ticket_id, cfg=cfg)
+    if row["status"] == "held":
+        return row
     log_event(db, "ack-queued", f"acknowledgement to {row['to_address']} ({row['message_id']})",
               ticket_id=ticket_id, account=account.name)
     return row
@@ -260,7 +352,7 @@ def queue_reply(
             }
         ).last_pk
         row = queue(db, draft, account=account.name, kind="reply", ticket_id=ticket_id, message_row=message_row,
-                    raw=raw)
+                    raw=raw, cfg=cfg)
         _set_status(db, ticket_id, status, now)
         db.execute("update tickets set first_response_at = coalesce(first_response_at, ?) where id = ?",
                    [now, ticket_id])
@@ -302,7 +394,9 @@ def change_status(
             auto_submitted="auto-generated",
             ticket_id=ticket_id,
         )
-        row = queue(db, draft, account=account.name, kind=kind, ticket_id=ticket_id)
+        row = queue(db, draft, account=account.name, kind=kind, ticket_id=ticket_id, cfg=cfg)
+        if row["status"] == "held":
+            return row
         log_event(db, f"{kind}-notice-queued", f"notice to {row['to_address']} ({row['message_id']})",
                   ticket_id=ticket_id, account=account.name, actor=actor)
         return row
@@ -394,7 +488,7 @@ def _claim(db: Database, entry_id: int, now: datetime, *, force: bool) -> dict |
         row = next(iter(db.query("select * from outbox where id = ?", [entry_id])), None)
         if row is None or row["status"] == "sent":
             return None
-        if row["status"] == "failed" and not force:
+        if row["status"] in ("failed", "held") and not force:
             return None
         if row["status"] == "sending" and not _claim_is_stale(row["claimed_by"], row["claimed_at"], now):
             return None

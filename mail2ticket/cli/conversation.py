@@ -9,6 +9,15 @@ def _send_now(app, entry: dict) -> None:
     """Try to send one queued mail at once; report what happened (it stays queued if not sent)."""
     from mail2ticket.outbox import get_entry, send_pending
 
+    if entry.get("warning"):  # a person's reply is sent, but to a failing address or into a loop
+        click.echo(f"Warning: {entry['warning']}", err=True)
+    if entry["status"] == "held":  # an automatic notice stopped by loop protection
+        click.echo(
+            f"Warning: the notice was not sent: {entry['last_error']}. It is kept as outbox "
+            f"#{entry['id']}; 'mail2ticket outbox retry {entry['id']}' sends it anyway.",
+            err=True,
+        )
+        return
     report = send_pending(app.config(), app.db, ids=[entry["id"]])
     entry = get_entry(app.db, entry["id"])
     recipients = ", ".join(entry["recipients"])

@@ -255,6 +255,9 @@ def tickets_show(app, ticket_id, as_json):
     ticket = get_ticket(app.db, ticket_id)
     ticket["messages"] = ticket_messages(app.db, ticket_id, app.config().attachments)
     ticket["events"] = ticket_events(app.db, ticket_id)
+    from mail2ticket.outbox import failing_participants
+
+    ticket["failing_addresses"] = failing_participants(app.db, ticket_id)
     if as_json:
         print_json(ticket)
         return
@@ -271,6 +274,11 @@ def tickets_show(app, ticket_id, as_json):
         click.echo(
             f"Response: {response}   Resolution: due {_when(ticket['due_resolution_at']) or '-'}"
             + ("   OVERDUE" if ticket["overdue"] else "")
+        )
+    for f in ticket["failing_addresses"]:
+        click.echo(
+            f"Failing address: {f['address']} bounced {_when(f['failed_at'])} ({f['reason']}); no automatic "
+            f"mail to it until {_when(f['hold_until'])} or until it writes to us"
         )
     for m in ticket["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
