@@ -218,9 +218,9 @@ def idle_poll_cost(env: Env, config: Path, runs: int) -> tuple[list[float], list
     account = cfg.accounts[0]
     password = (env.creds / account.name).read_text()
     for _ in range(runs):
-        run = measured(poll_cmd(config), env.environ())
-        assert run.code == 0
-        walls.append(run.wall)
+        polled = measured(poll_cmd(config), env.environ())
+        assert polled.code == 0
+        walls.append(polled.wall)
         start = time.perf_counter()
         result = poll_account(cfg, db, account, password)
         imap_times.append(time.perf_counter() - start)
@@ -309,10 +309,10 @@ def main() -> None:
                 assert minimal_importer(dovecot, user, base / f"minimal{run}.db") == args.messages
                 b.append(time.perf_counter() - t)
                 config = env.config([user], f"poll{run}.db")
-                run = measured(poll_cmd(config), env.environ())
-                assert run.code == 0, "mail2ticket poll failed"
-                c.append(run.wall)
-                c_mem.append(run)
+                polled = measured(poll_cmd(config), env.environ())
+                assert polled.code == 0, "mail2ticket poll failed"
+                c.append(polled.wall)
+                c_mem.append(polled)
                 print(f"  run {run + 1}: a {a[-1]:.2f} s, b {b[-1]:.2f} s, c {c[-1]:.2f} s", flush=True)
 
             n = args.messages
