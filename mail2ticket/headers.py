@@ -162,7 +162,28 @@ def _quote_address_names(text: str) -> str:
     return _BARE_ADDR_AS_NAME.sub(r'\1 "\2" \3', text)
 
 
+def _ambiguous(text: str) -> bool:
+    """Parentheses or quotes that do not pair up: CPython before 3.11.10 reads ``a@x)<b@y>`` as
+    a@x (CVE-2023-27043, RELIABILITY 28); its strict mode refuses such a header, and so do we."""
+    depth, quoted, escaped = 0, False, False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"' and depth == 0:
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth < 0:
+                return True
+    return depth != 0 or quoted
+
+
 def _getaddresses(texts: list[str], defects: list[str]) -> list[tuple[str, str]]:
+    if any(_ambiguous(text) for text in texts):
+        defects.append("ambiguous address header (unbalanced parentheses or quotes): sender unknown")
+        return []
     try:
         return email.utils.getaddresses(texts)
     except (RecursionError, Exception) as exc:  # cpython#103800 and friends: sender unknown
