@@ -297,11 +297,13 @@ def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -
 def clear_failing(db: Database, outcome: Any, parsed: ParsedMessage) -> bool:
     """A failing address that writes to us again gets automatic mail again."""
     sender = (parsed.from_address or "").lower()
-    if not sender or db.execute("select 1 from failing_addresses where address = ?", [sender]).fetchone() is None:
+    row = db.execute("select ticket_id from failing_addresses where address = ?", [sender]).fetchone()
+    if not sender or row is None:
         return False
     db.execute("delete from failing_addresses where address = ?", [sender])
-    log_event(db, "address-ok", f"{sender} wrote to us again: automatic mail to it resumes",
-              ticket_id=outcome.ticket_id, account=outcome.incoming.account)
+    detail = f"{sender} wrote to us again (ticket #{outcome.ticket_id}): automatic mail to it resumes"
+    for ticket_id in dict.fromkeys(t for t in (row[0], outcome.ticket_id) if t is not None):
+        log_event(db, "address-ok", detail, ticket_id=ticket_id, account=outcome.incoming.account)
     return True
 
 
