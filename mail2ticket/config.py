@@ -154,7 +154,7 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "enabled": (_bool, True, "true or false"),
     "ca_file": (_str, None, "a path to a PEM CA bundle"),
     "since": (_date, None, "a date such as 2026-01-31"),
-    "after_import": (_str, "seen", '"seen", "none", "delete" or "move:FOLDER"'),
+    "after_import": (_str, "seen", '"seen", "none", "delete", "archive" or "move:FOLDER"'),
     "poll": (_str, None, 'a schedule such as "*/5" or "10m"'),
     "push": (_bool, False, "true or false"),
     "password_command": (_str, None, "a shell command that prints the password"),
@@ -405,10 +405,17 @@ def _build_account(path: Path, index: int, data: Any) -> Account:
     if values["smtp_host"] and values["smtp_port"] is None:
         values["smtp_port"] = 465 if values["smtp_security"] == "tls" else 587
     after = values["after_import"]
-    if after not in ("seen", "none", "delete") and not (after.startswith("move:") and len(after) > 5):
+    if after not in ("seen", "none", "delete", "archive") and not (
+        after.startswith("move:") and len(after) > 5
+    ):
         raise ConfigError(
             f"{path}: '{label}.after_import' = {after!r} is not valid",
-            'expected "seen", "none", "delete" or "move:FOLDER"',
+            'expected "seen", "none", "delete", "archive" or "move:FOLDER"',
+        )
+    if after == "archive" and values["source"] != "imap":
+        raise ConfigError(  # archive asks an IMAP server for its \Archive or \All folder
+            f"{path}: '{label}.after_import' = \"archive\" needs an IMAP account",
+            'use "move:Archive" for a Maildir',
         )
     if isinstance(values["since"], str):
         values["since"] = date.fromisoformat(values["since"])

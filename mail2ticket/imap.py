@@ -121,6 +121,10 @@ class Mailbox:
         self._password = password
         self.client = None
         self.folder: str | None = None
+        # X-GM-MSGID and X-GM-THRID of the messages of the last fetch(), when the server offers
+        # X-GM-EXT-1 (Gmail): {uid: (msgid, thrid)}.
+        self.gmail_ids: dict[int, tuple[int | None, int | None]] = {}
+        self._archive_folder: str | None = None
 
     # --- connection -----------------------------------------------------------------
     def __enter__(self) -> Mailbox:
@@ -281,7 +285,9 @@ class Mailbox:
     def fetch(self, uids: Sequence[int]) -> dict[int, tuple[bytes, object]]:
         """{uid: (raw bytes, internaldate)} with BODY.PEEK[] (never sets \\Seen)."""
         out = {}
-        data = self.client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"])
+        items = fetch_items(self.capabilities())
+        data = self.client.fetch(uids, items)
+        self.gmail_ids = {}
         for uid, item in data.items():
             raw = item.get(b"BODY[]")
             if raw is None:
@@ -293,6 +299,9 @@ class Mailbox:
                     "the connection may have been cut: the next poll fetches it again",
                 )
             out[uid] = (bytes(raw), item.get(b"INTERNALDATE"))
+            ids = gmail_ids(item)
+            if ids != (None, None):
+                self.gmail_ids[uid] = ids
         return out
 
     # --- after import ---------------------------------------------------------------
@@ -312,6 +321,8 @@ class Mailbox:
                     "(a plain EXPUNGE would also remove other clients' deleted mail)",
                     self.account.name,
                 )
+        elif action == "archive":
+            self.apply_action("move:" + self.archive_folder(), uids)
         elif action.startswith("move:"):
             target = action[5:]
             if b"MOVE" in self.capabilities():
@@ -323,6 +334,67 @@ class Mailbox:
                     self.client.uid_expunge(uids)
         else:  # pragma: no cover - config validation prevents this
             raise ValueError(action)
+
+    def special_folders(self) -> list[tuple[tuple[bytes, ...], str]]:
+        """(attributes, name) of the folders the server marks with a special-use attribute
+        (RFC 6154): ``LIST (SPECIAL-USE) "" "*"`` where offered, else a plain LIST."""
+        client = self.client
+        if b"SPECIAL-USE" in self.capabilities():
+            typ, dat = client._imap._simple_command("LIST", "(SPECIAL-USE)", '""', '"*"')
+            client._checkok("list", typ, dat)
+            typ, dat = client._imap._untagged_response(typ, dat, "LIST")
+            folders = client._proc_folder_list(dat)
+        else:
+            folders = client.list_folders()
+        return [(tuple(flags), name) for flags, _, name in folders]
+
+    def archive_folder(self) -> str:
+        """Where after_import = "archive" moves mail: the \\Archive folder, else the \\All folder
+        (Gmail's "[Gmail]/All Mail": moving there removes only the label of the polled folder).
+        Found by special-use attribute, never by name. Raises ServerError when there is none."""
+        if self._archive_folder is None:
+            self._archive_folder = choose_archive_folder(self.special_folders(), self.folder)
+        return self._archive_folder
+
+
+def fetch_items(capabilities: set[bytes]) -> list[str]:
+    """What fetch() asks for: the Gmail ids only from a server that offers X-GM-EXT-1."""
+    items = ["BODY.PEEK[]", "INTERNALDATE", "RFC822.SIZE"]
+    if b"X-GM-EXT-1" in capabilities:
+        items += ["X-GM-MSGID", "X-GM-THRID"]
+    return items
+
+
+def gmail_ids(item: dict) -> tuple[int | None, int | None]:
+    """(X-GM-MSGID, X-GM-THRID) from one message of imapclient's fetch() answer, None if absent."""
+
+    def number(key: bytes) -> int | None:
+        value = item.get(key)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        try:
+            return int(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    return number(b"X-GM-MSGID"), number(b"X-GM-THRID")
+
+
+def choose_archive_folder(folders: Sequence[tuple[Sequence[bytes], str]], polled: str | None) -> str:
+    """The folder for after_import = "archive" among ``(attributes, name)``: \\Archive, else \\All."""
+    for wanted in (b"\\Archive", b"\\All"):
+        for flags, name in folders:
+            if any(f.lower() == wanted.lower() for f in flags):
+                if name == polled:
+                    raise ServerError(
+                        f"after_import = \"archive\" would move mail from {name!r} into itself",
+                        "poll another folder, or choose another after_import",
+                    )
+                return name
+    raise ServerError(
+        "after_import = \"archive\": the server marks no folder as \\Archive or \\All (RFC 6154)",
+        'use after_import = "move:FOLDER" with the folder to archive to',
+    )
 
 
 def chunks(seq: Sequence[int], size: int) -> Iterator[list[int]]:

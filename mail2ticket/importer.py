@@ -43,6 +43,11 @@ class Incoming:
     size: int | None = None
     action: str | None = None  # what to do on the server once stored ("seen", "move:X", ...)
     too_large_limit: int | None = None
+    # Gmail (X-GM-EXT-1): the message's id, the same under every label of one mailbox
+    # (``gm_mailbox``: "imap host/username"), and its thread id (a threading hint).
+    gm_mailbox: str | None = None
+    gm_msgid: int | None = None
+    gm_thrid: int | None = None
 
 
 @dataclass
@@ -211,6 +216,13 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
     db = ctx.db
     item = prep.incoming
     now = now_iso()
+    seen = _same_gmail_message(db, item)
+    if seen is not None:  # one Gmail message under another label (folder) or account: no new ticket
+        _record_source(db, item, prep.sha256, message=seen["message"], quarantine=seen["quarantine"])
+        return Outcome(item, "duplicate", ticket_id=seen["ticket_id"], message_row=seen["message"],
+                       quarantine_id=seen["quarantine"],
+                       detail=f"Gmail message {item.gm_msgid} already imported from {seen['folder']} "
+                              f"of account {seen['account']}")
     if prep.sha256 is not None:
         db.execute(
             "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
@@ -272,7 +284,8 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     assert parsed is not None
     thread = settings_for(ctx.config, item.account)
     decision = find_ticket(db, parsed, allow_anyone_by_tag=thread.allow_anyone_by_tag,
-                           tag_format=thread.tag_format, raw=item.raw)
+                           tag_format=thread.tag_format, raw=item.raw,
+                           gm_thrid=item.gm_thrid, account=item.account)
     if decision.kind == "own":  # our own mail fetched back: already in the ticket or the outbox
         _record_source(db, item, prep.sha256, message=decision.message_row, quarantine=None)
         log.info("account %s: %s", item.account, decision.reason)
@@ -339,6 +352,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
             "auto_reply": parsed.auto_reply,
             "defects": json.dumps(parsed.defects),
             "thread_reason": decision.reason,
+            **({"gm_thrid": item.gm_thrid} if item.gm_thrid else {}),
         }
     )
     rows = []
@@ -392,5 +406,20 @@ def _record_source(db: Database, item: Incoming, sha: str | None, *, message, qu
             "imported_at": now_iso(),
             "action": action,
             "action_state": "pending" if action and action != "none" else "done",
+            **({"gm_mailbox": item.gm_mailbox, "gm_msgid": item.gm_msgid} if item.gm_msgid else {}),
         }
     )
+
+
+def _same_gmail_message(db: Database, item: Incoming) -> dict | None:
+    """The ledger row of the same Gmail message (X-GM-MSGID) of the same mailbox, if imported."""
+    if not (item.gm_msgid and item.gm_mailbox):
+        return None
+    cur = db.execute(
+        "select s.account, s.folder, s.message, s.quarantine, m.ticket_id from sources s "
+        "left join messages m on m.id = s.message where s.gm_mailbox = ? and s.gm_msgid = ? "
+        "and (s.message is not null or s.quarantine is not null) order by s.id limit 1",
+        [item.gm_mailbox, item.gm_msgid],
+    )
+    row = cur.fetchone()
+    return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None

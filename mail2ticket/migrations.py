@@ -362,3 +362,19 @@ def m111_loop_protection(db: Database) -> None:
     )
     db["outbox"].create_index(["ticket_id", "created_at"], index_name="idx_outbox_ticket_time")
 
+
+@migrations()
+def m401_gmail_ids(db: Database) -> None:
+    """Issue 8, provider quirks: Gmail's message id on the import ledger (one mail under several
+    labels is imported once per mailbox) and its thread id on messages (a threading hint)."""
+    db["sources"].add_column("gm_mailbox", str)  # "imap host/username": X-GM-MSGID is per mailbox
+    db["sources"].add_column("gm_msgid", int)
+    db["messages"].add_column("gm_thrid", int)
+    db.execute(
+        "create index if not exists idx_sources_gm_msgid on sources (gm_mailbox, gm_msgid) "
+        "where gm_msgid is not null"
+    )
+    db.execute(
+        "create index if not exists idx_messages_gm_thrid on messages (account, gm_thrid) "
+        "where gm_thrid is not null"
+    )

@@ -33,6 +33,7 @@ class PollResult:
     flagged: int = 0
     error: str | None = None
     uidvalidity_changed: bool = False
+    skipped: str | None = None  # why this poll did not run (another poll holds the account)
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
     @property
@@ -44,6 +45,8 @@ class PollResult:
         return self.imported + self.followups
 
     def summary(self) -> str:
+        if self.skipped:
+            return self.skipped
         parts = [f"{self.imported} new", f"{self.followups} follow-ups"]
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicates")
@@ -118,6 +121,9 @@ def poll_account(
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
     with Mailbox(account, password) as box:
         info = box.select(account.folder)
+        if account.after_import == "archive":
+            box.archive_folder()  # the server has no archive folder: fail before importing anything
+        gm_mailbox = f"{account.imap_host.lower()}/{account.username.lower()}"
         state = get_mailbox(db, account.name, account.folder)
         last_uid = 0
         if state is not None and state["uidvalidity"] == info.uidvalidity:
@@ -168,8 +174,10 @@ def poll_account(
                         items.append(Incoming(account.name, None, source, size=sizes[uid], too_large_limit=limit))
                     elif uid in fetched:
                         raw, idate = fetched.pop(uid)
+                        msgid, thrid = box.gmail_ids.get(uid, (None, None))
                         items.append(
-                            Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action)
+                            Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action,
+                                     gm_mailbox=gm_mailbox if msgid else None, gm_msgid=msgid, gm_thrid=thrid)
                         )
                 yield batch, items, held
                 if held:
@@ -210,13 +218,28 @@ def poll_account(
 
 
 def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None) -> PollResult:
-    """poll_account with errors caught, logged and recorded in account_status (never raises)."""
+    """poll_account with errors caught, logged and recorded in account_status (never raises).
+
+    A poll of an account that another poll holds (this process or another on the same database)
+    is skipped at once: ``result.skipped`` says by whom; nothing is recorded."""
+    from mail2ticket.locks import AccountBusy, account_lock
+
+    if account.source == "pipe":
+        return PollResult(account.name)  # nothing to fetch: its mail arrives by 'mail2ticket ingest'
+    # One poll per account at a time (daemon pool, push, cron 'poll'): one IMAP connection each.
+    try:
+        with account_lock(cfg.database, account.name):
+            return _run_poll_locked(cfg, db, account, hooks=hooks, stop=stop)
+    except AccountBusy as exc:
+        log.info("%s; this poll skipped", exc)
+        return PollResult(account.name, skipped=f"{exc}: skipped")
+
+
+def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None) -> PollResult:
     from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
     from mail2ticket.secrets import get_password
 
-    if account.source == "pipe":
-        return PollResult(account.name)  # nothing to fetch: its mail arrives by 'mail2ticket ingest'
     try:
         if account.source == "maildir":
             from mail2ticket.maildir import poll_maildir

@@ -106,6 +106,8 @@ def find_ticket(
     allow_anyone_by_tag: bool = False,
     tag_format: str = DEFAULT_TAG_FORMAT,
     raw: bytes | None = None,
+    gm_thrid: int | None = None,
+    account: str | None = None,
 ) -> ThreadDecision:
     """The ticket this message follows up, with the reason; or a new ticket, with the reason.
 
@@ -168,6 +170,16 @@ def find_ticket(
                         f"ticket #{found[0]}", kind="followup",
                     )
     forged = f"; ignored forged Message-IDs {', '.join(ignored[:3])}" if ignored else ""
+    if gm_thrid and account:
+        # Gmail's thread id (X-GM-THRID): a hint after the headers, only within the same account
+        # (thread ids are per mailbox).
+        row = db.execute(
+            "select ticket_id from messages where account = ? and gm_thrid = ? and direction = 'in' "
+            "order by id desc limit 1",
+            [account, gm_thrid],
+        ).fetchone()
+        if row:
+            return ThreadDecision(row[0], f"Gmail thread {gm_thrid} of ticket #{row[0]}", kind="followup")
     match = tag_pattern(tag_format).search(parsed.subject or "")
     if match:
         ticket_id = int(match.group(1))
