@@ -517,3 +517,31 @@ def test_a_second_process_polling_a_busy_account_skips_it_and_names_the_pid(
     assert first.returncode == 0, err
     assert _rows(tmp_path, "select count(*) from tickets") == [(1,)]
     assert lock.read_text() == ""  # released: no stale pid is ever reported
+
+
+# ------------------------------------------------------------------------------ iCloud
+
+
+def test_an_icloud_account_signs_in_to_imap_with_the_name_part_and_to_smtp_with_the_full_address(
+    imap_user, account_config, smtp_server, tmp_path: Path
+) -> None:
+    address = f"{imap_user.name}@icloud.com"
+    smtp_server.add_user(address, imap_user.password)  # SMTP knows only the full address
+    values = account_config(
+        imap_user,
+        provider="icloud",
+        email=address,
+        username=None,  # the preset's rule decides
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        smtp_security=smtp_server.security,
+    )
+    config = _write_config(tmp_path, values)
+    store_password(imap_user.name, imap_user.password)
+    account = load_config(config).account(imap_user.name)
+    assert (account.username, account.smtp_username) == (imap_user.name, address)
+
+    result = _cli(config, "accounts", "test", imap_user.name, "-v")
+
+    assert result.exit_code == 0, result.output
+    assert "ok  IMAP sign-in" in result.stdout and "ok  SMTP AUTH" in result.stdout
