@@ -180,6 +180,8 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     46: tests(
         "tests/test_acknowledge.py::test_a_bounce_gets_no_acknowledgement",
         "tests/test_threading.py::test_a_bounce_of_our_acknowledgement_joins_the_ticket_and_is_not_answered",
+        "tests/test_bounces.py::test_a_bounce_of_our_acknowledgement_joins_the_ticket_and_marks_the_address_as_failing",
+        "tests/test_bounces.py::test_only_a_recipient_of_the_quoted_mail_can_be_marked_as_failing",
     ),
     # Transport security and secrets
     47: tests(
