@@ -285,7 +285,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     thread = settings_for(ctx.config, item.account)
     decision = find_ticket(db, parsed, allow_anyone_by_tag=thread.allow_anyone_by_tag,
                            tag_format=thread.tag_format, raw=item.raw,
-                           gm_thrid=item.gm_thrid, account=item.account)
+                           gm_thrid=item.gm_thrid, account=item.account, own_addresses=thread.own_addresses)
     if decision.kind == "own":  # our own mail fetched back: already in the ticket or the outbox
         _record_source(db, item, prep.sha256, message=decision.message_row, quarantine=None)
         log.info("account %s: %s", item.account, decision.reason)

@@ -36,6 +36,9 @@ class ThreadSettings:
     tag_format: str = DEFAULT_TAG_FORMAT
     allow_anyone_by_tag: bool = False
     reopen_on_reply: bool = True
+    # The addresses of all our accounts: a mail that merely claims one of them as its From is not
+    # a participant (every ticket has our address in its To); our own mail carries our signed id.
+    own_addresses: frozenset[str] = frozenset()
 
 
 def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
@@ -45,10 +48,11 @@ def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
     from mail2ticket.compose import conversation_settings
 
     tag_format = conversation_settings(cfg)["tag_format"]
+    own = frozenset(a.email.lower() for a in getattr(cfg, "accounts", []) if a.email)
     account = next((a for a in getattr(cfg, "accounts", []) if a.name == account_name), None)
     if account is None:
-        return ThreadSettings(tag_format)
-    return ThreadSettings(tag_format, account.allow_anyone_by_tag, account.reopen_on_reply)
+        return ThreadSettings(tag_format, own_addresses=own)
+    return ThreadSettings(tag_format, account.allow_anyone_by_tag, account.reopen_on_reply, own)
 
 
 def ticket_tag(ticket_id: int, tag_format: str = DEFAULT_TAG_FORMAT) -> str:
@@ -108,6 +112,7 @@ def find_ticket(
     raw: bytes | None = None,
     gm_thrid: int | None = None,
     account: str | None = None,
+    own_addresses: frozenset[str] | set[str] = frozenset(),
 ) -> ThreadDecision:
     """The ticket this message follows up, with the reason; or a new ticket, with the reason.
 
@@ -187,6 +192,16 @@ def find_ticket(
         exists = db.execute("select 1 from tickets where id = ?", [ticket_id]).fetchone()
         if exists is None:
             return ThreadDecision(None, f"subject tag {tag} names no ticket: new ticket{forged}")
+        if (parsed.from_address or "").lower() in own_addresses:
+            log.warning(
+                "subject tag %s from our own address %s in a mail we did not send (%s): opening a new ticket",
+                tag, parsed.from_address, parsed.message_id,
+            )
+            return ThreadDecision(
+                None,
+                f"subject tag {tag} from our own address {parsed.from_address}, but the mail is not one "
+                f"we sent (its Message-ID is not ours): new ticket{forged}",
+            )
         if is_participant(db, ticket_id, parsed.from_address):
             return ThreadDecision(
                 ticket_id, f"subject tag {tag} from {parsed.from_address}, a participant", kind="followup"
