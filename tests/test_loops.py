@@ -198,3 +198,21 @@ def _fresh_mail(sender: str, to: str, n: int) -> bytes:
     msg["Message-ID"] = make_msgid(domain="bot.test")
     msg.set_content("Hello.")
     return msg.as_bytes()
+
+
+def test_our_own_notices_and_replies_fetched_back_make_no_ticket_and_no_mail(loop):
+    """A shared mailbox or a copy to ourselves (RELIABILITY 44): everything we sent comes back."""
+    desk, bot, internet = loop(conversations={"auto_reply_limit": 1000})
+    desk.deliver(_fresh_mail(bot.email, desk.email, 0))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.ok("tickets", "close", str(ticket["id"]), "--notify")
+    desk.ok("tickets", "reopen", str(ticket["id"]), "--notify")
+    desk.ok("tickets", "reply", str(ticket["id"]), "--message", "On it.")
+    sent = len(desk.smtp.messages)
+    assert sent == 4  # the acknowledgement, two notices and the reply
+    desk.dovecot.append_many(desk.user, [m.data for m in desk.smtp.messages])
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["message_count"] == 2  # the bot's mail and our reply: nothing new
+    assert len(desk.smtp.messages) == sent
