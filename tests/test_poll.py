@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import socket
+import tomllib
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime
 
 import pytest
-import tomllib
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 
 
-def make_mail(subject="Printer on fire", sender="Ann Customer <ann@customer.test>", body="It is on fire.",
-              to="support@example.test", attachment: bytes | None = None, date=None) -> bytes:
+def make_mail(
+    subject="Printer on fire",
+    sender="Ann Customer <ann@customer.test>",
+    body="It is on fire.",
+    to="support@example.test",
+    attachment: bytes | None = None,
+    date=None,
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
@@ -25,7 +31,9 @@ def make_mail(subject="Printer on fire", sender="Ann Customer <ann@customer.test
     msg["Date"] = format_datetime(date or datetime.now(UTC))
     msg.set_content(body)
     if attachment is not None:
-        msg.add_attachment(attachment, maintype="application", subtype="pdf", filename="invoice.pdf")
+        msg.add_attachment(
+            attachment, maintype="application", subtype="pdf", filename="invoice.pdf"
+        )
     return msg.as_bytes()
 
 
@@ -35,7 +43,7 @@ def setup(tmp_path, dovecot, imap_user, smtp_server, account_config):
     main = tmp_path / "etc" / "config.toml"
     main.parent.mkdir()
     main.write_text(
-        "# my hand-written comment\n[storage]\ndatabase = \"../var/m2t.db\"\nattachments = \"../var/att\"\n"
+        '# my hand-written comment\n[storage]\ndatabase = "../var/m2t.db"\nattachments = "../var/att"\n'
     )
 
     def invoke(*args, input=None):
@@ -43,10 +51,26 @@ def setup(tmp_path, dovecot, imap_user, smtp_server, account_config):
 
     def add(user=imap_user, password=None, extra=(), **overrides):
         acc = account_config(user, smtp_server, **overrides)
-        args = ["add-account", acc["name"], "--email", acc["email"], "--imap-host", acc["imap_host"],
-                "--imap-port", str(acc["imap_port"]), "--smtp-host", acc["smtp_host"],
-                "--smtp-port", str(acc["smtp_port"]), "--smtp-security", acc["smtp_security"],
-                "--ca-file", acc["ca_file"], "--password-stdin", *extra]
+        args = [
+            "add-account",
+            acc["name"],
+            "--email",
+            acc["email"],
+            "--imap-host",
+            acc["imap_host"],
+            "--imap-port",
+            str(acc["imap_port"]),
+            "--smtp-host",
+            acc["smtp_host"],
+            "--smtp-port",
+            str(acc["smtp_port"]),
+            "--smtp-security",
+            acc["smtp_security"],
+            "--ca-file",
+            acc["ca_file"],
+            "--password-stdin",
+            *extra,
+        ]
         return invoke(*args, input=(password or user.password) + "\n")
 
     class Setup:
@@ -96,8 +120,19 @@ def test_poll_turns_each_new_mail_into_a_ticket_and_a_second_poll_imports_nothin
     listed = tickets(setup)
     assert sorted(t["subject"] for t in listed) == ["First problem", "Second problem"]
     t = listed[0]
-    for key in ("id", "subject", "requester", "status", "priority", "account", "created_at", "updated_at",
-                "message_count", "incoming_count", "overdue"):
+    for key in (
+        "id",
+        "subject",
+        "requester",
+        "status",
+        "priority",
+        "account",
+        "created_at",
+        "updated_at",
+        "message_count",
+        "incoming_count",
+        "overdue",
+    ):
         assert key in t
     assert t["requester"] == "ann@customer.test"
     assert t["status"] == "open" and t["overdue"] is False and t["message_count"] == 1
@@ -164,7 +199,9 @@ def test_since_skips_older_mail(setup):
 
 def test_tickets_show_gives_the_messages_with_text_and_stored_attachments(setup):
     assert setup.add().exit_code == 0
-    setup.dovecot.append(setup.user, make_mail("With file", body="See attached.", attachment=b"%PDF-1.4 x"))
+    setup.dovecot.append(
+        setup.user, make_mail("With file", body="See attached.", attachment=b"%PDF-1.4 x")
+    )
     assert setup.invoke("poll").exit_code == 0
     tid = tickets(setup)[0]["id"]
     result = setup.invoke("tickets", "show", str(tid), "--json")
@@ -233,7 +270,9 @@ def test_add_account_reports_an_unreachable_port(setup):
     assert "refused the connection" in result.stderr
 
 
-def test_poll_with_a_wrong_password_reports_the_account_and_continues_with_the_others(setup, dovecot):
+def test_poll_with_a_wrong_password_reports_the_account_and_continues_with_the_others(
+    setup, dovecot
+):
     assert setup.add().exit_code == 0
     other = dovecot.add_user()
     assert setup.add(user=other).exit_code == 0
@@ -253,7 +292,10 @@ def test_poll_with_a_wrong_password_reports_the_account_and_continues_with_the_o
 
 
 def test_starttls_accounts_work_and_plain_imap_is_refused_without_opt_in(setup, dovecot, tmp_path):
-    assert setup.add(extra=("--imap-security", "starttls"), imap_port=dovecot.starttls_port).exit_code == 0
+    assert (
+        setup.add(extra=("--imap-security", "starttls"), imap_port=dovecot.starttls_port).exit_code
+        == 0
+    )
     dovecot.append(setup.user, make_mail("Over STARTTLS"))
     assert setup.invoke("poll").exit_code == 0
     assert [t["subject"] for t in tickets(setup)] == ["Over STARTTLS"]
@@ -263,5 +305,7 @@ def test_python_dash_m_runs_the_cli():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "mail2ticket", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mail2ticket", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "mail2ticket" in out.stdout
