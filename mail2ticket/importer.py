@@ -89,6 +89,14 @@ class ImportContext:
             from mail2ticket import parse as parse_module
 
             self.parse = parse_module.parse_message
+            if self.config is not None:  # the size limits of [limits] apply to the parse too
+                import functools
+
+                limits = parse_module.ParseLimits(
+                    max_message_bytes=self.config.max_message_size,
+                    max_attachment_bytes=self.config.max_attachment_size,
+                )
+                self.parse = functools.partial(parse_module.parse_message, limits=limits)
 
 
 def sha256_hex(data: bytes) -> str:

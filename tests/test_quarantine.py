@@ -70,10 +70,10 @@ def buggy_parser():
     """
     real = mail2ticket.parse.parse_message
 
-    def parse(raw: bytes):
+    def parse(raw: bytes, **kwargs):
         if b"\nX-Trigger:" in raw:
             raise IndexError("list index out of range")  # what the stdlib header parser raises
-        return real(raw)
+        return real(raw, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:  # its own: undo() leaves the test's environment
         patch.setattr(mail2ticket.parse, "parse_message", parse)
