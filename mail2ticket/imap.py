@@ -238,6 +238,19 @@ class Mailbox:
         return set(self.client.capabilities())
 
     # --- folder -------------------------------------------------------------------
+    def status(self, folder: str) -> tuple[int, int]:
+        """(UIDVALIDITY, UIDNEXT) of a folder without opening it: cheap, whatever its size."""
+        from imapclient.exceptions import IMAPClientError
+
+        try:
+            info = self.client.folder_status(folder, [b"UIDVALIDITY", b"UIDNEXT"])
+        except IMAPClientError as exc:
+            raise ServerError(
+                f"cannot read the status of folder {folder!r} of account {self.account.name}: {exc}",
+                "check the folder name (mail2ticket accounts test NAME lists them)",
+            ) from None
+        return int(info[b"UIDVALIDITY"]), int(info[b"UIDNEXT"])
+
     def select(self, folder: str) -> FolderInfo:
         from imapclient.exceptions import IMAPClientError
 

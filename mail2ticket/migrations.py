@@ -378,3 +378,10 @@ def m401_gmail_ids(db: Database) -> None:
         "create index if not exists idx_messages_gm_thrid on messages (account, gm_thrid) "
         "where gm_thrid is not null"
     )
+
+
+@migrations()
+def m601_mailbox_checked(db: Database) -> None:
+    """Issue 9: when a folder was last opened with a full SELECT. Between such checks a poll asks
+    only STATUS (UIDNEXT, UIDVALIDITY), whose cost does not grow with the mailbox."""
+    db["mailboxes"].add_column("checked_at", str)

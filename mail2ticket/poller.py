@@ -106,6 +106,38 @@ def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: in
     return done
 
 
+# A poll that finds nothing new asks only STATUS; a full SELECT and UID SEARCH still runs at
+# least this often, as a safety net against a server whose STATUS would be stale.
+FULL_CHECK_SECONDS = 3600
+
+
+def _nothing_new(db: Database, box: Mailbox, account: Account) -> bool:
+    """True when STATUS shows no UID above the watermark (same UIDVALIDITY), nothing waits to be
+    flagged, and the folder had a full check within FULL_CHECK_SECONDS: the poll can end here."""
+    state = get_mailbox(db, account.name, account.folder)
+    if state is None or not state.get("checked_at") or not state.get("uidvalidity"):
+        return False
+    checked = datetime.fromisoformat(state["checked_at"].replace("Z", "+00:00"))
+    if (datetime.now(UTC) - checked).total_seconds() > FULL_CHECK_SECONDS:
+        return False
+    pending = db.execute(
+        "select 1 from sources where account = ? and folder = ? and action_state = 'pending' limit 1",
+        [account.name, account.folder],
+    ).fetchone()
+    if pending:
+        return False
+    uidvalidity, uidnext = box.status(account.folder)
+    return uidvalidity == state["uidvalidity"] and uidnext <= (state["last_uid"] or 0) + 1
+
+
+def _mark_checked(db: Database, account: Account) -> None:
+    with transaction(db):
+        db.execute(
+            "update mailboxes set checked_at = ? where account = ? and folder = ?",
+            [now_iso(), account.name, account.folder],
+        )
+
+
 def poll_account(
     cfg: Config, db: Database, account: Account, password: str, *, hooks=None, stop=None
 ) -> PollResult:
@@ -120,6 +152,8 @@ def poll_account(
     limit = account.max_message_size or cfg.max_message_size
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
     with Mailbox(account, password) as box:
+        if _nothing_new(db, box, account):
+            return result
         info = box.select(account.folder)
         if account.after_import == "archive":
             box.archive_folder()  # the server has no archive folder: fail before importing anything
@@ -151,6 +185,7 @@ def poll_account(
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
         result.flagged += _apply_pending(db, box, account, info.uidvalidity)
         uids = box.new_uids(last_uid, account.since)
+        _mark_checked(db, account)
         if not uids:
             return result
         sizes = box.sizes(uids)

@@ -207,3 +207,40 @@ def test_only_uid_commands_are_sent_and_other_clients_deleted_mail_is_left_alone
     left = server.fetch_raw(user)
     assert any(b"ledger test 9" in raw for raw in left.values()), "another client's \\Deleted mail was expunged"
     assert len(_rows(tmp_path, "select id from messages")) == 4
+
+
+def test_a_poll_with_nothing_new_asks_only_status_and_new_mail_is_still_found(
+    logged_dovecot, tmp_path: Path
+) -> None:
+    """The idle poll's cost does not grow with the mailbox: no SELECT, no SEARCH, one STATUS."""
+    server, rawlogs = logged_dovecot
+    user = server.add_user()
+    own = rawlogs / user.name
+    own.mkdir()
+    if os.geteuid() == 0:
+        os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
+    store_password(user.name, user.password)
+    config = _setup(tmp_path, account_config(user, server))
+    server.append_many(user, [_message(n) for n in range(1, 4)])
+    assert _cli(config, "poll").exit_code == 0
+
+    def poll_commands() -> tuple[object, list[str]]:
+        server.disconnect_sessions(user)
+        before = set(own.glob("*.in"))
+        result = _cli(config, "poll")
+        server.disconnect_sessions(user)
+        run = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        run.mkdir()
+        for path in set(own.glob("*.in")) - before:
+            shutil.copy(path, run / path.name)
+        return result, [c.split(" ")[0].upper() for c in _commands(run)]
+
+    idle, verbs = poll_commands()
+    assert idle.exit_code == 0 and "0 imported" in idle.stdout
+    assert "STATUS" in verbs and "SELECT" not in verbs and "UID" not in verbs, verbs
+
+    server.append(user, _message(4))
+    found, verbs = poll_commands()
+    assert found.exit_code == 0 and "1 imported" in found.stdout, found.output
+    assert "SELECT" in verbs
+    assert _counts(tmp_path)["tickets"] == 4
