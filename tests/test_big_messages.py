@@ -128,3 +128,37 @@ def test_what_the_file_parser_cannot_reduce_is_an_error_not_a_crash(
     )
     assert limited[0] == "error" and "max_attachment_bytes" in limited[1]
     assert not list((tmp_path / "files" / "tmp").glob("*"))
+
+
+def test_an_unparseable_large_message_is_quarantined_with_its_raw_bytes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mail2ticket.bigmessage import Spool
+    from mail2ticket.importer import ImportContext, Incoming, Source, import_batch
+    from mail2ticket.store import open_db
+
+    inner = (
+        b"From: x@example.org\r\nSubject: inner\r\n\r\n"
+        + b"line of a forwarded message\r\n" * 100_000
+    )
+    raw = _message((b"Content-Type: message/rfc822", inner))
+    monkeypatch.setattr(bigmessage, "SKELETON_MAX", 1 * MiB)
+    path = tmp_path / "spool.tmp"
+    path.write_bytes(raw)
+    db = open_db(tmp_path / "m2t.db")
+    ctx = ImportContext(db=db, attachments=AttachmentStore(tmp_path / "files"))
+    item = Incoming(
+        "acct",
+        None,
+        Source("acct", "INBOX", 1, 7),
+        action="seen",
+        spool=Spool(str(path), len(raw), _sha(raw)),
+        size=len(raw),
+    )
+
+    [outcome] = import_batch(ctx, [item])
+
+    assert outcome.status == "quarantined" and outcome.flag_on_server
+    stored = db.execute("select raw from raw_messages where sha256 = ?", [_sha(raw)]).fetchone()[0]
+    assert stored == raw
+    assert db.execute("select size, reason from quarantine").fetchone() == (len(raw), "unparseable")
