@@ -317,6 +317,63 @@ class Mailbox:
                 self.gmail_ids[uid] = ids
         return out
 
+    def fetch_to_file(self, uid: int, size: int, directory, piece: int | None = None):
+        """Fetch one large message in pieces (``UID FETCH BODY.PEEK[]<offset.length>``) into a
+        temp file in ``directory``, hashing while writing: ``(Spool, internaldate)``, or None when
+        the server sends no body (the message is gone). The pieces must add up to ``size`` (its
+        RFC822.SIZE), else ServerError and no file is left. Never holds more than one piece."""
+        import hashlib
+        from pathlib import Path
+
+        from mail2ticket.bigmessage import PIECE, Spool
+
+        piece = piece or PIECE
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"raw-{uid}-{os.urandom(4).hex()}.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
+        offset = 0
+        idate = None
+        extra = [i for i in fetch_items(self.capabilities()) if not i.startswith("BODY")]
+        try:
+            with open(path, "wb") as out:
+                while True:
+                    items = [f"BODY.PEEK[]<{offset}.{piece}>"] + (extra if offset == 0 else [])
+                    item = self.client.fetch([uid], items).get(uid)
+                    key = next((k for k in (item or {}) if isinstance(k, bytes) and k.startswith(b"BODY[")), None)
+                    if key is None:
+                        if offset == 0:
+                            path.unlink()
+                            return None  # gone since the search: the caller checks
+                        raise ServerError(
+                            f"server stopped sending UID {uid} at byte {offset} of {size}; not storing it",
+                            "the connection may have been cut: the next poll fetches it again",
+                        )
+                    data = item[key] or b""
+                    if offset == 0:
+                        idate = item.get(b"INTERNALDATE")
+                        announced = item.get(b"RFC822.SIZE")
+                        if announced is not None:
+                            size = int(announced)
+                        ids = gmail_ids(item)
+                        if ids != (None, None):
+                            self.gmail_ids[uid] = ids
+                    out.write(data)
+                    digest.update(data)
+                    offset += len(data)
+                    del item, data
+                    if offset >= size or offset % piece:
+                        break
+            if offset != size:
+                raise ServerError(
+                    f"server sent {offset} bytes for UID {uid} but announced {size}; not storing it",
+                    "the connection may have been cut: the next poll fetches it again",
+                )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return Spool(str(path), offset, digest.hexdigest()), idate
+
     # --- after import ---------------------------------------------------------------
     def apply_action(self, action: str, uids: Sequence[int]) -> None:
         """The after-import action for stored messages, with UID commands only."""
