@@ -13,6 +13,7 @@ of the batch goes on. Workers are forked once per poll, only when there is mail 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -22,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -379,8 +380,13 @@ class ParsePool:
         for task in queued:
             task.future.cancel()
         for w in self._workers:
-            if w.task is not None and not w.task.future.done():
-                w.task.future.cancel()
+            future = w.task.future if w.task is not None else None
+            if future is not None and not future.done() and not future.cancel():
+                # Already running (a worker has it): a Future that never ends would hang anyone
+                # still waiting for it. Nothing of it is committed; the next poll parses it again.
+                with contextlib.suppress(InvalidStateError):
+                    future.set_exception(TempFailError("the parser processes were stopped",
+                                                       "the next poll parses this message again"))
             try:
                 w.conn.send_bytes(b"")  # the worker finishes its loop and exits
             except OSError:
