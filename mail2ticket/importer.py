@@ -48,6 +48,9 @@ class Incoming:
     gm_mailbox: str | None = None
     gm_msgid: int | None = None
     gm_thrid: int | None = None
+    # Why the server's copy could not be read (no content, an unreadable answer) after several
+    # polls: ``raw`` is None and the message goes to the quarantine, left on the server unflagged.
+    fetch_error: str | None = None
 
 
 @dataclass
@@ -114,6 +117,8 @@ class _Prepared:
 
 def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
     """CPU and file work done before the transaction: hash, parse, write attachment files."""
+    if item.raw is None and item.fetch_error:
+        return _Prepared(item, None, None, item.fetch_error, [])
     if item.raw is None:
         limit = item.too_large_limit
         return _Prepared(item, None, None, f"message of {item.size} bytes is over the size limit of {limit} bytes", [])
@@ -273,7 +278,7 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
                 "uid": item.source.uid if item.source else None,
                 "raw_sha256": prep.sha256,
                 "size": item.size if item.raw is None else len(item.raw),
-                "reason": "too-large" if item.raw is None else "unparseable",
+                "reason": ("unfetchable" if item.fetch_error else "too-large") if item.raw is None else "unparseable",
                 "error": prep.error or "",
                 "created_at": now,
             }
