@@ -178,6 +178,8 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
 # Threading and replies (docs/conversations.md).
 ACCOUNT_KEYS["allow_anyone_by_tag"] = (_bool, False, "true or false")
 ACCOUNT_KEYS["reopen_on_reply"] = (_bool, True, "true or false")
+# RELIABILITY 40: the authserv-id of OUR mail server, whose Authentication-Results are trusted.
+ACCOUNT_KEYS["authserv_id"] = (_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"')
 # [conversations]: threading, acknowledgements and notifications (docs/conversations.md).
 # Templates left unset use the built-in texts of mail2ticket/compose.py.
 CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
@@ -250,6 +252,7 @@ class Account:
     oauth_redirect_uri: str | None = None
     allow_anyone_by_tag: bool = False
     reopen_on_reply: bool = True
+    authserv_id: str | list[str] | None = None
     defined_in: str = ""  # the file the account was read from
 
     def to_dict(self) -> dict[str, Any]:

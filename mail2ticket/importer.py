@@ -17,7 +17,7 @@ from mail2ticket.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, StoreError, TempFailError
 from mail2ticket.parse import ParsedMessage
 from mail2ticket.store import iso, log_event, now_iso, transaction
-from mail2ticket.threader import find_ticket, settings_for
+from mail2ticket.threader import find_ticket, sender_unverified, settings_for
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +296,13 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     parsed = prep.parsed
     assert parsed is not None
     thread = settings_for(ctx.config, item.account)
+    unverified = sender_unverified(parsed, thread.authserv_ids)  # RELIABILITY 40
+    if unverified and unverified not in parsed.defects:
+        parsed.defects.append(unverified)  # stored with the message, shown by 'tickets show'
     decision = find_ticket(db, parsed, allow_anyone_by_tag=thread.allow_anyone_by_tag,
                            tag_format=thread.tag_format, raw=item.raw,
-                           gm_thrid=item.gm_thrid, account=item.account, own_addresses=thread.own_addresses)
+                           gm_thrid=item.gm_thrid, account=item.account, own_addresses=thread.own_addresses,
+                           unverified=unverified)
     if decision.kind == "own":  # our own mail fetched back: already in the ticket or the outbox
         _record_source(db, item, prep.sha256, message=decision.message_row, quarantine=None)
         log.info("account %s: %s", item.account, decision.reason)
@@ -327,6 +331,8 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         status = "imported"
         log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
                   ticket_id=ticket_id, account=item.account)
+        if unverified:
+            log_event(db, "sender-unverified", unverified, ticket_id=ticket_id, account=item.account)
     else:
         ticket_id = decision.ticket_id
         status = "followup"
