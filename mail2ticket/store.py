@@ -62,7 +62,9 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
             f"cannot open database {path}: {exc}", "check that the directory exists and is writable"
         ) from None
     db = Database(conn)
-    try:
+    db.busy_timeout_ms = busy_timeout_ms  # type: ignore[attr-defined]
+
+    def setup() -> None:
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         db.enable_wal()
         # FULL: a commit is on disk before we touch the server (WAL + NORMAL may lose the last commits).
@@ -70,9 +72,38 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
         db.execute("PRAGMA foreign_keys = ON")
         if migrations.pending(db):
             _migrate(db, path, migrations)
+
+    try:
+        _retry_busy(setup, busy_timeout_ms)
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc, path)
     return db
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _retry_busy(fn, busy_timeout_ms: int):
+    """Run ``fn``; while SQLite answers 'locked'/'busy', try again until the busy timeout is spent.
+
+    SQLite's own busy handler is bypassed in some cases (WAL recovery after another connection
+    closed, a stale read snapshot), which then fail at once however long the timeout: retrying
+    here keeps the promise of --lock-timeout / busy_timeout.
+    """
+    import time
+
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
 
 def _migrate(db, path: Path, migrations) -> None:
@@ -112,7 +143,7 @@ def transaction(db: Database) -> Iterator[Database]:
             yield db
         return
     try:
-        db.execute("BEGIN IMMEDIATE")
+        _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), getattr(db, "busy_timeout_ms", BUSY_TIMEOUT_MS))
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc)
     try:
