@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -363,8 +363,15 @@ class ParsePool:
         for task in queued:
             task.future.cancel()
         for w in self._workers:
-            if w.task is not None and not w.task.future.done():
-                w.task.future.cancel()
+            if w.task is not None and not w.task.future.done() and not w.task.future.cancel():
+                # Already running: cancel() cannot stop it, and nobody would ever complete it.
+                try:
+                    w.task.future.set_exception(
+                        TempFailError("the parser was stopped before this message was parsed",
+                                      "the next poll parses it again")
+                    )
+                except InvalidStateError:
+                    pass  # the answer arrived meanwhile
             try:
                 w.conn.send_bytes(b"")  # the worker finishes its loop and exits
             except OSError:
