@@ -153,7 +153,10 @@ def quarantine_show(app, qid, raw, as_json):
         data = get_raw(app.db, entry["raw_sha256"]) if entry["raw_sha256"] else None
         if data is None:
             raise click.ClickException("this message was too large to download; it is still on the server")
-        click.get_binary_stream("stdout").write(data)
+        import sys
+
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
         return
     if as_json:
         print_json(entry)

@@ -39,7 +39,7 @@ def print_csv(rows: Sequence[dict], columns: Sequence[str]) -> None:
     """CSV with a header row, for spreadsheets and scripts; lists are joined with spaces."""
     import csv
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
