@@ -10,10 +10,10 @@ import click
 from mail2ticket.cli.output import (
     is_tty,
     json_option,
-    local_time,
     print_csv,
     print_json,
     print_table,
+    shown_time,
 )
 
 PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
@@ -30,10 +30,6 @@ PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "
 @click.group("tickets")
 def tickets_group():
     """List, search, read, answer and manage tickets."""
-
-
-def _when(value: str | None) -> str:
-    return local_time(value) if is_tty() else (value or "")
 
 
 # --- dates on the command line ------------------------------------------------------------------
@@ -135,8 +131,8 @@ def _due_cell(t: dict):
     if t["status"] == "closed" or not t["due_at"]:
         return ""
     if t["overdue"]:
-        return _styled(f"OVERDUE {_when(t['due_at'])}", "bold red")
-    return _when(t["due_at"])
+        return _styled(f"OVERDUE {shown_time(t['due_at'])}", "bold red")
+    return shown_time(t["due_at"])
 
 
 def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
@@ -145,7 +141,7 @@ def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
         row = [
             f"#{t['id']}", t["status"], _styled(t["priority"], PRIORITY_STYLE.get(t["priority"], "")),
             _due_cell(t), t["account"], t["requester"] or "", t["assignee"] or "", t["subject"],
-            " ".join(t.get("tags") or []), t["message_count"], _when(t["updated_at"]),
+            " ".join(t.get("tags") or []), t["message_count"], shown_time(t["updated_at"]),
         ]
         if extra:
             row.append(extra(t))
@@ -267,23 +263,23 @@ def tickets_show(app, ticket_id, as_json):
         f"Requester: {ticket['requester_name'] or ''} <{ticket['requester'] or ''}>"
     )
     click.echo(f"Assignee: {ticket['assignee'] or '-'}   Tags: {' '.join(ticket['tags']) or '-'}")
-    click.echo(f"Created: {_when(ticket['created_at'])}   Updated: {_when(ticket['updated_at'])}")
+    click.echo(f"Created: {shown_time(ticket['created_at'])}   Updated: {shown_time(ticket['updated_at'])}")
     if ticket["due_response_at"] or ticket["due_resolution_at"]:
-        response = "answered " + _when(ticket["first_response_at"]) if ticket["first_response_at"] else (
-            "due " + _when(ticket["due_response_at"]) if ticket["due_response_at"] else "-")
+        response = "answered " + shown_time(ticket["first_response_at"]) if ticket["first_response_at"] else (
+            "due " + shown_time(ticket["due_response_at"]) if ticket["due_response_at"] else "-")
         click.echo(
-            f"Response: {response}   Resolution: due {_when(ticket['due_resolution_at']) or '-'}"
+            f"Response: {response}   Resolution: due {shown_time(ticket['due_resolution_at']) or '-'}"
             + ("   OVERDUE" if ticket["overdue"] else "")
         )
     for f in ticket["failing_addresses"]:
         click.echo(
-            f"Failing address: {f['address']} bounced {_when(f['failed_at'])} ({f['reason']}); no automatic "
-            f"mail to it until {_when(f['hold_until'])} or until it writes to us"
+            f"Failing address: {f['address']} bounced {shown_time(f['failed_at'])} ({f['reason']}); no automatic "
+            f"mail to it until {shown_time(f['hold_until'])} or until it writes to us"
         )
     for m in ticket["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
         click.echo("")
-        click.echo(f"{arrow} {m['from_name'] or ''} <{m['from_address'] or ''}>  {_when(m['date'])}")
+        click.echo(f"{arrow} {m['from_name'] or ''} <{m['from_address'] or ''}>  {shown_time(m['date'])}")
         click.echo(f"   Subject: {m['subject']}")
         if m["thread_reason"]:
             click.echo(f"   Threading: {m['thread_reason']}")
@@ -301,11 +297,11 @@ def tickets_show(app, ticket_id, as_json):
             actor = f" ({e['actor']})" if e.get("actor") and e["actor"] != "system" else ""
             detail = (e["detail"] or "").strip()
             if e["kind"] == "note" and "\n" in detail:
-                click.echo(f"  {_when(e['created_at'])}  note{actor}:")
+                click.echo(f"  {shown_time(e['created_at'])}  note{actor}:")
                 for line in detail.splitlines():
                     click.echo(f"      {line}")
             else:
-                click.echo(f"  {_when(e['created_at'])}  {e['kind']}{actor}: {detail}")
+                click.echo(f"  {shown_time(e['created_at'])}  {e['kind']}{actor}: {detail}")
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -358,7 +354,7 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
     table = []
     for t in rows:
         table.append([f"#{t['id']}", t["status"], t["priority"], t["account"], t["requester"] or "",
-                      t["subject"], _when(t["updated_at"]), snippet(t)])
+                      t["subject"], shown_time(t["updated_at"]), snippet(t)])
     print_table(table, ["id", "status", "priority", "account", "requester", "subject", "updated", "match"])
 
 
