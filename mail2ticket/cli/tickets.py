@@ -361,6 +361,25 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
 # --- managing tickets: each change is an event in the ticket's history -----------------------------
 
 
+def message_text(text: str | None, path, template, *, what: str, nothing: str) -> str:
+    """The text of a reply or note: --message, --file, or else $EDITOR opened on ``template()``
+    (lines starting with '#' removed). Refuses both options at once, and an empty text."""
+    if text is not None and path is not None:
+        raise click.UsageError("give either --message or --file, not both")
+    if path is not None:
+        text = path.read()
+    elif text is None:
+        edited = click.edit(template(), extension=".txt", require_save=True)
+        if edited is None:
+            raise click.ClickException(
+                f"the editor was closed without saving: {nothing} (save the text, or give --message)"
+            )
+        text = "\n".join(line for line in edited.splitlines() if not line.startswith("#")).strip("\n")
+    if not text.strip():
+        raise click.ClickException(f"the {what} is empty: {nothing} (write some text)")
+    return text
+
+
 def _actor() -> str:
     from mail2ticket.outbox import _user
 
@@ -463,20 +482,12 @@ def tickets_note(app, ticket_id, text, path):
     """
     from mail2ticket.store import add_note, get_ticket, transaction
 
-    if text is not None and path is not None:
-        raise click.UsageError("give either --message or --file, not both")
-    if path is not None:
-        text = path.read()
-    elif text is None:
+    def template() -> str:
         ticket = get_ticket(app.db, ticket_id)
-        edited = click.edit(f"\n\n# Internal note on #{ticket['id']}: {ticket['subject']}\n"
-                            "# Lines starting with '#' are removed. Notes are never mailed.\n",
-                            extension=".txt", require_save=True)
-        if edited is None:
-            raise click.ClickException("the editor was closed without saving: no note added")
-        text = "\n".join(line for line in edited.splitlines() if not line.startswith("#"))
-    if not text.strip():
-        raise click.ClickException("the note is empty: nothing added")
+        return (f"\n\n# Internal note on #{ticket['id']}: {ticket['subject']}\n"
+                "# Lines starting with '#' are removed. Notes are never mailed.\n")
+
+    text = message_text(text, path, template, what="note", nothing="nothing added")
     with transaction(app.db):
         add_note(app.db, ticket_id, text, actor=_actor())
     click.echo(f"Note added to ticket #{ticket_id}.")
