@@ -62,8 +62,10 @@ def poll(app, accounts, as_json):
 @json_option
 @click.pass_obj
 def status(app, require_daemon, as_json):
-    """Show whether the daemon runs and each account's health: enabled, schedule,
-    last poll and its result, next poll, last error, messages imported.
+    """Show whether the daemon runs and each account's health.
+
+    For each account: enabled, schedule, last poll and its result, next poll,
+    last error, messages imported.
 
     Exits 1 when an enabled account's last poll failed, or when the daemon that
     ran on this database is no longer running (stopped, or its heartbeat is
@@ -125,7 +127,13 @@ def quarantine_group():
 @json_option
 @click.pass_obj
 def quarantine_list(app, include_resolved, as_json):
-    """List quarantined messages and why they are there."""
+    """List quarantined messages and why they are there.
+
+    \b
+    Examples:
+      mail2ticket quarantine list
+      mail2ticket quarantine list --all --json
+    """
     from mail2ticket.quarantine import list_entries
 
     rows = list_entries(app.db, include_resolved=include_resolved)
@@ -144,7 +152,13 @@ def quarantine_list(app, include_resolved, as_json):
 @json_option
 @click.pass_obj
 def quarantine_show(app, qid, raw, as_json):
-    """Show one quarantined message (or its raw bytes with --raw)."""
+    """Show one quarantined message (or its raw bytes with --raw).
+
+    \b
+    Examples:
+      mail2ticket quarantine show 12
+      mail2ticket quarantine show 12 --raw > message.eml
+    """
     from mail2ticket.quarantine import get_entry
     from mail2ticket.store import get_raw
 
