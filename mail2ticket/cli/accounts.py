@@ -367,26 +367,16 @@ def accounts_remove(app, name, yes):
     Example:
       mail2ticket accounts remove support --yes
     """
-    from pathlib import Path
-
-    from mail2ticket.secrets import delete_password
+    from mail2ticket.accounts_admin import remove_account
+    from mail2ticket.config import own_account_file
 
     cfg = app.config()
-    account = cfg.account(name)
-    src = Path(account.defined_in)
-    if src == cfg.path:
-        raise ConfigError(
-            f"account {name!r} is defined in the main config {src}", "remove it there by hand"
-        )
+    src = own_account_file(cfg, name, "remove")
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError("confirm with --yes when not on a terminal")
         click.confirm(f"Remove account {name!r} ({src}) and its password?", abort=True)
-    from mail2ticket.secrets import delete_token
-
-    src.unlink()
-    deleted = delete_password(name)
-    deleted = delete_token(name) or deleted
+    deleted = remove_account(cfg, name)
     click.echo(f"Account {name!r} removed" + ("; its secret deleted from the keyring." if deleted else "."))
 
 
