@@ -25,6 +25,16 @@ def now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def current_user() -> str:
+    """Who is at the keyboard, for the actor of a ticket event ('unknown' if the OS cannot say)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
 def iso(dt: datetime | None) -> str | None:
     if dt is None:
         return None

@@ -380,12 +380,6 @@ def message_text(text: str | None, path, template, *, what: str, nothing: str) -
     return text
 
 
-def _actor() -> str:
-    from mail2ticket.outbox import _user
-
-    return _user()
-
-
 @tickets_group.command("assign")
 @click.argument("ticket_id", type=int)
 @click.argument("assignee", required=False)
@@ -399,12 +393,12 @@ def tickets_assign(app, ticket_id, assignee, unassign):
       mail2ticket tickets assign 42 alice
       mail2ticket tickets assign 42 --unassign
     """
-    from mail2ticket.store import set_assignee, transaction
+    from mail2ticket.store import current_user, set_assignee, transaction
 
     if bool(assignee) == unassign:
         raise click.UsageError("give a name, or --unassign")
     with transaction(app.db):
-        changed = set_assignee(app.db, ticket_id, None if unassign else assignee, actor=_actor())
+        changed = set_assignee(app.db, ticket_id, None if unassign else assignee, actor=current_user())
     if not changed:
         click.echo(f"Ticket #{ticket_id} already {'has no assignee' if unassign else f'is assigned to {assignee}'}.")
     else:
@@ -423,11 +417,11 @@ def tickets_priority(app, ticket_id, priority):
       mail2ticket tickets priority 42 urgent
     """
     from mail2ticket.sla import check_overdue, set_due_times
-    from mail2ticket.store import set_priority, transaction
+    from mail2ticket.store import current_user, set_priority, transaction
 
     cfg = app.config()
     with transaction(app.db):
-        changed = set_priority(app.db, ticket_id, priority, actor=_actor())
+        changed = set_priority(app.db, ticket_id, priority, actor=current_user())
         if changed:
             set_due_times(cfg, app.db, ticket_id)
     if not changed:
@@ -450,13 +444,13 @@ def tickets_tag(app, ticket_id, tags, remove):
       mail2ticket tickets tag 42 billing vip
       mail2ticket tickets tag 42 vip --remove
     """
-    from mail2ticket.store import add_tags, get_ticket, remove_tags, transaction
+    from mail2ticket.store import add_tags, current_user, get_ticket, remove_tags, transaction
 
     with transaction(app.db):
         if remove:
-            changed = remove_tags(app.db, ticket_id, tags, actor=_actor())
+            changed = remove_tags(app.db, ticket_id, tags, actor=current_user())
         else:
-            changed = add_tags(app.db, ticket_id, tags, actor=_actor())
+            changed = add_tags(app.db, ticket_id, tags, actor=current_user())
         now = get_ticket(app.db, ticket_id)["tags"]
     verb = "removed" if remove else "added"
     if changed:
@@ -480,7 +474,7 @@ def tickets_note(app, ticket_id, text, path):
       mail2ticket tickets note 42 --message "Called the customer; waiting for the part."
       dmesg | tail -20 | mail2ticket tickets note 42 --file -
     """
-    from mail2ticket.store import add_note, get_ticket, transaction
+    from mail2ticket.store import add_note, current_user, get_ticket, transaction
 
     def template() -> str:
         ticket = get_ticket(app.db, ticket_id)
@@ -489,7 +483,7 @@ def tickets_note(app, ticket_id, text, path):
 
     text = message_text(text, path, template, what="note", nothing="nothing added")
     with transaction(app.db):
-        add_note(app.db, ticket_id, text, actor=_actor())
+        add_note(app.db, ticket_id, text, actor=current_user())
     click.echo(f"Note added to ticket #{ticket_id}.")
 
 
