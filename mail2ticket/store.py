@@ -7,7 +7,7 @@ import json
 import re
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -447,32 +447,36 @@ def _touch(db: Database, ticket_id: int) -> None:
     db.execute("update tickets set updated_at = ? where id = ?", [now_iso(), ticket_id])
 
 
+def _set_field(
+    db: Database, ticket_id: int, column: str, value: Any, kind: str, detail: Callable[[Any], str], *,
+    actor: str, event: bool,
+) -> bool:
+    """Set one column of a ticket; with ``event``, touch it and log ``kind`` with ``detail(before)``.
+    False when it already had that value."""
+    before = _ticket_field(db, ticket_id, column)
+    if before == value:
+        return False
+    db.execute(f"update tickets set {column} = ? where id = ?", [value, ticket_id])
+    if event:
+        _touch(db, ticket_id)
+        log_event(db, kind, detail(before), ticket_id=ticket_id, actor=actor)
+    return True
+
+
 def set_priority(db: Database, ticket_id: int, priority: str, *, actor: str, event: bool = True) -> bool:
     """Set the priority (one of PRIORITIES); False when it already was that."""
     if priority not in PRIORITIES:
         raise ValueError(f"{priority!r} is not a priority (expected one of: {', '.join(PRIORITIES)})")
-    before = _ticket_field(db, ticket_id, "priority")
-    if before == priority:
-        return False
-    db.execute("update tickets set priority = ? where id = ?", [priority, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        log_event(db, "priority", f"{before} -> {priority}", ticket_id=ticket_id, actor=actor)
-    return True
+    return _set_field(db, ticket_id, "priority", priority, "priority", lambda before: f"{before} -> {priority}",
+                      actor=actor, event=event)
 
 
 def set_assignee(db: Database, ticket_id: int, assignee: str | None, *, actor: str, event: bool = True) -> bool:
     """Assign the ticket to ``assignee`` (None: to nobody); False when nothing changed."""
     assignee = (assignee or "").strip() or None
-    before = _ticket_field(db, ticket_id, "assignee")
-    if before == assignee:
-        return False
-    db.execute("update tickets set assignee = ? where id = ?", [assignee, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        detail = f"to {assignee}" if assignee else f"unassigned (was {before})"
-        log_event(db, "assigned", detail, ticket_id=ticket_id, actor=actor)
-    return True
+    return _set_field(db, ticket_id, "assignee", assignee, "assigned",
+                      lambda before: f"to {assignee}" if assignee else f"unassigned (was {before})",
+                      actor=actor, event=event)
 
 
 def normalise_tag(tag: str) -> str:
@@ -517,14 +521,8 @@ def add_note(db: Database, ticket_id: int, text: str, *, actor: str) -> None:
 
 def set_account(db: Database, ticket_id: int, account: str, *, actor: str, event: bool = True) -> bool:
     """Move the ticket to another account's queue (replies then go out from that account)."""
-    before = _ticket_field(db, ticket_id, "account")
-    if before == account:
-        return False
-    db.execute("update tickets set account = ? where id = ?", [account, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        log_event(db, "queue", f"{before} -> {account}", ticket_id=ticket_id, actor=actor)
-    return True
+    return _set_field(db, ticket_id, "account", account, "queue", lambda before: f"{before} -> {account}",
+                      actor=actor, event=event)
 
 
 def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None = None) -> dict:
