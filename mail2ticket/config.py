@@ -174,12 +174,12 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "oauth_device_url": (_str, None, "an OAuth2 device-authorization endpoint URL"),
     "oauth_scopes": (_str, None, "space-separated OAuth2 scopes"),
     "oauth_redirect_uri": (_str, None, 'the redirect URI registered for the app (default "http://localhost")'),
+    # Threading and replies (docs/conversations.md).
+    "allow_anyone_by_tag": (_bool, False, "true or false"),
+    "reopen_on_reply": (_bool, True, "true or false"),
+    # RELIABILITY 40: the authserv-id of OUR mail server, whose Authentication-Results are trusted.
+    "authserv_id": (_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"'),
 }
-# Threading and replies (docs/conversations.md).
-ACCOUNT_KEYS["allow_anyone_by_tag"] = (_bool, False, "true or false")
-ACCOUNT_KEYS["reopen_on_reply"] = (_bool, True, "true or false")
-# RELIABILITY 40: the authserv-id of OUR mail server, whose Authentication-Results are trusted.
-ACCOUNT_KEYS["authserv_id"] = (_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"')
 # [conversations]: threading, acknowledgements and notifications (docs/conversations.md).
 # Templates left unset use the built-in texts of mail2ticket/compose.py.
 CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
@@ -201,13 +201,12 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
     "auto_mail_address_period": (_str, "24h", 'a duration such as "24h"'),
     "failing_address_hold": (_str, "60d", 'a duration such as "60d"'),
 }
-TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations"}
 # [performance]: how an import uses the machine (docs/performance.md).
 PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "workers": (_int, None, "a number of parser processes, 0 to parse in the main process"),
     "parse_timeout": (_int, 60, "seconds one message may take to parse before it is quarantined"),
 }
-TOP_KEYS.add("performance")
+TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance"}
 
 
 @dataclass
