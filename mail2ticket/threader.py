@@ -95,10 +95,6 @@ def sender_unverified(parsed: ParsedMessage, authserv_ids: frozenset[str] | set[
     return None
 
 
-def ticket_tag(ticket_id: int, tag_format: str = DEFAULT_TAG_FORMAT) -> str:
-    return make_tag(tag_format, ticket_id)
-
-
 def participants(db: Database, ticket_id: int) -> set[str]:
     """The requester and everyone who sent or received a message of the ticket (lower case)."""
     found: set[str] = set()
