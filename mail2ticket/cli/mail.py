@@ -23,7 +23,6 @@ def poll(app, accounts, as_json):
       mail2ticket poll
       mail2ticket poll support sales
     """
-    from mail2ticket.poller import run_poll
     from mail2ticket.service import poll_once
 
     cfg = app.config()
@@ -33,7 +32,7 @@ def poll(app, accounts, as_json):
         selected = [a for a in cfg.accounts if a.enabled]
         if not cfg.accounts:
             click.echo("No accounts configured: add one with 'mail2ticket add-account'.", err=True)
-    results = poll_once(cfg, app.db, selected, run_poll=run_poll)
+    results = poll_once(cfg, app.db, selected)
     if as_json:
         print_json(
             [
