@@ -1,4 +1,4 @@
-"""Renaming an account everywhere its name is kept: its file, the keyring and the database."""
+"""Renaming an account everywhere its name is kept (its file, the keyring, the database), and removing one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.config import ACCOUNT_NAME_RE, Config, _atomic_write, _read_toml, account_file
+from mail2ticket.config import (
+    ACCOUNT_NAME_RE,
+    Config,
+    account_entries,
+    account_file,
+    comment_header,
+    own_account_file,
+    write_account_entries,
+)
 from mail2ticket.errors import ConfigError, SecretError
 from mail2ticket.store import transaction
 
@@ -58,34 +66,23 @@ def _move_secret(old_key: str, new_key: str) -> bool:
 
 def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
     """Rename ``old`` to ``new``; returns the new account file. Refuses before changing anything."""
-    import tomli_w
-
     from mail2ticket.secrets import token_key
 
-    account = cfg.account(old)
+    cfg.account(old)  # an unknown account is refused first
     if not ACCOUNT_NAME_RE.match(new):
         raise ConfigError(f"{new!r} is not a valid account name", "use letters, digits, '.', '_' or '-' (at most 64)")
     if any(a.name == new for a in cfg.accounts):
         raise ConfigError(f"an account named {new!r} exists already", "choose another name")
-    src = Path(account.defined_in)
-    if src == cfg.path:
-        raise ConfigError(
-            f"account {old!r} is defined in the main config {src}",
-            "rename it there by hand (mail2ticket never rewrites that file, to keep your comments)",
-        )
-    data = _read_toml(src)
-    entries = data.get("accounts", [])
-    entries = [entries] if isinstance(entries, dict) else entries
+    src = own_account_file(cfg, old, "rename")
+    entries = account_entries(src)
     if len(entries) != 1:
         raise ConfigError(f"{src} holds {len(entries)} accounts", "rename the account there by hand")
     entries[0]["name"] = new
     target = account_file(cfg, new)
     if target.exists():
         raise ConfigError(f"{target} exists already", "move it away or choose another name")
-    text = src.read_text()
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    header = header.replace(f"Account {old!r}", f"Account {new!r}")
-    _atomic_write(target, (header + tomli_w.dumps({"accounts": entries})).encode())
+    header = comment_header(src).replace(f"Account {old!r}", f"Account {new!r}")
+    write_account_entries(target, entries, header)
     try:
         rename_in_db(db, old, new)
     except BaseException:
@@ -102,3 +99,13 @@ def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
                 f"store it again with 'mail2ticket accounts set-password {new}' (or sign-in)",
             ) from None
     return target
+
+
+def remove_account(cfg: Config, name: str) -> bool:
+    """Delete the account's own file and its secrets in the keyring (its tickets are kept).
+    True when a secret was deleted."""
+    from mail2ticket.secrets import delete_password, delete_token
+
+    own_account_file(cfg, name, "remove").unlink()
+    deleted = delete_password(name)
+    return delete_token(name) or deleted

@@ -75,6 +75,13 @@ def automatic_reason(parsed: ParsedMessage) -> str | None:
     return None
 
 
+def _unverified(cfg: Any, account_name: str | None, parsed: ParsedMessage) -> str | None:
+    """Our own mail server says the From is forged (DMARC failed), RELIABILITY 40."""
+    from mail2ticket.threader import sender_unverified, settings_for
+
+    return sender_unverified(parsed, settings_for(cfg, account_name).authserv_ids)
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -125,9 +132,9 @@ def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple
         return False, f"acknowledgements are off for account {account.name} (acknowledge = false)"
     if not account.smtp_host or not account.smtp_port:
         return False, f"account {account.name} has no SMTP server to send from"
-    why = automatic_reason(parsed)
+    why = automatic_reason(parsed) or _unverified(cfg, account.name, parsed)
     if why:
-        return False, why
+        return False, why  # an unverified sender: no mail quoting the content to whoever it claims
     sender = (parsed.from_address or "").lower()
     try:
         check_address(sender)
@@ -315,7 +322,7 @@ def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -
         with db.atomic():
             if bounce_reason(parsed):
                 record_bounce(cfg, db, outcome, parsed)
-            else:
+            elif not _unverified(cfg, outcome.incoming.account, parsed):  # a forged From clears nothing
                 clear_failing(db, outcome, parsed)
     except sqlite3.OperationalError:
         raise

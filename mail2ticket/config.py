@@ -174,10 +174,12 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "oauth_device_url": (_str, None, "an OAuth2 device-authorization endpoint URL"),
     "oauth_scopes": (_str, None, "space-separated OAuth2 scopes"),
     "oauth_redirect_uri": (_str, None, 'the redirect URI registered for the app (default "http://localhost")'),
+    # Threading and replies (docs/conversations.md).
+    "allow_anyone_by_tag": (_bool, False, "true or false"),
+    "reopen_on_reply": (_bool, True, "true or false"),
+    # RELIABILITY 40: the authserv-id of OUR mail server, whose Authentication-Results are trusted.
+    "authserv_id": (_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"'),
 }
-# Threading and replies (docs/conversations.md).
-ACCOUNT_KEYS["allow_anyone_by_tag"] = (_bool, False, "true or false")
-ACCOUNT_KEYS["reopen_on_reply"] = (_bool, True, "true or false")
 # [conversations]: threading, acknowledgements and notifications (docs/conversations.md).
 # Templates left unset use the built-in texts of mail2ticket/compose.py.
 CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
@@ -199,13 +201,12 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
     "auto_mail_address_period": (_str, "24h", 'a duration such as "24h"'),
     "failing_address_hold": (_str, "60d", 'a duration such as "60d"'),
 }
-TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations"}
 # [performance]: how an import uses the machine (docs/performance.md).
 PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "workers": (_int, None, "a number of parser processes, 0 to parse in the main process"),
     "parse_timeout": (_int, 60, "seconds one message may take to parse before it is quarantined"),
 }
-TOP_KEYS.add("performance")
+TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance"}
 
 
 @dataclass
@@ -250,6 +251,7 @@ class Account:
     oauth_redirect_uri: str | None = None
     allow_anyone_by_tag: bool = False
     reopen_on_reply: bool = True
+    authserv_id: str | list[str] | None = None
     defined_in: str = ""  # the file the account was read from
 
     def to_dict(self) -> dict[str, Any]:
@@ -598,8 +600,6 @@ def account_file(cfg: Config, name: str) -> Path:
 
 def write_account(cfg: Config, values: dict[str, Any]) -> Path:
     """Write one account to accounts.d/NAME.toml (atomically); create the main config if missing."""
-    import tomli_w
-
     if not cfg.exists:
         cfg.path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(cfg.path, MAIN_TEMPLATE.encode())
@@ -611,24 +611,43 @@ def write_account(cfg: Config, values: dict[str, Any]) -> Path:
         f"# Account {clean['name']!r}, written by 'mail2ticket'. Edit freely; the password is not\n"
         "# here but in the keyring (or see README: Passwords on a headless server).\n"
     )
-    body = tomli_w.dumps({"accounts": [clean]})
-    _atomic_write(target, (header + body).encode())
+    write_account_entries(target, [clean], header)
     return target
+
+
+def own_account_file(cfg: Config, name: str, action: str) -> Path:
+    """The file account ``name`` is defined in, if it is not the main config: mail2ticket never
+    rewrites that one (to keep its comments), so there ``action`` is left to be done by hand."""
+    src = Path(cfg.account(name).defined_in)
+    if src == cfg.path:
+        raise ConfigError(
+            f"account {name!r} is defined in the main config {src}",
+            f"{action} it there by hand (mail2ticket never rewrites that file, to keep your comments)",
+        )
+    return src
+
+
+def account_entries(path: Path) -> list[dict[str, Any]]:
+    """The [[accounts]] tables of an account file."""
+    return _as_list(path, _read_toml(path).get("accounts", []))
+
+
+def write_account_entries(path: Path, entries: list[dict[str, Any]], header: str) -> None:
+    """Write [[accounts]] tables to ``path`` atomically, after the comment lines ``header``."""
+    import tomli_w
+
+    _atomic_write(path, (header + tomli_w.dumps({"accounts": entries})).encode())
+
+
+def comment_header(path: Path) -> str:
+    """The comment lines of a file, to keep them when it is rewritten."""
+    return "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
 
 
 def update_account(cfg: Config, name: str, changes: dict[str, Any]) -> Path:
     """Change keys of an account that lives in its own file; refuse to rewrite the main file."""
-    import tomli_w
-
-    account = cfg.account(name)
-    src = Path(account.defined_in)
-    if src == cfg.path:
-        raise ConfigError(
-            f"account {name!r} is defined in the main config {src}",
-            "edit that file by hand (mail2ticket never rewrites it, to keep your comments)",
-        )
-    data = _read_toml(src)
-    entries = _as_list(src, data.get("accounts", []))
+    src = own_account_file(cfg, name, "edit")
+    entries = account_entries(src)
     for entry in entries:
         if entry.get("name") == name:
             for key, value in changes.items():
@@ -636,9 +655,7 @@ def update_account(cfg: Config, name: str, changes: dict[str, Any]) -> Path:
                     entry.pop(key, None)
                 else:
                     entry[key] = value
-    text = src.read_text()
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    _atomic_write(src, (header + tomli_w.dumps({"accounts": entries})).encode())
+    write_account_entries(src, entries, comment_header(src))
     return src
 
 

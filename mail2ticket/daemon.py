@@ -258,12 +258,6 @@ class Daemon:
         else:
             self._signal = signum
 
-    def request_stop(self) -> None:
-        """Stop as SIGTERM would (for embedding and tests)."""
-        self._signal = signal.SIGTERM
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
-
     def _loop(self) -> None:
         next_beat = time.monotonic() + HEARTBEAT_SECONDS
         next_watchdog = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -124,6 +125,8 @@ class Mailbox:
         # X-GM-MSGID and X-GM-THRID of the messages of the last fetch(), when the server offers
         # X-GM-EXT-1 (Gmail): {uid: (msgid, thrid)}.
         self.gmail_ids: dict[int, tuple[int | None, int | None]] = {}
+        # Why the last fetch() got no usable content for a UID: {uid: reason} (RELIABILITY 5, 9).
+        self.fetch_failures: dict[int, str] = {}
         self._archive_folder: str | None = None
 
     # --- connection -----------------------------------------------------------------
@@ -290,27 +293,73 @@ class Mailbox:
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}
         for chunk in chunks(uids, 1000):
-            for uid, data in self.client.fetch(chunk, ["RFC822.SIZE"]).items():
-                if b"RFC822.SIZE" in data:
+            found, _failed = self._fetch_each(chunk, ["RFC822.SIZE"])
+            for uid, data in found.items():
+                with contextlib.suppress(TypeError, ValueError):  # no size: fetched like any other
                     out[uid] = int(data[b"RFC822.SIZE"])
         return out
+
+    def _fetch_tolerant(self, uids: Sequence[int], items: list[str]) -> dict[int, dict]:
+        """UID FETCH; a NO because some of the UIDs were expunged meanwhile ("Some of the requested
+        messages no longer exist", RELIABILITY 6) keeps what the server did send for the others."""
+        from imapclient.exceptions import IMAPClientError
+        from imapclient.response_parser import parse_fetch_response
+
+        try:
+            return self.client.fetch(uids, items)
+        except IMAPClientError as exc:
+            if not gone_error(exc):
+                raise
+            _typ, data = self.client._imap._untagged_response("OK", [None], "FETCH")
+            log.info("account %s: %s; fetching the others", self.account.name, exc)
+            if data == [None]:
+                return {}
+            return parse_fetch_response(data, self.client.normalise_times, self.client.use_uid)
+
+    def _fetch_each(self, uids: Sequence[int], items: list[str]) -> tuple[dict[int, dict], dict[int, str]]:
+        """Like _fetch_tolerant; when the answer cannot be parsed (RELIABILITY 9), each UID is fetched
+        on its own, so one unreadable answer costs only its own UID: ({uid: data}, {uid: why})."""
+        from imapclient.exceptions import ProtocolError
+
+        try:
+            return self._fetch_tolerant(uids, items), {}
+        except (ProtocolError, ValueError) as exc:
+            if len(uids) == 1:
+                return {}, {uids[0]: f"the server's answer could not be read ({exc.__class__.__name__}: {exc})"}
+            log.warning("account %s: the server's FETCH answer could not be read (%s); one UID at a time",
+                        self.account.name, exc)
+        found: dict[int, dict] = {}
+        failed: dict[int, str] = {}
+        for uid in uids:
+            one, bad = self._fetch_each([uid], items)
+            found.update(one)
+            failed.update(bad)
+        return found, failed
 
     def fetch(self, uids: Sequence[int]) -> dict[int, tuple[bytes, object]]:
         """{uid: (raw bytes, internaldate)} with BODY.PEEK[] (never sets \\Seen)."""
         out = {}
         items = fetch_items(self.capabilities())
-        data = self.client.fetch(uids, items)
+        data, self.fetch_failures = self._fetch_each(uids, items)
         self.gmail_ids = {}
         for uid, item in data.items():
             raw = item.get(b"BODY[]")
-            if raw is None:
-                continue  # gone since the search, or the server sent no body: not stored, not flagged
-            size = item.get(b"RFC822.SIZE")
-            if size is not None and int(size) != len(raw):
-                raise ServerError(
-                    f"server sent {len(raw)} bytes for UID {uid} but announced {size}; not storing it",
-                    "the connection may have been cut: the next poll fetches it again",
+            # No body, or an empty one (iCloud answers OK with nothing, RELIABILITY 5): the UID is
+            # gone since the search, or the server failed to send it. Never stored, never flagged.
+            if raw is None or not isinstance(raw, bytes) or not raw:
+                self.fetch_failures[uid] = (
+                    "the server answered without the message's content" if raw is None
+                    else "the server sent an empty message content"
                 )
+                continue
+            size = item.get(b"RFC822.SIZE")
+            try:
+                announced = int(size) if size is not None else len(raw)
+            except (TypeError, ValueError):
+                announced = -1
+            if announced != len(raw):
+                self.fetch_failures[uid] = f"the server sent {len(raw)} bytes but announced {size}"
+                continue
             out[uid] = (bytes(raw), item.get(b"INTERNALDATE"))
             ids = gmail_ids(item)
             if ids != (None, None):
@@ -319,9 +368,12 @@ class Mailbox:
 
     def fetch_to_file(self, uid: int, size: int, directory, piece: int | None = None):
         """Fetch one large message in pieces (``UID FETCH BODY.PEEK[]<offset.length>``) into a
-        temp file in ``directory``, hashing while writing: ``(Spool, internaldate)``, or None when
-        the server sends no body (the message is gone). The pieces must add up to ``size`` (its
-        RFC822.SIZE), else ServerError and no file is left. Never holds more than one piece."""
+        temp file in ``directory``, hashing while writing: ``(Spool, internaldate)``. Never holds
+        more than one piece in memory.
+
+        None when the server does not send it properly (no content, an empty one, an unreadable
+        answer, pieces that do not add up to its RFC822.SIZE): no file is left, and the reason is
+        in ``fetch_failures[uid]``, as fetch() does for a whole message. A cut connection raises."""
         import hashlib
         from pathlib import Path
 
@@ -334,44 +386,45 @@ class Mailbox:
         digest = hashlib.sha256()
         offset = 0
         idate = None
+        why = None
         extra = [i for i in fetch_items(self.capabilities()) if not i.startswith("BODY")]
         try:
             with open(path, "wb") as out:
                 while True:
                     items = [f"BODY.PEEK[]<{offset}.{piece}>"] + (extra if offset == 0 else [])
-                    item = self.client.fetch([uid], items).get(uid)
-                    key = next((k for k in (item or {}) if isinstance(k, bytes) and k.startswith(b"BODY[")), None)
-                    if key is None:
-                        if offset == 0:
-                            path.unlink()
-                            return None  # gone since the search: the caller checks
-                        raise ServerError(
-                            f"server stopped sending UID {uid} at byte {offset} of {size}; not storing it",
-                            "the connection may have been cut: the next poll fetches it again",
+                    found, failed = self._fetch_each([uid], items)
+                    item = found.get(uid) or {}
+                    key = next((k for k in item if isinstance(k, bytes) and k.startswith(b"BODY[")), None)
+                    data = item.get(key) if key is not None else None
+                    if uid in failed or not isinstance(data, bytes) or (offset == 0 and not data):
+                        why = failed.get(uid) or (
+                            "the server answered without the message's content" if offset == 0 and data is None
+                            else "the server sent an empty message content" if offset == 0
+                            else f"the server stopped sending the message at byte {offset} of {size}"
                         )
-                    data = item[key] or b""
+                        break
                     if offset == 0:
                         idate = item.get(b"INTERNALDATE")
-                        announced = item.get(b"RFC822.SIZE")
-                        if announced is not None:
-                            size = int(announced)
+                        with contextlib.suppress(TypeError, ValueError):
+                            size = int(item.get(b"RFC822.SIZE", size))
                         ids = gmail_ids(item)
                         if ids != (None, None):
                             self.gmail_ids[uid] = ids
                     out.write(data)
                     digest.update(data)
                     offset += len(data)
-                    del item, data
+                    del found, item, data
                     if offset >= size or offset % piece:
                         break
-            if offset != size:
-                raise ServerError(
-                    f"server sent {offset} bytes for UID {uid} but announced {size}; not storing it",
-                    "the connection may have been cut: the next poll fetches it again",
-                )
+            if why is None and offset != size:
+                why = f"the server sent {offset} bytes but announced {size}"
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        if why is not None:
+            path.unlink(missing_ok=True)
+            self.fetch_failures[uid] = why
+            return None
         return Spool(str(path), offset, digest.hexdigest()), idate
 
     # --- after import ---------------------------------------------------------------
@@ -380,9 +433,9 @@ class Mailbox:
         if not uids or action in (None, "none"):
             return
         if action == "seen":
-            self.client.add_flags(uids, [b"\\Seen"], silent=True)
+            self._add_flags(uids, [b"\\Seen"])
         elif action == "delete":
-            self.client.add_flags(uids, [b"\\Deleted"], silent=True)
+            self._add_flags(uids, [b"\\Deleted"])
             if b"UIDPLUS" in self.capabilities():
                 self.client.uid_expunge(uids)
             else:
@@ -405,6 +458,21 @@ class Mailbox:
         else:  # pragma: no cover - config validation prevents this
             raise ValueError(action)
 
+    def _add_flags(self, uids: Sequence[int], flags: list[bytes]) -> None:
+        """UID STORE +FLAGS.SILENT. A NO because some UIDs were expunged meanwhile (RELIABILITY 6)
+        is a no-op for those: the store is repeated for the ones still there."""
+        from imapclient.exceptions import IMAPClientError
+
+        try:
+            self.client.add_flags(uids, flags, silent=True)
+        except IMAPClientError as exc:
+            if not gone_error(exc):
+                raise
+            still = self.existing(uids)
+            log.info("account %s: %s; %d of %d UIDs still there", self.account.name, exc, len(still), len(uids))
+            if still:
+                self.client.add_flags(still, flags, silent=True)
+
     def special_folders(self) -> list[tuple[tuple[bytes, ...], str]]:
         """(attributes, name) of the folders the server marks with a special-use attribute
         (RFC 6154): ``LIST (SPECIAL-USE) "" "*"`` where offered, else a plain LIST."""
@@ -425,6 +493,12 @@ class Mailbox:
         if self._archive_folder is None:
             self._archive_folder = choose_archive_folder(self.special_folders(), self.folder)
         return self._archive_folder
+
+
+def gone_error(exc: Exception) -> bool:
+    """Whether a NO means that some of the UIDs no longer exist (expunged by another client)."""
+    text = str(exc).lower()
+    return "no longer exist" in text or "expungeissued" in text
 
 
 def fetch_items(capabilities: set[bytes]) -> list[str]:

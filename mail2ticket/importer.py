@@ -18,7 +18,7 @@ from mail2ticket.bigmessage import Spool
 from mail2ticket.errors import ParseError, StoreError, TempFailError
 from mail2ticket.parse import ParsedMessage
 from mail2ticket.store import iso, log_event, now_iso, transaction
-from mail2ticket.threader import find_ticket, settings_for
+from mail2ticket.threader import find_ticket, sender_unverified, settings_for
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class Incoming:
     @property
     def raw_size(self) -> int:
         return self.spool.size if self.spool is not None else len(self.raw or b"")
+    # Why the server's copy could not be read (no content, an unreadable answer) after several
+    # polls: ``raw`` is None and the message goes to the quarantine, left on the server unflagged.
+    fetch_error: str | None = None
 
 
 @dataclass
@@ -135,6 +138,8 @@ class _Prepared:
 
 def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
     """CPU and file work done before the transaction: hash, parse, write attachment files."""
+    if item.raw is None and item.fetch_error:
+        return _Prepared(item, None, None, item.fetch_error, [])
     if item.spool is not None:
         digest = item.spool.sha256
         if _known(ctx.db, item, digest):
@@ -310,7 +315,7 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
                 "uid": item.source.uid if item.source else None,
                 "raw_sha256": prep.sha256,
                 "size": item.raw_size if item.downloaded else item.size,
-                "reason": "too-large" if not item.downloaded else "unparseable",
+                "reason": "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large"),
                 "error": prep.error or "",
                 "created_at": now,
             }
@@ -328,9 +333,13 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     parsed = prep.parsed
     assert parsed is not None
     thread = settings_for(ctx.config, item.account)
+    unverified = sender_unverified(parsed, thread.authserv_ids)  # RELIABILITY 40
+    if unverified and unverified not in parsed.defects:
+        parsed.defects.append(unverified)  # stored with the message, shown by 'tickets show'
     decision = find_ticket(db, parsed, allow_anyone_by_tag=thread.allow_anyone_by_tag,
                            tag_format=thread.tag_format, raw=item.raw,
-                           gm_thrid=item.gm_thrid, account=item.account, own_addresses=thread.own_addresses)
+                           gm_thrid=item.gm_thrid, account=item.account, own_addresses=thread.own_addresses,
+                           unverified=unverified)
     if decision.kind == "own":  # our own mail fetched back: already in the ticket or the outbox
         _record_source(db, item, prep.sha256, message=decision.message_row, quarantine=None)
         log.info("account %s: %s", item.account, decision.reason)
@@ -359,6 +368,8 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         status = "imported"
         log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
                   ticket_id=ticket_id, account=item.account)
+        if unverified:
+            log_event(db, "sender-unverified", unverified, ticket_id=ticket_id, account=item.account)
     else:
         ticket_id = decision.ticket_id
         status = "followup"

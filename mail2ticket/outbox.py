@@ -7,7 +7,6 @@ so the mail is sent once more, byte for byte the same (same Message-ID): at most
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
@@ -32,7 +31,7 @@ from mail2ticket.compose import (
     tagged_subject,
 )
 from mail2ticket.errors import Mail2TicketError, NotFoundError
-from mail2ticket.store import get_raw, get_ticket, log_event, now_iso, transaction
+from mail2ticket.store import current_user, get_raw, get_ticket, log_event, now_iso, transaction
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +296,7 @@ def queue_reply(
         raise Mail2TicketError("the reply is empty: nothing sent", "write some text")
     settings = conversation_settings(cfg)
     status = status or settings["reply_status"]
-    actor = actor or _user()
+    actor = actor or current_user()
     with transaction(db):
         ticket = get_ticket(db, ticket_id)
         account = _account(cfg, ticket["account"])
@@ -369,7 +368,7 @@ def change_status(
     Returns the outbox entry of the notice, or None.
     """
     kind = {"closed": "close", "open": "reopen"}[status]
-    actor = actor or _user()
+    actor = actor or current_user()
     with transaction(db):
         ticket = get_ticket(db, ticket_id)
         now = now_iso()
@@ -400,13 +399,6 @@ def change_status(
         log_event(db, f"{kind}-notice-queued", f"notice to {row['to_address']} ({row['message_id']})",
                   ticket_id=ticket_id, account=account.name, actor=actor)
         return row
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ of the batch goes on. Workers are forked once per poll, only when there is mail 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -380,13 +379,15 @@ class ParsePool:
         for task in queued:
             task.future.cancel()
         for w in self._workers:
-            future = w.task.future if w.task is not None else None
-            if future is not None and not future.done() and not future.cancel():
-                # Already running (a worker has it): a Future that never ends would hang anyone
-                # still waiting for it. Nothing of it is committed; the next poll parses it again.
-                with contextlib.suppress(InvalidStateError):
-                    future.set_exception(TempFailError("the parser processes were stopped",
-                                                       "the next poll parses this message again"))
+            if w.task is not None and not w.task.future.done() and not w.task.future.cancel():
+                # Already running: cancel() cannot stop it, and nobody would ever complete it.
+                try:
+                    w.task.future.set_exception(
+                        TempFailError("the parser was stopped before this message was parsed",
+                                      "the next poll parses it again")
+                    )
+                except InvalidStateError:
+                    pass  # the answer arrived meanwhile
             try:
                 w.conn.send_bytes(b"")  # the worker finishes its loop and exits
             except OSError:

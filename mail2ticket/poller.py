@@ -139,6 +139,58 @@ def _mark_checked(db: Database, account: Account) -> None:
         )
 
 
+# A UID whose content the server fails to send (no body, an empty one, an answer imapclient
+# cannot parse) holds the watermark for this many polls, then goes to the quarantine without its
+# bytes: it stays on the server unflagged, and 'quarantine retry' fetches it (RELIABILITY 5, 9).
+FETCH_TRIES = 3
+
+
+def _failure_key(account: Account, uidvalidity: int, uid: int | str) -> str:
+    return f"fetch-failures:{account.name}/{account.folder}/{uidvalidity}/{uid}"
+
+
+def _count_fetch_failures(
+    db: Database, account: Account, uidvalidity: int, held: list[int], reasons: dict[int, str],
+    failures: dict[int, tuple[int, str]],
+) -> dict[int, str]:
+    """Count one more failed fetch of each held UID; {uid: error} of those to quarantine now."""
+    give_up: dict[int, str] = {}
+    if not held:
+        return give_up
+    with transaction(db):
+        for uid in held:
+            why = reasons.get(uid, "the server sent no content")
+            key = _failure_key(account, uidvalidity, uid)
+            row = db.execute("select value from conversation_state where key = ?", [key]).fetchone()
+            tries = (int(row[0]) if row and row[0].isdigit() else 0) + 1
+            db.execute(
+                "insert into conversation_state (key, value) values (?, ?) "
+                "on conflict(key) do update set value = excluded.value",
+                [key, str(tries)],
+            )
+            failures[uid] = (tries, why)
+            log.warning("account %s: UID %s of %s could not be fetched (try %d of %d): %s",
+                        account.name, uid, account.folder, tries, FETCH_TRIES, why)
+            if tries >= FETCH_TRIES:
+                give_up[uid] = f"could not be read from the server in {tries} polls: {why}"
+    return give_up
+
+
+def _forget_fetch_failures(db: Database, account: Account, uidvalidity: int, uids: list[int]) -> None:
+    """Drop the failure counts of UIDs now accounted for (stored, quarantined or gone)."""
+    prefix = _failure_key(account, uidvalidity, "")
+    counted = [
+        key for (key,) in db.execute(
+            "select key from conversation_state where substr(key, 1, ?) = ?", [len(prefix), prefix]
+        )
+    ]
+    if counted:
+        wanted = {prefix + str(uid) for uid in uids}
+        for key in counted:
+            if key in wanted:
+                db.execute("delete from conversation_state where key = ?", [key])
+
+
 def poll_account(
     cfg: Config, db: Database, account: Account, password: str, *, hooks=None, stop=None
 ) -> PollResult:
@@ -202,6 +254,9 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         sizes = box.sizes(uids)
         action = account.after_import
 
+        failures: dict[int, tuple[int, str]] = {}  # {uid: (tries, why)} of the UIDs held back
+        held_back: list[int] = []
+
         def fetched_batches():
             # By count and by announced size, so a batch never holds more than a few tens of MB.
             for batch in size_batches(uids, sizes, max(1, account.batch_size), limit=limit):
@@ -222,11 +277,16 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 # A UID the server sent no body for may be gone (expunged meanwhile: fine) or the
                 # server failed to send it: then the watermark must stay below it, or it is lost.
                 held = box.existing([u for u in small + large if u not in fetched and u not in spooled])
+                # ... but not forever (RELIABILITY 5, 9): after FETCH_TRIES polls it is quarantined.
+                give_up = _count_fetch_failures(db, account, info.uidvalidity, held, box.fetch_failures, failures)
+                held = [u for u in held if u not in give_up]
                 items: list[Incoming] = []
                 for uid in batch:
                     source = Source(account.name, account.folder, info.uidvalidity, uid)
                     if uid in big:
                         items.append(Incoming(account.name, None, source, size=sizes[uid], too_large_limit=limit))
+                    elif uid in give_up:
+                        items.append(Incoming(account.name, None, source, size=sizes.get(uid), fetch_error=give_up[uid]))
                     elif uid in fetched:
                         raw, idate = fetched.pop(uid)
                         msgid, thrid = box.gmail_ids.get(uid, (None, None))
@@ -242,9 +302,7 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                                      gm_mailbox=gm_mailbox if msgid else None, gm_msgid=msgid, gm_thrid=thrid,
                                      spool=spool, size=spool.size)
                         )
-                yield batch, items, held
-                if held:
-                    return
+                yield batch, items, held  # later batches go on: the watermark stays below held UIDs
 
         # Batch k+1 is fetched and parsed (worker processes) while batch k is committed here, in
         # order; each batch's server action still runs only after its own commit.
@@ -253,10 +311,12 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 if stop is not None and stop.is_set():
                     log.info("account %s: stopping after the last committed batch", account.name)
                     break
-                high = min(held) - 1 if held else max(batch)
+                held_back.extend(held)
+                high = min(held_back) - 1 if held_back else max(batch)
 
-                def advance(db: Database, high=high) -> None:
+                def advance(db: Database, high=high, batch=batch, held=held) -> None:
                     set_mailbox(db, account.name, account.folder, info.uidvalidity, high)
+                    _forget_fetch_failures(db, account, info.uidvalidity, [u for u in batch if u not in held])
 
                 outcomes = import_batch(ctx, items, before_commit=advance, prepared=job.result())
                 for outcome in outcomes:
@@ -273,12 +333,13 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                     outcome.incoming.raw = None  # stored: a long first import must not keep every body
                     if outcome.incoming.spool is not None:
                         outcome.incoming.spool.unlink()
-                if held:
-                    result.error = ServerError(
-                        f"the server sent no content for UID {held[0]} of {account.folder}, which is still there",
-                        "the next poll fetches it again",
-                    ).one_line()
-                    break
+        if held_back:
+            tries, why = failures.get(held_back[0], (1, "the server sent no content"))
+            result.error = ServerError(
+                f"UID {held_back[0]} of {account.folder} (still on the server) could not be fetched: {why} "
+                f"(try {tries} of {FETCH_TRIES}); it is not stored and not flagged",
+                f"the next poll fetches it again; after {FETCH_TRIES} tries it goes to the quarantine",
+            ).one_line()
     return result
 
 

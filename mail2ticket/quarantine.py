@@ -72,6 +72,12 @@ def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> bytes:
             )
         data = box.fetch([entry["uid"]])
         if entry["uid"] not in data:
+            if box.existing([entry["uid"]]):
+                raise Mail2TicketError(
+                    f"the server still lists UID {entry['uid']} of {entry['folder']} but sends no "
+                    "usable content for it",
+                    "check the message with another mail client or the server's admin, then retry",
+                )
             raise Mail2TicketError(f"UID {entry['uid']} is no longer in {entry['folder']} on the server")
     except BaseException:
         box.close(quick=True)

@@ -6,8 +6,6 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING
 
-from mail2ticket.errors import Mail2TicketError
-
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
@@ -40,10 +38,6 @@ TRIGGERS = {
 }
 # Marks around matched words in snippets: control characters that mail text never holds.
 HIT_START, HIT_END = "\x02", "\x03"
-
-
-class SearchError(Mail2TicketError):
-    """The search query could not be run (the index is missing or the query is malformed)."""
 
 
 def install(db: Database) -> None:

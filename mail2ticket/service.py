@@ -53,8 +53,11 @@ def send_outbox(cfg: Config, db: Database) -> None:
     outbox_job(cfg, db)
 
 
-def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll) -> list:
-    """Poll each account in turn (one failing never stops the others), then run the other jobs."""
+def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll=None) -> list:
+    """Poll each account in turn (one failing never stops the others), then run the other jobs.
+    ``run_poll`` polls one account (default: mail2ticket.poller.run_poll)."""
+    if run_poll is None:
+        from mail2ticket.poller import run_poll
     results = [run_poll(cfg, db, account) for account in accounts]
     for job in AFTER_POLL_JOBS:
         try:

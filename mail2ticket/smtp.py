@@ -97,18 +97,6 @@ def smtp_connect(
     return conn
 
 
-def verify_smtp(account: Account, password: str) -> None:
-    """Log in and out; raises a Mail2TicketError saying what is wrong."""
-    try:
-        conn = smtp_connect(account, password)
-    except smtplib.SMTPException as exc:
-        raise ServerError(f"SMTP server {account.smtp_host}:{account.smtp_port} failed: {exc}") from None
-    try:
-        conn.quit()
-    except smtplib.SMTPException:
-        pass
-
-
 # RFC 5321 4.5.3.2: a client waits at least 10 minutes for the answer to the end of DATA.
 DATA_TIMEOUT = 600
 

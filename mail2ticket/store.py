@@ -7,7 +7,7 @@ import json
 import re
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,16 @@ BUSY_TIMEOUT_MS = 30_000
 def now_iso() -> str:
     """The current time as ISO 8601 UTC with a Z, to the second."""
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def current_user() -> str:
+    """Who is at the keyboard, for the actor of a ticket event ('unknown' if the OS cannot say)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -62,7 +72,9 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
             f"cannot open database {path}: {exc}", "check that the directory exists and is writable"
         ) from None
     db = Database(conn)
-    try:
+    db.busy_timeout_ms = busy_timeout_ms  # type: ignore[attr-defined]
+
+    def setup() -> None:
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         db.enable_wal()
         # FULL: a commit is on disk before we touch the server (WAL + NORMAL may lose the last commits).
@@ -70,9 +82,38 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
         db.execute("PRAGMA foreign_keys = ON")
         if migrations.pending(db):
             _migrate(db, path, migrations)
+
+    try:
+        _retry_busy(setup, busy_timeout_ms)
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc, path)
     return db
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _retry_busy(fn, busy_timeout_ms: int):
+    """Run ``fn``; while SQLite answers 'locked'/'busy', try again until the busy timeout is spent.
+
+    SQLite's own busy handler is bypassed in some cases (WAL recovery after another connection
+    closed, a stale read snapshot), which then fail at once however long the timeout: retrying
+    here keeps the promise of --lock-timeout / busy_timeout.
+    """
+    import time
+
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
 
 def _migrate(db, path: Path, migrations) -> None:
@@ -112,7 +153,7 @@ def transaction(db: Database) -> Iterator[Database]:
             yield db
         return
     try:
-        db.execute("BEGIN IMMEDIATE")
+        _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), getattr(db, "busy_timeout_ms", BUSY_TIMEOUT_MS))
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc)
     try:
@@ -406,32 +447,36 @@ def _touch(db: Database, ticket_id: int) -> None:
     db.execute("update tickets set updated_at = ? where id = ?", [now_iso(), ticket_id])
 
 
+def _set_field(
+    db: Database, ticket_id: int, column: str, value: Any, kind: str, detail: Callable[[Any], str], *,
+    actor: str, event: bool,
+) -> bool:
+    """Set one column of a ticket; with ``event``, touch it and log ``kind`` with ``detail(before)``.
+    False when it already had that value."""
+    before = _ticket_field(db, ticket_id, column)
+    if before == value:
+        return False
+    db.execute(f"update tickets set {column} = ? where id = ?", [value, ticket_id])
+    if event:
+        _touch(db, ticket_id)
+        log_event(db, kind, detail(before), ticket_id=ticket_id, actor=actor)
+    return True
+
+
 def set_priority(db: Database, ticket_id: int, priority: str, *, actor: str, event: bool = True) -> bool:
     """Set the priority (one of PRIORITIES); False when it already was that."""
     if priority not in PRIORITIES:
         raise ValueError(f"{priority!r} is not a priority (expected one of: {', '.join(PRIORITIES)})")
-    before = _ticket_field(db, ticket_id, "priority")
-    if before == priority:
-        return False
-    db.execute("update tickets set priority = ? where id = ?", [priority, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        log_event(db, "priority", f"{before} -> {priority}", ticket_id=ticket_id, actor=actor)
-    return True
+    return _set_field(db, ticket_id, "priority", priority, "priority", lambda before: f"{before} -> {priority}",
+                      actor=actor, event=event)
 
 
 def set_assignee(db: Database, ticket_id: int, assignee: str | None, *, actor: str, event: bool = True) -> bool:
     """Assign the ticket to ``assignee`` (None: to nobody); False when nothing changed."""
     assignee = (assignee or "").strip() or None
-    before = _ticket_field(db, ticket_id, "assignee")
-    if before == assignee:
-        return False
-    db.execute("update tickets set assignee = ? where id = ?", [assignee, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        detail = f"to {assignee}" if assignee else f"unassigned (was {before})"
-        log_event(db, "assigned", detail, ticket_id=ticket_id, actor=actor)
-    return True
+    return _set_field(db, ticket_id, "assignee", assignee, "assigned",
+                      lambda before: f"to {assignee}" if assignee else f"unassigned (was {before})",
+                      actor=actor, event=event)
 
 
 def normalise_tag(tag: str) -> str:
@@ -476,14 +521,8 @@ def add_note(db: Database, ticket_id: int, text: str, *, actor: str) -> None:
 
 def set_account(db: Database, ticket_id: int, account: str, *, actor: str, event: bool = True) -> bool:
     """Move the ticket to another account's queue (replies then go out from that account)."""
-    before = _ticket_field(db, ticket_id, "account")
-    if before == account:
-        return False
-    db.execute("update tickets set account = ? where id = ?", [account, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        log_event(db, "queue", f"{before} -> {account}", ticket_id=ticket_id, actor=actor)
-    return True
+    return _set_field(db, ticket_id, "account", account, "queue", lambda before: f"{before} -> {account}",
+                      actor=actor, event=event)
 
 
 def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None = None) -> dict:

@@ -39,6 +39,9 @@ class ThreadSettings:
     # The addresses of all our accounts: a mail that merely claims one of them as its From is not
     # a participant (every ticket has our address in its To); our own mail carries our signed id.
     own_addresses: frozenset[str] = frozenset()
+    # The authserv-ids of our own mail server (account key authserv_id, lower case): only its
+    # Authentication-Results headers are believed (RELIABILITY 40).
+    authserv_ids: frozenset[str] = frozenset()
 
 
 def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
@@ -52,11 +55,44 @@ def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
     account = next((a for a in getattr(cfg, "accounts", []) if a.name == account_name), None)
     if account is None:
         return ThreadSettings(tag_format, own_addresses=own)
-    return ThreadSettings(tag_format, account.allow_anyone_by_tag, account.reopen_on_reply, own)
+    ids = getattr(account, "authserv_id", None) or []
+    ids = frozenset(i.strip().lower() for i in ([ids] if isinstance(ids, str) else ids) if i.strip())
+    return ThreadSettings(tag_format, account.allow_anyone_by_tag, account.reopen_on_reply, own, ids)
 
 
-def ticket_tag(ticket_id: int, tag_format: str = DEFAULT_TAG_FORMAT) -> str:
-    return make_tag(tag_format, ticket_id)
+# --- Authentication-Results of our own mail server (RFC 8601), RELIABILITY 40 -------------------
+_AR_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+_AR_RESULT = re.compile(r"\s*([A-Za-z0-9_-]+)(?:\s*/\s*\d+)?\s*=\s*([A-Za-z0-9_-]+)")
+
+
+def authentication_results(value: str) -> tuple[str, dict[str, str]]:
+    """(authserv-id, {method: result}) of one Authentication-Results header (lower case)."""
+    text = value[:8000]
+    for _ in range(8):  # comments, nested a few levels deep
+        text, found = _AR_COMMENT.subn(" ", text)
+        if not found:
+            break
+    head, *parts = text.split(";")
+    words = head.split()
+    results: dict[str, str] = {}
+    for part in parts:
+        match = _AR_RESULT.match(part)
+        if match:
+            results.setdefault(match.group(1).lower(), match.group(2).lower())
+    return (words[0].strip('"').lower() if words else ""), results
+
+
+def sender_unverified(parsed: ParsedMessage, authserv_ids: frozenset[str] | set[str]) -> str | None:
+    """Why the From of this mail is not the sender's, by our own mail server's word: a DMARC
+    failure in an Authentication-Results header with one of ``authserv_ids``. Headers of any other
+    authserv-id are ignored (anyone can write them, RFC 8601 section 5). None: nothing says so."""
+    if not authserv_ids:
+        return None
+    for value in parsed.headers.get("authentication-results", [])[:50]:
+        authserv_id, results = authentication_results(value)
+        if authserv_id in authserv_ids and results.get("dmarc") == "fail":
+            return f"sender unverified: DMARC failed for {parsed.from_address or 'the From address'} per {authserv_id}"
+    return None
 
 
 def participants(db: Database, ticket_id: int) -> set[str]:
@@ -113,6 +149,7 @@ def find_ticket(
     gm_thrid: int | None = None,
     account: str | None = None,
     own_addresses: frozenset[str] | set[str] = frozenset(),
+    unverified: str | None = None,
 ) -> ThreadDecision:
     """The ticket this message follows up, with the reason; or a new ticket, with the reason.
 
@@ -132,6 +169,10 @@ def find_ticket(
             kind="own",
             message_row=row[0] if row else None,
         )
+    # Our mail server says the From is forged (DMARC failed): it never joins anyone's ticket.
+    if unverified:
+        log.warning("message %s: %s: a new ticket", parsed.message_id, unverified)
+        return ThreadDecision(None, f"{unverified}: new ticket, it joins no existing one")
     # The same mail delivered to two monitored mailboxes (or forwarded between them).
     if parsed.message_id and parsed.from_address:
         row = db.execute(

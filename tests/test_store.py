@@ -49,3 +49,33 @@ def test_wide_characters_count_twice_in_plain_tables():
     assert display_width("abc") == 3
     assert display_width("パスワード") == 10
     assert display_width("für") == 3
+
+
+def test_a_busy_answer_that_skips_sqlites_busy_handler_is_retried_within_the_timeout():
+    import sqlite3
+
+    import pytest
+
+    from mail2ticket.store import _retry_busy
+
+    answers = iter([sqlite3.OperationalError("database is locked")] * 3 + ["done"])
+
+    def flaky():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert _retry_busy(flaky, 2000) == "done"
+
+    def always_locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError):
+        _retry_busy(always_locked, 50)
+
+    def other_error():
+        raise sqlite3.OperationalError("no such table: x")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        _retry_busy(other_error, 2000)

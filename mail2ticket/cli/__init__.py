@@ -11,8 +11,6 @@ import click
 from mail2ticket import __version__
 from mail2ticket.errors import EXIT_FAILURE, Mail2TicketError
 
-log = logging.getLogger("mail2ticket")
-
 
 class AppContext:
     """Opens the config and the database lazily, once per command."""

@@ -230,7 +230,13 @@ def accounts_list(app, as_json):
 @json_option
 @click.pass_obj
 def accounts_show(app, name, as_json):
-    """Show one account's settings and health."""
+    """Show one account's settings and health.
+
+    \b
+    Examples:
+      mail2ticket accounts show support
+      mail2ticket accounts show support --json | jq .last_error
+    """
     app.config().account(name)
     row = next(r for r in _account_rows(app) if r["name"] == name)
     if as_json:
@@ -303,7 +309,12 @@ def _set_enabled(app, name: str, enabled: bool) -> None:
 @click.argument("name")
 @click.pass_obj
 def accounts_enable(app, name):
-    """Switch polling on for an account."""
+    """Switch polling on for an account.
+
+    \b
+    Example:
+      mail2ticket accounts enable support
+    """
     _set_enabled(app, name, True)
 
 
@@ -311,7 +322,12 @@ def accounts_enable(app, name):
 @click.argument("name")
 @click.pass_obj
 def accounts_disable(app, name):
-    """Switch polling off for an account (its tickets stay)."""
+    """Switch polling off for an account (its tickets stay).
+
+    \b
+    Example:
+      mail2ticket accounts disable support
+    """
     _set_enabled(app, name, False)
 
 
@@ -321,7 +337,13 @@ def accounts_disable(app, name):
 @click.option("--no-verify", is_flag=True, help="Store without logging in first.")
 @click.pass_obj
 def accounts_set_password(app, name, password_stdin, no_verify):
-    """Replace the password of an account in the keyring (after checking it works)."""
+    """Replace the password of an account in the keyring (after checking it works).
+
+    \b
+    Examples:
+      mail2ticket accounts set-password support
+      echo "$APP_PASSWORD" | mail2ticket accounts set-password support --password-stdin
+    """
     from mail2ticket.secrets import store_password
 
     account = app.config().account(name)
@@ -339,27 +361,22 @@ def accounts_set_password(app, name, password_stdin, no_verify):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def accounts_remove(app, name, yes):
-    """Remove an account's file and its password from the keyring (tickets are kept)."""
-    from pathlib import Path
+    """Remove an account's file and its password from the keyring (tickets are kept).
 
-    from mail2ticket.secrets import delete_password
+    \b
+    Example:
+      mail2ticket accounts remove support --yes
+    """
+    from mail2ticket.accounts_admin import remove_account
+    from mail2ticket.config import own_account_file
 
     cfg = app.config()
-    account = cfg.account(name)
-    src = Path(account.defined_in)
-    if src == cfg.path:
-        raise ConfigError(
-            f"account {name!r} is defined in the main config {src}", "remove it there by hand"
-        )
+    src = own_account_file(cfg, name, "remove")
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError("confirm with --yes when not on a terminal")
         click.confirm(f"Remove account {name!r} ({src}) and its password?", abort=True)
-    from mail2ticket.secrets import delete_token
-
-    src.unlink()
-    deleted = delete_password(name)
-    deleted = delete_token(name) or deleted
+    deleted = remove_account(cfg, name)
     click.echo(f"Account {name!r} removed" + ("; its secret deleted from the keyring." if deleted else "."))
 
 

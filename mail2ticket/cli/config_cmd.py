@@ -60,7 +60,12 @@ def config_check(app, as_json):
 @config_group.command("path")
 @click.pass_obj
 def config_path(app):
-    """Print the path of the config file in use."""
+    """Print the path of the config file in use.
+
+    \b
+    Example:
+      $EDITOR "$(mail2ticket config path)"
+    """
     click.echo(str(app.config(must_exist=False).path))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from mail2ticket.cli.tickets import message_text, tickets_group
+
 
 def _send_now(app, entry: dict) -> None:
     """Try to send one queued mail at once; report what happened (it stays queued if not sent)."""
@@ -63,20 +65,12 @@ def reply(app, ticket_id, text, path, to_all, status):
     from mail2ticket.outbox import queue_reply
     from mail2ticket.store import get_ticket
 
-    if text is not None and path is not None:
-        raise click.UsageError("give either --message or --file, not both")
-    if path is not None:
-        text = path.read()
-    elif text is None:
+    def template() -> str:
         ticket = get_ticket(app.db, ticket_id)
-        marker = "# Lines starting with '#' are removed. An empty reply sends nothing.\n"
-        edited = click.edit(f"\n\n{marker}# Reply to #{ticket['id']}: {ticket['subject']}\n"
-                            f"# To: {ticket['requester']}\n", extension=".txt", require_save=True)
-        if edited is None:
-            raise click.ClickException("the editor was closed without saving: nothing sent")
-        text = "\n".join(line for line in edited.splitlines() if not line.startswith("#")).strip("\n")
-    if not text.strip():
-        raise click.ClickException("the reply is empty: nothing sent")
+        return ("\n\n# Lines starting with '#' are removed. An empty reply sends nothing.\n"
+                f"# Reply to #{ticket['id']}: {ticket['subject']}\n# To: {ticket['requester']}\n")
+
+    text = message_text(text, path, template, what="reply", nothing="nothing sent")
     entry = queue_reply(app.config(), app.db, ticket_id, text, to_all=to_all, status=status)
     click.echo(f"Reply stored in ticket #{ticket_id}.")
     _send_now(app, entry)
@@ -129,8 +123,6 @@ reopen = _status_command(
 
 def register(cli: click.Group) -> None:
     # Modules register in name order, so 'tickets' may not be on cli yet: use the group itself.
-    from mail2ticket.cli.tickets import tickets_group
-
     group = cli.commands.get("tickets", tickets_group)
     for command in (reply, close, reopen):
         group.add_command(command)

@@ -90,7 +90,9 @@ def ingest(app, account_name, lock_timeout):
       mail2ticket ingest --account support < message.eml
       /etc/aliases:  support: "|/usr/local/bin/mail2ticket ingest --account support"
     """
-    stdin = click.get_binary_stream("stdin")
+    import sys
+
+    stdin = sys.stdin.buffer
     if stdin.isatty():
         raise click.UsageError("no message on standard input: pipe one in ('mail2ticket ingest < message.eml')")
     raw = stdin.read()

@@ -23,7 +23,6 @@ def poll(app, accounts, as_json):
       mail2ticket poll
       mail2ticket poll support sales
     """
-    from mail2ticket.poller import run_poll
     from mail2ticket.service import poll_once
 
     cfg = app.config()
@@ -33,7 +32,7 @@ def poll(app, accounts, as_json):
         selected = [a for a in cfg.accounts if a.enabled]
         if not cfg.accounts:
             click.echo("No accounts configured: add one with 'mail2ticket add-account'.", err=True)
-    results = poll_once(cfg, app.db, selected, run_poll=run_poll)
+    results = poll_once(cfg, app.db, selected)
     if as_json:
         print_json(
             [
@@ -62,8 +61,10 @@ def poll(app, accounts, as_json):
 @json_option
 @click.pass_obj
 def status(app, require_daemon, as_json):
-    """Show whether the daemon runs and each account's health: enabled, schedule,
-    last poll and its result, next poll, last error, messages imported.
+    """Show whether the daemon runs and each account's health.
+
+    For each account: enabled, schedule, last poll and its result, next poll,
+    last error, messages imported.
 
     Exits 1 when an enabled account's last poll failed, or when the daemon that
     ran on this database is no longer running (stopped, or its heartbeat is
@@ -125,7 +126,13 @@ def quarantine_group():
 @json_option
 @click.pass_obj
 def quarantine_list(app, include_resolved, as_json):
-    """List quarantined messages and why they are there."""
+    """List quarantined messages and why they are there.
+
+    \b
+    Examples:
+      mail2ticket quarantine list
+      mail2ticket quarantine list --all --json
+    """
     from mail2ticket.quarantine import list_entries
 
     rows = list_entries(app.db, include_resolved=include_resolved)
@@ -144,7 +151,13 @@ def quarantine_list(app, include_resolved, as_json):
 @json_option
 @click.pass_obj
 def quarantine_show(app, qid, raw, as_json):
-    """Show one quarantined message (or its raw bytes with --raw)."""
+    """Show one quarantined message (or its raw bytes with --raw).
+
+    \b
+    Examples:
+      mail2ticket quarantine show 12
+      mail2ticket quarantine show 12 --raw > message.eml
+    """
     from mail2ticket.quarantine import get_entry
     from mail2ticket.store import get_raw
 
@@ -153,7 +166,10 @@ def quarantine_show(app, qid, raw, as_json):
         data = get_raw(app.db, entry["raw_sha256"]) if entry["raw_sha256"] else None
         if data is None:
             raise click.ClickException("this message was too large to download; it is still on the server")
-        click.get_binary_stream("stdout").write(data)
+        import sys
+
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
         return
     if as_json:
         print_json(entry)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mail2ticket.cli.output import is_tty, json_option, local_time, print_json, print_table
+from mail2ticket.cli.output import is_tty, json_option, print_json, print_table, shown_time
 
 
 @click.group("outbox")
@@ -33,11 +33,10 @@ def outbox_list(app, include_sent, as_json):
     if not rows and is_tty():
         click.echo("The outbox is empty." if include_sent else "Nothing waiting in the outbox.")
         return
-    when = local_time if is_tty() else (lambda v: v or "")
     print_table(
         [
             [r["id"], f"#{r['ticket_id']}" if r["ticket_id"] else "", r["kind"], ", ".join(r["recipients"]),
-             r["status"], r["attempts"], when(r["sent_at"] or r["next_attempt_at"]),
+             r["status"], r["attempts"], shown_time(r["sent_at"] or r["next_attempt_at"]),
              r["last_error"] or r["smtp_reply"] or ""]
             for r in rows
         ],

@@ -35,11 +35,16 @@ def local_time(value: str | None) -> str:
     return dt.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+def shown_time(value: str | None) -> str:
+    """A stored time as shown in a table: local on a terminal, ISO 8601 UTC when piped."""
+    return local_time(value) if is_tty() else (value or "")
+
+
 def print_csv(rows: Sequence[dict], columns: Sequence[str]) -> None:
     """CSV with a header row, for spreadsheets and scripts; lists are joined with spaces."""
     import csv
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:

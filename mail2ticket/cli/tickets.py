@@ -10,10 +10,10 @@ import click
 from mail2ticket.cli.output import (
     is_tty,
     json_option,
-    local_time,
     print_csv,
     print_json,
     print_table,
+    shown_time,
 )
 
 PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
@@ -30,10 +30,6 @@ PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "
 @click.group("tickets")
 def tickets_group():
     """List, search, read, answer and manage tickets."""
-
-
-def _when(value: str | None) -> str:
-    return local_time(value) if is_tty() else (value or "")
 
 
 # --- dates on the command line ------------------------------------------------------------------
@@ -135,8 +131,8 @@ def _due_cell(t: dict):
     if t["status"] == "closed" or not t["due_at"]:
         return ""
     if t["overdue"]:
-        return _styled(f"OVERDUE {_when(t['due_at'])}", "bold red")
-    return _when(t["due_at"])
+        return _styled(f"OVERDUE {shown_time(t['due_at'])}", "bold red")
+    return shown_time(t["due_at"])
 
 
 def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
@@ -145,7 +141,7 @@ def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
         row = [
             f"#{t['id']}", t["status"], _styled(t["priority"], PRIORITY_STYLE.get(t["priority"], "")),
             _due_cell(t), t["account"], t["requester"] or "", t["assignee"] or "", t["subject"],
-            " ".join(t.get("tags") or []), t["message_count"], _when(t["updated_at"]),
+            " ".join(t.get("tags") or []), t["message_count"], shown_time(t["updated_at"]),
         ]
         if extra:
             row.append(extra(t))
@@ -267,23 +263,23 @@ def tickets_show(app, ticket_id, as_json):
         f"Requester: {ticket['requester_name'] or ''} <{ticket['requester'] or ''}>"
     )
     click.echo(f"Assignee: {ticket['assignee'] or '-'}   Tags: {' '.join(ticket['tags']) or '-'}")
-    click.echo(f"Created: {_when(ticket['created_at'])}   Updated: {_when(ticket['updated_at'])}")
+    click.echo(f"Created: {shown_time(ticket['created_at'])}   Updated: {shown_time(ticket['updated_at'])}")
     if ticket["due_response_at"] or ticket["due_resolution_at"]:
-        response = "answered " + _when(ticket["first_response_at"]) if ticket["first_response_at"] else (
-            "due " + _when(ticket["due_response_at"]) if ticket["due_response_at"] else "-")
+        response = "answered " + shown_time(ticket["first_response_at"]) if ticket["first_response_at"] else (
+            "due " + shown_time(ticket["due_response_at"]) if ticket["due_response_at"] else "-")
         click.echo(
-            f"Response: {response}   Resolution: due {_when(ticket['due_resolution_at']) or '-'}"
+            f"Response: {response}   Resolution: due {shown_time(ticket['due_resolution_at']) or '-'}"
             + ("   OVERDUE" if ticket["overdue"] else "")
         )
     for f in ticket["failing_addresses"]:
         click.echo(
-            f"Failing address: {f['address']} bounced {_when(f['failed_at'])} ({f['reason']}); no automatic "
-            f"mail to it until {_when(f['hold_until'])} or until it writes to us"
+            f"Failing address: {f['address']} bounced {shown_time(f['failed_at'])} ({f['reason']}); no automatic "
+            f"mail to it until {shown_time(f['hold_until'])} or until it writes to us"
         )
     for m in ticket["messages"]:
         arrow = "<-" if m["direction"] == "in" else "->"
         click.echo("")
-        click.echo(f"{arrow} {m['from_name'] or ''} <{m['from_address'] or ''}>  {_when(m['date'])}")
+        click.echo(f"{arrow} {m['from_name'] or ''} <{m['from_address'] or ''}>  {shown_time(m['date'])}")
         click.echo(f"   Subject: {m['subject']}")
         if m["thread_reason"]:
             click.echo(f"   Threading: {m['thread_reason']}")
@@ -301,11 +297,11 @@ def tickets_show(app, ticket_id, as_json):
             actor = f" ({e['actor']})" if e.get("actor") and e["actor"] != "system" else ""
             detail = (e["detail"] or "").strip()
             if e["kind"] == "note" and "\n" in detail:
-                click.echo(f"  {_when(e['created_at'])}  note{actor}:")
+                click.echo(f"  {shown_time(e['created_at'])}  note{actor}:")
                 for line in detail.splitlines():
                     click.echo(f"      {line}")
             else:
-                click.echo(f"  {_when(e['created_at'])}  {e['kind']}{actor}: {detail}")
+                click.echo(f"  {shown_time(e['created_at'])}  {e['kind']}{actor}: {detail}")
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -358,17 +354,30 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
     table = []
     for t in rows:
         table.append([f"#{t['id']}", t["status"], t["priority"], t["account"], t["requester"] or "",
-                      t["subject"], _when(t["updated_at"]), snippet(t)])
+                      t["subject"], shown_time(t["updated_at"]), snippet(t)])
     print_table(table, ["id", "status", "priority", "account", "requester", "subject", "updated", "match"])
 
 
 # --- managing tickets: each change is an event in the ticket's history -----------------------------
 
 
-def _actor() -> str:
-    from mail2ticket.outbox import _user
-
-    return _user()
+def message_text(text: str | None, path, template, *, what: str, nothing: str) -> str:
+    """The text of a reply or note: --message, --file, or else $EDITOR opened on ``template()``
+    (lines starting with '#' removed). Refuses both options at once, and an empty text."""
+    if text is not None and path is not None:
+        raise click.UsageError("give either --message or --file, not both")
+    if path is not None:
+        text = path.read()
+    elif text is None:
+        edited = click.edit(template(), extension=".txt", require_save=True)
+        if edited is None:
+            raise click.ClickException(
+                f"the editor was closed without saving: {nothing} (save the text, or give --message)"
+            )
+        text = "\n".join(line for line in edited.splitlines() if not line.startswith("#")).strip("\n")
+    if not text.strip():
+        raise click.ClickException(f"the {what} is empty: {nothing} (write some text)")
+    return text
 
 
 @tickets_group.command("assign")
@@ -384,12 +393,12 @@ def tickets_assign(app, ticket_id, assignee, unassign):
       mail2ticket tickets assign 42 alice
       mail2ticket tickets assign 42 --unassign
     """
-    from mail2ticket.store import set_assignee, transaction
+    from mail2ticket.store import current_user, set_assignee, transaction
 
     if bool(assignee) == unassign:
         raise click.UsageError("give a name, or --unassign")
     with transaction(app.db):
-        changed = set_assignee(app.db, ticket_id, None if unassign else assignee, actor=_actor())
+        changed = set_assignee(app.db, ticket_id, None if unassign else assignee, actor=current_user())
     if not changed:
         click.echo(f"Ticket #{ticket_id} already {'has no assignee' if unassign else f'is assigned to {assignee}'}.")
     else:
@@ -408,11 +417,11 @@ def tickets_priority(app, ticket_id, priority):
       mail2ticket tickets priority 42 urgent
     """
     from mail2ticket.sla import check_overdue, set_due_times
-    from mail2ticket.store import set_priority, transaction
+    from mail2ticket.store import current_user, set_priority, transaction
 
     cfg = app.config()
     with transaction(app.db):
-        changed = set_priority(app.db, ticket_id, priority, actor=_actor())
+        changed = set_priority(app.db, ticket_id, priority, actor=current_user())
         if changed:
             set_due_times(cfg, app.db, ticket_id)
     if not changed:
@@ -435,13 +444,13 @@ def tickets_tag(app, ticket_id, tags, remove):
       mail2ticket tickets tag 42 billing vip
       mail2ticket tickets tag 42 vip --remove
     """
-    from mail2ticket.store import add_tags, get_ticket, remove_tags, transaction
+    from mail2ticket.store import add_tags, current_user, get_ticket, remove_tags, transaction
 
     with transaction(app.db):
         if remove:
-            changed = remove_tags(app.db, ticket_id, tags, actor=_actor())
+            changed = remove_tags(app.db, ticket_id, tags, actor=current_user())
         else:
-            changed = add_tags(app.db, ticket_id, tags, actor=_actor())
+            changed = add_tags(app.db, ticket_id, tags, actor=current_user())
         now = get_ticket(app.db, ticket_id)["tags"]
     verb = "removed" if remove else "added"
     if changed:
@@ -465,24 +474,16 @@ def tickets_note(app, ticket_id, text, path):
       mail2ticket tickets note 42 --message "Called the customer; waiting for the part."
       dmesg | tail -20 | mail2ticket tickets note 42 --file -
     """
-    from mail2ticket.store import add_note, get_ticket, transaction
+    from mail2ticket.store import add_note, current_user, get_ticket, transaction
 
-    if text is not None and path is not None:
-        raise click.UsageError("give either --message or --file, not both")
-    if path is not None:
-        text = path.read()
-    elif text is None:
+    def template() -> str:
         ticket = get_ticket(app.db, ticket_id)
-        edited = click.edit(f"\n\n# Internal note on #{ticket['id']}: {ticket['subject']}\n"
-                            "# Lines starting with '#' are removed. Notes are never mailed.\n",
-                            extension=".txt", require_save=True)
-        if edited is None:
-            raise click.ClickException("the editor was closed without saving: no note added")
-        text = "\n".join(line for line in edited.splitlines() if not line.startswith("#"))
-    if not text.strip():
-        raise click.ClickException("the note is empty: nothing added")
+        return (f"\n\n# Internal note on #{ticket['id']}: {ticket['subject']}\n"
+                "# Lines starting with '#' are removed. Notes are never mailed.\n")
+
+    text = message_text(text, path, template, what="note", nothing="nothing added")
     with transaction(app.db):
-        add_note(app.db, ticket_id, text, actor=_actor())
+        add_note(app.db, ticket_id, text, actor=current_user())
     click.echo(f"Note added to ticket #{ticket_id}.")
 
 
