@@ -54,6 +54,50 @@ class AttachmentStore:
             ) from None
         return sha256, rel
 
+    def put_stream(self, chunks, max_bytes: int | None = None) -> tuple[str, str, int]:
+        """Store the bytes of the iterable ``chunks`` durably without holding them together:
+        written to a temp file while hashing, fsynced, renamed to their content address.
+
+        Returns (sha256, relative path, size). ``max_bytes``: more than that raises ValueError
+        (nothing stored). Same content is stored once."""
+        tmpdir = self.root / "tmp"
+        tmp = tmpdir / f"stream-{os.urandom(6).hex()}.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise ValueError(f"more than {max_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            sha256 = digest.hexdigest()
+            rel = self.relpath(sha256)
+            target = self.root / rel
+            if target.exists() and target.stat().st_size == size:
+                tmp.unlink()
+                return sha256, rel, size
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+        except BaseException:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise
+        return sha256, rel, size
+
     def sweep_temp(self, max_age: float = 24 * 3600) -> int:
         """Remove temp files left by a crash mid-write; returns how many.
 

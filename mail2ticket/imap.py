@@ -366,6 +366,67 @@ class Mailbox:
                 self.gmail_ids[uid] = ids
         return out
 
+    def fetch_to_file(self, uid: int, size: int, directory, piece: int | None = None):
+        """Fetch one large message in pieces (``UID FETCH BODY.PEEK[]<offset.length>``) into a
+        temp file in ``directory``, hashing while writing: ``(Spool, internaldate)``. Never holds
+        more than one piece in memory.
+
+        None when the server does not send it properly (no content, an empty one, an unreadable
+        answer, pieces that do not add up to its RFC822.SIZE): no file is left, and the reason is
+        in ``fetch_failures[uid]``, as fetch() does for a whole message. A cut connection raises."""
+        import hashlib
+        from pathlib import Path
+
+        from mail2ticket.bigmessage import PIECE, Spool
+
+        piece = piece or PIECE
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"raw-{uid}-{os.urandom(4).hex()}.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
+        offset = 0
+        idate = None
+        why = None
+        extra = [i for i in fetch_items(self.capabilities()) if not i.startswith("BODY")]
+        try:
+            with open(path, "wb") as out:
+                while True:
+                    items = [f"BODY.PEEK[]<{offset}.{piece}>"] + (extra if offset == 0 else [])
+                    found, failed = self._fetch_each([uid], items)
+                    item = found.get(uid) or {}
+                    key = next((k for k in item if isinstance(k, bytes) and k.startswith(b"BODY[")), None)
+                    data = item.get(key) if key is not None else None
+                    if uid in failed or not isinstance(data, bytes) or (offset == 0 and not data):
+                        why = failed.get(uid) or (
+                            "the server answered without the message's content" if offset == 0 and data is None
+                            else "the server sent an empty message content" if offset == 0
+                            else f"the server stopped sending the message at byte {offset} of {size}"
+                        )
+                        break
+                    if offset == 0:
+                        idate = item.get(b"INTERNALDATE")
+                        with contextlib.suppress(TypeError, ValueError):
+                            size = int(item.get(b"RFC822.SIZE", size))
+                        ids = gmail_ids(item)
+                        if ids != (None, None):
+                            self.gmail_ids[uid] = ids
+                    out.write(data)
+                    digest.update(data)
+                    offset += len(data)
+                    del found, item, data
+                    if offset >= size or offset % piece:
+                        break
+            if why is None and offset != size:
+                why = f"the server sent {offset} bytes but announced {size}"
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if why is not None:
+            path.unlink(missing_ok=True)
+            self.fetch_failures[uid] = why
+            return None
+        return Spool(str(path), offset, digest.hexdigest()), idate
+
     # --- after import ---------------------------------------------------------------
     def apply_action(self, action: str, uids: Sequence[int]) -> None:
         """The after-import action for stored messages, with UID commands only."""

@@ -14,6 +14,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.attachments import AttachmentStore
+from mail2ticket.bigmessage import Spool
 from mail2ticket.errors import ParseError, StoreError, TempFailError
 from mail2ticket.parse import ParsedMessage
 from mail2ticket.store import iso, log_event, now_iso, transaction
@@ -48,6 +49,17 @@ class Incoming:
     gm_mailbox: str | None = None
     gm_msgid: int | None = None
     gm_thrid: int | None = None
+    # A large message fetched into a temp file instead of ``raw`` (mail2ticket.bigmessage).
+    spool: Spool | None = None
+
+    @property
+    def downloaded(self) -> bool:
+        """Whether the message's bytes were fetched (in memory or in a spool file)."""
+        return self.raw is not None or self.spool is not None
+
+    @property
+    def raw_size(self) -> int:
+        return self.spool.size if self.spool is not None else len(self.raw or b"")
     # Why the server's copy could not be read (no content, an unreadable answer) after several
     # polls: ``raw`` is None and the message goes to the quarantine, left on the server unflagged.
     fetch_error: str | None = None
@@ -67,7 +79,7 @@ class Outcome:
     @property
     def flag_on_server(self) -> bool:
         """Whether the server-side action may now run (the message is durably accounted for)."""
-        return self.status != "skipped" and self.incoming.raw is not None
+        return self.status != "skipped" and self.incoming.downloaded
 
 
 @dataclass
@@ -80,6 +92,8 @@ class ImportContext:
     config: Any = None
     # With a config, new tickets are acknowledged (mail2ticket.acknowledge, run after ``hooks``).
     acknowledge: bool = True
+    # The size limits of the large-message path (bigmessage.parse_file); from the config.
+    limits: Any = None
 
     def __post_init__(self) -> None:
         if self.config is not None and self.acknowledge:
@@ -100,6 +114,13 @@ class ImportContext:
                     max_attachment_bytes=self.config.max_attachment_size,
                 )
                 self.parse = functools.partial(parse_module.parse_message, limits=limits)
+        if self.limits is None:
+            from mail2ticket.parsed import DEFAULT_LIMITS, ParseLimits
+
+            self.limits = DEFAULT_LIMITS
+            if self.config is not None:
+                self.limits = ParseLimits(max_message_bytes=self.config.max_message_size,
+                                          max_attachment_bytes=self.config.max_attachment_size)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -119,6 +140,11 @@ def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
     """CPU and file work done before the transaction: hash, parse, write attachment files."""
     if item.raw is None and item.fetch_error:
         return _Prepared(item, None, None, item.fetch_error, [])
+    if item.spool is not None:
+        digest = item.spool.sha256
+        if _known(ctx.db, item, digest):
+            return _Prepared(item, digest, None, None, [])
+        return _parse_spool(ctx, item, digest)
     if item.raw is None:
         limit = item.too_large_limit
         return _Prepared(item, None, None, f"message of {item.size} bytes is over the size limit of {limit} bytes", [])
@@ -139,6 +165,19 @@ def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
     return _Prepared(item, digest, parsed, None, stored)
 
 
+def _parse_spool(ctx: ImportContext, item: Incoming, digest: str) -> _Prepared:
+    """Parse a large message from its spool file in bounded memory (mail2ticket.bigmessage)."""
+    from mail2ticket.bigmessage import parse_file
+
+    assert item.spool is not None
+    answer = parse_file(ctx.parse, ctx.attachments, item.spool.path, ctx.limits)
+    if answer[0] == "tempfail":
+        raise answer[1]
+    if answer[0] == "ok":
+        return _Prepared(item, digest, answer[1], None, answer[2])
+    return _Prepared(item, digest, None, answer[1], [])
+
+
 def _known(db: Database, item: Incoming, digest: str) -> bool:
     """Already imported, by source or by content: parsing it again would be wasted work."""
     if item.source is not None and _existing_source(db, item.source) is not None:
@@ -151,6 +190,8 @@ def _known(db: Database, item: Incoming, digest: str) -> bool:
 
 def _prepare_parse(ctx: ImportContext, prep: _Prepared) -> _Prepared:
     item = prep.incoming
+    if item.spool is not None:
+        return _parse_spool(ctx, item, prep.sha256 or item.spool.sha256)
     try:
         parsed = ctx.parse(item.raw)
     except Exception as exc:
@@ -237,11 +278,7 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
                        detail=f"Gmail message {item.gm_msgid} already imported from {seen['folder']} "
                               f"of account {seen['account']}")
     if prep.sha256 is not None:
-        db.execute(
-            "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
-            "on conflict(sha256) do nothing",
-            [prep.sha256, len(item.raw or b""), item.raw, now],
-        )
+        _insert_raw(db, item, prep.sha256, now)
         same = [
             {"id": row[0], "ticket_id": row[1]}
             for row in db.execute(
@@ -277,8 +314,8 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
                 "uidvalidity": item.source.uidvalidity if item.source else None,
                 "uid": item.source.uid if item.source else None,
                 "raw_sha256": prep.sha256,
-                "size": item.size if item.raw is None else len(item.raw),
-                "reason": ("unfetchable" if item.fetch_error else "too-large") if item.raw is None else "unparseable",
+                "size": item.raw_size if item.downloaded else item.size,
+                "reason": "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large"),
                 "error": prep.error or "",
                 "created_at": now,
             }
@@ -410,7 +447,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
 def _record_source(db: Database, item: Incoming, sha: str | None, *, message, quarantine) -> None:
     if item.source is None:
         return
-    action = item.action if item.raw is not None else None
+    action = item.action if item.downloaded else None
     _insert(
         db,
         "sources",
@@ -428,6 +465,45 @@ def _record_source(db: Database, item: Incoming, sha: str | None, *, message, qu
             **({"gm_mailbox": item.gm_mailbox, "gm_msgid": item.gm_msgid} if item.gm_msgid else {}),
         }
     )
+
+
+def _insert_raw(db: Database, item: Incoming, sha: str, now: str) -> None:
+    """The raw bytes into raw_messages (once per content). A spooled message is written with
+    incremental blob I/O, 1 MB at a time, inside the same transaction: never whole in memory."""
+    if item.spool is None:
+        db.execute(
+            "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
+            "on conflict(sha256) do nothing",
+            [sha, len(item.raw or b""), item.raw, now],
+        )
+        return
+    spool = item.spool
+    conn = db.conn
+    before = conn.total_changes
+    db.execute(
+        "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, zeroblob(?), ?) "
+        "on conflict(sha256) do nothing",
+        [sha, spool.size, spool.size, now],
+    )
+    if conn.total_changes == before:
+        return  # the same bytes are already stored
+    rowid = db.execute("select rowid from raw_messages where sha256 = ?", [sha]).fetchone()[0]
+    digest = hashlib.sha256()
+    written = 0
+    try:
+        with open(spool.path, "rb") as f, conn.blobopen("raw_messages", "raw", rowid) as blob:
+            while chunk := f.read(1 << 20):
+                if written + len(chunk) > spool.size:
+                    break
+                digest.update(chunk)
+                blob.write(chunk)
+                written += len(chunk)
+    except OSError as exc:
+        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
+                            "the next poll fetches it again") from None
+    if written != spool.size or digest.hexdigest() != sha:
+        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
+                            "the next poll fetches it again")
 
 
 def _same_gmail_message(db: Database, item: Incoming) -> dict | None:

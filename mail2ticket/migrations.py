@@ -385,3 +385,12 @@ def m601_mailbox_checked(db: Database) -> None:
     """Issue 9: when a folder was last opened with a full SELECT. Between such checks a poll asks
     only STATUS (UIDNEXT, UIDVALIDITY), whose cost does not grow with the mailbox."""
     db["mailboxes"].add_column("checked_at", str)
+
+
+@migrations()
+def m611_raw_blob_last(db: Database) -> None:
+    """Issue 9, large messages: the raw bytes become the last column of raw_messages. A large
+    message is inserted as zeroblob(size) and then written with incremental blob I/O; SQLite
+    keeps a zeroblob unexpanded only in a record's last column (elsewhere the insert alone
+    allocates the whole size in memory). One-time cost: the table is copied once."""
+    db["raw_messages"].transform(column_order=["sha256", "size", "stored_at", "raw"])

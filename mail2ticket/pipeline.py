@@ -134,10 +134,12 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _serve(conn, parse: Callable[[bytes], Any], root: Path) -> None:
-    """A worker's loop: read one raw message, answer with parse_and_store's result.
+def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None) -> None:
+    """A worker's loop: read one message, answer with parse_and_store's result.
 
-    An empty message, or EOF, ends it (EOF alone is not enough: workers forked later hold copies
+    Each message is two frames: its kind (b"r": the raw bytes follow; b"f": the path of a spool
+    file follows, parsed in bounded memory by bigmessage.parse_file). An empty frame, or EOF,
+    ends it (EOF alone is not enough: workers forked later hold copies
     of the main process's ends of the earlier workers' pipes)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
@@ -147,12 +149,18 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path) -> None:
     store = AttachmentStore(root)
     while True:
         try:
+            kind = conn.recv_bytes()
+            if not kind:
+                return
             raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if not raw:
-            return
-        result = parse_and_store(parse, store, raw)
+        if kind == b"f":
+            from mail2ticket.bigmessage import parse_file
+
+            result = parse_file(parse, store, raw.decode("utf-8", "surrogateescape"), limits)
+        else:
+            result = parse_and_store(parse, store, raw)
         del raw
         try:
             conn.send(result)
@@ -168,9 +176,10 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path) -> None:
 
 @dataclass
 class _Task:
-    raw: bytes
+    raw: bytes | None
     future: Future
     deadline: float = 0.0
+    path: str | None = None  # a spool file to parse instead of ``raw``
 
 
 class _Worker:
@@ -188,7 +197,8 @@ class ParsePool:
     ("error", ...) that sends it to the quarantine. Use as a context manager, or call close()."""
 
     def __init__(self, parse: Callable[[bytes], Any], attachments_root: Path, workers: int,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, limits: Any = None):
+        self._limits = limits
         self._mp = multiprocessing.get_context("fork")
         self._parse = parse
         self._root = Path(attachments_root)
@@ -220,13 +230,14 @@ class ParsePool:
 
     def _spawn(self) -> _Worker:
         ours, theirs = self._mp.Pipe(duplex=True)
-        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root),
+        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root, self._limits),
                                 name="mail2ticket-parser", daemon=True)
         proc.start()
         theirs.close()
         return _Worker(proc, ours)
 
-    def submit(self, raw: bytes) -> Future:
+    def submit(self, raw: bytes | None, path: str | None = None) -> Future:
+        """Parse ``raw``, or the message in the spool file ``path`` (bounded memory)."""
         future: Future = Future()
         with self._lock:
             if self._closed:
@@ -234,7 +245,7 @@ class ParsePool:
             if self._failed is not None:
                 future.set_exception(self._failed)
                 return future
-            self._queue.append(_Task(raw, future))
+            self._queue.append(_Task(raw, future, path=path))
         self._wake()
         return future
 
@@ -283,7 +294,12 @@ class ParsePool:
             task.deadline = time.monotonic() + self.timeout
             w.task = task
             try:
-                w.conn.send_bytes(task.raw)
+                if task.path is not None:
+                    w.conn.send_bytes(b"f")
+                    w.conn.send_bytes(task.path.encode("utf-8", "surrogateescape"))
+                else:
+                    w.conn.send_bytes(b"r")
+                    w.conn.send_bytes(task.raw or b"")
             except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                 self._replace(w, self._death_reason(w))
 
@@ -471,14 +487,20 @@ class Pipeline:
         """Start preparing ``items``: the result is collected with PreparedBatch.result()."""
         if self.workers == 0:
             return PreparedBatch(items, [_prepare(self.ctx, item) for item in items])
-        digests = [hashlib.sha256(it.raw).hexdigest() if it.raw is not None else None for it in items]
+        digests = [
+            it.spool.sha256 if it.spool is not None
+            else hashlib.sha256(it.raw).hexdigest() if it.raw is not None else None
+            for it in items
+        ]
         known = self._known(items, digests)
         parts: list[_Prepared | tuple[str, Future]] = []
         for i, item in enumerate(items):
-            if not item.raw:
+            if not item.raw and item.spool is None:
                 parts.append(_prepare(self.ctx, item))  # over the size limit, or empty: nothing to parse
             elif i in known:
                 parts.append(_Prepared(item, digests[i], None, None, []))  # nothing to parse
+            elif item.spool is not None:  # large: the worker reads it from its file
+                parts.append((digests[i], self._ensure_pool(len(items)).submit(None, item.spool.path)))
             else:
                 parts.append((digests[i], self._ensure_pool(len(items)).submit(item.raw)))
         return PreparedBatch(items, parts)
@@ -488,7 +510,7 @@ class Pipeline:
             parse = self.ctx.parse
             assert parse is not None
             self._pool = ParsePool(parse, self.ctx.attachments.root, min(self.workers, max(1, wanted)),
-                                   self.timeout)
+                                   self.timeout, getattr(self.ctx, "limits", None))
         return self._pool
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlite_utils import Database
 
 from mail2ticket.attachments import AttachmentStore
+from mail2ticket.bigmessage import BIG_MESSAGE, Spool
 from mail2ticket.config import Account, Config
 from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError
 from mail2ticket.imap import Mailbox, chunks
@@ -203,6 +204,16 @@ def poll_account(
     )
     limit = account.max_message_size or cfg.max_message_size
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
+    spools: list[Spool] = []  # large messages fetched into temp files: removed when the poll ends
+    try:
+        return _poll(cfg, db, account, password, ctx, limit, result, spools, stop)
+    finally:
+        for spool in spools:
+            spool.unlink()
+
+
+def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: ImportContext, limit: int,
+          result: PollResult, spools: list[Spool], stop) -> PollResult:
     with Mailbox(account, password) as box:
         if _nothing_new(db, box, account):
             return result
@@ -252,11 +263,20 @@ def poll_account(
                 if stop is not None and stop.is_set():
                     return
                 big = [u for u in batch if sizes.get(u, 0) > limit]
-                small = [u for u in batch if u not in big]
+                # Large (but allowed) messages are fetched in pieces into temp files, never whole
+                # in memory; they are parsed from there and stored with incremental blob I/O.
+                large = [u for u in batch if u not in big and sizes.get(u, 0) > BIG_MESSAGE]
+                small = [u for u in batch if u not in big and u not in large]
                 fetched = box.fetch(small) if small else {}
+                spooled: dict[int, tuple[Spool, object]] = {}
+                for uid in large:
+                    got = box.fetch_to_file(uid, sizes[uid], ctx.attachments.root / "tmp")
+                    if got is not None:
+                        spools.append(got[0])
+                        spooled[uid] = got
                 # A UID the server sent no body for may be gone (expunged meanwhile: fine) or the
                 # server failed to send it: then the watermark must stay below it, or it is lost.
-                held = box.existing([u for u in small if u not in fetched])
+                held = box.existing([u for u in small + large if u not in fetched and u not in spooled])
                 # ... but not forever (RELIABILITY 5, 9): after FETCH_TRIES polls it is quarantined.
                 give_up = _count_fetch_failures(db, account, info.uidvalidity, held, box.fetch_failures, failures)
                 held = [u for u in held if u not in give_up]
@@ -273,6 +293,14 @@ def poll_account(
                         items.append(
                             Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action,
                                      gm_mailbox=gm_mailbox if msgid else None, gm_msgid=msgid, gm_thrid=thrid)
+                        )
+                    elif uid in spooled:
+                        spool, idate = spooled.pop(uid)
+                        msgid, thrid = box.gmail_ids.get(uid, (None, None))
+                        items.append(
+                            Incoming(account.name, None, source, received_at=_internaldate(idate), action=action,
+                                     gm_mailbox=gm_mailbox if msgid else None, gm_msgid=msgid, gm_thrid=thrid,
+                                     spool=spool, size=spool.size)
                         )
                 yield batch, items, held  # later batches go on: the watermark stays below held UIDs
 
@@ -303,6 +331,8 @@ def poll_account(
                 result.flagged += _apply_pending(db, box, account, info.uidvalidity) if to_flag else 0
                 for outcome in outcomes:
                     outcome.incoming.raw = None  # stored: a long first import must not keep every body
+                    if outcome.incoming.spool is not None:
+                        outcome.incoming.spool.unlink()
         if held_back:
             tries, why = failures.get(held_back[0], (1, "the server sent no content"))
             result.error = ServerError(
