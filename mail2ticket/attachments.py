@@ -42,7 +42,7 @@ class AttachmentStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
@@ -83,7 +83,7 @@ class AttachmentStore:
                 return sha256, rel, size
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TempFailError(
@@ -153,7 +153,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

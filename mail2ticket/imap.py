@@ -280,9 +280,6 @@ class Mailbox:
         # "n:*" always matches the highest UID even when it is below n.
         return sorted(u for u in uids if u > after_uid)
 
-    def all_uids(self) -> list[int]:
-        return sorted(self.client.search(["ALL"]))
-
     def existing(self, uids: Sequence[int]) -> list[int]:
         """Which of ``uids`` are still in the folder (UID SEARCH)."""
         if not uids:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.attachments import AttachmentStore
+from mail2ticket.attachments import AttachmentStore, fsync_dir
 from mail2ticket.config import Account, Config
 from mail2ticket.errors import ConfigError, ParseError, StoreError
 from mail2ticket.imap import chunks
@@ -147,14 +147,6 @@ def _in_ledger(db: Database, account: str, folder: str) -> set[str]:
     return {row["name"] for row in rows}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _with_seen(entry: MaildirFile) -> str:
     flags = "".join(sorted(set(entry.flags) | {SEEN}))
     return f"{entry.name}:2,{flags}"
@@ -220,7 +212,7 @@ def finish_pending(db: Database, account: Account, root: Path, known: dict[str, 
                 ) from None
         done.append(row["id"])
     for directory in touched:  # the renames are durable before the ledger says so
-        _fsync_dir(directory)
+        fsync_dir(directory)
     with transaction(db):
         for chunk in chunks(done, 500):
             db.execute(
