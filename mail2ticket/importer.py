@@ -180,12 +180,42 @@ def _parse_spool(ctx: ImportContext, item: Incoming, digest: str) -> _Prepared:
 
 def _known(db: Database, item: Incoming, digest: str) -> bool:
     """Already imported, by source or by content: parsing it again would be wasted work."""
-    if item.source is not None and _existing_source(db, item.source) is not None:
-        return True
-    row = db.execute(
-        "select 1 from messages where raw_sha256 = ? and direction = 'in' limit 1", [digest]
-    ).fetchone()
-    return row is not None
+    return bool(known_items(db, [item], [digest]))
+
+
+def known_items(db: Database, items: Sequence[Incoming], digests: Sequence[str | None]) -> set[int]:
+    """Indexes of ``items`` already imported, by source or by content (``digests``: their raw
+    SHA-256, None when unknown): one query for the sources and one for the hashes, per batch."""
+    known: set[int] = set()
+    sources = [(i, it.source) for i, it in enumerate(items) if it.source is not None]
+    if sources:
+        first = sources[0][1]
+        if all((s.account, s.folder, s.uidvalidity) == (first.account, first.folder, first.uidvalidity)
+               for _, s in sources):
+            uids = [s.uid for _, s in sources]
+            found = {
+                row[0]
+                for row in db.execute(
+                    "select uid from sources where account = ? and folder = ? and uidvalidity = ? "
+                    f"and uid in ({','.join('?' * len(uids))})",
+                    [first.account, first.folder, first.uidvalidity, *uids],
+                )
+            }
+            known |= {i for i, s in sources if s.uid in found}
+        else:
+            known |= {i for i, s in sources if _existing_source(db, s) is not None}
+    hashes = sorted({d for d in digests if d is not None})
+    if hashes:
+        seen = {
+            row[0]
+            for row in db.execute(
+                "select raw_sha256 from messages where direction = 'in' and raw_sha256 in "
+                f"({','.join('?' * len(hashes))})",
+                hashes,
+            )
+        }
+        known |= {i for i, d in enumerate(digests) if d in seen}
+    return known
 
 
 def _prepare_parse(ctx: ImportContext, prep: _Prepared) -> _Prepared:

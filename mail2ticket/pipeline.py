@@ -30,7 +30,7 @@ from typing import Any
 
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, TempFailError
-from mail2ticket.importer import ImportContext, Incoming, _prepare, _Prepared
+from mail2ticket.importer import ImportContext, Incoming, _prepare, _Prepared, known_items
 
 log = logging.getLogger(__name__)
 
@@ -450,39 +450,6 @@ class Pipeline:
             self._pool.close()
             self._pool = None
 
-    def _known(self, items: Sequence[Incoming], digests: list[str | None]) -> set[int]:
-        """Indexes of items already imported, by source or by content: one query each per batch."""
-        db = self.ctx.db
-        known: set[int] = set()
-        sources = [(i, it.source) for i, it in enumerate(items) if it.source is not None]
-        if sources:
-            first = sources[0][1]
-            same_box = [s for _, s in sources if (s.account, s.folder, s.uidvalidity) ==
-                        (first.account, first.folder, first.uidvalidity)]
-            if len(same_box) == len(sources):
-                uids = [s.uid for s in same_box]
-                found = {
-                    row[0]
-                    for row in db.execute(
-                        f"select uid from sources where account = ? and folder = ? and uidvalidity = ? "
-                        f"and uid in ({','.join('?' * len(uids))})",
-                        [first.account, first.folder, first.uidvalidity, *uids],
-                    )
-                }
-                known |= {i for i, s in sources if s.uid in found}
-        hashes = sorted({d for d in digests if d is not None})
-        if hashes:
-            seen = {
-                row[0]
-                for row in db.execute(
-                    f"select raw_sha256 from messages where direction = 'in' and raw_sha256 in "
-                    f"({','.join('?' * len(hashes))})",
-                    hashes,
-                )
-            }
-            known |= {i for i, d in enumerate(digests) if d in seen}
-        return known
-
     def submit(self, items: Sequence[Incoming]) -> PreparedBatch:
         """Start preparing ``items``: the result is collected with PreparedBatch.result()."""
         if self.workers == 0:
@@ -492,7 +459,7 @@ class Pipeline:
             else hashlib.sha256(it.raw).hexdigest() if it.raw is not None else None
             for it in items
         ]
-        known = self._known(items, digests)
+        known = known_items(self.ctx.db, items, digests)
         parts: list[_Prepared | tuple[str, Future]] = []
         for i, item in enumerate(items):
             if not item.raw and item.spool is None:
