@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ITEMS = range(1, 53)
+ITEMS = range(1, 53)  # RELIABILITY.md section b; every one must be in the table
+# Items from 53 on are the project's own: holes found by attacks on the running program and by users
+# (docs/reliability.md, "Our own items"). They are numbered in the order they were found.
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,8 @@ def collected(request: pytest.FixtureRequest) -> set[str]:
 
 
 def test_every_catalogue_item_has_tests_or_a_reason():
-    assert sorted(CATALOGUE) == list(ITEMS), "items missing from (or unknown to) the table"
+    assert set(ITEMS) <= set(CATALOGUE), "items missing from the table"
+    assert min(CATALOGUE) >= 1, "item numbers start at 1"
     for item, entry in CATALOGUE.items():
         if isinstance(entry, Tests):
             assert entry.ids, f"item {item}: no test named"
