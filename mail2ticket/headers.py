@@ -137,14 +137,16 @@ def addresses(
             text = text[:MAX_ADDRESS_HEADER_CHARS]
             defects.append("address header cut before parsing")
         texts.append(_quote_address_names(text))
+    originals = texts
+    texts = [_quote_encoded_phrases(text, defects) for text in texts]
     pairs = _getaddresses(texts, defects)
-    if not any("@" in addr for _, addr in pairs) and any("=?" in t for t in texts):
+    if not any(_usable(addr) for _, addr in pairs) and any("=?" in t for t in originals):
         # Some senders encode the whole mailbox, address included, as one encoded word.
-        pairs = _getaddresses([decode_words(t)[0] for t in texts], defects)
+        pairs = _getaddresses([decode_words(t)[0] for t in originals], defects)
     out: list[tuple[str, str]] = []
     for name, addr in pairs:
         addr = clean(addr).strip().strip("<>").lower()
-        if "@" not in addr or " " in addr:
+        if not _usable(addr):
             continue
         name, word_defects = decode_words(name)
         defects += word_defects
@@ -155,11 +157,68 @@ def addresses(
     return out, defects
 
 
+def _usable(addr: str) -> bool:
+    addr = clean(addr).strip().strip("<>")
+    return "@" in addr and " " not in addr
+
+
 def _quote_address_names(text: str) -> str:
     """Quote an unquoted address used as a display name: ``a@x <b@y>`` is one mailbox, b@y."""
     if "<" not in text:
         return text
     return _BARE_ADDR_AS_NAME.sub(r'\1 "\2" \3', text)
+
+
+_WORD = r"=\?[^?\s]{1,80}\?[bBqQ]\?[^?]{0,2000}\?="
+_WORD_RUN = re.compile(rf"{_WORD}(?:[ \t\r\n]*{_WORD})*")
+
+
+def _quote_encoded_phrases(text: str, defects: list[str]) -> str:
+    """Unquoted encoded words in a phrase, decoded into a quoted string before the list is split.
+
+    ``=?utf-8?q?M=C3=BCller,=20Andreas?= <a@x>`` is one mailbox: the comma is inside the encoded
+    word. Quoting the decoded text keeps its commas, brackets and @ signs part of the name, so
+    an encoded ``<boss@x>`` never becomes an address. Quoted strings, comments and <addresses>
+    are left as they are (names in quotes and comments are decoded after the split).
+    """
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    i, n, start = 0, len(text), 0
+    quoted = escaped = False
+    depth = 0
+    angle = False
+    while i < n:
+        ch = text[i]
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = ch != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+        elif angle:
+            angle = ch != ">"
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            depth = 1
+        elif ch == "<":
+            angle = True
+        elif ch == "=" and text.startswith("=?", i):
+            match = _WORD_RUN.match(text, i)
+            if match:
+                decoded, word_defects = decode_words(match.group(0))
+                defects += word_defects
+                decoded = clean(decoded).replace("\\", "\\\\").replace('"', '\\"')
+                out.append(text[start:i])
+                out.append(f'"{decoded}"')
+                i = start = match.end()
+                continue
+        i += 1
+    out.append(text[start:])
+    return "".join(out)
 
 
 def _ambiguous(text: str) -> bool:

@@ -227,6 +227,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_secrets_canary.py::test_a_refused_login_at_debug_level_names_the_account_but_not_the_password",
         "tests/test_secrets.py::test_a_failing_password_command_says_so_without_printing_what_it_wrote",
     ),
+    # Issue 15 (parser fidelity), tests/test_parse_fidelity.py:
+    77: tests(
+        "tests/test_parse_fidelity.py::test_an_encoded_word_with_a_comma_in_an_unquoted_name_is_one_mailbox",
+        "tests/test_parse_fidelity.py::test_encoded_names_with_commas_in_a_to_list_keep_every_address",
+        "tests/test_parse_fidelity.py::test_an_encoded_word_cannot_smuggle_an_address_past_the_real_one",
+    ),
 }
 
 
