@@ -233,6 +233,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_encoded_names_with_commas_in_a_to_list_keep_every_address",
         "tests/test_parse_fidelity.py::test_an_encoded_word_cannot_smuggle_an_address_past_the_real_one",
     ),
+    63: tests(
+        "tests/test_install.py::test_install_test_deps_keeps_the_system_dovecot_disabled_and_installs_into_a_venv",
+        "tests/test_install.py::test_a_dovecot_installed_before_is_left_as_it_was",
+        "tests/test_install.py::test_install_without_test_installs_the_package_only",
+        "tests/test_install.py::test_ci_runs_the_readmes_test_command_as_written",
+        "tests/test_install.py::test_the_quick_start_installs_into_a_venv_and_runs_the_demo",
+    ),
 }
 
 
