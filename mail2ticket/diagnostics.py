@@ -7,6 +7,7 @@ One IMAP connection is open at a time, as providers limit connections per accoun
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -100,6 +101,10 @@ def check_imap(account: Account, secret: str, report: Report) -> None:
         folder_exists(box, account.folder)
         info = box.select(account.folder)
         report(step, f"{info.exists} messages, UIDVALIDITY {info.uidvalidity}")
+        target = move_target(account.after_import)
+        if target is not None:
+            step = f"IMAP after_import folder {target}"
+            report(step, check_move_folder(box, target))
     except Mail2TicketError as exc:
         raise _fail(step, exc) from None
     except ssl.SSLError as exc:
@@ -123,6 +128,49 @@ def folder_exists(box: Mailbox, folder: str) -> None:
     raise ServerError(
         f"folder {folder!r} does not exist",
         f"set folder to one of: {shown}",
+    )
+
+
+def move_target(after_import: str | None) -> str | None:
+    """The folder of ``after_import = "move:FOLDER"``, else None."""
+    if after_import and after_import.startswith("move:"):
+        return after_import[5:]
+    return None
+
+
+def server_folders(box: Mailbox) -> tuple[list[str], str]:
+    """The folders the server lists, and how it lays them out: "separator '.', namespace 'INBOX.'"."""
+    folders = box.client.list_folders()
+    names = sorted(str(name) for _flags, _sep, name in folders)
+    separators = sorted({sep.decode() if isinstance(sep, bytes) else str(sep) for _f, sep, _n in folders if sep})
+    layout = [f"separator {sep!r}" for sep in separators[:1]]
+    try:
+        if b"NAMESPACE" in box.capabilities():
+            personal = box.client.namespace().personal or ()
+            prefixes = [str(prefix) for prefix, _sep in personal]
+            if prefixes:
+                layout.append("namespace " + ", ".join(repr(p) for p in prefixes))
+    except Exception:  # noqa: BLE001 - the namespace only helps to read the names
+        pass
+    return names, ", ".join(layout)
+
+
+def check_move_folder(box: Mailbox, folder: str) -> str:
+    """Check that ``folder`` (of after_import = "move:FOLDER") exists on a signed-in ``box``.
+
+    Returns a one-line description when it does; raises ServerError naming the folders the server
+    has, with its hierarchy separator and personal namespace, when it does not. Used by
+    'add-account', 'accounts test', the poll (when a move fails) and 'config check --online'."""
+    names, layout = server_folders(box)
+    if folder in names or (folder.upper() == "INBOX" and any(n.upper() == "INBOX" for n in names)):
+        return f"{folder} exists"
+    leaf = folder.rsplit("/", 1)[-1].rsplit(".", 1)[-1].lower()
+    close = [n for n in names if re.split(r"[./]", n)[-1].lower() == leaf]
+    shown = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+    hint = f'set after_import = "move:{close[0]}"' if close else 'create it, or set after_import = "move:FOLDER"'
+    raise ServerError(
+        f"after_import folder {folder!r} does not exist; the server has ({layout}): {shown}",
+        hint + " (then 'mail2ticket accounts test NAME')",
     )
 
 

@@ -35,6 +35,7 @@ class PollResult:
     error: str | None = None
     uidvalidity_changed: bool = False
     skipped: str | None = None  # why this poll did not run (another poll holds the account)
+    action_error: str | None = None  # the after-import action failed: mail stored, action pending
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
     @property
@@ -80,31 +81,63 @@ def _internaldate(value) -> datetime | None:
     return None
 
 
-def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: int) -> int:
-    """Finish server actions of messages stored by an earlier run that stopped before flagging."""
+def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: int, result: PollResult) -> int:
+    """Run the server action of every stored message still waiting for it, as the CURRENT config
+    says (a fixed or changed after_import applies to the waiting ones too).
+
+    A failing action never stops the poll: the messages stay pending (retried by the next poll),
+    ``result.action_error`` says why, naming the folder, and later calls in this poll do nothing."""
+    if result.action_error is not None:
+        return 0
     rows = list(
         db.query(
-            "select id, uid, action from sources where account = ? and folder = ? and uidvalidity = ? "
+            "select id, uid from sources where account = ? and folder = ? and uidvalidity = ? "
             "and action_state = 'pending' order by uid",
             [account.name, account.folder, uidvalidity],
         )
     )
     if not rows:
         return 0
-    by_action: dict[str, list[dict]] = {}
-    for row in rows:
-        by_action.setdefault(row["action"], []).append(row)
+    action = account.after_import or "none"
     done = 0
-    for action, items in by_action.items():
-        for chunk in chunks(items, 500):
+    for chunk in chunks(rows, 500):
+        try:
             box.apply_action(action, [r["uid"] for r in chunk])
-            with transaction(db):
-                db.execute(
-                    f"update sources set action_state = 'done' where id in ({','.join('?' * len(chunk))})",
-                    [r["id"] for r in chunk],
-                )
-            done += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - recorded and retried; never stops the import
+            result.action_error = _action_error(box, action, exc)
+            log.warning("account %s: %s", account.name, result.action_error)
+            return done
+        with transaction(db):
+            db.execute(
+                f"update sources set action_state = 'done', action = ? "
+                f"where id in ({','.join('?' * len(chunk))})",
+                [action, *[r["id"] for r in chunk]],
+            )
+        done += len(chunk)
     return done
+
+
+def _action_error(box: Mailbox, action: str, exc: Exception) -> str:
+    """One line on a failed after-import action: for a move, which folder and which ones exist."""
+    from mail2ticket.diagnostics import check_move_folder, move_target
+
+    from imapclient.exceptions import IMAPClientAbortError
+
+    if isinstance(exc, (ssl.SSLError, OSError, IMAPClientAbortError)):
+        raise exc  # the connection is gone: the poll fails as any lost connection does
+    target = move_target(action)
+    if target is not None:
+        try:
+            check_move_folder(box, target)
+        except Mail2TicketError as missing:
+            exc = missing
+        except Exception:  # noqa: BLE001 - keep the original error
+            pass
+    text = exc.one_line() if isinstance(exc, Mail2TicketError) else str(exc)
+    return (
+        f"after_import = {action!r} failed: {text}; the messages are stored and their server "
+        "action waits (retried at every poll, with the after_import the config then has)"
+    )
 
 
 # A poll that finds nothing new asks only STATUS; a full SELECT and UID SEARCH still runs at
@@ -218,8 +251,6 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         if _nothing_new(db, box, account):
             return result
         info = box.select(account.folder)
-        if account.after_import == "archive":
-            box.archive_folder()  # the server has no archive folder: fail before importing anything
         gm_mailbox = f"{account.imap_host.lower()}/{account.username.lower()}"
         state = get_mailbox(db, account.name, account.folder)
         last_uid = 0
@@ -246,7 +277,7 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         else:
             with transaction(db):
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
-        result.flagged += _apply_pending(db, box, account, info.uidvalidity)
+        result.flagged += _apply_pending(db, box, account, info.uidvalidity, result)
         uids = box.new_uids(last_uid, account.since)
         _mark_checked(db, account)
         if not uids:
@@ -328,7 +359,7 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                     if o.flag_on_server and o.incoming.action and o.incoming.action != "none"
                     and o.incoming.source is not None
                 ]
-                result.flagged += _apply_pending(db, box, account, info.uidvalidity) if to_flag else 0
+                result.flagged += _apply_pending(db, box, account, info.uidvalidity, result) if to_flag else 0
                 for outcome in outcomes:
                     outcome.incoming.raw = None  # stored: a long first import must not keep every body
                     if outcome.incoming.spool is not None:
@@ -340,6 +371,8 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 f"(try {tries} of {FETCH_TRIES}); it is not stored and not flagged",
                 f"the next poll fetches it again; after {FETCH_TRIES} tries it goes to the quarantine",
             ).one_line()
+    if result.action_error and not result.error:
+        result.error = result.action_error
     return result
 
 
@@ -411,9 +444,13 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
         row = next(iter(db.query("select failures from account_status where account = ?", [account.name])), None)
         failures = (row["failures"] if row else 0) + 1
         next_at = (datetime.now(UTC) + timedelta(seconds=backoff_seconds(failures))).replace(microsecond=0)
+        # Only the after-import action failed: new mail was imported and must go on being
+        # imported at the usual pace, so no backoff; the failure shows in 'status' all the same.
+        action_only = result.error == result.action_error
         record_poll(
-            db, account.name, ok=False, imported=result.stored, result="failed", error=result.error,
-            next_attempt_at=next_at.isoformat().replace("+00:00", "Z"),
+            db, account.name, ok=False, imported=result.stored,
+            result=result.summary() if action_only else "failed", error=result.error,
+            next_attempt_at=None if action_only else next_at.isoformat().replace("+00:00", "Z"),
         )
         log.error("account %s: %s", account.name, result.error)
     return result

@@ -179,7 +179,7 @@ def test_a_server_without_x_gm_ext_1_is_never_asked_for_gmails_ids(
     assert _rows(tmp_path, "select gm_thrid from messages") == [(None,)]
 
 
-def test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_fails_before_importing(
+def test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_imports_and_leaves_the_mail(
     dovecot, imap_user, account_config, tmp_path: Path
 ) -> None:
     dovecot.append(imap_user, _mail(1))
@@ -188,10 +188,13 @@ def test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_fails_bef
 
     result = _cli(config, "poll")
 
+    # A failing server action never stops the import (issue 13, point 8): the mail is stored,
+    # stays on the server, and the poll fails saying what to do.
     assert result.exit_code == 1
     assert "marks no folder as \\Archive or \\All" in result.stderr
     assert 'after_import = "move:FOLDER"' in result.stderr
-    assert _rows(tmp_path, "select count(*) from tickets") == [(0,)]
+    assert _rows(tmp_path, "select count(*) from tickets") == [(1,)]
+    assert _rows(tmp_path, "select action_state from sources") == [("pending",)]
     assert dovecot.uids(imap_user) == [1]
 
 

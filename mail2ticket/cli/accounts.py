@@ -254,7 +254,8 @@ def accounts_test(app, name, verbose):
     """Check an account step by step, stopping at the first failure with what to do.
 
     The steps: DNS, TCP connect, TLS handshake and certificate, IMAP capabilities, sign-in,
-    the folder, then SMTP: DNS, connect, EHLO, STARTTLS, AUTH. Exits non-zero on a failure.
+    the folder, the after_import "move:" folder (naming the folders the server has when it is
+    missing), then SMTP: DNS, connect, EHLO, STARTTLS, AUTH. Exits non-zero on a failure.
 
     \b
     Example:
