@@ -119,9 +119,9 @@ def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: in
 
 def _action_error(box: Mailbox, action: str, exc: Exception) -> str:
     """One line on a failed after-import action: for a move, which folder and which ones exist."""
-    from mail2ticket.diagnostics import check_move_folder, move_target
-
     from imapclient.exceptions import IMAPClientAbortError
+
+    from mail2ticket.diagnostics import check_move_folder, move_target
 
     if isinstance(exc, (ssl.SSLError, OSError, IMAPClientAbortError)):
         raise exc  # the connection is gone: the poll fails as any lost connection does

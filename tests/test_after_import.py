@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
-from tests.servers import Dovecot, find_dovecot
+from tests.servers import Dovecot, account_config, find_dovecot
 
 # Cyrus lays folders out below INBOX with a '.' separator: "INBOX.Processed", not "Processed".
 CYRUS_LIKE = """
@@ -80,8 +80,6 @@ def test_a_wrong_move_folder_never_stops_new_mail_and_a_fixed_config_moves_the_p
     user = server.add_user()
     store_password(user.name, user.password)
     server.create_folder(user, "INBOX.Processed")
-    from tests.servers import account_config
-
     account = account_config(user, server, after_import="move:Processed")
     config = _write_config(tmp_path, account)
     server.append(user, _mail(1))
@@ -123,8 +121,6 @@ def test_a_changed_after_import_applies_to_actions_still_pending(cyrus_like, tmp
     server = cyrus_like
     user = server.add_user()
     store_password(user.name, user.password)
-    from tests.servers import account_config
-
     account = account_config(user, server, after_import="move:Nowhere")
     config = _write_config(tmp_path, account)
     uid = server.append(user, _mail(1))
@@ -144,8 +140,6 @@ def test_accounts_test_names_a_missing_move_folder_and_the_folders_the_server_ha
     user = server.add_user()
     store_password(user.name, user.password)
     server.create_folder(user, "INBOX.Processed")
-    from tests.servers import account_config
-
     config = _write_config(tmp_path, account_config(user, server, after_import="move:Processed"))
     result = _cli(config, "accounts", "test", user.name, "-v")
     assert result.exit_code == 1, result.output

@@ -240,6 +240,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_install.py::test_ci_runs_the_readmes_test_command_as_written",
         "tests/test_install.py::test_the_quick_start_installs_into_a_venv_and_runs_the_demo",
     ),
+    60: tests(
+        "tests/test_after_import.py::test_a_wrong_move_folder_never_stops_new_mail_and_a_fixed_config_moves_the_pending_ones",
+        "tests/test_after_import.py::test_a_changed_after_import_applies_to_actions_still_pending",
+        "tests/test_after_import.py::test_accounts_test_names_a_missing_move_folder_and_the_folders_the_server_has",
+        "tests/test_after_import.py::test_add_account_refuses_a_move_folder_that_does_not_exist",
+        "tests/test_provider_quirks.py::test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_imports_and_leaves_the_mail",
+    ),
 }
 
 
