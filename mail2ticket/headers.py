@@ -124,7 +124,10 @@ def decode(value: object, hint: str | None = None) -> tuple[str, list[str]]:
 
 
 def addresses(
-    values: list[object], hint: str | None = None
+    values: list[object],
+    hint: str | None = None,
+    *,
+    unusable: list[tuple[str, str]] | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """(display name, lower-case address) pairs of address headers; only real addresses (with @)."""
     defects: list[str] = []
@@ -138,7 +141,7 @@ def addresses(
             defects.append("address header cut before parsing")
         texts.append(_quote_address_names(text))
     originals = texts
-    texts = [_quote_encoded_phrases(text, defects) for text in texts]
+    texts = [_drop_phrase_comments(_quote_encoded_phrases(text, defects)) for text in texts]
     pairs = _getaddresses(texts, defects)
     if not any(_usable(addr) for _, addr in pairs) and any("=?" in t for t in originals):
         # Some senders encode the whole mailbox, address included, as one encoded word.
@@ -147,14 +150,37 @@ def addresses(
     for name, addr in pairs:
         addr = clean(addr).strip().strip("<>").lower()
         if not _usable(addr):
+            if unusable is not None and name.strip() and addr.strip():
+                unusable.append((_name(name, addr, defects), addr[:200]))
             continue
-        name, word_defects = decode_words(name)
-        defects += word_defects
-        name = clean(name).strip().strip('"').strip()
-        if name.lower() == addr or ("@" in name and " " not in name):
-            name = ""  # an address where the name goes is not a name, and may be a spoof
-        out.append((name[:MAX_VALUE_CHARS], addr[:998]))
+        out.append((_name(name, addr, defects), addr[:998]))
     return out, defects
+
+
+def _name(name: str, addr: str, defects: list[str]) -> str:
+    name, word_defects = decode_words(name)
+    defects += word_defects
+    name = clean(name).strip().strip('"').strip()
+    if name.lower() == addr or ("@" in name and " " not in name):
+        name = ""  # an address where the name goes is not a name, and may be a spoof
+    return name[:MAX_VALUE_CHARS]
+
+
+def sender(values: list[object], hint: str | None = None) -> tuple[str | None, str | None, list[str]]:
+    """(display name, address) of the From header; the name is kept when the address is broken.
+
+    ``Jane Roe <jane roe@example.com>`` has no usable address (unquoted spaces in the local
+    part): the sender address is unknown, the name stays, and a defect says why.
+    """
+    unusable: list[tuple[str, str]] = []
+    pairs, defects = addresses(values, hint, unusable=unusable)
+    if pairs:
+        return pairs[0][0] or None, pairs[0][1], defects
+    if unusable:
+        name, addr = unusable[0]
+        defects.append(f"From address {addr!r} cannot be parsed: sender address unknown, name kept")
+        return name or None, None, defects
+    return None, None, defects
 
 
 def _usable(addr: str) -> bool:
@@ -218,6 +244,56 @@ def _quote_encoded_phrases(text: str, defects: list[str]) -> str:
                 continue
         i += 1
     out.append(text[start:])
+    return "".join(out)
+
+
+def _drop_phrase_comments(text: str) -> str:
+    """``Phrase (comment) <addr>`` read as ``Phrase <addr>``: the comment names the sender only
+    when there is no phrase (``addr (Name)``). Unbalanced text is left for _ambiguous to refuse."""
+    if "(" not in text or "<" not in text:
+        return text
+    out: list[str] = []
+    keep: list[str] = []  # the current mailbox's text before its "<", comments left out
+    seg: list[str] = []  # the same text, comments kept
+    quoted = escaped = angle = False
+    depth = 0
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = ch != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            seg.append(ch)
+            continue
+        elif angle:
+            angle = ch != ">"
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            depth = 1
+            seg.append(ch)
+            continue
+        elif ch == "<":
+            angle = True
+            out.append("".join(keep) + " " if "".join(keep).strip() else "".join(seg))
+            keep, seg = [], []
+            out.append(ch)
+            continue
+        elif ch == ",":
+            out.append("".join(seg) + ch)
+            keep, seg = [], []
+            continue
+        if angle or ch == ">":
+            out.append(ch)
+        else:
+            keep.append(ch)
+            seg.append(ch)
+    if depth or quoted:
+        return text
+    out.append("".join(seg))
     return "".join(out)
 
 

@@ -83,11 +83,11 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
     subject, subject_defects = _single(raw_values("subject"), "Subject", hint)
     defects += subject_defects
     from_values = raw_values("from")
-    froms, address_defects = headers.addresses(from_values, hint)
+    from_name, from_address, address_defects = headers.sender(from_values, hint)
     defects += address_defects
     if not from_values:
         defects.append("no From header")
-    elif not froms:
+    elif not from_address:
         defects.append("From header holds no usable address")
     lists = {}
     for name in ("to", "cc", "reply-to"):
@@ -110,8 +110,8 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
     result = ParsedMessage(
         message_id=message_ids[0] if message_ids else None,
         subject=subject,
-        from_address=froms[0][1] if froms else None,
-        from_name=(froms[0][0] or None) if froms else None,
+        from_address=from_address,
+        from_name=from_name,
         to=lists["to"],
         cc=lists["cc"],
         reply_to=lists["reply-to"],

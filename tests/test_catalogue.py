@@ -247,6 +247,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_after_import.py::test_add_account_refuses_a_move_folder_that_does_not_exist",
         "tests/test_provider_quirks.py::test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_imports_and_leaves_the_mail",
     ),
+    81: tests(
+        "tests/test_parse_fidelity.py::test_a_phrase_and_a_comment_give_the_phrase_as_the_name",
+        "tests/test_parse_fidelity.py::test_a_comment_is_the_name_only_when_there_is_no_phrase",
+        "tests/test_parse_fidelity.py::test_an_unparseable_address_keeps_the_display_name_the_raw_header_and_a_defect",
+    ),
 }
 
 

@@ -44,3 +44,28 @@ def test_a_whole_mailbox_in_one_encoded_word_still_gives_its_address() -> None:
     raw = mail("From: =?utf-8?q?Andr=C3=A9_=3Candre=40example=2Ecom=3E?=")
     parsed = parse_message(raw)
     assert (parsed.from_address, parsed.from_name) == ("andre@example.com", "André")
+
+
+# -- 5. display names: the phrase, else the comment; a broken address keeps its name (catalogue 81)
+
+
+def test_a_phrase_and_a_comment_give_the_phrase_as_the_name() -> None:
+    raw = mail("From: MAILER-DAEMON (Mail Delivery System) <MAILER-DAEMON@mx.example.com>")
+    parsed = parse_message(raw)
+    assert (parsed.from_address, parsed.from_name) == ("mailer-daemon@mx.example.com", "MAILER-DAEMON")
+
+
+def test_a_comment_is_the_name_only_when_there_is_no_phrase() -> None:
+    raw = mail("From: postmaster@example.com (Mail Delivery System)")
+    assert parse_message(raw).from_name == "Mail Delivery System"
+    quoted = mail('From: "Support (EU)" <help@example.com>')
+    assert parse_message(quoted).from_name == "Support (EU)"
+
+
+def test_an_unparseable_address_keeps_the_display_name_the_raw_header_and_a_defect() -> None:
+    raw = mail("From: Jane Roe <jane roe@example.com>", "Subject: printer")
+    parsed = parse_message(raw)
+    assert parsed.from_name == "Jane Roe"
+    assert parsed.from_address is None
+    assert parsed.header("from") == "Jane Roe <jane roe@example.com>"
+    assert any("jane roe@example.com" in d for d in parsed.defects)
