@@ -69,6 +69,7 @@ def _str_list(v):
 STORAGE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "database": (_str, None, "a path to the SQLite file"),
     "attachments": (_str, None, "a directory path"),
+    "instance": (_str, None, 'a name for a directory of its own in the default data directory, such as "demo"'),
 }
 SCHEDULE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "poll": (_str, "*/5", 'a schedule such as "*/5", "0,30", "10m" or "30s"'),
@@ -514,6 +515,14 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
             raise ConfigError(f"{cfg_path}: 'limits.{key}' = {value!r} is not a size", 'expected e.g. "50MB"') from None
     base = cfg_path.parent
     data_dir = default_data_dir()
+    instance = storage.get("instance")
+    if instance is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", instance):
+            raise ConfigError(
+                f"{cfg_path}: 'storage.instance' = {instance!r} is not a plain name",
+                'expected letters, digits, ".", "_" or "-", such as "demo"',
+            )
+        data_dir = data_dir / instance
 
     def resolve(value: str | None, default: Path) -> Path:
         if value is None:

@@ -252,6 +252,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_a_comment_is_the_name_only_when_there_is_no_phrase",
         "tests/test_parse_fidelity.py::test_an_unparseable_address_keeps_the_display_name_the_raw_header_and_a_defect",
     ),
+    64: tests(
+        "tests/test_demo.py::test_the_demo_never_shows_in_the_users_own_queue",
+        "tests/test_demo.py::test_the_demo_config_keeps_its_own_storage_and_never_moves_its_sample_files",
+    ),
 }
 
 

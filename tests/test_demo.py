@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -76,8 +78,10 @@ def test_the_demo_runs_with_two_commands_and_lists_its_tickets(isolated_env) -> 
         assert column(header, row, "account") == "demo"
         assert column(header, row, "msgs") == str(count), row
 
-    # The database went to the user's data directory, and the source tree is as it was.
-    assert (isolated_env.data_home / "mail2ticket" / "mail2ticket.db").is_file()
+    # The database went to a directory of its own in the user's data directory (not the default
+    # database a real config uses), and the source tree is as it was.
+    assert (isolated_env.data_home / "mail2ticket" / "demo" / "mail2ticket.db").is_file()
+    assert not (isolated_env.data_home / "mail2ticket" / "mail2ticket.db").exists()
     assert snapshot(DEMO) == before
     assert set(os.listdir(REPO)) == repo_files_before
 
@@ -85,13 +89,37 @@ def test_the_demo_runs_with_two_commands_and_lists_its_tickets(isolated_env) -> 
     assert again.stdout == "demo: 0 imported (0 new, 0 follow-ups)\n"
 
 
-def test_the_demo_config_has_no_storage_and_never_moves_its_sample_files() -> None:
+def test_the_demo_config_keeps_its_own_storage_and_never_moves_its_sample_files(isolated_env) -> None:
     cfg = load_config(DEMO / "config.toml")
     (account,) = cfg.accounts
     assert account.source == "maildir" and Path(account.path) == DEMO / "Maildir"
     assert account.after_import == "none" and account.acknowledge is False
-    assert "storage" not in tomllib.loads((DEMO / "config.toml").read_text())
+    assert tomllib.loads((DEMO / "config.toml").read_text())["storage"] == {"instance": "demo"}
+    assert cfg.database == isolated_env.data_home / "mail2ticket" / "demo" / "mail2ticket.db"
+    assert cfg.attachments == isolated_env.data_home / "mail2ticket" / "demo" / "attachments"
     assert not cfg.database.is_relative_to(REPO)
+
+
+def test_the_demo_never_shows_in_the_users_own_queue(isolated_env) -> None:
+    """Issue 14.2: the demo's tickets stayed in the default database and later showed as
+    overdue next to real mail. A user's config without [storage] never sees them, and the
+    documented removal (the demo's directory) leaves the user's own database alone."""
+    own = isolated_env.config_home / "mail2ticket" / "config.toml"
+    own.parent.mkdir(parents=True)
+    own.write_text('[[accounts]]\nname = "support"\nemail = "support@example.com"\nimap_host = "127.0.0.1"\n')
+    assert mail2ticket("tickets", "list").returncode == 0  # the user's own database exists first
+
+    assert mail2ticket("--config", CONFIG, "poll").returncode == 0
+    mine = mail2ticket("tickets", "list", "--status", "all", "--json")
+    assert mine.returncode == 0, mine.stderr
+    assert json.loads(mine.stdout) == []
+    assert mail2ticket("tickets", "count", "--status", "all").stdout == "0\n"
+    where = mail2ticket("--config", CONFIG, "config", "check")
+    assert str(isolated_env.data_home / "mail2ticket" / "demo" / "mail2ticket.db") in where.stdout
+
+    # Removing the demo as docs/local-sources.md says: one directory, the user's database stays.
+    shutil.rmtree(isolated_env.data_home / "mail2ticket" / "demo")
+    assert (isolated_env.data_home / "mail2ticket" / "mail2ticket.db").is_file()
 
 
 def test_the_demo_maildir_holds_a_dozen_messages_in_new() -> None:
