@@ -222,6 +222,8 @@ def accounts_list(app, as_json):
             for r in rows
         ],
         ["name", "email", "enabled", "source", "server", "folder", "last poll"],
+        fit=("shrink last poll 20", "hide source", "hide folder", "shrink email 24", "shrink server 20",
+             "shrink last poll 12", "shrink email 16", "hide server"),
     )
 
 

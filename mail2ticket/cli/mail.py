@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mail2ticket.cli.output import json_option, local_time, print_json, print_table
+from mail2ticket.cli.output import echo_fitted, json_option, print_json, print_table, shown_time
 
 
 @click.command("poll")
@@ -86,32 +86,38 @@ def status(app, require_daemon, as_json):
     else:
         d = report["daemon"]
         if d["running"]:
-            click.echo(f"Daemon: running (pid {d['pid']} on {d['host']}, since {local_time(d['started_at'])}, "
-                       f"last heartbeat {local_time(d['heartbeat_at'])})")
+            echo_fitted(f"Daemon: running (pid {d['pid']} on {d['host']}, since {shown_time(d['started_at'])}, "
+                        f"last heartbeat {shown_time(d['heartbeat_at'])})")
         elif d["state"] == "never started":
-            click.echo("Daemon: not running (never started on this database; see 'mail2ticket run')")
+            echo_fitted("Daemon: not running (never started on this database; see 'mail2ticket run')")
         elif d["state"] == "stopped":
-            click.echo(f"Daemon: not running (stopped {local_time(d['stopped_at'])})")
+            echo_fitted(f"Daemon: not running (stopped {shown_time(d['stopped_at'])})")
         else:
-            click.echo(f"Daemon: not running (no heartbeat since {local_time(d['heartbeat_at'])}: "
-                       f"pid {d['pid']} was killed or hung)")
+            echo_fitted(f"Daemon: not running (no heartbeat since {shown_time(d['heartbeat_at'])}: "
+                        f"pid {d['pid']} was killed or hung)")
         rows = []
         for a in report["accounts"]:
             schedule = a["schedule"] + (" + push" if a["push"] else "")
             rows.append([
-                a["name"], "yes" if a["enabled"] else "no", schedule, local_time(a["last_poll_at"]),
-                a["last_result"] or "never polled", local_time(a["next_poll_at"]) or "-",
+                a["name"], "yes" if a["enabled"] else "no", schedule, shown_time(a["last_poll_at"]),
+                a["last_result"] or "never polled", shown_time(a["next_poll_at"]) or "-",
                 a["imported_total"], a["last_error"] or "",
             ])
+        # On a narrow terminal: the last error is cut (the alerts below say it in full), then the
+        # columns a glance can do without go; each account stays one line.
         print_table(rows, ["account", "enabled", "schedule", "last poll", "result", "next poll",
-                           "imported", "last error"])
+                           "imported", "last error"],
+                    row_styles=[None if a["enabled"] else "dim" for a in report["accounts"]],
+                    fit=("shrink last error 20", "hide next poll", "hide enabled", "shrink result 20",
+                         "hide schedule", "shrink last error 10", "hide imported", "shrink result 12",
+                         "hide last error", "shrink account 12"))
         t = report["tickets"]
-        click.echo(
+        echo_fitted(
             f"Tickets: {t['open']} open, {t['pending']} pending, {t['overdue']} overdue; "
             f"quarantine: {report['quarantine']} waiting"
         )
         for e in report["alerts"]:
-            click.echo(f"! {e}")
+            echo_fitted(f"! {e}")
     if not report["healthy"]:
         raise click.exceptions.Exit(1)
 
@@ -140,8 +146,9 @@ def quarantine_list(app, include_resolved, as_json):
         print_json(rows)
         return
     print_table(
-        [[r["id"], r["account"], r["reason"], r["size"], local_time(r["created_at"]), r["error"]] for r in rows],
+        [[r["id"], r["account"], r["reason"], r["size"], shown_time(r["created_at"]), r["error"]] for r in rows],
         ["id", "account", "reason", "bytes", "since", "error"],
+        fit=("shrink error 30", "hide bytes", "hide account", "shrink error 16", "shrink reason 12"),
     )
 
 

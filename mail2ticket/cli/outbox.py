@@ -41,6 +41,8 @@ def outbox_list(app, include_sent, as_json):
             for r in rows
         ],
         ["id", "ticket", "kind", "to", "status", "tries", "sent/next try", "last answer"],
+        fit=("shrink last answer 24", "hide tries", "shrink to 24", "hide kind", "shrink last answer 12",
+             "shrink to 16", "hide last answer"),
     )
 
 

@@ -83,6 +83,39 @@ def _cell(value: Any) -> str:
     return text if len(text) <= MAX_PLAIN_CELL else text[: MAX_PLAIN_CELL - 1] + "…"
 
 
+def terminal_width() -> int:
+    """Columns of the terminal stdout is on ($COLUMNS wins, as rich reads it too)."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def echo_fitted(text: str, indent: str = "  ") -> None:
+    """A line of prose: wrapped at the terminal's width (later lines indented), as it is when piped."""
+    if not is_tty():
+        click.echo(text)
+        return
+    import textwrap
+
+    click.echo(textwrap.fill(text, width=max(terminal_width(), 20), subsequent_indent=indent,
+                             break_long_words=True, break_on_hyphens=False))
+
+
+def _fit_steps(fit: Sequence[str]) -> list[tuple[str, str, int]]:
+    """'hide COLUMN' and 'shrink COLUMN WIDTH' (a column's header may have spaces)."""
+    steps = []
+    for step in fit:
+        verb, _, rest = step.partition(" ")
+        if verb == "shrink":
+            name, _, width = rest.rpartition(" ")
+            steps.append((verb, name, int(width)))
+        elif verb == "hide":
+            steps.append((verb, rest, 0))
+        else:
+            raise ValueError(f"bad fit step {step!r}: 'hide COLUMN' or 'shrink COLUMN WIDTH'")
+    return steps
+
+
 def print_table(
     rows: Sequence[Sequence[Any]],
     headers: Sequence[str],
@@ -90,22 +123,17 @@ def print_table(
     title: str | None = None,
     styles: Sequence[str | None] | None = None,
     row_styles: Sequence[str | None] | None = None,
+    fit: Sequence[str] = (),
 ) -> None:
-    """A rich table on a terminal; plain aligned columns (no colour, no truncation) when piped."""
-    if is_tty():
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
+    """A rich table on a terminal; plain aligned columns (no colour, no truncation) when piped.
 
-        console = Console(no_color=bool(os.environ.get("NO_COLOR")))
-        table = Table(title=title, header_style="bold")
-        for i, h in enumerate(headers):
-            table.add_column(h, style=(styles[i] if styles else None), overflow="fold")
-        for i, row in enumerate(rows):
-            # Text, never markup: a subject such as "[ticket] a [/] b" is shown as it is.
-            table.add_row(*[v if isinstance(v, Text) else Text("" if v is None else str(v)) for v in row],
-                          style=row_styles[i] if row_styles else None)
-        console.print(table)
+    On a terminal each row is one line: no cell wraps. When the table is wider than the terminal,
+    the ``fit`` steps are applied in order until it fits: ``"hide tags"`` hides a column,
+    ``"shrink subject 20"`` cuts a column with an ellipsis, as far as needed but not below 20
+    columns. A table that still does not fit is cut by rich, each cell ending in an ellipsis.
+    """
+    if is_tty():
+        _print_rich_table(rows, headers, title=title, styles=styles, row_styles=row_styles, fit=fit)
         return
     text_rows = [[_cell(v) for v in row] for row in rows]
     widths = [len(h) for h in headers]
@@ -115,3 +143,58 @@ def print_table(
     click.echo("  ".join(_pad(h, widths[i]) for i, h in enumerate(headers)).rstrip())
     for row in text_rows:
         click.echo("  ".join(_pad(c, widths[i]) for i, c in enumerate(row)).rstrip())
+
+
+def _print_rich_table(rows, headers, *, title, styles, row_styles, fit) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(no_color=bool(os.environ.get("NO_COLOR")))
+    # Text, never markup: a subject such as "[ticket] a [/] b" is shown as it is; one line each.
+    cells = [[v if isinstance(v, Text) else Text(" ".join(("" if v is None else str(v)).split()))
+              for v in row] for row in rows]
+    natural = [max([display_width(h)] + [display_width(r[i].plain) for r in cells])
+               for i, h in enumerate(headers)]
+    hidden: set[int] = set()
+    limits: dict[int, int] = {}
+
+    def build() -> Table:
+        table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, padding=(0, 1), collapse_padding=True)
+        shown = [i for i in range(len(headers)) if i not in hidden]
+        for i in shown:
+            table.add_column(headers[i], style=(styles[i] if styles else None), no_wrap=True,
+                             overflow="ellipsis", max_width=limits.get(i))
+        for n, row in enumerate(cells):
+            table.add_row(*[row[i] for i in shown], style=row_styles[n] if row_styles else None)
+        return table
+
+    def width() -> int:
+        shown = [i for i in range(len(headers)) if i not in hidden]
+        return sum(limits.get(i, natural[i]) for i in shown) + 2 * (len(shown) - 1)
+
+    room = console.width
+    for verb, name, least in _fit_steps(fit):
+        excess = width() - room
+        if excess <= 0:
+            break
+        if name not in headers:
+            continue
+        i = list(headers).index(name)
+        if i in hidden:
+            continue
+        if verb == "hide":
+            hidden.add(i)
+        else:
+            current = limits.get(i, natural[i])
+            limits[i] = max(least, current - excess, 1) if current > least else current
+    # A column hidden late may leave room: give it back to the cut columns, last cut first.
+    for i in reversed(list(limits)):
+        spare = room - width()
+        if spare <= 0:
+            break
+        if i not in hidden:
+            limits[i] = min(natural[i], limits[i] + spare)
+    console.print(build())

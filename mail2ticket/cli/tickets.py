@@ -25,6 +25,10 @@ CSV_COLUMNS = [
     "overdue", "message_count", "incoming_count",
 ]
 PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
+# On a narrow terminal (80 columns) the list gives way in this order, so each ticket stays one line.
+TICKETS_FIT = ("hide tags", "hide assignee", "hide account", "shrink requester 24", "hide msgs", "shrink subject 40",
+               "hide updated", "shrink requester 16", "shrink subject 24", "shrink requester 12", "shrink subject 16",
+               "hide requester", "hide due", "shrink subject 8")
 
 
 @click.group("tickets")
@@ -195,7 +199,7 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
         click.echo("No tickets." if filters["status"] == "all" else "No tickets (try --status all).")
         return
     table, headers = _ticket_rows(rows)
-    print_table(table, headers)
+    print_table(table, headers, fit=TICKETS_FIT)
     if table_on_tty and limit and len(rows) == limit:
         total = count_tickets(app.db, **filters)
         if total > offset + len(rows):
@@ -355,7 +359,9 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
     for t in rows:
         table.append([f"#{t['id']}", t["status"], t["priority"], t["account"], t["requester"] or "",
                       t["subject"], shown_time(t["updated_at"]), snippet(t)])
-    print_table(table, ["id", "status", "priority", "account", "requester", "subject", "updated", "match"])
+    print_table(table, ["id", "status", "priority", "account", "requester", "subject", "updated", "match"],
+                fit=("shrink match 30", "hide account", "hide updated", "shrink subject 20", "shrink requester 16",
+                     "shrink match 16", "hide requester"))
 
 
 # --- managing tickets: each change is an event in the ticket's history -----------------------------
