@@ -256,6 +256,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_demo.py::test_the_demo_never_shows_in_the_users_own_queue",
         "tests/test_demo.py::test_the_demo_config_keeps_its_own_storage_and_never_moves_its_sample_files",
     ),
+    70: tests(
+        "tests/test_narrow_terminal.py::test_tickets_list_at_80_columns_is_one_line_per_ticket_with_the_subject_cut_by_an_ellipsis",
+        "tests/test_narrow_terminal.py::test_tickets_list_on_a_wide_terminal_shows_every_column_in_full",
+        "tests/test_narrow_terminal.py::test_status_at_80_columns_is_one_line_per_account_and_no_line_wider",
+        "tests/test_narrow_terminal.py::test_other_tables_at_80_columns_are_one_line_per_row",
+    ),
 }
 
 
