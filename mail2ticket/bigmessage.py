@@ -31,6 +31,7 @@ from typing import Any
 
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, TempFailError
+from mail2ticket.mimeguard import HEAD_PREFIX_BYTES, header_start
 from mail2ticket.parsed import DEFAULT_LIMITS, ParseLimits
 
 MiB = 1024 * 1024
@@ -275,7 +276,9 @@ def parse_file(
                 f"{limits.max_message_bytes} bytes (max_message_bytes)",
             )
         found: list[_Large] = []
-        _scan(f, 0, f.size, 0, found)
+        # where parse_message finds the headers (after a BOM, an mbox From line, stray lines)
+        start = header_start(f.read(0, HEAD_PREFIX_BYTES))[0]
+        _scan(f, start, f.size, 0, found)
         left = f.size - sum(large.end - large.start for large in found)
         if left > SKELETON_MAX:
             return (

@@ -98,3 +98,65 @@ def _nesting_kind(ctype_value: bytes) -> tuple[str | None, bytes | None]:
     if not match:
         return None, None
     return "multipart", match.group(1) or match.group(2)
+
+
+_BOM = b"\xef\xbb\xbf"
+_FIELD = re.compile(rb"([!-9;-~]{1,76})[ \t]*:")
+_COMMON_FIELDS = frozenset(
+    b"from to cc subject date message-id received return-path mime-version content-type "
+    b"delivered-to reply-to sender x-mailer user-agent".split()
+)
+LEAD_LINES = 5  # stray lines before a header block that are skipped to recover it
+HEAD_PREFIX_BYTES = 64 * 1024  # what header_start needs to see of a message
+
+
+def header_start(raw: bytes) -> tuple[int, list[str]]:
+    """Where the header block of ``raw`` starts, and what was skipped to get there.
+
+    A UTF-8 byte-order mark and an mbox ``From `` line before the headers are skipped. When the
+    first line is no header but a header block (two header lines or more, one of them a common
+    field) starts within LEAD_LINES lines, the lines before it are skipped with a defect.
+    Otherwise 0: the email package reads what it can. Only the first HEAD_PREFIX_BYTES matter.
+    """
+    raw = raw[:HEAD_PREFIX_BYTES]
+    pos, notes = 0, []
+    if raw.startswith(_BOM):
+        pos = len(_BOM)
+        notes.append("a byte-order mark before the headers was skipped")
+    if raw.startswith(b"From ", pos):
+        end = raw.find(b"\n", pos)
+        if end < 0:
+            return 0, []
+        pos = end + 1
+    if _header_block(raw, pos):
+        return pos, notes
+    at, skipped = pos, []
+    for _ in range(LEAD_LINES):
+        end = raw.find(b"\n", at, at + 2000)
+        if end < 0:
+            break
+        skipped.append(raw[at:end].strip().decode("utf-8", "replace")[:60])
+        at = end + 1
+        if _header_block(raw, at):
+            shown = " / ".join(repr(s) for s in skipped)
+            notes.append(f"{len(skipped)} line(s) before the header block skipped: {shown}")
+            return at, notes
+    return (pos, notes) if pos else (0, [])
+
+
+def _header_block(raw: bytes, pos: int) -> bool:
+    """Whether a header block starts at ``pos``: header lines up to a blank line or the end,
+    two at least, one of them a common field (From, Subject, Received...)."""
+    count, common = 0, False
+    for line in raw[pos : pos + 8192].split(b"\n")[:12]:
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t") and count:
+            continue
+        m = _FIELD.match(line)
+        if not m:
+            return False
+        count += 1
+        common = common or m.group(1).lower() in _COMMON_FIELDS
+    return count >= 2 and common

@@ -11,7 +11,7 @@ from email.message import Message
 
 from mail2ticket import autoreply, charsets, headers
 from mail2ticket.errors import ParseError
-from mail2ticket.mimeguard import count_delimiters, unnest
+from mail2ticket.mimeguard import count_delimiters, header_start, unnest
 from mail2ticket.mimewalk import Walker, param
 from mail2ticket.parsed import DEFAULT_LIMITS, ParsedAttachment, ParsedMessage, ParseLimits
 
@@ -50,6 +50,9 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
         raise ParseError("empty message: no headers and no body")
     if raw.startswith(_OLE_SIGNATURE):
         raise ParseError("not an e-mail message: an Outlook .msg file (OLE compound document)")
+    start, defects = header_start(raw)
+    if start:
+        raw = raw[start:]
     end = _HEADER_END.search(raw)
     header_bytes = end.start() if end else len(raw)
     if header_bytes > limits.max_header_bytes:
@@ -60,7 +63,6 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
     delimiters = count_delimiters(raw)
     if delimiters > limits.max_parts:
         raise ParseError(f"too many MIME parts: {delimiters}, over {limits.max_parts} (max_parts)")
-    defects: list[str] = []
     source, cut = unnest(raw, limits.max_depth)
     if cut:
         defects.append(

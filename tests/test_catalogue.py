@@ -262,6 +262,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_narrow_terminal.py::test_status_at_80_columns_is_one_line_per_account_and_no_line_wider",
         "tests/test_narrow_terminal.py::test_other_tables_at_80_columns_are_one_line_per_row",
     ),
+    82: tests(
+        "tests/test_parse_fidelity.py::test_an_mbox_from_line_or_a_bom_before_the_headers_is_skipped",
+        "tests/test_parse_fidelity.py::test_a_header_block_after_a_few_stray_lines_is_recovered_with_a_defect",
+        "tests/test_parse_fidelity.py::test_text_that_merely_mentions_a_header_stays_a_body",
+        "tests/test_parse_fidelity.py::test_the_large_message_path_recovers_the_same_header_block",
+    ),
 }
 
 

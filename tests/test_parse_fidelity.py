@@ -5,7 +5,16 @@ Every message here is written by hand for the class it tests (docs/parsing.md li
 
 from __future__ import annotations
 
-from mail2ticket.parse import parse_message
+import base64
+from pathlib import Path
+
+import pytest
+
+from mail2ticket import bigmessage
+from mail2ticket.attachments import AttachmentStore
+from mail2ticket.parse import ParseLimits, parse_message
+
+MiB = 1024 * 1024
 
 
 def mail(*headers: str | bytes, body: bytes = b"Hello.\n") -> bytes:
@@ -69,3 +78,62 @@ def test_an_unparseable_address_keeps_the_display_name_the_raw_header_and_a_defe
     assert parsed.from_address is None
     assert parsed.header("from") == "Jane Roe <jane roe@example.com>"
     assert any("jane roe@example.com" in d for d in parsed.defects)
+
+
+# -- 6. a file that does not start with a header (catalogue 82) --------------------------------
+
+HEAD = b"From: Ann Lee <ann@example.com>\r\nSubject: VPN down\r\nDate: Mon, 2 Mar 2026 09:00:00 +0000\r\n"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"From ann@example.com Mon Mar  2 09:00:00 2026\r\n",
+        b"\xef\xbb\xbf",
+        b"\xef\xbb\xbfFrom ann@example.com Mon Mar  2 09:00:00 2026\r\n",
+    ],
+    ids=["mbox-from-line", "bom", "bom-and-mbox-from-line"],
+)
+def test_an_mbox_from_line_or_a_bom_before_the_headers_is_skipped(prefix: bytes) -> None:
+    parsed = parse_message(prefix + HEAD + b"\r\nThe VPN is down.\r\n")
+    assert (parsed.from_address, parsed.subject) == ("ann@example.com", "VPN down")
+    assert parsed.body_text == "The VPN is down."
+
+
+@pytest.mark.parametrize(
+    "prefix", [b"\r\n", b"\r\n\r\n", b"Forwarded by the printer\r\n", b"\r\n-- saved mail --\r\n"]
+)
+def test_a_header_block_after_a_few_stray_lines_is_recovered_with_a_defect(prefix: bytes) -> None:
+    parsed = parse_message(prefix + HEAD + b"\r\nThe VPN is down.\r\n")
+    assert (parsed.from_address, parsed.subject) == ("ann@example.com", "VPN down")
+    assert parsed.body_text == "The VPN is down."
+    assert any("before the header" in d for d in parsed.defects)
+
+
+def test_text_that_merely_mentions_a_header_stays_a_body() -> None:
+    raw = b"Hello,\r\nplease note: the server is down.\r\nSubject: outage\r\n"
+    parsed = parse_message(raw)
+    assert parsed.subject == "" and "please note" in parsed.body_text
+
+
+def test_the_large_message_path_recovers_the_same_header_block(tmp_path: Path) -> None:
+    limits = ParseLimits(max_message_bytes=200 * MiB, max_attachment_bytes=200 * MiB)
+    raw = (
+        b"\r\n" + HEAD + b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nSee the log.\r\n"
+        b'--b1\r\nContent-Type: application/octet-stream; name="vpn.log"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(b"x" * (2 * MiB))
+        + b"--b1--\r\n"
+    )
+    path = tmp_path / "big.eml"
+    path.write_bytes(raw)
+    answer = bigmessage.parse_file(
+        lambda b: parse_message(b, limits=limits), AttachmentStore(tmp_path / "files"), str(path), limits
+    )
+    reference = parse_message(raw, limits=limits)
+    assert answer[0] == "ok", answer
+    parsed = answer[1]
+    assert (parsed.from_address, parsed.subject, parsed.body_text) == ("ann@example.com", "VPN down", "See the log.")
+    assert parsed.defects == reference.defects
+    assert [(a.filename, a.size) for a in parsed.attachments] == [("vpn.log", 2 * MiB)]
