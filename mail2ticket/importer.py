@@ -134,6 +134,8 @@ class _Prepared:
     parsed: ParsedMessage | None
     error: str | None
     stored_attachments: list[tuple[int, str, str]]  # (index, sha256, relpath)
+    # rules.evaluate_rules for this mail, run before the write transaction (time-limited).
+    rules: Any = None
 
 
 def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
@@ -246,6 +248,12 @@ def import_batch(
     """
     if prepared is None:
         prepared = [_prepare(ctx, item) for item in items]
+    if ctx.config is not None and getattr(ctx.config, "rules", None):
+        from mail2ticket.rules import evaluate_rules
+
+        for prep in prepared:  # before the transaction: a slow rule never holds the write lock
+            if prep.parsed is not None and prep.rules is None:
+                prep.rules = evaluate_rules(ctx.config, prep.parsed, prep.incoming.account)
     db = ctx.db
     outcomes: list[Outcome] = []
     try:
@@ -468,7 +476,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     if ctx.config is not None:
         from mail2ticket.rules import apply_to_mail
 
-        apply_to_mail(ctx.config, db, outcome, parsed)
+        apply_to_mail(ctx.config, db, outcome, parsed, prep.rules)
     for hook in ctx.hooks:
         hook(db, outcome, parsed)
     return outcome

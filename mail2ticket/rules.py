@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mail2ticket.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 MODES = ("substring", "glob", "regex")
 # The parts of a mail a rule can test, besides 'headers' and 'account'.
 FIELDS = ("from", "to", "subject", "body")
 ACTIONS = ("priority", "tags", "assignee", "queue", "acknowledge", "ignore")
+# How long one rule may take on one mail. Regex rules run on the 'regex' engine with this as its
+# timeout (its check is coarse: under load a search may overrun it a few times); a rule that runs
+# out of time, or fails, is skipped for that mail with a warning on the ticket.
+RULE_TIME_LIMIT = 0.25
+
+
+class RuleSkipped(Exception):
+    """A rule ran out of time or failed on one mail: it is skipped for that mail."""
 
 
 @dataclass
@@ -34,12 +46,17 @@ class Rule:
     ignore: bool = False
     stop: bool = False
 
-    def _test(self, patterns: list[Any], values: list[str]) -> bool:
+    def _test(self, patterns: list[Any], values: list[str], deadline: float | None = None) -> bool:
         for value in values:
             low = value.lower()
             for pattern in patterns:
                 if self.mode == "regex":
-                    if pattern.search(value):
+                    left = RULE_TIME_LIMIT if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("regex timed out")
+                    # concurrent: the engine lets go of the GIL, so signals (SIGTERM) and other
+                    # threads run meanwhile; timeout bounds the search (RULE_TIME_LIMIT).
+                    if pattern.search(value, concurrent=True, timeout=left):
                         return True
                 elif self.mode == "glob":
                     if fnmatch.fnmatchcase(low, pattern):
@@ -52,12 +69,13 @@ class Rule:
         """Whether the mail (a ParsedMessage) meets every condition of this rule."""
         if self.accounts and account not in self.accounts:
             return False
+        deadline = time.monotonic() + RULE_TIME_LIMIT
         for name, patterns in self.conditions.items():
-            if not self._test(patterns, _values(parsed, name)):
+            if not self._test(patterns, _values(parsed, name), deadline):
                 return False
         for header, patterns in self.headers.items():
             values = (getattr(parsed, "headers", None) or {}).get(header, [])
-            if not self._test(patterns, values):
+            if not self._test(patterns, values, deadline):
                 return False
         return True
 
@@ -100,19 +118,60 @@ def _values(parsed: Any, name: str) -> list[str]:
 # --- validation (called by config.load_config) -----------------------------------------------
 
 
+def _unbounded_repeats(items: Any) -> list[tuple[Any, Any]]:
+    """Every unbounded repeat (``*``, ``+``, ``{n,}``) in a parsed pattern, as (op, av) pairs."""
+    from re import _constants as c
+
+    found: list[tuple[Any, Any]] = []
+    for op, av in items:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            if av[1] == c.MAXREPEAT:
+                found.append((op, av))
+            found.extend(_unbounded_repeats(av[2]))
+        elif op in (c.SUBPATTERN,):
+            found.extend(_unbounded_repeats(av[-1]))
+        elif op in (c.BRANCH,):
+            for branch in av[1]:
+                found.extend(_unbounded_repeats(branch))
+        elif op in (c.ATOMIC_GROUP, c.ASSERT, c.ASSERT_NOT):
+            found.extend(_unbounded_repeats(av[-1]))
+    return found
+
+
+def nested_quantifier(pattern: str) -> bool:
+    """Whether ``pattern`` repeats without bound something that itself repeats without bound, as
+    in ``(\\w+\\s?)+`` or ``(a*)*``: the shape that makes a backtracking engine take exponential
+    time on a near miss. Bounded repeats (``(\\d{1,3}\\.){3}``) are fine."""
+    from re import _parser
+
+    try:
+        parsed = _parser.parse(pattern)
+    except Exception:  # noqa: BLE001 - syntax only the 'regex' engine knows: not checked here
+        return False
+    return any(_unbounded_repeats(av[2]) for _op, av in _unbounded_repeats(parsed))
+
+
 def _patterns(path: Path, where: str, value: Any, mode: str) -> list[Any]:
+    import regex
+
     items = [value] if isinstance(value, str) else list(value)
     if mode != "regex":
         return [p.lower() for p in items]
     out = []
     for p in items:
         try:
-            out.append(re.compile(p, re.IGNORECASE))
-        except re.error as exc:
+            out.append(regex.compile(p, regex.IGNORECASE | regex.VERSION0))
+        except (regex.error, re.error) as exc:
             raise ConfigError(
                 f"{path}: '{where}' = {p!r} is not a valid regular expression: {exc}",
                 'fix the pattern, or use match = "substring" or "glob"',
             ) from None
+        if nested_quantifier(p):
+            raise ConfigError(
+                f"{path}: '{where}' = {p!r} nests one unbounded repeat in another, which can take "
+                "exponential time on a mail that almost matches",
+                "rewrite it without a repeat inside a repeated group (e.g. ^[\\w\\s]+$ for ^(\\w+\\s?)+$)",
+            )
     return out
 
 
@@ -190,13 +249,34 @@ def matching_rules(cfg: Any, parsed: Any, account: str | None = None) -> list[Ru
     ``account`` is the account the mail arrived on; rules limited to accounts never match
     without one. This is what 'mail2ticket parse FILE' shows.
     """
-    out = []
+    return evaluate_rules(cfg, parsed, account)[0]
+
+
+def evaluate_rules(cfg: Any, parsed: Any, account: str | None = None) -> tuple[list[Rule], list[str]]:
+    """(the matching rules, a warning for each rule skipped on this mail).
+
+    Each rule runs under RULE_TIME_LIMIT; one that runs out of time or fails is skipped for this
+    mail (the importer records the warning on the ticket), and the others still apply. The
+    importer runs this before its write transaction, so a slow rule never holds the database."""
+    out: list[Rule] = []
+    warnings: list[str] = []
     for rule in getattr(cfg, "rules", None) or []:
-        if rule.matches(parsed, account):
+        try:
+            matched = rule.matches(parsed, account)
+        except TimeoutError:
+            warnings.append(f"rule {rule.name!r} skipped for this mail: it ran past its time limit "
+                            f"({RULE_TIME_LIMIT} s); make its pattern simpler")
+            continue
+        except Exception as exc:  # noqa: BLE001 - one broken rule must not stop the import
+            warnings.append(f"rule {rule.name!r} skipped for this mail: {exc.__class__.__name__}: {exc}")
+            continue
+        if matched:
             out.append(rule)
             if rule.stop:
                 break
-    return out
+    for warning in warnings:
+        log.warning("%s (message %s)", warning, getattr(parsed, "message_id", None) or "without Message-ID")
+    return out, warnings
 
 
 def suppresses_ack(outcome: Any) -> bool:
@@ -208,9 +288,13 @@ def suppresses_ack(outcome: Any) -> bool:
     return bool(getattr(outcome, "no_ack", None))
 
 
-def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any) -> list[Rule]:
+def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any,
+                  evaluated: tuple[list[Rule], list[str]] | None = None) -> list[Rule]:
     """Run inside the import transaction for each stored mail: apply the matching rules to its
-    ticket (each recorded as an event), then set the SLA due times of a new ticket."""
+    ticket (each recorded as an event), then set the SLA due times of a new ticket.
+
+    ``evaluated``: what evaluate_rules gave for this mail, run before the transaction; a rule
+    skipped there is recorded on the ticket as a 'rule-skipped' event."""
     from mail2ticket.sla import set_due_times
     from mail2ticket.store import (
         add_tags,
@@ -225,7 +309,9 @@ def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any) -> list[Rule]:
     if ticket_id is None:
         return []
     is_new = outcome.status == "imported"
-    rules = matching_rules(cfg, parsed, outcome.incoming.account)
+    rules, warnings = evaluated if evaluated is not None else evaluate_rules(cfg, parsed, outcome.incoming.account)
+    for warning in warnings:
+        log_event(db, "rule-skipped", warning, ticket_id=ticket_id, account=outcome.incoming.account)
     due_changed = is_new
     ignored_by = None
     for rule in rules:

@@ -268,6 +268,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_text_that_merely_mentions_a_header_stays_a_body",
         "tests/test_parse_fidelity.py::test_the_large_message_path_recovers_the_same_header_block",
     ),
+    55: tests(
+        "tests/test_rule_limits.py::test_a_backtracking_rule_is_cut_off_the_mail_is_stored_and_the_cli_reads_meanwhile",
+        "tests/test_rule_limits.py::test_the_daemon_stops_on_sigterm_while_a_backtracking_rule_runs",
+        "tests/test_rule_limits.py::test_a_pattern_with_nested_quantifiers_is_refused_at_load_naming_the_rule",
+        "tests/test_rule_limits.py::test_ordinary_patterns_are_accepted",
+    ),
 }
 
 
