@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import binascii
+import email.parser
+import email.policy
 import re
 from email.message import Message
 
@@ -63,7 +65,14 @@ class Walker:
             self.attachment(part, ctype, _flatten_payload(part))
         elif ctype.startswith("multipart/"):  # no boundary, or no parts: show what text it has
             self.defects.append(f"{ctype} without parts")
-            if self.payload_bytes(part).strip():
+            data = self.payload_bytes(part)
+            lone = _lone_part(data)
+            if lone is not None:
+                self.defects.append(
+                    f"{ctype}: the boundary never appears; its one part read by its own headers"
+                )
+                self.walk(lone, depth + 1, in_body)
+            elif data.strip():
                 self.leaf(part, "text/plain", in_body)
         else:
             self.leaf(part, ctype, in_body)
@@ -272,6 +281,37 @@ class Walker:
             if value:
                 lines.append(f"{name}: {value}")
         return "\n".join([*lines, "", nested.body()[0]]).strip()
+
+
+_PART_FIELD = re.compile(rb"[!-9;-~]{1,76}[ \t]*:")
+_DELIMITER_LIKE = re.compile(rb"\n--[^\s]+[ \t]*\r?\n(?:[ \t]*\r?\n)?content-", re.I)
+
+
+def _lone_part(data: bytes) -> Message | None:
+    """The one MIME part a multipart without its boundary holds, or None when it is not obvious.
+
+    Obvious: the payload starts (after blank lines) with a header block of part headers only,
+    naming its Content-Type or Content-Transfer-Encoding, and nothing later looks like another
+    part's delimiter.
+    """
+    text = data.lstrip(b"\r\n")
+    end = re.search(rb"\r?\n\r?\n", text[:8192])
+    if end is None:
+        return None
+    fields = []
+    for line in text[: end.start()].split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t") and fields:
+            continue
+        if not _PART_FIELD.match(line):
+            return None
+        fields.append(line.split(b":", 1)[0].strip().lower())
+    if not any(f in (b"content-type", b"content-transfer-encoding") for f in fields):
+        return None
+    if _DELIMITER_LIKE.search(text, end.end()):
+        return None
+    part = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(text)
+    return None if part.is_multipart() else part
 
 
 def _header(msg: Message, name: str, hint: str | None) -> str:

@@ -274,6 +274,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_rule_limits.py::test_a_pattern_with_nested_quantifiers_is_refused_at_load_naming_the_rule",
         "tests/test_rule_limits.py::test_ordinary_patterns_are_accepted",
     ),
+    83: tests(
+        "tests/test_parse_fidelity.py::test_a_lone_base64_part_under_a_missing_boundary_is_decoded_by_its_headers",
+        "tests/test_parse_fidelity.py::test_a_lone_quoted_printable_part_under_a_missing_boundary_is_decoded",
+        "tests/test_parse_fidelity.py::test_a_lone_base64_attachment_under_a_missing_boundary_is_an_attachment",
+        "tests/test_parse_fidelity.py::test_text_without_part_headers_under_a_missing_boundary_stays_as_written",
+    ),
 }
 
 

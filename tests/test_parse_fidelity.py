@@ -137,3 +137,52 @@ def test_the_large_message_path_recovers_the_same_header_block(tmp_path: Path) -
     assert (parsed.from_address, parsed.subject, parsed.body_text) == ("ann@example.com", "VPN down", "See the log.")
     assert parsed.defects == reference.defects
     assert [(a.filename, a.size) for a in parsed.attachments] == [("vpn.log", 2 * MiB)]
+
+
+# -- 7. multipart without its boundary (catalogue 83) -----------------------------------------
+
+NO_BOUNDARY = (
+    "From: ann@example.com",
+    "Subject: scan",
+    "MIME-Version: 1.0",
+    'Content-Type: multipart/mixed; boundary="never-used"',
+)
+
+
+def test_a_lone_base64_part_under_a_missing_boundary_is_decoded_by_its_headers() -> None:
+    body = (
+        b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes("Der Drucker im 2. Stock ist kaputt, bitte prüfen.\n".encode())
+    )
+    parsed = parse_message(mail(*NO_BOUNDARY, body=body))
+    assert parsed.body_text == "Der Drucker im 2. Stock ist kaputt, bitte prüfen."
+    assert any("boundary" in d for d in parsed.defects)
+
+
+def test_a_lone_quoted_printable_part_under_a_missing_boundary_is_decoded() -> None:
+    body = (
+        b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable"
+        b"\r\n\r\nGr=FC=DFe aus M=FCnchen, der Server ist wieder da.\r\n"
+    )
+    parsed = parse_message(mail(*NO_BOUNDARY, body=body))
+    assert parsed.body_text == "Grüße aus München, der Server ist wieder da."
+
+
+def test_a_lone_base64_attachment_under_a_missing_boundary_is_an_attachment() -> None:
+    body = (
+        b'Content-Type: application/pdf; name="invoice.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
+        b'Content-Disposition: attachment; filename="invoice.pdf"\r\n\r\n'
+        + base64.encodebytes(b"%PDF-1.4 fake")
+    )
+    parsed = parse_message(mail(*NO_BOUNDARY, body=body))
+    assert [(a.filename, a.data) for a in parsed.attachments] == [("invoice.pdf", b"%PDF-1.4 fake")]
+
+
+def test_a_base64_payload_on_the_multipart_itself_is_decoded() -> None:
+    raw = mail(*NO_BOUNDARY, "Content-Transfer-Encoding: base64", body=base64.encodebytes(b"Plain words.\n"))
+    assert parse_message(raw).body_text == "Plain words."
+
+
+def test_text_without_part_headers_under_a_missing_boundary_stays_as_written() -> None:
+    parsed = parse_message(mail(*NO_BOUNDARY, body=b"Just text, no parts.\r\n"))
+    assert parsed.body_text == "Just text, no parts."
