@@ -388,6 +388,12 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         ticket_id = decision.ticket_id
         status = "duplicate"
         log_event(db, "copy", decision.reason, ticket_id=ticket_id, account=item.account)
+    elif decision.kind == "report":  # a delivery report: filed in the ticket, status unchanged
+        ticket_id = decision.ticket_id
+        status = "followup"
+        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        db.execute("update tickets set updated_at = ? where id = ?", [now, ticket_id])
+        log_event(db, "report", decision.reason, ticket_id=ticket_id, account=item.account)
     elif decision.ticket_id is None:
         ticket_id = _insert(
             db,

@@ -254,24 +254,21 @@ def _threading(db: Database, ticket_id: int) -> tuple[str | None, list[str]]:
 
 
 def _other_participants(cfg: Any, db: Database, ticket: dict) -> list[str]:
-    """Everyone else who wrote or was written to in the ticket, in order; never our accounts."""
+    """Everyone else who took part in the ticket (threader.participant_list), in order; never our
+    accounts, never an address that cannot be mailed."""
+    from mail2ticket.threader import participant_list
+
     ours = {a.email.lower() for a in cfg.accounts}
     skip = ours | {(ticket["requester"] or "").lower()}
     found: list[str] = []
-    for m in db.query(
-        "select from_address, to_addrs, cc_addrs from messages where ticket_id = ? order by id",
-        [ticket["id"]],
-    ):
-        for address in [m["from_address"], *json.loads(m["to_addrs"] or "[]"),
-                        *json.loads(m["cc_addrs"] or "[]")]:
-            address = (address or "").lower()
-            if not address or address in skip or address in found:
-                continue
-            try:
-                check_address(address)
-            except ValueError:
-                continue
-            found.append(address)
+    for address in participant_list(db, ticket["id"]):
+        if not address or address in skip:
+            continue
+        try:
+            check_address(address)
+        except ValueError:
+            continue
+        found.append(address)
     return found
 
 

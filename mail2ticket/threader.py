@@ -23,6 +23,7 @@ _OUR_ID_IN_TEXT = re.compile(rb"<m2t\.[0-9a-f]{8,40}\.[0-9a-f]{20}@[A-Za-z0-9.-]
 @dataclass
 class ThreadDecision:
     """Where a message goes. ``kind``: new | followup | copy (same mail seen in another mailbox)
+    | report (a delivery report about our mail: filed in the ticket, status unchanged)
     | own (a mail we sent, fetched back: nothing new to store)."""
 
     ticket_id: int | None  # None: open a new ticket
@@ -95,25 +96,73 @@ def sender_unverified(parsed: ParsedMessage, authserv_ids: frozenset[str] | set[
     return None
 
 
-def participants(db: Database, ticket_id: int) -> set[str]:
-    """The requester and everyone who sent or received a message of the ticket (lower case)."""
-    found: set[str] = set()
+# Messages of a ticket whose addresses make nobody a participant: a copy of a mail already stored
+# (a forged copy could add a Cc) and a delivery report (anyone can write one). Recognised by the
+# start of their thread_reason, which find_ticket writes.
+COPY_REASON = "a copy of "
+REPORT_REASON = "a delivery failure report"
+
+
+def participant_list(db: Database, ticket_id: int) -> list[str]:
+    """The requester, then everyone who sent or received a message of the ticket, in order of
+    appearance (lower case). Copies and delivery reports add nobody (item 53)."""
+    found: dict[str, None] = {}
     row = db.execute("select requester from tickets where id = ?", [ticket_id]).fetchone()
     if row and row[0]:
-        found.add(row[0].lower())
+        found[row[0].lower()] = None
     for from_address, to_addrs, cc_addrs in db.execute(
-        "select from_address, to_addrs, cc_addrs from messages where ticket_id = ?", [ticket_id]
+        "select from_address, to_addrs, cc_addrs from messages where ticket_id = ? "
+        "and coalesce(thread_reason, '') not like ? and coalesce(thread_reason, '') not like ? order by id",
+        [ticket_id, COPY_REASON + "%", REPORT_REASON + "%"],
     ).fetchall():
-        if from_address:
-            found.add(from_address.lower())
+        addresses = [from_address] if from_address else []
         for field in (to_addrs, cc_addrs):
-            found.update(a.lower() for a in json.loads(field or "[]") if isinstance(a, str))
-    return found
+            addresses += [a for a in json.loads(field or "[]") if isinstance(a, str)]
+        for address in addresses:
+            found.setdefault(address.lower(), None)
+    return list(found)
+
+
+def participants(db: Database, ticket_id: int) -> set[str]:
+    """The requester and everyone who sent or received a message of the ticket (lower case)."""
+    return set(participant_list(db, ticket_id))
 
 
 def is_participant(db: Database, ticket_id: int, address: str | None) -> bool:
     """The requester, or anyone who sent or received a message of the ticket."""
     return bool(address) and address.lower() in participants(db, ticket_id)  # type: ignore[union-attr]
+
+
+def sent_to(db: Database, message_id: str, address: str | None) -> bool:
+    """Whether our mail ``message_id`` went to ``address`` (the outbox's recipients, or the To/Cc
+    of our stored reply)."""
+    if not address:
+        return False
+    address = address.lower()
+    for (value,) in db.execute("select recipients from outbox where message_id = ?", [message_id]):
+        if address in (a.lower() for a in json.loads(value or "[]") if isinstance(a, str)):
+            return True
+    for to_addrs, cc_addrs in db.execute(
+        "select to_addrs, cc_addrs from messages where message_id = ? and direction = 'out'", [message_id]
+    ):
+        for field in (to_addrs, cc_addrs):
+            if address in (a.lower() for a in json.loads(field or "[]") if isinstance(a, str)):
+                return True
+    return False
+
+
+def may_join(db: Database, ticket_id: int, sender: str | None, *, our_id: str | None = None,
+             own_addresses: frozenset[str] | set[str] = frozenset()) -> str | None:
+    """Why ``sender`` may join ticket ``ticket_id`` (a participant, or the addressee of our mail
+    ``our_id``); None: they may not (item 53). Our own accounts' addresses never count."""
+    address = (sender or "").lower()
+    if not address or address in own_addresses:
+        return None
+    if our_id is not None and sent_to(db, our_id, address):
+        return f"sent to {address}"
+    if address in participants(db, ticket_id):
+        return f"from {address}, a participant"
+    return None
 
 
 def _ticket_of_id(db: Database, message_id: str) -> tuple[int, str] | None:
@@ -183,10 +232,12 @@ def find_ticket(
         if row:
             return ThreadDecision(
                 row[0],
-                f"a copy of {parsed.message_id} (same Message-ID and sender) already in ticket #{row[0]}",
+                f"{COPY_REASON}{parsed.message_id} (same Message-ID and sender) already in ticket #{row[0]}",
                 kind="copy",
             )
     ignored: list[str] = []
+    refused: list[str] = []  # a header named a ticket the sender may not join (item 53)
+    sender = parsed.from_address or "an unknown sender"
     headers = [("In-Reply-To", i) for i in parsed.in_reply_to]
     headers += [("References", i) for i in reversed(parsed.references)]  # the newest first
     for header, message_id in headers:
@@ -195,16 +246,29 @@ def find_ticket(
             continue
         found = _ticket_of_id(db, message_id)
         if found:
-            return ThreadDecision(
-                found[0], f"{header} names {found[1]} {message_id} of ticket #{found[0]}", kind="followup"
+            ours = is_our_message_id(db, message_id)
+            why = may_join(db, found[0], parsed.from_address, our_id=message_id if ours else None,
+                           own_addresses=own_addresses)
+            if why:
+                return ThreadDecision(
+                    found[0], f"{header} names {found[1]} {message_id} of ticket #{found[0]}, {why}",
+                    kind="followup",
+                )
+            refused.append(
+                f"{header} names {found[1]} {message_id} of ticket #{found[0]}, but "
+                + (f"it was not sent to {sender}, who is" if ours else f"{sender} is")
+                + " not a participant"
             )
     if ignored:
         log.warning(
             "message %s from %s quotes Message-IDs in our form with a wrong token (%s): not trusted",
             parsed.message_id, parsed.from_address, ", ".join(ignored[:3]),
         )
+    if refused:
+        log.warning("message %s from %s: %s: a new ticket", parsed.message_id, parsed.from_address, refused[0])
     if raw is not None and _is_bounce(parsed):
-        # The returned headers of our mail: in the raw report, or in an encoded part of it.
+        # The returned headers of our mail: in the raw report, or in an encoded part of it. The
+        # report joins that ticket as a report: it adds no participant and changes no status.
         texts = [raw, *(a.data for a in parsed.attachments[:20] if len(a.data) < 1_000_000)]
         found_ids = [m.decode() for text in texts for m in _OUR_ID_IN_TEXT.findall(text)]
         for candidate in dict.fromkeys(found_ids):
@@ -212,8 +276,8 @@ def find_ticket(
                 found = _ticket_of_id(db, candidate)
                 if found:
                     return ThreadDecision(
-                        found[0], f"a delivery failure report about {found[1]} {candidate} of "
-                        f"ticket #{found[0]}", kind="followup",
+                        found[0], f"{REPORT_REASON} about {found[1]} {candidate} of "
+                        f"ticket #{found[0]}", kind="report",
                     )
     forged = f"; ignored forged Message-IDs {', '.join(ignored[:3])}" if ignored else ""
     if gm_thrid and account:
@@ -225,7 +289,14 @@ def find_ticket(
             [account, gm_thrid],
         ).fetchone()
         if row:
-            return ThreadDecision(row[0], f"Gmail thread {gm_thrid} of ticket #{row[0]}", kind="followup")
+            why = may_join(db, row[0], parsed.from_address, own_addresses=own_addresses)
+            if why:
+                return ThreadDecision(row[0], f"Gmail thread {gm_thrid} of ticket #{row[0]}, {why}",
+                                      kind="followup")
+            refused.append(f"Gmail thread {gm_thrid} of ticket #{row[0]}, but {sender} is not a participant")
+            log.warning("message %s from %s: %s: a new ticket", parsed.message_id, parsed.from_address,
+                        refused[-1])
+    forged += "".join(f"; {why}" for why in refused[:3])
     match = tag_pattern(tag_format).search(parsed.subject or "")
     if match:
         ticket_id = int(match.group(1))
@@ -260,6 +331,9 @@ def find_ticket(
             f"subject tag {tag} from {parsed.from_address or 'an unknown sender'}, who is not a "
             f"participant of ticket #{ticket_id}: new ticket{forged}",
         )
+    if refused:
+        others = f"; ignored forged Message-IDs {', '.join(ignored[:3])}" if ignored else ""
+        return ThreadDecision(None, f"{refused[0]}: new ticket{others}")
     if ignored:
         return ThreadDecision(None, f"new conversation{forged}")
     return ThreadDecision(None, "new conversation")

@@ -280,6 +280,17 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_a_lone_base64_attachment_under_a_missing_boundary_is_an_attachment",
         "tests/test_parse_fidelity.py::test_text_without_part_headers_under_a_missing_boundary_stays_as_written",
     ),
+    # Our own items (docs/reliability.md, "Our own items")
+    53: tests(
+        "tests/test_hijack.py::test_forged_customer_ids_and_reference_chains_get_nowhere_and_reply_all_reaches_only_participants",
+        HIJACK,
+        "tests/test_threading.py::test_a_stranger_naming_a_customers_message_id_opens_a_new_ticket_and_gets_no_reply_all",
+        "tests/test_threading.py::test_a_forged_references_chain_with_our_acknowledgements_id_does_not_let_a_stranger_in",
+        "tests/test_threading.py::test_a_colleague_copied_on_the_ticket_may_reply_by_headers",
+        "tests/test_threading.py::test_a_forged_copy_of_the_customers_mail_adds_no_participant",
+        "tests/test_threading.py::test_a_forged_bounce_quoting_our_id_adds_no_participant_and_does_not_reopen",
+        "tests/test_provider_quirks.py::test_gmails_thread_id_attaches_only_mail_from_a_participant",
+    ),
 }
 
 

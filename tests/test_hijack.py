@@ -1,4 +1,5 @@
-"""Hijack and spoof suite (RELIABILITY figure 9, items 37-42): forged follow-ups get nowhere.
+"""Hijack and spoof suite (RELIABILITY figure 9, items 37-42, and our item 53): forged follow-ups
+get nowhere.
 
 One helpdesk on the real Dovecot with one victim ticket (Ann's, Bob in Cc, acknowledged over the
 real SMTP server). Then every forged mail below lands in its mailbox and one `mail2ticket poll`
@@ -33,6 +34,7 @@ class Victim:
     tag: str
     ack_id: str  # the Message-ID of our acknowledgement (a valid token)
     desk_email: str
+    cust_id: str = "<ann-1@customer.test>"  # the Message-ID of Ann's mail: no secret (Bob has it)
 
 
 def _forged_id(our_id: str) -> str:
@@ -102,6 +104,33 @@ FORGERIES: dict[str, list[bytes]] = {
     "42 colon-heavy From": [b"From: " + b":" * 5000 + b"ann@customer.test", b"Subject: {tag}"],
     "42 two addresses in From": [b"From: mallory@evil.test, ann@customer.test", b"Subject: {tag}"],
     "42 no From at all": [b"Subject: Re: {tag}"],
+    # 53: the customer's own Message-ID (everyone on To/Cc has it), and our valid ids sent to others
+    "53 In-Reply-To naming the customer's Message-ID": [b"Subject: Re: payroll", b"In-Reply-To: {cust}"],
+    "53 References naming the customer's Message-ID": [b"Subject: Re: payroll", b"References: {cust}"],
+    "53 both headers naming the customer's Message-ID": [b"Subject: Re: payroll", b"In-Reply-To: {cust}",
+                                                         b"References: {cust}"],
+    "53 our valid acknowledgement id, sent to Ann": [b"Subject: Re: payroll", b"In-Reply-To: {ack}"],
+    "53 forged chain: customer id, then our id": [b"Subject: Re: payroll", b"In-Reply-To: {ack}",
+                                                  b"References: {cust} {ack}"],
+    "53 forged chain: unknown ids around the customer id": [
+        b"Subject: Re: payroll", b"In-Reply-To: <x1@evil.test>", b"References: <x0@evil.test> {cust} <x1@evil.test>"],
+    "53 customer id with a forged id of ours": [b"Subject: Re: payroll", b"In-Reply-To: {forged}",
+                                                b"References: {cust} {forged}"],
+    "53 customer id with the subject tag": [b"Subject: Re: {tag} payroll", b"In-Reply-To: {cust}"],
+    "53 customer id and Cc'ing the requester": [b"Subject: Re: payroll", b"In-Reply-To: {cust}",
+                                                b"Cc: ann@customer.test, bob@customer.test"],
+    "53 customer id with a Reply-To of the requester": [b"Subject: Re: payroll", b"References: {cust}",
+                                                        b"Reply-To: ann@customer.test"],
+    "53 customer id with Sender: the requester": [b"Subject: Re: payroll", b"In-Reply-To: {cust}",
+                                                  b"Sender: ann@customer.test"],
+    "53 customer id with the requester as display name": [
+        b'From: "ann@customer.test" <mallory@evil.test>', b"Subject: Re: payroll", b"In-Reply-To: {cust}"],
+    "53 customer id from the desk's own address": [b"From: {desk}", b"Subject: Re: payroll",
+                                                   b"In-Reply-To: {cust}"],
+    "53 customer id in a comment-laden header": [b"Subject: Re: payroll",
+                                                 b"In-Reply-To: (Ann's mail) {cust} (of Monday)"],
+    "53 customer id in the Gmail-style Re: with tag and our id": [
+        b"Subject: Re: {tag}", b"In-Reply-To: {cust}", b"References: {ack} {cust}"],
 }
 
 
@@ -111,7 +140,8 @@ def forged_mail(n: int, name: str, victim: Victim) -> bytes:
         b"{tag}": victim.tag.encode(), b"{forged}": _forged_id(ack).encode(), b"{near}": _near_miss_id(ack).encode(),
         b"{ack_elsewhere}": ack.replace("@", "@evil.", 1).encode() if "@" in ack else b"",
         b"{ack_upper}": ack.upper().encode(), b"{desk}": victim.desk_email.encode(),
-        b"{victim}": str(victim.ticket).encode(),
+        b"{victim}": str(victim.ticket).encode(), b"{cust}": victim.cust_id.encode(),
+        b"{ack}": ack.encode(),
     }
     lines = []
     for line in FORGERIES[name]:
@@ -137,6 +167,7 @@ class Attack:
     sent: list  # what the SMTP server received after the attack (SmtpMessage)
     where: dict[int, tuple[int | None, str | None]]  # forgery number: (ticket, thread_reason)
     quarantined: set[int]
+    reply_all: tuple[str, ...] = ()  # the recipients of 'tickets reply --all' on the victim's ticket
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +183,8 @@ def attack(tmp_path_factory, dovecot, test_ca) -> Attack:
         user = dovecot.add_user()
         desk = Desk(root / "desk", dovecot, user, smtp, lambda u, s, **kw: account_config(u, dovecot, s, **kw))
         desk.deliver(make_mail(f"Access {SECRET_SUBJECT}", "Ann <ann@customer.test>",
-                               f"{desk.email}, bob@customer.test", f"My {SECRET_BODY}."))
+                               f"{desk.email}, bob@customer.test", f"My {SECRET_BODY}.",
+                               message_id=Victim.cust_id))
         desk.poll()
         [ticket] = desk.tickets()
         [ack] = desk.smtp.messages
@@ -174,7 +206,11 @@ def attack(tmp_path_factory, dovecot, test_ca) -> Attack:
                     "select r.raw from quarantine q join raw_messages r on r.sha256 = q.raw_sha256")
                 if (m := re.search(rb"FORGED-(\d+)", raw))
             }
-        return Attack(victim, before, after, list(smtp.messages[first_new:]), where, quarantined)
+        sent = list(smtp.messages[first_new:])
+        # The agent answers with --all: it goes to the participants (Ann, Bob) and no one else.
+        desk.ok("tickets", "reply", str(victim.ticket), "--all", "--message", f"The {SECRET_BODY} is reset.")
+        [answer] = smtp.messages[first_new + len(sent):]
+        return Attack(victim, before, after, sent, where, quarantined, tuple(answer.rcpt_tos))
 
 
 CASES = list(enumerate(FORGERIES))
@@ -210,10 +246,28 @@ def test_a_forged_follow_up_gets_nowhere(attack, n, name):
 def test_the_suite_forges_at_least_30_follow_ups_and_none_gets_in(attack):
     appended = [n for n, (ticket, _) in attack.where.items() if ticket == attack.victim.ticket]
     assert len(FORGERIES) >= 30
-    assert {int(name.split()[0]) for name in FORGERIES} == {37, 38, 39, 40, 41, 42}
+    assert {int(name.split()[0]) for name in FORGERIES} == {37, 38, 39, 40, 41, 42, 53}
     assert appended == []
     assert attack.after["status"] == attack.before["status"] == "open"
     # Ann and Bob got nothing because of the forgeries (no acknowledgement back-scattered to them).
     assert [m for m in attack.sent if set(m.rcpt_tos) & PARTICIPANTS] == []
     # Every forgery from a real address got its own acknowledgement (no content of the victim's).
     assert len(attack.sent) >= 20
+
+
+def test_forged_customer_ids_and_reference_chains_get_nowhere_and_reply_all_reaches_only_participants(attack):
+    """Item 53, the figure: forged follow-ups tried, appended, mails to a non-participant."""
+    tried = len(FORGERIES)
+    by_id = sum(1 for name in FORGERIES if name.startswith("53 "))
+    appended = [n for n, (ticket, _) in attack.where.items() if ticket == attack.victim.ticket]
+    outsiders = sorted(set(attack.reply_all) - PARTICIPANTS)
+    leaked = [m for m in attack.sent if set(m.rcpt_tos) - PARTICIPANTS and (
+        attack.victim.tag in m.message["Subject"] or SECRET_BODY in m.message.get_content())]
+    print(f"\nforged follow-ups tried: {tried} ({by_id} by a customer's Message-ID or a chain of References), "
+          f"appended: {len(appended)}, mails to a non-participant: {len(outsiders) + len(leaked)} "
+          f"(reply --all went to {', '.join(sorted(attack.reply_all))})")
+    assert by_id >= 14 and appended == [] and leaked == []
+    assert sorted(attack.reply_all) == sorted(PARTICIPANTS) and outsiders == []
+    for n, name in enumerate(FORGERIES):
+        if name.startswith("53 ") and n in attack.where:
+            assert "not a participant" in (attack.where[n][1] or ""), (name, attack.where[n][1])

@@ -61,6 +61,11 @@ def _mail(n: int, *, subject: str | None = None, extra: bytes = b"", body: bytes
     )
 
 
+def _from(n: int, raw: bytes) -> bytes:
+    """``raw`` as sent by customer ``n`` (a participant of the ticket of _mail(n))."""
+    return raw.replace(b"From: customer", b"From: customer%d@example.org\r\nX-Was: customer" % n, 1)
+
+
 def _write_config(tmp_path: Path, *accounts: dict) -> Path:
     config = tmp_path / "config.toml"
     config.write_text(
@@ -393,10 +398,10 @@ def test_gmails_thread_id_makes_a_reply_without_headers_a_follow_up_in_the_same_
     [first] = import_batch(ctx, [_incoming("desk", "INBOX", 1, _mail(1), msgid=100, thrid=7)])
     [reply] = import_batch(
         ctx,
-        [_incoming("desk", "INBOX", 2, _mail(2, subject="Re: quirk test 1"), msgid=101, thrid=7)],
+        [_incoming("desk", "INBOX", 2, _from(1, _mail(2, subject="Re: quirk test 1")), msgid=101, thrid=7)],
     )
     assert reply.status == "followup" and reply.ticket_id == first.ticket_id
-    assert reply.detail == f"Gmail thread 7 of ticket #{first.ticket_id}"
+    assert reply.detail == f"Gmail thread 7 of ticket #{first.ticket_id}, from customer1@example.org, a participant"
 
 
 def test_gmails_thread_id_is_no_hint_across_accounts(ctx) -> None:
@@ -428,7 +433,7 @@ def test_in_reply_to_wins_over_gmails_thread_id(ctx) -> None:
                 "desk",
                 "INBOX",
                 3,
-                _mail(3, extra=b"In-Reply-To: <quirk-2@example.org>\r\n"),
+                _from(2, _mail(3, extra=b"In-Reply-To: <quirk-2@example.org>\r\n")),
                 msgid=102,
                 thrid=7,
             )
@@ -548,3 +553,14 @@ def test_an_icloud_account_signs_in_to_imap_with_the_name_part_and_to_smtp_with_
 
     assert result.exit_code == 0, result.output
     assert "ok  IMAP sign-in" in result.stdout and "ok  SMTP AUTH" in result.stdout
+
+
+def test_gmails_thread_id_attaches_only_mail_from_a_participant(ctx) -> None:
+    # Gmail puts a stranger's "Re:" with the same subject in the customer's thread (X-GM-THRID):
+    # that is no reason to let the stranger into the ticket (item 53). Dovecot has no X-GM-EXT-1,
+    # so this one goes through import_batch with the thread id as the poller hands it over.
+    [first] = import_batch(ctx, [_incoming("desk", "INBOX", 1, _mail(1), msgid=100, thrid=7)])
+    stranger = _mail(2, subject="Re: quirk test 1")  # from customer2, not a participant of ticket 1
+    [other] = import_batch(ctx, [_incoming("desk", "INBOX", 2, stranger, msgid=101, thrid=7)])
+    assert other.status == "imported" and other.ticket_id != first.ticket_id
+    assert "Gmail thread 7" in other.detail and "not a participant" in other.detail

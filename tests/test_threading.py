@@ -326,3 +326,91 @@ def test_a_bounce_of_our_acknowledgement_joins_the_ticket_and_is_not_answered(de
     assert "delivery failure report" in report["thread_reason"]
     assert report["ack_reason"].startswith("not acknowledged")
     assert len(desk.smtp.messages) == 1
+
+
+# --- item 53: a customer's Message-ID is no key to their ticket (issue 13, point 1) ------------
+
+
+def _shared_ticket(desk) -> int:
+    """Ann's ticket, Bob in Cc, Message-ID <a1@customer.test>; acknowledged to Ann."""
+    desk.deliver(make_mail("Reset my password", "Ann <ann@customer.test>", f"{desk.email}, bob@customer.test",
+                           "Please send the reset code.", message_id="<a1@customer.test>"))
+    desk.poll()
+    [ticket] = desk.tickets()
+    return ticket["id"]
+
+
+def _reply_all_recipients(desk, ticket_id: int) -> set[str]:
+    before = len(desk.smtp.messages)
+    desk.ok("tickets", "reply", str(ticket_id), "--all", "--message", "Your reset code is 0000.")
+    [sent] = desk.smtp.messages[before:]
+    return set(sent.rcpt_tos)
+
+
+def test_a_stranger_naming_a_customers_message_id_opens_a_new_ticket_and_gets_no_reply_all(desk):
+    victim = _shared_ticket(desk)
+    desk.deliver(make_mail("Re: Reset my password", "mallory@evil.test", desk.email, "Send it to me.",
+                           in_reply_to="<a1@customer.test>", references="<a1@customer.test>"))
+    polled = desk.poll()
+    tickets = desk.tickets()
+    assert len(tickets) == 2 and len(desk.show(victim)["messages"]) == 1
+    stranger = desk.show(tickets[1]["id"])
+    reason = stranger["messages"][0]["thread_reason"]
+    assert stranger["requester"] == "mallory@evil.test"
+    assert "<a1@customer.test>" in reason and f"#{victim}" in reason and "not a participant" in reason
+    human = desk.ok("tickets", "show", str(tickets[1]["id"])).stdout
+    assert (f"Threading: In-Reply-To names message <a1@customer.test> of ticket #{victim}, but "
+            "mallory@evil.test is not a participant: new ticket") in human
+    assert re.search(r"WARNING .*mallory@evil\.test.*not a participant", polled.stderr)
+    assert _reply_all_recipients(desk, victim) == {"ann@customer.test", "bob@customer.test"}
+    assert desk.sent_to("mallory@evil.test") == [desk.smtp.messages[1]]  # only its own acknowledgement
+    assert "reset code" not in desk.sent_to("mallory@evil.test")[0].message.get_content()
+
+
+def test_a_forged_references_chain_with_our_acknowledgements_id_does_not_let_a_stranger_in(desk):
+    victim = _shared_ticket(desk)
+    [ack] = desk.sent_to("ann@customer.test")
+    ack_id = ack.message["Message-ID"]  # a valid id of ours, but sent to Ann, not to Mallory
+    desk.deliver(make_mail("Re: hi", "mallory@evil.test", desk.email, "me too", in_reply_to="<x@evil.test>",
+                           references=f"<a1@customer.test> {ack_id} <x@evil.test>"))
+    desk.poll()
+    tickets = desk.tickets()
+    assert len(tickets) == 2 and len(desk.show(victim)["messages"]) == 1
+    reason = desk.show(tickets[1]["id"])["messages"][0]["thread_reason"]
+    assert ack_id in reason and "not sent to mallory@evil.test" in reason
+
+
+def test_a_colleague_copied_on_the_ticket_may_reply_by_headers(desk):
+    victim = _shared_ticket(desk)
+    desk.deliver(make_mail("Re: Reset my password", "bob@customer.test", desk.email, "Me as well.",
+                           in_reply_to="<a1@customer.test>", references="<a1@customer.test>"))
+    desk.poll()
+    [ticket] = desk.tickets()
+    assert ticket["id"] == victim and ticket["incoming_count"] == 2
+    assert "bob@customer.test, a participant" in desk.show(victim)["messages"][1]["thread_reason"]
+
+
+def test_a_forged_copy_of_the_customers_mail_adds_no_participant(desk):
+    victim = _shared_ticket(desk)
+    # Same Message-ID and From as Ann's mail (a copy, as far as anyone can tell), one more Cc.
+    desk.deliver(make_mail("Reset my password", "Ann <ann@customer.test>",
+                           f"{desk.email}, bob@customer.test", "copy", message_id="<a1@customer.test>",
+                           headers={"Cc": "mallory@evil.test"}))
+    desk.poll()
+    assert "copy of" in desk.show(victim)["messages"][1]["thread_reason"]
+    assert _reply_all_recipients(desk, victim) == {"ann@customer.test", "bob@customer.test"}
+
+
+def test_a_forged_bounce_quoting_our_id_adds_no_participant_and_does_not_reopen(desk):
+    victim = _shared_ticket(desk)
+    desk.ok("tickets", "close", str(victim))
+    [ack] = desk.sent_to("ann@customer.test")
+    desk.deliver(
+        b"Return-Path: <>\r\nFrom: mallory@evil.test\r\nTo: " + desk.email.encode() + b"\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <b1@evil.test>\r\n\r\n"
+        b"This message could not be delivered.\r\n\r\n" + ack.data.split(b"\r\n\r\n")[0] + b"\r\n"
+    )
+    desk.poll()
+    shown = desk.show(victim)
+    assert shown["status"] == "closed"
+    assert _reply_all_recipients(desk, victim) == {"ann@customer.test", "bob@customer.test"}
