@@ -185,6 +185,8 @@ def check_conversation_settings(values: dict[str, Any]) -> None:
     for key in ("auto_reply_limit", "auto_mail_ticket_limit", "auto_mail_address_limit"):
         if values.get(key, 1) < 0:
             raise ValueError(f"'conversations.{key}' must be 0 or more")
+    if values.get("reply_all_limit", 20) < 1:
+        raise ValueError("'conversations.reply_all_limit' must be 1 or more")
 
 
 def make_tag(tag_format: str, ticket_id: int) -> str:

@@ -201,6 +201,8 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
     "auto_mail_address_limit": (_int, 40, "a number of automatic mails per address and period"),
     "auto_mail_address_period": (_str, "24h", 'a duration such as "24h"'),
     "failing_address_hold": (_str, "60d", 'a duration such as "60d"'),
+    # 'tickets reply --all' to more recipients than this asks for --yes (item 57).
+    "reply_all_limit": (_int, 20, "a number of recipients of one reply"),
 }
 # [performance]: how an import uses the machine (docs/performance.md).
 PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {

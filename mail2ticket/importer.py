@@ -429,6 +429,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         if previous_status == "closed" and reopen:
             log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
                       ticket_id=ticket_id, account=item.account)
+    to_addrs, cc_addrs = _bounded(parsed, "To", parsed.to), _bounded(parsed, "Cc", parsed.cc)
     message_row = _insert(
         db,
         "messages",
@@ -443,8 +444,8 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
             "subject": parsed.subject,
             "from_address": parsed.from_address,
             "from_name": parsed.from_name,
-            "to_addrs": json.dumps(parsed.to),
-            "cc_addrs": json.dumps(parsed.cc),
+            "to_addrs": json.dumps(to_addrs),
+            "cc_addrs": json.dumps(cc_addrs),
             "date": date,
             "received_at": iso(item.received_at) or now,
             "body_text": parsed.body_text,
@@ -486,6 +487,22 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     for hook in ctx.hooks:
         hook(db, outcome, parsed)
     return outcome
+
+
+# The To or Cc addresses stored with one message (item 57): a mail Cc'd to thousands must not make
+# thousands of participants ('tickets reply --all'). The raw bytes keep every address.
+MAX_STORED_ADDRESSES = 100
+
+
+def _bounded(parsed: ParsedMessage, header: str, addresses: list[str]) -> list[str]:
+    """The first MAX_STORED_ADDRESSES of ``addresses``; a defect on the message says when cut."""
+    if len(addresses) <= MAX_STORED_ADDRESSES:
+        return addresses
+    parsed.defects.append(
+        f"{header}: {len(addresses)} addresses read; the first {MAX_STORED_ADDRESSES} are stored "
+        "(the raw mail keeps them all)"
+    )
+    return addresses[:MAX_STORED_ADDRESSES]
 
 
 def _record_source(db: Database, item: Incoming, sha: str | None, *, message, quarantine) -> None:

@@ -280,14 +280,29 @@ def _set_status(db: Database, ticket_id: int, status: str, now: str) -> None:
     )
 
 
+def check_reply_all(cfg: Any, db: Database, ticket_id: int, *, yes: bool = False) -> int:
+    """The number of recipients of 'tickets reply --all' on the ticket; Mail2TicketError when it is
+    over [conversations] reply_all_limit and ``yes`` is not given (item 57)."""
+    ticket = get_ticket(db, ticket_id)
+    count = 1 + len(_other_participants(cfg, db, ticket))
+    limit = conversation_settings(cfg)["reply_all_limit"]
+    if count > limit and not yes:
+        raise Mail2TicketError(
+            f"ticket #{ticket_id}: reply --all would go to {count} recipients, more than "
+            f"reply_all_limit = {limit}; nothing sent",
+            "add --yes to send it to all of them, or reply without --all",
+        )
+    return count
+
+
 def queue_reply(
     cfg: Any, db: Database, ticket_id: int, text: str, *, to_all: bool = False,
-    status: str | None = None, actor: str | None = None,
+    status: str | None = None, actor: str | None = None, yes: bool = False,
 ) -> dict:
     """Store an agent's reply in the ticket, queue it for the requester, set the ticket status.
 
     Returns the outbox entry. All in one transaction: the reply is either stored and queued, or
-    neither.
+    neither. With ``to_all``, more recipients than reply_all_limit need ``yes``.
     """
     if not text.strip():
         raise Mail2TicketError("the reply is empty: nothing sent", "write some text")
@@ -305,6 +320,8 @@ def queue_reply(
             raise Mail2TicketError(
                 f"ticket #{ticket_id}: the requester address {ticket['requester']!r} cannot be mailed"
             ) from None
+        if to_all:
+            check_reply_all(cfg, db, ticket_id, yes=yes)
         cc = _other_participants(cfg, db, ticket) if to_all else []
         values = _template_values(cfg, ticket)
         in_reply_to, references = _threading(db, ticket_id)

@@ -291,6 +291,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_threading.py::test_a_forged_bounce_quoting_our_id_adds_no_participant_and_does_not_reopen",
         "tests/test_provider_quirks.py::test_gmails_thread_id_attaches_only_mail_from_a_participant",
     ),
+    57: tests(
+        "tests/test_reply.py::test_reply_all_to_thousands_of_cc_refuses_without_yes_and_stores_a_bounded_cc_list",
+        "tests/test_reply.py::test_reply_all_within_the_limit_needs_no_yes_and_the_limit_is_configurable",
+    ),
 }
 
 

@@ -150,3 +150,56 @@ def test_close_and_reopen_with_notify_tell_the_requester_in_the_thread(desk):
     desk.deliver(reply_to(closed.data, body="Thanks"))
     desk.poll()
     assert len(desk.tickets()) == 1
+
+
+# --- item 57: reply --all to thousands (issue 13, point 5) -------------------------------------
+
+
+def _mail_with_ccs(desk, count: int) -> bytes:
+    ccs = ",\r\n ".join(f"reader{i:04d}@list.test" for i in range(count))
+    return (
+        f"From: Carl <carl@customer.test>\r\nTo: {desk.email}\r\nCc: {ccs}\r\n"
+        "Subject: Newsletter question\r\nMessage-ID: <many-cc@customer.test>\r\n"
+        "Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n\r\nWho are all these people?\r\n"
+    ).encode()
+
+
+def test_reply_all_to_thousands_of_cc_refuses_without_yes_and_stores_a_bounded_cc_list(desk):
+    desk.deliver(_mail_with_ccs(desk, 3000))
+    desk.poll()
+    ticket = next(t for t in desk.tickets() if t["requester"] == "carl@customer.test")
+    [message] = desk.show(ticket["id"])["messages"]
+    stored = len(message["cc"])
+    assert stored == 100 and message["cc"][0] == "reader0000@list.test"
+    assert any(d.startswith("Cc: ") and "the first 100 are stored" in d for d in message["defects"])
+    with desk.db() as db:  # the raw bytes keep every address
+        raw = db.execute("select r.raw from raw_messages r join messages m on m.raw_sha256 = r.sha256 "
+                         "where m.message_id = '<many-cc@customer.test>'").fetchone()[0]
+    assert raw.count(b"@list.test") == 3000
+    desk.smtp.messages.clear()
+    refused = desk.invoke("tickets", "reply", str(ticket["id"]), "--all", "--message", "Hello all.")
+    print(f"\nCc in the mail: 3000, stored: {stored}; reply --all without --yes: exit {refused.exit_code}, "
+          f"mails sent: {len(desk.smtp.messages)}")
+    assert refused.exit_code == 1 and desk.smtp.messages == []
+    assert "101 recipients" in refused.stderr and "reply_all_limit = 20" in refused.stderr
+    assert "--yes" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert len(desk.show(ticket["id"])["messages"]) == 1  # nothing stored either
+    sent = desk.ok("tickets", "reply", str(ticket["id"]), "--all", "--yes", "--message", "Hello all.")
+    [mail] = desk.smtp.messages
+    assert len(mail.rcpt_tos) == 101 and "Sent to carl@customer.test" in sent.stdout
+
+
+def test_reply_all_within_the_limit_needs_no_yes_and_the_limit_is_configurable(
+    tmp_path, dovecot, imap_user, smtp_server, account_config
+):
+    desk = Desk(tmp_path / "small", dovecot, imap_user, smtp_server, account_config,
+                conversations={"reply_all_limit": 3})
+    desk.deliver(make_mail("Team", "ann@customer.test", f"{desk.email}, b@customer.test, c@customer.test"))
+    desk.deliver(make_mail("Bigger team", "dan@customer.test",
+                           f"{desk.email}, e@customer.test, f@customer.test, g@customer.test"))
+    desk.poll()
+    small, big = [t["id"] for t in desk.tickets()]
+    desk.ok("tickets", "reply", str(small), "--all", "--message", "Hi.")  # 3 recipients: fine
+    refused = desk.invoke("tickets", "reply", str(big), "--all", "--message", "Hi.")
+    assert refused.exit_code == 1 and "4 recipients" in refused.stderr and "reply_all_limit = 3" in refused.stderr
+    desk.ok("tickets", "reply", str(big), "--message", "Only to you.")  # without --all: no question

@@ -43,10 +43,12 @@ def _send_now(app, entry: dict) -> None:
 @click.option("-m", "--message", "text", help="The text of the reply.")
 @click.option("--file", "path", type=click.File("r", encoding="utf-8"), help="Read the text from a file ('-': stdin).")
 @click.option("--all", "to_all", is_flag=True, help="Copy (Cc) everyone else who took part in the ticket.")
+@click.option("--yes", is_flag=True,
+              help="With --all: send even to more recipients than [conversations] reply_all_limit (20).")
 @click.option("--status", type=click.Choice(["open", "pending", "closed"]),
               help="The ticket's status afterwards (default: [conversations] reply_status, 'pending').")
 @click.pass_obj
-def reply(app, ticket_id, text, path, to_all, status):
+def reply(app, ticket_id, text, path, to_all, yes, status):
     """Mail a threaded reply to the ticket's requester and store it in the ticket.
 
     The text comes from --message, --file, or else $EDITOR. The reply answers the
@@ -54,16 +56,21 @@ def reply(app, ticket_id, text, path, to_all, status):
     subject, and is sent from the ticket's account. It is stored and queued in one
     step; if the SMTP server cannot take it now, it stays in the outbox and is sent
     by the next poll. The ticket becomes 'pending' (waiting for the customer) unless
-    --status says otherwise.
+    --status says otherwise. With --all, a reply to more people than reply_all_limit
+    (default 20) is refused, saying how many, unless --yes is given.
 
     \b
     Examples:
       mail2ticket tickets reply 42 --message "The printer is fixed."
       mail2ticket tickets reply 42 --file answer.txt --all --status closed
+      mail2ticket tickets reply 42 --all --yes -m "..."   # to more than reply_all_limit
       mail2ticket tickets reply 42            # opens $EDITOR
     """
-    from mail2ticket.outbox import queue_reply
+    from mail2ticket.outbox import check_reply_all, queue_reply
     from mail2ticket.store import get_ticket
+
+    if to_all:  # before any editor opens: refuse a reply to hundreds at once
+        check_reply_all(app.config(), app.db, ticket_id, yes=yes)
 
     def template() -> str:
         ticket = get_ticket(app.db, ticket_id)
@@ -71,7 +78,7 @@ def reply(app, ticket_id, text, path, to_all, status):
                 f"# Reply to #{ticket['id']}: {ticket['subject']}\n# To: {ticket['requester']}\n")
 
     text = message_text(text, path, template, what="reply", nothing="nothing sent")
-    entry = queue_reply(app.config(), app.db, ticket_id, text, to_all=to_all, status=status)
+    entry = queue_reply(app.config(), app.db, ticket_id, text, to_all=to_all, status=status, yes=yes)
     click.echo(f"Reply stored in ticket #{ticket_id}.")
     _send_now(app, entry)
 
