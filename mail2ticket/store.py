@@ -251,12 +251,19 @@ DUE_AT_SQL = (
     "case when t.first_response_at is null and t.due_response_at is not null "
     "then t.due_response_at else t.due_resolution_at end"
 )
+# When the ticket's first mail was written: its Date header, but never later than it arrived (a
+# future Date is a wrong clock or spam). Old mail imported today keeps the date it was sent.
+FIRST_MESSAGE_SQL = (
+    "(select min(coalesce(m.date, m.received_at), m.received_at) from messages m "
+    "where m.ticket_id = t.id order by m.id limit 1)"
+)
 TICKET_COLUMNS = (
     "t.id, t.subject, t.requester, t.requester_name, t.status, t.priority, t.assignee, t.account, "
     "t.created_at, t.updated_at, t.closed_at, t.first_response_at, t.due_response_at, "
     f"t.due_resolution_at, {DUE_AT_SQL} as due_at, (t.overdue = 1 and t.status != 'closed') as overdue, "
     "(select count(*) from messages m where m.ticket_id = t.id) as message_count, "
-    "(select count(*) from messages m where m.ticket_id = t.id and m.direction = 'in') as incoming_count"
+    "(select count(*) from messages m where m.ticket_id = t.id and m.direction = 'in') as incoming_count, "
+    f"{FIRST_MESSAGE_SQL} as first_message_at"
 )
 ORDERS = {
     "updated": "t.updated_at desc, t.id desc",
@@ -265,6 +272,7 @@ ORDERS = {
     "priority": "case t.priority when 'urgent' then 0 when 'high' then 1 when 'normal' then 2 "
     "when 'low' then 3 else 4 end asc, t.updated_at desc, t.id desc",
     "due": f"({DUE_AT_SQL}) is null asc, ({DUE_AT_SQL}) asc, t.id asc",
+    "date": f"{FIRST_MESSAGE_SQL} desc, t.id desc",
 }
 
 
@@ -310,11 +318,15 @@ def ticket_filters(
     created_until: str | None = None,
     updated_since: str | None = None,
     updated_until: str | None = None,
+    before: str | None = None,
+    after: str | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The SQL conditions (on ``tickets t``) and parameters of a listing's filters.
 
     ``status``: None (every ticket that is not closed), "all", or one status. ``requester``: an
     address, or "@domain" for everyone at that domain. Times are ISO 8601 UTC; "until" is exclusive.
+    ``before``/``after``: the date of the first mail (FIRST_MESSAGE_SQL), before it (exclusive),
+    or at or after it.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -359,6 +371,10 @@ def ticket_filters(
     ):
         if value:
             where.append(f"t.{column} {op} ?")
+            params.append(value)
+    for op, value in (("<", before), (">=", after)):
+        if value:
+            where.append(f"{FIRST_MESSAGE_SQL} {op} ?")
             params.append(value)
     return where, params
 

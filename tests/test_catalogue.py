@@ -295,6 +295,14 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_reply.py::test_reply_all_to_thousands_of_cc_refuses_without_yes_and_stores_a_bounded_cc_list",
         "tests/test_reply.py::test_reply_all_within_the_limit_needs_no_yes_and_the_limit_is_configurable",
     ),
+    65: tests(
+        "tests/test_old_mail.py::test_add_account_says_how_many_mails_the_first_poll_imports_and_how_to_skip_old_ones",
+        "tests/test_old_mail.py::test_add_account_with_since_counts_only_the_mail_from_that_day_on",
+        "tests/test_old_mail.py::test_add_account_on_a_terminal_asks_from_which_date_to_import",
+        "tests/test_old_mail.py::test_the_list_shows_and_sorts_by_the_date_of_the_first_mail_never_later_than_its_arrival",
+        "tests/test_old_mail.py::test_closing_old_mail_by_filter_counts_and_asks_first",
+        "tests/test_old_mail.py::test_ticket_commands_take_several_ids_and_check_them_all_first",
+    ),
 }
 
 

@@ -41,6 +41,47 @@ def verify_account(account, password: str, *, echo=None) -> int:
     return check_account(account, password, report)
 
 
+def first_import(account, secret: str, since=None) -> tuple[int, str | None]:
+    """How many messages the first poll of ``account`` would import (from ``since`` on), and the
+    day the oldest of them arrived (YYYY-MM-DD), or None when there are none."""
+    from mail2ticket.imap import Mailbox
+
+    with Mailbox(account, secret) as box:
+        box.select(account.folder)
+        uids = box.new_uids(0, since)
+        if not uids:
+            return 0, None
+        data = box.client.fetch([uids[0]], ["INTERNALDATE"]).get(uids[0], {})
+        arrived = data.get(b"INTERNALDATE")
+        return len(uids), arrived.date().isoformat() if arrived else None
+
+
+def _ask_since(account, secret: str, count: int, oldest: str | None):
+    """On a terminal: offer to import only the mail from a date on. The date, or None for all."""
+    from datetime import date
+
+    click.echo(
+        f"The first poll would import all {count} messages in {account.folder} as tickets"
+        + (f" (the oldest from {oldest})." if oldest else "."),
+        err=True,
+    )
+    while True:
+        answer = click.prompt(
+            f"Import mail from which date on? YYYY-MM-DD, or Enter for all {count}",
+            default="", show_default=False, err=True,
+        ).strip()
+        if not answer:
+            return None
+        try:
+            since = date.fromisoformat(answer)
+        except ValueError:
+            click.echo(f"{answer!r} is not a date such as 2026-01-31.", err=True)
+            continue
+        count, _ = first_import(account, secret, since)
+        click.echo(f"From {since} on: {count} messages.", err=True)
+        return since
+
+
 def show_preset_steps(preset, err: bool = True) -> None:
     """What to do at the provider before the password (or sign-in) is asked for."""
     if not preset:
@@ -66,7 +107,9 @@ def show_preset_steps(preset, err: bool = True) -> None:
 @click.option("--smtp-security", type=click.Choice(["tls", "starttls"]))
 @click.option("--folder", default="INBOX", show_default=True, help="The folder to import from.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="Extra CA bundle to trust (private servers).")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Import only mail from this date on (YYYY-MM-DD).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]),
+              help="Import only mail from this date on (YYYY-MM-DD). Without it, add-account says how many "
+              "messages the first poll would import, and asks for a date on a terminal.")
 @click.option("--after-import", default="seen", show_default=True, help='"seen", "none", "delete" or "move:FOLDER".')
 @click.option("--disabled", is_flag=True, help="Write the account but do not poll it yet.")
 @click.option("--password-stdin", is_flag=True, help="Read the app password from standard input.")
@@ -164,9 +207,17 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
         secret, refresh = tokens.access_token, tokens.refresh_token
     else:
         secret = read_password(password_stdin)
+    first = None  # (messages the first poll imports, day the oldest arrived)
     if not no_verify:
         count = verify_account(account, secret, echo=lambda m: click.echo(m, err=True))
         click.echo(f"All {count} checks passed.", err=True)
+        try:
+            first = first_import(account, secret, values["since"])
+        except (Mail2TicketError, OSError) as exc:
+            click.echo(f"Could not count the messages in {account.folder}: {exc}", err=True)
+        if first and first[0] and not values["since"] and not password_stdin and sys.stdin.isatty():
+            values["since"] = _ask_since(account, secret, *first)
+            first = None  # said already
     if oauth:
         from mail2ticket.secrets import store_token
 
@@ -177,6 +228,19 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
         kept = "password stored in the keyring"
     path = write_account(cfg, values)
     click.echo(f"Account {name!r} saved to {path}; {kept}.")
+    if first is not None:
+        count, oldest = first
+        if values["since"]:
+            click.echo(f"The first poll will import {count} messages in {account.folder} "
+                       f"(from {values['since']} on).", err=True)
+        elif count:
+            click.echo(
+                f"The first poll will import all {count} messages in {account.folder} as tickets"
+                + (f" (the oldest from {oldest})" if oldest else "") + ". To import only recent mail, edit "
+                f"{path} before the next poll and add a line: since = YYYY-MM-DD. Or, after the poll, "
+                f"close the old ones: mail2ticket tickets close --account {name} --before YYYY-MM-DD --yes",
+                err=True,
+            )
 
 
 @click.group("accounts")

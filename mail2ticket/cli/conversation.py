@@ -1,10 +1,13 @@
-"""The 'tickets reply', 'tickets close' and 'tickets reopen' commands: answer from the shell."""
+"""The 'tickets reply', 'tickets close' and 'tickets reopen' commands: answer from the shell.
+'close' and 'reopen' take several ids, or the filters of 'tickets list' (old mail in bulk)."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from mail2ticket.cli.tickets import message_text, tickets_group
+from mail2ticket.cli.tickets import _filters, filter_options, message_text, tickets_group
 
 
 def _send_now(app, entry: dict) -> None:
@@ -83,47 +86,118 @@ def reply(app, ticket_id, text, path, to_all, yes, status):
     _send_now(app, entry)
 
 
-def _status_command(name: str, status: str, help_text: str):
-    @click.command(name, help=help_text)
-    @click.argument("ticket_id", type=int)
-    @click.option("--notify", is_flag=True, help="Mail the requester a short notice (threaded, tagged).")
-    @click.pass_obj
-    def command(app, ticket_id, notify):
-        from mail2ticket.outbox import change_status
-        from mail2ticket.store import get_ticket
+class TicketId(click.ParamType):
+    """A ticket id as typed or as the tool prints it: 12 or #12."""
 
-        before = get_ticket(app.db, ticket_id)["status"]
-        if before == status:
-            click.echo(f"Ticket #{ticket_id} is already {status}; nothing changed.")
+    name = "ID"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lstrip("#")
+        if not text.isdigit():
+            self.fail(f"{value!r} is not a ticket id (a number such as 12 or #12)", param, ctx)
+        return int(text)
+
+
+def _plural(n: int) -> str:
+    return f"{n} ticket" + ("" if n == 1 else "s")
+
+
+def _status_command(name: str, status: str, help_text: str):
+    verb = name.capitalize()
+
+    @click.command(name, help=help_text)
+    @click.argument("ticket_ids", metavar="[ID]...", nargs=-1, type=TicketId())
+    @filter_options
+    @click.option("--notify", is_flag=True, help="Mail each requester a short notice (threaded, tagged).")
+    @click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the tickets a filter selects.")
+    @click.pass_obj
+    def command(app, ticket_ids, notify, yes, **kw):
+        from mail2ticket.errors import NotFoundError
+        from mail2ticket.outbox import change_status
+        from mail2ticket.store import get_tickets, list_tickets
+
+        filters = _filters(kw)
+        filtered = any(v not in (None, False, ()) for v in filters.values())
+        if ticket_ids and filtered:
+            raise click.UsageError(f"give ticket ids or filters, not both ('tickets {name} --help')")
+        if not ticket_ids and not filtered:
+            raise click.UsageError(
+                f"give ticket ids ('tickets {name} 12 13') or the filters of 'tickets list' "
+                f"('tickets {name} --account support --before 2026-01-01')"
+            )
+        cfg = app.config()
+        if ticket_ids:
+            ids = list(dict.fromkeys(ticket_ids))
+            found = {t["id"]: t for t in get_tickets(app.db, ids)}
+            missing = [f"#{i}" for i in ids if i not in found]
+            if missing:
+                raise NotFoundError(
+                    f"no ticket {', '.join(missing)}; nothing was changed",
+                    "see 'mail2ticket tickets list --status all'",
+                )
+            for ticket_id in ids:
+                before = found[ticket_id]["status"]
+                if before == status:
+                    click.echo(f"Ticket #{ticket_id} is already {status}; nothing changed.")
+                    continue
+                entry = change_status(cfg, app.db, ticket_id, status, notify=notify)
+                click.echo(f"Ticket #{ticket_id}: {before} -> {status}.")
+                if entry is not None:
+                    _send_now(app, entry)
             return
-        entry = change_status(app.config(), app.db, ticket_id, status, notify=notify)
-        click.echo(f"Ticket #{ticket_id}: {before} -> {status}.")
-        if entry is not None:
-            _send_now(app, entry)
+        if filters["status"] is None and status == "open":
+            filters["status"] = "closed"  # reopen: by default the closed tickets the filters select
+        targets = [t for t in list_tickets(app.db, order="id", **filters) if t["status"] != status]
+        if not targets:
+            click.echo(f"No ticket matches that is not {status} already; nothing changed.")
+            return
+        shown = ", ".join(f"#{t['id']}" for t in targets[:20]) + (", ..." if len(targets) > 20 else "")
+        if not yes:
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):
+                raise click.UsageError(
+                    f"{_plural(len(targets))} match ({shown}); no terminal to ask: add --yes to {name} them"
+                )
+            click.echo(f"{_plural(len(targets))} match: {shown}")
+            click.confirm(f"{verb} {_plural(len(targets))}?", abort=True)
+        for t in targets:
+            entry = change_status(cfg, app.db, t["id"], status, notify=notify)
+            if entry is not None:
+                _send_now(app, entry)
+        click.echo(f"{_plural(len(targets))} {'closed' if status == 'closed' else 'reopened'}.")
 
     return command
 
 
 close = _status_command(
     "close", "closed",
-    """Close a ticket; with --notify, tell the requester by mail.
+    """Close tickets: by id, or every ticket the filters of 'tickets list' select.
 
-    A later mail from the customer opens it again (unless the account sets
-    reopen_on_reply = false).
+    With filters, it says how many tickets match and asks first (--yes does not
+    ask; without a terminal --yes is required). With --notify, each requester
+    gets a notice by mail. A later mail from the customer opens a ticket again
+    (unless the account sets reopen_on_reply = false).
 
     \b
     Examples:
       mail2ticket tickets close 42
-      mail2ticket tickets close 42 --notify
+      mail2ticket tickets close 42 43 '#44' --notify
+      mail2ticket tickets close --account support --before 2026-01-01      # old mail
+      mail2ticket tickets close --status pending --updated-until 30d --yes
     """,
 )
 reopen = _status_command(
     "reopen", "open",
-    """Open a closed or pending ticket again; with --notify, tell the requester by mail.
+    """Open closed or pending tickets again: by id, or the closed tickets the filters select.
+
+    With filters, it says how many tickets match and asks first (--yes does not
+    ask). With --notify, each requester gets a notice by mail.
 
     \b
-    Example:
+    Examples:
       mail2ticket tickets reopen 42 --notify
+      mail2ticket tickets reopen --account support --after 2026-03-01 --yes
     """,
 )
 

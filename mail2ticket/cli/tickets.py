@@ -17,12 +17,12 @@ from mail2ticket.cli.output import (
 )
 
 PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
-SORTS = ["updated", "created", "id", "priority", "due"]
+SORTS = ["updated", "created", "id", "priority", "due", "date"]
 PAGE = 50  # rows shown on a terminal unless --limit says otherwise
 CSV_COLUMNS = [
     "id", "status", "priority", "account", "requester", "requester_name", "assignee", "subject", "tags",
     "created_at", "updated_at", "closed_at", "first_response_at", "due_response_at", "due_resolution_at",
-    "overdue", "message_count", "incoming_count",
+    "overdue", "message_count", "incoming_count", "first_message_at",
 ]
 PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
 # On a narrow terminal (80 columns) the list gives way in this order, so each ticket stays one line.
@@ -107,6 +107,9 @@ def filter_options(func):
         click.option("--until", "created_until", type=When(end=True), help="Created before (a date: up to its end)."),
         click.option("--updated-since", type=When(), help="Last activity at or after."),
         click.option("--updated-until", type=When(end=True), help="Last activity before."),
+        click.option("--before", type=When(),
+                     help="First mail dated before this (its Date, not when it was imported): old mail."),
+        click.option("--after", type=When(), help="First mail dated at or after this."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -115,7 +118,7 @@ def filter_options(func):
 
 def _filters(kw: dict) -> dict:
     names = ("status", "account", "priority", "assignee", "unassigned", "tags", "requester", "overdue",
-             "created_since", "created_until", "updated_since", "updated_until")
+             "created_since", "created_until", "updated_since", "updated_until", "before", "after")
     return {n: kw.pop(n) for n in names}
 
 
@@ -158,7 +161,9 @@ def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
 @tickets_group.command("list")
 @filter_options
 @click.option("--sort", "order", type=click.Choice(SORTS), default="updated", show_default=True,
-              help="Sort order: newest activity or creation first, by id, most urgent first, or soonest due.")
+              help="Sort order: newest activity or creation first, by id, most urgent first, soonest due, "
+              "or by the date of the first mail, newest first (its Date, never later than it arrived; "
+              "the table then shows that date).")
 @click.option("--reverse", is_flag=True, help="Reverse the sort order.")
 @click.option("--limit", type=click.IntRange(min=0),
               help=f"At most this many tickets; 0 for all (default: {PAGE} on a terminal, all otherwise).")
@@ -171,7 +176,10 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
 
     Without --status it lists every ticket that is not closed, most recent
     activity first. Filters combine (all must hold). Times are local on a
-    terminal and ISO 8601 UTC everywhere else.
+    terminal and ISO 8601 UTC everywhere else. 'created' and 'updated' are
+    when mail2ticket stored and last changed a ticket; --sort date, --before
+    and --after use the date of its first mail, which tells old mail imported
+    today from new mail.
 
     \b
     Examples:
@@ -181,6 +189,7 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
       mail2ticket tickets list --status all --account support --since 2026-01-01 --until 2026-01-31
       mail2ticket tickets list --tag vip --requester @bigcorp.example --json | jq '.[].subject'
       mail2ticket tickets list --status all --limit 0 --csv > tickets.csv
+      mail2ticket tickets list --sort date --before 2026-01-01
     """
     from mail2ticket.store import count_tickets, list_tickets
 
@@ -199,7 +208,13 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
         click.echo("No tickets." if filters["status"] == "all" else "No tickets (try --status all).")
         return
     table, headers = _ticket_rows(rows)
-    print_table(table, headers, fit=TICKETS_FIT)
+    fit = TICKETS_FIT
+    if order == "date":  # show the date sorted by (the first mail's) in place of the last activity
+        for row, t in zip(table, rows, strict=True):
+            row[headers.index("updated")] = shown_time(t["first_message_at"])
+        headers[headers.index("updated")] = "date"
+        fit = tuple(step.replace("updated", "date") for step in TICKETS_FIT)
+    print_table(table, headers, fit=fit)
     if table_on_tty and limit and len(rows) == limit:
         total = count_tickets(app.db, **filters)
         if total > offset + len(rows):
