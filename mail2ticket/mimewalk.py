@@ -37,6 +37,9 @@ class Walker:
         self.defects: list[str] = []
         self.forwarded: list[tuple[Message, Walker]] = []  # enclosed messages, walked
         self.tnef_body: str | None = None
+        # Whether this walks the message itself: an enclosed message is kept whole as an .eml,
+        # so its alternatives are not stored again as parts.
+        self.keeps_alternatives = True
 
     # -- tree ---------------------------------------------------------------------------
     def walk(self, part: Message, depth: int, in_body: bool) -> None:
@@ -99,7 +102,25 @@ class Walker:
         plains = [p for p, _ in inner if p is not None]
         htmls = [h for _, h in inner if h is not None]
         plain = next((p for p in plains if _meaningful(p)), plains[0] if plains else None)
-        self.pieces.append((plain, htmls[0] if htmls else None))
+        html = htmls[0] if htmls else None
+        if plain is not None and html is not None and _meaningful(plain):
+            html_text = htmltext.html_to_text(html)
+            if _adds_text(html_text, plain):
+                # The alternatives disagree (a paragraph, a signature, a disclaimer only in the
+                # HTML): the richer one is the body, the other stays readable as a stored part.
+                if _adds_text(plain, html_text) and _word_count(plain) >= _word_count(html_text):
+                    self.pieces.append((plain, html))
+                    other = ("text/html", html, "html version.html")
+                else:
+                    self.pieces.append((None, html))
+                    other = ("text/plain", plain, "plain text version.txt")
+                if self.keeps_alternatives:
+                    ctype, text, name = other
+                    self.attachment(
+                        part, ctype, text.encode("utf-8"), name=name, disposition="attachment"
+                    )
+                return
+        self.pieces.append((plain, html))
 
     def forwarded_message(self, part: Message, depth: int) -> None:
         """A message/rfc822 part: kept whole as an .eml, and its own attachments listed after it."""
@@ -110,6 +131,7 @@ class Walker:
         self.attachment(part, "message/rfc822", _flatten(inner), name=name, original=original)
         if isinstance(inner, Message):
             nested = Walker(self.limits, self.hint, self.attachments)
+            nested.keeps_alternatives = False
             nested.parts = self.parts
             nested.walk(inner, depth + 1, in_body=True)
             self.parts = nested.parts
@@ -320,6 +342,29 @@ def _header(msg: Message, name: str, hint: str | None) -> str:
         if key.lower() == name.lower():
             return headers.decode(value, hint)[0]
     return ""
+
+
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bmailto:\S+|\btel:\S+", re.I)
+_ALT_TEXT = re.compile(r"\[[^\]\n]{0,200}\]")  # image alt text, as htmltext shows it
+_WORD = re.compile(r"\w+")
+ADDED_RUN = 3  # this many words in a row the plain part lacks make the HTML the richer body
+
+
+def _adds_text(html_text: str, plain: str) -> bool:
+    """Whether the HTML (as text) holds a run of ADDED_RUN or more words the plain part lacks.
+
+    Links, image alt text and formatting do not count: only words a person wrote."""
+    known = set(_WORD.findall(_URL.sub(" ", plain).lower()))
+    run = 0
+    for word in _WORD.findall(_ALT_TEXT.sub(" ", _URL.sub(" ", html_text)).lower()):
+        run = 0 if word in known else run + 1
+        if run >= ADDED_RUN:
+            return True
+    return False
+
+
+def _word_count(text: str) -> int:
+    return len(_WORD.findall(_ALT_TEXT.sub(" ", _URL.sub(" ", text))))
 
 
 def _meaningful(text: str) -> bool:

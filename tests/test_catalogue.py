@@ -303,6 +303,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_old_mail.py::test_closing_old_mail_by_filter_counts_and_asks_first",
         "tests/test_old_mail.py::test_ticket_commands_take_several_ids_and_check_them_all_first",
     ),
+    80: tests(
+        "tests/test_parse_fidelity.py::test_html_with_text_the_plain_part_lacks_is_the_readable_body",
+        "tests/test_parse_fidelity.py::test_the_plain_alternative_the_body_does_not_show_is_kept_as_a_part",
+        "tests/test_parse_fidelity.py::test_alternatives_that_agree_keep_the_plain_body_and_add_no_part",
+        "tests/test_parse_fidelity.py::test_when_each_alternative_has_its_own_text_the_longer_is_the_body_and_the_other_a_part",
+        "tests/test_parse_fidelity.py::test_a_poll_shows_the_html_only_text_and_stores_the_plain_alternative",
+    ),
 }
 
 

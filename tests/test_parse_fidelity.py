@@ -6,6 +6,7 @@ Every message here is written by hand for the class it tests (docs/parsing.md li
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from mail2ticket import bigmessage
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.parse import ParseLimits, parse_message
+from tests.test_poll import setup, tickets  # noqa: F401  (the poll fixture and helper)
 
 MiB = 1024 * 1024
 
@@ -186,3 +188,80 @@ def test_a_base64_payload_on_the_multipart_itself_is_decoded() -> None:
 def test_text_without_part_headers_under_a_missing_boundary_stays_as_written() -> None:
     parsed = parse_message(mail(*NO_BOUNDARY, body=b"Just text, no parts.\r\n"))
     assert parsed.body_text == "Just text, no parts."
+
+
+# -- 4. alternatives that disagree (catalogue 80) -----------------------------------------------
+
+
+def alternative(plain: str, html: str) -> bytes:
+    return mail(
+        "From: Ann Lee <ann@example.com>",
+        "Subject: contract",
+        "Message-ID: <alt-1@example.com>",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/alternative; boundary="alt"',
+        body=(
+            b"--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + plain.encode() + b"\r\n"
+            b"--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html.encode() + b"\r\n"
+            b"--alt--\r\n"
+        ),
+    )
+
+
+DISAGREEING = alternative(
+    "Please renew the contract.",
+    "<p>Please renew the contract.</p><p>The new price is 120 EUR per seat, from April.</p>"
+    "<p>Regards, Ann Lee, Procurement</p>",
+)
+
+
+def test_html_with_text_the_plain_part_lacks_is_the_readable_body() -> None:
+    parsed = parse_message(DISAGREEING)
+    assert "Please renew the contract." in parsed.body_text
+    assert "The new price is 120 EUR per seat, from April." in parsed.body_text
+    assert "Regards, Ann Lee, Procurement" in parsed.body_text
+
+
+def test_the_plain_alternative_the_body_does_not_show_is_kept_as_a_part() -> None:
+    parsed = parse_message(DISAGREEING)
+    [part] = parsed.attachments
+    assert part.content_type == "text/plain"
+    assert part.data.decode() == "Please renew the contract."
+
+
+def test_alternatives_that_agree_keep_the_plain_body_and_add_no_part() -> None:
+    parsed = parse_message(
+        alternative(
+            "Please renew the contract.\nhttps://example.com/c/1",
+            '<p>Please <b>renew</b> the <a href="https://example.com/c/1">contract</a>.</p>'
+            '<img src="cid:logo" alt="Example Ltd logo">',
+        )
+    )
+    assert parsed.body_text == "Please renew the contract.\nhttps://example.com/c/1"
+    assert parsed.attachments == []
+
+
+def test_a_poll_shows_the_html_only_text_and_stores_the_plain_alternative(setup) -> None:  # noqa: F811
+    assert setup.add().exit_code == 0
+    setup.dovecot.append(setup.user, DISAGREEING)
+    assert setup.invoke("poll").exit_code == 0
+    [ticket] = tickets(setup)
+    shown = setup.invoke("tickets", "show", str(ticket["id"]), "--json")
+    assert shown.exit_code == 0, shown.output
+    [message] = json.loads(shown.stdout)["messages"]
+    assert "The new price is 120 EUR per seat, from April." in message["body_text"]
+    [att] = message["attachments"]
+    assert att["content_type"] == "text/plain"
+    assert Path(att["path"]).read_bytes() == b"Please renew the contract."
+
+
+def test_when_each_alternative_has_its_own_text_the_longer_is_the_body_and_the_other_a_part() -> None:
+    parsed = parse_message(
+        alternative(
+            "Hello Ann,\nthe invoice for March is attached; please pay it by Friday.\nBest, Bo",
+            "<p>Greetings from the finance team in Oslo</p>",
+        )
+    )
+    assert parsed.body_text.startswith("Hello Ann,")
+    [part] = parsed.attachments
+    assert part.content_type == "text/html" and b"finance team in Oslo" in part.data
