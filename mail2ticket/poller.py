@@ -12,7 +12,7 @@ from sqlite_utils import Database
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.bigmessage import BIG_MESSAGE, Spool
 from mail2ticket.config import Account, Config
-from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError
+from mail2ticket.errors import EXIT_FAILURE, ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.imap import Mailbox, chunks
 from mail2ticket.importer import ImportContext, Incoming, Outcome, Source, import_batch
 from mail2ticket.pipeline import Pipeline, ahead, size_batches
@@ -33,6 +33,7 @@ class PollResult:
     quarantined: int = 0
     flagged: int = 0
     error: str | None = None
+    exit_code: int = 0  # the failure's exit code (errors.EXIT_*): 4 sign-in, 7 no password, ...
     uidvalidity_changed: bool = False
     skipped: str | None = None  # why this poll did not run (another poll holds the account)
     action_error: str | None = None  # the after-import action failed: mail stored, action pending
@@ -407,36 +408,36 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
         else:
             result = poll_account(cfg, db, account, get_password(account), hooks=hooks, stop=stop)
     except Mail2TicketError as exc:
-        result = PollResult(account.name, error=exc.one_line())
+        result = PollResult(account.name, error=exc.one_line(), exit_code=exc.exit_code)
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem
         err = ConnectError(
             f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line())
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except ssl.SSLError as exc:
-        result = PollResult(account.name, error=f"TLS error: {exc}")
+        result = PollResult(account.name, error=f"TLS error: {exc}", exit_code=TLSError.exit_code)
     except TimeoutError:
         err = ConnectError(
             f"IMAP server {account.imap_host}:{account.imap_port} did not answer within {account.timeout} s",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line())
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except OSError as exc:
         err = ConnectError(
             f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line())
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except IMAPClientAbortError as exc:
         err = ConnectError(
             f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line())
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except IMAPClientError as exc:
         err = ServerError(f"IMAP error from {account.imap_host}: {exc}", "the next poll resumes where this stopped")
-        result = PollResult(account.name, error=err.one_line())
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     if result.ok:
         record_poll(db, account.name, ok=True, imported=result.stored, result=result.summary())
         log.info("account %s: %s", account.name, result.summary())
@@ -452,5 +453,8 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
             result=result.summary() if action_only else "failed", error=result.error,
             next_attempt_at=None if action_only else next_at.isoformat().replace("+00:00", "Z"),
         )
-        log.error("account %s: %s", account.name, result.error)
+        if not result.exit_code:
+            result.exit_code = EXIT_FAILURE
+        # 'poll' says each failure once, in its summary: it drops log records marked so.
+        log.error("account %s: %s", account.name, result.error, extra={"account_failure": True})
     return result

@@ -129,7 +129,7 @@ def test_a_full_disk_fails_clearly_flags_nothing_unstored_and_recovers_once_spac
 
     failed = _cli(config, "poll")
 
-    assert failed.exit_code == 1
+    assert failed.exit_code == 75  # could not store now: EX_TEMPFAIL, as ingest (README: exit codes)
     line = [x for x in failed.stderr.splitlines() if x.startswith(f"{imap_user.name}: FAILED:")]
     assert len(line) == 1 and "Traceback" not in failed.output, failed.output
     assert "space" in line[0] or "full" in line[0], line[0]

@@ -272,7 +272,7 @@ def test_a_path_that_is_not_a_maildir_fails_the_poll_with_a_clear_error(tmp_path
     (tmp_path / "Maildir").mkdir()
     config = write_config(tmp_path, tmp_path / "Maildir")
     result = run(config, "poll")
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a config that cannot work (README: exit codes)
     assert "is not a Maildir (no new/ or cur/ in it)" in result.stderr
 
 

@@ -281,7 +281,7 @@ def test_poll_with_a_wrong_password_reports_the_account_and_continues_with_the_o
     keyring.set_password("mail2ticket", setup.user.name, "wrong")
     dovecot.append(other, make_mail("For the healthy account"))
     result = setup.invoke("poll")
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # sign-in refused, as in accounts test (README: exit codes)
     assert f"{setup.user.name}: FAILED" in result.stderr and "IMAP login" in result.stderr
     assert f"{other.name}: 1 imported" in result.stdout
     status = setup.invoke("status", "--json")

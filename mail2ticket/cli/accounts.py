@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from mail2ticket.cli.output import is_tty, json_option, print_json, print_table
-from mail2ticket.errors import ConfigError, Mail2TicketError
+from mail2ticket.errors import Mail2TicketError
 
 
 def read_password(password_stdin: bool, prompt: str = "App password") -> str:
@@ -148,7 +148,10 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
 
     cfg = app.config(must_exist=False)
     if any(a.name == name for a in cfg.accounts):
-        raise ConfigError(f"an account named {name!r} exists already", "choose another name or remove it first")
+        raise click.UsageError(
+            f"an account named {name!r} exists already: choose another name, or change it with "
+            f"'mail2ticket accounts set-password {name}' / remove it with 'mail2ticket accounts remove {name}'"
+        )
     preset = None
     if provider:
         try:

@@ -16,15 +16,15 @@ def poll(app, accounts, as_json):
 
     Each new message becomes a ticket or a follow-up; it is stored (raw bytes
     included) before it is marked on the server. Exits non-zero if any account
-    failed; the others are still polled.
+    failed (the others are still polled): with the cause's exit code when every
+    failing account failed for the same cause (4 sign-in refused, 5 TLS, 6 server
+    unreachable, 7 no password), else 1. Each failure is printed once.
 
     \b
     Examples:
       mail2ticket poll
       mail2ticket poll support sales
     """
-    from mail2ticket.service import poll_once
-
     cfg = app.config()
     if accounts:
         selected = [cfg.account(name) for name in accounts]
@@ -32,12 +32,13 @@ def poll(app, accounts, as_json):
         selected = [a for a in cfg.accounts if a.enabled]
         if not cfg.accounts:
             click.echo("No accounts configured: add one with 'mail2ticket add-account'.", err=True)
-    results = poll_once(cfg, app.db, selected)
+    results = _poll_saying_each_failure_once(cfg, app.db, selected)
     if as_json:
         print_json(
             [
                 {"account": r.account, "ok": r.ok, "imported": r.imported, "followups": r.followups,
-                 "duplicates": r.duplicates, "quarantined": r.quarantined, "error": r.error}
+                 "duplicates": r.duplicates, "quarantined": r.quarantined, "error": r.error,
+                 "exit_code": r.exit_code}
                 for r in results
             ]
         )
@@ -47,8 +48,35 @@ def poll(app, accounts, as_json):
                 click.echo(f"{r.account}: {r.stored} imported ({r.summary()})")
             else:
                 click.echo(f"{r.account}: FAILED: {r.error}", err=True)
-    if any(not r.ok for r in results):
-        raise click.exceptions.Exit(1)
+    raise click.exceptions.Exit(poll_exit_code(results))
+
+
+def poll_exit_code(results) -> int:
+    """0 when every account was polled; else the failing accounts' exit code when they all failed
+    for the same cause (4 sign-in, 5 TLS, 6 network, 7 no password), 1 when the causes differ."""
+    codes = {r.exit_code or 1 for r in results if not r.ok}
+    if not codes:
+        return 0
+    return codes.pop() if len(codes) == 1 else 1
+
+
+def _poll_saying_each_failure_once(cfg, db, selected):
+    """poll_once, without the poller's log line for a failed account: the summary says it."""
+    import logging
+
+    from mail2ticket.service import poll_once
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not getattr(record, "account_failure", False)
+
+    handlers = logging.getLogger("mail2ticket").handlers
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        return poll_once(cfg, db, selected)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
 
 
 @click.command("status")
