@@ -310,6 +310,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_when_each_alternative_has_its_own_text_the_longer_is_the_body_and_the_other_a_part",
         "tests/test_parse_fidelity.py::test_a_poll_shows_the_html_only_text_and_stores_the_plain_alternative",
     ),
+    71: tests(
+        "tests/test_exit_codes.py::test_a_wrong_password_is_exit_4_in_poll_as_in_accounts_test_and_is_said_once",
+        "tests/test_exit_codes.py::test_a_missing_password_is_exit_7_in_poll_as_in_accounts_test",
+        "tests/test_exit_codes.py::test_accounts_failing_for_different_causes_make_poll_exit_1",
+        "tests/test_exit_codes.py::test_poll_json_gives_each_accounts_exit_code",
+        "tests/test_exit_codes.py::test_a_duplicate_account_name_in_add_account_is_a_usage_error",
+    ),
 }
 
 
