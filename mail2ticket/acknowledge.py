@@ -246,7 +246,8 @@ def reported_failures(texts: list[bytes], parsed: ParsedMessage) -> dict[str, st
 
 
 def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
-    """The recipients of the mails of ours (verified Message-IDs) that a bounce quotes."""
+    """The recipients of the mails of ours (verified Message-IDs) that a bounce quotes, and that
+    really left us (status 'sent' in the outbox): a mail never sent cannot bounce (item 54)."""
     from mail2ticket.compose import is_our_message_id
     from mail2ticket.threader import _OUR_ID_IN_TEXT
 
@@ -255,9 +256,31 @@ def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
     for message_id in dict.fromkeys(ids):
         if not is_our_message_id(db, message_id):
             continue
-        for (value,) in db.execute("select recipients from outbox where message_id = ?", [message_id]):
+        for (value,) in db.execute(
+            "select recipients from outbox where message_id = ? and status = 'sent'", [message_id]
+        ):
             recipients += [a.lower() for a in json.loads(value or "[]") if isinstance(a, str)]
     return list(dict.fromkeys(recipients))
+
+
+def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> str | None:
+    """Why a delivery report must mark nobody, or None (item 54). A report written by an ordinary
+    participant of the ticket is not an MTA's; with ``authserv_id`` set on the account, only a
+    report that our own mail server authenticated (an Authentication-Results header of ours with
+    spf, dkim or dmarc = pass) counts."""
+    from mail2ticket.threader import authentication_results, participants, settings_for
+
+    sender = (parsed.from_address or "").lower()
+    if sender and outcome.ticket_id is not None and sender in participants(db, outcome.ticket_id):
+        return f"it comes from {sender}, a participant of the ticket, not from a mail server"
+    ids = settings_for(cfg, outcome.incoming.account).authserv_ids
+    if not ids:
+        return None
+    for value in parsed.headers.get("authentication-results", [])[:50]:
+        authserv_id, results = authentication_results(value)
+        if authserv_id in ids and "pass" in (results.get("spf"), results.get("dkim"), results.get("dmarc")):
+            return None
+    return f"our mail server ({', '.join(sorted(ids))}) did not authenticate it (no spf, dkim or dmarc pass)"
 
 
 def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
@@ -265,6 +288,13 @@ def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -
     from mail2ticket.compose import conversation_settings, header_text
     from mail2ticket.schedules import parse_duration
 
+    distrust = untrusted_report(cfg, db, outcome, parsed)
+    if distrust:
+        log_event(db, "bounce-ignored", f"delivery report {parsed.message_id or ''} marks no address: {distrust}",
+                  ticket_id=outcome.ticket_id, account=outcome.incoming.account)
+        log.warning("ticket #%s: delivery report %s marks no address: %s", outcome.ticket_id,
+                    parsed.message_id, distrust)
+        return []
     raw = outcome.incoming.raw or b""
     texts = _report_texts(raw, parsed)
     ours = _our_recipients(db, texts)

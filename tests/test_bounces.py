@@ -7,6 +7,7 @@ us again. The mail comes from the real Dovecot; what we send goes to the real SM
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -130,3 +131,71 @@ def test_a_person_may_still_reply_to_a_failing_address_with_a_warning(desk):
     result = desk.ok("tickets", "reply", str(ticket_id), "--message", "Is there another address?")
     assert "Warning: failing address: mail to ghost@customer.test bounced" in result.stderr
     assert len(desk.sent_to("ghost@customer.test")) == 2
+
+
+# --- item 54: a forged bounce must not mute a customer (issue 13, point 2) ---------------------
+
+
+def _shared(desk: Desk):
+    """Ann's ticket with Bob in Cc, and our reply --all to both: Ann and Bob know its Message-ID."""
+    desk.deliver(make_mail("Shared drive", "ann@customer.test", f"{desk.email}, bob@customer.test"))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.ok("tickets", "reply", str(ticket["id"]), "--all", "--message", "Fixed.")
+    [reply] = [m for m in desk.smtp.messages if "bob@customer.test" in m.rcpt_tos]
+    return ticket["id"], reply
+
+
+def _from(sender: bytes, report: bytes) -> bytes:
+    return report.replace(b"From: Mail Delivery System <MAILER-DAEMON@mx.customer.test>", b"From: " + sender, 1)
+
+
+def test_a_report_written_by_a_participant_marks_nobody(desk):
+    ticket_id, reply = _shared(desk)
+    # Bob got our reply, so he knows its Message-ID: a "bounce" from him naming Ann.
+    desk.deliver(_from(b"bob@customer.test", dsn(desk, reply.data, recipient="ann@customer.test")))
+    desk.poll()
+    shown = desk.show(ticket_id)
+    assert shown["failing_addresses"] == []
+    assert any(e["kind"] == "bounce-ignored" and "bob@customer.test" in e["detail"] for e in shown["events"])
+
+
+def test_a_report_about_mail_that_was_never_sent_marks_nobody(desk):
+    desk.deliver(make_mail("Hello", "ann@customer.test", desk.email))
+    desk.poll()
+    [ticket] = desk.tickets()
+    desk.smtp.fail_next(1, code=554, text="5.7.1 Relay denied")
+    desk.invoke("tickets", "reply", str(ticket["id"]), "--message", "Never left us.")
+    entry = next(e for e in json.loads(desk.ok("outbox", "list", "--json").stdout) if e["kind"] == "reply")
+    assert entry["status"] == "failed"
+    returned = f"Message-ID: {entry['message_id']}\r\nTo: ann@customer.test\r\n\r\n".encode()
+    desk.deliver(dsn(desk, returned, recipient="ann@customer.test"))
+    desk.poll()
+    assert desk.show(ticket["id"])["failing_addresses"] == []
+
+
+def _authenticated(report: bytes, header: bytes) -> bytes:
+    return b"Authentication-Results: " + header + b"\r\n" + report
+
+
+def test_with_authserv_id_only_a_report_our_own_mail_server_authenticated_marks_an_address(
+    tmp_path, dovecot, imap_user, smtp_server, account_config
+):
+    desk = Desk(tmp_path / "auth", dovecot, imap_user, smtp_server, account_config, authserv_id="mx.desk.test")
+    ticket_id, ack = acknowledged_ticket(desk)
+    forged = [
+        dsn(desk, ack.data, n=1),  # no verdict of our server at all
+        _authenticated(dsn(desk, ack.data, n=2), b"mx.evil.test; spf=pass smtp.helo=mx.customer.test"),
+        _authenticated(dsn(desk, ack.data, n=3), b"mx.desk.test; spf=fail smtp.helo=mx.customer.test; dkim=none"),
+        _authenticated(dsn(desk, ack.data, n=4), b"mx.desk.test.evil.test; spf=pass smtp.helo=mx.customer.test"),
+    ]
+    for report in forged:
+        desk.deliver(report)
+    desk.poll()
+    muted = desk.show(ticket_id)["failing_addresses"]
+    print(f"\nforged delivery reports tried: {len(forged)}, addresses marked failing: {len(muted)}")
+    assert muted == []
+    assert sum(e["kind"] == "bounce-ignored" for e in desk.show(ticket_id)["events"]) == len(forged)
+    desk.deliver(_authenticated(dsn(desk, ack.data, n=5), b"mx.desk.test; spf=pass smtp.helo=mx.customer.test"))
+    desk.poll()
+    assert [f["address"] for f in desk.show(ticket_id)["failing_addresses"]] == ["ghost@customer.test"]

@@ -291,6 +291,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_threading.py::test_a_forged_bounce_quoting_our_id_adds_no_participant_and_does_not_reopen",
         "tests/test_provider_quirks.py::test_gmails_thread_id_attaches_only_mail_from_a_participant",
     ),
+    54: tests(
+        "tests/test_bounces.py::test_a_report_written_by_a_participant_marks_nobody",
+        "tests/test_bounces.py::test_a_report_about_mail_that_was_never_sent_marks_nobody",
+        "tests/test_bounces.py::test_with_authserv_id_only_a_report_our_own_mail_server_authenticated_marks_an_address",
+        "tests/test_threading.py::test_a_forged_bounce_quoting_our_id_adds_no_participant_and_does_not_reopen",
+    ),
     57: tests(
         "tests/test_reply.py::test_reply_all_to_thousands_of_cc_refuses_without_yes_and_stores_a_bounded_cc_list",
         "tests/test_reply.py::test_reply_all_within_the_limit_needs_no_yes_and_the_limit_is_configurable",
