@@ -12,6 +12,7 @@ EXIT_TLS = 5
 EXIT_NETWORK = 6
 EXIT_SECRET = 7
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: the MTA keeps the message and retries
+EXIT_WRONG_USER = 77  # sysexits EX_NOPERM: root on a database that belongs to another user
 
 
 class Mail2TicketError(Exception):
@@ -74,6 +75,13 @@ class TempFailError(StoreError):
     """Storing failed for a reason that may pass (locked database, full disk): retry later."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class WrongUserError(StoreError):
+    """Root ran a command on a database owned by another user (the service user): files root
+    would create beside it (lock files, attachment folders) would lock that user out."""
+
+    exit_code = EXIT_WRONG_USER
 
 
 class ParseError(Mail2TicketError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -393,6 +395,58 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=No
     except AccountBusy as exc:
         log.info("%s; this poll skipped", exc)
         return PollResult(account.name, skipped=f"{exc}: skipped")
+    except Exception as exc:  # noqa: BLE001 - the lock file, permissions: every failure reaches 'status'
+        error = _early_error(cfg, account, exc)
+        result = PollResult(account.name, error=error.one_line(), exit_code=error.exit_code)
+        return _record(db, account, result)
+
+
+def _early_error(cfg: Config, account: Account, exc: Exception) -> Mail2TicketError:
+    """A failure outside the poll proper (taking the lock, a file it cannot write)."""
+    from mail2ticket.locks import lock_path
+
+    if isinstance(exc, Mail2TicketError):
+        return exc
+    if isinstance(exc, OSError) and exc.filename:
+        return _file_error(exc)
+    lock = lock_path(cfg.database, account.name)
+    return Mail2TicketError(
+        f"the poll could not start: {exc.__class__.__name__}: {exc} (lock file {lock})",
+        "run 'mail2ticket --debug poll' as the service user for the traceback",
+    )
+
+
+def _file_error(exc: OSError) -> Mail2TicketError:
+    """A file the poll cannot open or write: which one, who owns it, and what to do."""
+    from mail2ticket.errors import StoreError
+
+    path = Path(exc.filename)
+    owner = ""
+    try:
+        import pwd
+
+        uid = path.stat().st_uid
+        try:
+            owner = f", owned by {pwd.getpwuid(uid).pw_name}"
+        except KeyError:
+            owner = f", owned by uid {uid}"
+    except OSError:
+        pass
+    me = _user_name()
+    return StoreError(
+        f"cannot open {path}{owner}: {exc.strerror}",
+        f"give it to the user the service runs as ({me}): chown {me} '{path}' "
+        "(a command once run as root may have left it)",
+    )
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None) -> PollResult:
@@ -417,6 +471,9 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
         result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except ssl.SSLError as exc:
         result = PollResult(account.name, error=f"TLS error: {exc}", exit_code=TLSError.exit_code)
+    except PermissionError as exc:  # a file or folder of ours, not the connection
+        err = _file_error(exc) if exc.filename else Mail2TicketError(str(exc))
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except TimeoutError:
         err = ConnectError(
             f"IMAP server {account.imap_host}:{account.imap_port} did not answer within {account.timeout} s",
@@ -438,10 +495,16 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
     except IMAPClientError as exc:
         err = ServerError(f"IMAP error from {account.imap_host}: {exc}", "the next poll resumes where this stopped")
         result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
+    return _record(db, account, result)
+
+
+def _record(db: Database, account: Account, result: PollResult) -> PollResult:
+    """The poll's outcome into account_status ('status' shows it), and the log."""
     if result.ok:
         record_poll(db, account.name, ok=True, imported=result.stored, result=result.summary())
         log.info("account %s: %s", account.name, result.summary())
-    else:
+        return result
+    try:
         row = next(iter(db.query("select failures from account_status where account = ?", [account.name])), None)
         failures = (row["failures"] if row else 0) + 1
         next_at = (datetime.now(UTC) + timedelta(seconds=backoff_seconds(failures))).replace(microsecond=0)
@@ -453,8 +516,10 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
             result=result.summary() if action_only else "failed", error=result.error,
             next_attempt_at=None if action_only else next_at.isoformat().replace("+00:00", "Z"),
         )
-        if not result.exit_code:
-            result.exit_code = EXIT_FAILURE
-        # 'poll' says each failure once, in its summary: it drops log records marked so.
-        log.error("account %s: %s", account.name, result.error, extra={"account_failure": True})
+    except Exception as exc:  # noqa: BLE001 - the database itself may be what fails
+        log.error("account %s: could not record the failure in the database: %s", account.name, exc)
+    if not result.exit_code:
+        result.exit_code = EXIT_FAILURE
+    # 'poll' says each failure once, in its summary: it drops log records marked so.
+    log.error("account %s: %s", account.name, result.error, extra={"account_failure": True})
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import sys
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.store' stays cheap
     from sqlite_utils import Database
 
-from mail2ticket.errors import NotFoundError, StoreError, TempFailError
+from mail2ticket.errors import NotFoundError, StoreError, TempFailError, WrongUserError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -64,6 +65,7 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
     from mail2ticket.migrations import migrations
 
     path = Path(path)
+    refuse_root_on_foreign_database(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False)
@@ -88,6 +90,47 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc, path)
     return db
+
+
+def _owner_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _command_line() -> str:
+    """How this command was started, for 'sudo -u USER <this>' (shell-quoted)."""
+    import shlex
+
+    argv = sys.argv
+    if argv and (os.path.basename(argv[0]) == "mail2ticket" or argv[0].endswith("mail2ticket/__main__.py")):
+        return shlex.join(["mail2ticket", *argv[1:]])
+    return "mail2ticket …"
+
+
+def refuse_root_on_foreign_database(path: Path) -> None:
+    """Root may not work on a database (or, before it exists, a database directory) that belongs
+    to another user: the lock files, WAL and attachment folders root would create there would be
+    root's, and the service user's next poll would fail on them. Raises WrongUserError (exit 77)
+    saying how to run the command as that user."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    for candidate in (path, path.parent):
+        try:
+            owner = candidate.stat().st_uid
+        except OSError:
+            continue
+        if owner == 0:
+            return
+        user = _owner_name(owner)
+        raise WrongUserError(
+            f"this command runs as root, but the database {path} is owned by {user}: files root "
+            f"would create beside it would lock {user} out",
+            f"run it as that user: sudo -u {user} {_command_line()}",
+        )
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

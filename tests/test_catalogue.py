@@ -323,6 +323,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_exit_codes.py::test_poll_json_gives_each_accounts_exit_code",
         "tests/test_exit_codes.py::test_a_duplicate_account_name_in_add_account_is_a_usage_error",
     ),
+    59: tests(
+        "tests/test_service_user.py::test_root_is_refused_on_a_database_owned_by_the_service_user_and_leaves_nothing_behind",
+        "tests/test_service_user.py::test_a_lock_file_the_service_user_cannot_open_fails_the_poll_and_shows_in_status",
+    ),
 }
 
 
