@@ -327,6 +327,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_service_user.py::test_root_is_refused_on_a_database_owned_by_the_service_user_and_leaves_nothing_behind",
         "tests/test_service_user.py::test_a_lock_file_the_service_user_cannot_open_fails_the_poll_and_shows_in_status",
     ),
+    66: tests(
+        "tests/test_typos.py::test_an_unknown_account_is_an_error_naming_the_known_ones",
+        "tests/test_typos.py::test_an_assignee_that_never_existed_is_an_error_naming_the_known_ones",
+        "tests/test_typos.py::test_an_account_that_is_gone_from_the_config_but_has_tickets_can_still_be_listed",
+        "tests/test_typos.py::test_an_unknown_status_is_an_error_naming_the_known_ones",
+        "tests/test_typos.py::test_global_options_work_after_the_subcommand",
+    ),
 }
 
 

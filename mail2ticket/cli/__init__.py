@@ -138,7 +138,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
       mail2ticket poll
       mail2ticket tickets list
 
-    Run 'mail2ticket COMMAND --help' for the details of each command.
+    Run 'mail2ticket COMMAND --help' for the details of each command. The
+    options --config and --debug may also follow the command.
     """
     setup_logging(debug)
     ctx.obj = AppContext(config_path, debug)
@@ -156,7 +157,37 @@ def _register() -> None:
             register(cli)
 
 
+def _late_config(ctx: click.Context, _param, value):
+    if value is not None:
+        ctx.find_object(AppContext).config_path = value
+
+
+def _late_debug(ctx: click.Context, _param, value):
+    if value:
+        ctx.find_object(AppContext).debug = True
+        setup_logging(True)
+
+
+def _accept_global_options_everywhere(group: click.Group) -> None:
+    """'mail2ticket tickets list --config X --debug' works as '--config X --debug tickets list':
+    each subcommand also takes the global options (hidden from its help). They are parsed with
+    the subcommand's own options, so a value such as '--message --debug' stays a value."""
+    for command in group.commands.values():
+        names = {opt for p in command.params for opt in getattr(p, "opts", [])}
+        if "--config" not in names:
+            command.params.append(click.Option(
+                ["--config"], type=click.Path(dir_okay=False), hidden=True, expose_value=False,
+                callback=_late_config, help="The global --config, given after the command."))
+        if "--debug" not in names:
+            command.params.append(click.Option(
+                ["--debug"], is_flag=True, hidden=True, expose_value=False, callback=_late_debug,
+                help="The global --debug, given after the command."))
+        if isinstance(command, click.Group):
+            _accept_global_options_everywhere(command)
+
+
 _register()
+_accept_global_options_everywhere(cli)
 
 
 def main() -> None:

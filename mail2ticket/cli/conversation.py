@@ -7,7 +7,13 @@ import sys
 
 import click
 
-from mail2ticket.cli.tickets import _filters, filter_options, message_text, tickets_group
+from mail2ticket.cli.tickets import (
+    _filters,
+    check_filters,
+    filter_options,
+    message_text,
+    tickets_group,
+)
 
 
 def _send_now(app, entry: dict) -> None:
@@ -128,6 +134,7 @@ def _status_command(name: str, status: str, help_text: str):
                 f"('tickets {name} --account support --before 2026-01-01')"
             )
         cfg = app.config()
+        check_filters(app, filters)
         if ticket_ids:
             ids = list(dict.fromkeys(ticket_ids))
             found = {t["id"]: t for t in get_tickets(app.db, ids)}

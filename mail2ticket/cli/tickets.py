@@ -122,6 +122,41 @@ def _filters(kw: dict) -> dict:
     return {n: kw.pop(n) for n in names}
 
 
+def _known_accounts(app) -> list[str]:
+    """The accounts of the config, and those that have tickets (renamed or removed since)."""
+    names = {a.name for a in app.config().accounts}
+    names.update(r[0] for r in app.db.execute("select distinct account from tickets where account is not null"))
+    return sorted(names)
+
+
+def _known_assignees(app) -> list[str]:
+    """Everyone who has, or ever had, a ticket, and the assignees of the routing rules."""
+    names = {r[0] for r in app.db.execute("select distinct assignee from tickets where assignee is not null")}
+    names.update(r[0][3:] for r in app.db.execute(
+        "select distinct detail from events where kind = 'assigned' and detail like 'to %'"))
+    names.update(rule.assignee for rule in app.config().rules if getattr(rule, "assignee", None))
+    return sorted(names)
+
+
+def check_filters(app, filters: dict) -> None:
+    """A typo is an error naming what exists, not an empty answer: unknown accounts, and assignees
+    that never existed, are usage errors (exit 2). (Statuses and priorities are click choices.)"""
+    checks = (("account", "--account", "no account", _known_accounts),
+              ("assignee", "--assignee", "nobody named", _known_assignees))
+    for key, option, what, known_values in checks:
+        given = filters.get(key)
+        given = [given] if isinstance(given, str) else list(given or ())
+        if not given:
+            continue
+        known = known_values(app)
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise click.BadParameter(
+                f"{what} {unknown[0]!r}; known: {', '.join(known) or '(none yet)'}",
+                ctx=click.get_current_context(), param_hint=f"'{option}'",
+            )
+
+
 # --- list and count ------------------------------------------------------------------------------
 
 
@@ -194,6 +229,7 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
     from mail2ticket.store import count_tickets, list_tickets
 
     filters = _filters(kw)
+    check_filters(app, filters)
     table_on_tty = is_tty() and not as_json and not as_csv
     if limit is None and table_on_tty:
         limit = PAGE
@@ -241,7 +277,9 @@ def tickets_count(app, by, as_json, **kw):
     """
     from mail2ticket.store import count_tickets
 
-    result = count_tickets(app.db, by=by, **_filters(kw))
+    filters = _filters(kw)
+    check_filters(app, filters)
+    result = count_tickets(app.db, by=by, **filters)
     if as_json:
         print_json({"count": result} if by is None else [{by: k, "count": n} for k, n in result.items()])
     elif by is None:
@@ -349,6 +387,7 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
     """
     from mail2ticket.search import HIT_END, HIT_START, mark_hits, search
 
+    check_filters(app, {"account": account})
     rows = search(app.db, query, limit=limit, offset=offset, status=status, account=account)
     if as_json:
         for r in rows:
