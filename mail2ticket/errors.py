@@ -15,6 +15,15 @@ EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: the MTA keeps the message and retrie
 EXIT_WRONG_USER = 77  # sysexits EX_NOPERM: root on a database that belongs to another user
 
 
+def common_exit_code(codes) -> int:
+    """One exit code for several failures: theirs when they share one cause, else EXIT_FAILURE;
+    EXIT_OK when there are none. ('poll', 'config check --online')"""
+    found = {code or EXIT_FAILURE for code in codes}
+    if not found:
+        return EXIT_OK
+    return found.pop() if len(found) == 1 else EXIT_FAILURE
+
+
 class Mail2TicketError(Exception):
     """Base class: a failure the user can act on. ``hint`` says what to do next."""
 

@@ -140,6 +140,22 @@ def get_token(account: Account) -> str:
     )
 
 
+def secret_source(account: Account) -> str | None:
+    """Where the account's secret would come from ("keyring", "systemd credential ...",
+    "password_command"), or None when there is none. Never runs the password_command."""
+    if account.auth == "oauth2":
+        keys = ((_from_keyring, token_key(account.name)), (_from_credentials, f"{account.name}.oauth2"))
+    else:
+        keys = ((_from_keyring, account.name), (_from_credentials, account.name))
+    for lookup, key in keys:
+        value, where = lookup(key)
+        if value:
+            return where
+    if account.auth != "oauth2" and account.password_command:
+        return "password_command"
+    return None
+
+
 def get_password(account: Account) -> str:
     """The secret the account signs in with, looked up in the documented order.
 

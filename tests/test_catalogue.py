@@ -334,6 +334,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_typos.py::test_an_unknown_status_is_an_error_naming_the_known_ones",
         "tests/test_typos.py::test_global_options_work_after_the_subcommand",
     ),
+    72: tests(
+        "tests/test_config_check.py::test_a_config_that_can_work_passes",
+        "tests/test_config_check.py::test_a_config_that_cannot_work_fails_with_one_line_naming_the_problem",
+        "tests/test_config_check.py::test_every_problem_is_one_line",
+        "tests/test_config_check.py::test_online_signs_in_to_each_account_like_accounts_test",
+        "tests/test_config_check.py::test_online_fails_with_the_cause_of_the_failing_step",
+    ),
 }
 
 

@@ -39,6 +39,9 @@ def test_config_example_loads_and_every_documented_key_is_valid():
 
 
 def test_config_check_prints_what_it_found(tmp_path):
+    from mail2ticket.secrets import store_password
+
+    store_password("support", "secret")  # an account without a password cannot work (tests/test_config_check.py)
     cfg = write(tmp_path / "config.toml", ACCOUNT)
     result = run("--config", str(cfg), "config", "check")
     assert result.exit_code == 0, result.output

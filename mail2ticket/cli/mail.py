@@ -54,10 +54,9 @@ def poll(app, accounts, as_json):
 def poll_exit_code(results) -> int:
     """0 when every account was polled; else the failing accounts' exit code when they all failed
     for the same cause (4 sign-in, 5 TLS, 6 network, 7 no password), 1 when the causes differ."""
-    codes = {r.exit_code or 1 for r in results if not r.ok}
-    if not codes:
-        return 0
-    return codes.pop() if len(codes) == 1 else 1
+    from mail2ticket.errors import common_exit_code
+
+    return common_exit_code(r.exit_code for r in results if not r.ok)
 
 
 def _poll_saying_each_failure_once(cfg, db, selected):
