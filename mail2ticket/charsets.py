@@ -5,9 +5,33 @@ from __future__ import annotations
 import codecs
 import re
 from functools import lru_cache
+from typing import NamedTuple
+
+from mail2ticket import charguess
 
 # How much of a text charset detection looks at: detection is for broken mail only, and bounded.
 DETECT_PREFIX_BYTES = 64 * 1024
+# Undeclared text with fewer 8-bit bytes than this is short: statistical detection is no evidence
+# there, and charguess weighs the candidates instead.
+SHORT_TEXT_BYTES = 300
+
+
+class Hints(NamedTuple):
+    """What the rest of a message says about the charset of a text that does not declare one."""
+
+    declared: str | None = None  # a charset another part of the message declares
+    likely: tuple[str, ...] = ()  # codecs its Content-Language, sender domain, parts point to
+
+
+def _hints(hint: str | Hints | None) -> Hints:
+    if isinstance(hint, Hints):
+        return hint
+    return Hints(hint, ())
+
+
+def likely_only(hint: str | Hints | None) -> Hints:
+    """``hint`` without its declared charset: for text whose own part declares none."""
+    return Hints(None, _hints(hint).likely)
 
 # Labels mail programs write, mapped to the codecs that decode what the sender meant, best first.
 # The supersets follow the WHATWG Encoding Standard (what browsers and mail readers do): a
@@ -81,6 +105,14 @@ _DETECTABLE = tuple(
     "iso8859_2 iso8859_5 iso8859_7 iso8859_15 gb18030 big5 cp932 euc_jp cp949 cp874".split()
 )
 _NOT_FOR_TEXT = frozenset({"undefined", "idna", "punycode"})
+_JIS_ESCAPE = re.compile(rb"\x1b(?:\$[@B]|\$\(B|\([BJ])")
+_ISO2022JP = ("iso2022_jp", _ISO2022JP_VENDOR, "iso2022_jp_2", "iso2022_jp_ext")
+_JAPANESE = frozenset(
+    {*_ISO2022JP, "cp932", "shift_jis", "shift_jis_2004", "shift_jisx0213", "euc_jp",
+     "euc_jis_2004", "euc_jisx0213"}
+)
+_JAPANESE_RETRY = ("cp932", "euc_jp", "shift_jis_2004", "euc_jis_2004")
+_HIGH = bytes(range(0x80, 0x100))
 _LABEL_SPLIT = re.compile(r"[\s;,\"'()]+")
 _WINDOWS_LABEL = re.compile(r"^(?:cp|ibm|windows|win|x-cp)[-_ ]?(\d{3,5})$")
 
@@ -117,7 +149,7 @@ def is_known(label: str | None) -> bool:
 
 
 def decode(
-    data: bytes, label: str | None = None, *, hint: str | None = None, detect: bool = True
+    data: bytes, label: str | None = None, *, hint: str | Hints | None = None, detect: bool = True
 ) -> tuple[str, str | None]:
     """Decode ``data`` declared as ``label``; return the text and a defect note (None if clean).
 
@@ -125,7 +157,19 @@ def decode(
     of the same message); charset detection on a bounded prefix; windows-1252 with replacement.
     The result never holds surrogates.
     """
+    declared_hint, likely = _hints(hint)
     tried = candidates(label)
+    if b"\x1b" in data and not any(c in _ISO2022JP for c in tried) and _JIS_ESCAPE.search(data):
+        # ISO-2022-JP is unmistakable by its escape sequences, whatever the label says; its
+        # escape bytes must not reach the cleaning that drops control characters.
+        for codec in _ISO2022JP:
+            text = _strict(data, codec)
+            if text is not None:
+                return text, (
+                    f"text labelled {_label(label)} is ISO-2022-JP (by its escape sequences)"
+                    if label and label.strip()
+                    else "undeclared ISO-2022-JP text, recognised by its escape sequences"
+                )
     if data.isascii() and not any(c.startswith(_NOT_ASCII_SAFE) for c in tried):
         return data.decode("ascii"), None
     for codec in tried:
@@ -135,6 +179,11 @@ def decode(
                 return text, f"text labelled {_label(label)} is UTF-8; decoded as UTF-8"
         text = _strict(data, codec)
         if text is not None:
+            if codec in _JAPANESE and codec not in _ISO2022JP:
+                # EUC-JP labelled Shift_JIS (or the reverse) decodes, as half-width garbage
+                other = _mislabelled_japanese(data, codec, likely)
+                if other is not None:
+                    return other[0], f"text labelled {_label(label)} is {other[1]}"
             return text, None
     note_prefix = (
         f"text does not decode as its charset {_label(label)}"
@@ -148,21 +197,66 @@ def decode(
     text = _strict(data, "utf-8")
     if text is not None:
         return text, f"{note_prefix}; decoded as UTF-8"
+    if _JAPANESE.intersection(tried):  # a failed Japanese label: its neighbours, best first
+        found = _japanese(data, tried, likely)
+        if found is not None:
+            return found[0], f"{note_prefix}; decoded as {found[1]}"
     for codec in (*tried[:1], "utf-8"):
         text = _mostly(data, codec)
         if text is not None:
             return text, f"{note_prefix}; a few bytes replaced"
-    for codec in candidates(hint):
+    hinted = candidates(declared_hint)
+    for codec in hinted:
         if codec not in tried:
             text = _strict(data, codec)
             if text is not None:
                 return text, f"{note_prefix}; decoded as {codec}"
-    if detect:
-        guess = _detect(data[:DETECT_PREFIX_BYTES])
-        if guess:
-            return _lenient(data, guess), f"{note_prefix}; detected {guess}"
+    if _JAPANESE.intersection(hinted):  # raw Shift_JIS in a mail whose body is ISO-2022-JP
+        found = _japanese(data, tried, likely)
+        if found is not None:
+            return found[0], f"{note_prefix}; decoded as {found[1]}"
+    prefix = data[:DETECT_PREFIX_BYTES]
+    guess = charguess.guess(prefix, likely)
+    if detect and len(prefix) - len(prefix.translate(None, _HIGH)) >= SHORT_TEXT_BYTES:
+        detected = _detect(prefix)
+        if detected and (
+            guess is None
+            or detected not in charguess.SCORED
+            or charguess.score_text(_lenient(prefix, detected), detected) + 0.1 >= guess.score
+        ):
+            return _lenient(data, detected), f"{note_prefix}; detected {detected}"
+    if guess is not None:
+        return _lenient(data, guess.codec), f"{note_prefix}; guessed {guess.codec}"
     codec = tried[0] if tried and tried[0] not in _SINGLE_BYTE else "cp1252"
     return _lenient(data, codec), f"{note_prefix}; decoded as {codec} with replacement characters"
+
+
+def _mislabelled_japanese(
+    data: bytes, codec: str, likely: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """The other Japanese charset ``data`` really is in, when it reads far better than ``codec``."""
+    prefix = data[: charguess.GUESS_PREFIX_BYTES]
+    own = _strict(prefix, codec)
+    if own is None or charguess.score_text(own, codec) >= 0.5:
+        return None
+    sjis = ("cp932", "shift_jis", "shift_jis_2004", "shift_jisx0213")
+    euc = ("euc_jp", "euc_jis_2004", "euc_jisx0213")
+    found = _japanese(data, sjis if codec in sjis else euc, likely)  # the other family only
+    if found is None:
+        return None
+    if charguess.score_text(found[0][: len(own)], found[1]) < charguess.score_text(own, codec) + 0.3:
+        return None
+    return found
+
+
+def _japanese(data: bytes, tried: tuple[str, ...], likely: tuple[str, ...]) -> tuple[str, str] | None:
+    """``data`` decoded strictly as the Japanese charset that reads best, and that charset."""
+    retry = tuple(c for c in _JAPANESE_RETRY if c not in tried)
+    best = charguess.best_of(data, retry, likely)
+    if best is None:
+        return None
+    text = _strict(data, best.codec)
+    return (text, best.codec) if text is not None else None
 
 
 def _label(label: str | None) -> str:

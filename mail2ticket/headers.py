@@ -47,7 +47,7 @@ def clean(text: str, *, single_line: bool = True) -> str:
     return _BODY_CONTROL.sub("", text.replace("\x0c", "\n"))
 
 
-def raw_text(value: object, hint: str | None = None) -> tuple[str, str | None]:
+def raw_text(value: object, hint: str | charsets.Hints | None = None) -> tuple[str, str | None]:
     """Unfolded header text with any raw 8-bit bytes decoded (UTF-8, then ``hint``, then cp1252)."""
     data = to_bytes(value)
     text, defect = charsets.decode(data, None, hint=hint, detect=False)
@@ -110,7 +110,7 @@ def _decode_word(encoding: str, payload: str) -> bytes:
         return payload.encode("utf-8", "surrogateescape")
 
 
-def decode(value: object, hint: str | None = None) -> tuple[str, list[str]]:
+def decode(value: object, hint: str | charsets.Hints | None = None) -> tuple[str, list[str]]:
     """A header value as a person reads it: one line, decoded, cleaned, length capped."""
     text, defect = raw_text(value, hint)
     defects = [f"raw 8-bit header: {defect}"] if defect else []
@@ -125,7 +125,7 @@ def decode(value: object, hint: str | None = None) -> tuple[str, list[str]]:
 
 def addresses(
     values: list[object],
-    hint: str | None = None,
+    hint: str | charsets.Hints | None = None,
     *,
     unusable: list[tuple[str, str]] | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
@@ -166,7 +166,7 @@ def _name(name: str, addr: str, defects: list[str]) -> str:
     return name[:MAX_VALUE_CHARS]
 
 
-def sender(values: list[object], hint: str | None = None) -> tuple[str | None, str | None, list[str]]:
+def sender(values: list[object], hint: str | charsets.Hints | None = None) -> tuple[str | None, str | None, list[str]]:
     """(display name, address) of the From header; the name is kept when the address is broken.
 
     ``Jane Roe <jane roe@example.com>`` has no usable address (unquoted spaces in the local

@@ -26,7 +26,7 @@ class Walker:
     def __init__(
         self,
         limits: ParseLimits,
-        hint: str | None,
+        hint: str | charsets.Hints | None,
         attachments: list[ParsedAttachment] | None = None,
     ) -> None:
         self.limits = limits
@@ -206,7 +206,9 @@ class Walker:
         if declared is None and ctype == "text/html":
             meta = _META_CHARSET.search(data[:4096])
             declared = meta.group(1).decode("ascii") if meta else None
-        text, defect = charsets.decode(data, declared, hint=None, detect=True)
+        text, defect = charsets.decode(
+            data, declared, hint=charsets.likely_only(self.hint), detect=True
+        )
         if defect:
             self.defects.append(f"{ctype} body: {defect}")
         return headers.clean(text.replace("\r\n", "\n").replace("\r", "\n"), single_line=False)
@@ -336,7 +338,7 @@ def _lone_part(data: bytes) -> Message | None:
     return None if part.is_multipart() else part
 
 
-def _header(msg: Message, name: str, hint: str | None) -> str:
+def _header(msg: Message, name: str, hint: str | charsets.Hints | None) -> str:
     """The first ``name`` header of ``msg``, decoded; "" when missing."""
     for key, value in msg.raw_items():
         if key.lower() == name.lower():
@@ -445,7 +447,7 @@ def param(part: Message, name: str, header: str = "content-type") -> str | None:
     return headers.clean(str(value)).strip() or None
 
 
-def _param_headers(part: Message, hint: str | None) -> Message:
+def _param_headers(part: Message, hint: str | charsets.Hints | None) -> Message:
     """A copy of the part's Content-Type and Content-Disposition with raw 8-bit bytes decoded.
 
     The stdlib turns 8-bit bytes in parameters into U+FFFD; decoding them first keeps a UTF-8

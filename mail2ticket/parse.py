@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from email.message import Message
 
-from mail2ticket import autoreply, charsets, headers
+from mail2ticket import autoreply, charguess, charsets, headers
 from mail2ticket.errors import ParseError
 from mail2ticket.mimeguard import count_delimiters, header_start, unnest
 from mail2ticket.mimewalk import Walker, param
@@ -132,7 +132,7 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
     return result
 
 
-def _single(values: list[object], name: str, hint: str | None) -> tuple[str, list[str]]:
+def _single(values: list[object], name: str, hint: str | charsets.Hints | None) -> tuple[str, list[str]]:
     if not values:
         return "", []
     text, defects = headers.decode(values[0], hint)
@@ -162,12 +162,26 @@ def _looks_binary(raw: bytes) -> bool:
     return b"\x00" in sample or controls > len(sample) // 20
 
 
-def _charset_hint(msg: Message) -> str | None:
-    """The first declared charset of the message, to decode raw 8-bit header bytes with."""
+_DOMAIN = re.compile(r"@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+
+
+def _charset_hint(msg: Message) -> charsets.Hints:
+    """What the message says about the charset of its undeclared text: the first declared
+    charset (raw 8-bit header bytes are decoded with it), and the codecs its parts' charsets,
+    Content-Language and sender's country domain point to (a bonus when guessing)."""
+    declared, likely = None, []
+    languages = [str(v) for k, v in msg.raw_items() if k.lower() == "content-language"]
     for count, part in enumerate(msg.walk()):
         if count > 20:
             break
         charset = param(part, "charset")
         if charset and charsets.is_known(charset) and charset.lower() not in ("us-ascii", "utf-8"):
-            return charset
-    return None
+            declared = declared or charset
+            likely.append(charsets.candidates(charset)[0])
+        if count:
+            languages += [str(v) for k, v in part.raw_items() if k.lower() == "content-language"]
+    senders = [str(v) for k, v in msg.raw_items() if k.lower() in ("from", "sender", "reply-to")]
+    domains = [m.group(1) for m in _DOMAIN.finditer(" ".join(senders)[:4096])]
+    languages = [tag for value in languages[:5] for tag in value.split(",")[:5]]
+    likely += charguess.likely_codecs(languages, domains[:3])
+    return charsets.Hints(declared, tuple(dict.fromkeys(likely)))

@@ -341,6 +341,19 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_config_check.py::test_online_signs_in_to_each_account_like_accounts_test",
         "tests/test_config_check.py::test_online_fails_with_the_cause_of_the_failing_step",
     ),
+    78: tests(
+        "tests/test_parse_fidelity.py::test_a_raw_shift_jis_subject_and_display_name_without_any_label_are_read",
+        "tests/test_parse_fidelity.py::test_a_raw_shift_jis_subject_in_a_mail_whose_body_is_iso_2022_jp_is_read",
+        "tests/test_parse_fidelity.py::test_an_encoded_word_labelled_iso_2022_jp_that_holds_shift_jis_is_read",
+        "tests/test_parse_fidelity.py::test_euc_jp_labelled_shift_jis_is_read",
+        "tests/test_parse_fidelity.py::test_an_iso_2022_jp_body_is_recognised_by_its_escape_sequences_whatever_the_label",
+        "tests/test_parse_fidelity.py::test_a_raw_iso_2022_jp_subject_keeps_its_escape_bytes_until_decoded",
+    ),
+    79: tests(
+        "tests/test_parse_fidelity.py::test_a_short_unlabelled_subject_is_read_in_its_charset",
+        "tests/test_parse_fidelity.py::test_a_short_body_without_a_charset_is_read_in_its_charset",
+        "tests/test_parse_fidelity.py::test_what_the_rest_of_the_message_says_settles_an_ambiguous_text",
+    ),
 }
 
 

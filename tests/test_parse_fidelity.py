@@ -265,3 +265,137 @@ def test_when_each_alternative_has_its_own_text_the_longer_is_the_body_and_the_o
     assert parsed.body_text.startswith("Hello Ann,")
     [part] = parsed.attachments
     assert part.content_type == "text/html" and b"finance team in Oslo" in part.data
+
+
+# -- 2. Japanese mail with the wrong label or none (catalogue 78) -------------------------------
+
+JIS_BODY = "お世話になっております。会議の件、承知しました。\n"
+
+
+def test_a_raw_shift_jis_subject_and_display_name_without_any_label_are_read() -> None:
+    raw = mail(
+        b"From: " + "山田 花子".encode("cp932") + b" <hanako@example.jp>",
+        b"Subject: " + "会議の件について".encode("cp932"),
+    )
+    parsed = parse_message(raw)
+    assert parsed.subject == "会議の件について"
+    assert (parsed.from_name, parsed.from_address) == ("山田 花子", "hanako@example.jp")
+
+
+def test_a_raw_shift_jis_subject_in_a_mail_whose_body_is_iso_2022_jp_is_read() -> None:
+    raw = mail(
+        "From: a@example.com",
+        b"Subject: " + "見積もりのお願い".encode("cp932"),
+        "Content-Type: text/plain; charset=iso-2022-jp",
+        body=JIS_BODY.encode("iso2022_jp"),
+    )
+    parsed = parse_message(raw)
+    assert parsed.subject == "見積もりのお願い"
+    assert parsed.body_text == JIS_BODY.strip()
+
+
+def test_an_encoded_word_labelled_iso_2022_jp_that_holds_shift_jis_is_read() -> None:
+    word = base64.b64encode("請求書を送ります".encode("cp932")).decode()
+    parsed = parse_message(mail("From: a@example.com", f"Subject: =?ISO-2022-JP?B?{word}?="))
+    assert parsed.subject == "請求書を送ります"
+
+
+def test_euc_jp_labelled_shift_jis_is_read() -> None:
+    raw = mail(
+        "From: a@example.com",
+        "Content-Type: text/plain; charset=shift_jis",
+        body=JIS_BODY.encode("euc_jp"),
+    )
+    assert parsed_body(raw) == JIS_BODY.strip()
+
+
+def parsed_body(raw: bytes) -> str:
+    return parse_message(raw).body_text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "text/plain; charset=us-ascii", "text/plain; charset=iso-8859-1"],
+    ids=["no-charset", "us-ascii", "iso-8859-1"],
+)
+def test_an_iso_2022_jp_body_is_recognised_by_its_escape_sequences_whatever_the_label(
+    content_type: str,
+) -> None:
+    raw = mail("From: a@example.com", f"Content-Type: {content_type}", body=JIS_BODY.encode("iso2022_jp"))
+    parsed = parse_message(raw)
+    assert parsed.body_text == JIS_BODY.strip()
+    assert any("ISO-2022-JP" in d for d in parsed.defects)
+
+
+def test_a_raw_iso_2022_jp_subject_keeps_its_escape_bytes_until_decoded() -> None:
+    raw = mail("From: a@example.com", b"Subject: " + "至急：サーバ停止".encode("iso2022_jp"))
+    assert parse_message(raw).subject == "至急：サーバ停止"
+
+
+# -- 3. short undeclared 8-bit text (catalogue 79) ---------------------------------------------
+
+SHORT_TEXTS = [
+    ("тест тест", "koi8_r"),
+    ("Счёт оплачен", "koi8_r"),
+    ("Добрый день", "cp1251"),
+    ("Ошибка сервера", "cp1251"),
+    ("Καλημέρα σας", "cp1253"),
+    ("Ευχαριστώ πολύ", "cp1253"),
+    ("äöüß ad asd", "latin-1"),
+    ("Grüße aus München", "cp1252"),
+    ("Café crème, s'il vous plaît", "cp1252"),
+    ("Příliš žluťoučký kůň", "cp1250"),
+    ("Zażółć gęślą jaźń", "cp1250"),
+    ("Zażółć gęślą jaźń", "iso8859_2"),
+    ("Toplantı yarın saat üçte", "cp1254"),
+    ("Şirket müdürü", "cp1254"),
+    ("שלום עולם", "cp1255"),
+    ("תודה רבה", "cp1255"),
+    ("测试邮件", "gb18030"),
+    ("你好，世界", "gb18030"),
+    ("請確認訂單", "cp950"),
+    ("ありがとう", "cp932"),
+    ("会議の件", "euc_jp"),
+    ("안녕하세요", "cp949"),
+]
+
+
+@pytest.mark.parametrize(("text", "codec"), SHORT_TEXTS, ids=[f"{c}-{t}" for t, c in SHORT_TEXTS])
+def test_a_short_unlabelled_subject_is_read_in_its_charset(text: str, codec: str) -> None:
+    parsed = parse_message(mail("From: a@example.com", b"Subject: " + text.encode(codec)))
+    assert parsed.subject == text
+
+
+@pytest.mark.parametrize(("text", "codec"), SHORT_TEXTS, ids=[f"{c}-{t}" for t, c in SHORT_TEXTS])
+def test_a_short_body_without_a_charset_is_read_in_its_charset(text: str, codec: str) -> None:
+    raw = mail("From: a@example.com", "Subject: x", "Content-Type: text/plain", body=text.encode(codec))
+    assert parsed_body(raw) == text
+
+
+def test_utf_8_is_tried_first() -> None:
+    raw = mail("From: a@example.com", "Subject: x", "Content-Type: text/plain", body="тест".encode())
+    assert parsed_body(raw) == "тест"
+
+
+@pytest.mark.parametrize(
+    "context",
+    ["From: jan@example.sk", "From: jan@example.com\r\nContent-Language: cs"],
+    ids=["sender-domain", "content-language"],
+)
+def test_what_the_rest_of_the_message_says_settles_an_ambiguous_text(context: str) -> None:
+    # "Kováč" in cp1250 reads "Kováè" in cp1252: only the sender's country or language tells.
+    raw = mail(context, "Subject: x", "Content-Type: text/plain", body="Ján Kováč".encode("cp1250"))
+    assert parsed_body(raw) == "Ján Kováč"
+
+
+def test_another_parts_charset_settles_an_unlabelled_part() -> None:
+    raw = mail(
+        "From: a@example.com",
+        'Content-Type: multipart/mixed; boundary="b"',
+        body=(
+            b"--b\r\nContent-Type: text/plain\r\n\r\n" + "Ján Kováč".encode("cp1250") + b"\r\n"
+            b"--b\r\nContent-Type: text/plain; charset=windows-1250\r\nContent-Disposition: attachment;"
+            b' filename="n.txt"\r\n\r\n' + "Poznámka".encode("cp1250") + b"\r\n--b--\r\n"
+        ),
+    )
+    assert parsed_body(raw) == "Ján Kováč"
