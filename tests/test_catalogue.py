@@ -354,6 +354,14 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_a_short_body_without_a_charset_is_read_in_its_charset",
         "tests/test_parse_fidelity.py::test_what_the_rest_of_the_message_says_settles_an_ambiguous_text",
     ),
+    73: tests(
+        "tests/test_editor_and_ids.py::test_reply_without_text_or_terminal_starts_no_editor_and_says_what_to_give",
+        "tests/test_editor_and_ids.py::test_without_a_terminal_even_a_set_editor_is_not_started",
+        "tests/test_editor_and_ids.py::test_reply_reads_standard_input_with_file_dash",
+        "tests/test_editor_and_ids.py::test_on_a_terminal_the_editor_is_opened",
+        "tests/test_editor_and_ids.py::test_a_ticket_id_is_accepted_as_the_tool_prints_it",
+        "tests/test_editor_and_ids.py::test_a_ticket_id_that_is_not_a_number_is_a_usage_error_naming_the_form",
+    ),
 }
 
 

@@ -69,10 +69,13 @@ def test_reply_reads_the_text_from_a_file(desk, tmp_path):
 
 
 def test_reply_without_text_opens_the_editor(desk, tmp_path):
+    from tests.test_editor_and_ids import on_terminal  # an editor needs a terminal (issue 14.8)
+
     editor = tmp_path / "editor.sh"
     editor.write_text('#!/bin/sh\nprintf "Written in the editor.\\n# a comment line\\n" > "$1"\n')
     editor.chmod(editor.stat().st_mode | stat.S_IXUSR)
-    desk.ok("tickets", "reply", str(desk.ticket), env={"EDITOR": str(editor), "VISUAL": None})
+    code, out = on_terminal(desk.config, "tickets", "reply", str(desk.ticket), env={"EDITOR": str(editor), "VISUAL": None})
+    assert code == 0, out
     [sent] = desk.smtp.messages
     assert sent.message.get_content().strip() == "Written in the editor."
 
@@ -81,8 +84,10 @@ def test_an_empty_reply_sends_and_stores_nothing(desk, tmp_path):
     editor = tmp_path / "empty.sh"
     editor.write_text('#!/bin/sh\nprintf "# only comments\\n\\n" > "$1"\n')
     editor.chmod(editor.stat().st_mode | stat.S_IXUSR)
-    result = desk.invoke("tickets", "reply", str(desk.ticket), env={"EDITOR": str(editor), "VISUAL": None})
-    assert result.exit_code == 1 and "empty" in result.stderr
+    from tests.test_editor_and_ids import on_terminal  # an editor needs a terminal (issue 14.8)
+
+    code, out = on_terminal(desk.config, "tickets", "reply", str(desk.ticket), env={"EDITOR": str(editor), "VISUAL": None})
+    assert code == 1 and "empty" in out
     assert desk.smtp.messages == [] and desk.show(desk.ticket)["message_count"] == 1
 
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from mail2ticket.cli.params import TicketId
 from mail2ticket.cli.tickets import (
     _filters,
     check_filters,
@@ -48,7 +49,7 @@ def _send_now(app, entry: dict) -> None:
 
 
 @click.command("reply")
-@click.argument("ticket_id", type=int)
+@click.argument("ticket_id", type=TicketId())
 @click.option("-m", "--message", "text", help="The text of the reply.")
 @click.option("--file", "path", type=click.File("r", encoding="utf-8"), help="Read the text from a file ('-': stdin).")
 @click.option("--all", "to_all", is_flag=True, help="Copy (Cc) everyone else who took part in the ticket.")
@@ -60,7 +61,8 @@ def _send_now(app, entry: dict) -> None:
 def reply(app, ticket_id, text, path, to_all, yes, status):
     """Mail a threaded reply to the ticket's requester and store it in the ticket.
 
-    The text comes from --message, --file, or else $EDITOR. The reply answers the
+    The text comes from --message, --file (--file - reads standard input), or else,
+    on a terminal only, $VISUAL or $EDITOR. The reply answers the
     customer's latest mail (In-Reply-To, References), carries the ticket tag in its
     subject, and is sent from the ticket's account. It is stored and queued in one
     step; if the SMTP server cannot take it now, it stays in the outbox and is sent
@@ -90,20 +92,6 @@ def reply(app, ticket_id, text, path, to_all, yes, status):
     entry = queue_reply(app.config(), app.db, ticket_id, text, to_all=to_all, status=status, yes=yes)
     click.echo(f"Reply stored in ticket #{ticket_id}.")
     _send_now(app, entry)
-
-
-class TicketId(click.ParamType):
-    """A ticket id as typed or as the tool prints it: 12 or #12."""
-
-    name = "ID"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().lstrip("#")
-        if not text.isdigit():
-            self.fail(f"{value!r} is not a ticket id (a number such as 12 or #12)", param, ctx)
-        return int(text)
 
 
 def _plural(n: int) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from mail2ticket.cli.output import json_option, print_json
+from mail2ticket.cli.params import TicketId
 
 
 @click.command("reparse")
-@click.option("--ticket", "ticket_ids", type=int, multiple=True, help="Only this ticket (repeatable).")
+@click.option("--ticket", "ticket_ids", type=TicketId(), multiple=True, help="Only this ticket (repeatable).")
 @click.option("--all", "all_", is_flag=True, help="Every stored incoming message.")
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
 @json_option

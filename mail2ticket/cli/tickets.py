@@ -15,6 +15,7 @@ from mail2ticket.cli.output import (
     print_table,
     shown_time,
 )
+from mail2ticket.cli.params import TicketId
 
 PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
 SORTS = ["updated", "created", "id", "priority", "due", "date"]
@@ -292,7 +293,7 @@ def tickets_count(app, by, as_json, **kw):
 
 
 @tickets_group.command("show")
-@click.argument("ticket_id", type=int)
+@click.argument("ticket_id", type=TicketId())
 @json_option
 @click.pass_obj
 def tickets_show(app, ticket_id, as_json):
@@ -423,12 +424,21 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
 
 def message_text(text: str | None, path, template, *, what: str, nothing: str) -> str:
     """The text of a reply or note: --message, --file, or else $EDITOR opened on ``template()``
-    (lines starting with '#' removed). Refuses both options at once, and an empty text."""
+    (lines starting with '#' removed) when on a terminal. Refuses both options at once, an empty
+    text, and (a usage error) no text without a terminal: no editor is ever started then."""
     if text is not None and path is not None:
         raise click.UsageError("give either --message or --file, not both")
     if path is not None:
         text = path.read()
     elif text is None:
+        import sys
+
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            # Never an editor without a terminal: it would hang on (or scribble into) a pipe.
+            raise click.UsageError(
+                f"no terminal to open an editor on: give the {what} with --message TEXT or --file FILE "
+                "(--file - reads it from standard input)"
+            )
         edited = click.edit(template(), extension=".txt", require_save=True)
         if edited is None:
             raise click.ClickException(
@@ -441,7 +451,7 @@ def message_text(text: str | None, path, template, *, what: str, nothing: str) -
 
 
 @tickets_group.command("assign")
-@click.argument("ticket_id", type=int)
+@click.argument("ticket_id", type=TicketId())
 @click.argument("assignee", required=False)
 @click.option("--unassign", is_flag=True, help="Assign the ticket to nobody.")
 @click.pass_obj
@@ -466,7 +476,7 @@ def tickets_assign(app, ticket_id, assignee, unassign):
 
 
 @tickets_group.command("priority")
-@click.argument("ticket_id", type=int)
+@click.argument("ticket_id", type=TicketId())
 @click.argument("priority", type=click.Choice(PRIORITY_CHOICES))
 @click.pass_obj
 def tickets_priority(app, ticket_id, priority):
@@ -492,7 +502,7 @@ def tickets_priority(app, ticket_id, priority):
 
 
 @tickets_group.command("tag")
-@click.argument("ticket_id", type=int)
+@click.argument("ticket_id", type=TicketId())
 @click.argument("tags", nargs=-1, required=True)
 @click.option("--remove", is_flag=True, help="Remove these tags instead of adding them.")
 @click.pass_obj
@@ -520,14 +530,15 @@ def tickets_tag(app, ticket_id, tags, remove):
 
 
 @tickets_group.command("note")
-@click.argument("ticket_id", type=int)
+@click.argument("ticket_id", type=TicketId())
 @click.option("-m", "--message", "text", help="The text of the note.")
 @click.option("--file", "path", type=click.File("r", encoding="utf-8"), help="Read the text from a file ('-': stdin).")
 @click.pass_obj
 def tickets_note(app, ticket_id, text, path):
     """Add an internal note to a ticket's history. Notes are never mailed to anyone.
 
-    The text comes from --message, --file, or else $EDITOR.
+    The text comes from --message, --file (--file - reads standard input), or else,
+    on a terminal only, $VISUAL or $EDITOR.
 
     \b
     Examples:
