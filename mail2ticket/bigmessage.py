@@ -23,11 +23,13 @@ import binascii
 import email.message
 import email.parser
 import email.policy
+import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, TempFailError
@@ -63,6 +65,92 @@ class Spool:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def spool_chunks(chunks: Iterable[bytes], directory: str | os.PathLike) -> Spool:
+    """Write ``chunks`` to a new temp file in ``directory`` while hashing them: a Spool.
+
+    The file is named ``raw-<random>.<pid>.tmp``, so AttachmentStore.sweep_temp removes it when
+    the process that wrote it was killed. A failure removes the file: TempFailError when the
+    disk or directory is at fault, the reader's exception otherwise."""
+    directory = Path(directory)
+    path = directory / f"raw-{os.urandom(6).hex()}.{os.getpid()}.tmp"
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            out = open(path, "wb")  # noqa: SIM115 (closed below, write errors told apart)
+        except OSError as exc:
+            raise _unwritable(directory, exc) from None
+        with out:
+            for chunk in chunks:  # the reader's own errors go up as they are
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise _unwritable(directory, exc) from None
+                digest.update(chunk)
+                size += len(chunk)
+            try:
+                out.flush()
+            except OSError as exc:
+                raise _unwritable(directory, exc) from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Spool(str(path), size, digest.hexdigest())
+
+
+def _unwritable(directory: Path, exc: OSError) -> TempFailError:
+    return TempFailError(
+        f"cannot write the message to a temp file in {directory}: {exc.strerror or exc}",
+        "free disk space or fix the attachment directory's permissions",
+    )
+
+
+def take(stream: BinaryIO, directory: str | os.PathLike | Callable[[], Any], threshold: int = BIG_MESSAGE
+         ) -> tuple[bytes | None, Spool | None]:
+    """Read one message from ``stream`` (standard input, a Maildir file): ``(raw, None)`` when it
+    is at most ``threshold`` bytes, else ``(None, spool)``: the message in a temp file in
+    ``directory`` (or the directory the callable ``directory`` returns). Never more than
+    ``threshold`` + READ bytes in memory."""
+    head = bytearray()
+    while len(head) <= threshold:
+        chunk = stream.read(threshold + 1 - len(head))
+        if not chunk:
+            return bytes(head), None
+        head += chunk
+
+    if callable(directory):  # found only when needed (ingest reads its config after a small message)
+        directory = directory()
+
+    def rest() -> Iterator[bytes]:
+        yield bytes(head)
+        head.clear()
+        while chunk := stream.read(READ):
+            yield chunk
+
+    return None, spool_chunks(rest(), directory)
+
+
+def take_stored(db: Any, sha256: str, directory: str | os.PathLike, threshold: int = BIG_MESSAGE
+                ) -> tuple[bytes | None, Spool | None] | None:
+    """A stored raw message (raw_messages): ``(raw, None)`` when it is at most ``threshold`` bytes,
+    else ``(None, spool)``: copied into a temp file 1 MB at a time with incremental blob I/O.
+    None when no raw message has that hash. ``db``: a sqlite_utils Database."""
+    row = db.execute("select rowid, length(raw) from raw_messages where sha256 = ?", [sha256]).fetchone()
+    if row is None:
+        return None
+    rowid, size = row
+    if (size or 0) <= threshold:
+        return db.execute("select raw from raw_messages where rowid = ?", [rowid]).fetchone()[0], None
+    with db.conn.blobopen("raw_messages", "raw", rowid, readonly=True) as blob:
+        spool = spool_chunks(iter(lambda: blob.read(MiB), b""), directory)
+    if spool.sha256 != sha256:
+        spool.unlink()
+        raise TempFailError(f"the stored raw message {sha256} does not match its hash",
+                            "check the database with 'sqlite3 FILE \"pragma integrity_check\"'")
+    return None, spool
 
 
 class _File:
@@ -272,8 +360,8 @@ def parse_file(
         if f.size > limits.max_message_bytes:
             return (
                 "error",
-                f"message too large: {f.size} bytes, over the limit of "
-                f"{limits.max_message_bytes} bytes (max_message_bytes)",
+                f"message of {f.size} bytes is over the size limit of "
+                f"{limits.max_message_bytes} bytes (max_message_size)",
             )
         found: list[_Large] = []
         # where parse_message finds the headers (after a BOM, an mbox From line, stray lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from mail2ticket.attachments import AttachmentStore, fsync_dir
+from mail2ticket.bigmessage import Spool, take
 from mail2ticket.config import Account, Config
 from mail2ticket.errors import ConfigError, ParseError, StoreError
 from mail2ticket.imap import chunks
@@ -111,6 +112,15 @@ def size_limited(parse: Callable[[bytes], ParsedMessage], limit: int) -> Callabl
         return parse(raw)
 
     return parse_within_limit
+
+
+def limit_size(ctx: ImportContext, limit: int) -> None:
+    """Apply a local source's size limit to both ways of parsing: in memory (``size_limited``) and
+    from a spool file (bigmessage.parse_file, by ``ctx.limits``)."""
+    import dataclasses
+
+    ctx.parse = size_limited(ctx.parse, limit)
+    ctx.limits = dataclasses.replace(ctx.limits, max_message_bytes=limit)
 
 
 def _delivery_order(entry: MaildirFile, mtime: float) -> tuple[float, str]:
@@ -236,7 +246,7 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
     ctx = ImportContext(
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
     )  # config: rules, SLA and acknowledgements as for IMAP mail
-    ctx.parse = size_limited(ctx.parse, account.max_message_size or cfg.max_message_size)
+    limit_size(ctx, account.max_message_size or cfg.max_message_size)
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
     files = scan(root)
     result.flagged += finish_pending(db, account, root, files)
@@ -257,31 +267,43 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
     todo.sort(key=lambda item: _delivery_order(*item))
     ids = _ids(db, folder, (entry.name for entry, _ in todo))
     unreadable: list[str] = []
+    spools: list[Spool] = []  # large messages copied into temp files: removed when the poll ends
+    spool_dir = ctx.attachments.root / "tmp"
 
     def read_batches():
         for batch in chunks(todo, max(1, account.batch_size)):
             items = []
             for entry, mtime in batch:
-                raw = _read(root, entry, unreadable)
-                if raw is not None:
+                got = _read(root, entry, unreadable, spool_dir)
+                if got is not None:
+                    raw, spool = got
+                    if spool is not None:
+                        spools.append(spool)
                     source = Source(account.name, folder, UIDVALIDITY, ids[entry.name])
                     items.append(Incoming(account.name, raw, source, action=account.after_import,
-                                          received_at=datetime.fromtimestamp(mtime, UTC)))
+                                          received_at=datetime.fromtimestamp(mtime, UTC), spool=spool,
+                                          size=spool.size if spool is not None else None))
             if items:
                 yield items
 
     # As for IMAP: batch k+1 is read and parsed (in worker processes, each message with a time
     # limit) while batch k is committed; a batch's files are handled only after its own commit.
-    with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
-        for items, job in ahead(read_batches(), pipe.submit):
-            if stop is not None and stop.is_set():
-                log.info("account %s: stopping after the last committed batch", account.name)
-                break
-            for outcome in import_batch(ctx, items, prepared=job.result()):
-                result.count(outcome)
-                outcome.incoming.raw = None  # stored: a large Maildir must not stay in memory
-            # Committed and durable: now, and only now, move the files.
-            result.flagged += finish_pending(db, account, root, files)
+    try:
+        with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
+            for items, job in ahead(read_batches(), pipe.submit):
+                if stop is not None and stop.is_set():
+                    log.info("account %s: stopping after the last committed batch", account.name)
+                    break
+                for outcome in import_batch(ctx, items, prepared=job.result()):
+                    result.count(outcome)
+                    outcome.incoming.raw = None  # stored: a large Maildir must not stay in memory
+                    if outcome.incoming.spool is not None:
+                        outcome.incoming.spool.unlink()
+                # Committed and durable: now, and only now, move the files.
+                result.flagged += finish_pending(db, account, root, files)
+    finally:
+        for spool in spools:
+            spool.unlink()
     if unreadable:
         result.error = (
             f"{len(unreadable)} message(s) in {root} could not be read, e.g. {unreadable[0]}; "
@@ -290,11 +312,15 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
     return result
 
 
-def _read(root: Path, entry: MaildirFile, unreadable: list[str]) -> bytes | None:
-    """The file's bytes; None if it is gone (picked up again next poll) or unreadable (noted)."""
+def _read(root: Path, entry: MaildirFile, unreadable: list[str], spool_dir: Path
+          ) -> tuple[bytes | None, Spool | None] | None:
+    """The file's bytes, or for a large message a copy in a temp file in ``spool_dir``
+    (bigmessage.take: parsed and stored from there in bounded memory, as poll does);
+    None if it is gone (picked up again next poll) or unreadable (noted)."""
     for _attempt in range(2):
         try:
-            return entry.path(root).read_bytes()
+            with open(entry.path(root), "rb") as f:
+                return take(f, spool_dir)
         except FileNotFoundError:
             moved = locate(root, entry.name)  # a mail client moved it to cur/ meanwhile
             if moved is None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from pathlib import Path
 
 from sqlite_utils import Database
 
 from mail2ticket.attachments import AttachmentStore
+from mail2ticket.bigmessage import BIG_MESSAGE, Spool, take_stored
 from mail2ticket.config import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
-from mail2ticket.importer import ImportContext, Incoming, import_batch
-from mail2ticket.store import get_raw, now_iso, transaction
+from mail2ticket.importer import ImportContext, Incoming, _prepare, _Prepared, import_batch
+from mail2ticket.store import now_iso, transaction
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,12 @@ def _limit(cfg: Config, account_name: str) -> int:
     return account.max_message_size or cfg.max_message_size
 
 
-def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> bytes:
+def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> tuple[bytes | None, Spool | None]:
     """A too-large message was left on the server: fetch it now that the limit allows it.
 
-    The server-side action (\\Seen, move, delete) is not run here but appended to ``after_commit``:
-    it may only run once the message is stored.
+    ``(raw, None)``, or ``(None, spool)`` for a large message: fetched in pieces into a temp file,
+    as poll does (bigmessage). The server-side action (\\Seen, move, delete) is not run here but
+    appended to ``after_commit``: it may only run once the message is stored.
     """
     from mail2ticket.imap import Mailbox
     from mail2ticket.secrets import get_password
@@ -70,7 +72,11 @@ def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> bytes:
                 f"folder {entry['folder']} was re-created since (UIDVALIDITY changed)",
                 "the message is imported again by the next poll's re-scan",
             )
-        data = box.fetch([entry["uid"]])
+        if (entry["size"] or 0) > BIG_MESSAGE:
+            got = box.fetch_to_file(entry["uid"], entry["size"], Path(cfg.attachments) / "tmp")
+            data = {entry["uid"]: (None, got[0])} if got is not None else {}
+        else:
+            data = {uid: (raw, None) for uid, (raw, _idate) in box.fetch([entry["uid"]]).items()}
         if entry["uid"] not in data:
             if box.existing([entry["uid"]]):
                 raise Mail2TicketError(
@@ -83,7 +89,7 @@ def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> bytes:
         box.close(quick=True)
         raise
     after_commit.append(lambda stored: _finish_on_server(box, account.after_import, entry["uid"], stored))
-    return data[entry["uid"]][0]
+    return data[entry["uid"]]
 
 
 def _finish_on_server(box, action: str | None, uid: int, stored: bool) -> None:
@@ -100,11 +106,14 @@ def retry(cfg: Config, db: Database, qid: int) -> dict:
     if entry["resolved_at"]:
         return entry
     after_commit: list = []
+    spool: Spool | None = None
+    # A large message is never read whole: it is copied from the database (or fetched from the
+    # server) into a temp file and parsed from there, as poll does (bigmessage).
     if entry["raw_sha256"]:
-        raw = get_raw(db, entry["raw_sha256"])
+        raw, spool = take_stored(db, entry["raw_sha256"], Path(cfg.attachments) / "tmp") or (None, None)
     else:
         try:
-            raw = _fetch_from_server(cfg, entry, after_commit)
+            raw, spool = _fetch_from_server(cfg, entry, after_commit)
         except Mail2TicketError as exc:
             with transaction(db):
                 db.execute(
@@ -113,32 +122,38 @@ def retry(cfg: Config, db: Database, qid: int) -> dict:
             return get_entry(db, qid)
     stored = False
     try:
-        result = _retry_stored(cfg, db, qid, entry, raw)
+        result = _retry_stored(cfg, db, qid, entry, raw, spool)
         stored = bool(result["resolved_at"])
         return result
     finally:
+        if spool is not None:
+            spool.unlink()
         for finish in after_commit:  # only now, with the import committed, touch the server
             finish(stored)
 
 
-def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes) -> dict:
+def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes | None,
+                  spool: Spool | None) -> dict:
     ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg)
-    # Parse first: on failure the entry stays, with the new error and one more retry counted.
-    try:
-        ctx.parse(raw)
-    except Exception as exc:
+    incoming = Incoming(entry["account"], raw, spool=spool, size=spool.size if spool is not None else None)
+    # Parse first (and write the attachment files): on failure the entry stays, with the new
+    # error and one more retry counted.
+    if raw is None and spool is None:
+        prepared = _Prepared(incoming, None, None, "the raw bytes are missing from the database", [])
+    else:
+        prepared = _prepare(ctx, incoming)
+    if prepared.error is not None:
         with transaction(db):
             db.execute(
-                "update quarantine set retries = retries + 1, error = ? where id = ?",
-                [f"{exc.__class__.__name__}: {exc}", qid],
+                "update quarantine set retries = retries + 1, error = ? where id = ?", [prepared.error, qid]
             )
         return get_entry(db, qid)
     # The raw bytes are already recorded against this entry; import them as a fresh message.
     with transaction(db):
-        outcomes = import_batch(ctx, [Incoming(entry["account"], raw)])
+        outcomes = import_batch(ctx, [incoming], prepared=[prepared])
         outcome = outcomes[0]
         if outcome.message_row:
-            digest = hashlib.sha256(raw).hexdigest()
+            digest = prepared.sha256
             db.execute(
                 "update quarantine set resolved_at = ?, resolved_message = ?, retries = retries + 1, "
                 "raw_sha256 = coalesce(raw_sha256, ?) where id = ?",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -33,21 +34,24 @@ def pick_account(cfg, name: str | None):
     return account
 
 
-def ingest_message(cfg, db, account, raw: bytes, *, hooks=None):
+def ingest_message(cfg, db, account, raw: bytes | None, *, hooks=None, spool=None):
     """Store ``raw`` for ``account`` through the importer (no mailbox identity: dedup by content).
 
+    ``spool``: instead of ``raw``, a large message in a temp file (bigmessage.take): parsed from
+    the file and stored with incremental blob I/O, in bounded memory, as poll does.
     Returns the importer's Outcome; raises TempFailError when it could not be stored durably now.
     """
     from mail2ticket.attachments import AttachmentStore
     from mail2ticket.importer import ImportContext, Incoming, import_batch
-    from mail2ticket.maildir import size_limited
+    from mail2ticket.maildir import limit_size
     from mail2ticket.pipeline import Pipeline
 
     ctx = ImportContext(
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
     )  # config: rules, SLA and acknowledgements as for IMAP mail
-    ctx.parse = size_limited(ctx.parse, account.max_message_size or cfg.max_message_size)
-    incoming = Incoming(account.name, raw, None, received_at=datetime.now(UTC))
+    limit_size(ctx, account.max_message_size or cfg.max_message_size)
+    incoming = Incoming(account.name, raw, None, received_at=datetime.now(UTC), spool=spool,
+                        size=spool.size if spool is not None else None)
     # Parsed as poll parses: in a worker process with a time limit, so a message that hangs or
     # crashes the parser is quarantined (stored) instead of holding up the MTA.
     with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
@@ -92,21 +96,24 @@ def ingest(app, account_name, lock_timeout):
     """
     import sys
 
+    from mail2ticket.bigmessage import take
+
     stdin = sys.stdin.buffer
     if stdin.isatty():
         raise click.UsageError("no message on standard input: pipe one in ('mail2ticket ingest < message.eml')")
-    raw = stdin.read()
-    if not raw.strip():
-        raise click.UsageError("standard input was empty: there is no message to import")
-    db = None
+    db = spool = None
     try:
         from mail2ticket.store import open_db
 
+        # A large message goes to a temp file beside the attachments, never whole into memory.
+        raw, spool = take(stdin, lambda: Path(app.config().attachments) / "tmp")
+        if raw is not None and not raw.strip():
+            raise click.UsageError("standard input was empty: there is no message to import")
         cfg = app.config()
         account = pick_account(cfg, account_name)
         db = open_db(cfg.database, busy_timeout_ms=int(lock_timeout * 1000))
-        outcome = ingest_message(cfg, db, account, raw)
-    except TempFailError:
+        outcome = ingest_message(cfg, db, account, raw, spool=spool)
+    except (TempFailError, click.UsageError):
         raise
     except Mail2TicketError as exc:
         # Not stored: whatever the cause, the MTA must keep the message (a config mistake
@@ -119,6 +126,8 @@ def ingest(app, account_name, lock_timeout):
     finally:
         if db is not None:
             db.close()
+        if spool is not None:
+            spool.unlink()
     if outcome.status == "quarantined":
         click.echo(
             f"Warning: the message could not be read as mail; it is stored in the quarantine as "

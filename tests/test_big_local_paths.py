@@ -1,0 +1,258 @@
+"""Large messages in bounded memory on every path, not only the IMAP poll (issue 15, point 8).
+
+`mail2ticket ingest`, a Maildir poll, `quarantine retry` and `reparse` take the poll's
+large-message path (mail2ticket.bigmessage): the message is copied into a temp file (from
+standard input, the Maildir file or the database blob), parsed from there with its large bodies
+streamed, the attachments written as they are decoded, and the raw bytes stored with incremental
+blob I/O. Each path runs here as a user runs it, as its own process, its peak RSS (and its parser
+workers') read from the kernel (VmHWM) as tests/test_big_messages.py does for `poll`; the stored
+raw message and attachment are compared with the originals.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from tests.test_big_messages import PEAK_LIMIT_KIB, _hwm_kib, _raw_sha, _tree
+
+MiB = 1024 * 1024
+ATTACHMENT = 50 * MiB
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _head(subject: bytes, mid: bytes) -> bytes:
+    return (
+        b"From: Big Customer <big@example.org>\r\nTo: support@example.test\r\nSubject: " + subject + b"\r\n"
+        b"Message-ID: <" + mid + b"@example.org>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("big-local")
+
+
+@pytest.fixture(scope="module")
+def attachment_eml(files: Path) -> dict:
+    """A 71 MB message: a short text part and a 50 MB random attachment (base64, CRLF lines)."""
+    data = random.Random(15).randbytes(ATTACHMENT)
+    raw = (
+        _head(b"the scans you asked for", b"big-local-1")
+        + b'Content-Type: multipart/mixed; boundary="==b=="\r\n\r\n'
+        b"--==b==\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease find the scans attached.\r\n\r\n"
+        b"--==b==\r\nContent-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="scans.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(data).replace(b"\n", b"\r\n")
+        + b"\r\n--==b==--\r\n"
+    )
+    path = files / "attachment.eml"
+    path.write_bytes(raw)
+    return {"path": path, "sha": _sha(raw), "size": len(raw), "attachment_sha": _sha(data)}
+
+
+def _qp_soft_breaks() -> bytes:
+    """50 MB of quoted-printable soft line breaks: the body decodes to one short line."""
+    return (
+        _head(b"soft line breaks", b"big-local-qp")
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"Hello,=\r\n" + b"=\r\n" * (ATTACHMENT // 3) + b" the end.\r\n"
+    )
+
+
+def _junk_base64() -> bytes:
+    """A 50 MB "base64" attachment of junk: printable characters, most outside the alphabet."""
+    rng = random.Random(7)
+    block = b"".join(bytes(rng.choices(range(0x21, 0x7F), k=76)) + b"\r\n" for _ in range(4096))
+    body = block * (ATTACHMENT // len(block) + 1)
+    return (
+        _head(b"junk base64", b"big-local-junk")
+        + b'Content-Type: multipart/mixed; boundary="==j=="\r\n\r\n'
+        b"--==j==\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee the file.\r\n\r\n"
+        b"--==j==\r\nContent-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="junk.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"--==j==--\r\n"
+    )
+
+
+def _config(tmp_path: Path, max_message_size: str = "100MB") -> Path:
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    config = tmp_path / "config.toml"
+    config.write_text(tomli_w.dumps({
+        "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
+        "limits": {"max_message_size": max_message_size, "max_attachment_size": "60MB"},
+        "performance": {"workers": 2},
+        "accounts": [
+            {"name": "pipe", "email": "pipe@example.test", "source": "pipe", "acknowledge": False},
+            {"name": "local", "email": "local@example.test", "source": "maildir", "path": str(maildir),
+             "acknowledge": False},
+        ],
+    }))
+    return config
+
+
+def _measured(config: Path, *args: str, stdin: Path | None = None) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``mail2ticket ARGS`` (standard input from ``stdin``); the largest VmHWM (KiB) of the
+    process and its parser workers, sampled every 20 ms."""
+    cmd = [sys.executable, "-m", "mail2ticket", "--config", str(config), *args]
+    with open(stdin or "/dev/null", "rb") as source:
+        proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        hwm: dict[int, int] = {}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                for p in _tree(proc.pid):
+                    hwm[p] = max(hwm.get(p, 0), _hwm_kib(p))
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out, err = proc.communicate(timeout=300)
+        done.set()
+        sampler.join()
+    peak = max(hwm.values(), default=0)
+    print(f"\n{' '.join(args)}: peak RSS {peak / 1024:.0f} MiB")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode()), peak
+
+
+def _assert_bounded(result: subprocess.CompletedProcess, peak: int) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert 0 < peak < PEAK_LIMIT_KIB, f"peaked at {peak / 1024:.0f} MiB, over 150 MB"
+
+
+def _check_stored(tmp_path: Path, eml: dict) -> None:
+    """One message, byte-identical raw, its 50 MB attachment with the right hash on disk."""
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+        assert _raw_sha(conn, eml["sha"]) == eml["sha"], "the stored raw differs from the original"
+        assert conn.execute("select count(*) from messages").fetchone()[0] == 1
+        assert conn.execute("select count(*) from quarantine where resolved_at is null").fetchone()[0] == 0
+        rows = conn.execute(
+            "select a.filename, a.size, a.sha256, a.path, m.body_text, m.subject from attachments a "
+            "join messages m on m.id = a.message"
+        ).fetchall()
+    assert len(rows) == 1
+    filename, size, sha, rel, body, subject = rows[0]
+    assert (filename, size, sha) == ("scans.bin", ATTACHMENT, eml["attachment_sha"])
+    digest = hashlib.sha256()
+    with open(tmp_path / "files" / rel, "rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    assert digest.hexdigest() == eml["attachment_sha"], "the stored attachment file differs"
+    assert body.strip() == "Please find the scans attached." and subject == "the scans you asked for"
+    assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"
+
+
+# ------------------------------------------------------------------------------------ ingest
+
+
+@pytest.mark.parametrize("build", [_qp_soft_breaks, _junk_base64], ids=["qp-soft-breaks", "junk-base64"])
+def test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb(tmp_path: Path, files: Path, build) -> None:
+    raw = build()
+    eml = files / f"{build.__name__}.eml"
+    eml.write_bytes(raw)
+    sha = _sha(raw)
+    del raw
+    config = _config(tmp_path)
+
+    result, peak = _measured(config, "ingest", "--account", "pipe", stdin=eml)
+
+    _assert_bounded(result, peak)
+    assert "stored as new ticket #1" in result.stdout, result.stdout
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+        assert _raw_sha(conn, sha) == sha, "the stored raw differs from the original"
+        [(subject, body)] = conn.execute("select subject, body_text from messages").fetchall()
+    if build is _qp_soft_breaks:
+        assert subject == "soft line breaks" and body.strip() == "Hello, the end."
+    else:
+        assert subject == "junk base64" and body.strip() == "See the file."
+    assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"
+
+
+def test_ingest_of_a_50_mb_attachment_stores_it_byte_for_byte(tmp_path: Path, attachment_eml: dict) -> None:
+    config = _config(tmp_path)
+
+    result, peak = _measured(config, "ingest", "--account", "pipe", stdin=attachment_eml["path"])
+
+    _assert_bounded(result, peak)
+    _check_stored(tmp_path, attachment_eml)
+
+
+# ------------------------------------------------------------------------- the other paths
+
+
+def test_a_maildir_poll_of_a_50_mb_attachment_is_bounded_and_byte_for_byte(
+    tmp_path: Path, attachment_eml: dict
+) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "Maildir" / "new" / "1764583200.big.host").write_bytes(attachment_eml["path"].read_bytes())
+
+    result, peak = _measured(config, "poll", "local")
+
+    _assert_bounded(result, peak)
+    assert "local: 1 imported" in result.stdout, result.stdout
+    _check_stored(tmp_path, attachment_eml)
+    assert [p.name for p in (tmp_path / "Maildir" / "cur").iterdir()] == ["1764583200.big.host:2,S"]
+
+
+def test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte(
+    tmp_path: Path, attachment_eml: dict
+) -> None:
+    small = _config(tmp_path, max_message_size="1MB")
+    kept, _ = _measured(small, "ingest", "--account", "pipe", stdin=attachment_eml["path"])
+    assert kept.returncode == 0 and "quarantine as #1" in kept.stderr, kept.stderr
+    assert "over the size limit" in kept.stderr
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+        assert _raw_sha(conn, attachment_eml["sha"]) == attachment_eml["sha"], "the quarantine keeps the raw"
+    config = _config(tmp_path)  # the limit raised
+
+    result, peak = _measured(config, "quarantine", "retry", "1")
+
+    _assert_bounded(result, peak)
+    assert "#1: imported as message 1" in result.stdout, result.stdout
+    _check_stored(tmp_path, attachment_eml)
+
+
+def test_reparse_of_a_50_mb_message_is_bounded_and_restores_the_attachment(
+    tmp_path: Path, attachment_eml: dict
+) -> None:
+    config = _config(tmp_path)
+    stored = subprocess.run(
+        [sys.executable, "-m", "mail2ticket", "--config", str(config), "ingest", "--account", "pipe"],
+        stdin=open(attachment_eml["path"], "rb"), capture_output=True, text=True, timeout=300,
+    )
+    assert stored.returncode == 0, stored.stderr
+    # As if an older parser had missed the attachment: reparse must find it and write it again.
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+        [rel] = conn.execute("select path from attachments").fetchone()
+        conn.execute("delete from attachments")
+    (tmp_path / "files" / rel).unlink()
+
+    dry, dry_peak = _measured(config, "reparse", "--all", "--dry-run")
+    _assert_bounded(dry, dry_peak)
+    assert "1 would change" in dry.stdout, dry.stdout
+    assert not (tmp_path / "files" / rel).exists(), "a dry run wrote the attachment"
+
+    result, peak = _measured(config, "reparse", "--all")
+
+    _assert_bounded(result, peak)
+    assert "1 changed" in result.stdout, result.stdout
+    _check_stored(tmp_path, attachment_eml)
+    again, _ = _measured(config, "reparse", "--all")
+    assert again.returncode == 0 and "0 changed" in again.stdout, again.stdout
