@@ -1,7 +1,9 @@
-"""Messages too large to hold in memory: fetched to a file, parsed from it in bounded memory.
+"""Messages too large to hold in memory: spooled to a file, parsed from it in bounded memory.
 
-A message over BIG_MESSAGE bytes (by RFC822.SIZE) is fetched in pieces into a temp file (a
-Spool) while it is hashed, stored into SQLite with incremental blob I/O, and parsed here without
+A message over BIG_MESSAGE bytes goes into a temp file (a Spool) while it is hashed: fetched in
+pieces by the IMAP poll (by RFC822.SIZE), copied from standard input or a Maildir file by
+``take`` (ingest, Maildir polls), or from its database blob by ``take_stored`` (quarantine
+retry, reparse). It is stored into SQLite with incremental blob I/O, and parsed here without
 ever being loaded whole:
 
 1. The file is scanned for the MIME structure (headers of each part, boundaries) and every leaf

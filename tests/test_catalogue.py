@@ -362,6 +362,16 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_editor_and_ids.py::test_a_ticket_id_is_accepted_as_the_tool_prints_it",
         "tests/test_editor_and_ids.py::test_a_ticket_id_that_is_not_a_number_is_a_usage_error_naming_the_form",
     ),
+    85: tests(
+        "tests/test_big_local_paths.py::test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb[qp-soft-breaks]",
+        "tests/test_big_local_paths.py::test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb[junk-base64]",
+        "tests/test_big_local_paths.py::test_ingest_of_a_50_mb_attachment_stores_it_byte_for_byte",
+        "tests/test_big_local_paths.py::test_a_maildir_poll_of_a_50_mb_attachment_is_bounded_and_byte_for_byte",
+    ),
+    86: tests(
+        "tests/test_big_local_paths.py::test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte",
+        "tests/test_big_local_paths.py::test_reparse_of_a_50_mb_message_is_bounded_and_restores_the_attachment",
+    ),
 }
 
 
