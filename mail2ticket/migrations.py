@@ -394,3 +394,11 @@ def m611_raw_blob_last(db: Database) -> None:
     keeps a zeroblob unexpanded only in a record's last column (elsewhere the insert alone
     allocates the whole size in memory). One-time cost: the table is copied once."""
     db["raw_messages"].transform(column_order=["sha256", "size", "stored_at", "raw"])
+
+
+@migrations()
+def m1410_quarantine_discarded(db: Database) -> None:
+    """Issue 14.10: a quarantined message can be discarded ('quarantine discard'); when and where
+    its raw bytes were exported first (NULL: not kept)."""
+    db["quarantine"].add_column("discarded_at", str)
+    db["quarantine"].add_column("export_path", str)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+    ),
+import os
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -13,6 +15,9 @@ from mail2ticket.config import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.importer import ImportContext, Incoming, _prepare, _Prepared, import_batch
 from mail2ticket.store import now_iso, transaction
+    ),
+from mail2ticket.importer import ImportContext, Incoming, import_batch
+from mail2ticket.store import get_raw, log_event, now_iso, transaction
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +25,7 @@ log = logging.getLogger(__name__)
 def list_entries(db: Database, *, include_resolved: bool = False) -> list[dict]:
     sql = (
         "select id, account, folder, uidvalidity, uid, raw_sha256, size, reason, error, created_at, "
-        "retries, resolved_at, resolved_message from quarantine"
+        "retries, resolved_at, resolved_message, discarded_at, export_path from quarantine"
     )
     if not include_resolved:
         sql += " where resolved_at is null"
@@ -32,6 +37,76 @@ def get_entry(db: Database, qid: int) -> dict:
     if not rows:
         raise NotFoundError(f"no quarantine entry #{qid}", "see 'mail2ticket quarantine list'")
     return rows[0]
+
+
+def raw_of(db: Database, entry: dict) -> bytes:
+    """The raw bytes of a quarantined message; a one-line error when there are none."""
+    if entry["discarded_at"]:
+        kept = f"; they were exported to {entry['export_path']}" if entry["export_path"] else ""
+        raise Mail2TicketError(f"quarantine entry #{entry['id']} was discarded{kept}")
+    data = get_raw(db, entry["raw_sha256"]) if entry["raw_sha256"] else None
+    if data is None:
+        raise Mail2TicketError(
+            f"quarantine entry #{entry['id']} was never downloaded (over the size limit or not sent by "
+            f"the server): it is still on the server, UID {entry['uid']} in {entry['folder']}",
+            "fetch it with 'mail2ticket quarantine retry' once the limit allows, or with a mail client",
+        )
+    return data
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A new file readable by its owner only (mail is private), on disk before this returns.
+    Never overwrites an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise Mail2TicketError(f"{path} exists already", "choose another file name") from None
+    except OSError as exc:
+        raise Mail2TicketError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def discard(db: Database, qid: int, export_dir: Path | None) -> dict:
+    """Take an entry out of the quarantine for good. Its raw bytes are first written to a file in
+    ``export_dir`` (unless None), then removed from the database. The import ledger keeps its
+    source, so the message is not imported again. Returns the updated entry."""
+    entry = get_entry(db, qid)
+    if entry["discarded_at"]:
+        return entry
+    if entry["resolved_at"]:
+        raise Mail2TicketError(
+            f"quarantine entry #{qid} was imported already (message {entry['resolved_message']})",
+            "nothing to discard",
+        )
+    export_path = None
+    data = get_raw(db, entry["raw_sha256"]) if entry["raw_sha256"] else None
+    if data is not None and export_dir is not None:
+        export_path = export_dir / f"quarantine-{qid}-{entry['raw_sha256'][:12]}.eml"
+        write_private(export_path, data)  # on disk before the database lets go of the bytes
+    now = now_iso()
+    with transaction(db):
+        db.execute(
+            "update quarantine set discarded_at = ?, resolved_at = ?, export_path = ?, raw_sha256 = NULL "
+            "where id = ?",
+            [now, now, str(export_path) if export_path else None, qid],
+        )
+        digest = entry["raw_sha256"]
+        if digest and not _raw_still_used(db, digest):
+            db.execute("delete from raw_messages where sha256 = ?", [digest])
+        log_event(db, "quarantine-discarded", f"#{qid}" + (f" exported to {export_path}" if export_path else ""),
+                  account=entry["account"])
+    return get_entry(db, qid)
+
+
+def _raw_still_used(db: Database, digest: str) -> bool:
+    for table in ("messages", "quarantine", "outbox"):
+        if db.execute(f"select 1 from {table} where raw_sha256 = ? limit 1", [digest]).fetchone():
+            return True
+    return False
 
 
 def open_count(db: Database) -> int:

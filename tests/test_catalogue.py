@@ -372,6 +372,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_big_local_paths.py::test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte",
         "tests/test_big_local_paths.py::test_reparse_of_a_50_mb_message_is_bounded_and_restores_the_attachment",
     ),
+    74: tests(
+        "tests/test_quarantine_discard.py::test_discard_keeps_the_raw_bytes_in_an_export_file_and_status_no_longer_counts_it",
+        "tests/test_quarantine_discard.py::test_discard_asks_for_confirmation_and_without_a_terminal_needs_yes",
+        "tests/test_quarantine_discard.py::test_discard_without_export_says_the_bytes_are_not_kept",
+        "tests/test_quarantine_discard.py::test_export_writes_the_raw_message_to_a_file_for_a_bug_report",
+        "tests/test_quarantine_discard.py::test_a_message_never_downloaded_is_discarded_with_a_word_that_no_bytes_are_kept",
+    ),
 }
 
 

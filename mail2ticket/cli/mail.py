@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mail2ticket.cli.output import echo_fitted, json_option, print_json, print_table, shown_time
@@ -192,14 +194,11 @@ def quarantine_show(app, qid, raw, as_json):
       mail2ticket quarantine show 12
       mail2ticket quarantine show 12 --raw > message.eml
     """
-    from mail2ticket.quarantine import get_entry
-    from mail2ticket.store import get_raw
+    from mail2ticket.quarantine import get_entry, raw_of
 
     entry = get_entry(app.db, qid)
     if raw:
-        data = get_raw(app.db, entry["raw_sha256"]) if entry["raw_sha256"] else None
-        if data is None:
-            raise click.ClickException("this message was too large to download; it is still on the server")
+        data = raw_of(app.db, entry)
         import sys
 
         sys.stdout.buffer.write(data)
@@ -233,13 +232,94 @@ def quarantine_retry(app, qids, retry_all):
     failed = 0
     for qid in qids:
         entry = retry(cfg, app.db, qid)
-        if entry["resolved_at"]:
+        if entry["discarded_at"]:
+            failed += 1
+            click.echo(f"#{qid}: discarded; nothing to retry", err=True)
+        elif entry["resolved_at"]:
             click.echo(f"#{qid}: imported as message {entry['resolved_message']}")
         else:
             failed += 1
             click.echo(f"#{qid}: still failing: {entry['error']}", err=True)
     if failed:
         raise click.exceptions.Exit(1)
+
+
+@quarantine_group.command("discard")
+@click.argument("qids", type=int, nargs=-1, required=True)
+@click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the raw messages are kept (default: quarantine-discarded/ beside the database).")
+@click.option("--no-export", is_flag=True, help="Keep no copy of the raw messages.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def quarantine_discard(app, qids, export_dir, no_export, yes):
+    """Take messages that will never import out of the quarantine for good.
+
+    Each message's raw bytes are first written to a file (mode 600) in the
+    export directory, then removed from the database; the command says where,
+    or that no copy is kept (--no-export, or a message that was never
+    downloaded: it is still on the server). A discarded message no longer counts
+    as waiting in 'status' and is never imported again. Asks for confirmation
+    unless --yes (required when not on a terminal).
+
+    \b
+    Examples:
+      mail2ticket quarantine discard 12
+      mail2ticket quarantine discard 12 13 --yes --export-dir /var/tmp/bad-mail
+    """
+    import sys
+
+    from mail2ticket.quarantine import discard, get_entry
+
+    entries = [get_entry(app.db, qid) for qid in dict.fromkeys(qids)]
+    if export_dir is None and not no_export:
+        export_dir = app.config().database.parent / "quarantine-discarded"
+    if no_export:
+        export_dir = None
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("confirm with --yes when not on a terminal")
+        kept = f"a copy of each is kept in {export_dir}" if export_dir else "NO copy is kept"
+        n = len(entries)
+        click.confirm(f"Discard {n} quarantined message{'' if n == 1 else 's'} ({kept})?", abort=True)
+    for entry in entries:
+        done = discard(app.db, entry["id"], export_dir)
+        if done["export_path"]:
+            click.echo(f"#{entry['id']}: discarded; its raw bytes are kept in {done['export_path']}")
+        elif entry["raw_sha256"] is None:
+            click.echo(f"#{entry['id']}: discarded; no bytes kept: it was never downloaded and is still on "
+                       f"the server (UID {entry['uid']} in {entry['folder']})")
+        else:
+            click.echo(f"#{entry['id']}: discarded; its raw bytes are not kept")
+
+
+@quarantine_group.command("export")
+@click.argument("qid", type=int)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="The file to write ('-': standard output; default: quarantine-ID.eml here).")
+@click.pass_obj
+def quarantine_export(app, qid, output):
+    """Write a quarantined message's raw bytes to a file (.eml), e.g. for a bug report.
+
+    The file is created with mode 600 and never overwrites one that exists; the
+    entry stays in the quarantine.
+
+    \b
+    Examples:
+      mail2ticket quarantine export 12
+      mail2ticket quarantine export 12 -o /tmp/bug-12.eml
+    """
+    from mail2ticket.quarantine import get_entry, raw_of, write_private
+
+    data = raw_of(app.db, get_entry(app.db, qid))
+    if str(output) == "-":
+        import sys
+
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    path = output or Path(f"quarantine-{qid}.eml")
+    write_private(path, data)
+    click.echo(f"Quarantine entry #{qid} written to {path} ({len(data)} bytes).")
 
 
 def register(cli: click.Group) -> None:
