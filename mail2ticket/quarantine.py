@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-    ),
 import os
 from pathlib import Path
 
@@ -14,9 +13,6 @@ from mail2ticket.bigmessage import BIG_MESSAGE, Spool, take_stored
 from mail2ticket.config import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.importer import ImportContext, Incoming, _prepare, _Prepared, import_batch
-from mail2ticket.store import now_iso, transaction
-    ),
-from mail2ticket.importer import ImportContext, Incoming, import_batch
 from mail2ticket.store import get_raw, log_event, now_iso, transaction
 
 log = logging.getLogger(__name__)
