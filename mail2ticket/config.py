@@ -620,7 +620,7 @@ def write_account(cfg: Config, values: dict[str, Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Account {clean['name']!r}, written by 'mail2ticket'. Edit freely; the password is not\n"
-        "# here but in the keyring (or see README: Passwords on a headless server).\n"
+        "# here but in the keyring (or see README: Passwords).\n"
     )
     write_account_entries(target, [clean], header)
     return target

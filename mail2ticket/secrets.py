@@ -38,7 +38,7 @@ def store_password(account_name: str, password: str) -> None:
     except KeyringError as exc:
         raise SecretError(
             f"the keyring refused to store the password of account {account_name!r}: {exc}",
-            "unlock the keyring, or see README: Passwords on a headless server",
+            "unlock the keyring, or see README: Passwords",
         ) from None
 
 

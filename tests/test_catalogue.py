@@ -379,6 +379,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_quarantine_discard.py::test_export_writes_the_raw_message_to_a_file_for_a_bug_report",
         "tests/test_quarantine_discard.py::test_a_message_never_downloaded_is_discarded_with_a_word_that_no_bytes_are_kept",
     ),
+    67: tests(
+        "tests/test_hints.py::test_every_readme_section_and_docs_anchor_named_in_code_help_or_docs_exists",
+        "tests/test_hints.py::test_a_wrong_password_without_a_terminal_says_to_rerun_add_account_and_saves_nothing",
+        "tests/test_hints.py::test_a_wrong_password_on_a_terminal_is_asked_again",
+        "tests/test_hints.py::test_the_documented_health_check_fails_for_a_service_that_never_came_up",
+        "tests/test_hints.py::test_the_ingest_help_examples_are_the_documented_setup",
+    ),
 }
 
 

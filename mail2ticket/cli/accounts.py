@@ -82,6 +82,17 @@ def _ask_since(account, secret: str, count: int, oldest: str | None):
         return since
 
 
+def _rerun_hint(hint: str | None, name: str) -> str:
+    """The hint of a refused sign-in during add-account: the account does not exist yet, so
+    'accounts set-password' cannot help; add-account must be run again."""
+    import re
+
+    rest = re.sub(r"\(?(then run )?'?mail2ticket accounts set-password \S+?'?(\)|(?=\s|$))", "", hint or "")
+    rest = re.sub(r";\s*\(", " (", " ".join(rest.split())).strip(" ;")
+    rerun = f"nothing was saved: run 'mail2ticket add-account {name} ...' again with the right password"
+    return f"{rest}; {rerun}" if rest else rerun
+
+
 def show_preset_steps(preset, err: bool = True) -> None:
     """What to do at the provider before the password (or sign-in) is asked for."""
     if not preset:
@@ -212,7 +223,20 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
         secret = read_password(password_stdin)
     first = None  # (messages the first poll imports, day the oldest arrived)
     if not no_verify:
-        count = verify_account(account, secret, echo=lambda m: click.echo(m, err=True))
+        from mail2ticket.errors import AuthError
+
+        # A refused password: on a terminal, ask again (three tries in all); otherwise say that
+        # nothing was saved and to run add-account again ('accounts set-password' has no account).
+        tries = 3 if not oauth and not password_stdin and sys.stdin.isatty() else 1
+        for attempt in range(1, tries + 1):
+            try:
+                count = verify_account(account, secret, echo=lambda m: click.echo(m, err=True))
+                break
+            except AuthError as exc:
+                if attempt == tries:
+                    raise AuthError(str(exc), _rerun_hint(exc.hint, name)) from None
+                click.echo(f"Sign-in refused: {exc} Try again ({attempt + 1} of {tries}).", err=True)
+                secret = read_password(False)
         click.echo(f"All {count} checks passed.", err=True)
         try:
             first = first_import(account, secret, values["since"])

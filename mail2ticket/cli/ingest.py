@@ -89,10 +89,13 @@ def ingest(app, account_name, lock_timeout):
     the MTA keeps it and retries. A message that cannot be parsed is stored in
     the quarantine: exit 0, with a warning.
 
+    Run it as the daemon's user with the daemon's --config, so that both use one
+    database (docs/local-sources.md: "One database for everything").
+
     \b
     Examples:
-      mail2ticket ingest --account support < message.eml
-      /etc/aliases:  support: "|/usr/local/bin/mail2ticket ingest --account support"
+      mail2ticket --config /etc/mail2ticket/config.toml ingest --account support < request.eml
+      master.cf: flags=DRX user=mail2ticket argv=/opt/mail2ticket/bin/mail2ticket --config /etc/mail2ticket/config.toml ingest --account ${nexthop}
     """
     import sys
 
