@@ -16,7 +16,7 @@ from mail2ticket.store import log_event
 
 log = logging.getLogger(__name__)
 # hold_reason() (outbox.py) reasons: the mail is held back, and an event on the ticket says so.
-HELD_PREFIXES = ("loop protection:", "failing address:")
+HELD_PREFIXES = ("loop protection:", "failing address:", "not a mailbox:")
 
 _NO_REPLY_LOCAL = re.compile(
     r"^(mailer-daemon|postmaster|abuse|bounces?|do[-_.]?not[-_.]?reply|no[-_.]?reply|"
@@ -107,13 +107,11 @@ def account_start(db: Database, account: Any) -> datetime:
 
 
 def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
-    """Acknowledgements queued for ``address`` since ``since`` (all accounts)."""
-    since_iso = since.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    return db.execute(
-        "select count(*) from outbox where to_address = ? and kind = 'ack' and status != 'held' "
-        "and created_at >= ?",
-        [address.lower(), since_iso],
-    ).fetchone()[0]
+    """Acknowledgements queued since ``since`` (all accounts) for the mailbox of ``address``:
+    subaddresses and, where the provider ignores them, dots do not count as another mailbox."""
+    from mail2ticket.outbox import automatic_count
+
+    return automatic_count(db, since=since, address=address, kinds=("ack",))
 
 
 def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple[bool, str]:
@@ -156,8 +154,17 @@ def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple
     sent = automatic_mails_sent(db, sender, datetime.now(UTC) - timedelta(seconds=parse_duration(period)))
     if sent >= limit:
         return False, f"rate limit: {sent} automatic mail(s) to {sender} in the last {period} (limit {limit})"
-    from mail2ticket.outbox import hold_reason
+    from mail2ticket.outbox import automatic_count, hold_reason
 
+    # However many senders: a flood of forged senders must not make us a spam cannon (item 56).
+    limit, period = settings["auto_reply_account_limit"], settings["auto_reply_account_period"]
+    sent = automatic_count(db, since=datetime.now(UTC) - timedelta(seconds=parse_duration(period)),
+                           kinds=("ack",), account=account.name)
+    if sent >= limit:
+        log.warning("account %s: %s acknowledgement(s) in the last %s (auto_reply_account_limit = %s): "
+                    "no more until the period has passed", account.name, sent, period, limit)
+        return False, (f"rate limit: {sent} acknowledgement(s) from account {account.name} in the last "
+                       f"{period} (auto_reply_account_limit = {limit})")
     held = hold_reason(cfg, db, to_address=sender, ticket_id=outcome.ticket_id)
     if held:
         return False, held

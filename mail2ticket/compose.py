@@ -96,6 +96,61 @@ def check_address(address: str | None) -> str:
     return address
 
 
+# --- mailboxes (item 56) -----------------------------------------------------------------------
+# Providers that ignore dots in the local part; googlemail.com is gmail.com.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+# Names at our own domains that are no person's mailbox: no automatic mail goes to them.
+_ROLE_LOCAL = re.compile(
+    r"^(mailer-daemon|postmaster|abuse|root|hostmaster|webmaster|nobody|daemon|"
+    r"bounces?(?:[-_.+].*)?|do[-_.]?not[-_.]?reply|no[-_.]?reply(?:[-_.+].*)?|no[-_.]?response)$",
+    re.I,
+)
+
+
+def mailbox_key(address: str) -> str:
+    """The mailbox behind an address, for counting: lower case, without a ``+tag`` subaddress,
+    and without dots where the provider ignores them (gmail.com, googlemail.com)."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return address.strip().lower()
+    domain = DOTLESS_DOMAINS.get(domain, domain)
+    base = local.split("+", 1)[0] or local
+    if domain in DOTLESS_DOMAINS.values():
+        base = base.replace(".", "") or base
+    return f"{base}@{domain}"
+
+
+def mailbox_domains(key: str) -> list[str]:
+    """The domains whose addresses can have the mailbox key ``key`` (gmail.com: both names)."""
+    domain = key.rpartition("@")[2]
+    return [d for d, canon in DOTLESS_DOMAINS.items() if canon == domain] or [domain]
+
+
+def not_a_mailbox(address: str, own_domains: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """Why ``address`` cannot be a real outside mailbox (no automatic mail goes to it), or None:
+    % or ! routing in the local part, localhost, an IP address, a no-reply or role name of one of
+    ``own_domains``."""
+    import ipaddress
+
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return f"{address} has no domain"
+    if "%" in local or "!" in local:
+        return f"{address} routes through another host (% or ! in the local part)"
+    if domain in ("localhost", "localhost.localdomain") or domain.endswith(".localhost"):
+        return f"{address} is on localhost"
+    try:
+        ipaddress.ip_address(domain.strip("[]").removeprefix("ipv6:"))
+        return f"{address} names an IP address, not a domain"
+    except ValueError:
+        pass
+    if domain.startswith("["):
+        return f"{address} names an address literal, not a domain"
+    if domain in own_domains and _ROLE_LOCAL.match(local):
+        return f"{address} is a no-reply or role name of our own domain"
+    return None
+
+
 def safe_msgids(ids: list[str]) -> list[str]:
     """The message ids that are safe to repeat in In-Reply-To/References."""
     return [i for i in ids if i and _MSGID_RE.match(i)]
@@ -114,12 +169,13 @@ TEMPLATE_FIELDS = ("ticket", "tag", "subject", "requester", "account")
 _FIELD_RE = re.compile(r"\{(\w*)\}")
 
 DEFAULT_TEMPLATES = {
-    "ack_subject": "{tag} {subject}",
+    # The acknowledgement repeats nothing of the incoming mail (item 56): a template that wants
+    # the subject asks for {subject}.
+    "ack_subject": "{tag} We have received your message",
     "ack_body": (
         "Hello,\n\n"
         "thank you for your message. We have opened ticket {tag} for it and will answer\n"
         "as soon as we can. Please keep {tag} in the subject when you write to us about it.\n\n"
-        "Your subject: {subject}\n\n"
         "-- \n"
         "This is an automatic reply; there is no need to answer it.\n"
     ),
@@ -182,7 +238,7 @@ def check_conversation_settings(values: dict[str, Any]) -> None:
                 )
     if values.get("reply_status", "pending") not in ("open", "pending", "closed"):
         raise ValueError("'conversations.reply_status' must be \"open\", \"pending\" or \"closed\"")
-    for key in ("auto_reply_limit", "auto_mail_ticket_limit", "auto_mail_address_limit"):
+    for key in ("auto_reply_limit", "auto_reply_account_limit", "auto_mail_ticket_limit", "auto_mail_address_limit"):
         if values.get(key, 1) < 0:
             raise ValueError(f"'conversations.{key}' must be 0 or more")
     if values.get("reply_all_limit", 20) < 1:

@@ -194,6 +194,9 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
     "reply_status": (_str, "pending", '"open", "pending" or "closed"'),
     "auto_reply_limit": (_int, 1, "a number of automatic mails per sender and period"),
     "auto_reply_period": (_str, "24h", 'a duration such as "24h"'),
+    # At most this many acknowledgements from one account per period, whoever they go to (item 56).
+    "auto_reply_account_limit": (_int, 100, "a number of acknowledgements per account and period"),
+    "auto_reply_account_period": (_str, "1h", 'a duration such as "1h"'),
     "outbox_expire": (_str, "5d", 'a duration such as "5d"'),
     # Loop protection over all automatic mail (acks, notices), RELIABILITY 45 and 46.
     "auto_mail_ticket_limit": (_int, 10, "a number of automatic mails per ticket and period"),
@@ -465,7 +468,7 @@ def _check_schedule(path: Path, key: str, value: str) -> None:
 def _check_conversations(path: Path, values: dict[str, Any]) -> None:
     from mail2ticket.compose import check_conversation_settings
 
-    for key in ("auto_reply_period", "outbox_expire", "auto_mail_ticket_period", "auto_mail_address_period",
+    for key in ("auto_reply_period", "auto_reply_account_period", "outbox_expire", "auto_mail_ticket_period", "auto_mail_address_period",
                 "failing_address_hold"):
         _check_duration(path, f"conversations.{key}", values[key])
     try:

@@ -26,7 +26,10 @@ from mail2ticket.compose import (
     check_address,
     conversation_settings,
     header_text,
+    mailbox_domains,
+    mailbox_key,
     make_tag,
+    not_a_mailbox,
     render,
     tagged_subject,
 )
@@ -86,25 +89,35 @@ def failing_participants(db: Database, ticket_id: int) -> list[dict]:
 
 
 def automatic_count(db: Database, *, since: datetime, ticket_id: int | None = None,
-                    address: str | None = None) -> int:
-    """Automatic mails queued (held ones not counted) since ``since``, on a ticket or to an address."""
-    kinds = ",".join("?" * len(AUTOMATIC_KINDS))
-    where = [f"kind in ({kinds})", "status != 'held'", "created_at >= ?"]
-    args: list[Any] = [*AUTOMATIC_KINDS, _iso(since)]
+                    address: str | None = None, kinds: tuple[str, ...] = AUTOMATIC_KINDS,
+                    account: str | None = None) -> int:
+    """Automatic mails queued (held ones not counted) since ``since``, on a ticket, from an
+    account, or to the mailbox of an address (compose.mailbox_key: ``v.i.c.t.i.m+1@gmail.com``
+    is ``victim@gmail.com``, item 56)."""
+    where = [f"kind in ({','.join('?' * len(kinds))})", "status != 'held'", "created_at >= ?"]
+    args: list[Any] = [*kinds, _iso(since)]
     if ticket_id is not None:
         where.append("ticket_id = ?")
         args.append(ticket_id)
-    if address is not None:
-        where.append("to_address = ?")
-        args.append(address.lower())
-    return db.execute(f"select count(*) from outbox where {' and '.join(where)}", args).fetchone()[0]
+    if account is not None:
+        where.append("account = ?")
+        args.append(account)
+    if address is None:
+        return db.execute(f"select count(*) from outbox where {' and '.join(where)}", args).fetchone()[0]
+    key = mailbox_key(address)
+    domains = mailbox_domains(key)
+    where.append("(" + " or ".join("to_address like ?" for _ in domains) + ")")
+    args += [f"%@{d}" for d in domains]
+    rows = db.execute(f"select to_address from outbox where {' and '.join(where)}", args)
+    return sum(1 for (to,) in rows if mailbox_key(to or "") == key)
 
 
 def hold_reason(cfg: Any, db: Database, *, to_address: str, ticket_id: int | None,
                 now: datetime | None = None) -> str | None:
     """Why one more automatic mail to ``to_address`` (about ``ticket_id``) must not be sent, or None.
 
-    A failing address (a bounce said so, RELIABILITY 46), or too many automatic mails on the
+    An address that is no outside mailbox (compose.not_a_mailbox, item 56), a failing address
+    (a bounce said so, RELIABILITY 46), or too many automatic mails on the
     ticket or to the address within [conversations] auto_mail_*_period (RELIABILITY 45): what
     stops a ping-pong with a responder that ignores Auto-Submitted.
     """
@@ -112,6 +125,10 @@ def hold_reason(cfg: Any, db: Database, *, to_address: str, ticket_id: int | Non
 
     now = now or datetime.now(UTC)
     address = to_address.lower()
+    own_domains = {a.email.lower().rpartition("@")[2] for a in getattr(cfg, "accounts", []) if a.email}
+    nowhere = not_a_mailbox(address, own_domains)
+    if nowhere:
+        return f"not a mailbox: {nowhere}; no automatic mail goes to it"
     failing = failing_address(db, address, now)
     if failing is not None:
         return (

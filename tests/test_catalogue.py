@@ -297,6 +297,14 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_bounces.py::test_with_authserv_id_only_a_report_our_own_mail_server_authenticated_marks_an_address",
         "tests/test_threading.py::test_a_forged_bounce_quoting_our_id_adds_no_participant_and_does_not_reopen",
     ),
+    56: tests(
+        "tests/test_ack_limits.py::test_one_mailbox_behind_subaddresses_and_dots_gets_one_acknowledgement",
+        "tests/test_ack_limits.py::test_a_flood_from_many_addresses_is_capped_per_account_and_hour",
+        "tests/test_ack_limits.py::test_the_account_cap_is_on_by_default",
+        "tests/test_ack_limits.py::test_the_default_acknowledgement_does_not_repeat_the_subject_or_the_text",
+        "tests/test_ack_limits.py::test_no_automatic_mail_goes_to_an_address_that_is_no_outside_mailbox",
+        "tests/test_acknowledge.py::test_a_new_ticket_gets_a_threaded_tagged_auto_replied_acknowledgement",
+    ),
     57: tests(
         "tests/test_reply.py::test_reply_all_to_thousands_of_cc_refuses_without_yes_and_stores_a_bounded_cc_list",
         "tests/test_reply.py::test_reply_all_within_the_limit_needs_no_yes_and_the_limit_is_configurable",
