@@ -394,6 +394,14 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_hints.py::test_the_documented_health_check_fails_for_a_service_that_never_came_up",
         "tests/test_hints.py::test_the_ingest_help_examples_are_the_documented_setup",
     ),
+    75: tests(
+        "tests/test_machine_output.py::test_status_and_quarantine_list_piped_give_iso_8601_utc_like_tickets_list",
+    ),
+    76: tests(
+        "tests/test_machine_output.py::test_run_logs_carry_a_timestamp_when_not_under_journald",
+        "tests/test_machine_output.py::test_under_journald_the_log_has_no_timestamp_of_its_own",
+        "tests/test_machine_output.py::test_reparse_counts_one_message_in_the_singular",
+    ),
 }
 
 

@@ -68,16 +68,25 @@ def stderr_is_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+class StampedFormatter(logging.Formatter):
+    """'TIME LEVEL message', the time in ISO 8601 with the local offset (2026-03-01T14:05:09+01:00):
+    for a log file or a terminal, where nobody else adds the time."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        from datetime import datetime
+
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="seconds")
+
+
 def setup_logging(debug: bool = False, level: int = logging.WARNING) -> None:
     """One line per event on stderr, secrets never logged: '<N>message' under journald (which
-    adds the time and reads the level), 'LEVEL message' when piped, with the time on a terminal."""
+    adds the time and reads the level), 'TIME LEVEL message' anywhere else (a terminal, a file,
+    a pipe: cron, nohup, docker)."""
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(message)s"))
-    elif sys.stderr.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(StampedFormatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("mail2ticket")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else level)

@@ -36,7 +36,8 @@ def reparse_command(app, ticket_ids, all_, dry_run, as_json):
         print_json(report.to_dict() | {"dry_run": dry_run})
     else:
         verb = "would change" if dry_run else "changed"
-        click.echo(f"{report.messages} messages read again: {len(report.changed)} {verb}, "
+        noun = "message" if report.messages == 1 else "messages"
+        click.echo(f"{report.messages} {noun} read again: {len(report.changed)} {verb}, "
                    f"{len(report.failed)} unreadable")
         for mid, error in report.failed.items():
             click.echo(f"message {mid}: {error}", err=True)
