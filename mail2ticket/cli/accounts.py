@@ -121,7 +121,10 @@ def show_preset_steps(preset, err: bool = True) -> None:
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]),
               help="Import only mail from this date on (YYYY-MM-DD). Without it, add-account says how many "
               "messages the first poll would import, and asks for a date on a terminal.")
-@click.option("--after-import", default="seen", show_default=True, help='"seen", "none", "delete" or "move:FOLDER".')
+@click.option("--after-import", default="seen", show_default=True,
+              help='What to do with a message on the server once it is stored: "seen" (flag it \\Seen), '
+              '"none" (leave it as it is), "delete", "archive" (the folder the server marks \\Archive, else \\All) or '
+              '"move:FOLDER".')
 @click.option("--disabled", is_flag=True, help="Write the account but do not poll it yet.")
 @click.option("--password-stdin", is_flag=True, help="Read the app password from standard input.")
 @click.option("--no-verify", is_flag=True, help="Save without logging in to IMAP and SMTP first.")
@@ -275,6 +278,34 @@ def accounts_group():
     """List, check and manage the configured mailboxes."""
 
 
+# Config values that may hold a secret (a client secret; a command line that may carry a password
+# or a token): shown as set, never in clear (issue 13.10). Read them in the account's file.
+HIDDEN_KEYS = ("oauth_client_secret", "password_command")
+HIDDEN = "(hidden)"
+# Keys that apply only to mailboxes read over IMAP, and those that apply only to polled sources.
+IMAP_ONLY = ("imap_host", "imap_port", "imap_security", "folder", "push", "batch_size")
+POLLED_ONLY = ("since", "after_import", "poll", "path")
+
+
+def _applicable(row: dict) -> dict:
+    """The keys of an account that apply to it, for people: no oauth_* keys on a password account,
+    no IMAP keys on a Maildir or pipe account, no unset (empty) values."""
+    out = {}
+    for key, value in row.items():
+        if value is None or value == "" or value == []:
+            continue
+        if key.startswith("oauth_") and row.get("auth") != "oauth2":
+            continue
+        if key in IMAP_ONLY and row.get("source") != "imap":
+            continue
+        if key in POLLED_ONLY and row.get("source") == "pipe":
+            continue
+        if key == "path" and row.get("source") != "maildir":
+            continue
+        out[key] = value
+    return out
+
+
 def _account_rows(app):
     from mail2ticket.store import account_status
 
@@ -283,6 +314,9 @@ def _account_rows(app):
     out = []
     for a in cfg.accounts:
         d = a.to_dict()
+        for key in HIDDEN_KEYS:
+            if d.get(key):
+                d[key] = HIDDEN
         st = status.get(a.name, {})
         d["last_poll_at"] = st.get("last_poll_at")
         d["last_result"] = st.get("last_result")
@@ -325,6 +359,11 @@ def accounts_list(app, as_json):
 def accounts_show(app, name, as_json):
     """Show one account's settings and health.
 
+    Only the settings that apply to the account are shown (no OAuth2 keys on a
+    password account, no IMAP keys on a Maildir account, nothing unset); --json
+    has every key. A client secret and a password_command are shown as
+    "(hidden)": read them in the account's file (defined_in).
+
     \b
     Examples:
       mail2ticket accounts show support
@@ -335,8 +374,10 @@ def accounts_show(app, name, as_json):
     if as_json:
         print_json(row)
         return
-    for key, value in row.items():
-        click.echo(f"{key:>18}: {'' if value is None else value}")
+    shown = _applicable(row)
+    shown.setdefault("last_result", "never polled")
+    for key, value in shown.items():
+        click.echo(f"{key:>18}: {value}")
 
 
 @accounts_group.command("test")
