@@ -108,7 +108,10 @@ def test_an_mta_piping_many_messages_in_parallel_gets_one_ticket_each_and_none_f
 def test_a_reply_piped_in_joins_the_ticket_of_its_original(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     assert ingest(config, message(1, "Printer jams")).exit_code == 0
-    reply = ingest(config, message(2, "Re: Printer jams", In_Reply_To="<pipe-1@example.org>"))
+    # From the same customer: a stranger naming their Message-ID gets a ticket of its own (item 53).
+    same_sender = message(2, "Re: Printer jams", In_Reply_To="<pipe-1@example.org>").replace(
+        b"customer2@example.org", b"customer1@example.org")
+    reply = ingest(config, same_sender)
     assert reply.exit_code == 0, reply.stderr
     assert "stored as a follow-up to ticket #1" in reply.stdout
     (ticket,) = tickets(config)

@@ -124,7 +124,9 @@ def test_new_mail_arriving_later_is_imported_by_the_next_poll(tmp_path: Path) ->
 def test_a_reply_delivered_in_the_same_poll_as_its_original_joins_the_original_ticket(tmp_path: Path) -> None:
     root = make_maildir(tmp_path / "Maildir")
     # The reply's file is written first, but its unique name says it was delivered later.
-    deliver(root, message(2, "Re: Printer jams", In_Reply_To="<request-1@example.org>"), "1772442500.M2P1.host")
+    # From the same customer: a stranger naming their Message-ID gets a ticket of its own (item 53).
+    reply = message(2, "Re: Printer jams", In_Reply_To="<request-1@example.org>")
+    deliver(root, reply.replace(b"customer2@example.org", b"customer1@example.org"), "1772442500.M2P1.host")
     deliver(root, message(1, "Printer jams"), "1772442000.M1P1.host")
     config = write_config(tmp_path, root)
     result = run(config, "poll")
