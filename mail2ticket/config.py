@@ -211,6 +211,8 @@ CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
 PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "workers": (_int, None, "a number of parser processes, 0 to parse in the main process"),
     "parse_timeout": (_int, 60, "seconds one message may take to parse before it is quarantined"),
+    # The daemon's logins to one server per second (start-up, reloads, reconnects): docs/daemon.md.
+    "logins_per_second": (lambda v: _int(v) or isinstance(v, float), 5, "a number of logins per second"),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance"}
 
@@ -285,6 +287,7 @@ class Config:
     exists: bool = True
     workers: int | None = None  # parser processes; None: one per core, at most 4 (mail2ticket.pipeline)
     parse_timeout: int = 60
+    logins_per_second: float = 5  # the daemon's logins to one server per second (mail2ticket.push)
 
     def account(self, name: str) -> Account:
         for account in self.accounts:
@@ -560,7 +563,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         accounts.append(account)
     conversations = _check_table(cfg_path, "conversations", data.get("conversations", {}), CONVERSATION_KEYS)
     performance = _check_table(cfg_path, "performance", data.get("performance", {}), PERFORMANCE_KEYS)
-    for key, low in (("workers", 0), ("parse_timeout", 1)):
+    for key, low in (("workers", 0), ("parse_timeout", 1), ("logins_per_second", 0.01)):
         if performance[key] is not None and performance[key] < low:
             raise ConfigError(f"{cfg_path}: 'performance.{key}' must be at least {low}")
     _check_conversations(cfg_path, conversations)
@@ -585,6 +588,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         exists=exists,
         workers=performance["workers"],
         parse_timeout=performance["parse_timeout"],
+        logins_per_second=performance["logins_per_second"],
     )
 
 

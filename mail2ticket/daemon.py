@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from datetime import UTC, datetime
 from functools import partial
@@ -25,7 +25,14 @@ from mail2ticket import __version__
 from mail2ticket.config import Account, Config, load_config
 from mail2ticket.errors import Mail2TicketError, SecretError
 from mail2ticket.notify import Notifier
-from mail2ticket.schedules import add_jobs, frequency_warning, parse_schedule
+from mail2ticket.push import WorkerPool
+from mail2ticket.schedules import (
+    PollPlan,
+    add_jobs,
+    frequency_warning,
+    parse_schedule,
+    spread_offsets,
+)
 from mail2ticket.store import now_iso, open_db, transaction
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,9 @@ DEFAULT_WORKERS = 4  # accounts polled at the same time; each poll holds one IMA
 JOB_WORKERS = 2  # outbox sender, overdue check: their own pool, so slow polls never delay them
 HEARTBEAT_SECONDS = 10  # how often the daemon row is refreshed
 STALE_AFTER_SECONDS = 60  # a heartbeat older than this means the daemon is not running
-STOP_GRACE_SECONDS = 10  # how long a stop waits for the batch being imported
+STOP_GRACE_SECONDS = 8  # how long a stop waits for the batch being imported (exit within 10 s)
+RELOAD_POLL_SECONDS = 5  # a reload polls an account at most once in this long (a burst of SIGHUPs)
+SLICE_SECONDS = 2.0  # a poll with more to import yields its thread after this when others wait
 
 
 class DaemonError(Mail2TicketError):
@@ -135,31 +144,38 @@ def job_schedule_key(job: Callable) -> str:
 # --- running jobs: bounded pools, never the same job twice at once -------------------------------
 
 
+# How urgent each reason for a poll is (lower first).
+PRIORITY = {"push": 0, "renew": 0, "start": 1, "reload": 1, "continue": 2, "schedule": 2}
+
+
 class JobRunner:
     """Runs keyed work on bounded thread pools: a key that is still running is never started
     again (a later request is skipped, or with ``again=True`` remembered and run once more
-    after it), and each pool is separate so slow polls never hold up the other jobs."""
+    after it), and each pool is separate so slow polls never hold up the other jobs. Within a
+    pool, more urgent work (a lower ``priority``) is started first."""
 
     def __init__(self, pools: dict[str, int]):
-        self._pools = {name: ThreadPoolExecutor(size, thread_name_prefix=name) for name, size in pools.items()}
+        self._pools = {name: WorkerPool(size, name) for name, size in pools.items()}
         self._lock = threading.Lock()
         self._running: dict[str, Future] = {}
-        self._again: set[str] = set()
+        self._again: dict[str, tuple[str, Callable[[], object], int]] = {}
         self.closed = False
 
-    def submit(self, pool: str, key: str, func: Callable[[], object], *, again: bool = False) -> bool:
+    def submit(self, pool: str, key: str, func: Callable[[], object], *, again: bool = False,
+               priority: int = 0) -> bool:
         """Start ``func`` on ``pool`` under ``key``; False when ``key`` is still running."""
         with self._lock:
             if self.closed:
                 return False
             if key in self._running:
                 if again:
-                    self._again.add(key)
+                    old = self._again.get(key)
+                    self._again[key] = (pool, func, min(priority, old[2]) if old else priority)
                 return False
-            self._running[key] = self._pools[pool].submit(self._call, pool, key, func)
+            self._running[key] = self._pools[pool].submit(priority, partial(self._call, key, func))
             return True
 
-    def _call(self, pool: str, key: str, func: Callable[[], object]) -> None:
+    def _call(self, key: str, func: Callable[[], object]) -> None:
         try:
             func()
         except Exception as exc:  # every job is wrapped: one exception is logged, the daemon lives on
@@ -168,27 +184,55 @@ class JobRunner:
         finally:
             with self._lock:
                 self._running.pop(key, None)
-                rerun = key in self._again and not self.closed
-                self._again.discard(key)
+                rerun = self._again.pop(key, None) if not self.closed else None
             if rerun:
-                self.submit(pool, key, func)
+                pool, func, priority = rerun
+                self.submit(pool, key, func, priority=priority)
 
     def running(self) -> list[str]:
         with self._lock:
             return sorted(self._running)
 
+    def waiting(self, pool: str, below: int) -> bool:
+        return self._pools[pool].waiting(below)
+
+    @property
+    def thread_count(self) -> int:
+        return sum(len(p.threads) for p in self._pools.values())
+
     def close(self, timeout: float) -> list[str]:
         """Start nothing new, wait up to ``timeout`` s for what runs; the keys still running."""
         with self._lock:
             self.closed = True
+            self._again.clear()
             running = dict(self._running)
-        wait_futures(list(running.values()), timeout=timeout)
-        for executor in self._pools.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown()  # what still waits for a thread is dropped
+        wait_futures([f for f in running.values() if not f.cancelled()], timeout=timeout)
         return sorted(key for key, fut in running.items() if not fut.done())
 
 
 # --- the daemon ----------------------------------------------------------------------------------------
+
+
+class _Slice:
+    """What a poll checks between batches as its ``stop``: set when the daemon stops, or once the
+    poll has had SLICE_SECONDS and other work of the same or more urgency waits for a thread. A
+    poll cut this way has committed (and flagged) everything it imported, and is queued again:
+    an account importing thousands of messages never holds a thread while others' mail waits."""
+
+    def __init__(self, stop: threading.Event, runner: JobRunner, priority: int):
+        self.stop, self.runner, self.priority = stop, runner, priority
+        self.started = time.monotonic()
+        self.cut = False
+
+    def is_set(self) -> bool:
+        if self.stop.is_set():
+            return True
+        if time.monotonic() - self.started >= SLICE_SECONDS and self.runner.waiting("poll", self.priority + 1):
+            self.cut = True
+            return True
+        return False
 
 
 class Daemon:
@@ -205,38 +249,52 @@ class Daemon:
         self.workers = max(1, workers)
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
-        self.scheduler = schedule.Scheduler()
+        self.scheduler = schedule.Scheduler()  # the other jobs (outbox, overdue): a few
+        self.plan = PollPlan()  # every account's polls: a heap, cheap for thousands
         self.cfg: Config | None = None
+        self.hub = None  # push.PushHub: every IDLE session
+        self.gate = None  # push.LoginGate: logins spread over time
         self._lock = threading.Lock()
-        self._watchers: dict[str, object] = {}
         self._warned: set[tuple[str, str]] = set()
         self._signal: int | None = None
         self._reload_requested = False
         self._results: dict[str, object] = {}
         self._last_poll: tuple[str, str] | None = None
+        self._last_reload_poll: dict[str, float] = {}  # account -> when a reload last polled it (monotonic)
+        self._deferred: dict[str, float] = {}  # account -> when a reload's poll is due (monotonic)
+        self._secrets: dict[str, str] = {}  # account -> digest of the password last looked up
+        self._published: dict[str, dict] = {}
+        self._published_push: dict[str, dict] = {}
         self._config_note = ""
+        self._status_due = False
         self.imported = 0
         self.daemon_id: int | None = None
 
     # --- start and stop ----------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped; returns the exit code (0 after a clean stop)."""
+        from mail2ticket.push import LoginGate, PushHub
+
         self.cfg = cfg = load_config(self.config_path)
-        check_secrets(cfg, cfg.accounts, fail_if_none=True)
+        check_secrets(cfg, cfg.accounts, fail_if_none=True, seen=self._secrets)
         self._lock_file = acquire_lock(cfg.database)
         self.db = open_db(cfg.database, busy_timeout_ms=5000)
+        raise_open_files_limit()
         self._install_signals()
         self.runner = JobRunner({"poll": self.workers, "job": JOB_WORKERS})
+        self.gate = LoginGate(_login_rate(cfg))
+        self.hub = PushHub(partial(self.request_poll, reason="push"), self.stop_event, gate=self.gate)
         self.daemon_id = self._start_heartbeat()
         try:
             self._apply_config(cfg, previous=None)
-            enabled = [a.name for a in cfg.accounts if a.enabled]
+            enabled = [a for a in cfg.accounts if a.enabled]
             if not enabled:
                 log.warning("no enabled accounts in %s: waiting for a reload (SIGHUP)", cfg.path)
             log.info("mail2ticket %s started (pid %d): %d account(s), %d worker(s), database %s",
                      __version__, os.getpid(), len(enabled), self.workers, cfg.database)
-            for name in enabled:  # a first poll right away, then on schedule
-                self.request_poll(name, "start", ignore_backoff=True)
+            for account in enabled:  # a first poll right away (push: once its session is open)
+                if not _pushed(account):
+                    self.request_poll(account.name, "start", ignore_backoff=True)
             self.notifier.ready(self.summary())
             self._loop()
         finally:
@@ -266,6 +324,9 @@ class Daemon:
                 self._reload_requested = False
                 self.reload()
             try:
+                for name in self.plan.due():
+                    self.request_poll(name, "schedule")
+                self._run_deferred()
                 self.scheduler.run_pending()
             except Exception as exc:  # a job only submits work; still, the loop lives on
                 log.error("scheduler: %s: %s", exc.__class__.__name__, exc)
@@ -273,12 +334,17 @@ class Daemon:
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_SECONDS
                 self._heartbeat()
+            if self._status_due:
+                self._status_due = False
+                self.notifier.status(self.summary())
             interval = self.notifier.watchdog_interval
             if interval and now >= next_watchdog:
                 next_watchdog = now + interval
                 self.notifier.watchdog()
-            idle = self.scheduler.idle_seconds
-            timeout = 1.0 if idle is None else max(0.0, min(1.0, idle))
+            waits = [1.0, self.scheduler.idle_seconds, self.plan.idle_seconds()]
+            if self._deferred:
+                waits.append(min(self._deferred.values()) - now)
+            timeout = max(0.0, min(w for w in waits if w is not None))
             if self._signal is None and not self._reload_requested:
                 with contextlib.suppress(InterruptedError, OSError):
                     ready, _, _ = select.select([self._wake_r], [], [], timeout)
@@ -292,19 +358,17 @@ class Daemon:
         self.notifier.stopping(f"stopping ({name})")
         self.stop_event.set()
         self.scheduler.clear()
-        watchers = list(self._watchers.values())
-        for watcher in watchers:
-            watcher.stop()
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        if self.hub is not None:
+            self.hub.close()  # idle sessions log out at once; a busy one when its batch is committed
         unfinished = self.runner.close(STOP_GRACE_SECONDS)
-        for watcher in watchers:
-            watcher.join(timeout=max(0.1, deadline - time.monotonic()))
         try:
             with transaction(self.db):
                 self.db.execute(
                     "update daemon set stopped_at = ?, heartbeat_at = ?, status = ? where id = ?",
                     [now_iso(), now_iso(), f"stopped ({name})", self.daemon_id],
                 )
+                if self.db["push_sessions"].exists():
+                    self.db.execute("delete from push_sessions")
         except Exception as exc:
             log.warning("could not record the stop in the database: %s", exc)
         if unfinished:
@@ -318,12 +382,13 @@ class Daemon:
 
     # --- configuration -----------------------------------------------------------------------
     def _apply_config(self, cfg: Config, previous: Config | None) -> None:
-        """(Re)build every scheduled job and push session from ``cfg``."""
+        """(Re)build the schedules from ``cfg``; open, close or restart only the push sessions
+        whose account was added, removed or changed (the others keep their connection)."""
         from mail2ticket import service
-        from mail2ticket.push import PushWatcher
 
         self.scheduler.clear()
         enabled = [a for a in cfg.accounts if a.enabled]
+        groups: dict[str, list[str]] = {}
         for account in enabled:
             text = account.poll or cfg.schedule["poll"]
             sched = parse_schedule(text)
@@ -332,25 +397,33 @@ class Daemon:
                 warning = frequency_warning(f"account {account.name}", sched)
                 if warning:
                     log.warning("%s", warning)
-            add_jobs(self.scheduler, sched, partial(self.request_poll, account.name, "schedule"),
-                     tag=f"poll:{account.name}")
+            groups.setdefault(text, []).append(account.name)
+        planned: set[str] = set()
+        for text, names in groups.items():
+            sched = parse_schedule(text)
+            # Accounts sharing a schedule are spread over its period, not all polled at :00.
+            for name, offset in spread_offsets(names, sched).items():
+                self.plan.set(name, sched, offset)
+                planned.add(name)
+        for name in self.plan.names() - planned:
+            self.plan.remove(name)
         for job in service.AFTER_POLL_JOBS:
             key = job_schedule_key(job)
             text = cfg.schedule.get(key) or cfg.schedule["poll"]
             add_jobs(self.scheduler, parse_schedule(text), partial(self.request_job, job),
                      tag=f"job:{job_name(job)}")
             log.debug("job %s scheduled on [schedule] %s = %r", job_name(job), key, text)
-        # Push: one IDLE session per account with push = true; restarted when the account changed.
-        wanted = {a.name: a for a in enabled if a.push and a.source == "imap"}
-        for name, watcher in list(self._watchers.items()):
-            if wanted.get(name) != watcher.account:
-                watcher.stop()
-                del self._watchers[name]
+        if self.gate is not None:
+            self.gate.rate = _login_rate(cfg)
+        # Push: one IDLE session per account with push = true; touched only when the account changed.
+        wanted = {a.name: a for a in enabled if _pushed(a)}
+        current = self.hub.accounts() if self.hub is not None else {}
+        for name, account in current.items():
+            if wanted.get(name) != account:
+                self.hub.remove(name)
         for name, account in wanted.items():
-            if name not in self._watchers:
-                watcher = PushWatcher(account, partial(self.request_poll, reason="push"), self.stop_event)
-                self._watchers[name] = watcher
-                watcher.start()
+            if current.get(name) != account:
+                self.hub.add(account)
         self._publish_jobs()
 
     def reload(self) -> None:
@@ -380,18 +453,67 @@ class Daemon:
         with self._lock:
             for name in removed:
                 self._results.pop(name, None)
+        for name in removed:
+            self._deferred.pop(name, None)
         self._apply_config(new, previous=old)
-        check_secrets(new, [after[n] for n in added + changed], fail_if_none=False)
+        check_secrets(new, [after[n] for n in added + changed], fail_if_none=False, seen=self._secrets)
         log.info("config reloaded: %d account(s) enabled; added: %s; removed: %s; changed: %s",
                  sum(a.enabled for a in new.accounts), ", ".join(added) or "none",
-                 ", ".join(removed) or "none", ", ".join(changed) or "none")
-        # A reload is an explicit request: poll every enabled account now, backoff or not
-        # (after 'accounts set-password', the account is tried at once).
-        for account in new.accounts:
-            if account.enabled:
-                self.request_poll(account.name, "reload", ignore_backoff=True)
+                 ", ".join(removed) or "none", ", ".join(config_changes(old, new)) or "none")
+        self._poll_after_reload(new, set(added) | set(changed))
         self.notifier.ready(self.summary())
         self._heartbeat()
+
+    def _poll_after_reload(self, cfg: Config, new_or_changed: set[str]) -> None:
+        """A reload polls each enabled account once, but reloads poll an account at most once
+        in RELOAD_POLL_SECONDS (a burst of SIGHUPs costs one poll, and one deferred, per account),
+        and never around its backoff unless its config or its password changed (a login that
+        failed is not repeated just because of a reload). A push account whose session is open
+        needs no poll: its server tells us about new mail; an added or changed one is polled
+        when its new session opens."""
+        now = time.monotonic()
+        for account in cfg.accounts:
+            if not account.enabled:
+                continue
+            name = account.name
+            if _pushed(account):
+                session = self.hub.session(name) if self.hub is not None else None
+                if name in new_or_changed or (session is not None and session.state in ("idle", "busy")):
+                    continue
+            retry = name in new_or_changed or (_backing_off(self.db, name) and self._password_changed(account))
+            last = self._last_reload_poll.get(name)
+            if retry or last is None or now - last >= RELOAD_POLL_SECONDS:
+                self._deferred.pop(name, None)
+                self._last_reload_poll[name] = now
+                self.request_poll(name, "reload", ignore_backoff=retry)
+            else:
+                self._deferred.setdefault(name, last + RELOAD_POLL_SECONDS)
+
+    def _run_deferred(self) -> None:
+        if not self._deferred:
+            return
+        now = time.monotonic()
+        for name, due in list(self._deferred.items()):
+            if due <= now:
+                del self._deferred[name]
+                self._last_reload_poll[name] = now
+                self.request_poll(name, "reload")
+
+    def _password_changed(self, account: Account) -> bool:
+        """Whether ``account``'s password differs from the one last looked up (after 'accounts
+        set-password' and a reload, an account in backoff is tried at once)."""
+        from mail2ticket.secrets import get_password
+
+        if account.source != "imap" or account.name not in self._secrets:
+            return False
+        try:
+            digest = _digest(get_password(account))
+        except Exception:
+            return False
+        if digest != self._secrets.get(account.name):
+            self._secrets[account.name] = digest
+            return True
+        return False
 
     # --- running jobs ----------------------------------------------------------------------------
     def request_poll(self, name: str, reason: str = "schedule", *, ignore_backoff: bool = False) -> None:
@@ -401,7 +523,7 @@ class Daemon:
             return
         started = self.runner.submit(
             "poll", f"poll:{name}", partial(self._poll_job, name, reason, ignore_backoff),
-            again=reason in ("push", "reload"),
+            again=reason in ("push", "reload", "continue"), priority=PRIORITY.get(reason, 2),
         )
         if not started and reason == "schedule":
             log.debug("account %s: previous poll still running; this run skipped", name)
@@ -420,15 +542,26 @@ class Daemon:
         if account is None:
             return  # removed or disabled by a reload since it was scheduled
         db = open_db(cfg.database)  # one connection per worker thread
+        box = None
+        result = None
+        cut = _Slice(self.stop_event, self.runner, PRIORITY.get(reason, 2))
         try:
             if not ignore_backoff and _backing_off(db, name):
                 log.debug("account %s: backing off after failures; poll skipped", name)
                 return
-            log.debug("account %s: polling (%s)", name, reason)
-            result = run_poll(cfg, db, account, stop=self.stop_event)
+            if _pushed(account) and self.hub is not None:
+                box = self.hub.borrow(name)  # import over the open IDLE connection: no login
+            if box is None and account.source == "imap" and not self.gate.wait(account.imap_host, self.stop_event):
+                return
+            log.debug("account %s: polling (%s%s)", name, reason, ", over the IDLE connection" if box else "")
+            result = run_poll(cfg, db, account, stop=cut, box=box)
         finally:
+            if box is not None:
+                self.hub.release(name, box, ok=result is not None and result.ok)
             db.close()
         self._poll_done(account, result)
+        if cut.cut and not self.stop_event.is_set():
+            self.request_poll(name, "continue", ignore_backoff=True)  # the rest, after the others
 
     def _run_job(self, job: Callable) -> None:
         cfg = self.cfg
@@ -443,7 +576,7 @@ class Daemon:
             self._results[account.name] = result
             self.imported += result.stored
             self._last_poll = (account.name, datetime.now().strftime("%H:%M:%S"))
-        self.notifier.status(self.summary())
+        self._status_due = True  # sent by the main loop, at most once a second: not per poll
 
     def summary(self) -> str:
         """The one-line STATUS= for systemctl status."""
@@ -453,10 +586,22 @@ class Daemon:
             failing = [n for n in enabled if n in self._results and not self._results[n].ok]
             last = self._last_poll
         parts = [f"{len(enabled)} account{'s' if len(enabled) != 1 else ''}"]
-        parts.append(f"{len(failing)} failing ({', '.join(failing)})" if failing else "all ok")
+        if len(failing) > 5:
+            parts.append(f"{len(failing)} failing ({', '.join(failing[:5])}, ...)")
+        else:
+            parts.append(f"{len(failing)} failing ({', '.join(failing)})" if failing else "all ok")
         parts.append(f"{self.imported} message{'s' if self.imported != 1 else ''} imported since start")
         if last:
             parts.append(f"last poll {last[1]} ({last[0]})")
+        if self.hub is not None:
+            counts = self.hub.counts()
+            total = sum(counts.values())
+            if total:
+                opened = counts.get("idle", 0) + counts.get("busy", 0)
+                text = f"push sessions {opened} of {total} open"
+                if counts.get("waiting"):
+                    text += f" ({counts['waiting']} could not open, see status)"
+                parts.append(text)
         if self._config_note:
             parts.append(self._config_note)
         return "; ".join(parts)
@@ -469,6 +614,8 @@ class Daemon:
             # Keep a short history of starts; the newest row is the one 'status' reads.
             self.db.execute("delete from daemon where id not in (select id from daemon order by id desc limit 19)")
             self.db.execute("delete from daemon_jobs")
+            self.db.execute(PUSH_SESSIONS_TABLE)
+            self.db.execute("delete from push_sessions")
             cursor = self.db.execute(
                 "insert into daemon (pid, host, version, config, started_at, heartbeat_at, status) "
                 "values (?, ?, ?, ?, ?, ?, ?)",
@@ -484,11 +631,34 @@ class Daemon:
                     [now_iso(), self.summary(), self.daemon_id],
                 )
             self._publish_jobs()
+            self._publish_push()
         except Exception as exc:
             log.warning("could not write the heartbeat: %s", exc)
 
+    def _publish_push(self) -> None:
+        """Write each push session's state (open, waiting after a failure and why) for 'status';
+        only the rows that changed since the last heartbeat."""
+        if self.hub is None:
+            return
+        rows = {snap["account"]: snap for snap in self.hub.snapshot()}
+        changed = [row for name, row in rows.items() if self._published_push.get(name) != row]
+        gone = [name for name in self._published_push if name not in rows]
+        if not changed and not gone:
+            return
+        with transaction(self.db):
+            for name in gone:
+                self.db.execute("delete from push_sessions where account = ?", [name])
+            for row in changed:
+                self.db.execute(
+                    "insert or replace into push_sessions (account, state, since, error, failures, retry_at) "
+                    "values (?, ?, ?, ?, ?, ?)",
+                    [row["account"], row["state"], row["since"], row["error"], row["failures"], row["retry_at"]],
+                )
+        self._published_push = rows
+
     def _publish_jobs(self) -> None:
-        """Write each job's next run, so 'status' can show every account's next poll."""
+        """Write each job's next run, so 'status' can show every account's next poll (only the
+        rows that changed since the last time)."""
         rows: dict[str, dict] = {}
         for job in self.scheduler.get_jobs():
             if job.next_run is None:
@@ -496,24 +666,110 @@ class Daemon:
             tag = next(iter(job.tags), None)
             if tag is None:
                 continue
-            at = job.next_run.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+            at = _iso(job.next_run.astimezone(UTC))
             if tag in rows and rows[tag]["next_run_at"] <= at:
                 continue
-            kind, _, rest = tag.partition(":")
-            rows[tag] = {"name": tag, "account": rest if kind == "poll" else None,
-                         "schedule": None, "next_run_at": at}
+            rows[tag] = {"name": tag, "account": None, "schedule": None, "next_run_at": at}
         cfg = self.cfg
-        for row in rows.values():
-            if row["account"]:
-                acct = next((a for a in cfg.accounts if a.name == row["account"]), None)
-                row["schedule"] = (acct.poll if acct else None) or cfg.schedule["poll"]
+        accounts = {a.name: a for a in cfg.accounts}
+        for name, when in self.plan.next_runs().items():
+            acct = accounts.get(name)
+            rows[f"poll:{name}"] = {"name": f"poll:{name}", "account": name, "next_run_at": _iso(when),
+                                    "schedule": (acct.poll if acct else None) or cfg.schedule["poll"]}
+        changed = [row for name, row in rows.items() if self._published.get(name) != row]
+        gone = [name for name in self._published if name not in rows]
+        if not changed and not gone:
+            return
         try:
             with transaction(self.db):
-                self.db.execute("delete from daemon_jobs")
-                if rows:
-                    self.db["daemon_jobs"].insert_all(rows.values())
+                if not self._published:
+                    self.db.execute("delete from daemon_jobs")
+                for name in gone:
+                    self.db.execute("delete from daemon_jobs where name = ?", [name])
+                if changed:
+                    self.db["daemon_jobs"].upsert_all(changed, pk="name")
+            self._published = rows
         except Exception as exc:
             log.warning("could not record the schedule: %s", exc)
+
+
+PUSH_SESSIONS_TABLE = (
+    "create table if not exists push_sessions (account text primary key, state text, since text, "
+    "error text, failures integer, retry_at text)"
+)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _pushed(account: Account) -> bool:
+    return account.push and account.source == "imap"
+
+
+def _digest(password: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(password.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _login_rate(cfg: Config) -> float:
+    from mail2ticket.push import DEFAULT_LOGINS_PER_SECOND
+
+    return float(getattr(cfg, "logins_per_second", None) or DEFAULT_LOGINS_PER_SECOND)
+
+
+def raise_open_files_limit() -> None:
+    """One socket per push account: raise the soft limit on open files to the hard one (systemd
+    gives services 1024 soft, 524288 hard), so a thousand accounts do not run out."""
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("could not raise the open files limit: %s", exc)
+
+
+_ACCOUNT_SECRET_KEYS = {"password_command", "oauth_client_secret"}
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """What a reload changed, in words for the log: each changed account with the keys that
+    changed (never their values: some are secrets), each changed [schedule] key with its old
+    and new value, and the other sections by name."""
+    import dataclasses
+
+    out: list[str] = []
+    before = {a.name: a for a in old.accounts}
+    for account in new.accounts:
+        prev = before.get(account.name)
+        if prev is None or prev == account:
+            continue
+        keys = [f.name for f in dataclasses.fields(account)
+                if f.name not in ("defined_in",) and getattr(prev, f.name) != getattr(account, f.name)]
+        if not keys and prev.defined_in != account.defined_in:
+            keys = ["moved to " + account.defined_in]
+        out.append(f"account {account.name} ({', '.join(keys)})")
+    for key in sorted(set(old.schedule) | set(new.schedule)):
+        a, b = old.schedule.get(key), new.schedule.get(key)
+        if a != b:
+            out.append(f"[schedule] {key} {a!r} -> {b!r}")
+    for attr, label in (("sla", "[sla]"), ("rules", "rules"), ("conversations", "[conversations]"),
+                        ("max_message_size", "[limits] max_message_size"),
+                        ("max_attachment_size", "[limits] max_attachment_size"),
+                        ("workers", "[performance] workers"), ("parse_timeout", "[performance] parse_timeout"),
+                        ("logins_per_second", "[performance] logins_per_second")):
+        a, b = getattr(old, attr, None), getattr(new, attr, None)
+        if a != b:
+            if attr in ("sla", "rules", "conversations"):
+                out.append(label)
+            else:
+                out.append(f"{label} {a!r} -> {b!r}")
+    return out
 
 
 def _backing_off(db: Database, account: str) -> bool:
@@ -521,7 +777,8 @@ def _backing_off(db: Database, account: str) -> bool:
     return bool(row and row[0] and row[0] > now_iso())
 
 
-def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool) -> None:
+def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool,
+                  seen: dict[str, str] | None = None) -> None:
     """Look up each enabled IMAP account's password once. Each missing one is logged (naming
     every source tried); with ``fail_if_none``, no password at all is fatal: nothing could run."""
     from mail2ticket.secrets import get_password
@@ -530,9 +787,12 @@ def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool) -
     errors: list[SecretError] = []
     for account in wanted:
         try:
-            get_password(account)
+            password = get_password(account)
         except SecretError as exc:
             errors.append(exc)
+        else:
+            if seen is not None:
+                seen[account.name] = _digest(password)
     if fail_if_none and wanted and len(errors) == len(wanted):
         first = errors[0]  # one line from the CLI's error boundary, nothing else
         if len(errors) > 1:

@@ -43,6 +43,7 @@ class Notifier:
         data = "\n".join(fields).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(1.0)  # a reader that does not read must not stall the daemon
                 sock.sendto(data, self.address)
         except OSError as exc:
             if not self._warned:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
@@ -228,12 +229,14 @@ def _forget_fetch_failures(db: Database, account: Account, uidvalidity: int, uid
 
 
 def poll_account(
-    cfg: Config, db: Database, account: Account, password: str, *, hooks=None, stop=None
+    cfg: Config, db: Database, account: Account, password: str | None, *, hooks=None, stop=None, box=None
 ) -> PollResult:
     """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure.
 
     ``stop`` (a threading.Event): once set, the poll ends after the batch being imported is
-    committed and flagged, and logs out; the rest waits for the next poll."""
+    committed and flagged, and logs out; the rest waits for the next poll. ``box``: an open,
+    logged-in Mailbox to import over (the daemon's IDLE session), left open afterwards;
+    without one the poll opens its own connection with ``password``."""
     result = PollResult(account.name)
     ctx = ImportContext(  # config: rules, SLA and acknowledgements (the outbox sends them later)
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
@@ -242,15 +245,15 @@ def poll_account(
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
     spools: list[Spool] = []  # large messages fetched into temp files: removed when the poll ends
     try:
-        return _poll(cfg, db, account, password, ctx, limit, result, spools, stop)
+        return _poll(cfg, db, account, password, ctx, limit, result, spools, stop, box)
     finally:
         for spool in spools:
             spool.unlink()
 
 
 def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: ImportContext, limit: int,
-          result: PollResult, spools: list[Spool], stop) -> PollResult:
-    with Mailbox(account, password) as box:
+          result: PollResult, spools: list[Spool], stop, box=None) -> PollResult:
+    with contextlib.nullcontext(box) if box is not None else Mailbox(account, password) as box:
         if _nothing_new(db, box, account):
             return result
         info = box.select(account.folder)
@@ -379,7 +382,7 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
     return result
 
 
-def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None) -> PollResult:
+def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None, box=None) -> PollResult:
     """poll_account with errors caught, logged and recorded in account_status (never raises).
 
     A poll of an account that another poll holds (this process or another on the same database)
@@ -391,7 +394,7 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=No
     # One poll per account at a time (daemon pool, push, cron 'poll'): one IMAP connection each.
     try:
         with account_lock(cfg.database, account.name):
-            return _run_poll_locked(cfg, db, account, hooks=hooks, stop=stop)
+            return _run_poll_locked(cfg, db, account, hooks=hooks, stop=stop, box=box)
     except AccountBusy as exc:
         log.info("%s; this poll skipped", exc)
         return PollResult(account.name, skipped=f"{exc}: skipped")
@@ -449,7 +452,8 @@ def _user_name() -> str:
         return str(os.geteuid())
 
 
-def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None) -> PollResult:
+def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None,
+                     box=None) -> PollResult:
     from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
     from mail2ticket.secrets import get_password
@@ -460,7 +464,8 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
 
             result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
         else:
-            result = poll_account(cfg, db, account, get_password(account), hooks=hooks, stop=stop)
+            password = None if box is not None else get_password(account)
+            result = poll_account(cfg, db, account, password, hooks=hooks, stop=stop, box=box)
     except Mail2TicketError as exc:
         result = PollResult(account.name, error=exc.one_line(), exit_code=exc.exit_code)
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem

@@ -79,6 +79,7 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
     status = account_status(db)
     daemon = daemon_state(db)
     upcoming = next_polls(db) if daemon["running"] else {}
+    sessions = push_sessions(db) if daemon["running"] else {}
     accounts = []
     alerts = []
     healthy = True
@@ -108,9 +109,11 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
                 "imported_total": st.get("imported_total", 0),
                 "failures": st.get("failures", 0),
                 "next_attempt_at": st.get("next_attempt_at"),
+                "push_session": sessions.get(a.name) if a.push and a.enabled else None,
                 "healthy": not failing,
             }
         )
+    _push_alerts(sessions, alerts)
     for ev in db.query(
         "select account, created_at, detail from events where kind = 'uidvalidity-changed' "
         "order by id desc limit 5"
@@ -143,6 +146,38 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
         "outbox": _outbox_alerts(db, alerts),
         "alerts": alerts,
     }
+
+
+def push_sessions(db: Database) -> dict[str, dict]:
+    """{account: its push (IDLE) session as the running daemon last wrote it: state (connecting,
+    idle = open, busy = importing over it, waiting = could not open and retrying, no-idle,
+    closed), since, error (the server's words), failures, retry_at}."""
+    if not db["push_sessions"].exists():
+        return {}
+    return {row.pop("account"): row for row in db.query("select * from push_sessions")}
+
+
+# How a server at its process or connection limit looks from the client: Dovecot accepts the
+# connection, then closes it during LOGIN (after 10 s) without a word.
+_CLOSED_WORDS = ("socket error: eof", "closed the", "connection reset", "eof occurred")
+
+
+def _push_alerts(sessions: dict[str, dict], alerts: list[str]) -> None:
+    """One alert per push session that could not open (up to five; then one for the rest), with
+    the server's words, and what to check when the server closed connections without a word."""
+    failing = sorted((name, row) for name, row in sessions.items() if row["state"] == "waiting")
+    for name, row in failing[:5]:
+        alerts.append(f"account {name}: push (IDLE) session could not open ({row['failures']} tries): "
+                      f"{row['error']}; next try {row['retry_at']}")
+    if len(failing) > 5:
+        alerts.append(f"... and {len(failing) - 5} more push sessions could not open "
+                      "(mail2ticket status --json: accounts[].push_session)")
+    if any(any(w in (row["error"] or "").lower() for w in _CLOSED_WORDS) for _, row in failing):
+        alerts.append(
+            "the IMAP server closed connections without an answer: a server at its process or "
+            "connection limit does this (Dovecot: default_process_limit = 100 sessions per service, "
+            "default_client_limit, mail_max_userip_connections; see docs/performance.md)"
+        )
 
 
 def _outbox_alerts(db: Database, alerts: list[str]) -> dict[str, int]:

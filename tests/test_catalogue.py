@@ -60,6 +60,8 @@ POLL_BOUND = "tests/test_hostile_input.py::test_pathological_mail_through_poll_e
 FAULTS = "tests/test_server_faults.py"
 HIJACK = "tests/test_hijack.py::test_a_forged_follow_up_gets_nowhere"
 
+PUSH_SCALE = "tests/test_push_scale.py"
+
 CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     # Process, IMAP and storage faults
     1: tests(EO),
@@ -402,15 +404,23 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_machine_output.py::test_under_journald_the_log_has_no_timestamp_of_its_own",
         "tests/test_machine_output.py::test_reparse_counts_one_message_in_the_singular",
     ),
-    # 62 is t13b's (issue 13.10); the masking in 'accounts show'/'accounts list --json' is ours:
+    # 62 is t13b's (issue 13.10); the masking in 'accounts show'/'accounts list --json' is t14a's,
+    # the burst of SIGHUPs t19a's:
     62: tests(
         "tests/test_account_display.py::test_accounts_show_and_list_json_never_print_a_client_secret_or_the_password_command",
+        f"{PUSH_SCALE}::test_a_burst_of_sighups_makes_no_extra_logins_and_does_not_bypass_backoff",
     ),
     68: tests(
         "tests/test_account_display.py::test_a_password_account_shows_no_oauth_keys_and_no_empty_ones",
         "tests/test_account_display.py::test_an_oauth_account_shows_its_oauth_keys_and_a_maildir_account_no_server_keys",
         "tests/test_account_display.py::test_add_account_help_names_every_after_import_value",
     ),
+    87: tests(f"{PUSH_SCALE}::test_fifty_push_accounts_import_over_their_idle_connections_on_a_fixed_set_of_threads"),
+    88: tests(
+        f"{PUSH_SCALE}::test_a_sighup_that_changes_one_account_touches_only_its_connection_and_says_what_changed",
+        "tests/test_schedules.py::test_accounts_sharing_a_schedule_are_spread_over_its_period",
+    ),
+    89: tests(f"{PUSH_SCALE}::test_a_server_that_refuses_a_session_shows_in_status_with_its_words_and_is_retried"),
 }
 
 

@@ -76,3 +76,25 @@ def test_polling_more_often_than_every_5_minutes_is_allowed_but_warned_about(tex
     assert bool(warning) == warned
     if warned:
         assert "account support" in warning and text in warning and "push" in warning
+
+
+def test_accounts_sharing_a_schedule_are_spread_over_its_period():
+    from mail2ticket.schedules import PollPlan, spread_offsets
+
+    sched = parse_schedule("*/5")
+    names = [f"acct{i:04d}" for i in range(1000)]
+    offsets = spread_offsets(names, sched)
+    assert sorted(offsets.values()) == [i * 300 // 1000 for i in range(1000)]
+    assert spread_offsets(["alone"], sched) == {"alone": 0}  # one account keeps the clock time
+
+    plan = PollPlan()
+    now = datetime(2026, 3, 1, 10, 0, 30, tzinfo=UTC).timestamp()
+    for name in names:
+        plan.set(name, sched, offsets[name], now=now)
+    runs = sorted(when.timestamp() - now for when in plan.next_runs().values())
+    assert 0 < runs[0] and runs[-1] <= 300  # every account once within the next period
+    per_second = [sum(1 for r in runs if s <= r < s + 1) for s in range(300)]
+    assert max(per_second) <= 4  # not 1,000 on the same second
+    due = plan.due(now + 300)
+    assert sorted(due) == names  # each once, and planned again a period later
+    assert all(300 < when.timestamp() - now <= 600 for when in plan.next_runs().values())
