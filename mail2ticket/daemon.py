@@ -550,7 +550,12 @@ class Daemon:
                 log.debug("account %s: backing off after failures; poll skipped", name)
                 return
             if _pushed(account) and self.hub is not None:
-                box = self.hub.borrow(name)  # import over the open IDLE connection: no login
+                box = self.hub.borrow(name, wait=5)  # import over the open IDLE connection: no login
+                session = self.hub.session(name) if box is None else None
+                if box is None and (reason == "push" or (session is not None and session.state == "connecting")):
+                    # Its session is (re)opening and polls once open: no second connection now.
+                    log.debug("account %s: push session not open; poll left to it", name)
+                    return
             if box is None and account.source == "imap" and not self.gate.wait(account.imap_host, self.stop_event):
                 return
             log.debug("account %s: polling (%s%s)", name, reason, ", over the IDLE connection" if box else "")

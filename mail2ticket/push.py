@@ -232,13 +232,16 @@ class PushHub:
             return sum(s.logins for s in self._sessions.values())
 
     # --- lending the connection to a poll -------------------------------------------------------
-    def borrow(self, name: str):
+    def borrow(self, name: str, wait: float = 0.0):
         """The open connection of ``name`` (IDLE ended, folder selected), or None when it has no
         session open right now. Give it back with ``release``. New mail the server announced
         just before the DONE is remembered: ``release(..., polled=False)`` asks for a poll then."""
         session = self.session(name)
         if session is None:
             return None
+        deadline = time.monotonic() + wait
+        while session.state == "busy" and time.monotonic() < deadline:
+            time.sleep(0.01)  # a renewal (DONE, IDLE) has it for a few milliseconds
         with session.lock:
             if session.state != "idle" or session.box is None:
                 return None

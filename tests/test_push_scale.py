@@ -87,6 +87,7 @@ def test_fifty_push_accounts_import_over_their_idle_connections_on_a_fixed_set_o
     daemon = start_daemon(main)
     daemon.notify.wait_for("READY", "1", timeout=20)
     sessions_open(daemon, 50)
+    wait_until(lambda: all(logins(dovecot)[u.name] for u in users), 10, "Dovecot to log the logins")
     # One selector thread waits on every IDLE socket: the threads do not grow with the accounts
     # (the daemon before issue 19 had one per push account: 56 here).
     assert threads_of(daemon.proc.pid) <= 20
@@ -137,7 +138,8 @@ def test_a_sighup_that_changes_one_account_touches_only_its_connection_and_says_
     daemon = start_daemon(main)
     daemon.notify.wait_for("READY", "1", timeout=20)
     sessions_open(daemon, 6)
-    before = logins(dovecot)
+    before = wait_until(lambda: (c := logins(dovecot)) and all(c[u.name] == 1 for u in users) and c, 10,
+                        "Dovecot to log the logins")
 
     changed = users[0]
     files[changed.name].write_text(files[changed.name].read_text() + "batch_size = 7\n")
@@ -146,8 +148,11 @@ def test_a_sighup_that_changes_one_account_touches_only_its_connection_and_says_
     sessions_open(daemon, 7)  # the changed account's new session
     log = daemon.log()
     assert f"changed: account {changed.name} (batch_size), [schedule] poll '1h' -> '2h'" in log, log
+    after = wait_until(lambda: (c := logins(dovecot))[changed.name] > before[changed.name] and c, 10,
+                       "Dovecot to log the new login")
+    time.sleep(1)  # anything else Dovecot has to log
     after = logins(dovecot)
-    assert after[changed.name] == before[changed.name] + 1
+    assert after[changed.name] == before[changed.name] + 1, daemon.log()
     assert [after[u.name] for u in users[1:]] == [before[u.name] for u in users[1:]]  # untouched
 
     dovecot.append(users[3], make_mail("After the reload"))
