@@ -12,10 +12,18 @@ the sender's country domain) adds a bonus. Bounded: only the first GUESS_PREFIX_
 
 from __future__ import annotations
 
+import contextvars
+import re
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 GUESS_PREFIX_BYTES = 4096
+# Guesses one message may make: beyond this (a message of 20,000 8-bit headers) text falls back
+# to windows-1252, so a hostile message cannot make parsing slow.
+GUESSES_PER_MESSAGE = 300
+_budget: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("guesses", default=None)
 MULTI_BYTE_SHARE = 0.8  # a multi-byte charset needs at least this score to be believed
 CONTEXT_BONUS = 0.2
 
@@ -76,12 +84,37 @@ class Guess:
     score: float
 
 
+@contextmanager
+def per_message():
+    """Bound the guesses made inside (one message) to GUESSES_PER_MESSAGE."""
+    token = _budget.set([GUESSES_PER_MESSAGE])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _spend() -> bool:
+    left = _budget.get()
+    if left is None:
+        return True
+    left[0] -= 1
+    return left[0] >= 0
+
+
 def guess(data: bytes, likely: tuple[str, ...] = ()) -> Guess | None:
-    """The most plausible charset of ``data`` (not UTF-8, not ASCII), or None if none decodes.
+    """The most plausible charset of ``data`` (not UTF-8, not ASCII), or None if none decodes
+    (or the message has used up its guesses).
 
     ``likely`` are codecs the rest of the message points to (in Python codec names).
     """
-    data = data[:GUESS_PREFIX_BYTES]
+    if not _spend():
+        return None
+    return _guess(data[:GUESS_PREFIX_BYTES], likely)
+
+
+@lru_cache(maxsize=1024)
+def _guess(data: bytes, likely: tuple[str, ...]) -> Guess | None:
     single = _best(data, SINGLE_BYTE, likely)
     multi = _best(data, MULTI_BYTE, likely)
     if multi is not None and multi.score >= MULTI_BYTE_SHARE:
@@ -139,44 +172,57 @@ def _script(ch: str) -> str:
     return "other"
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+
+
+@lru_cache(maxsize=8192)
+def _facts(ch: str, common: str, other: str, rare: str) -> tuple[float, int, bool, bool, str]:
+    """(points, kind, upper, lower, script) of a non-ASCII character; kind 1 letter, 2 neutral,
+    3 symbol."""
+    if ch.isalpha():
+        low = ch.lower()
+        points = 2 if low in common else 1.5 if low in other else 1 if low in rare else -1
+        return points, 1, ch.isupper(), ch.islower(), _script(ch)
+    if ch in _NEUTRAL or ch.isspace():
+        return 1, 2, False, False, ""
+    return (-4 if unicodedata.category(ch) in ("Cc", "Cn", "Co") else -2), 3, False, False, ""
+
+
 def _score_single(text: str, common: str, other: str, rare: str, *, latin: bool) -> float:
-    points, count, run = 0.0, 0, 0
-    prev = " "
-    for ch in text:
-        if ord(ch) < 0x80:
-            prev, run = ch, 0
-            continue
+    points, count, run, last = 0.0, 0, 0, -2
+    for match in _NON_ASCII.finditer(text):
+        i = match.start()
+        ch = match.group()
         count += 1
-        if ch.isalpha():
-            low = ch.lower()
-            points += 2 if low in common else 1.5 if low in other else 1 if low in rare else -1
-            run += 1
-            if latin and run >= 4:
+        prev = text[i - 1] if i else " "
+        run = run + 1 if i == last + 1 else 0
+        last = i
+        value, kind, upper, _lower, script = _facts(ch, common, other, rare)
+        if kind == 1:
+            points += value
+            if latin and run >= 3:
                 points -= 1  # Latin-script words are mostly ASCII letters: "ůěĺí" is no word
             if prev.isalpha():
-                if _script(prev) != _script(ch):
+                if _script(prev) != script:
                     points -= 3  # a word in two scripts: "Mьller"
-                elif ch.isupper() and prev.islower():
+                elif upper and prev.islower():
                     points -= 3  # a capital inside a word: "дцьЯ"
-                elif ch.isupper():
+                elif upper:
                     points -= 0.5  # all-capital words are rarer than small letters: "ФЕУФ"
         else:
-            run = 0
-            if ch in _NEUTRAL or ch.isspace():
-                points += 1 if not prev.isalpha() else 0
+            if kind == 2:
+                points += 0 if prev.isalpha() else value
             else:
-                category = unicodedata.category(ch)
-                points -= 4 if category in ("Cc", "Cn", "Co") else 2
-                if prev.isalpha():
-                    points -= 1  # a symbol inside a word
-        prev = ch
+                points += value - (1 if prev.isalpha() else 0)  # a symbol inside a word
+            last = -2  # a run of letters ends here
     if not count:
         return 0.0
     score = points / (2 * count)
     if not latin:
         # Mostly ASCII words around a few 8-bit letters: more likely accents than another script.
-        ascii_letters = sum(1 for ch in text if ch.isascii() and ch.isalpha())
-        letters = sum(1 for ch in text if not ch.isascii() and ch.isalpha())
+        ascii_letters = len(_ASCII_LETTER.findall(text))
+        letters = sum(1 for ch in _NON_ASCII.findall(text) if ch.isalpha())
         if ascii_letters > letters:
             score -= 0.5 * (ascii_letters - letters) / (ascii_letters + letters)
     return score
@@ -184,27 +230,31 @@ def _score_single(text: str, common: str, other: str, rare: str, *, latin: bool)
 
 def _score_multi(text: str, codec: str) -> float:
     points, count, kanji_points, kana = 0.0, 0, 0.0, False
-    for ch in text:
-        code = ord(ch)
-        if code < 0x80:
-            continue
+    for ch in _NON_ASCII.findall(text):
         count += 1
-        if 0x3000 <= code < 0x3040 or 0xFF01 <= code < 0xFF5F:
-            points += 2  # CJK punctuation, full-width forms
-        elif 0x3040 <= code < 0x3100:  # kana
-            points += 2 if codec in _JAPANESE else 1
-        elif 0xAC00 <= code < 0xD7A4:  # Hangul syllables
-            points += 2 if codec == "cp949" and _encodes(ch, "euc_kr") else -1
-        elif 0x4E00 <= code < 0xA000:  # CJK ideographs
-            kanji = _hanzi_points(ch, codec)
-            points += kanji
-            kanji_points += kanji
-        else:
-            points -= 1  # half-width kana, box drawing, Cyrillic or Greek from a CJK table...
-        kana = kana or 0x3040 <= code < 0x3100
+        value, is_kanji, is_kana = _multi_facts(ch, codec)
+        points += value
+        if is_kanji:
+            kanji_points += value
+        kana = kana or is_kana
     if codec in _JAPANESE and not kana:
         points -= kanji_points / 4  # Japanese without any kana is rare; Korean read as kanji
     return points / (2 * count) if count else 0.0
+
+
+@lru_cache(maxsize=16384)
+def _multi_facts(ch: str, codec: str) -> tuple[float, bool, bool]:
+    """(points, is an ideograph, is kana) of a non-ASCII character decoded by ``codec``."""
+    code = ord(ch)
+    if 0x3000 <= code < 0x3040 or 0xFF01 <= code < 0xFF5F:
+        return 2, False, False  # CJK punctuation, full-width forms
+    if 0x3040 <= code < 0x3100:  # kana
+        return (2 if codec in _JAPANESE else 1), False, True
+    if 0xAC00 <= code < 0xD7A4:  # Hangul syllables
+        return (2 if codec == "cp949" and _encodes(ch, "euc_kr") else -1), False, False
+    if 0x4E00 <= code < 0xA000:  # CJK ideographs
+        return _hanzi_points(ch, codec), True, False
+    return -1, False, False  # half-width kana, box drawing, Cyrillic or Greek from a CJK table...
 
 
 def _hanzi_points(ch: str, codec: str) -> float:

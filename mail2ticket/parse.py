@@ -29,7 +29,8 @@ def parse_message(raw: bytes, *, limits: ParseLimits | None = None) -> ParsedMes
     """
     limits = limits or DEFAULT_LIMITS
     try:
-        return _parse(bytes(raw), limits)
+        with charguess.per_message():
+            return _parse(bytes(raw), limits)
     except ParseError:
         raise
     except RecursionError as exc:
@@ -73,11 +74,6 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
         raise ParseError("not an e-mail message: binary data without any mail headers")
 
     hint = _charset_hint(msg)
-    header_map: dict[str, list[str]] = {}
-    for name, value in msg.raw_items():
-        key = headers.clean(str(name)).strip().lower()
-        text, _ = headers.decode(value, hint)
-        header_map.setdefault(key, []).append(text)
 
     def raw_values(name: str) -> list[object]:
         return [v for k, v in msg.raw_items() if k.lower() == name]
@@ -109,6 +105,14 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
     walker.walk(msg, depth=0, in_body=True)
     defects += walker.defects
     body_text, body_html = walker.body()
+    # Every header for display and rules, after the ones that matter most (the charset guesses a
+    # message may make are bounded: Subject, From and the body are decoded first).
+    header_map: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        key = headers.clean(str(name)).strip().lower()
+        text, _ = headers.decode(value, hint)
+        header_map.setdefault(key, []).append(text)
+
     result = ParsedMessage(
         message_id=message_ids[0] if message_ids else None,
         subject=subject,

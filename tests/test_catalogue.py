@@ -363,6 +363,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_a_short_unlabelled_subject_is_read_in_its_charset",
         "tests/test_parse_fidelity.py::test_a_short_body_without_a_charset_is_read_in_its_charset",
         "tests/test_parse_fidelity.py::test_what_the_rest_of_the_message_says_settles_an_ambiguous_text",
+        "tests/test_parse_fidelity.py::test_guessing_is_bounded_per_message_and_the_subject_still_comes_first",
     ),
     73: tests(
         "tests/test_editor_and_ids.py::test_reply_without_text_or_terminal_starts_no_editor_and_says_what_to_give",

@@ -399,3 +399,16 @@ def test_another_parts_charset_settles_an_unlabelled_part() -> None:
         ),
     )
     assert parsed_body(raw) == "Ján Kováč"
+
+
+def test_guessing_is_bounded_per_message_and_the_subject_still_comes_first() -> None:
+    # 2,000 different 8-bit headers: only the first GUESSES_PER_MESSAGE are weighed, the rest
+    # fall back to windows-1252; the Subject, decoded first, is read right.
+    from mail2ticket import charguess
+
+    junk = [f"X-Note-{n}: ".encode() + "тест".encode("koi8_r") + str(n).encode() for n in range(2000)]
+    raw = mail("From: a@example.com", b"Subject: " + "Счёт оплачен".encode("koi8_r"), *junk)
+    assert parse_message(raw).subject == "Счёт оплачен"
+    with charguess.per_message():
+        answers = [charguess.guess("тест".encode("koi8_r") + str(n).encode()) for n in range(400)]
+    assert sum(a is not None for a in answers) == charguess.GUESSES_PER_MESSAGE
