@@ -148,6 +148,7 @@ def test_status_at_80_columns_is_one_line_per_account_and_no_line_wider(desk):
     for name in names:
         assert len([line for line in lines if line.lstrip().startswith(name[:10])]) == 1, (name, lines)
     assert any("quarantine: 1 waiting" in line for line in lines)
+    assert not any("last error" in line for line in lines), "an empty column is the first to go"
 
 
 @pytest.mark.parametrize(

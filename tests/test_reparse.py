@@ -64,7 +64,7 @@ def test_reparse_of_one_ticket_re_derives_its_text_and_attachments_and_nothing_e
     assert _show(cfg, 1)["messages"][0]["body_text"] == ""
     result = run(cfg, "reparse", "--ticket", "1")
     assert result.exit_code == 0, result.output
-    assert "1 messages read again: 1 changed" in result.stdout
+    assert "1 message read again: 1 changed" in result.stdout
     [message] = _show(cfg, 1)["messages"]
     assert "The details of problem 1." in message["body_text"]
     [att] = message["attachments"]

@@ -128,7 +128,7 @@ def print_table(
     """A rich table on a terminal; plain aligned columns (no colour, no truncation) when piped.
 
     On a terminal each row is one line: no cell wraps. When the table is wider than the terminal,
-    the ``fit`` steps are applied in order until it fits: ``"hide tags"`` hides a column,
+    columns with nothing in them are hidden, then the ``fit`` steps are applied in order until it fits: ``"hide tags"`` hides a column,
     ``"shrink subject 20"`` cuts a column with an ellipsis, as far as needed but not below 20
     columns. A table that still does not fit is cut by rich, each cell ending in an ellipsis.
     """
@@ -176,6 +176,8 @@ def _print_rich_table(rows, headers, *, title, styles, row_styles, fit) -> None:
         return sum(limits.get(i, natural[i]) for i in shown) + 2 * (len(shown) - 1)
 
     room = console.width
+    if width() > room:  # a column with nothing in it says nothing: the first to go
+        hidden |= {i for i in range(len(headers)) if rows and not any(r[i].plain for r in cells)}
     for verb, name, least in _fit_steps(fit):
         excess = width() - room
         if excess <= 0:
