@@ -429,7 +429,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         if previous_status == "closed" and reopen:
             log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
                       ticket_id=ticket_id, account=item.account)
-    to_addrs, cc_addrs = _bounded(parsed, "To", parsed.to), _bounded(parsed, "Cc", parsed.cc)
+    to_addrs, cc_addrs = bounded_addresses(parsed, "To", parsed.to), bounded_addresses(parsed, "Cc", parsed.cc)
     message_row = _insert(
         db,
         "messages",
@@ -494,7 +494,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
 MAX_STORED_ADDRESSES = 100
 
 
-def _bounded(parsed: ParsedMessage, header: str, addresses: list[str]) -> list[str]:
+def bounded_addresses(parsed: ParsedMessage, header: str, addresses: list[str]) -> list[str]:
     """The first MAX_STORED_ADDRESSES of ``addresses``; a defect on the message says when cut."""
     if len(addresses) <= MAX_STORED_ADDRESSES:
         return addresses

@@ -13,7 +13,7 @@ from mail2ticket.attachments import AttachmentStore
 from mail2ticket.bigmessage import Spool, parse_file, take_stored
 from mail2ticket.config import Config
 from mail2ticket.errors import ParseError, TempFailError
-from mail2ticket.importer import ImportContext
+from mail2ticket.importer import ImportContext, bounded_addresses
 from mail2ticket.store import log_event, transaction
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ def _derived(parsed) -> dict:
         "subject": parsed.subject,
         "from_address": parsed.from_address,
         "from_name": parsed.from_name,
-        "to_addrs": json.dumps(parsed.to),
-        "cc_addrs": json.dumps(parsed.cc),
+        # At most 100 each, as at import (item 57): the raw bytes keep them all.
+        "to_addrs": json.dumps(bounded_addresses(parsed, "To", parsed.to)),
+        "cc_addrs": json.dumps(bounded_addresses(parsed, "Cc", parsed.cc)),
         "body_text": parsed.body_text,
         "body_html": parsed.body_html,
         "auto_reply": parsed.auto_reply,
