@@ -121,6 +121,8 @@ class Setup:
         lines = [
             f'[storage]\ndatabase = "{name}.db"\nattachments = "{name}.files"\n',
             f'[limits]\nmax_message_size = "{max_size}"\nmax_attachment_size = "200MB"\n',
+            # Memory is measured here, not time: a slow old parser must not end in the quarantine.
+            "[performance]\nparse_timeout = 900\n",
             '[[accounts]]\nname = "pipe"\nemail = "pipe@example.test"\nsource = "pipe"\nacknowledge = false\n',
             f'[[accounts]]\nname = "maildir"\nemail = "maildir@example.test"\nsource = "maildir"\n'
             f'path = "{maildir}"\nacknowledge = false\n',

@@ -43,6 +43,9 @@ BIG_MESSAGE = 8 * MiB  # by RFC822.SIZE: above this a message takes this path
 PIECE = 4 * MiB  # bytes per partial fetch (BODY.PEEK[]<offset.length>)
 LARGE_PART = 1 * MiB  # a leaf body longer than this is streamed, never parsed in memory
 TEXT_KEEP = 1 * MiB  # of a huge text body, this much is shown in the ticket
+# A message of more lines than this is parsed from a file whatever its size: the email package
+# spends about 85 bytes of memory on each line (8 MB of soft line breaks: about 240 MiB).
+MANY_LINES = 300_000
 SKELETON_MAX = 16 * MiB  # what is left for parse_message after the large bodies are taken out
 READ = 4 * MiB  # bytes read from the file at a time
 _HEADER_WINDOW = 1 * MiB + 4
@@ -135,6 +138,25 @@ def take(stream: BinaryIO, directory: str | os.PathLike | Callable[[], Any], thr
     return None, spool_chunks(rest(), directory)
 
 
+def too_many_lines(raw: bytes) -> bool:
+    """Whether ``raw``, though small, must be parsed from a file (MANY_LINES)."""
+    return raw.count(b"\n") > MANY_LINES
+
+
+def parse_bytes(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes,
+                limits: ParseLimits | None = None) -> tuple:
+    """parse_file's answer for a message in memory with too many lines: written to a temp file
+    beside the attachments, parsed from there, the file removed."""
+    try:
+        spool = spool_chunks([raw], store.root / "tmp")
+    except TempFailError as exc:
+        return ("tempfail", exc)
+    try:
+        return parse_file(parse, store, spool.path, limits)
+    finally:
+        spool.unlink()
+
+
 def take_stored(db: Any, sha256: str, directory: str | os.PathLike, threshold: int = BIG_MESSAGE
                 ) -> tuple[bytes | None, Spool | None] | None:
     """A stored raw message (raw_messages): ``(raw, None)`` when it is at most ``threshold`` bytes,
@@ -145,7 +167,10 @@ def take_stored(db: Any, sha256: str, directory: str | os.PathLike, threshold: i
         return None
     rowid, size = row
     if (size or 0) <= threshold:
-        return db.execute("select raw from raw_messages where rowid = ?", [rowid]).fetchone()[0], None
+        raw = db.execute("select raw from raw_messages where rowid = ?", [rowid]).fetchone()[0]
+        if raw is None or not too_many_lines(raw):
+            return raw, None
+        return None, spool_chunks([raw], directory)
     with db.conn.blobopen("raw_messages", "raw", rowid, readonly=True) as blob:
         spool = spool_chunks(iter(lambda: blob.read(MiB), b""), directory)
     if spool.sha256 != sha256:
@@ -161,6 +186,8 @@ class _File:
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
+        self._base = 0  # find's window: the bytes of the file at [_base, _base + len(_window))
+        self._window = b""
 
     def read(self, start: int, end: int) -> bytes:
         end = min(end, self.size)
@@ -172,13 +199,19 @@ class _File:
         return data
 
     def find(self, needle: bytes, start: int, end: int) -> int:
+        """The offset of ``needle`` in [start, end), or -1. Searches a window of 2 * READ bytes
+        kept between calls, so the thousands of finds of a message of many parts read the file
+        once (not 4 MB for each delimiter)."""
         pos = start
         while pos < end:
-            stop = min(end, pos + READ + len(needle) - 1)
-            i = self.read(pos, stop).find(needle)
+            stop = min(end, self.size, pos + READ + len(needle) - 1)
+            if pos < self._base or stop > self._base + len(self._window):
+                self._base = pos
+                self._window = self.read(pos, min(self.size, pos + 2 * READ + len(needle)))
+            i = self._window.find(needle, pos - self._base, stop - self._base)
             if i >= 0:
-                return pos + i
-            if stop >= end:
+                return self._base + i
+            if stop >= end or stop >= self.size:
                 return -1
             pos += READ
         return -1

@@ -153,6 +153,10 @@ def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
     digest = sha256_hex(item.raw)
     if _known(ctx.db, item, digest):
         return _Prepared(item, digest, None, None, [])  # nothing to parse: already imported
+    from mail2ticket.bigmessage import parse_bytes, too_many_lines
+
+    if too_many_lines(item.raw):  # parsed from a temp file, as a large message (bounded memory)
+        return _answered(item, digest, parse_bytes(ctx.parse, ctx.attachments, item.raw, ctx.limits))
     try:
         parsed = ctx.parse(item.raw)
     except ParseError as exc:
@@ -172,7 +176,11 @@ def _parse_spool(ctx: ImportContext, item: Incoming, digest: str) -> _Prepared:
     from mail2ticket.bigmessage import parse_file
 
     assert item.spool is not None
-    answer = parse_file(ctx.parse, ctx.attachments, item.spool.path, ctx.limits)
+    return _answered(item, digest, parse_file(ctx.parse, ctx.attachments, item.spool.path, ctx.limits))
+
+
+def _answered(item: Incoming, digest: str, answer: tuple) -> _Prepared:
+    """The _Prepared of a parse_file answer; a "tempfail" answer is raised."""
     if answer[0] == "tempfail":
         raise answer[1]
     if answer[0] == "ok":
@@ -224,6 +232,10 @@ def _prepare_parse(ctx: ImportContext, prep: _Prepared) -> _Prepared:
     item = prep.incoming
     if item.spool is not None:
         return _parse_spool(ctx, item, prep.sha256 or item.spool.sha256)
+    from mail2ticket.bigmessage import parse_bytes, too_many_lines
+
+    if item.raw is not None and too_many_lines(item.raw):
+        return _answered(item, prep.sha256 or "", parse_bytes(ctx.parse, ctx.attachments, item.raw, ctx.limits))
     try:
         parsed = ctx.parse(item.raw)
     except Exception as exc:

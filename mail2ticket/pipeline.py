@@ -92,11 +92,17 @@ def _fields(att: Any) -> dict[str, Any]:
     return fields
 
 
-def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes) -> tuple:
+def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes,
+                    limits: Any = None) -> tuple:
     """What a worker does with one message: ("ok", parsed, stored) | ("error", text) | ("tempfail", exc).
 
     Each attachment is written to the store as soon as the message is parsed and its bytes are
-    dropped, so what travels back to the main process is small whatever the attachment sizes."""
+    dropped, so what travels back to the main process is small whatever the attachment sizes.
+    A message of too many lines is parsed from a temp file, as a large one (bigmessage)."""
+    from mail2ticket.bigmessage import parse_bytes, too_many_lines
+
+    if too_many_lines(raw):
+        return parse_bytes(parse, store, raw, limits)
     try:
         parsed = parse(raw)
     except ParseError as exc:
@@ -160,7 +166,7 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None) 
 
             result = parse_file(parse, store, raw.decode("utf-8", "surrogateescape"), limits)
         else:
-            result = parse_and_store(parse, store, raw)
+            result = parse_and_store(parse, store, raw, limits)
         del raw
         try:
             conn.send(result)

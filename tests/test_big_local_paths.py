@@ -185,6 +185,29 @@ def test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb(tmp_path: Pat
     assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"
 
 
+def test_a_small_message_of_millions_of_short_lines_is_parsed_in_bounded_memory_too(tmp_path: Path) -> None:
+    """Under the 8 MB of the large-message path, but 2.6 million soft line breaks: the email
+    package alone spent about 240 MiB on its lines. Parsed from a file like a large message."""
+    raw = (
+        _head(b"short lines", b"big-local-lines")
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"Hello,=\r\n" + b"=\r\n" * (2_600_000) + b" the end.\r\n"
+    )
+    assert len(raw) < 8 * MiB
+    eml = tmp_path / "lines.eml"
+    eml.write_bytes(raw)
+    config = _config(tmp_path)
+
+    result, peak = _measured(config, "ingest", "--account", "pipe", stdin=eml)
+
+    _assert_bounded(result, peak)
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+        assert _raw_sha(conn, _sha(raw)) == _sha(raw)
+        [(subject, body)] = conn.execute("select subject, body_text from messages").fetchall()
+    assert subject == "short lines" and body.strip() == "Hello, the end."
+    assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"
+
+
 def test_ingest_of_a_50_mb_attachment_stores_it_byte_for_byte(tmp_path: Path, attachment_eml: dict) -> None:
     config = _config(tmp_path)
 

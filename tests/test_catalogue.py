@@ -378,6 +378,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_big_local_paths.py::test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb[junk-base64]",
         "tests/test_big_local_paths.py::test_ingest_of_a_50_mb_attachment_stores_it_byte_for_byte",
         "tests/test_big_local_paths.py::test_a_maildir_poll_of_a_50_mb_attachment_is_bounded_and_byte_for_byte",
+        "tests/test_big_local_paths.py::test_a_small_message_of_millions_of_short_lines_is_parsed_in_bounded_memory_too",
     ),
     86: tests(
         "tests/test_big_local_paths.py::test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte",
