@@ -372,6 +372,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_editor_and_ids.py::test_on_a_terminal_the_editor_is_opened",
         "tests/test_editor_and_ids.py::test_a_ticket_id_is_accepted_as_the_tool_prints_it",
         "tests/test_editor_and_ids.py::test_a_ticket_id_that_is_not_a_number_is_a_usage_error_naming_the_form",
+        "tests/test_quarantine_discard.py::test_quarantine_ids_are_accepted_as_the_tool_prints_them",
     ),
     85: tests(
         "tests/test_big_local_paths.py::test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb[qp-soft-breaks]",

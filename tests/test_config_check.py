@@ -121,12 +121,13 @@ def test_online_signs_in_to_each_account_like_accounts_test(tmp_path, dovecot, i
     [
         ("wrong password", 4, "IMAP sign-in"),
         ("missing folder", 1, "IMAP folder Nowhere"),
+        ("missing move: folder", 1, "IMAP after_import folder Nowhere"),  # diagnostics.check_move_folder
     ],
 )
 def test_online_fails_with_the_cause_of_the_failing_step(tmp_path, dovecot, imap_user, smtp_server,
                                                         account_config, fault, code, expected):
     store_password(imap_user.name, "wrong" if fault == "wrong password" else imap_user.password)
-    keys = {"folder": "Nowhere"} if fault == "missing folder" else {}
+    keys = {"missing folder": {"folder": "Nowhere"}, "missing move: folder": {"after_import": "move:Nowhere"}}.get(fault, {})
     config = write(tmp_path, account_config(imap_user, smtp_server, **keys))
     assert check(config).exit_code == 0, "nothing wrong to see offline"
     result = check(config, "--online")

@@ -98,3 +98,12 @@ def test_a_message_never_downloaded_is_discarded_with_a_word_that_no_bytes_are_k
     assert result.exit_code == 0, result.output
     assert "never downloaded" in result.stdout and "still on the server" in result.stdout
     assert waiting(config) == 0
+
+
+def test_quarantine_ids_are_accepted_as_the_tool_prints_them(poisoned):
+    config, entry, raw = poisoned
+    shown = _cli(config, "quarantine", "show", f"#{entry['id']}", "--raw")
+    assert shown.exit_code == 0 and shown.stdout_bytes == raw
+    assert _cli(config, "quarantine", "export", f"#{entry['id']}", "-o", "-").stdout_bytes == raw
+    wrong = _cli(config, "quarantine", "show", "first")
+    assert wrong.exit_code == 2 and "not a quarantine entry id" in wrong.stderr

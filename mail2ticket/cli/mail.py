@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mail2ticket.cli.output import echo_fitted, json_option, print_json, print_table, shown_time
+from mail2ticket.cli.params import TicketId
 
 
 @click.command("poll")
@@ -182,7 +183,7 @@ def quarantine_list(app, include_resolved, as_json):
 
 
 @quarantine_group.command("show")
-@click.argument("qid", type=int)
+@click.argument("qid", type=TicketId("quarantine entry"))
 @click.option("--raw", is_flag=True, help="Write the raw message to stdout (to save as .eml).")
 @json_option
 @click.pass_obj
@@ -212,7 +213,7 @@ def quarantine_show(app, qid, raw, as_json):
 
 
 @quarantine_group.command("retry")
-@click.argument("qids", type=int, nargs=-1)
+@click.argument("qids", type=TicketId("quarantine entry"), nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every waiting entry.")
 @click.pass_obj
 def quarantine_retry(app, qids, retry_all):
@@ -245,7 +246,7 @@ def quarantine_retry(app, qids, retry_all):
 
 
 @quarantine_group.command("discard")
-@click.argument("qids", type=int, nargs=-1, required=True)
+@click.argument("qids", type=TicketId("quarantine entry"), nargs=-1, required=True)
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the raw messages are kept (default: quarantine-discarded/ beside the database).")
 @click.option("--no-export", is_flag=True, help="Keep no copy of the raw messages.")
@@ -293,7 +294,7 @@ def quarantine_discard(app, qids, export_dir, no_export, yes):
 
 
 @quarantine_group.command("export")
-@click.argument("qid", type=int)
+@click.argument("qid", type=TicketId("quarantine entry"))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="The file to write ('-': standard output; default: quarantine-ID.eml here).")
 @click.pass_obj

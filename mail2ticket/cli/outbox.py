@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mail2ticket.cli.output import is_tty, json_option, print_json, print_table, shown_time
+from mail2ticket.cli.params import TicketId
 
 
 @click.group("outbox")
@@ -47,7 +48,7 @@ def outbox_list(app, include_sent, as_json):
 
 
 @outbox_group.command("retry")
-@click.argument("ids", type=int, nargs=-1)
+@click.argument("ids", type=TicketId("outbox entry"), nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="Every mail not sent yet, failed ones included.")
 @click.pass_obj
 def outbox_retry(app, ids, retry_all):
