@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from mail2ticket.errors import TempFailError
+from mail2ticket.fileperms import makedirs, open_new
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ class AttachmentStore:
             return sha256, rel
         tmpdir = self.root / "tmp"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmpdir.mkdir(parents=True, exist_ok=True)
+            makedirs(target.parent)
+            makedirs(tmpdir)
             tmp = tmpdir / f"{sha256}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
+            with open_new(tmp) as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -65,8 +66,8 @@ class AttachmentStore:
         digest = hashlib.sha256()
         size = 0
         try:
-            tmpdir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            makedirs(tmpdir)
+            with open_new(tmp) as f:
                 for chunk in chunks:
                     size += len(chunk)
                     if max_bytes is not None and size > max_bytes:
@@ -81,7 +82,7 @@ class AttachmentStore:
             if target.exists() and target.stat().st_size == size:
                 tmp.unlink()
                 return sha256, rel, size
-            target.parent.mkdir(parents=True, exist_ok=True)
+            makedirs(target.parent)
             os.replace(tmp, target)
             fsync_dir(target.parent)
         except OSError as exc:

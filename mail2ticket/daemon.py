@@ -811,8 +811,10 @@ def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool,
 def acquire_lock(database: Path) -> object:
     """One daemon per database: an flock beside it, released by the kernel when we exit."""
     path = Path(f"{database}.daemon.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")  # noqa: SIM115 - held open for the daemon's lifetime
+    from mail2ticket import fileperms
+
+    fileperms.makedirs(path.parent)
+    f = os.fdopen(fileperms.create(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, mode=0o600), "a+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

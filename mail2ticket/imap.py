@@ -378,7 +378,9 @@ class Mailbox:
 
         piece = piece or PIECE
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        from mail2ticket.fileperms import makedirs, open_new
+
+        makedirs(directory)  # the attachment store's tmp/: private, whatever the umask
         path = directory / f"raw-{uid}-{os.urandom(4).hex()}.{os.getpid()}.tmp"
         digest = hashlib.sha256()
         offset = 0
@@ -386,7 +388,7 @@ class Mailbox:
         why = None
         extra = [i for i in fetch_items(self.capabilities()) if not i.startswith("BODY")]
         try:
-            with open(path, "wb") as out:
+            with open_new(path) as out:
                 while True:
                     items = [f"BODY.PEEK[]<{offset}.{piece}>"] + (extra if offset == 0 else [])
                     found, failed = self._fetch_each([uid], items)

@@ -38,8 +38,10 @@ def account_lock(database: str | os.PathLike, account: str) -> Iterator[None]:
     Raises AccountBusy at once when it is held. flock belongs to the open file, so two threads of
     one process exclude each other too; the kernel drops the lock when its holder dies."""
     path = lock_path(database, account)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    from mail2ticket import fileperms
+
+    fileperms.makedirs(path.parent)
+    fd = fileperms.create(path, os.O_RDWR | os.O_CREAT, mode=0o600)  # 0600 whatever the umask
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

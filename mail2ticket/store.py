@@ -67,7 +67,7 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
     path = Path(path)
     refuse_root_on_foreign_database(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(
@@ -90,6 +90,22 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc, path)
     return db
+
+
+def _create_private(path: Path) -> None:
+    """The database's folder and file, created 0700/0600 (0750/0640 in a setgid folder) whatever
+    the umask, before SQLite opens it: SQLite gives its WAL and SHM the database file's mode."""
+    from mail2ticket import fileperms
+
+    if str(path) == ":memory:":
+        return
+    fileperms.makedirs(path.parent)
+    if not path.exists():
+        try:
+            os.close(fileperms.create(path, os.O_WRONLY | os.O_CREAT))
+        except FileExistsError:
+            pass
+    fileperms.tighten([path, Path(f"{path}-wal"), Path(f"{path}-shm")])
 
 
 def _owner_name(uid: int) -> str:
@@ -165,7 +181,9 @@ def _migrate(db, path: Path, migrations) -> None:
     import fcntl
 
     try:
-        lock = open(path.with_name(path.name + ".migrate-lock"), "a")
+        from mail2ticket.fileperms import open_new
+
+        lock = open_new(path.with_name(path.name + ".migrate-lock"), "a")
     except OSError as exc:
         raise StoreError(f"cannot create the migration lock beside {path}: {exc}",
                          "check that the directory is writable") from None

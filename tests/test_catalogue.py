@@ -424,6 +424,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_schedules.py::test_accounts_sharing_a_schedule_are_spread_over_its_period",
     ),
     89: tests(f"{PUSH_SCALE}::test_a_server_that_refuses_a_session_shows_in_status_with_its_words_and_is_retried"),
+    58: tests(
+        "tests/test_file_modes.py::test_with_umask_000_the_daemon_creates_nothing_others_can_read",
+        "tests/test_file_modes.py::test_in_a_setgid_data_directory_the_group_may_read_and_others_still_not",
+    ),
 }
 
 
