@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -10,6 +11,7 @@ from sqlite_utils import Database
 from mail2ticket.config import (
     ACCOUNT_NAME_RE,
     Config,
+    _atomic_write,
     account_entries,
     account_file,
     comment_header,
@@ -102,10 +104,56 @@ def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
 
 
 def remove_account(cfg: Config, name: str) -> bool:
-    """Delete the account's own file and its secrets in the keyring (its tickets are kept).
-    True when a secret was deleted."""
+    """Remove the account's entry from its file (the file itself when it held only that one) and
+    its secrets in the keyring; its tickets are kept. True when a secret was deleted.
+
+    In a file with several [[accounts]], only that entry goes: the others, and every comment not
+    attached to it, stay as written (the file is edited as text, then checked by parsing it)."""
     from mail2ticket.secrets import delete_password, delete_token
 
-    own_account_file(cfg, name, "remove").unlink()
+    src = own_account_file(cfg, name, "remove")
+    entries = account_entries(src)
+    if len(entries) <= 1:
+        src.unlink()
+    else:
+        _atomic_write(src, without_entry(src, entries, name).encode())
     deleted = delete_password(name)
     return delete_token(name) or deleted
+
+
+_ENTRY = re.compile(r"^\s*\[\[\s*accounts\s*\]\]\s*(#.*)?$")
+_TABLE = re.compile(r"^\s*\[")
+
+
+def without_entry(path: Path, entries: list[dict], name: str) -> str:
+    """The text of ``path`` without the [[accounts]] table named ``name`` and the comment lines
+    right above it. Refuses (ConfigError) when the result would not hold exactly the others."""
+    import tomllib
+
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if _ENTRY.match(line)]
+    keep = [e for e in entries if e.get("name") != name]
+    index = next((i for i, e in enumerate(entries) if e.get("name") == name), None)
+    if index is None or len(starts) != len(entries):
+        raise ConfigError(f"{path} holds {len(entries)} accounts", "remove the account there by hand")
+    begin = starts[index]
+    while begin > 0 and lines[begin - 1].lstrip().startswith("#"):
+        begin -= 1  # the comment that introduces this entry goes with it
+    end = len(lines)
+    for i in range(starts[index] + 1, len(lines)):
+        if _TABLE.match(lines[i]) and not lines[i].lstrip().startswith("[accounts."):
+            end = i
+            break
+    while end > begin and lines[end - 1].lstrip().startswith("#") and end < len(lines):
+        end -= 1  # ... but the next entry's comment stays with the next entry
+    text = "".join(lines[:begin] + lines[end:])
+    try:
+        left = tomllib.loads(text).get("accounts", [])
+    except tomllib.TOMLDecodeError:
+        left = None
+    if left != keep:
+        raise ConfigError(
+            f"{path} holds {len(entries)} accounts and the entry of {name!r} could not be cut out cleanly",
+            "remove the account there by hand",
+        )
+    return text

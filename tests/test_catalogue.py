@@ -428,6 +428,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_file_modes.py::test_with_umask_000_the_daemon_creates_nothing_others_can_read",
         "tests/test_file_modes.py::test_in_a_setgid_data_directory_the_group_may_read_and_others_still_not",
     ),
+    61: tests(
+        "tests/test_accounts_remove.py::test_remove_takes_only_that_entry_out_of_a_shared_file_and_keeps_the_comments",
+        "tests/test_accounts_remove.py::test_removing_the_first_and_then_the_last_entries_leaves_the_file_and_then_deletes_it",
+    ),
 }
 
 

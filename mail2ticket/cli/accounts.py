@@ -496,7 +496,11 @@ def accounts_set_password(app, name, password_stdin, no_verify):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def accounts_remove(app, name, yes):
-    """Remove an account's file and its password from the keyring (tickets are kept).
+    """Remove an account's entry and its password from the keyring (tickets are kept).
+
+    The account's file is deleted when it holds only that account; in a file with several
+    [[accounts]] only that entry (and the comment right above it) is cut out, and the other
+    accounts, their comments and their passwords stay.
 
     \b
     Example:
