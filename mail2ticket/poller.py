@@ -229,15 +229,17 @@ def _forget_fetch_failures(db: Database, account: Account, uidvalidity: int, uid
 
 
 def poll_account(
-    cfg: Config, db: Database, account: Account, password: str | None, *, hooks=None, stop=None, box=None
+    cfg: Config, db: Database, account: Account, password: str | None, *, hooks=None, stop=None, box=None,
+    result: PollResult | None = None,
 ) -> PollResult:
     """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure.
 
     ``stop`` (a threading.Event): once set, the poll ends after the batch being imported is
     committed and flagged, and logs out; the rest waits for the next poll. ``box``: an open,
     logged-in Mailbox to import over (the daemon's IDLE session), left open afterwards;
-    without one the poll opens its own connection with ``password``."""
-    result = PollResult(account.name)
+    without one the poll opens its own connection with ``password``. ``result``: counted into
+    as batches commit, so a caller still knows what was stored when the poll raises."""
+    result = result if result is not None else PollResult(account.name)
     ctx = ImportContext(  # config: rules, SLA and acknowledgements (the outbox sends them later)
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
     )
@@ -458,6 +460,7 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
 
     from mail2ticket.secrets import get_password
 
+    progress = PollResult(account.name)  # what was stored before a failure, for 'status'
     try:
         if account.source == "maildir":
             from mail2ticket.maildir import poll_maildir
@@ -465,7 +468,8 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
             result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
         else:
             password = None if box is not None else get_password(account)
-            result = poll_account(cfg, db, account, password, hooks=hooks, stop=stop, box=box)
+            result = poll_account(cfg, db, account, password, hooks=hooks, stop=stop, box=box,
+                                  result=progress)
     except Mail2TicketError as exc:
         result = PollResult(account.name, error=exc.one_line(), exit_code=exc.exit_code)
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem
@@ -500,6 +504,10 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
     except IMAPClientError as exc:
         err = ServerError(f"IMAP error from {account.imap_host}: {exc}", "the next poll resumes where this stopped")
         result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
+    if result is not progress and result.error and not progress.error:
+        # The poll raised after committing some batches: those messages are stored; count them.
+        for name in ("imported", "followups", "duplicates", "quarantined", "flagged"):
+            setattr(result, name, getattr(progress, name))
     return _record(db, account, result)
 
 

@@ -76,18 +76,23 @@ _COLUMNS = {
 
 def plain_query(text: str) -> str:
     """Text as typed -> an FTS5 query: each word (an address, a path: its parts, in order) must
-    appear; "column:word" limits that word to a column (subject, from, body)."""
+    appear; "column:word" limits that word to a column (subject, from, body). Any other
+    "word:word" ("disk:full", "error:28") is two words, each of which must appear."""
     parts = []
     for chunk in text.split():
         column = None
+        pieces = [chunk]
         head, sep, rest = chunk.partition(":")
         if sep and head.lower() in _COLUMNS:
-            column, chunk = _COLUMNS[head.lower()], rest
-        words = _TOKEN_RE.findall(chunk)
-        if not words:
-            continue
-        phrase = '"' + " ".join(words) + '"'
-        parts.append(f"{column} : {phrase}" if column else phrase)
+            column, pieces = _COLUMNS[head.lower()], [rest]
+        elif sep:
+            pieces = chunk.split(":")
+        for piece in pieces:
+            words = _TOKEN_RE.findall(piece)
+            if not words:
+                continue
+            phrase = '"' + " ".join(words) + '"'
+            parts.append(f"{column} : {phrase}" if column else phrase)
     return " ".join(parts)
 
 
@@ -106,8 +111,14 @@ def _match(db: Database, sql: str, query: str, params: list) -> list[sqlite3.Row
     try:
         return db.execute(sql, [fts_query, *params]).fetchall()
     except sqlite3.OperationalError as exc:
-        text = str(exc)
-        if any(word in text for word in ("locked", "busy", "disk", "I/O", "readonly", "no such table")):
+        # The database's own trouble is raised; anything else is the query's syntax ("no such
+        # column: disk" for 'disk:full', a stray quote): then the text is searched as words.
+        text = str(exc).lower()
+        if not text.startswith(("fts5:", "no such column", "unterminated", "unknown special query")) and any(
+            phrase in text for phrase in ("database is locked", "database table is locked", "busy",
+                                          "disk i/o", "disk image", "database or disk is full",
+                                          "readonly", "no such table")
+        ):
             raise
     plain = plain_query(query)
     if not plain:

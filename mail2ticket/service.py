@@ -103,6 +103,8 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
                 "push": a.push,
                 "next_poll_at": next_poll,
                 "last_poll_at": st.get("last_poll_at"),
+                # A pipe account is never polled: its last delivery by 'ingest' (also last_poll_at).
+                "last_delivery_at": st.get("last_poll_at") if a.source == "pipe" else None,
                 "last_result": st.get("last_result"),
                 "last_error": st.get("last_error"),
                 "last_success_at": st.get("last_success_at"),

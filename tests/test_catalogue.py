@@ -432,6 +432,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_accounts_remove.py::test_remove_takes_only_that_entry_out_of_a_shared_file_and_keeps_the_comments",
         "tests/test_accounts_remove.py::test_removing_the_first_and_then_the_last_entries_leaves_the_file_and_then_deletes_it",
     ),
+    62: tests(
+        "tests/test_search_and_status_counts.py::test_a_word_colon_word_that_is_no_column_searches_the_words",
+        "tests/test_search_and_status_counts.py::test_a_poll_that_stored_messages_and_then_lost_its_connection_counts_them",
+        "tests/test_search_and_status_counts.py::test_status_shows_a_pipe_accounts_last_delivery_and_counts_them",
+    ),
 }
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from mail2ticket.errors import Mail2TicketError, TempFailError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 
@@ -56,7 +59,21 @@ def ingest_message(cfg, db, account, raw: bytes | None, *, hooks=None, spool=Non
     # crashes the parser is quarantined (stored) instead of holding up the MTA.
     with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
         prepared = pipe.submit([incoming]).result()
-    return import_batch(ctx, [incoming], prepared=prepared)[0]
+    outcome = import_batch(ctx, [incoming], prepared=prepared)[0]
+    _record_delivery(db, account, outcome)
+    return outcome
+
+
+def _record_delivery(db, account, outcome) -> None:
+    """A pipe account's deliveries in account_status, as polls are: 'status' shows the last one
+    (time and result) and counts what was stored. Never fails the delivery: it is stored."""
+    from mail2ticket.store import record_poll
+
+    stored = 1 if outcome.status in ("imported", "followup") else 0
+    try:
+        record_poll(db, account.name, ok=True, imported=stored, result="delivered: " + _describe(outcome))
+    except Exception as exc:  # noqa: BLE001 - the message is stored; only the bookkeeping failed
+        log.warning("account %s: could not record the delivery in 'status': %s", account.name, exc)
 
 
 def _describe(outcome) -> str:
