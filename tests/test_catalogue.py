@@ -407,12 +407,6 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_machine_output.py::test_under_journald_the_log_has_no_timestamp_of_its_own",
         "tests/test_machine_output.py::test_reparse_counts_one_message_in_the_singular",
     ),
-    # 62 is t13b's (issue 13.10); the masking in 'accounts show'/'accounts list --json' is t14a's,
-    # the burst of SIGHUPs t19a's:
-    62: tests(
-        "tests/test_account_display.py::test_accounts_show_and_list_json_never_print_a_client_secret_or_the_password_command",
-        f"{PUSH_SCALE}::test_a_burst_of_sighups_makes_no_extra_logins_and_does_not_bypass_backoff",
-    ),
     68: tests(
         "tests/test_account_display.py::test_a_password_account_shows_no_oauth_keys_and_no_empty_ones",
         "tests/test_account_display.py::test_an_oauth_account_shows_its_oauth_keys_and_a_maildir_account_no_server_keys",
@@ -436,6 +430,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_search_and_status_counts.py::test_a_word_colon_word_that_is_no_column_searches_the_words",
         "tests/test_search_and_status_counts.py::test_a_poll_that_stored_messages_and_then_lost_its_connection_counts_them",
         "tests/test_search_and_status_counts.py::test_status_shows_a_pipe_accounts_last_delivery_and_counts_them",
+        # the masking of secrets in 'accounts show'/'accounts list --json' (t14a's part of 13.10):
+        "tests/test_account_display.py::test_accounts_show_and_list_json_never_print_a_client_secret_or_the_password_command",
+        # the burst of SIGHUPs (t19a's part of 13.10):
+        f"{PUSH_SCALE}::test_a_burst_of_sighups_makes_no_extra_logins_and_does_not_bypass_backoff",
     ),
 }
 
