@@ -279,3 +279,50 @@ def test_reparse_of_a_50_mb_message_is_bounded_and_restores_the_attachment(
     _check_stored(tmp_path, attachment_eml)
     again, _ = _measured(config, "reparse", "--all")
     assert again.returncode == 0 and "0 changed" in again.stdout, again.stdout
+
+
+def test_quarantine_retry_fetches_a_large_message_left_on_the_server_in_pieces(
+    dovecot, imap_user, account_config, tmp_path: Path
+) -> None:
+    """Over max_message_size, a message stays on the server (quarantined, not downloaded); once
+    the limit is raised, 'quarantine retry' fetches it as poll fetches a large one: in pieces into
+    a temp file, stored with blob I/O, parsed from the file; flagged only once stored."""
+    from mail2ticket.secrets import store_password
+
+    data = random.Random(16).randbytes(10 * MiB)
+    raw = (
+        _head(b"the server copy", b"big-local-server")
+        + b'Content-Type: multipart/mixed; boundary="==s=="\r\n\r\n'
+        b"--==s==\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLeft on the server.\r\n\r\n"
+        b'--==s==\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="s.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(data).replace(b"\n", b"\r\n")
+        + b"\r\n--==s==--\r\n"
+    )
+    dovecot.append(imap_user, raw)
+    store_password(imap_user.name, imap_user.password)
+    config = tmp_path / "config.toml"
+
+    def write(limit: str) -> None:
+        config.write_text(tomli_w.dumps({
+            "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
+            "limits": {"max_attachment_size": "60MB"},
+            "performance": {"workers": 2},
+            "accounts": [account_config(imap_user, max_message_size=limit, timeout=60)],
+        }))
+
+    write("1MB")
+    left, _ = _measured(config, "poll")
+    assert left.returncode == 0 and "1 quarantined" in left.stdout, left.stdout + left.stderr
+    assert "\\Seen" not in dovecot.flags(imap_user)[1]
+    write("100MB")
+
+    result, peak = _measured(config, "quarantine", "retry", "1")
+
+    _assert_bounded(result, peak)
+    assert "#1: imported as message 1" in result.stdout, result.stdout
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+        assert _raw_sha(conn, _sha(raw)) == _sha(raw), "the stored raw differs from the server's copy"
+        [(size, sha, rel)] = conn.execute("select size, sha256, path from attachments").fetchall()
+    assert (size, sha) == (len(data), _sha(data)) and (tmp_path / "files" / rel).read_bytes() == data
+    assert "\\Seen" in dovecot.flags(imap_user)[1], "flagged once stored"
+    assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"

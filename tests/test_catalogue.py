@@ -384,6 +384,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     86: tests(
         "tests/test_big_local_paths.py::test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte",
         "tests/test_big_local_paths.py::test_reparse_of_a_50_mb_message_is_bounded_and_restores_the_attachment",
+        "tests/test_big_local_paths.py::test_quarantine_retry_fetches_a_large_message_left_on_the_server_in_pieces",
     ),
     74: tests(
         "tests/test_quarantine_discard.py::test_discard_keeps_the_raw_bytes_in_an_export_file_and_status_no_longer_counts_it",
