@@ -199,17 +199,18 @@ def test_ignore_stores_the_message_and_closes_the_new_ticket_as_ignored(tmp_path
 def test_an_ignored_follow_up_is_stored_without_reopening_or_closing_its_ticket(tmp_path: Path):
     cfg = write_config(tmp_path, """
         [[rules]]
-        name = "bounces"
-        from = "mailer-daemon@"
+        name = "delivery notices"
+        subject = "Delivery failed"
         ignore = true
     """)
     deliver(cfg, mail("Printer broken", message_id="<p1@customer.example>"),
             mail("Toner low", message_id="<t1@customer.example>"))
     run(cfg, "tickets", "close", "1")
     bounce = "Delivery failed"
-    deliver(cfg, mail(f"Re: Printer broken {bounce}", sender="mailer-daemon@example.com",
-                      in_reply_to="<p1@customer.example>"),
-            mail(f"Re: Toner low {bounce}", sender="mailer-daemon@example.com", in_reply_to="<t1@customer.example>"))
+    # From the requester: a stranger naming the customer's Message-ID would get a ticket of its own
+    # (catalogue item 53), which is not what this test is about.
+    deliver(cfg, mail(f"Re: Printer broken {bounce}", in_reply_to="<p1@customer.example>"),
+            mail(f"Re: Toner low {bounce}", in_reply_to="<t1@customer.example>"))
     closed, still_open = ticket(cfg, 1), ticket(cfg, 2)
     assert (closed["status"], closed["message_count"]) == ("closed", 2)
     assert (still_open["status"], still_open["message_count"]) == ("open", 2)
