@@ -103,7 +103,14 @@ class Walker:
         htmls = [h for _, h in inner if h is not None]
         plain = next((p for p in plains if _meaningful(p)), plains[0] if plains else None)
         html = htmls[0] if htmls else None
-        if plain is not None and html is not None and _meaningful(plain):
+        if (
+            plain is not None
+            and html is not None
+            and _meaningful(plain)
+            and not _large(part)
+            and _LARGE_MARKER not in plain
+            and _LARGE_MARKER not in html
+        ):
             html_text = htmltext.html_to_text(html)
             if _adds_text(html_text, plain):
                 # The alternatives disagree (a paragraph, a signature, a disclaimer only in the
@@ -361,6 +368,22 @@ def _adds_text(html_text: str, plain: str) -> bool:
     for word in _WORD.findall(_ALT_TEXT.sub(" ", _URL.sub(" ", html_text)).lower()):
         run = 0 if word in known else run + 1
         if run >= ADDED_RUN:
+            return True
+    return False
+
+
+# A part this large is streamed by the large-message path (bigmessage.LARGE_PART), which shows
+# only a marker here: alternatives holding one are not compared, on either path, so both agree.
+_LARGE_PART = 1024 * 1024
+_LARGE_MARKER = "MAILTICKETLARGEPART"
+
+
+def _large(alternative: Message) -> bool:
+    for count, sub in enumerate(alternative.walk()):
+        payload = sub._payload
+        if count > 50:
+            return True
+        if isinstance(payload, str) and len(payload) > _LARGE_PART:
             return True
     return False
 

@@ -325,6 +325,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_alternatives_that_agree_keep_the_plain_body_and_add_no_part",
         "tests/test_parse_fidelity.py::test_when_each_alternative_has_its_own_text_the_longer_is_the_body_and_the_other_a_part",
         "tests/test_parse_fidelity.py::test_a_poll_shows_the_html_only_text_and_stores_the_plain_alternative",
+        "tests/test_parse_fidelity.py::test_the_large_message_path_picks_the_same_alternative",
     ),
     71: tests(
         "tests/test_exit_codes.py::test_a_wrong_password_is_exit_4_in_poll_as_in_accounts_test_and_is_said_once",

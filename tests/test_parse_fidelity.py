@@ -412,3 +412,26 @@ def test_guessing_is_bounded_per_message_and_the_subject_still_comes_first() -> 
     with charguess.per_message():
         answers = [charguess.guess("тест".encode("koi8_r") + str(n).encode()) for n in range(400)]
     assert sum(a is not None for a in answers) == charguess.GUESSES_PER_MESSAGE
+
+
+def test_the_large_message_path_picks_the_same_alternative(tmp_path: Path) -> None:
+    limits = ParseLimits(max_message_bytes=200 * MiB, max_attachment_bytes=200 * MiB)
+    plain = ("A very long log line that the customer pasted into the mail.\n" * 40_000).encode()
+    raw = alternative("", "").replace(
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n\r\n",
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(plain),
+    ).replace(
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n\r\n",
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>Our printer stopped after the update yesterday</p>\r\n",
+    )
+    path = tmp_path / "big.eml"
+    path.write_bytes(raw)
+    answer = bigmessage.parse_file(
+        lambda b: parse_message(b, limits=limits), AttachmentStore(tmp_path / "files"), str(path), limits
+    )
+    reference = parse_message(raw, limits=limits)
+    assert answer[0] == "ok", answer
+    parsed = answer[1]
+    assert parsed.body_text[:2000] == reference.body_text[:2000]
+    assert [a.filename for a in parsed.attachments] == [a.filename for a in reference.attachments]
