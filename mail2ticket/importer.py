@@ -14,6 +14,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.attachments import AttachmentStore
+from mail2ticket.autoreply import is_auto_answer
 from mail2ticket.bigmessage import Spool
 from mail2ticket.errors import ParseError, StoreError, TempFailError
 from mail2ticket.parse import ParsedMessage
@@ -407,6 +408,8 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         db.execute("update tickets set updated_at = ? where id = ?", [now, ticket_id])
         log_event(db, "report", decision.reason, ticket_id=ticket_id, account=item.account)
     elif decision.ticket_id is None:
+        # An out-of-office answer to nothing we know is kept, but closed on arrival (issue 14.11).
+        auto_answer = is_auto_answer(parsed.auto_reply)
         ticket_id = _insert(
             db,
             "tickets",
@@ -415,17 +418,29 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
                 "subject": parsed.subject or "(no subject)",
                 "requester": parsed.from_address,
                 "requester_name": parsed.from_name,
-                "status": "open",
+                "status": "closed" if auto_answer else "open",
                 "priority": "normal",
                 "created_at": now,
                 "updated_at": now,
+                **({"closed_at": now} if auto_answer else {}),
             }
         )
         status = "imported"
         log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
                   ticket_id=ticket_id, account=item.account)
+        if auto_answer:
+            db.execute("insert into ticket_tags (ticket_id, tag) values (?, 'auto-reply') on conflict do nothing",
+                       [ticket_id])
+            log_event(db, "auto-reply", f"closed on arrival, tagged auto-reply: an automatic answer "
+                      f"({parsed.auto_reply}) to no ticket of ours", ticket_id=ticket_id, account=item.account)
         if unverified:
             log_event(db, "sender-unverified", unverified, ticket_id=ticket_id, account=item.account)
+    elif is_auto_answer(parsed.auto_reply):  # an out-of-office answer: joins, changes nothing
+        ticket_id = decision.ticket_id
+        status = "followup"
+        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        log_event(db, "auto-reply", f"{decision.reason}; an automatic answer ({parsed.auto_reply}): "
+                  f"the ticket stays {previous_status}", ticket_id=ticket_id, account=item.account)
     else:
         ticket_id = decision.ticket_id
         status = "followup"

@@ -437,6 +437,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         # the burst of SIGHUPs (t19a's part of 13.10):
         f"{PUSH_SCALE}::test_a_burst_of_sighups_makes_no_extra_logins_and_does_not_bypass_backoff",
     ),
+    69: tests(
+        "tests/test_autoreply_policy.py::test_an_out_of_office_answer_to_our_reply_joins_the_ticket_and_leaves_it_pending",
+        "tests/test_autoreply_policy.py::test_an_out_of_office_answer_to_nothing_we_know_is_a_closed_auto_reply_ticket",
+        "tests/test_autoreply_policy.py::test_automatic_mail_that_is_not_an_answer_still_opens_a_ticket",
+        "tests/test_demo.py::test_the_demo_runs_with_two_commands_and_lists_its_tickets",
+    ),
 }
 
 

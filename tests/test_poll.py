@@ -246,7 +246,8 @@ def test_add_account_refuses_a_wrong_password_and_saves_nothing(setup):
     result = setup.add(password="not-the-password")
     assert result.exit_code == 4
     assert "IMAP login" in result.stderr and "refused" in result.stderr
-    assert "set-password" in result.stderr or "app password" in result.stderr
+    assert "nothing was saved" in result.stderr and "add-account" in result.stderr  # not set-password (issue 14.7)
+    assert "set-password" not in result.stderr
     assert not (setup.main.parent / "accounts.d").exists()
     assert "Traceback" not in result.output
 
