@@ -43,7 +43,9 @@ HEARTBEAT_SECONDS = 10  # how often the daemon row is refreshed
 STALE_AFTER_SECONDS = 60  # a heartbeat older than this means the daemon is not running
 STOP_GRACE_SECONDS = 8  # how long a stop waits for the batch being imported (exit within 10 s)
 RELOAD_POLL_SECONDS = 5  # a reload polls an account at most once in this long (a burst of SIGHUPs)
-SLICE_SECONDS = 2.0  # a poll with more to import yields its thread after this when others wait
+# A poll with more to import yields its thread after this when others wait, and goes on in the
+# backlog pool: on the main pool (new mail) quickly, in the backlog pool (bursts) less often.
+SLICE_SECONDS = {"poll": 0.5, "backlog": 5.0}
 
 
 class DaemonError(Mail2TicketError):
@@ -217,19 +219,25 @@ class JobRunner:
 
 class _Slice:
     """What a poll checks between batches as its ``stop``: set when the daemon stops, or once the
-    poll has had SLICE_SECONDS and other work of the same or more urgency waits for a thread. A
-    poll cut this way has committed (and flagged) everything it imported, and is queued again:
-    an account importing thousands of messages never holds a thread while others' mail waits."""
+    poll has had its SLICE_SECONDS and other work of the same or more urgency waits for a thread
+    of its pool. A poll cut this way has committed (and flagged) everything it imported, and goes
+    on in the backlog pool: an account importing thousands of messages never holds a thread of
+    the main pool while others' new mail waits."""
 
-    def __init__(self, stop: threading.Event, runner: JobRunner, priority: int):
-        self.stop, self.runner, self.priority = stop, runner, priority
+    def __init__(self, stop: threading.Event, runner: JobRunner, pool: str, priority: int):
+        self.stop, self.runner, self.pool, self.priority = stop, runner, pool, priority
         self.started = time.monotonic()
         self.cut = False
+        self.checks = 0
 
     def is_set(self) -> bool:
         if self.stop.is_set():
             return True
-        if time.monotonic() - self.started >= SLICE_SECONDS and self.runner.waiting("poll", self.priority + 1):
+        self.checks += 1
+        # The poll asks before fetching batch 1, before fetching batch 2 and before committing
+        # batch 1: a slice always ends with at least one batch committed.
+        if self.checks > 3 and (time.monotonic() - self.started >= SLICE_SECONDS[self.pool]
+                and self.runner.waiting(self.pool, self.priority + 1)):
             self.cut = True
             return True
         return False
@@ -281,7 +289,8 @@ class Daemon:
         self.db = open_db(cfg.database, busy_timeout_ms=5000)
         raise_open_files_limit()
         self._install_signals()
-        self.runner = JobRunner({"poll": self.workers, "job": JOB_WORKERS})
+        # New mail on "poll"; what a long import has left after its first slice on "backlog".
+        self.runner = JobRunner({"poll": self.workers, "backlog": max(1, self.workers // 2), "job": JOB_WORKERS})
         self.gate = LoginGate(_login_rate(cfg))
         self.hub = PushHub(partial(self.request_poll, reason="push"), self.stop_event, gate=self.gate)
         self.daemon_id = self._start_heartbeat()
@@ -521,8 +530,9 @@ class Daemon:
         announced by push, or a reload, during a poll makes it run once more afterwards."""
         if self.stop_event.is_set():
             return
+        pool = "backlog" if reason == "continue" else "poll"
         started = self.runner.submit(
-            "poll", f"poll:{name}", partial(self._poll_job, name, reason, ignore_backoff),
+            pool, f"poll:{name}", partial(self._poll_job, name, reason, ignore_backoff),
             again=reason in ("push", "reload", "continue"), priority=PRIORITY.get(reason, 2),
         )
         if not started and reason == "schedule":
@@ -544,7 +554,8 @@ class Daemon:
         db = open_db(cfg.database)  # one connection per worker thread
         box = None
         result = None
-        cut = _Slice(self.stop_event, self.runner, PRIORITY.get(reason, 2))
+        pool = "backlog" if reason == "continue" else "poll"
+        cut = _Slice(self.stop_event, self.runner, pool, PRIORITY.get(reason, 2))
         try:
             if not ignore_backoff and _backing_off(db, name):
                 log.debug("account %s: backing off after failures; poll skipped", name)

@@ -31,6 +31,22 @@ def lock_path(database: str | os.PathLike, account: str) -> Path:
     return Path(f"{database}.poll-{account}.lock")
 
 
+# The lock files held right now. A process forked meanwhile (the parser workers of another
+# account's poll) gets copies of these descriptors, and an flock lasts until every copy is closed:
+# without closing them in the child, the account would stay locked until that child exits.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 @contextlib.contextmanager
 def account_lock(database: str | os.PathLike, account: str) -> Iterator[None]:
     """Hold the poll lock of ``account`` (non-blocking flock) for the ``with`` block.
@@ -50,9 +66,11 @@ def account_lock(database: str | os.PathLike, account: str) -> Iterator[None]:
             raise AccountBusy(account, int(text) if text.isdigit() else None) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD.add(fd)
         try:
             yield
         finally:
             os.ftruncate(fd, 0)  # a stale pid is never read: the file is empty while unlocked
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the flock

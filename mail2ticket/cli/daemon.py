@@ -24,7 +24,9 @@ def run(app, workers):
       - polls each account on [schedule] poll (default "*/5": every 5 minutes,
         aligned to the clock), or on the account's own `poll`; accounts with
         `push = true` also keep an IMAP IDLE session, so new mail becomes a
-        ticket within seconds (the scheduled poll stays as a safety net);
+        ticket within seconds, imported over that connection (the scheduled
+        poll stays as a safety net); one thread waits on every IDLE session,
+        and logins are spread at [performance] logins_per_second (default 5);
       - sends the outbox on [schedule] outbox and checks for overdue tickets on
         [schedule] overdue;
       - polls accounts side by side (--workers at a time), never the same
@@ -36,9 +38,12 @@ def run(app, workers):
       SIGTERM, SIGINT  stop: the batch being imported is committed, connections
                        are logged out, exit code 0 (within about 10 seconds)
       SIGHUP           reload the config: added, removed, disabled or changed
-                       accounts take effect and every enabled account is polled
-                       at once; a broken config is reported and the running one
-                       stays in force
+                       accounts take effect (only a changed account's push
+                       session reconnects) and the log says what changed; each
+                       account is polled once (at most once per 5 s however
+                       many SIGHUPs, never around a backoff unless its config
+                       or password changed); a broken config is reported and
+                       the running one stays in force
 
     \b
     Under systemd (Type=notify) it sends READY=1, a one-line STATUS= after each
