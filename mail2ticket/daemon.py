@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -46,6 +47,8 @@ RELOAD_POLL_SECONDS = 5  # a reload polls an account at most once in this long (
 # A poll with more to import yields its thread after this when others wait, and goes on in the
 # backlog pool: on the main pool (new mail) quickly, in the backlog pool (bursts) less often.
 SLICE_SECONDS = {"poll": 0.5, "backlog": 5.0}
+FIRST_SLICE_BATCH = 20  # batch size of polls on the main pool (a burst's first slice)
+BACKLOG_PAUSE_SECONDS = 10.0  # how long a backlog waits at most for the main pool to be idle
 
 
 class DaemonError(Mail2TicketError):
@@ -198,6 +201,9 @@ class JobRunner:
     def waiting(self, pool: str, below: int) -> bool:
         return self._pools[pool].waiting(below)
 
+    def busy(self, pool: str) -> bool:
+        return self._pools[pool].busy()
+
     @property
     def thread_count(self) -> int:
         return sum(len(p.threads) for p in self._pools.values())
@@ -234,6 +240,12 @@ class _Slice:
         if self.stop.is_set():
             return True
         self.checks += 1
+        if self.pool == "backlog":
+            # A backlog waits between its batches while new mail is imported: the CPU and the
+            # database's write lock go to that first (at most BACKLOG_PAUSE_SECONDS at a time).
+            deadline = time.monotonic() + BACKLOG_PAUSE_SECONDS
+            while self.runner.busy("poll") and time.monotonic() < deadline and not self.stop.is_set():
+                time.sleep(0.02)
         # The poll asks before fetching batch 1, before fetching batch 2 and before committing
         # batch 1: a slice always ends with at least one batch committed.
         if self.checks > 3 and (time.monotonic() - self.started >= SLICE_SECONDS[self.pool]
@@ -570,6 +582,10 @@ class Daemon:
             if box is None and account.source == "imap" and not self.gate.wait(account.imap_host, self.stop_event):
                 return
             log.debug("account %s: polling (%s%s)", name, reason, ", over the IDLE connection" if box else "")
+            if pool == "poll" and account.batch_size > FIRST_SLICE_BATCH:
+                # On the main pool a burst commits in small batches, so its slice ends quickly
+                # and the rest goes to the backlog pool with the account's own batch size.
+                account = dataclasses.replace(account, batch_size=FIRST_SLICE_BATCH)
             result = run_poll(cfg, db, account, stop=cut, box=box)
         finally:
             if box is not None:

@@ -61,6 +61,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._closed = False
+        self.active = 0
         self.threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(size)]
         for thread in self.threads:
             thread.start()
@@ -71,6 +72,11 @@ class WorkerPool:
             heapq.heappush(self._heap, (priority, next(self._seq), future, fn))
             self._cond.notify()
         return future
+
+    def busy(self) -> bool:
+        """Whether anything runs or waits on this pool."""
+        with self._cond:
+            return bool(self._heap) or self.active > 0
 
     def waiting(self, below: int) -> bool:
         """Whether work more urgent than ``below`` waits for a thread."""
@@ -87,10 +93,15 @@ class WorkerPool:
                 _, _, future, fn = heapq.heappop(self._heap)
             if not future.set_running_or_notify_cancel():
                 continue
+            with self._cond:
+                self.active += 1
             try:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self.active -= 1
 
     def shutdown(self) -> None:
         with self._cond:
