@@ -96,6 +96,13 @@ class ImportContext:
     # The size limits of the large-message path (bigmessage.parse_file); from the config.
     limits: Any = None
 
+    def thread_settings(self, account: str | None):
+        """threader.settings_for of ``account``, worked out once per import (not per message)."""
+        cache = self.__dict__.setdefault("_thread_settings", {})
+        if account not in cache:
+            cache[account] = settings_for(self.config, account)
+        return cache[account]
+
     def __post_init__(self) -> None:
         if self.config is not None and self.acknowledge:
             from mail2ticket.acknowledge import ack_hook
@@ -383,7 +390,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     item = prep.incoming
     parsed = prep.parsed
     assert parsed is not None
-    thread = settings_for(ctx.config, item.account)
+    thread = ctx.thread_settings(item.account)
     unverified = sender_unverified(parsed, thread.authserv_ids)  # RELIABILITY 40
     if unverified and unverified not in parsed.defects:
         parsed.defects.append(unverified)  # stored with the message, shown by 'tickets show'

@@ -295,7 +295,7 @@ def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any,
 
     ``evaluated``: what evaluate_rules gave for this mail, run before the transaction; a rule
     skipped there is recorded on the ticket as a 'rule-skipped' event."""
-    from mail2ticket.sla import set_due_times
+    from mail2ticket.sla import has_targets, set_due_times
     from mail2ticket.store import (
         add_tags,
         log_event,
@@ -353,6 +353,7 @@ def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any,
         )
         log_event(db, "ignored", f"the message was stored; the ticket stays {previous}",
                   ticket_id=ticket_id, actor=actor)
-    if due_changed:
+    if due_changed and (has_targets(cfg) or not is_new):
+        # A new ticket without SLA targets has no due times to set (its columns start empty).
         set_due_times(cfg, db, ticket_id)
     return rules

@@ -240,16 +240,15 @@ def log_event(
     account: str | None = None,
     actor: str = "system",
 ) -> None:
-    db["events"].insert(
-        {
-            "ticket_id": ticket_id,
-            "account": account,
-            "created_at": now_iso(),
-            "kind": kind,
-            "actor": actor,
-            "detail": detail,
-        }
-    )
+    # A plain INSERT: sqlite-utils' insert() looks the schema up on every call (several queries
+    # of sqlite_master), paid for each imported message (docs/performance.md).
+    sql = "insert into events (ticket_id, account, created_at, kind, actor, detail) values (?, ?, ?, ?, ?, ?)"
+    values = [ticket_id, account, now_iso(), kind, actor, detail]
+    if db.conn.in_transaction:
+        db.conn.execute(sql, values)
+    else:
+        with db.conn:  # committed at once, as sqlite-utils' insert() did outside a transaction
+            db.conn.execute(sql, values)
 
 
 # --- mailbox sync state -----------------------------------------------------------------------
