@@ -510,3 +510,63 @@ def ahead(batches: Iterable[Any], submit: Callable[[Any], Any]) -> Iterator[tupl
         pending = (batch, job)
     if pending is not None:
         yield pending
+
+
+class _Failed:
+    """An exception of the producer thread, handed over in order (see prefetch)."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def prefetch(produce: Iterable[Any], name: str = "mail2ticket-fetch") -> Iterator[Any]:
+    """Run the iterator ``produce`` in a thread, one item ahead of the consumer: the item after
+    the one just taken is being made while the consumer works on it (for a poll: the next batch
+    is fetched from IMAP while the main thread commits). Items come out in order; an exception of
+    the producer is raised here, after the items made before it.
+
+    At most one item is made but not yet taken, so the memory held stays bounded. Closing the
+    generator (the consumer stops early) stops the producer before its next item and waits for
+    the item in the making to finish, so nothing runs on after the caller moves on."""
+    import queue
+
+    handoff: queue.Queue = queue.Queue()
+    permit = threading.Semaphore(1)  # one item in the making or made and not yet taken
+    cancel = threading.Event()
+
+    def run() -> None:
+        try:
+            iterator = iter(produce)
+            while True:
+                while not permit.acquire(timeout=0.5):
+                    if cancel.is_set():
+                        return
+                if cancel.is_set():
+                    return
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    handoff.put(_DONE)
+                    return
+                handoff.put(item)
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            handoff.put(_Failed(exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            permit.release()  # the next item may be made while this one is used
+            yield item
+    finally:
+        cancel.set()
+        permit.release()
+        thread.join()

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import ssl
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from mail2ticket.config import Account, Config
 from mail2ticket.errors import EXIT_FAILURE, ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.imap import Mailbox, chunks
 from mail2ticket.importer import ImportContext, Incoming, Outcome, Source, import_batch
-from mail2ticket.pipeline import Pipeline, ahead, size_batches
+from mail2ticket.pipeline import Pipeline, ahead, prefetch, size_batches
 from mail2ticket.store import get_mailbox, log_event, now_iso, record_poll, set_mailbox, transaction
 
 log = logging.getLogger(__name__)
@@ -296,8 +297,11 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         failures: dict[int, tuple[int, str]] = {}  # {uid: (tries, why)} of the UIDs held back
         held_back: list[int] = []
 
-        def fetched_batches():
-            # By count and by announced size, so a batch never holds more than a few tens of MB.
+        imap_lock = threading.Lock()  # the fetch thread and the server actions share one connection
+
+        def raw_batches():
+            # IMAP only (runs in the fetch thread): by count and by announced size, so a batch
+            # never holds more than a few tens of MB.
             for batch in size_batches(uids, sizes, max(1, account.batch_size), limit=limit):
                 if stop is not None and stop.is_set():
                     return
@@ -306,18 +310,31 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 # in memory; they are parsed from there and stored with incremental blob I/O.
                 large = [u for u in batch if u not in big and sizes.get(u, 0) > BIG_MESSAGE]
                 small = [u for u in batch if u not in big and u not in large]
-                fetched = box.fetch(small) if small else {}
-                spooled: dict[int, tuple[Spool, object]] = {}
-                for uid in large:
-                    got = box.fetch_to_file(uid, sizes[uid], ctx.attachments.root / "tmp")
-                    if got is not None:
-                        spools.append(got[0])
-                        spooled[uid] = got
-                # A UID the server sent no body for may be gone (expunged meanwhile: fine) or the
-                # server failed to send it: then the watermark must stay below it, or it is lost.
-                held = box.existing([u for u in small + large if u not in fetched and u not in spooled])
+                with imap_lock:
+                    box.fetch_failures, box.gmail_ids = {}, {}
+                    fetched = box.fetch(small) if small else {}
+                    spooled: dict[int, tuple[Spool, object]] = {}
+                    for uid in large:
+                        got = box.fetch_to_file(uid, sizes[uid], ctx.attachments.root / "tmp")
+                        if got is not None:
+                            spools.append(got[0])
+                            spooled[uid] = got
+                    # A UID the server sent no body for may be gone (expunged meanwhile: fine) or
+                    # the server failed to send it: then the watermark must stay below it.
+                    missing = box.existing([u for u in small + large if u not in fetched and u not in spooled])
+                    reasons, gm_ids = dict(box.fetch_failures), dict(box.gmail_ids)
+                yield batch, big, fetched, spooled, missing, reasons, gm_ids
+
+        def fetched_batches():
+            # The next batch is fetched (in a thread) while this one is parsed and committed;
+            # closing this generator stops the fetch thread.
+            with contextlib.closing(prefetch(raw_batches())) as fetching:
+                yield from _items(fetching)
+
+        def _items(fetching):
+            for batch, big, fetched, spooled, held, reasons, gm_ids in fetching:
                 # ... but not forever (RELIABILITY 5, 9): after FETCH_TRIES polls it is quarantined.
-                give_up = _count_fetch_failures(db, account, info.uidvalidity, held, box.fetch_failures, failures)
+                give_up = _count_fetch_failures(db, account, info.uidvalidity, held, reasons, failures)
                 held = [u for u in held if u not in give_up]
                 items: list[Incoming] = []
                 for uid in batch:
@@ -328,14 +345,14 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                         items.append(Incoming(account.name, None, source, size=sizes.get(uid), fetch_error=give_up[uid]))
                     elif uid in fetched:
                         raw, idate = fetched.pop(uid)
-                        msgid, thrid = box.gmail_ids.get(uid, (None, None))
+                        msgid, thrid = gm_ids.get(uid, (None, None))
                         items.append(
                             Incoming(account.name, raw, source, received_at=_internaldate(idate), action=action,
                                      gm_mailbox=gm_mailbox if msgid else None, gm_msgid=msgid, gm_thrid=thrid)
                         )
                     elif uid in spooled:
                         spool, idate = spooled.pop(uid)
-                        msgid, thrid = box.gmail_ids.get(uid, (None, None))
+                        msgid, thrid = gm_ids.get(uid, (None, None))
                         items.append(
                             Incoming(account.name, None, source, received_at=_internaldate(idate), action=action,
                                      gm_mailbox=gm_mailbox if msgid else None, gm_msgid=msgid, gm_thrid=thrid,
@@ -343,10 +360,12 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                         )
                 yield batch, items, held  # later batches go on: the watermark stays below held UIDs
 
-        # Batch k+1 is fetched and parsed (worker processes) while batch k is committed here, in
-        # order; each batch's server action still runs only after its own commit.
-        with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe:
-            for (batch, items, held), job in ahead(fetched_batches(), lambda b: pipe.submit(b[1])):
+        # Batch k+2 is fetched (a thread) and batch k+1 parsed (worker processes) while batch k is
+        # committed here, in order; each batch's server action still runs only after its own commit.
+        batches = fetched_batches()
+        with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe, \
+                contextlib.closing(batches):
+            for (batch, items, held), job in ahead(batches, lambda b: pipe.submit(b[1])):
                 if stop is not None and stop.is_set():
                     log.info("account %s: stopping after the last committed batch", account.name)
                     break
@@ -367,7 +386,9 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                     if o.flag_on_server and o.incoming.action and o.incoming.action != "none"
                     and o.incoming.source is not None
                 ]
-                result.flagged += _apply_pending(db, box, account, info.uidvalidity, result) if to_flag else 0
+                if to_flag:
+                    with imap_lock:  # the fetch thread's FETCH of a later batch ends first
+                        result.flagged += _apply_pending(db, box, account, info.uidvalidity, result)
                 for outcome in outcomes:
                     outcome.incoming.raw = None  # stored: a long first import must not keep every body
                     if outcome.incoming.spool is not None:

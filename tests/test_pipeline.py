@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,7 +25,7 @@ import mail2ticket.parse
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.cli import cli
 from mail2ticket.errors import TempFailError
-from mail2ticket.pipeline import ParsePool, ahead, parse_and_store, size_batches
+from mail2ticket.pipeline import ParsePool, ahead, parse_and_store, prefetch, size_batches
 from mail2ticket.secrets import store_password
 from tests.servers import Dovecot, User
 
@@ -170,6 +171,7 @@ def test_batches_are_committed_in_uid_order_and_the_watermark_follows(
     assert messages == [f"pipeline test {n}" for n in range(1, 24)]
     assert last_uid == 23
     assert multiprocessing.active_children() == []
+    assert not [t for t in threading.enumerate() if t.name == "mail2ticket-fetch"], "the fetch thread outlived the poll"
 
 
 # ----------------------------------------------------------------------------- the pool itself
@@ -257,3 +259,57 @@ def test_a_batch_already_fetched_is_handed_over_before_a_later_fetch_error() -> 
         for batch, job in ahead(batches(), lambda b: b.upper()):
             seen.append((batch, job))
     assert seen == [("k", "K")]
+
+
+# ----------------------------------------------------------------------------- the fetch thread
+
+
+def test_the_next_batch_is_fetched_while_this_one_is_used_never_more_than_one_ahead() -> None:
+    # Issue 19.6: the poll fetches batch k+1 in a thread while the main thread commits batch k.
+    made: list[int] = []
+    started = {n: threading.Event() for n in range(6)}
+
+    def produce():
+        for n in range(5):
+            started[n].set()
+            made.append(n)
+            yield n
+
+    taken = []
+    for item in prefetch(produce()):
+        # While the consumer holds item k, item k+1 is made (overlap) ...
+        if item < 4:
+            assert started[item + 1].wait(10), f"item {item + 1} was not made while {item} was in use"
+        # ... but never k+2: at most one item made and not yet taken (bounded memory).
+        assert max(made) <= item + 1
+        taken.append(item)
+    assert taken == [0, 1, 2, 3, 4]
+    assert not [t for t in threading.enumerate() if t.name == "mail2ticket-fetch"]
+
+
+def test_a_fetch_error_comes_after_the_batches_fetched_before_it_and_closing_stops_the_thread() -> None:
+    def failing():
+        yield "k"
+        yield "k+1"
+        raise ConnectionResetError("cut")
+
+    seen = []
+    with pytest.raises(ConnectionResetError):
+        for batch, job in ahead(prefetch(failing()), lambda b: b.upper()):
+            seen.append((batch, job))
+    assert seen == [("k", "K"), ("k+1", "K+1")], "batches fetched before the error are committed first"
+
+    made: list[int] = []
+
+    def endless():
+        n = 0
+        while True:
+            made.append(n)
+            yield n
+            n += 1
+
+    fetching = prefetch(endless())
+    assert next(fetching) == 0
+    fetching.close()  # the poll stops (SIGTERM, an error): the thread ends before the poll goes on
+    assert not [t for t in threading.enumerate() if t.name == "mail2ticket-fetch"]
+    assert len(made) <= 2, "the thread kept fetching after the poll stopped"
