@@ -158,6 +158,7 @@ class Run:
     main_hwm: int = 0  # KiB: the main process's high-water RSS
     worker_hwm: int = 0  # KiB: the largest parser worker's high-water RSS
     tree_pss: int = 0  # KiB: peak PSS of main + workers together (shared pages counted once)
+    cpu: float = 0.0  # s: CPU time (user + system) of the process and the workers it waited for
 
 
 def measured(cmd: list[str], env: dict) -> Run:
@@ -183,7 +184,7 @@ def measured(cmd: list[str], env: dict) -> Run:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _pid, status, _usage = os.wait4(proc.pid, 0)
+    _pid, status, usage = os.wait4(proc.pid, 0)
     done.set()
     sampler.join()
     wall = time.perf_counter() - start
@@ -191,7 +192,7 @@ def measured(cmd: list[str], env: dict) -> Run:
     if code != 0:
         print(proc.stderr.read().decode(errors="replace")[-2000:], file=sys.stderr)
     workers = [v for p, v in hwm.items() if p != proc.pid]
-    return Run(wall, code, hwm.get(proc.pid, 0), max(workers, default=0), pss[0])
+    return Run(wall, code, hwm.get(proc.pid, 0), max(workers, default=0), pss[0], usage.ru_utime + usage.ru_stime)
 
 
 def print_memory(title: str, runs: list[Run]) -> None:
@@ -300,20 +301,24 @@ def main() -> None:
             print(f"  {args.messages} messages, {size_mb:.1f} MB, appended in {time.perf_counter() - t:.1f} s")
 
             a, b, c = [], [], []
+            b_cpu: list[float] = []
             c_mem: list[Run] = []
             for run in range(0 if args.skip_import else args.runs):
                 t = time.perf_counter()
                 assert bare_fetch(dovecot, user) == args.messages
                 a.append(time.perf_counter() - t)
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), time.process_time()
                 assert minimal_importer(dovecot, user, base / f"minimal{run}.db") == args.messages
                 b.append(time.perf_counter() - t)
+                b_cpu.append(time.process_time() - cpu)
                 config = env.config([user], f"poll{run}.db")
                 polled = measured(poll_cmd(config), env.environ())
                 assert polled.code == 0, "mail2ticket poll failed"
                 c.append(polled.wall)
                 c_mem.append(polled)
-                print(f"  run {run + 1}: a {a[-1]:.2f} s, b {b[-1]:.2f} s, c {c[-1]:.2f} s", flush=True)
+                print(f"  run {run + 1}: a {a[-1]:.2f} s, b {b[-1]:.2f} s, c {c[-1]:.2f} s (c/b {c[-1] / b[-1]:.2f}); "
+                      f"CPU b {b_cpu[-1]:.2f} s, c {polled.cpu:.2f} s; load average {os.getloadavg()[0]:.1f}",
+                      flush=True)
 
             n = args.messages
             if a:
@@ -324,6 +329,8 @@ def main() -> None:
                 print(f"  (c) mail2ticket poll       {fmt(c)}   {n / statistics.median(c):8.0f} msg/s")
                 print(f"  c/a = {statistics.median(c) / statistics.median(a):.2f}   "
                       f"c/b = {statistics.median(c) / statistics.median(b):.2f}")
+                print(f"  CPU time (user + system; the IMAP server's not counted): (b) {fmt(b_cpu)}, "
+                      f"(c) main + workers {fmt([r.cpu for r in c_mem])}")
                 print_memory("  memory of (c)", c_mem)
 
             print()

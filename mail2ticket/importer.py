@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -299,9 +300,14 @@ def _existing_source(db: Database, source: Source) -> dict | None:
 def _insert(db: Database, table: str, row: dict) -> int:
     """INSERT one row, return its rowid: sqlite-utils' insert() runs schema queries on every call,
     a cost paid several times per imported message (see docs/performance.md)."""
-    columns = ", ".join(f'"{name}"' for name in row)
-    marks = ", ".join("?" * len(row))
-    return db.execute(f'insert into "{table}" ({columns}) values ({marks})', list(row.values())).lastrowid
+    return db.conn.execute(_insert_sql(table, tuple(row)), list(row.values())).lastrowid
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """The INSERT statement for ``columns`` of ``table``, built once (run several times per message)."""
+    names = ", ".join(f'"{name}"' for name in columns)
+    return f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})'
 
 
 def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:

@@ -1,8 +1,8 @@
 """Parse in worker processes while the main process fetches the next batch and commits in order.
 
-The import of one poll is a pipeline of batches: the main process fetches batch k+1 from IMAP
-while worker processes parse batch k (and write its attachment files), then the main process
-commits batch k in one transaction and only then changes the server. What exactly-once rests on
+The import of one poll is a pipeline of batches: a thread of the main process fetches batch k+2
+from IMAP (prefetch) while worker processes parse batch k+1 (and write its attachment files) and
+the main thread commits batch k in one transaction and only then changes the server. What exactly-once rests on
 is unchanged: batches commit in UID order, each message in its own savepoint, the server action
 runs after the commit, and a message the parser cannot read goes to the quarantine.
 
