@@ -443,6 +443,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_autoreply_policy.py::test_automatic_mail_that_is_not_an_answer_still_opens_a_ticket",
         "tests/test_demo.py::test_the_demo_runs_with_two_commands_and_lists_its_tickets",
     ),
+    91: tests(
+        "tests/test_pipeline.py::test_the_next_batch_is_fetched_while_this_one_is_used_never_more_than_one_ahead",
+        "tests/test_pipeline.py::test_a_fetch_error_comes_after_the_batches_fetched_before_it_and_closing_stops_the_thread",
+        "tests/test_pipeline.py::test_batches_are_committed_in_uid_order_and_the_watermark_follows",
+    ),
 }
 
 
