@@ -229,6 +229,27 @@ def _forget_fetch_failures(db: Database, account: Account, uidvalidity: int, uid
                 db.execute("delete from conversation_state where key = ?", [key])
 
 
+@contextlib.contextmanager
+def _lost_marks(lost: threading.Event):
+    """Set ``lost`` when the block fails because the IMAP connection is gone (cut, timed out)."""
+    from imapclient.exceptions import IMAPClientAbortError
+
+    try:
+        yield
+    except (OSError, IMAPClientAbortError):  # ssl.SSLError and TimeoutError are OSErrors
+        lost.set()
+        raise
+
+
+@contextlib.contextmanager
+def _set_on_exit(done: threading.Event):
+    """Set ``done`` when the block ends, however it ends (finished, stopped or failed)."""
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def poll_account(
     cfg: Config, db: Database, account: Account, password: str | None, *, hooks=None, stop=None, box=None,
     result: PollResult | None = None,
@@ -298,6 +319,9 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         held_back: list[int] = []
 
         imap_lock = threading.Lock()  # the fetch thread and the server actions share one connection
+        # Set when the connection is lost (in either thread) or the import loop has ended: the
+        # other thread then sends no further command (it would only wait out the timeout again).
+        no_more_imap = threading.Event()
 
         def raw_batches():
             # IMAP only (runs in the fetch thread): by count and by announced size, so a batch
@@ -310,7 +334,9 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 # in memory; they are parsed from there and stored with incremental blob I/O.
                 large = [u for u in batch if u not in big and sizes.get(u, 0) > BIG_MESSAGE]
                 small = [u for u in batch if u not in big and u not in large]
-                with imap_lock:
+                with imap_lock, _lost_marks(no_more_imap):
+                    if no_more_imap.is_set():
+                        return
                     box.fetch_failures, box.gmail_ids = {}, {}
                     fetched = box.fetch(small) if small else {}
                     spooled: dict[int, tuple[Spool, object]] = {}
@@ -364,7 +390,7 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         # committed here, in order; each batch's server action still runs only after its own commit.
         batches = fetched_batches()
         with Pipeline(ctx, getattr(cfg, "workers", None), getattr(cfg, "parse_timeout", None)) as pipe, \
-                contextlib.closing(batches):
+                contextlib.closing(batches), _set_on_exit(no_more_imap):
             for (batch, items, held), job in ahead(batches, lambda b: pipe.submit(b[1])):
                 if stop is not None and stop.is_set():
                     log.info("account %s: stopping after the last committed batch", account.name)
@@ -386,8 +412,8 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                     if o.flag_on_server and o.incoming.action and o.incoming.action != "none"
                     and o.incoming.source is not None
                 ]
-                if to_flag:
-                    with imap_lock:  # the fetch thread's FETCH of a later batch ends first
+                if to_flag and not no_more_imap.is_set():  # else left pending: the next poll flags them
+                    with imap_lock, _lost_marks(no_more_imap):  # a FETCH in progress ends first
                         result.flagged += _apply_pending(db, box, account, info.uidvalidity, result)
                 for outcome in outcomes:
                     outcome.incoming.raw = None  # stored: a long first import must not keep every body
