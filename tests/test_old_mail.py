@@ -193,3 +193,47 @@ def test_ticket_commands_take_several_ids_and_check_them_all_first(env):
     assert both.exit_code == 2 and "not both" in both.stderr
     neither = env.invoke("tickets", "close")
     assert neither.exit_code == 2 and "--before" in neither.stderr
+
+
+def test_assign_priority_and_tag_take_several_ids_or_the_lists_filters(env):
+    env.add()
+    assert env.invoke("poll").exit_code == 0
+    by_subject = {t["subject"]: t["id"] for t in env.tickets()}
+    old = [by_subject[f"old {i}"] for i in range(5)]
+    recent = by_subject["recent"]
+
+    # Several ids, as typed or as printed; one unknown id changes nothing.
+    missing = env.invoke("tickets", "assign", str(old[0]), "999", "alice")
+    assert missing.exit_code == 1 and "no ticket #999" in missing.stderr
+    assert all(t["assignee"] is None for t in env.tickets())
+    assigned = env.invoke("tickets", "assign", str(old[0]), f"#{old[1]}", "alice")
+    assert assigned.exit_code == 0, assigned.output
+    assert assigned.stdout.splitlines() == [f"Ticket #{i} assigned to alice." for i in old[:2]]
+    prioritised = env.invoke("tickets", "priority", str(old[0]), str(recent), "high")
+    assert prioritised.exit_code == 0, prioritised.output
+    tagged = env.invoke("tickets", "tag", str(old[2]), str(recent), "vip", "billing")
+    assert tagged.exit_code == 0, tagged.output
+    tickets = {t["id"]: t for t in env.tickets()}
+    assert {i for i, t in tickets.items() if t["assignee"] == "alice"} == set(old[:2])
+    assert {i for i, t in tickets.items() if t["priority"] == "high"} == {old[0], recent}
+    assert {i for i, t in tickets.items() if t["tags"]} == {old[2], recent}
+    assert sorted(tickets[recent]["tags"]) == ["billing", "vip"]
+
+    # By the list's filters: a count and --yes without a terminal, and only what would change.
+    refused = env.invoke("tickets", "tag", "--before", "2025-01-01", "old-mail")
+    assert refused.exit_code == 2 and "5 tickets match" in refused.stderr and "--yes" in refused.stderr
+    assert not any("old-mail" in t["tags"] for t in env.tickets())
+    tagged = env.invoke("tickets", "tag", "--before", "2025-01-01", "old-mail", "--yes")
+    assert tagged.exit_code == 0, tagged.output
+    assert {t["id"] for t in env.tickets() if "old-mail" in t["tags"]} == set(old)
+    low = env.invoke("tickets", "priority", "--tag", "old-mail", "low", "--yes")
+    assert low.exit_code == 0, low.output
+    assert {t["id"] for t in env.tickets() if t["priority"] == "low"} == set(old)
+    bob = env.invoke("tickets", "assign", "--before", "2025-01-01", "--assignee", "alice", "bob", "--yes")
+    assert bob.exit_code == 0, bob.output
+    assert {t["id"] for t in env.tickets() if t["assignee"] == "bob"} == set(old[:2])
+
+    # Usage errors name what is wrong.
+    assert "one priority" in env.invoke("tickets", "priority", str(old[0]), "sky-high").stderr
+    assert "not both" in env.invoke("tickets", "tag", str(old[0]), "x", "--account", env.name).stderr
+    assert "give a name, or --unassign" in env.invoke("tickets", "assign", str(old[0])).stderr

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from mail2ticket.cli.params import TicketId
 from mail2ticket.cli.tickets import (
-    _filters,
-    check_filters,
     filter_options,
     message_text,
+    select_tickets,
     tickets_group,
 )
 
@@ -94,13 +91,7 @@ def reply(app, ticket_id, text, path, to_all, yes, status):
     _send_now(app, entry)
 
 
-def _plural(n: int) -> str:
-    return f"{n} ticket" + ("" if n == 1 else "s")
-
-
 def _status_command(name: str, status: str, help_text: str):
-    verb = name.capitalize()
-
     @click.command(name, help=help_text)
     @click.argument("ticket_ids", metavar="[ID]...", nargs=-1, type=TicketId())
     @filter_options
@@ -108,59 +99,28 @@ def _status_command(name: str, status: str, help_text: str):
     @click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the tickets a filter selects.")
     @click.pass_obj
     def command(app, ticket_ids, notify, yes, **kw):
-        from mail2ticket.errors import NotFoundError
         from mail2ticket.outbox import change_status
-        from mail2ticket.store import get_tickets, list_tickets
 
-        filters = _filters(kw)
-        filtered = any(v not in (None, False, ()) for v in filters.values())
-        if ticket_ids and filtered:
-            raise click.UsageError(f"give ticket ids or filters, not both ('tickets {name} --help')")
-        if not ticket_ids and not filtered:
-            raise click.UsageError(
-                f"give ticket ids ('tickets {name} 12 13') or the filters of 'tickets list' "
-                f"('tickets {name} --account support --before 2026-01-01')"
-            )
         cfg = app.config()
-        check_filters(app, filters)
-        if ticket_ids:
-            ids = list(dict.fromkeys(ticket_ids))
-            found = {t["id"]: t for t in get_tickets(app.db, ids)}
-            missing = [f"#{i}" for i in ids if i not in found]
-            if missing:
-                raise NotFoundError(
-                    f"no ticket {', '.join(missing)}; nothing was changed",
-                    "see 'mail2ticket tickets list --status all'",
-                )
-            for ticket_id in ids:
-                before = found[ticket_id]["status"]
-                if before == status:
-                    click.echo(f"Ticket #{ticket_id} is already {status}; nothing changed.")
-                    continue
-                entry = change_status(cfg, app.db, ticket_id, status, notify=notify)
-                click.echo(f"Ticket #{ticket_id}: {before} -> {status}.")
-                if entry is not None:
-                    _send_now(app, entry)
-            return
-        if filters["status"] is None and status == "open":
-            filters["status"] = "closed"  # reopen: by default the closed tickets the filters select
-        targets = [t for t in list_tickets(app.db, order="id", **filters) if t["status"] != status]
-        if not targets:
-            click.echo(f"No ticket matches that is not {status} already; nothing changed.")
-            return
-        shown = ", ".join(f"#{t['id']}" for t in targets[:20]) + (", ..." if len(targets) > 20 else "")
-        if not yes:
-            if not (sys.stdin.isatty() and sys.stdout.isatty()):
-                raise click.UsageError(
-                    f"{_plural(len(targets))} match ({shown}); no terminal to ask: add --yes to {name} them"
-                )
-            click.echo(f"{_plural(len(targets))} match: {shown}")
-            click.confirm(f"{verb} {_plural(len(targets))}?", abort=True)
-        for t in targets:
-            entry = change_status(cfg, app.db, t["id"], status, notify=notify)
+        targets = select_tickets(
+            app, name, ticket_ids, kw, yes, example="",
+            # reopen: by default the closed tickets the filters select
+            default_status="closed" if status == "open" else None,
+            already=lambda t: t["status"] == status,
+        )
+        for ticket in targets:
+            before = ticket["status"]
+            if before == status:
+                click.echo(f"Ticket #{ticket['id']} is already {status}; nothing changed.")
+                continue
+            entry = change_status(cfg, app.db, ticket["id"], status, notify=notify)
+            if ticket_ids:
+                click.echo(f"Ticket #{ticket['id']}: {before} -> {status}.")
             if entry is not None:
                 _send_now(app, entry)
-        click.echo(f"{_plural(len(targets))} {'closed' if status == 'closed' else 'reopened'}.")
+        if targets and not ticket_ids:
+            count = f"{len(targets)} ticket" + ("" if len(targets) == 1 else "s")
+            click.echo(f"{count} {'closed' if status == 'closed' else 'reopened'}.")
 
     return command
 

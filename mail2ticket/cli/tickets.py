@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -121,6 +122,72 @@ def _filters(kw: dict) -> dict:
     names = ("status", "account", "priority", "assignee", "unassigned", "tags", "requester", "overdue",
              "created_since", "created_until", "updated_since", "updated_until", "before", "after")
     return {n: kw.pop(n) for n in names}
+
+
+
+# --- which tickets a command works on: ids, or the filters of 'tickets list' ---------------------
+
+_ID_RE = re.compile(r"^#?\d+$")
+
+
+def split_ids(args: tuple[str, ...]) -> tuple[list[int], list[str]]:
+    """The leading arguments that are ticket ids (12 or #12), and the rest (a name, a priority, tags)."""
+    ids: list[int] = []
+    for i, arg in enumerate(args):
+        if not _ID_RE.match(arg.strip()):
+            return ids, list(args[i:])
+        ids.append(int(arg.strip().lstrip("#")))
+    return ids, []
+
+
+def _plural(n: int) -> str:
+    return f"{n} ticket" + ("" if n == 1 else "s")
+
+
+def select_tickets(app, name: str, ticket_ids, kw: dict, yes: bool, *, example: str,
+                   default_status: str | None = None, already=None) -> list[dict]:
+    """The tickets a command changes: the ids given (every one must exist: otherwise nothing is
+    changed), or those the filters of 'tickets list' select, after saying how many and asking
+    (--yes does not ask; without a terminal --yes is required). ``already(ticket)`` leaves out
+    the tickets the change would not change; ``default_status`` narrows a filter without --status."""
+    from mail2ticket.errors import NotFoundError
+    from mail2ticket.store import get_tickets, list_tickets
+
+    filters = _filters(kw)
+    filtered = any(v not in (None, False, ()) for v in filters.values())
+    if ticket_ids and filtered:
+        raise click.UsageError(f"give ticket ids or filters, not both ('tickets {name} --help')")
+    if not ticket_ids and not filtered:
+        raise click.UsageError(
+            f"give ticket ids ('tickets {name} 12 13 {example}') or the filters of 'tickets list' "
+            f"('tickets {name} --account support --before 2026-01-01 {example}')".replace("  ", " ")
+        )
+    check_filters(app, filters)
+    if ticket_ids:
+        ids = list(dict.fromkeys(ticket_ids))
+        found = {t["id"]: t for t in get_tickets(app.db, ids)}
+        missing = [f"#{i}" for i in ids if i not in found]
+        if missing:
+            raise NotFoundError(
+                f"no ticket {', '.join(missing)}; nothing was changed",
+                "see 'mail2ticket tickets list --status all'",
+            )
+        return [found[i] for i in ids]
+    if filters["status"] is None and default_status is not None:
+        filters["status"] = default_status
+    targets = [t for t in list_tickets(app.db, order="id", **filters) if not (already and already(t))]
+    if not targets:
+        click.echo("No ticket matches that this would change; nothing changed.")
+        return []
+    shown = ", ".join(f"#{t['id']}" for t in targets[:20]) + (", ..." if len(targets) > 20 else "")
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise click.UsageError(
+                f"{_plural(len(targets))} match ({shown}); no terminal to ask: add --yes to {name} them"
+            )
+        click.echo(f"{_plural(len(targets))} match: {shown}")
+        click.confirm(f"{name.capitalize()} {_plural(len(targets))}?", abort=True)
+    return targets
 
 
 def _known_accounts(app) -> list[str]:
@@ -451,82 +518,120 @@ def message_text(text: str | None, path, template, *, what: str, nothing: str) -
 
 
 @tickets_group.command("assign")
-@click.argument("ticket_id", type=TicketId())
-@click.argument("assignee", required=False)
-@click.option("--unassign", is_flag=True, help="Assign the ticket to nobody.")
+@click.argument("args", metavar="[ID]... [NAME]", nargs=-1)
+@click.option("--unassign", is_flag=True, help="Assign the tickets to nobody.")
+@filter_options
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the tickets a filter selects.")
 @click.pass_obj
-def tickets_assign(app, ticket_id, assignee, unassign):
-    """Assign a ticket to someone (any name your team uses), or to nobody.
+def tickets_assign(app, args, unassign, yes, **kw):
+    """Assign tickets to someone (any name your team uses), or to nobody: by id, or every
+    ticket the filters of 'tickets list' select (with a count and a question first).
 
     \b
     Examples:
       mail2ticket tickets assign 42 alice
+      mail2ticket tickets assign 42 43 '#44' alice
       mail2ticket tickets assign 42 --unassign
+      mail2ticket tickets assign --account support --unassigned alice --yes
     """
     from mail2ticket.store import current_user, set_assignee, transaction
 
+    ids, rest = split_ids(args)
+    if len(rest) > 1:
+        raise click.UsageError(f"one name to assign to, not {len(rest)} ({' '.join(rest)})")
+    assignee = rest[0] if rest else None
     if bool(assignee) == unassign:
         raise click.UsageError("give a name, or --unassign")
-    with transaction(app.db):
-        changed = set_assignee(app.db, ticket_id, None if unassign else assignee, actor=current_user())
-    if not changed:
-        click.echo(f"Ticket #{ticket_id} already {'has no assignee' if unassign else f'is assigned to {assignee}'}.")
-    else:
-        click.echo(f"Ticket #{ticket_id} {'unassigned' if unassign else f'assigned to {assignee}'}.")
+    targets = select_tickets(app, "assign", ids, kw, yes, example="--unassign" if unassign else assignee,
+                             already=lambda t: t["assignee"] == assignee)
+    for ticket in targets:
+        with transaction(app.db):
+            changed = set_assignee(app.db, ticket["id"], assignee, actor=current_user())
+        if not changed:
+            click.echo(f"Ticket #{ticket['id']} already {'has no assignee' if unassign else f'is assigned to {assignee}'}.")
+        else:
+            click.echo(f"Ticket #{ticket['id']} {'unassigned' if unassign else f'assigned to {assignee}'}.")
 
 
 @tickets_group.command("priority")
-@click.argument("ticket_id", type=TicketId())
-@click.argument("priority", type=click.Choice(PRIORITY_CHOICES))
+@click.argument("args", metavar="[ID]... PRIORITY", nargs=-1, required=True)
+@filter_options
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the tickets a filter selects.")
 @click.pass_obj
-def tickets_priority(app, ticket_id, priority):
-    """Set a ticket's priority; its SLA due times follow the targets of that priority.
+def tickets_priority(app, args, yes, **kw):
+    """Set the priority of tickets (by id, or every ticket the filters of 'tickets list'
+    select); their SLA due times follow the targets of that priority.
 
     \b
-    Example:
+    Examples:
       mail2ticket tickets priority 42 urgent
+      mail2ticket tickets priority 42 43 low
+      mail2ticket tickets priority --requester @bigcustomer.example high --yes
     """
     from mail2ticket.sla import check_overdue, set_due_times
     from mail2ticket.store import current_user, set_priority, transaction
 
+    ids, rest = split_ids(args)
+    if len(rest) != 1 or rest[0].lower() not in PRIORITY_CHOICES:
+        raise click.UsageError(
+            f"give one priority after the ids: {', '.join(PRIORITY_CHOICES)}"
+            + (f" (not {' '.join(rest)!r})" if rest else "")
+        )
+    priority = rest[0].lower()
     cfg = app.config()
-    with transaction(app.db):
-        changed = set_priority(app.db, ticket_id, priority, actor=current_user())
+    targets = select_tickets(app, "priority", ids, kw, yes, example=priority,
+                             already=lambda t: t["priority"] == priority)
+    changed_any = False
+    for ticket in targets:
+        with transaction(app.db):
+            changed = set_priority(app.db, ticket["id"], priority, actor=current_user())
+            if changed:
+                set_due_times(cfg, app.db, ticket["id"])
+        changed_any = changed_any or changed
         if changed:
-            set_due_times(cfg, app.db, ticket_id)
-    if not changed:
-        click.echo(f"Ticket #{ticket_id} already has priority {priority}.")
-        return
-    check_overdue(cfg, app.db)  # a tighter target may already have passed: mark it now
-    click.echo(f"Ticket #{ticket_id} now has priority {priority}.")
+            click.echo(f"Ticket #{ticket['id']} now has priority {priority}.")
+        else:
+            click.echo(f"Ticket #{ticket['id']} already has priority {priority}.")
+    if changed_any:
+        check_overdue(cfg, app.db)  # a tighter target may already have passed: mark it now
 
 
 @tickets_group.command("tag")
-@click.argument("ticket_id", type=TicketId())
-@click.argument("tags", nargs=-1, required=True)
+@click.argument("args", metavar="[ID]... TAG...", nargs=-1, required=True)
 @click.option("--remove", is_flag=True, help="Remove these tags instead of adding them.")
+@filter_options
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the tickets a filter selects.")
 @click.pass_obj
-def tickets_tag(app, ticket_id, tags, remove):
-    """Add tags to a ticket (or remove them with --remove). Tags are lower case words.
+def tickets_tag(app, args, remove, yes, **kw):
+    """Add tags to tickets (or remove them with --remove): by id, or every ticket the
+    filters of 'tickets list' select. Tags are lower case words; the leading numbers
+    are ticket ids, the words after them tags.
 
     \b
     Examples:
       mail2ticket tickets tag 42 billing vip
-      mail2ticket tickets tag 42 vip --remove
+      mail2ticket tickets tag 42 43 vip --remove
+      mail2ticket tickets tag --requester @bigcustomer.example vip --yes
     """
     from mail2ticket.store import add_tags, current_user, get_ticket, remove_tags, transaction
 
-    with transaction(app.db):
-        if remove:
-            changed = remove_tags(app.db, ticket_id, tags, actor=current_user())
-        else:
-            changed = add_tags(app.db, ticket_id, tags, actor=current_user())
-        now = get_ticket(app.db, ticket_id)["tags"]
+    ids, tags = split_ids(args)
+    if not tags:
+        raise click.UsageError("give one or more tags after the ticket ids")
+    targets = select_tickets(app, "tag", ids, kw, yes, example=" ".join(tags))
     verb = "removed" if remove else "added"
-    if changed:
-        click.echo(f"Ticket #{ticket_id}: {verb} {', '.join(changed)}; tags: {' '.join(now) or '(none)'}.")
-    else:
-        click.echo(f"Ticket #{ticket_id}: nothing {verb}; tags: {' '.join(now) or '(none)'}.")
+    for ticket in targets:
+        ticket_id = ticket["id"]
+        with transaction(app.db):
+            if remove:
+                changed = remove_tags(app.db, ticket_id, tags, actor=current_user())
+            else:
+                changed = add_tags(app.db, ticket_id, tags, actor=current_user())
+            now = get_ticket(app.db, ticket_id)["tags"]
+        if changed:
+            click.echo(f"Ticket #{ticket_id}: {verb} {', '.join(changed)}; tags: {' '.join(now) or '(none)'}.")
+        else:
+            click.echo(f"Ticket #{ticket_id}: nothing {verb}; tags: {' '.join(now) or '(none)'}.")
 
 
 @tickets_group.command("note")
