@@ -95,7 +95,13 @@ def test_a_server_that_does_not_offer_starttls_never_sees_the_password(desk, pla
     assert plain_smtp.auth_attempts == 0 and plain_smtp.mails == 0
 
 
-def test_a_subject_with_encoded_line_breaks_cannot_add_headers_to_the_acknowledgement(desk):
+def test_a_subject_with_encoded_line_breaks_cannot_add_headers_to_the_acknowledgement(
+    tmp_path, dovecot, imap_user, smtp_server, account_config
+):
+    # The built-in acknowledgement repeats nothing of the mail (item 56); a template that asks for
+    # the sender's subject gets it, on one line.
+    desk = Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config,
+                conversations={"ack_subject": "{tag} {subject}"})
     evil = "=?UTF-8?Q?Hi=0D=0ABcc:_victim@evil.test=0D=0AX-Injected:_yes?="
     desk.deliver(
         b"From: ann@customer.test\r\nTo: " + desk.email.encode() + b"\r\nSubject: " + evil.encode()
