@@ -7,7 +7,7 @@ Run from the repository root:
     python3 benchmarks/bench_accounts.py --src /tmp/old-checkout  # the daemon of another checkout
 
 It starts its own Dovecot on loopback with the limits a large installation needs raised (see
-DOVECOT_CONF below and docs/performance.md), creates one mail user per account, writes a config
+DOVECOT_CONF below and docs/performance.md; as root it also raises fs.inotify.max_user_instances), creates one mail user per account, writes a config
 with every account on ``push = true`` (passwords in $CREDENTIALS_DIRECTORY) and starts
 ``python -m mail2ticket run`` from --src. For each number of accounts it prints:
 
@@ -203,9 +203,32 @@ def describe(lat: list[float]) -> str:
     return text + (f", {lost} not a ticket within the timeout" if lost else "")
 
 
+INOTIFY = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def inotify_instances(n: int) -> None:
+    """Each Dovecot imap process watches its mailbox with one inotify instance, all under the mail
+    user's uid; past fs.inotify.max_user_instances (128 by default) Dovecot falls back to looking
+    every mailbox_idle_check_interval (30 s), and IDLE announces new mail up to 30 s late."""
+    try:
+        current = int(INOTIFY.read_text())
+    except (OSError, ValueError):
+        return
+    wanted = 2 * n + 1024  # other Dovecots of the same uid on this machine use some too
+    if current >= wanted:
+        return
+    try:
+        INOTIFY.write_text(f"{wanted}\n")
+        print(f"raised fs.inotify.max_user_instances from {current} to {wanted}", flush=True)
+    except OSError as exc:
+        print(f"WARNING: fs.inotify.max_user_instances is {current} ({exc}): with more than about "
+              f"{current} sessions Dovecot announces new mail up to 30 s late", flush=True)
+
+
 def run_one(n: int, args, ca: CertificateAuthority) -> dict:
     base = Path(tempfile.mkdtemp(prefix=f"m2t-bench-accounts-{n}-"))
     result: dict = {"accounts": n}
+    inotify_instances(n)
     try:
         with Dovecot(ca, extra_conf=DOVECOT_CONF, start_timeout=60) as dovecot:
             setup = Setup(base, dovecot, n, args.poll, Path(args.src).resolve(), args.login_rate)

@@ -277,8 +277,11 @@ def poll_account(
 
 def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: ImportContext, limit: int,
           result: PollResult, spools: list[Spool], stop, box=None) -> PollResult:
-    with contextlib.nullcontext(box) if box is not None else Mailbox(account, password) as box:
-        if _nothing_new(db, box, account):
+    borrowed = box is not None
+    with contextlib.nullcontext(box) if borrowed else Mailbox(account, password) as box:
+        # STATUS of the selected mailbox (the IDLE connection's) may show the session's older
+        # view (RFC 3501 6.3.10): over a borrowed connection the poll SELECTs and searches.
+        if not borrowed and _nothing_new(db, box, account):
             return result
         info = box.select(account.folder)
         gm_mailbox = f"{account.imap_host.lower()}/{account.username.lower()}"
