@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import email.utils
+import inspect
 import re
 
 from mail2ticket import charsets
@@ -315,12 +316,19 @@ def _ambiguous(text: str) -> bool:
     return depth != 0 or quoted
 
 
+# Pythons with the CVE-2023-27043 fix (3.11.10 on, and Debian 12's 3.11.2 by a backport) parse
+# strictly by default: a list with an empty element ("a@b," or "a@b,,c@d", common in real mail)
+# then gives no address at all. _ambiguous() above refuses what strict mode exists to refuse, so
+# the lenient parser is used on every Python: the same addresses whatever the runtime.
+_LENIENT = {"strict": False} if "strict" in inspect.signature(email.utils.getaddresses).parameters else {}
+
+
 def _getaddresses(texts: list[str], defects: list[str]) -> list[tuple[str, str]]:
     if any(_ambiguous(text) for text in texts):
         defects.append("ambiguous address header (unbalanced parentheses or quotes): sender unknown")
         return []
     try:
-        return email.utils.getaddresses(texts)
+        return email.utils.getaddresses(texts, **_LENIENT)
     except (RecursionError, Exception) as exc:  # cpython#103800 and friends: sender unknown
         defects.append(f"address header could not be parsed ({type(exc).__name__})")
         return []

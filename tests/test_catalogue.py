@@ -282,6 +282,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_fidelity.py::test_a_lone_base64_attachment_under_a_missing_boundary_is_an_attachment",
         "tests/test_parse_fidelity.py::test_text_without_part_headers_under_a_missing_boundary_stays_as_written",
     ),
+    84: tests(
+        "tests/test_parse_headers.py::test_recipient_lists_are_lower_case_addresses",
+        "tests/test_parse_headers.py::test_address_header_that_breaks_the_stdlib_parser_is_a_defect",
+    ),
     # Our own items (docs/reliability.md, "Our own items")
     53: tests(
         "tests/test_hijack.py::test_forged_customer_ids_and_reference_chains_get_nowhere_and_reply_all_reaches_only_participants",
