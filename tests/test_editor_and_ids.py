@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ptys import read_all
 from tests.test_reply import desk  # noqa: F401  (a fixture: one acknowledged ticket, real Dovecot and SMTP)
 
 USAGE = 2
@@ -47,18 +48,9 @@ def on_terminal(config: Path, *args: str, env: dict[str, str | None]) -> tuple[i
     proc = subprocess.Popen([sys.executable, "-m", "mail2ticket", "--config", str(config), *args],
                             stdin=slave, stdout=slave, stderr=slave, env=full)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    output = read_all(master)
     proc.wait(timeout=120)
-    os.close(master)
-    return proc.returncode, b"".join(chunks).decode(errors="replace")
+    return proc.returncode, output.decode(errors="replace")
 
 
 def test_reply_without_text_or_terminal_starts_no_editor_and_says_what_to_give(desk, editors):  # noqa: F811

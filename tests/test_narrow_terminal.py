@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from mail2ticket.cli import cli
 from mail2ticket.cli.output import display_width
 from mail2ticket.secrets import store_password
+from tests.ptys import read_all
 from tests.test_poll import make_mail
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -37,18 +38,9 @@ def on_terminal(config: Path, *args: str, columns: int = 80, rows: int = 50) -> 
     proc = subprocess.Popen([sys.executable, "-m", "mail2ticket", "--config", str(config), *args],
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, env=env)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    output = read_all(master)
     proc.wait(timeout=60)
-    os.close(master)
-    text = ANSI.sub("", b"".join(chunks).decode()).replace("\r\n", "\n")
+    text = ANSI.sub("", output.decode()).replace("\r\n", "\n")
     if CAPTURES:
         name = "-".join(a for a in args if not a.startswith("-")).replace(" ", "_")
         (CAPTURES / f"{name}-{columns}.txt").write_text(text)

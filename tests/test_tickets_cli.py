@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ptys import read_all
 from tests.triage_support import deliver, mail, run, run_json, sql, write_config
 
 INTERFACE_FIELDS = {
@@ -246,19 +247,10 @@ def _run_on_terminal(cfg: Path, *args: str, env_extra: dict[str, str] | None = N
     proc = subprocess.Popen([sys.executable, "-m", "mail2ticket", "--config", str(cfg), *args],
                             stdout=slave, stderr=subprocess.PIPE, env=env)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    output = read_all(master)
     proc.wait(timeout=60)
-    os.close(master)
     assert proc.returncode == 0, proc.stderr.read().decode()
-    return b"".join(chunks).decode()
+    return output.decode()
 
 
 def test_terminal_table_colours_priority_and_overdue_and_shows_local_time(desk: Path):
