@@ -1,10 +1,16 @@
-"""The attachment store: files named by their SHA-256, written durably (temp, fsync, rename)."""
+"""The attachment store: files named by their SHA-256, written durably (temp, fsync, rename).
+
+The parser workers of a poll write a batch's files as temp files without fsync (``put_pending``);
+the main process makes them all durable at once before the batch's commit (``make_durable``: one
+``syncfs`` for the data, the renames to their content addresses, one ``syncfs`` for the renames),
+so a file is at its content address only once its bytes are on disk."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +61,65 @@ class AttachmentStore:
             ) from None
         return sha256, rel
 
+    def put_pending(self, data: bytes, owner: int, sha256: str | None = None) -> tuple[str, str, Path | None]:
+        """Write ``data`` to a temp file without fsync; returns (sha256, relative path, temp file).
+
+        The temp file is None when the content is already stored. Nothing is at the content
+        address until ``make_durable`` of the temp file: a crash before it leaves only a temp file
+        (named after ``owner``, the process that will make it durable, so ``sweep_temp`` leaves
+        it alone while that process lives), never an incomplete file where an import would reuse
+        it."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        rel = self.relpath(sha256)
+        target = self.root / rel
+        if target.exists() and target.stat().st_size == len(data):
+            return sha256, rel, None
+        tmpdir = self.root / "tmp"
+        tmp = tmpdir / f"{sha256}.{owner}.{os.urandom(4).hex()}.tmp"
+        try:
+            makedirs(tmpdir)
+            with open_new(tmp) as f:
+                f.write(data)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+        return sha256, rel, tmp
+
+    def make_durable(self, pending: list[tuple[Path, str]]) -> None:
+        """Move the temp files of ``put_pending`` ((temp file, sha256) pairs) to their content
+        addresses durably: their bytes are synced first, then renamed, then the renames synced.
+
+        On Linux that is two ``syncfs`` calls for any number of files; elsewhere an fsync per file
+        and per directory. Raises TempFailError (the batch must not commit) when the disk fails."""
+        if not pending:
+            return
+        tmpdir = self.root / "tmp"
+        try:
+            batch_sync = _syncfs(tmpdir)
+            if not batch_sync:
+                for tmp, _sha in pending:
+                    _fsync_file(tmp)
+            directories = set()
+            for tmp, sha256 in pending:
+                target = self.path(sha256)
+                makedirs(target.parent)
+                os.replace(tmp, target)
+                directories.add(target.parent)
+            if not batch_sync or not _syncfs(tmpdir):
+                for directory in sorted(directories):
+                    fsync_dir(directory)
+        except OSError as exc:
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+
     def put_stream(self, chunks, max_bytes: int | None = None) -> tuple[str, str, int]:
         """Store the bytes of the iterable ``chunks`` durably without holding them together:
         written to a temp file while hashing, fsynced, renamed to their content address.
@@ -102,7 +167,8 @@ class AttachmentStore:
     def sweep_temp(self, max_age: float = 24 * 3600) -> int:
         """Remove temp files left by a crash mid-write; returns how many.
 
-        A temp file is named ``<sha256>.<pid>.tmp``: it is removed when that process is gone, or
+        A temp file is named ``<sha256>.<pid>[.<random>].tmp`` (or ``stream-<random>.<pid>.tmp``;
+        the pid of ``put_pending``'s files is the main process's): it is removed when that process is gone, or
         when it is older than ``max_age`` (a reused pid), so a sweep never pulls a file from under
         another process that is writing right now. Complete files that no row references (a crash
         between the rename and the commit) are kept: they are content-addressed, so the retried
@@ -152,6 +218,43 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+_libc = None
+
+
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) the file system that holds ``path`` (Linux): every file's data and metadata
+    written there is durable when it returns. False where syncfs is not available."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = _libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            import ctypes
+
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -69,13 +69,18 @@ def size_batches(uids: Sequence[int], sizes: dict[int, int], count: int, max_byt
 
 
 class StoredAttachment:
-    """An attachment a worker already wrote to the store: its fields and size, the bytes on disk."""
+    """An attachment a worker already wrote to the store: its fields and size, the bytes on disk.
 
-    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path):
+    ``pending``: the temp file it was written to without fsync (put_pending), which the main
+    process makes durable and moves to ``path`` before the batch commits (PreparedBatch.result);
+    None when it is already at ``path``."""
+
+    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path, pending: Path | None = None):
         self.__dict__.update(fields)
         self.size = size
         self.sha256 = sha256
         self.path = path
+        self.pending = pending
 
     @property
     def data(self) -> bytes:
@@ -93,12 +98,15 @@ def _fields(att: Any) -> dict[str, Any]:
 
 
 def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes,
-                    limits: Any = None) -> tuple:
+                    limits: Any = None, owner: int | None = None) -> tuple:
     """What a worker does with one message: ("ok", parsed, stored) | ("error", text) | ("tempfail", exc).
 
     Each attachment is written to the store as soon as the message is parsed and its bytes are
     dropped, so what travels back to the main process is small whatever the attachment sizes.
-    A message of too many lines is parsed from a temp file, as a large one (bigmessage)."""
+    With ``owner`` (the pid of the main process) the files are written as temp files without
+    fsync, for the main process to make durable once per batch (their StoredAttachment.pending);
+    without it each is durable at once. A message of too many lines is parsed from a temp file,
+    as a large one (bigmessage)."""
     from mail2ticket.bigmessage import parse_bytes, too_many_lines
 
     if too_many_lines(raw):
@@ -114,9 +122,13 @@ def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: 
     try:
         for index, att in enumerate(parsed.attachments):
             data = att.data
-            sha, rel = store.put(data)
+            pending = None
+            if owner is None:
+                sha, rel = store.put(data)
+            else:
+                sha, rel, pending = store.put_pending(data, owner)
             stored.append((index, sha, rel))
-            kept.append(StoredAttachment(_fields(att), len(data), sha, store.root / rel))
+            kept.append(StoredAttachment(_fields(att), len(data), sha, store.root / rel, pending))
             del data
     except TempFailError as exc:
         return ("tempfail", exc)
@@ -153,6 +165,8 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None) 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     store = AttachmentStore(root)
+    parent = multiprocessing.parent_process()
+    owner = parent.pid if parent is not None else None  # who makes the files durable (batch)
     while True:
         try:
             kind = conn.recv_bytes()
@@ -166,7 +180,7 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None) 
 
             result = parse_file(parse, store, raw.decode("utf-8", "surrogateescape"), limits)
         else:
-            result = parse_and_store(parse, store, raw, limits)
+            result = parse_and_store(parse, store, raw, limits, owner)
         del raw
         try:
             conn.send(result)
@@ -415,24 +429,50 @@ class ParsePool:
 class PreparedBatch:
     """One batch on its way: known and over-size messages settled at once, the others being parsed."""
 
-    def __init__(self, items: Sequence[Incoming], parts: list[_Prepared | tuple[str, Future]]):
+    def __init__(self, items: Sequence[Incoming], parts: list[_Prepared | tuple[str, Future]],
+                 store: AttachmentStore | None = None):
         self.items = list(items)
         self._parts = parts
+        self._store = store
 
     def result(self) -> list[_Prepared]:
-        """Wait for the workers; one _Prepared per item, in order. Raises TempFailError (disk full)."""
+        """Wait for the workers; one _Prepared per item, in order. Raises TempFailError (disk full).
+
+        The attachment files the workers wrote without fsync are made durable here, all at once,
+        and moved to their content addresses: the batch may commit when this returns."""
         out: list[_Prepared] = []
-        for item, part in zip(self.items, self._parts, strict=True):
-            if isinstance(part, _Prepared):
-                out.append(part)
-                continue
-            digest, future = part
-            answer = future.result()
-            if answer[0] == "ok":
-                out.append(_Prepared(item, digest, answer[1], None, answer[2]))
-            else:
-                out.append(_Prepared(item, digest, None, answer[1], []))
-        self._parts = []
+        pending: list[tuple[Path, str]] = []
+        try:
+            for item, part in zip(self.items, self._parts, strict=True):
+                if isinstance(part, _Prepared):
+                    out.append(part)
+                    continue
+                digest, future = part
+                answer = future.result()
+                if answer[0] == "ok":
+                    out.append(_Prepared(item, digest, answer[1], None, answer[2]))
+                    for att in answer[1].attachments:
+                        if getattr(att, "pending", None) is not None:
+                            pending.append((att.pending, att.sha256))
+                else:
+                    out.append(_Prepared(item, digest, None, answer[1], []))
+            if pending:
+                assert self._store is not None
+                self._store.make_durable(pending)
+        except BaseException:
+            for tmp, _sha in pending:  # this batch is not committed: its temp files are no use
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
+        finally:
+            self._parts = []
+        for prep in out:
+            if prep.parsed is not None:
+                for att in prep.parsed.attachments:
+                    if getattr(att, "pending", None) is not None:
+                        att.pending = None
         return out
 
 
@@ -476,7 +516,7 @@ class Pipeline:
                 parts.append((digests[i], self._ensure_pool(len(items)).submit(None, item.spool.path)))
             else:
                 parts.append((digests[i], self._ensure_pool(len(items)).submit(item.raw)))
-        return PreparedBatch(items, parts)
+        return PreparedBatch(items, parts, self.ctx.attachments)
 
     def _ensure_pool(self, wanted: int) -> ParsePool:
         if self._pool is None:
