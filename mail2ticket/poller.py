@@ -229,6 +229,10 @@ def _forget_fetch_failures(db: Database, account: Account, uidvalidity: int, uid
                 db.execute("delete from conversation_state where key = ?", [key])
 
 
+# UIDs whose RFC822.SIZE one command asks for (the fetch thread asks as it goes).
+SIZES_CHUNK = 1000
+
+
 @contextlib.contextmanager
 def _lost_marks(lost: threading.Event):
     """Set ``lost`` when the block fails because the IMAP connection is gone (cut, timed out)."""
@@ -315,7 +319,9 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         _mark_checked(db, account)
         if not uids:
             return result
-        sizes = box.sizes(uids)
+        # RFC822.SIZE of SIZES_CHUNK UIDs at a time, asked by the fetch thread just before it
+        # fetches them: not a serial pass over the whole folder before the import starts.
+        sizes: dict[int, int] = {}
         action = account.after_import
 
         failures: dict[int, tuple[int, str]] = {}  # {uid: (tries, why)} of the UIDs held back
@@ -326,10 +332,20 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
         # other thread then sends no further command (it would only wait out the timeout again).
         no_more_imap = threading.Event()
 
+        def planned_batches():
+            for part in chunks(uids, SIZES_CHUNK):
+                if stop is not None and stop.is_set():
+                    return
+                with imap_lock, _lost_marks(no_more_imap):
+                    if no_more_imap.is_set():
+                        return
+                    sizes.update(box.sizes(part))
+                yield from size_batches(part, sizes, max(1, account.batch_size), limit=limit)
+
         def raw_batches():
             # IMAP only (runs in the fetch thread): by count and by announced size, so a batch
             # never holds more than a few tens of MB.
-            for batch in size_batches(uids, sizes, max(1, account.batch_size), limit=limit):
+            for batch in planned_batches():
                 if stop is not None and stop.is_set():
                     return
                 big = [u for u in batch if sizes.get(u, 0) > limit]
