@@ -75,11 +75,15 @@ def automatic_reason(parsed: ParsedMessage) -> str | None:
     return None
 
 
-def _unverified(cfg: Any, account_name: str | None, parsed: ParsedMessage) -> str | None:
-    """Our own mail server says the From is forged (DMARC failed), RELIABILITY 40."""
+def _unverified(cfg: Any, account_name: str | None, parsed: ParsedMessage, settings: Any = None) -> str | None:
+    """Our own mail server says the From is forged (DMARC failed), RELIABILITY 40.
+
+    ``settings``: the account's threader.settings_for, when the caller has it already."""
     from mail2ticket.threader import sender_unverified, settings_for
 
-    return sender_unverified(parsed, settings_for(cfg, account_name).authserv_ids)
+    if settings is None:
+        settings = settings_for(cfg, account_name)
+    return sender_unverified(parsed, settings.authserv_ids)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -351,15 +355,22 @@ def clear_failing(db: Database, outcome: Any, parsed: ParsedMessage) -> bool:
     return True
 
 
-def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> None:
-    """Mark the addresses a bounce reports; clear the mark of an address that writes again."""
+def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage, settings: Any = None) -> None:
+    """Mark the addresses a bounce reports; clear the mark of an address that writes again.
+
+    ``settings``: the account's threader.settings_for, when the caller has it already."""
     if outcome.message_row is None:
         return
     try:
+        bounce = bounce_reason(parsed)
+        sender = (parsed.from_address or "").lower()
+        if not bounce and (not sender or db.execute(
+                "select 1 from failing_addresses where address = ?", [sender]).fetchone() is None):
+            return  # the common case: nothing to mark, nothing to clear (no savepoint needed)
         with db.atomic():
-            if bounce_reason(parsed):
+            if bounce:
                 record_bounce(cfg, db, outcome, parsed)
-            elif not _unverified(cfg, outcome.incoming.account, parsed):  # a forged From clears nothing
+            elif not _unverified(cfg, outcome.incoming.account, parsed, settings):  # a forged From clears nothing
                 clear_failing(db, outcome, parsed)
     except sqlite3.OperationalError:
         raise
@@ -370,8 +381,15 @@ def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -
 def ack_hook(cfg: Any):
     """The import hook (``ImportContext.hooks``) that tracks bounces and acknowledges new tickets."""
 
+    from mail2ticket.threader import settings_for
+
+    settings: dict = {}  # the accounts' threading settings, worked out once per hook (per poll)
+
     def hook(db: Database, outcome: Any, parsed: ParsedMessage) -> None:
-        track_failing(cfg, db, outcome, parsed)
+        account = outcome.incoming.account
+        if account not in settings:
+            settings[account] = settings_for(cfg, account)
+        track_failing(cfg, db, outcome, parsed, settings[account])
         acknowledge(cfg, db, outcome, parsed)
 
     hook.__name__ = "acknowledge"
