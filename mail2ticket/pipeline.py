@@ -152,7 +152,7 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None) -> None:
+def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, deferred: bool = False) -> None:
     """A worker's loop: read one message, answer with parse_and_store's result.
 
     Each message is two frames: its kind (b"r": the raw bytes follow; b"f": the path of a spool
@@ -166,7 +166,8 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None) 
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     store = AttachmentStore(root)
     parent = multiprocessing.parent_process()
-    owner = parent.pid if parent is not None else None  # who makes the files durable (batch)
+    # deferred: the main process (the parent) makes the attachment files durable, once per batch
+    owner = parent.pid if deferred and parent is not None else None
     while True:
         try:
             kind = conn.recv_bytes()
@@ -214,11 +215,16 @@ class ParsePool:
 
     ``submit(raw)`` returns a Future of parse_and_store's result. A worker that dies or overruns
     ``timeout`` seconds on a message is killed and replaced; that message's result is an
-    ("error", ...) that sends it to the quarantine. Use as a context manager, or call close()."""
+    ("error", ...) that sends it to the quarantine. Use as a context manager, or call close().
+
+    ``deferred``: the workers write attachment files as temp files without fsync (each stored
+    attachment's ``pending``), for the caller to make durable with AttachmentStore.make_durable
+    before it commits (Pipeline does, once per batch); by default each file is durable at once."""
 
     def __init__(self, parse: Callable[[bytes], Any], attachments_root: Path, workers: int,
-                 timeout: float = DEFAULT_TIMEOUT, limits: Any = None):
+                 timeout: float = DEFAULT_TIMEOUT, limits: Any = None, deferred: bool = False):
         self._limits = limits
+        self._deferred = deferred
         self._mp = multiprocessing.get_context("fork")
         self._parse = parse
         self._root = Path(attachments_root)
@@ -250,7 +256,7 @@ class ParsePool:
 
     def _spawn(self) -> _Worker:
         ours, theirs = self._mp.Pipe(duplex=True)
-        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root, self._limits),
+        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root, self._limits, self._deferred),
                                 name="mail2ticket-parser", daemon=True)
         proc.start()
         theirs.close()
@@ -523,7 +529,7 @@ class Pipeline:
             parse = self.ctx.parse
             assert parse is not None
             self._pool = ParsePool(parse, self.ctx.attachments.root, min(self.workers, max(1, wanted)),
-                                   self.timeout, getattr(self.ctx, "limits", None))
+                                   self.timeout, getattr(self.ctx, "limits", None), deferred=True)
         return self._pool
 
 

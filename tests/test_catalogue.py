@@ -452,6 +452,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_pipeline.py::test_a_fetch_error_comes_after_the_batches_fetched_before_it_and_closing_stops_the_thread",
         "tests/test_pipeline.py::test_batches_are_committed_in_uid_order_and_the_watermark_follows",
     ),
+    90: tests(
+        "tests/test_batch_durability.py::test_sigkill_before_a_batch_is_made_durable_leaves_no_file_at_a_content_address_and_the_next_poll_stores_once",
+        "tests/test_batch_durability.py::test_pending_files_appear_at_their_content_address_only_once_made_durable",
+        "tests/test_batch_durability.py::test_pending_files_of_a_process_that_is_gone_are_swept",
+    ),
 }
 
 
