@@ -433,19 +433,44 @@ class ParsePool:
 
 
 class PreparedBatch:
-    """One batch on its way: known and over-size messages settled at once, the others being parsed."""
+    """One batch on its way: known and over-size messages settled at once, the others being parsed.
+
+    When the workers are done with it, a thread of its own makes the attachment files they wrote
+    durable (AttachmentStore.make_durable), so that waiting on the disk for batch k+1 overlaps
+    the main thread's commit of batch k."""
 
     def __init__(self, items: Sequence[Incoming], parts: list[_Prepared | tuple[str, Future]],
                  store: AttachmentStore | None = None):
         self.items = list(items)
         self._parts = parts
         self._store = store
+        self._out: list[_Prepared] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if store is not None and any(not isinstance(part, _Prepared) for part in parts):
+            self._thread = threading.Thread(target=self._finish, name="mail2ticket-durable", daemon=True)
+            self._thread.start()
 
     def result(self) -> list[_Prepared]:
         """Wait for the workers; one _Prepared per item, in order. Raises TempFailError (disk full).
 
-        The attachment files the workers wrote without fsync are made durable here, all at once,
-        and moved to their content addresses: the batch may commit when this returns."""
+        The attachment files the workers wrote without fsync are durable and at their content
+        addresses when this returns: the batch may commit."""
+        if self._thread is not None:
+            self._thread.join()
+        elif self._out is None and self._error is None:
+            self._finish()
+        if self._error is not None:
+            raise self._error
+        assert self._out is not None
+        return self._out
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the batch's thread to end (the pool being closed ends it)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _finish(self) -> None:
         out: list[_Prepared] = []
         pending: list[tuple[Path, str]] = []
         try:
@@ -465,13 +490,14 @@ class PreparedBatch:
             if pending:
                 assert self._store is not None
                 self._store.make_durable(pending)
-        except BaseException:
+        except BaseException as exc:  # handed to result(), in the main thread
             for tmp, _sha in pending:  # this batch is not committed: its temp files are no use
                 try:
                     tmp.unlink(missing_ok=True)
                 except OSError:
                     pass
-            raise
+            self._error = exc
+            return
         finally:
             self._parts = []
         for prep in out:
@@ -479,7 +505,7 @@ class PreparedBatch:
                 for att in prep.parsed.attachments:
                     if getattr(att, "pending", None) is not None:
                         att.pending = None
-        return out
+        self._out = out
 
 
 class Pipeline:
@@ -490,6 +516,7 @@ class Pipeline:
         self.workers = default_workers() if workers is None else max(0, workers)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self._pool: ParsePool | None = None
+        self._batches: list[PreparedBatch] = []  # batches whose thread may still run
 
     def __enter__(self) -> Pipeline:
         return self
@@ -499,8 +526,11 @@ class Pipeline:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.close()
+            self._pool.close()  # resolves every batch's futures: their threads end
             self._pool = None
+        for batch in self._batches:
+            batch.wait(10)
+        self._batches = []
 
     def submit(self, items: Sequence[Incoming]) -> PreparedBatch:
         """Start preparing ``items``: the result is collected with PreparedBatch.result()."""
@@ -522,7 +552,9 @@ class Pipeline:
                 parts.append((digests[i], self._ensure_pool(len(items)).submit(None, item.spool.path)))
             else:
                 parts.append((digests[i], self._ensure_pool(len(items)).submit(item.raw)))
-        return PreparedBatch(items, parts, self.ctx.attachments)
+        batch = PreparedBatch(items, parts, self.ctx.attachments)
+        self._batches = [b for b in self._batches if b._thread is not None and b._thread.is_alive()] + [batch]
+        return batch
 
     def _ensure_pool(self, wanted: int) -> ParsePool:
         if self._pool is None:
