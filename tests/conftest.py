@@ -1,6 +1,6 @@
 """Shared pytest fixtures: an isolated user environment, and the real servers of tests/servers.py.
 
-Sections: environment (autouse), TLS, IMAP (Dovecot), SMTP, network faults. Add new fixtures to
+Sections: environment (autouse), TLS, IMAP (Dovecot), SMTP, network faults, desks and daemons. Add new fixtures to
 the section they belong to, or start a new section; keep the machinery itself in helper modules.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import DaemonProcess, Desk
 from tests.servers import (
     DOVECOT_MISSING,
     CertificateAuthority,
@@ -147,3 +148,38 @@ def tcp_relay() -> Iterator[Callable[[str, int], TcpRelay]]:
     yield make
     for relay in relays:
         relay.close()
+
+
+# ------------------------------------------------------------------------ desks and daemons
+
+
+@pytest.fixture
+def desk(tmp_path: Path, dovecot: Dovecot, imap_user: User, smtp_server: SmtpServer, account_config) -> Desk:
+    """One installation (tests/helpers.py Desk) on this test's mailbox user and SMTP server."""
+    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
+
+
+@pytest.fixture
+def make_desk(tmp_path: Path, dovecot: Dovecot, smtp_server: SmtpServer, account_config) -> Callable[..., Desk]:
+    """make_desk(name, **account_keys): another installation with its own mailbox user."""
+
+    def make(name: str, conversations=None, **account) -> Desk:
+        return Desk(tmp_path / name, dovecot, dovecot.add_user(), smtp_server, account_config,
+                    conversations=conversations, **account)
+
+    return make
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """start_daemon(main, **kwargs): ``mail2ticket run`` as its own process, killed after the test."""
+    started: list[DaemonProcess] = []
+
+    def start(main: Path, **kwargs) -> DaemonProcess:
+        proc = DaemonProcess(main, tmp_path, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()

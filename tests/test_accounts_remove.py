@@ -11,10 +11,9 @@ import tomllib
 from pathlib import Path
 
 import keyring
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import run_cli
 
 SHARED = """\
 # Accounts of the Berlin office: ask Ines before changing them.
@@ -50,14 +49,10 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
     return main, shared
 
 
-def _cli(main: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(main), *args])
-
-
 def test_remove_takes_only_that_entry_out_of_a_shared_file_and_keeps_the_comments(tmp_path: Path) -> None:
     main, shared = _setup(tmp_path)
 
-    result = _cli(main, "accounts", "remove", "sales", "--yes")
+    result = run_cli(main, "accounts", "remove", "sales", "--yes")
 
     assert result.exit_code == 0, result.output
     assert shared.exists()
@@ -71,18 +66,18 @@ def test_remove_takes_only_that_entry_out_of_a_shared_file_and_keeps_the_comment
     assert keyring.get_password("mail2ticket", "sales") is None
     assert keyring.get_password("mail2ticket", "desk") == "secret-of-desk"
     assert keyring.get_password("mail2ticket", "billing") == "secret-of-billing"
-    listed = _cli(main, "accounts", "list", "--json")
+    listed = run_cli(main, "accounts", "list", "--json")
     assert listed.exit_code == 0, listed.output
     assert sorted(a["name"] for a in json.loads(listed.stdout)) == ["billing", "desk"]
 
 
 def test_removing_the_first_and_then_the_last_entries_leaves_the_file_and_then_deletes_it(tmp_path: Path) -> None:
     main, shared = _setup(tmp_path)
-    assert _cli(main, "accounts", "remove", "desk", "--yes").exit_code == 0
+    assert run_cli(main, "accounts", "remove", "desk", "--yes").exit_code == 0
     assert [a["name"] for a in tomllib.loads(shared.read_text())["accounts"]] == ["sales", "billing"]
     assert shared.read_text().startswith("# Accounts of the Berlin office")
-    assert _cli(main, "accounts", "remove", "billing", "--yes").exit_code == 0
+    assert run_cli(main, "accounts", "remove", "billing", "--yes").exit_code == 0
     assert [a["name"] for a in tomllib.loads(shared.read_text())["accounts"]] == ["sales"]
-    assert _cli(main, "accounts", "remove", "sales", "--yes").exit_code == 0
+    assert run_cli(main, "accounts", "remove", "sales", "--yes").exit_code == 0
     assert not shared.exists()
     assert keyring.get_password("mail2ticket", "sales") is None

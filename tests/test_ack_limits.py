@@ -7,19 +7,12 @@ out is counted on the real SMTP server.
 
 from __future__ import annotations
 
-import pytest
-
 from mail2ticket.compose import conversation_settings, mailbox_key
 from mail2ticket.config import load_config
+from tests.helpers import Desk, make_mail
 from tests.servers import MAIL_DOMAIN
-from tests.test_threading import Desk, make_mail
 
 PHISH = "URGENT verify your account at http://phish.test/login"
-
-
-@pytest.fixture
-def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
-    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
 
 
 def _ack_reasons(desk: Desk) -> list[str]:

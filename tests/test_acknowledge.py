@@ -11,12 +11,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from tests.test_threading import Desk, make_desk, make_mail  # noqa: F401  (make_desk: a fixture)
-
-
-@pytest.fixture
-def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
-    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
+from tests.helpers import Desk, make_mail
 
 
 def test_a_new_ticket_gets_a_threaded_tagged_auto_replied_acknowledgement(desk):

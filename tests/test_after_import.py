@@ -8,17 +8,14 @@ messages stored and their server action pending; new mail keeps coming in; the f
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import numbered_mail, run_cli, status_json, write_config
 from tests.servers import Dovecot, account_config, find_dovecot
 
 # Cyrus lays folders out below INBOX with a '.' separator: "INBOX.Processed", not "Processed".
@@ -31,37 +28,13 @@ namespace inbox {
 
 
 def _mail(n: int) -> bytes:
-    return (
-        b"From: customer%d@example.org\r\nTo: desk@example.test\r\nSubject: after import %d\r\n"
-        b"Message-ID: <after-import-%d@example.org>\r\n\r\nPlease help with request %d.\r\n" % (n, n, n, n)
-    )
-
-
-def _write_config(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-                "accounts": [account],
-            }
-        )
-    )
-    return config
-
-
-def _cli(config: Path, *args: str, input: str | None = None):
-    return CliRunner().invoke(cli, ["--config", str(config), *args], input=input)
+    return numbered_mail(n, b"after import", b"<after-import-%d@example.org>" % n,
+                         to=b"desk@example.test", text=b"Please help with request %d." % n)
 
 
 def _subjects(tmp_path: Path) -> list[str]:
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
         return [row[0] for row in conn.execute("select subject from tickets order by id")]
-
-
-def _status(config: Path) -> dict:
-    result = _cli(config, "status", "--json")
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +54,17 @@ def test_a_wrong_move_folder_never_stops_new_mail_and_a_fixed_config_moves_the_p
     store_password(user.name, user.password)
     server.create_folder(user, "INBOX.Processed")
     account = account_config(user, server, after_import="move:Processed")
-    config = _write_config(tmp_path, account)
+    config = write_config(tmp_path, account)
     server.append(user, _mail(1))
 
-    first = _cli(config, "poll")
+    first = run_cli(config, "poll")
     # The mail is stored; the move fails and says which folder, and which folders exist.
     assert _subjects(tmp_path) == ["after import 1"]
     assert first.exit_code != 0
     assert "'Processed'" in first.stderr
     assert "INBOX.Processed" in first.stderr
     assert "separator '.'" in first.stderr
-    status = _status(config)
+    status = status_json(config)
     (acct,) = status["accounts"]
     assert not acct["healthy"] and "Processed" in acct["last_error"]
     assert any("Processed" in alert for alert in status["alerts"])
@@ -99,21 +72,21 @@ def test_a_wrong_move_folder_never_stops_new_mail_and_a_fixed_config_moves_the_p
 
     # New mail still comes in while the action keeps failing.
     server.append(user, _mail(2))
-    second = _cli(config, "poll")
+    second = run_cli(config, "poll")
     assert second.exit_code != 0
     assert _subjects(tmp_path) == ["after import 1", "after import 2"]
     assert server.uids(user, "INBOX") != []
 
     # The sysadmin fixes the config: the pending actions follow it, nothing is re-imported.
     account["after_import"] = "move:INBOX.Processed"
-    config = _write_config(tmp_path, account)
+    config = write_config(tmp_path, account)
     server.append(user, _mail(3))
-    third = _cli(config, "poll")
+    third = run_cli(config, "poll")
     assert third.exit_code == 0, third.output
     assert _subjects(tmp_path) == ["after import 1", "after import 2", "after import 3"]
     assert server.uids(user, "INBOX") == []
     assert len(server.uids(user, "INBOX.Processed")) == 3
-    (acct,) = _status(config)["accounts"]
+    (acct,) = status_json(config)["accounts"]
     assert acct["healthy"] and acct["last_error"] is None
 
 
@@ -122,12 +95,12 @@ def test_a_changed_after_import_applies_to_actions_still_pending(cyrus_like, tmp
     user = server.add_user()
     store_password(user.name, user.password)
     account = account_config(user, server, after_import="move:Nowhere")
-    config = _write_config(tmp_path, account)
+    config = write_config(tmp_path, account)
     uid = server.append(user, _mail(1))
-    assert _cli(config, "poll").exit_code != 0
+    assert run_cli(config, "poll").exit_code != 0
     account["after_import"] = "seen"
-    config = _write_config(tmp_path, account)
-    assert _cli(config, "poll").exit_code == 0
+    config = write_config(tmp_path, account)
+    assert run_cli(config, "poll").exit_code == 0
     assert "\\Seen" in server.flags(user)[uid]
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
         assert conn.execute("select action, action_state from sources").fetchall() == [("seen", "done")]
@@ -140,15 +113,15 @@ def test_accounts_test_names_a_missing_move_folder_and_the_folders_the_server_ha
     user = server.add_user()
     store_password(user.name, user.password)
     server.create_folder(user, "INBOX.Processed")
-    config = _write_config(tmp_path, account_config(user, server, after_import="move:Processed"))
-    result = _cli(config, "accounts", "test", user.name, "-v")
+    config = write_config(tmp_path, account_config(user, server, after_import="move:Processed"))
+    result = run_cli(config, "accounts", "test", user.name, "-v")
     assert result.exit_code == 1, result.output
     assert "after_import folder 'Processed' does not exist" in result.stderr
     assert "INBOX.Processed" in result.stderr
     assert "separator '.'" in result.stderr and "namespace 'INBOX.'" in result.stderr
 
-    good = _write_config(tmp_path, account_config(user, server, smtp_server, after_import="move:INBOX.Processed"))
-    ok = _cli(good, "accounts", "test", user.name, "-v")
+    good = write_config(tmp_path, account_config(user, server, smtp_server, after_import="move:INBOX.Processed"))
+    ok = run_cli(good, "accounts", "test", user.name, "-v")
     assert ok.exit_code == 0, ok.output
     assert "ok  IMAP after_import folder INBOX.Processed" in ok.stdout
 
@@ -158,7 +131,7 @@ def test_add_account_refuses_a_move_folder_that_does_not_exist(cyrus_like, tmp_p
     user = server.add_user()
     main = tmp_path / "config.toml"
     main.write_text(f'[storage]\ndatabase = "{tmp_path / "m2t.db"}"\n')
-    result = _cli(
+    result = run_cli(
         main, "add-account", user.name, "--email", user.email, "--imap-host", server.host,
         "--imap-port", str(server.imaps_port), "--smtp-host", server.host, "--smtp-port", "1",
         "--ca-file", str(server.ca_file), "--after-import", "move:Processed", "--password-stdin",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_threading import Desk, make_mail, reply_to
+from tests.helpers import Desk, make_mail, reply_to
 
 OOO = {"Auto-Submitted": "auto-replied", "X-Autoreply": "yes"}
 

@@ -17,20 +17,22 @@ import random
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import tomli_w
 
-from tests.test_big_messages import PEAK_LIMIT_KIB, _hwm_kib, _raw_sha, _tree
+from tests.helpers import (
+    PEAK_LIMIT_KIB,
+    MiB,
+    command,
+    raw_sha,
+    run_measured,
+    sha256_hex,
+    write_config,
+)
 
-MiB = 1024 * 1024
 ATTACHMENT = 50 * MiB
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _head(subject: bytes, mid: bytes) -> bytes:
@@ -61,7 +63,7 @@ def attachment_eml(files: Path) -> dict:
     )
     path = files / "attachment.eml"
     path.write_bytes(raw)
-    return {"path": path, "sha": _sha(raw), "size": len(raw), "attachment_sha": _sha(data)}
+    return {"path": path, "sha": sha256_hex(raw), "size": len(raw), "attachment_sha": sha256_hex(data)}
 
 
 def _qp_soft_breaks() -> bytes:
@@ -92,43 +94,23 @@ def _config(tmp_path: Path, max_message_size: str = "100MB") -> Path:
     maildir = tmp_path / "Maildir"
     for sub in ("new", "cur", "tmp"):
         (maildir / sub).mkdir(parents=True, exist_ok=True)
-    config = tmp_path / "config.toml"
-    config.write_text(tomli_w.dumps({
-        "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-        "limits": {"max_message_size": max_message_size, "max_attachment_size": "60MB"},
-        "performance": {"workers": 2},
-        "accounts": [
-            {"name": "pipe", "email": "pipe@example.test", "source": "pipe", "acknowledge": False},
-            {"name": "local", "email": "local@example.test", "source": "maildir", "path": str(maildir),
-             "acknowledge": False},
-        ],
-    }))
-    return config
+    return write_config(
+        tmp_path,
+        {"name": "pipe", "email": "pipe@example.test", "source": "pipe", "acknowledge": False},
+        {"name": "local", "email": "local@example.test", "source": "maildir", "path": str(maildir),
+         "acknowledge": False},
+        limits={"max_message_size": max_message_size, "max_attachment_size": "60MB"},
+        performance={"workers": 2},
+    )
 
 
 def _measured(config: Path, *args: str, stdin: Path | None = None) -> tuple[subprocess.CompletedProcess, int]:
     """Run ``mail2ticket ARGS`` (standard input from ``stdin``); the largest VmHWM (KiB) of the
     process and its parser workers, sampled every 20 ms."""
-    cmd = [sys.executable, "-m", "mail2ticket", "--config", str(config), *args]
-    with open(stdin or "/dev/null", "rb") as source:
-        proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        hwm: dict[int, int] = {}
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                for p in _tree(proc.pid):
-                    hwm[p] = max(hwm.get(p, 0), _hwm_kib(p))
-                done.wait(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out, err = proc.communicate(timeout=300)
-        done.set()
-        sampler.join()
+    result, hwm, _ = run_measured(command(config, *args), stdin)
     peak = max(hwm.values(), default=0)
     print(f"\n{' '.join(args)}: peak RSS {peak / 1024:.0f} MiB")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode()), peak
+    return result, peak
 
 
 def _assert_bounded(result: subprocess.CompletedProcess, peak: int) -> None:
@@ -140,7 +122,7 @@ def _assert_bounded(result: subprocess.CompletedProcess, peak: int) -> None:
 def _check_stored(tmp_path: Path, eml: dict) -> None:
     """One message, byte-identical raw, its 50 MB attachment with the right hash on disk."""
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        assert _raw_sha(conn, eml["sha"]) == eml["sha"], "the stored raw differs from the original"
+        assert raw_sha(conn, eml["sha"]) == eml["sha"], "the stored raw differs from the original"
         assert conn.execute("select count(*) from messages").fetchone()[0] == 1
         assert conn.execute("select count(*) from quarantine where resolved_at is null").fetchone()[0] == 0
         rows = conn.execute(
@@ -167,7 +149,7 @@ def test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb(tmp_path: Pat
     raw = build()
     eml = files / f"{build.__name__}.eml"
     eml.write_bytes(raw)
-    sha = _sha(raw)
+    sha = sha256_hex(raw)
     del raw
     config = _config(tmp_path)
 
@@ -176,7 +158,7 @@ def test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb(tmp_path: Pat
     _assert_bounded(result, peak)
     assert "stored as new ticket #1" in result.stdout, result.stdout
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        assert _raw_sha(conn, sha) == sha, "the stored raw differs from the original"
+        assert raw_sha(conn, sha) == sha, "the stored raw differs from the original"
         [(subject, body)] = conn.execute("select subject, body_text from messages").fetchall()
     if build is _qp_soft_breaks:
         assert subject == "soft line breaks" and body.strip() == "Hello, the end."
@@ -202,7 +184,7 @@ def test_a_small_message_of_millions_of_short_lines_is_parsed_in_bounded_memory_
 
     _assert_bounded(result, peak)
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        assert _raw_sha(conn, _sha(raw)) == _sha(raw)
+        assert raw_sha(conn, sha256_hex(raw)) == sha256_hex(raw)
         [(subject, body)] = conn.execute("select subject, body_text from messages").fetchall()
     assert subject == "short lines" and body.strip() == "Hello, the end."
     assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"
@@ -242,7 +224,7 @@ def test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte(
     assert kept.returncode == 0 and "quarantine as #1" in kept.stderr, kept.stderr
     assert "over the size limit" in kept.stderr
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        assert _raw_sha(conn, attachment_eml["sha"]) == attachment_eml["sha"], "the quarantine keeps the raw"
+        assert raw_sha(conn, attachment_eml["sha"]) == attachment_eml["sha"], "the quarantine keeps the raw"
     config = _config(tmp_path)  # the limit raised
 
     result, peak = _measured(config, "quarantine", "retry", "1")
@@ -321,8 +303,8 @@ def test_quarantine_retry_fetches_a_large_message_left_on_the_server_in_pieces(
     _assert_bounded(result, peak)
     assert "#1: imported as message 1" in result.stdout, result.stdout
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        assert _raw_sha(conn, _sha(raw)) == _sha(raw), "the stored raw differs from the server's copy"
+        assert raw_sha(conn, sha256_hex(raw)) == sha256_hex(raw), "the stored raw differs from the server's copy"
         [(size, sha, rel)] = conn.execute("select size, sha256, path from attachments").fetchall()
-    assert (size, sha) == (len(data), _sha(data)) and (tmp_path / "files" / rel).read_bytes() == data
+    assert (size, sha) == (len(data), sha256_hex(data)) and (tmp_path / "files" / rel).read_bytes() == data
     assert "\\Seen" in dovecot.flags(imap_user)[1], "flagged once stored"
     assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"

@@ -19,27 +19,29 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from mail2ticket import bigmessage
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.parse import ParseLimits, parse_message
 from mail2ticket.secrets import store_password
+from tests.helpers import (
+    PEAK_LIMIT_KIB,
+    MiB,
+    command,
+    numbered_mail,
+    process_tree,
+    raw_sha,
+    run_measured,
+    sha256_hex,
+    write_config,
+)
 from tests.servers import Dovecot, User
 
-MiB = 1024 * 1024
-PEAK_LIMIT_KIB = 150 * 1000 * 1000 // 1024  # the target: 150 MB, whatever the attachment sizes
 ATTACHMENT = 50 * MiB
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -58,95 +60,21 @@ def big() -> dict:
         b'Content-Disposition: attachment; filename="scans.bin"\r\n'
         b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"\r\n--==b==--\r\n"
     )
-    return {"raw": raw, "sha": _sha(raw), "attachment_sha": _sha(data), "size": len(raw)}
+    return {"raw": raw, "sha": sha256_hex(raw), "attachment_sha": sha256_hex(data), "size": len(raw)}
 
 
 def _small(n: int) -> bytes:
-    return (
-        b"From: customer%d@example.org\r\nTo: support@example.test\r\nSubject: small %d\r\n"
-        b"Message-ID: <small-%d@example.org>\r\n\r\nhello %d\r\n" % (n, n, n, n)
-    )
+    return numbered_mail(n, b"small", b"<small-%d@example.org>" % n, text=b"hello %d" % n)
 
 
 def _setup(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {
-                    "database": str(tmp_path / "m2t.db"),
-                    "attachments": str(tmp_path / "files"),
-                },
-                "limits": {"max_message_size": "100MB", "max_attachment_size": "60MB"},
-                "performance": {"workers": 2},
-                "accounts": [account],
-            }
-        )
-    )
-    return config
-
-
-def _poll_cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def _hwm_kib(pid: int) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    return write_config(tmp_path, account, limits={"max_message_size": "100MB", "max_attachment_size": "60MB"},
+                        performance={"workers": 2})
 
 
 def _measured_poll(config: Path) -> tuple[subprocess.CompletedProcess, dict[int, int], int]:
     """Run `mail2ticket poll`, sampling the peak RSS (VmHWM, KiB) of it and its children."""
-    proc = subprocess.Popen(_poll_cmd(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    hwm: dict[int, int] = {}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            for p in _tree(proc.pid):
-                hwm[p] = max(hwm.get(p, 0), _hwm_kib(p))
-            done.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate(timeout=300)
-    done.set()
-    sampler.join()
-    return (
-        subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode()),
-        hwm,
-        proc.pid,
-    )
-
-
-def _db(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path)
-
-
-def _raw_sha(conn: sqlite3.Connection, sha: str) -> str | None:
-    """SHA-256 of the raw bytes stored for ``sha``, read 1 MB at a time."""
-    row = conn.execute("select rowid from raw_messages where sha256 = ?", [sha]).fetchone()
-    if row is None:
-        return None
-    digest = hashlib.sha256()
-    with conn.blobopen("raw_messages", "raw", row[0], readonly=True) as blob:
-        while chunk := blob.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return run_measured(command(config, "poll"))
 
 
 def _check_consistent(dovecot: Dovecot, user: User, db_path: Path) -> dict[int, str]:
@@ -154,10 +82,10 @@ def _check_consistent(dovecot: Dovecot, user: User, db_path: Path) -> dict[int, 
     if not db_path.exists():
         ledger = {}
     else:
-        with _db(db_path) as conn:
+        with sqlite3.connect(db_path) as conn:
             ledger = dict(conn.execute("select uid, raw_sha256 from sources").fetchall())
             for (sha,) in conn.execute("select sha256 from raw_messages").fetchall():
-                assert _raw_sha(conn, sha) == sha, "a partial raw message was stored"
+                assert raw_sha(conn, sha) == sha, "a partial raw message was stored"
             dup = conn.execute(
                 "select count(*) from (select raw_sha256 from messages group by raw_sha256 having count(*) > 1)"
             ).fetchone()[0]
@@ -185,10 +113,10 @@ def _check_imported(dovecot: Dovecot, user: User, tmp_path: Path, big: dict) -> 
     assert len(ledger) == 3
     server = dovecot.fetch_raw(user)
     big_uid = next(uid for uid, raw in server.items() if len(raw) == big["size"])
-    assert _sha(server[big_uid]) == big["sha"] == ledger[big_uid]
+    assert sha256_hex(server[big_uid]) == big["sha"] == ledger[big_uid]
     del server
-    with _db(db_path) as conn:
-        assert _raw_sha(conn, big["sha"]) == big["sha"], (
+    with sqlite3.connect(db_path) as conn:
+        assert raw_sha(conn, big["sha"]) == big["sha"], (
             "the stored raw differs from the server's copy"
         )
         assert conn.execute("select count(*) from messages").fetchone()[0] == 3
@@ -245,7 +173,7 @@ def test_a_connection_cut_mid_partial_fetch_stores_nothing_and_the_next_poll_com
     )
     relay.cut_once_at(30 * MiB)  # in the middle of the big message's pieces
 
-    cut = subprocess.run(_poll_cmd(config), capture_output=True, text=True, timeout=300)
+    cut = subprocess.run(command(config, "poll"), capture_output=True, text=True, timeout=300)
 
     assert relay.cuts == 1
     assert cut.returncode == 6 and "Traceback" not in cut.stderr, cut.stderr  # a network failure (README: exit codes)
@@ -253,7 +181,7 @@ def test_a_connection_cut_mid_partial_fetch_stores_nothing_and_the_next_poll_com
     ledger = _check_consistent(dovecot, big_mailbox, tmp_path / "m2t.db")
     assert big["sha"] not in ledger.values(), "the cut message was recorded"
     assert len(ledger) == 1, "only the batch before the cut is stored"
-    with _db(tmp_path / "m2t.db") as conn:
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:
         assert (
             conn.execute(
                 "select count(*) from raw_messages where sha256 = ?", [big["sha"]]
@@ -262,7 +190,7 @@ def test_a_connection_cut_mid_partial_fetch_stores_nothing_and_the_next_poll_com
         )
     assert not list((tmp_path / "files" / "tmp").glob("*")), "the partial temp file was left behind"
 
-    done = subprocess.run(_poll_cmd(config), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(config, "poll"), capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 imported" in done.stdout
@@ -282,7 +210,7 @@ def _survivors(config: Path) -> list[int]:
 
 def _kill_when(config: Path, ready, what: str, timeout: float = 120) -> None:
     """Start `poll`, SIGKILL it as soon as ``ready()`` is true; check that nothing of it survives."""
-    proc = subprocess.Popen(_poll_cmd(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command(config, "poll"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, (
@@ -290,7 +218,7 @@ def _kill_when(config: Path, ready, what: str, timeout: float = 120) -> None:
         )
         assert time.monotonic() < deadline, f"never reached {what}"
         time.sleep(0.005)
-    tree = _tree(proc.pid)
+    tree = process_tree(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 5
@@ -333,7 +261,7 @@ def test_sigkill_mid_import_then_a_fresh_poll_imports_it_exactly_once(
     ledger = _check_consistent(dovecot, big_mailbox, db_path)
     assert big["sha"] not in ledger.values()
 
-    final = subprocess.run(_poll_cmd(config), capture_output=True, text=True, timeout=300)
+    final = subprocess.run(command(config, "poll"), capture_output=True, text=True, timeout=300)
 
     assert final.returncode == 0, final.stdout + final.stderr
     _check_imported(dovecot, big_mailbox, tmp_path, big)
@@ -466,13 +394,13 @@ def test_an_unparseable_large_message_is_quarantined_with_its_raw_bytes(
         None,
         Source("acct", "INBOX", 1, 7),
         action="seen",
-        spool=Spool(str(path), len(raw), _sha(raw)),
+        spool=Spool(str(path), len(raw), sha256_hex(raw)),
         size=len(raw),
     )
 
     [outcome] = import_batch(ctx, [item])
 
     assert outcome.status == "quarantined" and outcome.flag_on_server
-    stored = db.execute("select raw from raw_messages where sha256 = ?", [_sha(raw)]).fetchone()[0]
+    stored = db.execute("select raw from raw_messages where sha256 = ?", [sha256_hex(raw)]).fetchone()[0]
     assert stored == raw
     assert db.execute("select size, reason from quarantine").fetchone() == (len(raw), "unparseable")

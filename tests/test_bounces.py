@@ -12,12 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.test_threading import Desk, make_mail
-
-
-@pytest.fixture
-def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
-    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
+from tests.helpers import Desk, make_mail
 
 
 def dsn(desk: Desk, returned: bytes, *, recipient: str = "ghost@customer.test", action: str = "failed",

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import keyring
-import pytest
 import tomli_w
 from click.testing import CliRunner
 
@@ -27,33 +19,12 @@ from mail2ticket.cli import cli
 from mail2ticket.config import load_config
 from mail2ticket.daemon import JobRunner, job_schedule_key
 from mail2ticket.push import PushWatcher
+from tests.helpers import make_mail, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def make_mail(subject: str, body: str = "Hello.") -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "Ann Customer <ann@customer.test>"
-    msg["To"] = "support@example.test"
-    msg["Subject"] = subject
-    msg["Message-ID"] = make_msgid(domain="customer.test")
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    msg.set_content(body)
-    return msg.as_bytes()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def write_config(tmp_path: Path, *, poll: str = "2s", outbox: str = "1h", overdue: str = "1h") -> Path:
@@ -95,102 +66,6 @@ def subjects(main: Path, account: str | None = None) -> list[str]:
 def status(main: Path, *args: str):
     result = CliRunner().invoke(cli, ["--config", str(main), "status", "--json", *args])
     return result.exit_code, json.loads(result.stdout)
-
-
-class NotifyListener:
-    """The systemd side of sd_notify: an AF_UNIX datagram socket in tmp_path."""
-
-    def __init__(self, directory: Path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        path = directory / f"notify-{secrets.token_hex(3)}.sock"
-        if len(str(path)) < 100:
-            self.sock.bind(str(path))
-            self.address = str(path)
-        else:  # sun_path holds 108 bytes: use an abstract socket for very long tmp paths
-            name = f"mail2ticket-test-{secrets.token_hex(8)}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        self.sock.settimeout(0.1)
-        self.messages: list[dict[str, str]] = []
-
-    def _receive(self) -> None:
-        try:
-            data = self.sock.recv(4096)
-        except TimeoutError:
-            return
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        self.messages.append(fields)
-
-    def wait_for(self, key: str, value: str | None = None, *, timeout: float = 10,
-                 contains: str | None = None, start: int = 0) -> int:
-        """Index of the first message from ``start`` on with ``key`` (= ``value``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(start, len(self.messages)):
-                got = self.messages[i].get(key)
-                if got is not None and (value is None or got == value) and (
-                    contains is None or contains in got
-                ):
-                    return i
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {key}={value or contains or ''} from the daemon; got {self.messages}")
-            self._receive()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class DaemonProcess:
-    """``python -m mail2ticket --config MAIN run`` with a NOTIFY_SOCKET we listen on."""
-
-    def __init__(self, main: Path, tmp_path: Path, *, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), journal: bool = False):
-        self.notify = NotifyListener(tmp_path)
-        self.log_path = tmp_path / f"daemon-{secrets.token_hex(3)}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify.address}
-        if journal:  # what systemd sets when stderr is connected to journald
-            st = os.fstat(self._log.fileno())
-            full_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mail2ticket", "--config", str(main), *args, "run"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=full_env,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def send(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
-        """Send ``sig`` and wait: (exit code, seconds it took)."""
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        return code, time.monotonic() - t0
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        self.notify.close()
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(main: Path, **kwargs) -> DaemonProcess:
-        proc = DaemonProcess(main, tmp_path, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 # --- the daemon as systemd runs it -------------------------------------------------------------------
@@ -359,7 +234,7 @@ def test_sigterm_finishes_the_batch_logs_out_and_exits_0_with_no_message_lost(
     main = write_config(tmp_path, poll="1h")
     add_account(main, account_config(imap_user, batch_size=3), imap_user.password)
     count = 40
-    dovecot.append_many(imap_user, [make_mail(f"Bulk {i}", "x" * 20_000) for i in range(count)])
+    dovecot.append_many(imap_user, [make_mail(f"Bulk {i}", body="x" * 20_000) for i in range(count)])
     daemon = start_daemon(main)
     wait_until(lambda: subjects(main), 15, "the first batch")
     code, took = daemon.stop()

@@ -16,11 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 
@@ -64,10 +62,6 @@ def fill(directory: Path, leave: int) -> Path:
     return filler
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _message(n: int, attachment: int = 0) -> bytes:
     head = b"From: customer%d@example.org\r\nSubject: disk full %d\r\nMessage-ID: <df-%d@example.org>\r\n" % (n, n, n)
     if not attachment:
@@ -83,30 +77,18 @@ def _message(n: int, attachment: int = 0) -> bytes:
     )
 
 
-def _setup(tmp_path: Path, account: dict, database: Path, attachments: Path) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps({"storage": {"database": str(database), "attachments": str(attachments)}, "accounts": [account]})
-    )
-    return config
-
-
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
-
-
 def check_exactly_once(dovecot: Dovecot, user: User, database: Path, attachments: Path) -> int:
     """Nothing flagged without a row; each stored message byte-identical, once; files intact."""
-    server = {uid: _sha(raw) for uid, raw in dovecot.fetch_raw(user).items()}
+    server = {uid: sha256_hex(raw) for uid, raw in dovecot.fetch_raw(user).items()}
     seen = {uid for uid, flags in dovecot.flags(user).items() if "\\Seen" in flags}
     with sqlite3.connect(database) as conn:
         ledger = dict(conn.execute("select uid, raw_sha256 from sources").fetchall())
         for digest, raw in conn.execute("select sha256, raw from raw_messages"):
-            assert _sha(raw) == digest
+            assert sha256_hex(raw) == digest
         per_content = conn.execute("select raw_sha256, count(*) from messages group by raw_sha256").fetchall()
         for sha, size, path in conn.execute("select sha256, size, path from attachments"):
             data = (attachments / path).read_bytes()
-            assert _sha(data) == sha and len(data) == size
+            assert sha256_hex(data) == sha and len(data) == size
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert seen <= set(ledger), f"flagged but not stored: {sorted(seen - set(ledger))}"
     assert all(server[uid] == digest for uid, digest in ledger.items())
@@ -121,13 +103,14 @@ def test_a_full_disk_fails_clearly_flags_nothing_unstored_and_recovers_once_spac
     store_password(imap_user.name, imap_user.password)
     database = (small_fs if full == "database" else tmp_path) / "m2t.db"
     attachments = (small_fs if full == "attachments" else tmp_path) / "files"
-    config = _setup(tmp_path, account_config(imap_user, batch_size=2), database, attachments)
-    assert _cli(config, "poll").exit_code == 0  # the database exists, the mailbox is empty
+    config = write_config(tmp_path, account_config(imap_user, batch_size=2),
+                          storage={"database": str(database), "attachments": str(attachments)})
+    assert run_cli(config, "poll").exit_code == 0  # the database exists, the mailbox is empty
     attachment = 300_000 if full == "attachments" else 0
     dovecot.append_many(imap_user, [_message(n, attachment) for n in range(6)])
     filler = fill(small_fs, leave=100_000)
 
-    failed = _cli(config, "poll")
+    failed = run_cli(config, "poll")
 
     assert failed.exit_code == 75  # could not store now: EX_TEMPFAIL, as ingest (README: exit codes)
     line = [x for x in failed.stderr.splitlines() if x.startswith(f"{imap_user.name}: FAILED:")]
@@ -135,11 +118,11 @@ def test_a_full_disk_fails_clearly_flags_nothing_unstored_and_recovers_once_spac
     assert "space" in line[0] or "full" in line[0], line[0]
     stored = check_exactly_once(dovecot, imap_user, database, attachments)
     assert stored < 6
-    status = json.loads(_cli(config, "status", "--json").stdout)["accounts"][0]
+    status = json.loads(run_cli(config, "status", "--json").stdout)["accounts"][0]
     assert status["healthy"] is False and status["next_attempt_at"]
 
     filler.unlink()
-    recovered = _cli(config, "poll")
+    recovered = run_cli(config, "poll")
 
     assert recovered.exit_code == 0, recovered.output
     assert check_exactly_once(dovecot, imap_user, database, attachments) == 6

@@ -17,7 +17,7 @@ import pytest
 
 from mail2ticket.parse import parse_message
 from mail2ticket.threader import sender_unverified
-from tests.test_threading import Desk, make_mail
+from tests.helpers import Desk, make_mail
 
 OURS = "mx.example.com"
 FAIL = f"{OURS}; spf=fail smtp.mailfrom=evil.test; dkim=none; dmarc=fail (p=reject dis=none) header.from=customer.test"

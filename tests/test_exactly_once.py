@@ -14,20 +14,17 @@ are appended), so every kill can still land in the middle of an import.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
 
-import tomli_w
-
 from mail2ticket.secrets import store_password
+from tests.helpers import command, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 KILLS = int(os.environ.get("MAIL2TICKET_KILLS", "25"))
@@ -37,10 +34,6 @@ MORE_MAIL = 80  # appended whenever everything has been imported and kills remai
 
 
 # ----------------------------------------------------------------------------- the mailbox
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 CHARSETS = [
@@ -215,7 +208,7 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
         sources[row["uid"]] = row
     lost, problems = [], []
     for uid, raw in server.items():
-        digest = _sha(raw)
+        digest = sha256_hex(raw)
         src = sources.get(uid)
         if src is None:
             lost.append(uid)
@@ -225,7 +218,7 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
         stored = conn.execute(
             "select raw, size from raw_messages where sha256 = ?", [digest]
         ).fetchone()
-        if stored is None or _sha(stored["raw"]) != digest or stored["size"] != len(raw):
+        if stored is None or sha256_hex(stored["raw"]) != digest or stored["size"] != len(raw):
             problems.append(f"UID {uid}: raw bytes not stored byte-identical")
         if src["message"] is not None:
             m = conn.execute(
@@ -262,7 +255,7 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
         "select coalesce(sum(n - 1), 0) from (select count(*) as n from quarantine "
         "where raw_sha256 is not null group by raw_sha256 having n > 1)"
     ).fetchone()[0]
-    hashes = {_sha(raw) for raw in server.values()}
+    hashes = {sha256_hex(raw) for raw in server.values()}
     in_db = {r[0] for r in conn.execute("select raw_sha256 from messages where direction = 'in'")}
     in_q = {
         r[0] for r in conn.execute("select raw_sha256 from quarantine where resolved_at is null")
@@ -282,7 +275,7 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
             bad_files.append(f"missing attachment file {path}")
             continue
         data = path.read_bytes()
-        if _sha(data) != att["sha256"] or len(data) != att["size"]:
+        if sha256_hex(data) != att["sha256"] or len(data) != att["size"]:
             bad_files.append(f"attachment file {path} does not match its recorded hash")
     problems += bad_files
     integrity = conn.execute("pragma integrity_check").fetchone()[0]
@@ -326,29 +319,14 @@ def survivors(config: Path, timeout: float = 3.0) -> list[str]:
         time.sleep(0.05)
 
 
-def _write_config(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    data = {
-        "storage": {
-            "database": str(tmp_path / "data" / "m2t.db"),
-            "attachments": str(tmp_path / "data" / "files"),
-        },
-        "accounts": [account],
-    }
-    config.write_text(tomli_w.dumps(data))
-    return config
-
-
-def _poll_cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
-
-
 def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:
     rng = random.Random(SEED)
     print(f"\nseed {SEED} (MAIL2TICKET_SEED={SEED} replays this run), kills {KILLS}")
-    config = _write_config(tmp_path, account_config(imap_user, batch_size=20, timeout=20))
+    config = write_config(tmp_path, account_config(imap_user, batch_size=20, timeout=20),
+                          storage={"database": str(tmp_path / "data" / "m2t.db"),
+                                   "attachments": str(tmp_path / "data" / "files")})
     store_password(imap_user.name, imap_user.password)
     db_path = tmp_path / "data" / "m2t.db"
     files = tmp_path / "data" / "files"
@@ -357,7 +335,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     # How long a poll takes to reach the server and find nothing to do: kills before that are
     # cheap; the delays are drawn so most kills land in the import (fetch, files, commit, flags).
     started = time.monotonic()
-    subprocess.run(_poll_cmd(config), env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run(command(config, "poll"), env=env, check=True, capture_output=True, timeout=60)
     startup = time.monotonic() - started
 
     mailbox = build_mailbox(rng, 0, FIRST_MAILBOX)
@@ -371,7 +349,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     while kills < KILLS:
         with log.open("ab") as err:
             proc = subprocess.Popen(
-                _poll_cmd(config), env=env, stdout=subprocess.DEVNULL, stderr=err
+                command(config, "poll"), env=env, stdout=subprocess.DEVNULL, stderr=err
             )
         delay = startup * rng.uniform(0.5, 1.0) + patience + rng.expovariate(1 / 0.35)
         try:
@@ -411,7 +389,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
             )  # new mail arrives
             next_number += MORE_MAIL
 
-    final = subprocess.run(_poll_cmd(config), env=env, capture_output=True, text=True, timeout=300)
+    final = subprocess.run(command(config, "poll"), env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     figures = audit(dovecot, imap_user, db_path, files)
     print(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import keyring
 import pytest
 
-from tests.test_poll import make_mail, setup  # noqa: F401  (setup is a fixture)
+from tests.helpers import make_mail
+from tests.test_poll import setup  # noqa: F401  (setup is a fixture)
 
 AUTH, SECRET, FAILURE, USAGE = 4, 7, 1, 2
 

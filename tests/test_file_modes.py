@@ -19,10 +19,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from mail2ticket.locks import lock_path
 from mail2ticket.secrets import store_password
+from tests.helpers import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,17 +39,9 @@ def _mail() -> bytes:
 
 
 def _config(root: Path, account: dict) -> Path:
-    config = root / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(root / "var" / "m2t.db"), "attachments": str(root / "var" / "files")},
-                "schedule": {"poll": "1h"},
-                "accounts": [account],
-            }
-        )
-    )
-    return config
+    var = root / "var"
+    return write_config(root, account, storage={"database": str(var / "m2t.db"), "attachments": str(var / "files")},
+                        schedule={"poll": "1h"})
 
 
 def _umask_000() -> None:

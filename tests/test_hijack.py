@@ -18,8 +18,8 @@ from email.utils import format_datetime
 
 import pytest
 
+from tests.helpers import Desk, make_mail
 from tests.servers import SmtpServer, account_config
-from tests.test_threading import Desk, make_mail
 
 SECRET_SUBJECT = "payroll-K7Q"  # only Ann, Bob and the desk know these two
 SECRET_BODY = "vault code 5512-ZZ"

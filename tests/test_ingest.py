@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 from mail2ticket.errors import EXIT_TEMPFAIL
+from tests.helpers import all_tickets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,12 +62,6 @@ def ingest_process(config: Path, raw: bytes, *args: str, timeout: float = 120) -
     )
 
 
-def tickets(config: Path) -> list[dict]:
-    result = CliRunner().invoke(cli, ["--config", str(config), "tickets", "list", "--status", "all", "--json"])
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def stored_copies(db_path: Path, raw: bytes) -> int:
     """How many incoming messages hold exactly these bytes."""
     digest = hashlib.sha256(raw).hexdigest()
@@ -95,7 +89,7 @@ def test_an_mta_piping_many_messages_in_parallel_gets_one_ticket_each_and_none_f
 
     failures = [(r.returncode, r.stderr.decode()) for r in results if r.returncode != 0]
     assert failures == []
-    listed = tickets(config)
+    listed = all_tickets(config)
     assert sorted(t["subject"] for t in listed) == sorted(f"Request number {n}" for n in range(24))
     assert all(t["message_count"] == 1 and t["account"] == "support" for t in listed)
     for raw in mails:
@@ -114,7 +108,7 @@ def test_a_reply_piped_in_joins_the_ticket_of_its_original(tmp_path: Path) -> No
     reply = ingest(config, same_sender)
     assert reply.exit_code == 0, reply.stderr
     assert "stored as a follow-up to ticket #1" in reply.stdout
-    (ticket,) = tickets(config)
+    (ticket,) = all_tickets(config)
     assert ticket["message_count"] == 2
 
 
@@ -143,7 +137,7 @@ def test_a_locked_database_gives_exit_75_within_the_lock_timeout_and_nothing_is_
     assert retried.returncode == 0, retried.stderr
     assert ingest_process(config, late).returncode == 0
     assert stored_copies(db_path, late) == 1
-    assert [t["subject"] for t in tickets(config)].count("Arrives while the database is locked") == 1
+    assert [t["subject"] for t in all_tickets(config)].count("Arrives while the database is locked") == 1
 
 
 def test_a_lock_shorter_than_the_lock_timeout_is_waited_for(tmp_path: Path) -> None:
@@ -181,7 +175,7 @@ def test_an_attachment_directory_that_cannot_be_written_gives_exit_75_and_stores
     result = ingest(config, bytes(msg))
     assert result.exit_code == 75
     assert "cannot write attachment" in result.stderr
-    assert tickets(config) == []
+    assert all_tickets(config) == []
 
 
 def test_a_message_that_cannot_become_a_ticket_is_quarantined_with_exit_0_and_a_warning(tmp_path: Path) -> None:
@@ -193,7 +187,7 @@ def test_a_message_that_cannot_become_a_ticket_is_quarantined_with_exit_0_and_a_
     assert "Warning: the message could not be read as mail; it is stored in the quarantine as #1" in result.stderr
     shown = CliRunner().invoke(cli, ["--config", str(config), "quarantine", "show", "1", "--raw"])
     assert shown.stdout_bytes == big
-    assert tickets(config) == []
+    assert all_tickets(config) == []
     again = ingest(config, big)
     assert again.exit_code == 0 and "already stored in the quarantine as #1" in again.stdout
 
@@ -204,7 +198,7 @@ def test_an_empty_message_is_refused_and_is_not_a_success(tmp_path: Path) -> Non
         result = ingest(config, empty)
         assert result.exit_code == 2
         assert "standard input was empty" in result.stderr
-    assert not (tmp_path / "data" / "m2t.db").exists() or tickets(config) == []
+    assert not (tmp_path / "data" / "m2t.db").exists() or all_tickets(config) == []
 
 
 def test_an_unknown_account_gives_exit_75_so_the_mta_keeps_the_mail_and_names_the_known_ones(
@@ -233,7 +227,7 @@ def test_with_several_accounts_the_account_must_be_named(tmp_path: Path) -> None
     assert "needs --account NAME" in unnamed.stderr
     named = ingest(config, message(1), "--account", "sales")
     assert named.exit_code == 0, named.stderr
-    assert [t["account"] for t in tickets(config)] == ["sales"]
+    assert [t["account"] for t in all_tickets(config)] == ["sales"]
 
 
 def test_a_disabled_account_takes_no_mail_and_the_mta_keeps_it(tmp_path: Path) -> None:
@@ -258,4 +252,4 @@ def test_ingest_into_an_imap_account_works_too(tmp_path: Path) -> None:
                                      "imap_host": "imap.example.com", "acknowledge": False})
     result = ingest(config, message(1))
     assert result.exit_code == 0, result.stderr
-    assert [t["subject"] for t in tickets(config)] == ["Request number 1"]
+    assert [t["subject"] for t in all_tickets(config)] == ["Request number 1"]

@@ -7,7 +7,6 @@ Dovecot's own transcript of the session (rawlog) shows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -19,26 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import numbered_mail, rows, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User, account_config, find_dovecot
 
 TABLES = ["tickets", "messages", "attachments", "raw_messages", "quarantine", "sources"]
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _message(n: int, message_id: bytes | None = None, body: bytes = b"") -> bytes:
-    mid = b"Message-ID: " + message_id + b"\r\n" if message_id else b""
-    return (
-        b"From: customer%d@example.org\r\nTo: support@example.test\r\n"
-        b"Subject: ledger test %d\r\n" % (n, n) + mid + b"\r\nRequest number %d.\r\n" % n + body
-    )
+    return numbered_mail(n, b"ledger test", message_id, body=body)
 
 
 def _with_attachment(n: int) -> bytes:
@@ -50,66 +39,44 @@ def _with_attachment(n: int) -> bytes:
     )
 
 
-def _setup(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-                "accounts": [account],
-            }
-        )
-    )
-    return config
-
-
-def _cli(config: Path, *args: str, input: bytes | None = None):
-    return CliRunner().invoke(cli, ["--config", str(config), *args], input=input)
-
-
 def _counts(tmp_path: Path) -> dict[str, int]:
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
         return {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in TABLES}
-
-
-def _rows(tmp_path: Path, sql: str, params=()) -> list[tuple]:
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def test_importing_the_same_message_again_changes_nothing(
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user))
+    config = write_config(tmp_path, account_config(imap_user))
     first = [_message(1, b"<one@example.org>"), _with_attachment(2), _message(3)]
     dovecot.append_many(imap_user, first)
-    assert _cli(config, "poll").exit_code == 0
+    assert run_cli(config, "poll").exit_code == 0
     before = _counts(tmp_path)
-    tickets_before = _cli(config, "tickets", "list", "--status", "all", "--json").stdout
+    tickets_before = run_cli(config, "tickets", "list", "--status", "all", "--json").stdout
     assert before["tickets"] == 3 and before["attachments"] == 1
 
     # The watermark lost (an old backup of the database restored): the folder is read again.
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
         conn.execute("update mailboxes set last_uid = 0")
-    rescan = _cli(config, "poll")
+    rescan = run_cli(config, "poll")
     # The same bytes handed in again through the MTA pipe.
-    ingested = _cli(config, "ingest", "--account", imap_user.name, input=first[1])
+    ingested = run_cli(config, "ingest", "--account", imap_user.name, input=first[1])
 
     assert rescan.exit_code == 0 and f"{imap_user.name}: 0 imported" in rescan.stdout
     assert ingested.exit_code == 0, ingested.output
     assert _counts(tmp_path) == before
-    assert _cli(config, "tickets", "list", "--status", "all", "--json").stdout == tickets_before
+    assert run_cli(config, "tickets", "list", "--status", "all", "--json").stdout == tickets_before
 
     # The same bytes delivered a second time (a new UID): a ledger row, no second ticket entry.
     dovecot.append(imap_user, first[0])
-    again = _cli(config, "poll")
+    again = run_cli(config, "poll")
     after = _counts(tmp_path)
     assert again.exit_code == 0 and "1 duplicates" in again.stdout
     assert after == {**before, "sources": before["sources"] + 1}
     new_uid = max(dovecot.uids(imap_user))
-    linked = _rows(tmp_path, "select m.raw_sha256 from sources s join messages m on m.id = s.message where s.uid = ?", [new_uid])
-    assert linked == [(_sha(first[0]),)]
+    linked = rows(tmp_path, "select m.raw_sha256 from sources s join messages m on m.id = s.message where s.uid = ?", [new_uid])
+    assert linked == [(sha256_hex(first[0]),)]
     assert all("\\Seen" in f for f in dovecot.flags(imap_user).values())
 
 
@@ -117,20 +84,20 @@ def test_different_messages_sharing_a_message_id_or_having_none_are_all_imported
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user))
+    config = write_config(tmp_path, account_config(imap_user))
     shared = [_message(n, b"<reused@broken-mailer.example>") for n in (1, 2)]
     without = [_message(n) for n in (3, 4)]
     dovecot.append_many(imap_user, shared + without)
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert result.exit_code == 0, result.output
-    stored = {row[0] for row in _rows(tmp_path, "select raw_sha256 from messages where direction = 'in'")}
-    assert stored == {_sha(raw) for raw in dovecot.fetch_raw(imap_user).values()}
-    assert len(_rows(tmp_path, "select id from messages")) == 4
-    ids = [row[0] for row in _rows(tmp_path, "select message_id from messages order by id")]
+    stored = {row[0] for row in rows(tmp_path, "select raw_sha256 from messages where direction = 'in'")}
+    assert stored == {sha256_hex(raw) for raw in dovecot.fetch_raw(imap_user).values()}
+    assert len(rows(tmp_path, "select id from messages")) == 4
+    ids = [row[0] for row in rows(tmp_path, "select message_id from messages order by id")]
     assert ids.count("<reused@broken-mailer.example>") == 2 and ids.count(None) == 2
-    subjects = {t["subject"] for t in json.loads(_cli(config, "tickets", "list", "--status", "all", "--json").stdout)}
+    subjects = {t["subject"] for t in json.loads(run_cli(config, "tickets", "list", "--status", "all", "--json").stdout)}
     assert {"ledger test 3", "ledger test 4"} <= subjects, "mail without Message-ID gets its own tickets"
 
 
@@ -176,7 +143,7 @@ def test_only_uid_commands_are_sent_and_other_clients_deleted_mail_is_left_alone
         os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
     server.create_folder(user, "Archive")
     store_password(user.name, user.password)
-    config = _setup(tmp_path, account_config(user, server, after_import=after_import, max_message_size="10KB", batch_size=2))
+    config = write_config(tmp_path, account_config(user, server, after_import=after_import, max_message_size="10KB", batch_size=2))
     server.append_many(user, [_message(n) for n in range(1, 5)])
     # Another client's mail marked \Deleted but not expunged (too big for us, so we leave it):
     # a plain EXPUNGE or CLOSE from us would destroy it.
@@ -188,7 +155,7 @@ def test_only_uid_commands_are_sent_and_other_clients_deleted_mail_is_left_alone
 
     server.disconnect_sessions(user)  # the test's own sessions end before ours is read
     before = set(rawlogs.joinpath(user.name).glob("*.in"))
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
     server.disconnect_sessions(user)
 
     assert result.exit_code == 0, result.output
@@ -206,7 +173,7 @@ def test_only_uid_commands_are_sent_and_other_clients_deleted_mail_is_left_alone
     assert expected[after_import] <= uid_verbs, commands
     left = server.fetch_raw(user)
     assert any(b"ledger test 9" in raw for raw in left.values()), "another client's \\Deleted mail was expunged"
-    assert len(_rows(tmp_path, "select id from messages")) == 4
+    assert len(rows(tmp_path, "select id from messages")) == 4
 
 
 def test_a_poll_with_nothing_new_asks_only_status_and_new_mail_is_still_found(
@@ -220,14 +187,14 @@ def test_a_poll_with_nothing_new_asks_only_status_and_new_mail_is_still_found(
     if os.geteuid() == 0:
         os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
     store_password(user.name, user.password)
-    config = _setup(tmp_path, account_config(user, server))
+    config = write_config(tmp_path, account_config(user, server))
     server.append_many(user, [_message(n) for n in range(1, 4)])
-    assert _cli(config, "poll").exit_code == 0
+    assert run_cli(config, "poll").exit_code == 0
 
     def poll_commands() -> tuple[object, list[str]]:
         server.disconnect_sessions(user)
         before = set(own.glob("*.in"))
-        result = _cli(config, "poll")
+        result = run_cli(config, "poll")
         server.disconnect_sessions(user)
         run = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
         run.mkdir()

@@ -19,7 +19,7 @@ from email.utils import make_msgid
 
 import pytest
 
-from tests.test_threading import Desk
+from tests.helpers import Desk
 
 
 class EchoBot:

@@ -11,7 +11,6 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from tests.test_daemon import start_daemon  # noqa: F401  (a fixture)
 from tests.test_quarantine import buggy_parser  # noqa: F401  (poisoned needs it)
 from tests.test_quarantine_discard import poisoned  # noqa: F401  (a fixture: a real poll, one quarantined)
 from tests.triage_support import deliver, mail, write_config

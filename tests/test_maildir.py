@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
 
 import pytest
 import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
+from tests.helpers import all_tickets, command, run_cli, sha256_hex
 
 REPO = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("MAIL2TICKET_KILLS", "25"))
 SEED = int(os.environ.get("MAIL2TICKET_SEED", str(random.randrange(1 << 30))))
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def make_maildir(root: Path) -> Path:
@@ -69,15 +63,7 @@ def write_config(tmp_path: Path, maildir: Path, **account: object) -> Path:
     return config
 
 
-def run(config: Path, *args: str):
-    result = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
-    return result
-
-
-def tickets(config: Path) -> list[dict]:
-    result = run(config, "tickets", "list", "--status", "all", "--json")
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
+run = partial(run_cli, catch_exceptions=False)  # an exception in the CLI fails with its traceback
 
 
 def files_in(root: Path, subdir: str) -> list[str]:
@@ -99,14 +85,14 @@ def test_poll_imports_every_message_of_new_and_cur_once_and_marks_it_seen_in_cur
     assert files_in(root, "cur") == [
         "1772442000.M1P1.host:2,S", "1772442001.M2P1.host:2,S", "1772442002.M3P1.host:2,FS"
     ]
-    assert sorted(t["subject"] for t in tickets(config)) == [
+    assert sorted(t["subject"] for t in all_tickets(config)) == [
         "Request number 1", "Request number 2", "Request number 3"
     ]
 
     second = run(config, "poll")
     assert second.exit_code == 0, second.stderr
     assert "local: 0 imported" in second.stdout
-    assert len(tickets(config)) == 3
+    assert len(all_tickets(config)) == 3
 
 
 def test_new_mail_arriving_later_is_imported_by_the_next_poll(tmp_path: Path) -> None:
@@ -117,7 +103,7 @@ def test_new_mail_arriving_later_is_imported_by_the_next_poll(tmp_path: Path) ->
     deliver(root, message(2), "1772442100.M2P1.host")
     result = run(config, "poll")
     assert "local: 1 imported" in result.stdout
-    assert len(tickets(config)) == 2
+    assert len(all_tickets(config)) == 2
     assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S", "1772442100.M2P1.host:2,S"]
 
 
@@ -131,7 +117,7 @@ def test_a_reply_delivered_in_the_same_poll_as_its_original_joins_the_original_t
     config = write_config(tmp_path, root)
     result = run(config, "poll")
     assert "(1 new, 1 follow-ups)" in result.stdout
-    (ticket,) = tickets(config)
+    (ticket,) = all_tickets(config)
     assert ticket["subject"] == "Printer jams" and ticket["message_count"] == 2
 
 
@@ -145,7 +131,7 @@ def test_after_import_none_leaves_every_file_where_and_as_it_was(tmp_path: Path)
     assert "local: 0 imported" in run(config, "poll").stdout
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
     assert after == before
-    assert len(tickets(config)) == 2
+    assert len(all_tickets(config)) == 2
 
 
 def test_after_import_delete_removes_each_file_once_its_message_is_stored(tmp_path: Path) -> None:
@@ -180,7 +166,7 @@ def test_a_file_that_cannot_be_read_is_skipped_and_named_while_the_rest_is_impor
     result = run(config, "poll")
     assert result.exit_code == 1
     assert "1 message(s) in" in result.stderr and "1772442001.M2P1.host" in result.stderr
-    assert [t["subject"] for t in tickets(config)] == ["Request number 1"]
+    assert [t["subject"] for t in all_tickets(config)] == ["Request number 1"]
     assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S"]
     # Once it is a readable file, the next poll imports it.
     (root / "new" / "1772442001.M2P1.host").rmdir()
@@ -211,7 +197,7 @@ def test_a_message_stored_but_not_yet_moved_when_the_poll_died_is_moved_by_the_n
     assert "local: 0 imported" in result.stdout
     assert files_in(root, "new") == []
     assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S", "1772442001.M2P1.host:2,S"]
-    assert len(tickets(config)) == 2
+    assert len(all_tickets(config)) == 2
 
 
 def test_the_same_bytes_delivered_twice_make_one_ticket_and_both_files_are_marked_seen(tmp_path: Path) -> None:
@@ -221,7 +207,7 @@ def test_the_same_bytes_delivered_twice_make_one_ticket_and_both_files_are_marke
     config = write_config(tmp_path, root)
     result = run(config, "poll")
     assert "1 new" in result.stdout and "1 duplicates" in result.stdout
-    assert len(tickets(config)) == 1
+    assert len(all_tickets(config)) == 1
     assert files_in(root, "cur") == ["1772442000.M1P1.host:2,S", "1772442009.M9P1.host:2,S"]
 
 
@@ -235,7 +221,7 @@ def test_a_message_over_the_size_limit_is_kept_raw_in_the_quarantine_and_marked_
     assert result.exit_code == 0, result.stderr
     assert "1 new" in result.stdout and "1 quarantined" in result.stdout
     listed = json.loads(run(config, "quarantine", "list", "--json").stdout)
-    assert [q["raw_sha256"] for q in listed] == [_sha(big)]
+    assert [q["raw_sha256"] for q in listed] == [sha256_hex(big)]
     assert "over the size limit" in listed[0]["error"]
     raw = run(config, "quarantine", "show", str(listed[0]["id"]), "--raw").stdout_bytes
     assert raw == big
@@ -267,7 +253,7 @@ def test_a_stop_request_ends_the_poll_after_the_committed_batch_and_the_next_pol
     assert result.ok and result.imported == 5
     assert len(files_in(root, "cur")) == 5 and len(files_in(root, "new")) == 15
     assert "local: 15 imported" in run(config, "poll").stdout
-    assert len(tickets(config)) == 20 and files_in(root, "new") == []
+    assert len(all_tickets(config)) == 20 and files_in(root, "new") == []
 
 
 def test_a_path_that_is_not_a_maildir_fails_the_poll_with_a_clear_error(tmp_path: Path) -> None:
@@ -307,10 +293,6 @@ def _kill_test_message(rng: random.Random, n: int) -> bytes:
         msg.add_attachment(rng.randbytes(rng.choice([500, 20_000, 200_000])),
                            maintype="application", subtype="octet-stream", filename=f"file-{n}.bin")
     return bytes(msg)
-
-
-def _poll_cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
 
 
 def _kill_leftovers(marker: str) -> int:
@@ -365,7 +347,7 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
     # How long a poll takes to find nothing to do: the kill delays are drawn around it, so most
     # kills land inside the import (reading, attachment files, commit, renames).
     started = time.monotonic()
-    subprocess.run(_poll_cmd(config), env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run(command(config, "poll"), env=env, check=True, capture_output=True, timeout=60)
     startup = time.monotonic() - started
     new_mail(300)
 
@@ -373,7 +355,7 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
     log = tmp_path / "poll-stderr.log"
     while kills < KILLS:
         with log.open("ab") as err:
-            proc = subprocess.Popen(_poll_cmd(config), env=env, stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(command(config, "poll"), env=env, stdout=subprocess.DEVNULL, stderr=err)
         delay = startup * rng.uniform(0.5, 1.0) + rng.expovariate(1 / 0.25)
         try:
             proc.wait(delay)
@@ -396,7 +378,7 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
             stored_not_moved += 1  # killed between COMMIT and rename: the next poll moves them
         if len(stored) == len(delivered) and kills < KILLS:
             new_mail(150)  # new mail arrives, so the next kills land in an import too
-    final = subprocess.run(_poll_cmd(config), env=env, capture_output=True, text=True, timeout=300)
+    final = subprocess.run(command(config, "poll"), env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     print(f"kills: {kills} (mid-import: {mid_import}, leaving stored files not yet moved: "
           f"{stored_not_moved}); polls that finished first: {finished}; "
@@ -414,9 +396,9 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
     ).fetchall()
     assert len(rows) == len(delivered) == len({name for name, _, _ in rows})
     for name, sha, raw in rows:
-        assert sha == _sha(delivered[name]) and raw == delivered[name], name
+        assert sha == sha256_hex(delivered[name]) and raw == delivered[name], name
     # Each distinct message is one ticket message, no more; no ticket without a message.
-    distinct = {_sha(raw) for raw in delivered.values()}
+    distinct = {sha256_hex(raw) for raw in delivered.values()}
     in_db = conn.execute("select raw_sha256, count(*) from messages group by raw_sha256").fetchall()
     assert {sha for sha, _ in in_db} == distinct
     assert all(count == 1 for _, count in in_db)
@@ -424,6 +406,6 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
     assert conn.execute("select count(*) from sources where action_state != 'done'").fetchone()[0] == 0
     for sha, size, path in conn.execute("select sha256, size, path from attachments"):
         data = (tmp_path / "data" / "files" / path).read_bytes()
-        assert _sha(data) == sha and len(data) == size
+        assert sha256_hex(data) == sha and len(data) == size
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     conn.close()

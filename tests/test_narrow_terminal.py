@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from mail2ticket.cli import cli
 from mail2ticket.cli.output import display_width
 from mail2ticket.secrets import store_password
+from tests.helpers import make_mail
 from tests.ptys import read_all
-from tests.test_poll import make_mail
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 CAPTURES = Path(os.environ.get("MAIL2TICKET_CAPTURES", "")) if os.environ.get("MAIL2TICKET_CAPTURES") else None

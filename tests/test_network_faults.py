@@ -8,8 +8,6 @@ clear line, and the next poll resumes where the last commit ended and completes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 import subprocess
 import sys
@@ -18,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import tomli_w
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import accounts_status, hashed_lines, numbered_mail, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 CUTS_SURVIVED: list[int] = []  # offsets of the connections cut in this module
@@ -35,33 +33,9 @@ def _report_cuts():
     print(f"\nconnection cuts survived: {len(CUTS_SURVIVED)} (offsets {sorted(set(CUTS_SURVIVED))})")
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _message(n: int, size: int = 20_000) -> bytes:
     # Base64 lines of pseudo-random text: large enough that FETCH spans many TLS records.
-    body = hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64)
-    lines = b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
-    return (
-        b"From: customer%d@example.org\r\nTo: support@example.test\r\n"
-        b"Subject: network fault test %d\r\nMessage-ID: <net-%d@example.org>\r\n\r\n" % (n, n, n)
-        + lines
-        + b"\r\n"
-    )
-
-
-def _setup(tmp_path: Path, accounts: list[dict]) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-                "accounts": accounts,
-            }
-        )
-    )
-    return config
+    return numbered_mail(n, b"network fault test", b"<net-%d@example.org>" % n, text=hashed_lines(n, size))
 
 
 def _poll(config: Path, *accounts: str) -> subprocess.CompletedProcess:
@@ -73,11 +47,6 @@ def _poll(config: Path, *accounts: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll", *accounts],
         capture_output=True, text=True, timeout=120,
     )
-
-
-def _status(config: Path) -> dict:
-    result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
-    return {a["name"]: a for a in json.loads(result.stdout)["accounts"]}
 
 
 def _ledger(db_path: Path, account: str, uidvalidity: int) -> dict[int, str]:
@@ -94,14 +63,14 @@ def _ledger(db_path: Path, account: str, uidvalidity: int) -> dict[int, str]:
 
 def check_consistent(dovecot: Dovecot, user: User, db_path: Path) -> dict[int, str]:
     """Nothing partial stored, nothing flagged without a row; returns the ledger {uid: sha256}."""
-    server = {uid: _sha(raw) for uid, raw in dovecot.fetch_raw(user).items()}
+    server = {uid: sha256_hex(raw) for uid, raw in dovecot.fetch_raw(user).items()}
     ledger = _ledger(db_path, user.name, dovecot.uidvalidity(user))
     for uid, digest in ledger.items():
         assert server[uid] == digest, f"UID {uid} stored with other bytes than the server has"
     if db_path.exists():
         with sqlite3.connect(db_path) as conn:
             for digest, raw in conn.execute("select sha256, raw from raw_messages"):
-                assert _sha(raw) == digest and digest in server.values(), "a partial message was stored"
+                assert sha256_hex(raw) == digest and digest in server.values(), "a partial message was stored"
             dup = conn.execute(
                 "select count(*) from (select raw_sha256 from messages group by raw_sha256 having count(*) > 1)"
             ).fetchone()[0]
@@ -123,7 +92,7 @@ def test_a_connection_cut_mid_fetch_stores_nothing_partial_and_the_next_poll_com
     dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path, offset: int
 ) -> None:
     relay = tcp_relay(dovecot.host, dovecot.imaps_port)
-    config = _setup(tmp_path, [account_config(mailbox, imap_port=relay.port, batch_size=5, timeout=10)])
+    config = write_config(tmp_path, account_config(mailbox, imap_port=relay.port, batch_size=5, timeout=10))
     relay.cut_once_at(offset)
 
     cut = _poll(config)
@@ -150,7 +119,7 @@ def test_connections_cut_again_and_again_still_import_everything_exactly_once(
     dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path
 ) -> None:
     relay = tcp_relay(dovecot.host, dovecot.imaps_port)
-    config = _setup(tmp_path, [account_config(mailbox, imap_port=relay.port, batch_size=3, timeout=10)])
+    config = write_config(tmp_path, account_config(mailbox, imap_port=relay.port, batch_size=3, timeout=10))
     relay.cut_after(140_000)  # every connection dies after ~140 kB: a couple of batches per poll
     stored = []
     for _ in range(20):
@@ -169,7 +138,7 @@ def test_a_stalled_server_times_out_quickly_with_a_clear_error(
     dovecot: Dovecot, mailbox: User, account_config, tcp_relay, tmp_path: Path, stall_after: int
 ) -> None:
     relay = tcp_relay(dovecot.host, dovecot.imaps_port)
-    config = _setup(tmp_path, [account_config(mailbox, imap_port=relay.port, batch_size=5, timeout=2)])
+    config = write_config(tmp_path, account_config(mailbox, imap_port=relay.port, batch_size=5, timeout=2))
     relay.stall(after=stall_after)
 
     started = time.monotonic()
@@ -196,14 +165,13 @@ def test_errors_back_off_per_account_and_show_in_status(
     dovecot.append_many(healthy, [_message(n, 500) for n in range(3)])
     store_password(healthy.name, healthy.password)
     relay = tcp_relay(dovecot.host, dovecot.imaps_port)
-    config = _setup(
-        tmp_path,
-        [account_config(mailbox, imap_port=relay.port, timeout=10), account_config(healthy)],
+    config = write_config(
+        tmp_path, account_config(mailbox, imap_port=relay.port, timeout=10), account_config(healthy)
     )
     relay.cut_after(60_000)
 
     first = _poll(config)
-    status = _status(config)
+    status = accounts_status(config)
 
     assert first.returncode == 6  # a network failure
     assert f"{healthy.name}: 3 imported" in first.stdout, "the other account is polled all the same"
@@ -214,7 +182,7 @@ def test_errors_back_off_per_account_and_show_in_status(
     assert status[healthy.name]["healthy"] and status[healthy.name]["next_attempt_at"] is None
 
     _poll(config)
-    status = _status(config)
+    status = accounts_status(config)
     assert status[mailbox.name]["failures"] == 2
     assert 110 <= _in_seconds(status[mailbox.name]["next_attempt_at"]) <= 121, "the wait doubles"
     text = CliRunner().invoke(cli, ["--config", str(config), "status"])
@@ -222,7 +190,7 @@ def test_errors_back_off_per_account_and_show_in_status(
 
     relay.resume()
     assert _poll(config).returncode == 0
-    status = _status(config)
+    status = accounts_status(config)
     assert status[mailbox.name]["failures"] == 0 and status[mailbox.name]["last_error"] is None
     assert status[mailbox.name]["next_attempt_at"] is None
     CUTS_SURVIVED.extend([60_000] * relay.cuts)

@@ -12,18 +12,11 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from mail2ticket.config import load_config
 from mail2ticket.outbox import BACKOFF_MAX, backoff_seconds, send_pending
-from tests.test_threading import Desk, make_mail
+from tests.helpers import Desk, make_mail
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
-    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
 
 
 def outbox(desk: Desk, *args: str) -> list[dict]:

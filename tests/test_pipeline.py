@@ -15,18 +15,18 @@ import sqlite3
 import threading
 import time
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
 
 import pytest
 import tomli_w
-from click.testing import CliRunner
 
 import mail2ticket.parse
 from mail2ticket.attachments import AttachmentStore
-from mail2ticket.cli import cli
 from mail2ticket.errors import TempFailError
 from mail2ticket.pipeline import ParsePool, ahead, parse_and_store, prefetch, size_batches
 from mail2ticket.secrets import store_password
+from tests.helpers import run_cli
 from tests.servers import Dovecot, User
 
 
@@ -70,8 +70,7 @@ def _setup(tmp_path: Path, name: str, account: dict, **performance: int) -> Path
     return config
 
 
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+_cli = partial(run_cli, catch_exceptions=False)  # an exception in the CLI fails with its traceback
 
 
 def _content(config: Path) -> list[dict]:

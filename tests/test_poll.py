@@ -6,35 +6,12 @@ import json
 import socket
 import tomllib
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 
 import pytest
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-
-
-def make_mail(
-    subject="Printer on fire",
-    sender="Ann Customer <ann@customer.test>",
-    body="It is on fire.",
-    to="support@example.test",
-    attachment: bytes | None = None,
-    date=None,
-) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = make_msgid(domain="customer.test")
-    msg["Date"] = format_datetime(date or datetime.now(UTC))
-    msg.set_content(body)
-    if attachment is not None:
-        msg.add_attachment(
-            attachment, maintype="application", subtype="pdf", filename="invoice.pdf"
-        )
-    return msg.as_bytes()
+from tests.helpers import make_mail
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import os
 import pwd
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tomli_w
-from click.testing import CliRunner
 from imapclient.response_parser import parse_fetch_response, parse_response
 from imapclient.util import chunk
 
 from mail2ticket.attachments import AttachmentStore
-from mail2ticket.cli import cli
 from mail2ticket.config import load_config
 from mail2ticket.errors import ConfigError
 from mail2ticket.imap import choose_archive_folder, fetch_items, gmail_ids
@@ -36,6 +32,7 @@ from mail2ticket.locks import account_lock, lock_path
 from mail2ticket.poller import run_poll
 from mail2ticket.secrets import store_password
 from mail2ticket.store import open_db
+from tests.helpers import rows, run_cli, write_config
 from tests.servers import Dovecot, TcpRelay, User, account_config, find_dovecot
 
 ALL_MAIL = "[Gmail]/All Mail"
@@ -64,31 +61,6 @@ def _mail(n: int, *, subject: str | None = None, extra: bytes = b"", body: bytes
 def _from(n: int, raw: bytes) -> bytes:
     """``raw`` as sent by customer ``n`` (a participant of the ticket of _mail(n))."""
     return raw.replace(b"From: customer", b"From: customer%d@example.org\r\nX-Was: customer" % n, 1)
-
-
-def _write_config(tmp_path: Path, *accounts: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {
-                    "database": str(tmp_path / "m2t.db"),
-                    "attachments": str(tmp_path / "files"),
-                },
-                "accounts": list(accounts),
-            }
-        )
-    )
-    return config
-
-
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
-
-
-def _rows(tmp_path: Path, sql: str, params=()) -> list[tuple]:
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 # ------------------------------------------------------------------------------ servers
@@ -143,11 +115,11 @@ def test_archive_moves_imported_mail_out_of_the_inbox_into_the_folder_marked_all
     server, rawlogs = gmail_like
     user = _logged_user(server, rawlogs)
     server.append_many(user, [_mail(1), _mail(2)])
-    config = _write_config(tmp_path, account_config(user, server, after_import="archive"))
+    config = write_config(tmp_path, account_config(user, server, after_import="archive"))
     server.disconnect_sessions(user)
     before = set((rawlogs / user.name).glob("*.in"))
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert result.exit_code == 0, result.output
     assert server.uids(user) == []
@@ -156,8 +128,8 @@ def test_archive_moves_imported_mail_out_of_the_inbox_into_the_folder_marked_all
         b"quirk test 1",
         b"quirk test 2",
     ]
-    assert _rows(tmp_path, "select count(*) from tickets") == [(2,)]
-    assert _rows(tmp_path, "select action, action_state from sources") == [("archive", "done")] * 2
+    assert rows(tmp_path, "select count(*) from tickets") == [(2,)]
+    assert rows(tmp_path, "select action, action_state from sources") == [("archive", "done")] * 2
     commands = _commands(server, user, rawlogs, before)
     assert 'LIST (SPECIAL-USE) "" "*"' in commands  # found by its attribute, not by its name
     assert any(c.startswith("UID MOVE") and ALL_MAIL in c for c in commands), commands
@@ -169,19 +141,19 @@ def test_a_server_without_x_gm_ext_1_is_never_asked_for_gmails_ids(
     server, rawlogs = gmail_like
     user = _logged_user(server, rawlogs)
     server.append(user, _mail(1))
-    config = _write_config(tmp_path, account_config(user, server))
+    config = write_config(tmp_path, account_config(user, server))
     server.disconnect_sessions(user)
     before = set((rawlogs / user.name).glob("*.in"))
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert result.exit_code == 0, result.output
     commands = _commands(server, user, rawlogs, before)
     fetches = [c for c in commands if c.upper().startswith("UID FETCH")]
     assert any("BODY.PEEK[]" in c for c in fetches), commands
     assert not [c for c in commands if "X-GM-" in c.upper()]
-    assert _rows(tmp_path, "select gm_mailbox, gm_msgid from sources") == [(None, None)]
-    assert _rows(tmp_path, "select gm_thrid from messages") == [(None,)]
+    assert rows(tmp_path, "select gm_mailbox, gm_msgid from sources") == [(None, None)]
+    assert rows(tmp_path, "select gm_thrid from messages") == [(None,)]
 
 
 def test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_imports_and_leaves_the_mail(
@@ -189,17 +161,17 @@ def test_archive_on_a_server_with_neither_an_archive_nor_an_all_folder_imports_a
 ) -> None:
     dovecot.append(imap_user, _mail(1))
     store_password(imap_user.name, imap_user.password)
-    config = _write_config(tmp_path, account_config(imap_user, after_import="archive"))
+    config = write_config(tmp_path, account_config(imap_user, after_import="archive"))
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     # A failing server action never stops the import (issue 13, point 8): the mail is stored,
     # stays on the server, and the poll fails saying what to do.
     assert result.exit_code == 1
     assert "marks no folder as \\Archive or \\All" in result.stderr
     assert 'after_import = "move:FOLDER"' in result.stderr
-    assert _rows(tmp_path, "select count(*) from tickets") == [(1,)]
-    assert _rows(tmp_path, "select action_state from sources") == [("pending",)]
+    assert rows(tmp_path, "select count(*) from tickets") == [(1,)]
+    assert rows(tmp_path, "select action_state from sources") == [("pending",)]
     assert dovecot.uids(imap_user) == [1]
 
 
@@ -249,7 +221,7 @@ def test_archive_refuses_to_move_mail_from_the_archive_folder_into_itself() -> N
 
 
 def test_archive_is_refused_at_load_time_for_a_maildir_account(tmp_path: Path) -> None:
-    config = _write_config(
+    config = write_config(
         tmp_path,
         {
             "name": "local",
@@ -348,9 +320,9 @@ def test_one_gmail_message_seen_under_two_labels_makes_one_ticket(ctx, tmp_path:
         "Gmail message 1278455344230334866 already imported from INBOX of account desk"
         in two.detail
     )
-    assert _rows(tmp_path, "select count(*) from tickets") == [(1,)]
-    assert _rows(tmp_path, "select count(*) from messages") == [(1,)]
-    assert _rows(
+    assert rows(tmp_path, "select count(*) from tickets") == [(1,)]
+    assert rows(tmp_path, "select count(*) from messages") == [(1,)]
+    assert rows(
         tmp_path,
         "select folder, uid, message, gm_mailbox, gm_msgid, action_state from sources order by id",
     ) == [
@@ -364,7 +336,7 @@ def test_one_gmail_message_seen_under_two_labels_makes_one_ticket(ctx, tmp_path:
             "pending",
         ),  # flagged there too
     ]
-    assert _rows(tmp_path, "select gm_thrid from messages") == [(1278455344230334865,)]
+    assert rows(tmp_path, "select gm_thrid from messages") == [(1278455344230334865,)]
 
 
 def test_two_accounts_on_the_same_gmail_mailbox_make_one_ticket(ctx, tmp_path: Path) -> None:
@@ -373,7 +345,7 @@ def test_two_accounts_on_the_same_gmail_mailbox_make_one_ticket(ctx, tmp_path: P
         ctx, [_incoming("desk-support", "Support", 3, _mail(1, extra=b"X-A: b\r\n"), msgid=42)]
     )
     assert two.status == "duplicate" and two.ticket_id == one.ticket_id
-    assert _rows(tmp_path, "select count(*) from messages") == [(1,)]
+    assert rows(tmp_path, "select count(*) from messages") == [(1,)]
 
 
 def test_the_same_gmail_message_id_in_another_mailbox_is_another_message(
@@ -389,7 +361,7 @@ def test_the_same_gmail_message_id_in_another_mailbox_is_another_message(
         ],
     )
     assert other.status == "imported"
-    assert _rows(tmp_path, "select count(*) from tickets") == [(2,)]
+    assert rows(tmp_path, "select count(*) from tickets") == [(2,)]
 
 
 def test_gmails_thread_id_makes_a_reply_without_headers_a_follow_up_in_the_same_account(
@@ -451,7 +423,7 @@ def test_a_poll_of_an_account_another_poll_holds_in_this_process_is_skipped(
 ) -> None:
     dovecot.append(imap_user, _mail(1))
     store_password(imap_user.name, imap_user.password)
-    cfg = load_config(_write_config(tmp_path, account_config(imap_user)))
+    cfg = load_config(write_config(tmp_path, account_config(imap_user)))
     db = open_db(cfg.database)
     account = cfg.account(imap_user.name)
 
@@ -476,7 +448,7 @@ def test_a_poll_of_an_account_another_poll_holds_in_this_process_is_skipped(
         result.ok
         and result.skipped == f"account {account.name} is being polled by this process: skipped"
     )
-    assert _rows(tmp_path, "select count(*) from account_status") == [(0,)]  # nothing recorded
+    assert rows(tmp_path, "select count(*) from account_status") == [(0,)]  # nothing recorded
     assert run_poll(cfg, db, account).imported == 1  # free again once released
 
 
@@ -487,7 +459,7 @@ def test_a_second_process_polling_a_busy_account_skips_it_and_names_the_pid(
     dovecot.append(imap_user, _mail(1, body=b"x" * 76 + b"\r\n") + b"y" * 2_000_000 + b"\r\n")
     store_password(imap_user.name, imap_user.password)
     relay: TcpRelay = tcp_relay(dovecot.host, dovecot.imaps_port)
-    config = _write_config(
+    config = write_config(
         tmp_path, account_config(imap_user, imap_port=relay.port, max_message_size="50MB")
     )
     relay.stall(after=300_000)  # greeting, TLS, login, SELECT, SEARCH pass; the body stops
@@ -523,7 +495,7 @@ def test_a_second_process_polling_a_busy_account_skips_it_and_names_the_pid(
         relay.resume()
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
-    assert _rows(tmp_path, "select count(*) from tickets") == [(1,)]
+    assert rows(tmp_path, "select count(*) from tickets") == [(1,)]
     assert lock.read_text() == ""  # released: no stale pid is ever reported
 
 
@@ -544,12 +516,12 @@ def test_an_icloud_account_signs_in_to_imap_with_the_name_part_and_to_smtp_with_
         smtp_port=smtp_server.port,
         smtp_security=smtp_server.security,
     )
-    config = _write_config(tmp_path, values)
+    config = write_config(tmp_path, values)
     store_password(imap_user.name, imap_user.password)
     account = load_config(config).account(imap_user.name)
     assert (account.username, account.smtp_username) == (imap_user.name, address)
 
-    result = _cli(config, "accounts", "test", imap_user.name, "-v")
+    result = run_cli(config, "accounts", "test", imap_user.name, "-v")
 
     assert result.exit_code == 0, result.output
     assert "ok  IMAP sign-in" in result.stdout and "ok  SMTP AUTH" in result.stdout

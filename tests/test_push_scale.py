@@ -13,35 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from mail2ticket.daemon import RELOAD_POLL_SECONDS
+from tests.helpers import make_mail, wait_until
 from tests.servers import Dovecot
 from tests.servers import account_config as server_account_config
-from tests.test_daemon import (
-    DaemonProcess,
-    add_account,
-    make_mail,
-    status,
-    subjects,
-    wait_until,
-    write_config,
-)
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path):
-    started: list[DaemonProcess] = []
-
-    def start(main: Path, **kwargs) -> DaemonProcess:
-        proc = DaemonProcess(main, tmp_path, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
-
+from tests.test_daemon import add_account, status, subjects, write_config
 
 LOGIN = re.compile(r"imap-login: Info: Login: user=<([^>]+)>")
 AUTH_FAILED = re.compile(r"auth failed.*user=<([^>]+)>")
@@ -114,7 +90,7 @@ def test_fifty_push_accounts_import_over_their_idle_connections_on_a_fixed_set_o
     # SIGTERM while one account imports a burst: a prompt exit, every session logged out,
     # nothing flagged on the server without its ticket.
     busy = users[0]
-    dovecot.append_many(busy, [make_mail(f"Burst {i}", "x" * 20_000) for i in range(300)])
+    dovecot.append_many(busy, [make_mail(f"Burst {i}", body="x" * 20_000) for i in range(300)])
     wait_until(lambda: any(s.startswith("Burst") for s in subjects(main)), 30, "the burst to start")
     code, took = daemon.stop()
     assert code == 0 and took < 10

@@ -7,54 +7,22 @@ the size limit is not downloaded at all: it stays unflagged on the server and is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
-import tomli_w
 from click.testing import CliRunner
 
 import mail2ticket.parse
 from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import all_tickets, numbered_mail, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _message(n: int, extra_header: bytes = b"", body: bytes = b"") -> bytes:
-    return (
-        b"From: customer%d@example.org\r\nTo: support@example.test\r\n"
-        b"Subject: quarantine test %d\r\nMessage-ID: <q-%d@example.org>\r\n" % (n, n, n)
-        + extra_header
-        + b"\r\nRequest number %d.\r\n" % n
-        + body
-    )
-
-
-def _setup(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-                "accounts": [account],
-            }
-        )
-    )
-    return config
-
-
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
-
-
-def _tickets(config: Path) -> list[dict]:
-    return json.loads(_cli(config, "tickets", "list", "--status", "all", "--json").stdout)
+    return numbered_mail(n, b"quarantine test", b"<q-%d@example.org>" % n, extra=extra_header, body=body)
 
 
 def _events(tmp_path: Path, kind: str) -> int:
@@ -84,51 +52,51 @@ def test_a_poison_message_is_quarantined_and_the_mail_behind_it_imported_in_the_
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path, buggy_parser
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user, batch_size=3))
+    config = write_config(tmp_path, account_config(imap_user, batch_size=3))
     poison = _message(3, b"X-Trigger: yes\r\n")
     dovecot.append_many(imap_user, [_message(1), _message(2), poison, _message(4), _message(5)])
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert result.exit_code == 0, result.output
     assert f"{imap_user.name}: 4 imported" in result.stdout and "1 quarantined" in result.stdout
-    assert sorted(t["subject"] for t in _tickets(config)) == [f"quarantine test {n}" for n in (1, 2, 4, 5)]
-    entries = json.loads(_cli(config, "quarantine", "list", "--json").stdout)
+    assert sorted(t["subject"] for t in all_tickets(config)) == [f"quarantine test {n}" for n in (1, 2, 4, 5)]
+    entries = json.loads(run_cli(config, "quarantine", "list", "--json").stdout)
     assert len(entries) == 1
     entry = entries[0]
     assert entry["reason"] == "unparseable" and "IndexError" in entry["error"]
-    assert entry["uid"] == 3 and entry["raw_sha256"] == _sha(poison)
-    listing = _cli(config, "quarantine", "list")
+    assert entry["uid"] == 3 and entry["raw_sha256"] == sha256_hex(poison)
+    listing = run_cli(config, "quarantine", "list")
     assert listing.exit_code == 0 and "unparseable" in listing.stdout
-    shown = _cli(config, "quarantine", "show", str(entry["id"]))
+    shown = run_cli(config, "quarantine", "show", str(entry["id"]))
     assert shown.exit_code == 0 and "IndexError" in shown.stdout
     raw = CliRunner().invoke(cli, ["--config", str(config), "quarantine", "show", str(entry["id"]), "--raw"])
     assert raw.stdout_bytes == dovecot.fetch_raw(imap_user)[3], "the exact bytes are kept"
     # Accounted for, so it is marked read like the others: it will not be fetched again.
     assert all("\\Seen" in f for f in dovecot.flags(imap_user).values())
-    assert "quarantine: 1 waiting" in _cli(config, "status").stdout
+    assert "quarantine: 1 waiting" in run_cli(config, "status").stdout
 
-    still = _cli(config, "quarantine", "retry", str(entry["id"]))
+    still = run_cli(config, "quarantine", "retry", str(entry["id"]))
     assert still.exit_code == 1 and "still failing" in still.stderr
 
     buggy_parser.undo()  # the fixed release is installed
-    fixed = _cli(config, "quarantine", "retry", str(entry["id"]))
+    fixed = run_cli(config, "quarantine", "retry", str(entry["id"]))
 
     assert fixed.exit_code == 0, fixed.output
     assert f"#{entry['id']}: imported as message" in fixed.stdout
-    assert json.loads(_cli(config, "quarantine", "list", "--json").stdout) == []
-    assert len(_tickets(config)) == 5
-    after = _cli(config, "poll")
+    assert json.loads(run_cli(config, "quarantine", "list", "--json").stdout) == []
+    assert len(all_tickets(config)) == 5
+    after = run_cli(config, "poll")
     assert after.stdout.startswith(f"{imap_user.name}: 0 imported"), after.output
-    assert _cli(config, "quarantine", "retry", str(entry["id"])).exit_code == 0, "retrying again is harmless"
-    assert len(_tickets(config)) == 5
+    assert run_cli(config, "quarantine", "retry", str(entry["id"])).exit_code == 0, "retrying again is harmless"
+    assert len(all_tickets(config)) == 5
 
 
 def test_hostile_messages_never_block_the_good_mail_and_each_is_accounted_for(
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user, batch_size=4))
+    config = write_config(tmp_path, account_config(imap_user, batch_size=4))
     nested = b"".join(
         b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1) for i in range(1500)
     )
@@ -144,10 +112,10 @@ def test_hostile_messages_never_block_the_good_mail_and_each_is_accounted_for(
     for n, bad in enumerate(hostile):
         mixed += [_message(10 + n), bad]
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
     assert result.exit_code == 0  # nothing there yet
     dovecot.append_many(imap_user, mixed)
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert result.exit_code == 0, result.output
     server = dovecot.fetch_raw(imap_user)
@@ -155,8 +123,8 @@ def test_hostile_messages_never_block_the_good_mail_and_each_is_accounted_for(
         in_tickets = {r[0] for r in conn.execute("select raw_sha256 from messages")}
         in_quarantine = {r[0] for r in conn.execute("select raw_sha256 from quarantine")}
     for uid, raw in server.items():
-        assert (_sha(raw) in in_tickets) != (_sha(raw) in in_quarantine), f"UID {uid} not accounted for once"
-    subjects = {t["subject"] for t in _tickets(config)}
+        assert (sha256_hex(raw) in in_tickets) != (sha256_hex(raw) in in_quarantine), f"UID {uid} not accounted for once"
+    subjects = {t["subject"] for t in all_tickets(config)}
     assert {f"quarantine test {10 + n}" for n in range(len(hostile))} <= subjects
 
 
@@ -166,45 +134,45 @@ def test_an_over_size_message_is_quarantined_without_download_and_imported_by_re
     store_password(imap_user.name, imap_user.password)
     relay = tcp_relay(dovecot.host, dovecot.imaps_port)
     account = account_config(imap_user, imap_port=relay.port, max_message_size="100KB")
-    config = _setup(tmp_path, account)
+    config = write_config(tmp_path, account)
     big = _message(2, body=b"0123456789abcdef" * 125_000 + b"\r\n")  # 2 MB
     dovecot.append_many(imap_user, [_message(1), big, _message(3)])
     # Any connection that carries more than 300 kB dies: a download of the 2 MB message would fail.
     relay.cut_after(300_000)
 
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert result.exit_code == 0, result.output
     assert relay.cuts == 0, "the over-size message was downloaded"
     assert f"{imap_user.name}: 2 imported" in result.stdout and "1 quarantined" in result.stdout
     assert "over the size limit" in result.stderr, "the sysadmin is told"
-    entry = json.loads(_cli(config, "quarantine", "list", "--json").stdout)[0]
+    entry = json.loads(run_cli(config, "quarantine", "list", "--json").stdout)[0]
     assert entry["reason"] == "too-large" and entry["size"] == len(big) and entry["raw_sha256"] is None
     assert "100" in entry["error"] or "102400" in entry["error"]
     flags = dovecot.flags(imap_user)
     assert "\\Seen" not in flags[2] and "\\Seen" in flags[1] and "\\Seen" in flags[3]
-    raw = _cli(config, "quarantine", "show", str(entry["id"]), "--raw")
+    raw = run_cli(config, "quarantine", "show", str(entry["id"]), "--raw")
     assert raw.exit_code == 1 and "still on the server" in raw.stderr
 
-    again = _cli(config, "poll")
+    again = run_cli(config, "poll")
     assert again.exit_code == 0 and "quarantined" not in again.stdout and "size limit" not in again.stderr
     assert _events(tmp_path, "quarantined") == 1, "alerted once, not on every poll"
 
-    refused = _cli(config, "quarantine", "retry", str(entry["id"]))
+    refused = run_cli(config, "quarantine", "retry", str(entry["id"]))
     assert refused.exit_code == 1 and "still over the size limit" in refused.stderr
     assert "\\Seen" not in dovecot.flags(imap_user)[2]
 
     relay.resume()
     account["max_message_size"] = "5MB"
-    _setup(tmp_path, account)
-    retried = _cli(config, "quarantine", "retry", str(entry["id"]))
+    write_config(tmp_path, account)
+    retried = run_cli(config, "quarantine", "retry", str(entry["id"]))
 
     assert retried.exit_code == 0, retried.output
-    assert json.loads(_cli(config, "quarantine", "list", "--json").stdout) == []
+    assert json.loads(run_cli(config, "quarantine", "list", "--json").stdout) == []
     assert "\\Seen" in dovecot.flags(imap_user)[2], "flagged once stored"
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        stored = conn.execute("select raw from raw_messages where sha256 = ?", [_sha(big)]).fetchone()
+        stored = conn.execute("select raw from raw_messages where sha256 = ?", [sha256_hex(big)]).fetchone()
     assert stored is not None and stored[0] == dovecot.fetch_raw(imap_user)[2]
-    assert len(_tickets(config)) == 3
-    assert _cli(config, "poll").stdout.startswith(f"{imap_user.name}: 0 imported")
-    assert len(_tickets(config)) == 3
+    assert len(all_tickets(config)) == 3
+    assert run_cli(config, "poll").stdout.startswith(f"{imap_user.name}: 0 imported")
+    assert len(all_tickets(config)) == 3

@@ -12,7 +12,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from tests.test_threading import Desk, make_mail, reply_to
+from tests.helpers import Desk, make_mail, reply_to
 
 
 @pytest.fixture

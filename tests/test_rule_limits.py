@@ -18,12 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
-from tests.test_daemon import DaemonProcess
+from tests.helpers import DaemonProcess, run_cli, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Exponential for a backtracking engine on a string of word characters ending in '!', though no
@@ -40,17 +37,8 @@ def _mail(subject: str, n: int) -> bytes:
 
 
 def _config(tmp_path: Path, account: dict, rules: str) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-                "schedule": {"poll": "1h"},
-                "accounts": [account],
-            }
-        )
-        + rules
-    )
+    config = write_config(tmp_path, account, schedule={"poll": "1h"})
+    config.write_text(config.read_text() + rules)
     return config
 
 
@@ -68,10 +56,6 @@ tags = ["printer"]
 """
 
 
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -82,7 +66,7 @@ def test_a_backtracking_rule_is_cut_off_the_mail_is_stored_and_the_cli_reads_mea
     store_password(imap_user.name, imap_user.password)
     config = _config(tmp_path, account_config(imap_user), RULES)
     dovecot.append_many(imap_user, [_mail(EVIL_SUBJECT, 1), _mail("Printer broken", 2)])
-    assert _cli(config, "tickets", "list").exit_code == 0  # the database exists
+    assert run_cli(config, "tickets", "list").exit_code == 0  # the database exists
 
     t0 = time.monotonic()
     poll = subprocess.Popen(
@@ -92,7 +76,7 @@ def test_a_backtracking_rule_is_cut_off_the_mail_is_stored_and_the_cli_reads_mea
     try:
         reads = 0
         while poll.poll() is None and time.monotonic() - t0 < 60:
-            listed = _cli(config, "tickets", "list", "--json")
+            listed = run_cli(config, "tickets", "list", "--json")
             assert listed.exit_code == 0, listed.output  # never "database is locked"
             reads += 1
             time.sleep(0.2)
@@ -105,13 +89,13 @@ def test_a_backtracking_rule_is_cut_off_the_mail_is_stored_and_the_cli_reads_mea
     print(f"poll with a backtracking rule: {took:.1f} s, {reads} CLI reads meanwhile")
     assert poll.returncode == 0, err.decode()
 
-    tickets = {t["subject"]: t for t in json.loads(_cli(config, "tickets", "list", "--json").stdout)}
+    tickets = {t["subject"]: t for t in json.loads(run_cli(config, "tickets", "list", "--json").stdout)}
     assert set(tickets) == {EVIL_SUBJECT, "Printer broken"}
     evil = tickets[EVIL_SUBJECT]
-    shown = _cli(config, "tickets", "show", str(evil["id"]))
+    shown = run_cli(config, "tickets", "show", str(evil["id"]))
     assert shown.exit_code == 0
     assert "rule 'slow' skipped" in shown.stdout and "time limit" in shown.stdout
-    detail = json.loads(_cli(config, "tickets", "show", str(evil["id"]), "--json").stdout)
+    detail = json.loads(run_cli(config, "tickets", "show", str(evil["id"]), "--json").stdout)
     assert "printer" in detail["tags"] and "slow" not in detail["tags"]  # the other rules still ran
     assert "printer" in tickets["Printer broken"]["tags"]
     assert "rule 'slow'" in err.decode()  # and the log says so
@@ -143,7 +127,7 @@ def test_a_pattern_with_nested_quantifiers_is_refused_at_load_naming_the_rule(tm
         f'[storage]\ndatabase = "{tmp_path / "m2t.db"}"\n\n[[rules]]\nname = "names"\nmatch = "regex"\n'
         f"subject = '{pattern}'\ntags = [\"x\"]\n"
     )
-    result = _cli(config, "tickets", "list")
+    result = run_cli(config, "tickets", "list")
     assert result.exit_code == 3
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -157,5 +141,5 @@ def test_ordinary_patterns_are_accepted(tmp_path: Path, pattern: str) -> None:
         f'[storage]\ndatabase = "{tmp_path / "m2t.db"}"\n\n[[rules]]\nname = "ok"\nmatch = "regex"\n'
         f"subject = '{pattern}'\ntags = [\"x\"]\n"
     )
-    result = _cli(config, "tickets", "list")
+    result = run_cli(config, "tickets", "list")
     assert result.exit_code == 0, result.output

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import subprocess
@@ -18,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import accounts_status, hashed_lines, numbered_mail
 from tests.triage_support import deliver, mail, run, write_config
 
 # ------------------------------------------------------------------------------------ search
@@ -41,18 +39,7 @@ def test_a_word_colon_word_that_is_no_column_searches_the_words(tmp_path: Path, 
 
 
 def _message(n: int, size: int = 20_000) -> bytes:
-    body = hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64)
-    lines = b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
-    return (
-        b"From: customer%d@example.org\r\nTo: support@example.test\r\n"
-        b"Subject: status count %d\r\nMessage-ID: <status-count-%d@example.org>\r\n\r\n" % (n, n, n)
-        + lines + b"\r\n"
-    )
-
-
-def _status(config: Path) -> dict:
-    result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
-    return {a["name"]: a for a in json.loads(result.stdout)["accounts"]}
+    return numbered_mail(n, b"status count", b"<status-count-%d@example.org>" % n, text=hashed_lines(n, size))
 
 
 def test_a_poll_that_stored_messages_and_then_lost_its_connection_counts_them(
@@ -73,7 +60,7 @@ def test_a_poll_that_stored_messages_and_then_lost_its_connection_counts_them(
     with sqlite3.connect(tmp_path / "m2t.db") as conn:
         stored = conn.execute("select count(*) from tickets").fetchone()[0]
     assert 0 < stored < 30
-    acct = _status(config)[imap_user.name]
+    acct = accounts_status(config)[imap_user.name]
     print(f"stored before the cut: {stored}; status counts {acct['imported_total']}")
     assert acct["imported_total"] == stored
     assert acct["last_error"] and "was lost" in acct["last_error"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 from mail2ticket.parse import parse_message
-from tests.test_threading import Desk
+from tests.helpers import Desk
 
 
 def mail(sender: bytes, *extra: bytes) -> bytes:

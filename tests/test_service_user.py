@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.locks import lock_path
 from mail2ticket.secrets import store_password
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 
@@ -57,10 +56,6 @@ def _give_to_nobody(home: Path) -> None:
         os.lchown(path, NOBODY.pw_uid, NOBODY.pw_gid)
 
 
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
-
-
 @contextlib.contextmanager
 def _nobody() -> Iterator[None]:
     """Run the block with the effective ids of 'nobody' (as the service would), then root again.
@@ -81,7 +76,7 @@ def _nobody() -> Iterator[None]:
 
 def _as_nobody(config: Path, *args: str):
     with _nobody():
-        return _cli(config, *args)
+        return run_cli(config, *args)
 
 
 def _setup(home: Path, dovecot, user, account_config) -> Path:
@@ -100,8 +95,8 @@ def _setup(home: Path, dovecot, user, account_config) -> Path:
     )
     store_password(user.name, user.password)
     dovecot.append(user, _mail(0))
-    assert _cli(config, "poll").exit_code == 0
-    assert _cli(config, "status", "--json").exit_code in (0, 1)
+    assert run_cli(config, "poll").exit_code == 0
+    assert run_cli(config, "status", "--json").exit_code in (0, 1)
     _give_to_nobody(home)
     return config
 
@@ -116,7 +111,7 @@ def test_root_is_refused_on_a_database_owned_by_the_service_user_and_leaves_noth
     before = {p: p.stat().st_uid for p in (service_home / "var").rglob("*")}
     dovecot.append(imap_user, _mail(2))
 
-    as_root = _cli(config, "poll")
+    as_root = run_cli(config, "poll")
 
     assert as_root.exit_code == 77, as_root.output
     lines = as_root.stderr.strip().splitlines()

@@ -13,12 +13,7 @@ from aiosmtpd.smtp import AuthResult
 
 from mail2ticket.compose import Draft, build, header_text
 from mail2ticket.store import open_db
-from tests.test_threading import Desk, make_mail
-
-
-@pytest.fixture
-def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
-    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
+from tests.helpers import Desk, make_mail
 
 
 def test_mail_goes_out_over_starttls_signed_in_with_the_accounts_secret(desk):

@@ -1,130 +1,19 @@
 """Which ticket a mail joins: reply headers, our signed Message-IDs, the subject tag (issue 5, point 1).
 
 Mail is read from the real Dovecot with `mail2ticket poll`; what mail2ticket sends is received by
-the real aiosmtpd of the test suite (STARTTLS + AUTH). The helpers here (Desk, make_mail) are also
-used by the other conversation tests.
+the real aiosmtpd of the test suite (STARTTLS + AUTH). Desk and make_mail are in tests/helpers.py,
+the desk and make_desk fixtures in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
-from pathlib import Path
 
-import pytest
 import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
-from mail2ticket.store import open_db
-
-LONG_AGO = "2000-01-01T00:00:00Z"  # accounts "added" long ago: every test mail is new mail
-
-
-def make_mail(
-    subject: str = "Printer on fire",
-    sender: str = "Ann Customer <ann@customer.test>",
-    to: str = "support@example.test",
-    body: str = "It is on fire.",
-    *,
-    message_id: str | None = None,
-    in_reply_to: str | None = None,
-    references: str | None = None,
-    headers: dict[str, str] | None = None,
-    date: datetime | None = None,
-) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = message_id or make_msgid(domain="customer.test")
-    msg["Date"] = format_datetime(date or datetime.now(UTC))
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-    if references:
-        msg["References"] = references
-    for name, value in (headers or {}).items():
-        msg[name] = value
-    msg.set_content(body)
-    return msg.as_bytes()
-
-
-def reply_to(sent: bytes, *, sender: str = "ann@customer.test", body: str = "Thanks!", **kw) -> bytes:
-    """What a mail client makes when its user answers ``sent``: Re: subject, threading headers."""
-    from email import message_from_bytes, policy
-
-    original = message_from_bytes(sent, policy=policy.default)
-    refs = " ".join([*(original.get("References", "").split()), original["Message-ID"]])
-    return make_mail(
-        f"Re: {original['Subject']}", sender, str(original["From"]), body,
-        in_reply_to=original["Message-ID"], references=refs, **kw,
-    )
-
-
-class Desk:
-    """One mail2ticket installation: its config and database under ``root``, one account."""
-
-    def __init__(self, root: Path, dovecot, user, smtp, account_config, *, conversations=None, **account):
-        self.root, self.dovecot, self.user, self.smtp = root, dovecot, user, smtp
-        root.mkdir(parents=True, exist_ok=True)
-        self.config = root / "config.toml"
-        acc = account_config(user, smtp, **{"added_at": LONG_AGO, **account})
-        self.account = acc
-        data: dict = {"storage": {"database": "m2t.db", "attachments": "att"}, "accounts": [acc]}
-        if conversations:
-            data["conversations"] = conversations
-        self.config.write_text(tomli_w.dumps(data))
-        store_password(acc["name"], user.password)
-
-    @property
-    def email(self) -> str:
-        return self.user.email
-
-    def invoke(self, *args: str, input: str | None = None, env=None):
-        return CliRunner().invoke(cli, ["--config", str(self.config), *args], input=input, env=env)
-
-    def ok(self, *args: str, **kw):
-        result = self.invoke(*args, **kw)
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result
-
-    def poll(self):
-        return self.ok("poll")
-
-    def deliver(self, raw: bytes) -> int:
-        return self.dovecot.append(self.user, raw)
-
-    def tickets(self) -> list[dict]:
-        return json.loads(self.ok("tickets", "list", "--status", "all", "--json", "--sort", "id").stdout)
-
-    def show(self, ticket_id: int) -> dict:
-        return json.loads(self.ok("tickets", "show", str(ticket_id), "--json").stdout)
-
-    def db(self):
-        return open_db(self.root / "m2t.db")
-
-    def sent_to(self, address: str) -> list:
-        return [m for m in self.smtp.messages if address in m.rcpt_tos]
-
-
-@pytest.fixture
-def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
-    return Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config)
-
-
-@pytest.fixture
-def make_desk(tmp_path, dovecot, smtp_server, account_config):
-    """make_desk(name, **account_keys): another installation with its own mailbox user."""
-
-    def make(name: str, conversations=None, **account) -> Desk:
-        return Desk(tmp_path / name, dovecot, dovecot.add_user(), smtp_server, account_config,
-                    conversations=conversations, **account)
-
-    return make
+from tests.helpers import LONG_AGO, Desk, make_mail, reply_to
 
 
 def test_the_customers_reply_to_the_acknowledgement_lands_in_the_same_ticket(desk):

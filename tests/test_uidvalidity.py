@@ -8,47 +8,19 @@ and show it in `status`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
-import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import numbered_mail, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _message(n: int) -> bytes:
-    return (
-        b"From: customer%d@example.org\r\nTo: support@example.test\r\n"
-        b"Subject: uidvalidity test %d\r\nMessage-ID: <uv-%d@example.org>\r\n\r\n"
-        b"Request number %d.\r\n" % (n, n, n, n)
-    )
-
-
-def _setup(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        tomli_w.dumps(
-            {
-                "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-                "accounts": [account],
-            }
-        )
-    )
-    return config
-
-
-def _cli(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), *args])
+    return numbered_mail(n, b"uidvalidity test", b"<uv-%d@example.org>" % n)
 
 
 def _db(tmp_path: Path) -> sqlite3.Connection:
@@ -72,8 +44,8 @@ def check_exactly_once(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
             conn.execute("select raw_sha256, count(*) from messages group by raw_sha256").fetchall()
         )
         tickets = conn.execute("select count(*) from tickets").fetchone()[0]
-    assert ledger == {uid: _sha(raw) for uid, raw in server.items()}, "lost or mismatched under the new UIDVALIDITY"
-    assert set(per_content) == {_sha(raw) for raw in server.values()}
+    assert ledger == {uid: sha256_hex(raw) for uid, raw in server.items()}, "lost or mismatched under the new UIDVALIDITY"
+    assert set(per_content) == {sha256_hex(raw) for raw in server.values()}
     assert set(per_content.values()) == {1}, "a message was imported twice"
     assert tickets == len(server), "one ticket per (unrelated) message"
     flags = dovecot.flags(user)
@@ -85,15 +57,15 @@ def test_a_new_uidvalidity_rescans_the_folder_loses_nothing_and_duplicates_nothi
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path, keep_uids: bool
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user, batch_size=7))
+    config = write_config(tmp_path, account_config(imap_user, batch_size=7))
     dovecot.append_many(imap_user, [_message(n) for n in range(40)])
-    assert _cli(config, "poll").exit_code == 0
+    assert run_cli(config, "poll").exit_code == 0
     old = dovecot.uidvalidity(imap_user)
     dovecot.append_many(imap_user, [_message(n) for n in range(40, 50)])  # arrives, not yet polled
 
     new = dovecot.recreate_folder(imap_user, keep_uids=keep_uids)
     dovecot.append_many(imap_user, [_message(n) for n in range(50, 55)])  # arrives after the reset
-    result = _cli(config, "poll")
+    result = run_cli(config, "poll")
 
     assert new != old
     assert result.exit_code == 0, result.output
@@ -103,12 +75,12 @@ def test_a_new_uidvalidity_rescans_the_folder_loses_nothing_and_duplicates_nothi
     with _db(tmp_path) as conn:
         events = [r["detail"] for r in conn.execute("select detail from events where kind = 'uidvalidity-changed'")]
     assert len(events) == 1 and f"from {old} to {new}" in events[0]
-    status = _cli(config, "status", "--json")
+    status = run_cli(config, "status", "--json")
     alerts = json.loads(status.stdout)["alerts"]
     assert any(f"from {old} to {new}" in a and imap_user.name in a for a in alerts), alerts
-    assert f"from {old} to {new}" in _cli(config, "status").stdout
+    assert f"from {old} to {new}" in run_cli(config, "status").stdout
 
-    again = _cli(config, "poll")
+    again = run_cli(config, "poll")
     assert again.exit_code == 0 and f"{imap_user.name}: 0 imported" in again.stdout
     assert "UIDVALIDITY" not in again.stdout, "the change is handled once"
 
@@ -117,14 +89,14 @@ def test_repeated_resets_with_mail_arriving_each_time_keep_exactly_one_entry_per
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user, batch_size=10))
+    config = write_config(tmp_path, account_config(imap_user, batch_size=10))
     dovecot.append_many(imap_user, [_message(n) for n in range(30)])
-    assert _cli(config, "poll").exit_code == 0
+    assert run_cli(config, "poll").exit_code == 0
     for reset in range(4):
         dovecot.append_many(imap_user, [_message(100 + 10 * reset + n) for n in range(5)])
         dovecot.recreate_folder(imap_user)
         dovecot.append_many(imap_user, [_message(200 + 10 * reset + n) for n in range(5)])
-        result = _cli(config, "poll")
+        result = run_cli(config, "poll")
         assert result.exit_code == 0, result.output
         assert f"{imap_user.name}: 10 imported" in result.stdout
         check_exactly_once(dovecot, imap_user, tmp_path)
@@ -136,17 +108,17 @@ def test_an_over_size_message_keeps_one_open_quarantine_entry_across_a_reset(
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:
     store_password(imap_user.name, imap_user.password)
-    config = _setup(tmp_path, account_config(imap_user, max_message_size="10KB"))
+    config = write_config(tmp_path, account_config(imap_user, max_message_size="10KB"))
     dovecot.append(imap_user, _message(1))
     dovecot.append(imap_user, _message(2) + b"x" * 20_000 + b"\r\n")
-    assert _cli(config, "poll").exit_code == 0
+    assert run_cli(config, "poll").exit_code == 0
 
     dovecot.recreate_folder(imap_user)
-    assert _cli(config, "poll").exit_code == 0
+    assert run_cli(config, "poll").exit_code == 0
 
-    entries = json.loads(_cli(config, "quarantine", "list", "--json").stdout)
+    entries = json.loads(run_cli(config, "quarantine", "list", "--json").stdout)
     assert len(entries) == 1, "one open entry for the one over-size message"
     assert entries[0]["uidvalidity"] == dovecot.uidvalidity(imap_user)
     assert entries[0]["uid"] in dovecot.uids(imap_user)
-    everything = json.loads(_cli(config, "quarantine", "list", "--all", "--json").stdout)
+    everything = json.loads(run_cli(config, "quarantine", "list", "--all", "--json").stdout)
     assert len(everything) == 2 and "superseded" in everything[0]["error"]

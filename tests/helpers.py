@@ -1,0 +1,389 @@
+"""Helpers shared by the test files: configs, the CLI, mail as bytes, the database, processes.
+
+The real servers live in tests/servers.py, the pseudo-terminal reader in tests/ptys.py, the
+fixtures in tests/conftest.py. A helper used by two test files or more belongs here, not copied.
+
+Sections: hashes, configs, the CLI, the database, mail, a desk (one installation on Dovecot and
+SMTP), processes (peak memory, the daemon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import tomli_w
+from click.testing import CliRunner
+
+from mail2ticket.cli import cli as main_cli
+from mail2ticket.secrets import store_password
+from mail2ticket.store import open_db
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+# ----------------------------------------------------------------------------------- hashes
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` as hex, as the ledger and the attachment store record it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- configs
+
+
+def write_config(root: Path, *accounts: dict, storage: dict | None = None, **tables: object) -> Path:
+    """``root/config.toml`` with the database and attachments under ``root`` (or ``storage``),
+    the other top-level ``tables`` (limits, performance, rules ...) and the ``accounts``."""
+    config = root / "config.toml"
+    data: dict = {
+        "storage": storage or {"database": str(root / "m2t.db"), "attachments": str(root / "files")},
+        **tables,
+        "accounts": list(accounts),
+    }
+    config.write_text(tomli_w.dumps(data))
+    return config
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+
+def run_cli(config: Path, *args: str, input: str | bytes | None = None, **kwargs):
+    """``mail2ticket --config CONFIG ARGS`` in-process (click's CliRunner, stdout and stderr apart)."""
+    return CliRunner().invoke(main_cli, ["--config", str(config), *args], input=input, **kwargs)
+
+
+def status_json(config: Path) -> dict:
+    """What ``mail2ticket status --json`` reports."""
+    return json.loads(run_cli(config, "status", "--json").stdout)
+
+
+def accounts_status(config: Path) -> dict[str, dict]:
+    """The accounts of ``mail2ticket status --json``, by name."""
+    return {a["name"]: a for a in status_json(config)["accounts"]}
+
+
+def all_tickets(config: Path) -> list[dict]:
+    """``mail2ticket tickets list --status all --json``, checked to succeed."""
+    result = run_cli(config, "tickets", "list", "--status", "all", "--json", catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def command(config: Path, *args: str) -> list[str]:
+    """The command line that runs ``mail2ticket --config CONFIG ARGS`` as its own process."""
+    return [sys.executable, "-m", "mail2ticket", "--config", str(config), *args]
+
+
+# ----------------------------------------------------------------------------- the database
+
+
+def rows(root: Path, sql: str, params=()) -> list[tuple]:
+    """The rows of ``sql`` in ``root/m2t.db`` (the database write_config puts there)."""
+    with sqlite3.connect(root / "m2t.db") as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def raw_sha(conn: sqlite3.Connection, digest: str) -> str | None:
+    """SHA-256 of the raw bytes stored for ``digest``, read 1 MB at a time (None: not stored)."""
+    row = conn.execute("select rowid from raw_messages where sha256 = ?", [digest]).fetchone()
+    if row is None:
+        return None
+    hasher = hashlib.sha256()
+    with conn.blobopen("raw_messages", "raw", row[0], readonly=True) as blob:
+        while chunk := blob.read(MiB):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- mail
+
+
+def numbered_mail(
+    n: int,
+    subject: bytes,
+    message_id: bytes | None,
+    *,
+    to: bytes = b"support@example.test",
+    extra: bytes = b"",
+    text: bytes | None = None,
+    body: bytes = b"",
+) -> bytes:
+    """Customer ``n``'s mail as raw CRLF bytes: "Subject: SUBJECT n", the header lines ``extra``,
+    then ``text`` (default "Request number n.") and ``body``; no Message-ID if ``message_id`` is None."""
+    head = b"From: customer%d@example.org\r\nTo: %s\r\nSubject: %s %d\r\n" % (n, to, subject, n)
+    if message_id is not None:
+        head += b"Message-ID: " + message_id + b"\r\n"
+    return head + extra + b"\r\n" + (b"Request number %d." % n if text is None else text) + b"\r\n" + body
+
+
+def hashed_lines(n: int, size: int = 20_000) -> bytes:
+    """About ``size`` bytes of pseudo-random hex text in 76-character lines, the same for the same ``n``."""
+    text = hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64)
+    return b"\r\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+
+
+def make_mail(
+    subject: str = "Printer on fire",
+    sender: str = "Ann Customer <ann@customer.test>",
+    to: str = "support@example.test",
+    body: str = "It is on fire.",
+    *,
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+    headers: dict[str, str] | None = None,
+    date: datetime | None = None,
+    attachment: bytes | None = None,
+) -> bytes:
+    """A customer's mail as bytes (a fresh Message-ID, dated now); ``attachment``: a PDF part."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or make_msgid(domain="customer.test")
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        msg["References"] = references
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    if attachment is not None:
+        msg.add_attachment(attachment, maintype="application", subtype="pdf", filename="invoice.pdf")
+    return msg.as_bytes()
+
+
+def reply_to(sent: bytes, *, sender: str = "ann@customer.test", body: str = "Thanks!", **kw) -> bytes:
+    """What a mail client makes when its user answers ``sent``: Re: subject, threading headers."""
+    from email import message_from_bytes, policy
+
+    original = message_from_bytes(sent, policy=policy.default)
+    refs = " ".join([*(original.get("References", "").split()), original["Message-ID"]])
+    return make_mail(
+        f"Re: {original['Subject']}", sender, str(original["From"]), body,
+        in_reply_to=original["Message-ID"], references=refs, **kw,
+    )
+
+
+# ------------------------------------------------------------------------------------- desk
+
+LONG_AGO = "2000-01-01T00:00:00Z"  # accounts "added" long ago: every test mail is new mail
+
+
+class Desk:
+    """One mail2ticket installation: its config and database under ``root``, one account."""
+
+    def __init__(self, root: Path, dovecot, user, smtp, account_config, *, conversations=None, **account):
+        self.root, self.dovecot, self.user, self.smtp = root, dovecot, user, smtp
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "config.toml"
+        acc = account_config(user, smtp, **{"added_at": LONG_AGO, **account})
+        self.account = acc
+        data: dict = {"storage": {"database": "m2t.db", "attachments": "att"}, "accounts": [acc]}
+        if conversations:
+            data["conversations"] = conversations
+        self.config.write_text(tomli_w.dumps(data))
+        store_password(acc["name"], user.password)
+
+    @property
+    def email(self) -> str:
+        """The account's address."""
+        return self.user.email
+
+    def invoke(self, *args: str, input: str | None = None, env=None):
+        """The CLI on this desk's config."""
+        return CliRunner().invoke(main_cli, ["--config", str(self.config), *args], input=input, env=env)
+
+    def ok(self, *args: str, **kw):
+        """The CLI on this desk's config, checked to exit 0."""
+        result = self.invoke(*args, **kw)
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result
+
+    def poll(self):
+        """``mail2ticket poll``, checked to succeed."""
+        return self.ok("poll")
+
+    def deliver(self, raw: bytes) -> int:
+        """Put ``raw`` in the account's INBOX on Dovecot; its UID."""
+        return self.dovecot.append(self.user, raw)
+
+    def tickets(self) -> list[dict]:
+        """Every ticket, by id."""
+        return json.loads(self.ok("tickets", "list", "--status", "all", "--json", "--sort", "id").stdout)
+
+    def show(self, ticket_id: int) -> dict:
+        """``tickets show ID --json``."""
+        return json.loads(self.ok("tickets", "show", str(ticket_id), "--json").stdout)
+
+    def db(self):
+        """The desk's database, opened as mail2ticket opens it."""
+        return open_db(self.root / "m2t.db")
+
+    def sent_to(self, address: str) -> list:
+        """The mails the SMTP server received for ``address``."""
+        return [m for m in self.smtp.messages if address in m.rcpt_tos]
+
+
+# -------------------------------------------------------------------------------- processes
+
+PEAK_LIMIT_KIB = 150 * 1000 * 1000 // 1024  # large messages: 150 MB, whatever the attachment sizes
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> object:
+    """Poll ``predicate`` every 50 ms until it returns something true (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, read from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def hwm_kib(pid: int) -> int:
+    """The peak resident memory (VmHWM, KiB) of ``pid`` so far; 0 once it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_measured(cmd: list[str], stdin: Path | None = None) -> tuple[subprocess.CompletedProcess, dict[int, int], int]:
+    """Run ``cmd`` (standard input from ``stdin``), sampling every 20 ms the peak RSS (VmHWM, KiB)
+    of it and its children: (the finished process, {pid: peak}, its pid)."""
+    with open(stdin or "/dev/null", "rb") as source:
+        proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        hwm: dict[int, int] = {}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                for p in process_tree(proc.pid):
+                    hwm[p] = max(hwm.get(p, 0), hwm_kib(p))
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out, err = proc.communicate(timeout=300)
+        done.set()
+        sampler.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode()), hwm, proc.pid
+
+
+class NotifyListener:
+    """The systemd side of sd_notify: an AF_UNIX datagram socket in tmp_path."""
+
+    def __init__(self, directory: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = directory / f"notify-{secrets.token_hex(3)}.sock"
+        if len(str(path)) < 100:
+            self.sock.bind(str(path))
+            self.address = str(path)
+        else:  # sun_path holds 108 bytes: use an abstract socket for very long tmp paths
+            name = f"mail2ticket-test-{secrets.token_hex(8)}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        self.sock.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+
+    def _receive(self) -> None:
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append(fields)
+
+    def wait_for(self, key: str, value: str | None = None, *, timeout: float = 10,
+                 contains: str | None = None, start: int = 0) -> int:
+        """Index of the first message from ``start`` on with ``key`` (= ``value``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(start, len(self.messages)):
+                got = self.messages[i].get(key)
+                if got is not None and (value is None or got == value) and (
+                    contains is None or contains in got
+                ):
+                    return i
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {key}={value or contains or ''} from the daemon; got {self.messages}")
+            self._receive()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+class DaemonProcess:
+    """``python -m mail2ticket --config MAIN run`` with a NOTIFY_SOCKET we listen on."""
+
+    def __init__(self, main: Path, tmp_path: Path, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = (), journal: bool = False):
+        self.notify = NotifyListener(tmp_path)
+        self.log_path = tmp_path / f"daemon-{secrets.token_hex(3)}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify.address}
+        if journal:  # what systemd sets when stderr is connected to journald
+            st = os.fstat(self._log.fileno())
+            full_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mail2ticket", "--config", str(main), *args, "run"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=full_env,
+        )
+
+    def log(self) -> str:
+        """What the daemon wrote (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        """Send the daemon a signal."""
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
+        """Send ``sig`` and wait: (exit code, seconds it took)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - t0
+
+    def close(self) -> None:
+        """Kill the daemon if it still runs; close the log and the socket."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        self.notify.close()
