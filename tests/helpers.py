@@ -4,7 +4,7 @@ The real servers live in tests/servers.py, the pseudo-terminal reader in tests/p
 fixtures in tests/conftest.py. A helper used by two test files or more belongs here, not copied.
 
 Sections: hashes, configs, the CLI, the database, mail, a desk (one installation on Dovecot and
-SMTP), processes (peak memory, the daemon).
+SMTP), IMAP session transcripts, processes (peak memory, the daemon).
 """
 
 from __future__ import annotations
@@ -13,26 +13,32 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
+import re
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
+import pytest
 import tomli_w
 from click.testing import CliRunner
 
-from mail2ticket.cli import cli as main_cli
+from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
 from mail2ticket.store import open_db
+from tests.servers import Dovecot, User, find_dovecot
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -49,8 +55,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def write_config(root: Path, *accounts: dict, storage: dict | None = None, **tables: object) -> Path:
-    """``root/config.toml`` with the database and attachments under ``root`` (or ``storage``),
-    the other top-level ``tables`` (limits, performance, rules ...) and the ``accounts``."""
+    """``root/config.toml``: ``storage`` (default: m2t.db and files/ in ``root``), ``tables``, ``accounts``."""
     config = root / "config.toml"
     data: dict = {
         "storage": storage or {"database": str(root / "m2t.db"), "attachments": str(root / "files")},
@@ -66,7 +71,7 @@ def write_config(root: Path, *accounts: dict, storage: dict | None = None, **tab
 
 def run_cli(config: Path, *args: str, input: str | bytes | None = None, **kwargs):
     """``mail2ticket --config CONFIG ARGS`` in-process (click's CliRunner, stdout and stderr apart)."""
-    return CliRunner().invoke(main_cli, ["--config", str(config), *args], input=input, **kwargs)
+    return CliRunner().invoke(cli, ["--config", str(config), *args], input=input, **kwargs)
 
 
 def status_json(config: Path) -> dict:
@@ -125,8 +130,7 @@ def numbered_mail(
     text: bytes | None = None,
     body: bytes = b"",
 ) -> bytes:
-    """Customer ``n``'s mail as raw CRLF bytes: "Subject: SUBJECT n", the header lines ``extra``,
-    then ``text`` (default "Request number n.") and ``body``; no Message-ID if ``message_id`` is None."""
+    """Customer ``n``'s mail as CRLF bytes: "SUBJECT n", ``extra`` headers, ``text`` (or "Request number n.")."""
     head = b"From: customer%d@example.org\r\nTo: %s\r\nSubject: %s %d\r\n" % (n, to, subject, n)
     if message_id is not None:
         head += b"Message-ID: " + message_id + b"\r\n"
@@ -137,6 +141,22 @@ def hashed_lines(n: int, size: int = 20_000) -> bytes:
     """About ``size`` bytes of pseudo-random hex text in 76-character lines, the same for the same ``n``."""
     text = hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64)
     return b"\r\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+
+
+def request_mail(n: int, subject: str | None, sender: str, message_id: str, headers: dict[str, str],
+                 return_path: str | None = None) -> bytes:
+    """Request ``n`` as an MTA delivers it; ``headers`` keys use "_" for "-" (Return-Path: as pipe(8) flags=R)."""
+    msg = EmailMessage()
+    if return_path:
+        msg["Return-Path"] = return_path
+    msg["From"] = sender
+    msg["To"] = "support@example.com"
+    msg["Subject"] = subject or f"Request number {n}"
+    msg["Message-ID"] = message_id
+    for key, value in headers.items():
+        msg[key.replace("_", "-")] = value
+    msg.set_content(f"Hello, this is request {n}.\n")
+    return bytes(msg)
 
 
 def make_mail(
@@ -210,7 +230,7 @@ class Desk:
 
     def invoke(self, *args: str, input: str | None = None, env=None):
         """The CLI on this desk's config."""
-        return CliRunner().invoke(main_cli, ["--config", str(self.config), *args], input=input, env=env)
+        return CliRunner().invoke(cli, ["--config", str(self.config), *args], input=input, env=env)
 
     def ok(self, *args: str, **kw):
         """The CLI on this desk's config, checked to exit 0."""
@@ -241,6 +261,47 @@ class Desk:
     def sent_to(self, address: str) -> list:
         """The mails the SMTP server received for ``address``."""
         return [m for m in self.smtp.messages if address in m.rcpt_tos]
+
+
+# ------------------------------------------------------------------ IMAP session transcripts
+
+
+@contextlib.contextmanager
+def rawlogged_dovecot(test_ca, prefix: str, extra_conf: str = "") -> Iterator[tuple[Dovecot, Path]]:
+    """(server, rawlogs): a private Dovecot (plus ``extra_conf``) writing each IMAP session's transcript."""
+    if find_dovecot() is None:
+        pytest.skip("Dovecot is not installed")
+    # Not under pytest's tmp_path (mode 0700): Dovecot writes as the unprivileged mail user.
+    rawlogs = Path(tempfile.mkdtemp(prefix=prefix))
+    rawlogs.chmod(0o755)
+    server = Dovecot(test_ca, extra_conf=extra_conf + f"protocol imap {{\n  rawlog_dir = {rawlogs}/%n\n}}\n")
+    try:
+        with server:
+            yield server, rawlogs
+    finally:
+        shutil.rmtree(rawlogs, ignore_errors=True)
+
+
+def rawlogged_user(server: Dovecot, rawlogs: Path) -> User:
+    """A new mail user whose sessions are transcribed in ``rawlogs/NAME``; its password in the keyring."""
+    user = server.add_user()
+    own = rawlogs / user.name
+    own.mkdir()
+    if os.geteuid() == 0:  # Dovecot writes as the mail user
+        os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
+    store_password(user.name, user.password)
+    return user
+
+
+def transcript_commands(paths: Iterable[Path]) -> list[str]:
+    """The commands the client sent (tag stripped), from Dovecot's ``*.in`` transcripts, in path order."""
+    commands = []
+    for path in sorted(paths):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(" ", 2)  # timestamp, tag, command
+            if len(parts) == 3 and re.fullmatch(r"[A-Za-z0-9]+", parts[1]):
+                commands.append(parts[2])
+    return commands
 
 
 # -------------------------------------------------------------------------------- processes
@@ -282,8 +343,7 @@ def hwm_kib(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], stdin: Path | None = None) -> tuple[subprocess.CompletedProcess, dict[int, int], int]:
-    """Run ``cmd`` (standard input from ``stdin``), sampling every 20 ms the peak RSS (VmHWM, KiB)
-    of it and its children: (the finished process, {pid: peak}, its pid)."""
+    """Run ``cmd``, sampling its and its children's peak RSS (VmHWM, KiB) every 20 ms: (result, {pid: peak}, pid)."""
     with open(stdin or "/dev/null", "rb") as source:
         proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         hwm: dict[int, int] = {}

@@ -8,9 +8,8 @@ from email.message import EmailMessage
 
 import keyring
 import pytest
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def env(tmp_path, dovecot, imap_user, smtp_server, account_config):
         database = tmp_path / "var" / "m2t.db"
 
         def invoke(self, *args, input=None):
-            return CliRunner().invoke(cli, ["--config", str(main), *args], input=input)
+            return run_cli(main, *args, input=input)
 
         def add(self):
             result = self.invoke(

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
+from tests.helpers import run_cli
 
 CONFIG_ERROR = 3
 
@@ -32,7 +31,7 @@ def account(name: str = "support", **keys) -> dict:
 
 
 def check(config: Path, *args: str):
-    return CliRunner().invoke(cli, ["--config", str(config), "config", "check", *args])
+    return run_cli(config, "config", "check", *args)
 
 
 def maildir(path: Path) -> Path:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
+from tests.helpers import run_cli
 from tests.servers import LOOPBACK, Dovecot
 
 
@@ -22,7 +21,7 @@ def env(tmp_path, account_config):
 
     class Env:
         def invoke(self, *args, input=None):
-            return CliRunner().invoke(cli, ["--config", str(main), *args], input=input)
+            return run_cli(main, *args, input=input)
 
         def account(self, user, smtp=None, password=None, **overrides):
             values = account_config(user, smtp, **overrides)

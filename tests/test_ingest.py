@@ -18,22 +18,14 @@ from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 from mail2ticket.errors import EXIT_TEMPFAIL
-from tests.helpers import all_tickets
+from tests.helpers import all_tickets, request_mail
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def message(n: int, subject: str | None = None, **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["Return-Path"] = f"<customer{n}@example.org>"  # as Postfix pipe(8) flags=R adds it
-    msg["From"] = f"Customer {n} <customer{n}@example.org>"
-    msg["To"] = "support@example.com"
-    msg["Subject"] = subject or f"Request number {n}"
-    msg["Message-ID"] = f"<pipe-{n}@example.org>"
-    for key, value in headers.items():
-        msg[key.replace("_", "-")] = value
-    msg.set_content(f"Hello, this is request {n}.\n")
-    return bytes(msg)
+    return request_mail(n, subject, f"Customer {n} <customer{n}@example.org>", f"<pipe-{n}@example.org>", headers,
+                        return_path=f"<customer{n}@example.org>")
 
 
 def write_config(tmp_path: Path, *accounts: dict, **storage: str) -> Path:

@@ -8,20 +8,26 @@ Dovecot's own transcript of the session (rawlog) shows.
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import re
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mail2ticket.secrets import store_password
-from tests.helpers import numbered_mail, rows, run_cli, sha256_hex, write_config
-from tests.servers import Dovecot, User, account_config, find_dovecot
+from tests.helpers import (
+    numbered_mail,
+    rawlogged_dovecot,
+    rawlogged_user,
+    rows,
+    run_cli,
+    sha256_hex,
+    transcript_commands,
+    write_config,
+)
+from tests.servers import Dovecot, User, account_config
 
 TABLES = ["tickets", "messages", "attachments", "raw_messages", "quarantine", "sources"]
 
@@ -107,28 +113,13 @@ def test_different_messages_sharing_a_message_id_or_having_none_are_all_imported
 @pytest.fixture(scope="module")
 def logged_dovecot(test_ca) -> Iterator[tuple[Dovecot, Path]]:
     """A private Dovecot that writes every IMAP session's transcript (rawlog) to a directory."""
-    if find_dovecot() is None:
-        pytest.skip("Dovecot is not installed")
-    # Not under pytest's tmp_path (mode 0700): Dovecot writes as the unprivileged mail user.
-    rawlogs = Path(tempfile.mkdtemp(prefix="mail2ticket-rawlog-"))
-    rawlogs.chmod(0o755)
-    server = Dovecot(test_ca, extra_conf=f"protocol imap {{\n  rawlog_dir = {rawlogs}/%n\n}}\n")
-    try:
-        with server:
-            yield server, rawlogs
-    finally:
-        shutil.rmtree(rawlogs, ignore_errors=True)
+    with rawlogged_dovecot(test_ca, "mail2ticket-rawlog-") as logged:
+        yield logged
 
 
 def _commands(rawlog_dir: Path) -> list[str]:
     """The commands the client sent (tag stripped), from Dovecot's *.in transcripts."""
-    commands = []
-    for path in sorted(rawlog_dir.glob("*.in")):
-        for line in path.read_text(errors="replace").splitlines():
-            parts = line.split(" ", 2)  # timestamp, tag, command
-            if len(parts) == 3 and re.fullmatch(r"[A-Za-z0-9]+", parts[1]):
-                commands.append(parts[2])
-    return commands
+    return transcript_commands(rawlog_dir.glob("*.in"))
 
 
 @pytest.mark.parametrize("after_import", ["seen", "delete", "move:Archive"])
@@ -136,13 +127,9 @@ def test_only_uid_commands_are_sent_and_other_clients_deleted_mail_is_left_alone
     logged_dovecot, tmp_path: Path, after_import: str
 ) -> None:
     server, rawlogs = logged_dovecot
-    user = server.add_user()
+    user = rawlogged_user(server, rawlogs)
     own = rawlogs / user.name
-    own.mkdir()
-    if os.geteuid() == 0:  # Dovecot writes as the mail user
-        os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
     server.create_folder(user, "Archive")
-    store_password(user.name, user.password)
     config = write_config(tmp_path, account_config(user, server, after_import=after_import, max_message_size="10KB", batch_size=2))
     server.append_many(user, [_message(n) for n in range(1, 5)])
     # Another client's mail marked \Deleted but not expunged (too big for us, so we leave it):
@@ -181,12 +168,8 @@ def test_a_poll_with_nothing_new_asks_only_status_and_new_mail_is_still_found(
 ) -> None:
     """The idle poll's cost does not grow with the mailbox: no SELECT, no SEARCH, one STATUS."""
     server, rawlogs = logged_dovecot
-    user = server.add_user()
+    user = rawlogged_user(server, rawlogs)
     own = rawlogs / user.name
-    own.mkdir()
-    if os.geteuid() == 0:
-        os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
-    store_password(user.name, user.password)
     config = write_config(tmp_path, account_config(user, server))
     server.append_many(user, [_message(n) for n in range(1, 4)])
     assert run_cli(config, "poll").exit_code == 0

@@ -8,6 +8,7 @@ from email.message import EmailMessage
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
+from tests.helpers import run_cli
 
 
 def _config(tmp_path, attachment_limit: str):
@@ -30,26 +31,22 @@ def _mail(size: int) -> bytes:
     return msg.as_bytes()
 
 
-def run(cfg, *args, input=None):
-    return CliRunner().invoke(cli, ["--config", str(cfg), *args], input=input)
-
-
 def test_an_attachment_over_the_configured_limit_sends_the_message_to_the_quarantine(tmp_path):
     cfg = _config(tmp_path, "100KB")
     raw = _mail(200 * 1024)
-    result = run(cfg, "ingest", "--account", "desk", input=raw)
+    result = run_cli(cfg, "ingest", "--account", "desk", input=raw)
     assert result.exit_code == 0, result.output
-    [entry] = json.loads(run(cfg, "quarantine", "list", "--json").stdout)
+    [entry] = json.loads(run_cli(cfg, "quarantine", "list", "--json").stdout)
     assert "max_attachment_bytes" in entry["error"] or "attachment" in entry["error"]
     kept = CliRunner().invoke(cli, ["--config", str(cfg), "quarantine", "show", str(entry["id"]), "--raw"])
     assert kept.stdout_bytes == raw
-    assert json.loads(run(cfg, "tickets", "list", "--json").stdout) == []
+    assert json.loads(run_cli(cfg, "tickets", "list", "--json").stdout) == []
 
 
 def test_the_same_attachment_under_a_raised_limit_becomes_a_ticket(tmp_path):
     cfg = _config(tmp_path, "1MB")
-    result = run(cfg, "ingest", "--account", "desk", input=_mail(200 * 1024))
+    result = run_cli(cfg, "ingest", "--account", "desk", input=_mail(200 * 1024))
     assert result.exit_code == 0, result.output
-    [ticket] = json.loads(run(cfg, "tickets", "list", "--json").stdout)
-    shown = json.loads(run(cfg, "tickets", "show", str(ticket["id"]), "--json").stdout)
+    [ticket] = json.loads(run_cli(cfg, "tickets", "list", "--json").stdout)
+    shown = json.loads(run_cli(cfg, "tickets", "show", str(ticket["id"]), "--json").stdout)
     assert shown["messages"][0]["attachments"][0]["size"] == 200 * 1024

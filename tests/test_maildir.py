@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.helpers import all_tickets, command, run_cli, sha256_hex
+from tests.helpers import all_tickets, command, request_mail, run_cli, sha256_hex
 
 REPO = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("MAIL2TICKET_KILLS", "25"))
@@ -39,15 +39,7 @@ def deliver(root: Path, raw: bytes, name: str, subdir: str = "new", info: str = 
 
 
 def message(n: int, subject: str | None = None, **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = f"customer{n}@example.org"
-    msg["To"] = "support@example.com"
-    msg["Subject"] = subject or f"Request number {n}"
-    msg["Message-ID"] = f"<request-{n}@example.org>"
-    for key, value in headers.items():
-        msg[key.replace("_", "-")] = value
-    msg.set_content(f"Hello, this is request {n}.\n")
-    return bytes(msg)
+    return request_mail(n, subject, f"customer{n}@example.org", f"<request-{n}@example.org>", headers)
 
 
 def write_config(tmp_path: Path, maildir: Path, **account: object) -> Path:

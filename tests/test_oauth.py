@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from mail2ticket import oauth
 from mail2ticket.cli import cli
+from tests.helpers import run_cli
 from tests.servers import LOOPBACK, Dovecot, free_port
 
 CLIENT_ID = "mail2ticket-test-client"
@@ -211,7 +212,7 @@ def env(tmp_path, oauth_dovecot, oauth_smtp, tokens):
 
     class Env:
         def invoke(self, *args, input=None):
-            return CliRunner().invoke(cli, ["--config", str(main), *args], input=input)
+            return run_cli(main, *args, input=input)
 
         def add(self, name="desk"):
             return self.invoke(

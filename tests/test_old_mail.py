@@ -16,9 +16,8 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mail2ticket.cli import cli
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = dt.UTC
@@ -57,7 +56,7 @@ def env(tmp_path, dovecot, imap_user, account_config):
                 "--ca-file", acc["ca_file"]]
 
         def invoke(self, *args, input=None):
-            return CliRunner().invoke(cli, ["--config", str(main), *args], input=input)
+            return run_cli(main, *args, input=input)
 
         def add(self, *extra):
             result = self.invoke("add-account", self.name, *self.args, "--password-stdin", *extra,

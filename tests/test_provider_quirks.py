@@ -8,12 +8,8 @@ seen; Gmail's X-GM-EXT-1 answers are checked as imapclient parses them.
 from __future__ import annotations
 
 import os
-import pwd
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,8 +28,15 @@ from mail2ticket.locks import account_lock, lock_path
 from mail2ticket.poller import run_poll
 from mail2ticket.secrets import store_password
 from mail2ticket.store import open_db
-from tests.helpers import rows, run_cli, write_config
-from tests.servers import Dovecot, TcpRelay, User, account_config, find_dovecot
+from tests.helpers import (
+    rawlogged_dovecot,
+    rawlogged_user,
+    rows,
+    run_cli,
+    transcript_commands,
+    write_config,
+)
+from tests.servers import Dovecot, TcpRelay, User, account_config
 
 ALL_MAIL = "[Gmail]/All Mail"
 GMAIL_LIKE = f"""
@@ -69,41 +72,14 @@ def _from(n: int, raw: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def gmail_like(test_ca) -> Iterator[tuple[Dovecot, Path]]:
     """A Dovecot with Gmail's folder layout ("[Gmail]/All Mail" marked \\All) and rawlogs."""
-    if find_dovecot() is None:
-        pytest.skip("Dovecot is not installed")
-    # Not under pytest's tmp_path (mode 0700): Dovecot writes as the unprivileged mail user.
-    rawlogs = Path(tempfile.mkdtemp(prefix="mail2ticket-quirks-rawlog-"))
-    rawlogs.chmod(0o755)
-    server = Dovecot(
-        test_ca, extra_conf=GMAIL_LIKE + f"protocol imap {{\n  rawlog_dir = {rawlogs}/%n\n}}\n"
-    )
-    try:
-        with server:
-            yield server, rawlogs
-    finally:
-        shutil.rmtree(rawlogs, ignore_errors=True)
-
-
-def _logged_user(server: Dovecot, rawlogs: Path) -> User:
-    user = server.add_user()
-    own = rawlogs / user.name
-    own.mkdir()
-    if os.geteuid() == 0:  # Dovecot writes as the mail user
-        os.chown(own, pwd.getpwnam("mail").pw_uid, pwd.getpwnam("mail").pw_gid)
-    store_password(user.name, user.password)
-    return user
+    with rawlogged_dovecot(test_ca, "mail2ticket-quirks-rawlog-", GMAIL_LIKE) as logged:
+        yield logged
 
 
 def _commands(server: Dovecot, user: User, rawlogs: Path, before: set[Path]) -> list[str]:
     """The commands mail2ticket sent (tag stripped) in the sessions opened since ``before``."""
     server.disconnect_sessions(user)  # the transcripts are complete once the sessions end
-    commands = []
-    for path in sorted(set((rawlogs / user.name).glob("*.in")) - before):
-        for line in path.read_text(errors="replace").splitlines():
-            parts = line.split(" ", 2)  # timestamp, tag, command
-            if len(parts) == 3 and re.fullmatch(r"[A-Za-z0-9]+", parts[1]):
-                commands.append(parts[2])
-    return commands
+    return transcript_commands(set((rawlogs / user.name).glob("*.in")) - before)
 
 
 # ------------------------------------------------------------------------------ archive
@@ -113,7 +89,7 @@ def test_archive_moves_imported_mail_out_of_the_inbox_into_the_folder_marked_all
     gmail_like, tmp_path: Path
 ) -> None:
     server, rawlogs = gmail_like
-    user = _logged_user(server, rawlogs)
+    user = rawlogged_user(server, rawlogs)
     server.append_many(user, [_mail(1), _mail(2)])
     config = write_config(tmp_path, account_config(user, server, after_import="archive"))
     server.disconnect_sessions(user)
@@ -139,7 +115,7 @@ def test_a_server_without_x_gm_ext_1_is_never_asked_for_gmails_ids(
     gmail_like, tmp_path: Path
 ) -> None:
     server, rawlogs = gmail_like
-    user = _logged_user(server, rawlogs)
+    user = rawlogged_user(server, rawlogs)
     server.append(user, _mail(1))
     config = write_config(tmp_path, account_config(user, server))
     server.disconnect_sessions(user)

@@ -6,10 +6,9 @@ import json
 from email.message import EmailMessage
 
 import pytest
-from click.testing import CliRunner
 
 import mail2ticket.parse
-from mail2ticket.cli import cli
+from tests.helpers import run_cli
 
 
 def _config(tmp_path):
@@ -32,10 +31,6 @@ def _mail(n: int) -> bytes:
     return msg.as_bytes()
 
 
-def run(cfg, *args, input=None):
-    return CliRunner().invoke(cli, ["--config", str(cfg), *args], input=input)
-
-
 @pytest.fixture
 def imported_with_an_old_parser(tmp_path, monkeypatch):
     """Two tickets imported by a parser release that lost the body text and the attachments."""
@@ -51,18 +46,18 @@ def imported_with_an_old_parser(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(mail2ticket.parse, "parse_message", old_release)
         for n in (1, 2):
-            assert run(cfg, "ingest", input=_mail(n)).exit_code == 0
+            assert run_cli(cfg, "ingest", input=_mail(n)).exit_code == 0
     return cfg
 
 
 def _show(cfg, tid):
-    return json.loads(run(cfg, "tickets", "show", str(tid), "--json").stdout)
+    return json.loads(run_cli(cfg, "tickets", "show", str(tid), "--json").stdout)
 
 
 def test_reparse_of_one_ticket_re_derives_its_text_and_attachments_and_nothing_else(imported_with_an_old_parser):
     cfg = imported_with_an_old_parser
     assert _show(cfg, 1)["messages"][0]["body_text"] == ""
-    result = run(cfg, "reparse", "--ticket", "1")
+    result = run_cli(cfg, "reparse", "--ticket", "1")
     assert result.exit_code == 0, result.output
     assert "1 message read again: 1 changed" in result.stdout
     [message] = _show(cfg, 1)["messages"]
@@ -71,22 +66,22 @@ def test_reparse_of_one_ticket_re_derives_its_text_and_attachments_and_nothing_e
     assert att["filename"] == "log1.txt"
     assert open(att["path"], "rb").read() == b"log line\n" * 10
     assert _show(cfg, 2)["messages"][0]["body_text"] == "", "ticket 2 was not asked for"
-    assert len(json.loads(run(cfg, "tickets", "list", "--json", "--status", "all").stdout)) == 2
+    assert len(json.loads(run_cli(cfg, "tickets", "list", "--json", "--status", "all").stdout)) == 2
     assert any(e["kind"] == "reparsed" for e in _show(cfg, 1)["events"])
 
 
 def test_reparse_all_is_idempotent_and_dry_run_changes_nothing(imported_with_an_old_parser):
     cfg = imported_with_an_old_parser
-    dry = json.loads(run(cfg, "reparse", "--all", "--dry-run", "--json").stdout)
+    dry = json.loads(run_cli(cfg, "reparse", "--all", "--dry-run", "--json").stdout)
     assert dry["messages"] == 2 and len(dry["changed"]) == 2 and dry["dry_run"] is True
     assert _show(cfg, 2)["messages"][0]["body_text"] == ""
-    assert run(cfg, "reparse", "--all").exit_code == 0
-    again = json.loads(run(cfg, "reparse", "--all", "--json").stdout)
+    assert run_cli(cfg, "reparse", "--all").exit_code == 0
+    again = json.loads(run_cli(cfg, "reparse", "--all", "--json").stdout)
     assert again["changed"] == [] and again["failed"] == {}
-    listed = json.loads(run(cfg, "tickets", "list", "--json", "--status", "all").stdout)
+    listed = json.loads(run_cli(cfg, "tickets", "list", "--json", "--status", "all").stdout)
     assert [t["message_count"] for t in listed] == [1, 1]
 
 
 def test_reparse_needs_a_ticket_or_all(tmp_path):
-    result = run(_config(tmp_path), "reparse")
+    result = run_cli(_config(tmp_path), "reparse")
     assert result.exit_code == 2 and "--ticket" in result.stderr

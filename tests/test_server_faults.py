@@ -11,7 +11,6 @@ runs as its own process (as cron or systemd runs it), so it can be SIGKILLed at 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import signal
 import socket
@@ -23,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from mail2ticket.secrets import store_password
+from tests.helpers import command, sha256_hex, write_config
 from tests.servers import LOOPBACK, Dovecot, User
 
 TRIES = 3  # fetch failures of one UID before it is quarantined (mail2ticket.poller.FETCH_TRIES)
@@ -182,25 +181,12 @@ def message(n: int) -> bytes:
     )
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def setup_account(tmp_path: Path, account: dict) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(tomli_w.dumps({
-        "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
-        "accounts": [{**account, "acknowledge": False, "timeout": 10}],
-    }))
-    return config
-
-
-def poll_cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"]
+    return write_config(tmp_path, {**account, "acknowledge": False, "timeout": 10})
 
 
 def poll(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(poll_cmd(config), capture_output=True, text=True, timeout=60)
+    return subprocess.run(command(config, "poll"), capture_output=True, text=True, timeout=60)
 
 
 def query(tmp_path: Path, sql: str, *args) -> list[tuple]:
@@ -230,7 +216,7 @@ def mailbox(dovecot: Dovecot, imap_user: User) -> User:
 
 def assert_imported_exactly(tmp_path: Path, dovecot: Dovecot, user: User, uids: set[int]) -> None:
     """The ledger holds exactly *uids*, each with the server's bytes, each once."""
-    server = {uid: sha(raw) for uid, raw in dovecot.fetch_raw(user).items()}
+    server = {uid: sha256_hex(raw) for uid, raw in dovecot.fetch_raw(user).items()}
     rows = ledger(tmp_path)
     assert set(rows) == uids
     for uid in uids:
@@ -255,7 +241,7 @@ def test_a_kill_between_uid_store_deleted_and_uid_expunge_imports_nothing_twice_
     config = setup_account(tmp_path, account_config(mailbox, imap_port=mitm.port, after_import="delete"))
     mitm.stall_after = re.compile(rb"^\S+ UID STORE .*\\Deleted", re.I)
 
-    proc = subprocess.Popen(poll_cmd(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command(config, "poll"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert mitm.stalled.wait(30), "the poll never marked its mail \\Deleted"
         # The server has the \Deleted marks; no UID EXPUNGE has reached it. Now the kill.
@@ -365,7 +351,7 @@ def test_a_uid_expunged_by_another_client_after_our_search_is_a_no_op_and_the_re
     pattern, rewrite = GONE[moment]
     mitm.pause_on, mitm.rewrite = re.compile(pattern, re.I), rewrite and rewrite()
 
-    proc = subprocess.Popen(poll_cmd(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command(config, "poll"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert mitm.paused.wait(30), "the poll never got there"
         with dovecot.connect(mailbox) as other:  # the second client
