@@ -51,6 +51,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of the file at ``path``, read 1 MB at a time."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
 # ---------------------------------------------------------------------------------- configs
 
 

@@ -12,7 +12,6 @@ raw message and attachment are compared with the originals.
 from __future__ import annotations
 
 import base64
-import hashlib
 import random
 import sqlite3
 import subprocess
@@ -26,6 +25,7 @@ from tests.helpers import (
     PEAK_LIMIT_KIB,
     MiB,
     command,
+    file_sha256,
     raw_sha,
     run_measured,
     sha256_hex,
@@ -132,11 +132,7 @@ def _check_stored(tmp_path: Path, eml: dict) -> None:
     assert len(rows) == 1
     filename, size, sha, rel, body, subject = rows[0]
     assert (filename, size, sha) == ("scans.bin", ATTACHMENT, eml["attachment_sha"])
-    digest = hashlib.sha256()
-    with open(tmp_path / "files" / rel, "rb") as f:
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    assert digest.hexdigest() == eml["attachment_sha"], "the stored attachment file differs"
+    assert file_sha256(tmp_path / "files" / rel) == eml["attachment_sha"], "the stored attachment file differs"
     assert body.strip() == "Please find the scans attached." and subject == "the scans you asked for"
     assert not list((tmp_path / "files" / "tmp").glob("*")), "temp files left behind"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import os
 import random
 import signal
@@ -32,6 +31,7 @@ from tests.helpers import (
     PEAK_LIMIT_KIB,
     MiB,
     command,
+    file_sha256,
     numbered_mail,
     process_tree,
     raw_sha,
@@ -129,11 +129,7 @@ def _check_imported(dovecot: Dovecot, user: User, tmp_path: Path, big: dict) -> 
     assert len(rows) == 1
     filename, size, sha, rel, body, subject = rows[0]
     assert (filename, size, sha) == ("scans.bin", ATTACHMENT, big["attachment_sha"])
-    digest = hashlib.sha256()
-    with open(tmp_path / "files" / rel, "rb") as f:
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    assert digest.hexdigest() == big["attachment_sha"], "the stored attachment file differs"
+    assert file_sha256(tmp_path / "files" / rel) == big["attachment_sha"], "the stored attachment file differs"
     assert (
         body.strip() == "Please find the scans attached." and subject == "the scans you asked for"
     )
