@@ -11,7 +11,6 @@ attachment files that match their hash.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from mail2ticket.attachments import AttachmentStore
 from mail2ticket.secrets import store_password
+from tests.helpers import command, sha256_hex
 from tests.servers import Dovecot, User
 from tests.test_exactly_once import (
     _write_config,
@@ -45,10 +45,6 @@ attachments.AttachmentStore.make_durable = stop_here
 from mail2ticket.cli import cli
 cli(["--config", sys.argv[2], "poll"])
 """
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _mail(rng: random.Random, n: int) -> bytes:
@@ -79,7 +75,7 @@ def test_sigkill_before_a_batch_is_made_durable_leaves_no_file_at_a_content_addr
     files = tmp_path / "data" / "files"
     mails = [_mail(rng, n) for n in range(25)]
     dovecot.append_many(imap_user, mails)
-    wanted = {_sha(part.get_payload(decode=True))
+    wanted = {sha256_hex(part.get_payload(decode=True))
               for raw in mails
               for part in __import__("email").message_from_bytes(raw).walk()
               if part.get_filename()}
@@ -105,14 +101,14 @@ def test_sigkill_before_a_batch_is_made_durable_leaves_no_file_at_a_content_addr
     assert _content_files(files) == [], "a file at a content address before the batch was made durable"
     assert check_nothing_flagged_without_a_durable_row(dovecot, imap_user, db_path) == 0
 
-    final = subprocess.run([sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"],
+    final = subprocess.run(command(config, "poll"),
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     figures = audit(dovecot, imap_user, db_path, files)  # each once, files match their hash
     assert figures["messages"] == 25 and figures["duplicated"] == 0
     assert figures["attachments"] == 50
     for path in _content_files(files):
-        assert _sha(path.read_bytes()) == path.name, f"{path} does not hold the content it is named after"
+        assert sha256_hex(path.read_bytes()) == path.name, f"{path} does not hold the content it is named after"
     assert {p.name for p in _content_files(files)} == wanted
     assert not any(Path(tmp).exists() for tmp, _ in pending), "the killed poll's temp files were not swept"
 

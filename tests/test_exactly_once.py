@@ -165,6 +165,12 @@ def build_mailbox(rng: random.Random, start: int, count: int) -> list[bytes]:
 # ----------------------------------------------------------------------------- the database
 
 
+def _write_config(tmp_path: Path, account: dict) -> Path:
+    """A config whose database and attachments live in tmp_path/data (created by the first poll)."""
+    data = tmp_path / "data"
+    return write_config(tmp_path, account, storage={"database": str(data / "m2t.db"), "attachments": str(data / "files")})
+
+
 def _db(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30)
     conn.row_factory = sqlite3.Row
@@ -324,9 +330,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
 ) -> None:
     rng = random.Random(SEED)
     print(f"\nseed {SEED} (MAIL2TICKET_SEED={SEED} replays this run), kills {KILLS}")
-    config = write_config(tmp_path, account_config(imap_user, batch_size=20, timeout=20),
-                          storage={"database": str(tmp_path / "data" / "m2t.db"),
-                                   "attachments": str(tmp_path / "data" / "files")})
+    config = _write_config(tmp_path, account_config(imap_user, batch_size=20, timeout=20))
     store_password(imap_user.name, imap_user.password)
     db_path = tmp_path / "data" / "m2t.db"
     files = tmp_path / "data" / "files"
