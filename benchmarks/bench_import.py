@@ -208,9 +208,9 @@ def poll_cmd(config: Path) -> list[str]:
 def idle_poll_cost(env: Env, config: Path, runs: int) -> tuple[list[float], list[float]]:
     """(wall of 'mail2ticket poll', in-process IMAP time of one poll) with nothing new."""
     sys.path.insert(0, str(ROOT))
-    from mail2ticket.config import load_config
-    from mail2ticket.poller import poll_account
-    from mail2ticket.store import open_db
+    from mail2ticket.config.load import load_config
+    from mail2ticket.intake.poller import poll_account
+    from mail2ticket.tickets.db import open_db
 
     walls, imap_times = [], []
     os.environ.update({k: v for k, v in env.environ().items() if k in ("CREDENTIALS_DIRECTORY",)})
@@ -232,8 +232,8 @@ def idle_poll_cost(env: Env, config: Path, runs: int) -> tuple[list[float], list
 
 def set_watermark(config: Path) -> None:
     """As if everything had been imported before: the mailbox's last UID is the highest UID."""
-    from mail2ticket.config import load_config
-    from mail2ticket.store import open_db, set_mailbox
+    from mail2ticket.config.load import load_config
+    from mail2ticket.tickets.db import open_db, set_mailbox
 
     cfg = load_config(config)
     account = cfg.accounts[0]

@@ -82,7 +82,7 @@ def vocabulary(rng: random.Random) -> tuple[list[str], list[float]]:
 
 def build(db_path: Path, n_tickets: int, seed: int) -> dict:
     """The database: schema from the real migrations, rows from executemany, indexes after."""
-    from mail2ticket.store import open_db
+    from mail2ticket.tickets.db import open_db
 
     rng = random.Random(seed)
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Large messages in bounded memory on every path, not only the IMAP poll (issue 15, point 8).
 
 `mail2ticket ingest`, a Maildir poll, `quarantine retry` and `reparse` take the poll's
-large-message path (mail2ticket.bigmessage): the message is copied into a temp file (from
+large-message path (mail2ticket.parse.bigmessage): the message is copied into a temp file (from
 standard input, the Maildir file or the database blob), parsed from there with its large bodies
 streamed, the attachments written as they are decoded, and the raw bytes stored with incremental
 blob I/O. Each path runs here as a user runs it, as its own process, its peak RSS (and its parser
@@ -265,7 +265,7 @@ def test_quarantine_retry_fetches_a_large_message_left_on_the_server_in_pieces(
     """Over max_message_size, a message stays on the server (quarantined, not downloaded); once
     the limit is raised, 'quarantine retry' fetches it as poll fetches a large one: in pieces into
     a temp file, stored with blob I/O, parsed from the file; flagged only once stored."""
-    from mail2ticket.secrets import store_password
+    from mail2ticket.accounts.secrets import store_password
 
     data = random.Random(16).randbytes(10 * MiB)
     raw = (

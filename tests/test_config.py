@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from mail2ticket.config import load_config
+from mail2ticket.config.load import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def test_config_example_loads_and_every_documented_key_is_valid():
 
 
 def test_config_check_prints_what_it_found(tmp_path):
-    from mail2ticket.secrets import store_password
+    from mail2ticket.accounts.secrets import store_password
 
     store_password("support", "secret")  # an account without a password cannot work (tests/test_config_check.py)
     cfg = write(tmp_path / "config.toml", ACCOUNT)

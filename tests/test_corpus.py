@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.errors import ParseError
-from mail2ticket.parse import ParsedMessage, parse_message
+from mail2ticket.parse.message import ParsedMessage, parse_message
 
 pytestmark = pytest.mark.corpus
 

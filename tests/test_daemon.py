@@ -364,7 +364,7 @@ def test_new_mail_during_a_poll_makes_it_run_once_more_afterwards():
 
 
 def test_outbox_and_overdue_jobs_run_on_their_own_schedule_keys():
-    from mail2ticket.service import register_job
+    from mail2ticket.service.jobs import register_job
 
     @register_job("overdue")
     def check(cfg, db):
@@ -377,6 +377,6 @@ def test_outbox_and_overdue_jobs_run_on_their_own_schedule_keys():
         assert job_schedule_key(check) == "overdue"
         assert job_schedule_key(send_outbox) == "outbox"
     finally:
-        from mail2ticket.service import AFTER_POLL_JOBS
+        from mail2ticket.service.jobs import AFTER_POLL_JOBS
 
         AFTER_POLL_JOBS.remove(check)

@@ -12,7 +12,7 @@ import tomllib
 import unicodedata
 from pathlib import Path
 
-from mail2ticket.config import load_config
+from mail2ticket.config.load import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "demo"

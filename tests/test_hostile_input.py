@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 
 REPO = Path(__file__).resolve().parents[1]
 

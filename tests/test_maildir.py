@@ -226,9 +226,9 @@ def test_a_stop_request_ends_the_poll_after_the_committed_batch_and_the_next_pol
     """What the daemon does on SIGTERM: run_poll(stop=event) finishes the batch in hand, no more."""
     import threading
 
-    from mail2ticket.config import load_config
-    from mail2ticket.poller import run_poll
-    from mail2ticket.store import open_db
+    from mail2ticket.config.load import load_config
+    from mail2ticket.intake.poller import run_poll
+    from mail2ticket.tickets.db import open_db
 
     root = make_maildir(tmp_path / "Maildir")
     for n in range(20):

@@ -19,6 +19,7 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
+from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
 from mail2ticket.cli.output import display_width
 from mail2ticket.secrets import store_password

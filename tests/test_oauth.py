@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from click.testing import CliRunner
 
-from mail2ticket import oauth
+from mail2ticket.accounts import oauth
 from mail2ticket.cli import cli
 from tests.helpers import run_cli
 from tests.servers import LOOPBACK, Dovecot, free_port
@@ -267,7 +267,7 @@ def test_an_oauth_account_polls_with_a_refreshed_token(env, tokens):
 
 def test_an_access_token_is_reused_until_it_nears_expiry_then_refreshed_first(env, tokens):
     assert env.add().exit_code == 0
-    from mail2ticket.config import load_config
+    from mail2ticket.config.load import load_config
 
     account = load_config(env.main).account("desk")
     oauth._cache.clear()
@@ -314,9 +314,9 @@ def test_a_revoked_grant_shows_in_status_with_the_command_to_sign_in_again(env, 
 
 def test_a_token_dovecot_does_not_accept_is_an_auth_error_that_says_to_sign_in_again(env, tokens):
     assert env.add().exit_code == 0
-    from mail2ticket.config import load_config
+    from mail2ticket.config.load import load_config
     from mail2ticket.errors import AuthError
-    from mail2ticket.imap import Mailbox
+    from mail2ticket.transport.imap import Mailbox
 
     account = load_config(env.main).account("desk")
     with pytest.raises(AuthError) as caught:
@@ -326,7 +326,7 @@ def test_a_token_dovecot_does_not_accept_is_an_auth_error_that_says_to_sign_in_a
 
 def test_the_authorization_code_flow_works_by_pasting_the_address_back(env, tokens, monkeypatch):
     # Google's way: no device flow for mail; the URL is opened anywhere and the result pasted.
-    from mail2ticket.config import _build_account
+    from mail2ticket.config.load import _build_account
 
     account = _build_account(env.main, 0, {
         "name": "g", "email": env.user.email, "imap_host": LOOPBACK, "auth": "oauth2",
@@ -356,7 +356,7 @@ def test_a_pasted_address_from_another_attempt_is_refused():
 
 
 def test_the_sign_in_fails_clearly_when_the_token_service_cannot_be_reached(env, tokens):
-    from mail2ticket.config import _build_account
+    from mail2ticket.config.load import _build_account
     from mail2ticket.errors import ConnectError
 
     account = _build_account(env.main, 0, {

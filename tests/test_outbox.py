@@ -162,8 +162,8 @@ def test_mail_queued_before_the_m102_upgrade_is_still_sent(desk):
 
     from sqlite_utils import Database
 
-    from mail2ticket.compose import Draft, build
-    from mail2ticket.migrations import migrations
+    from mail2ticket.outgoing.compose import Draft, build
+    from mail2ticket.tickets.migrations import migrations
 
     path = desk.root / "m2t.db"
     old = Database(sqlite3.connect(path))

@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from mail2ticket import tnef
 from mail2ticket.errors import ParseError
-from mail2ticket.filenames import MAX_NAME_BYTES, MAX_NAME_CHARS, safe_filename
-from mail2ticket.parse import ParseLimits, parse_message
+from mail2ticket.parse import tnef
+from mail2ticket.parse.filenames import MAX_NAME_BYTES, MAX_NAME_CHARS, safe_filename
+from mail2ticket.parse.message import ParseLimits, parse_message
 
 
 def mixed(*parts: str, body: str = "Hello.") -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mail2ticket.parse import parse_message
+from mail2ticket.parse.message import parse_message
 
 
 def classify(*headers: str, sender: str = "Jane <jane@example.com>") -> str | None:

@@ -8,8 +8,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from mail2ticket.htmltext import html_to_text
-from mail2ticket.parse import parse_message
+from mail2ticket.parse.htmltext import html_to_text
+from mail2ticket.parse.message import parse_message
 
 
 def alternative(plain: str | None, html: str | None) -> bytes:

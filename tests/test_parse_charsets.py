@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mail2ticket import charsets
-from mail2ticket.parse import parse_message
+from mail2ticket.parse import charsets
+from mail2ticket.parse.message import parse_message
 
 
 def text_mail(body: bytes, charset: str | None, cte: str = "8bit") -> bytes:

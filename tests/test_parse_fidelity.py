@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket import bigmessage
-from mail2ticket.attachments import AttachmentStore
-from mail2ticket.parse import ParseLimits, parse_message
+from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.parse import bigmessage
+from mail2ticket.parse.message import ParseLimits, parse_message
 from tests.test_poll import setup, tickets  # noqa: F401  (the poll fixture and helper)
 
 MiB = 1024 * 1024
@@ -404,7 +404,7 @@ def test_another_parts_charset_settles_an_unlabelled_part() -> None:
 def test_guessing_is_bounded_per_message_and_the_subject_still_comes_first() -> None:
     # 2,000 different 8-bit headers: only the first GUESSES_PER_MESSAGE are weighed, the rest
     # fall back to windows-1252; the Subject, decoded first, is read right.
-    from mail2ticket import charguess
+    from mail2ticket.parse import charguess
 
     junk = [f"X-Note-{n}: ".encode() + "тест".encode("koi8_r") + str(n).encode() for n in range(2000)]
     raw = mail("From: a@example.com", b"Subject: " + "Счёт оплачен".encode("koi8_r"), *junk)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mail2ticket.parse import parse_message
+from mail2ticket.parse.message import parse_message
 
 
 def mail(*headers: str | bytes, body: bytes = b"Hello.\n") -> bytes:

@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from mail2ticket.errors import ParseError
-from mail2ticket.parse import DEFAULT_LIMITS, ParseLimits, parse_message
+from mail2ticket.parse.message import DEFAULT_LIMITS, ParseLimits, parse_message
 
 
 def nested(depth: int, kind: str = "multipart") -> bytes:

@@ -1,6 +1,6 @@
 """Parsing in worker processes: the same tickets as in-process, crashes and hangs quarantined, order kept.
 
-The import pipeline (mail2ticket/pipeline.py) parses in forked workers while the main process
+The import pipeline (mail2ticket/intake/pipeline.py) parses in forked workers while the main process
 fetches the next batch and commits in UID order. These tests pin its behaviour against the real
 Dovecot; how fast it is, is the benchmark's business (benchmarks/bench_import.py), never a timer here.
 """
@@ -124,7 +124,7 @@ def test_parsing_in_worker_processes_gives_the_same_tickets_as_parsing_in_proces
 def test_a_message_that_crashes_or_hangs_its_parser_is_quarantined_and_the_rest_imported(
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path, monkeypatch
 ) -> None:
-    real = mail2ticket.parse.parse_message
+    real = mail2ticket.parse.message.parse_message
 
     def parse(raw: bytes, **kwargs):
         if b"X-Test: crash" in raw:
@@ -133,7 +133,7 @@ def test_a_message_that_crashes_or_hangs_its_parser_is_quarantined_and_the_rest_
             time.sleep(3600)  # a pathological regular expression
         return real(raw, **kwargs)
 
-    monkeypatch.setattr(mail2ticket.parse, "parse_message", parse)
+    monkeypatch.setattr(mail2ticket.parse.message, "parse_message", parse)
     mail = [_mail(1), _mail(2, extra="crash"), _mail(3), _mail(4, extra="hang"), _mail(5), _mail(6)]
     dovecot.append_many(imap_user, mail)
     store_password(imap_user.name, imap_user.password)
@@ -183,7 +183,7 @@ def _parse_or_misbehave(raw: bytes):
         time.sleep(3600)
     if raw.startswith(b"bug"):
         raise KeyError("a parser bug")
-    return mail2ticket.parse.parse_message(raw)
+    return mail2ticket.parse.message.parse_message(raw)
 
 
 def test_the_pool_replaces_a_dead_or_stuck_worker_and_keeps_serving(tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ def test_closing_the_pool_cancels_what_is_queued_and_stops_every_worker(tmp_path
 
 def test_a_worker_writes_attachments_and_hands_back_only_their_metadata(tmp_path: Path) -> None:
     store = AttachmentStore(tmp_path / "files")
-    status, parsed, stored = parse_and_store(mail2ticket.parse.parse_message, store, _mail(9, attachment=300_000))
+    status, parsed, stored = parse_and_store(mail2ticket.parse.message.parse_message, store, _mail(9, attachment=300_000))
 
     assert status == "ok"
     (index, sha, rel), = stored

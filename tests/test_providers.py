@@ -9,8 +9,8 @@ import tomli_w
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from mail2ticket.config import load_config
-from mail2ticket.providers import PRESETS, auth_failure_hint
+from mail2ticket.config.load import load_config
+from mail2ticket.config.providers import PRESETS, auth_failure_hint
 
 REQUIRED = {"gmail", "google-workspace", "yahoo", "aol", "icloud", "outlook", "microsoft365",
             "fastmail", "zoho", "gmx"}

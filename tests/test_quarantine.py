@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import mail2ticket.parse
+import mail2ticket.parse.message
+from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
 from mail2ticket.secrets import store_password
 from tests.helpers import all_tickets, numbered_mail, run_cli, sha256_hex, write_config
@@ -36,7 +37,7 @@ def buggy_parser():
 
     Stands for whatever parser bug the next real-world message finds; undo() is the fixed release.
     """
-    real = mail2ticket.parse.parse_message
+    real = mail2ticket.parse.message.parse_message
 
     def parse(raw: bytes, **kwargs):
         if b"\nX-Trigger:" in raw:
@@ -44,7 +45,7 @@ def buggy_parser():
         return real(raw, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:  # its own: undo() leaves the test's environment
-        patch.setattr(mail2ticket.parse, "parse_message", parse)
+        patch.setattr(mail2ticket.parse.message, "parse_message", parse)
         yield patch
 
 

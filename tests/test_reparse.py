@@ -34,7 +34,7 @@ def _mail(n: int) -> bytes:
 @pytest.fixture
 def imported_with_an_old_parser(tmp_path, monkeypatch):
     """Two tickets imported by a parser release that lost the body text and the attachments."""
-    real = mail2ticket.parse.parse_message
+    real = mail2ticket.parse.message.parse_message
 
     def old_release(raw, **kwargs):
         parsed = real(raw, **kwargs)
@@ -44,7 +44,7 @@ def imported_with_an_old_parser(tmp_path, monkeypatch):
 
     cfg = _config(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr(mail2ticket.parse, "parse_message", old_release)
+        patch.setattr(mail2ticket.parse.message, "parse_message", old_release)
         for n in (1, 2):
             assert run_cli(cfg, "ingest", input=_mail(n)).exit_code == 0
     return cfg

@@ -162,7 +162,7 @@ def test_queue_moves_the_ticket_to_another_account(tmp_path: Path):
 
 
 def test_acknowledge_false_suppresses_the_acknowledgement(tmp_path: Path):
-    from mail2ticket.rules import suppresses_ack
+    from mail2ticket.tickets.rules import suppresses_ack
 
     cfg = write_config(tmp_path, """
         [[rules]]
@@ -218,8 +218,8 @@ def test_an_ignored_follow_up_is_stored_without_reopening_or_closing_its_ticket(
 
 
 def test_matching_rules_is_what_parse_shows(tmp_path: Path):
-    from mail2ticket.parse import parse_message
-    from mail2ticket.rules import matching_rules
+    from mail2ticket.parse.message import parse_message
+    from mail2ticket.tickets.rules import matching_rules
 
     cfg_path = write_config(tmp_path, """
         [[rules]]

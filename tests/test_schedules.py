@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import schedule
 
-from mail2ticket.schedules import (
+from mail2ticket.service.schedules import (
     add_jobs,
     frequency_warning,
     next_aligned_run,
@@ -79,7 +79,7 @@ def test_polling_more_often_than_every_5_minutes_is_allowed_but_warned_about(tex
 
 
 def test_accounts_sharing_a_schedule_are_spread_over_its_period():
-    from mail2ticket.schedules import PollPlan, spread_offsets
+    from mail2ticket.service.schedules import PollPlan, spread_offsets
 
     sched = parse_schedule("*/5")
     names = [f"acct{i:04d}" for i in range(1000)]

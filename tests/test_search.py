@@ -122,8 +122,8 @@ def test_deleting_a_message_removes_it_from_the_index(cfg: Path):
 
 
 def test_an_existing_database_is_indexed_when_it_is_upgraded(tmp_path: Path):
-    from mail2ticket.migrations import migrations
-    from mail2ticket.store import open_db
+    from mail2ticket.tickets.db import open_db
+    from mail2ticket.tickets.migrations import migrations
 
     cfg = write_config(tmp_path)
     # A database from before search existed: migrated only up to m301_search, with mail in it.
@@ -144,7 +144,7 @@ def test_an_existing_database_is_indexed_when_it_is_upgraded(tmp_path: Path):
 
 
 def test_a_table_rebuild_that_drops_the_triggers_is_repaired_by_the_next_poll(cfg: Path):
-    from mail2ticket.service import poll_once
+    from mail2ticket.service.jobs import poll_once
 
     conf, db = load(cfg)
     try:

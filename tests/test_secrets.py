@@ -12,9 +12,9 @@ import keyring
 import pytest
 import tomli_w
 
-from mail2ticket.config import load_config
+from mail2ticket.accounts.secrets import get_password
+from mail2ticket.config.load import load_config
 from mail2ticket.errors import EXIT_SECRET, SecretError
-from mail2ticket.secrets import get_password
 
 REPO = Path(__file__).resolve().parents[1]
 

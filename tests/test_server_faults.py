@@ -27,7 +27,7 @@ from mail2ticket.secrets import store_password
 from tests.helpers import command, sha256_hex, write_config
 from tests.servers import LOOPBACK, Dovecot, User
 
-TRIES = 3  # fetch failures of one UID before it is quarantined (mail2ticket.poller.FETCH_TRIES)
+TRIES = 3  # fetch failures of one UID before it is quarantined (mail2ticket.intake.poller.FETCH_TRIES)
 
 
 # ------------------------------------------------------------------------ the man in the middle

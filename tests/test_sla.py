@@ -41,7 +41,7 @@ def iso(dt: datetime) -> str:
 
 def check(cfg_path: Path, when: datetime, **kw) -> dict:
     """The overdue check as the daemon runs it, at the time ``when``."""
-    from mail2ticket.sla import check_overdue
+    from mail2ticket.tickets.sla import check_overdue
 
     cfg, db = load(cfg_path)
     try:
@@ -109,7 +109,7 @@ def test_the_check_marks_each_breach_once_with_one_event(cfg: Path):
 
 
 def test_answering_the_customer_meets_the_response_target(cfg: Path):
-    from mail2ticket.outbox import queue_reply
+    from mail2ticket.outgoing.outbox import queue_reply
 
     deliver(cfg, mail("Printer broken"))
     created = at(ticket(cfg, 1)["created_at"])
@@ -172,7 +172,7 @@ def test_overdue_check_command_marks_tickets_that_list_overdue_and_status_show(t
 
 
 def test_a_poll_pass_runs_the_overdue_check(tmp_path: Path):
-    from mail2ticket.service import poll_once
+    from mail2ticket.service.jobs import poll_once
 
     cfg = write_config(tmp_path, '[sla]\nresolution = "1s"\n')
     deliver(cfg, mail())
@@ -245,7 +245,7 @@ business_hours = false
 
 
 def due(cfg_path: Path, created_local: datetime, priority: str = "normal") -> tuple[datetime, datetime]:
-    from mail2ticket.sla import due_times
+    from mail2ticket.tickets.sla import due_times
 
     cfg, db = load(cfg_path)
     db.close()
@@ -296,7 +296,7 @@ def test_a_priority_can_count_around_the_clock(hours: Path):
 
 
 def test_calendar_adds_business_seconds_exactly():
-    from mail2ticket.sla import Calendar, parse_hours
+    from mail2ticket.tickets.sla import Calendar, parse_hours
 
     opens, closes = parse_hours("08:30-12:00")
     cal = Calendar(tz=BERLIN, open=opens, close=closes, days=frozenset({0, 2}), holidays=frozenset({date(2026, 11, 25)}))

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from mail2ticket.cli.output import display_width
-from mail2ticket.migrations import migrations
-from mail2ticket.store import open_db
+from mail2ticket.tickets.db import open_db
+from mail2ticket.tickets.migrations import migrations
 
 
 def test_a_new_database_is_wal_synchronous_full_with_every_migration(tmp_path):
@@ -38,7 +38,7 @@ def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
 
 def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     path = tmp_path / "race.db"
-    code = f"from mail2ticket.store import open_db; open_db({str(path)!r}).close()"
+    code = f"from mail2ticket.tickets.db import open_db; open_db({str(path)!r}).close()"
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(6)]
     errors = [p.communicate()[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors
@@ -56,7 +56,7 @@ def test_a_busy_answer_that_skips_sqlites_busy_handler_is_retried_within_the_tim
 
     import pytest
 
-    from mail2ticket.store import _retry_busy
+    from mail2ticket.tickets.db import _retry_busy
 
     answers = iter([sqlite3.OperationalError("database is locked")] * 3 + ["done"])
 

@@ -317,7 +317,7 @@ def test_the_views_show_tickets_overdue_tickets_and_history_to_plain_sqlite(desk
 
 
 def test_docs_name_every_table_and_view_of_the_database(tmp_path: Path):
-    from mail2ticket.store import open_db
+    from mail2ticket.tickets.db import open_db
 
     db = open_db(tmp_path / "fresh.db")
     names = [n for n in db.table_names() if not n.startswith("messages_fts_")] + db.view_names()

@@ -24,8 +24,8 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
+from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
-from mail2ticket.secrets import store_password
 from tests.servers import LOOPBACK, CertFiles, CertificateAuthority
 
 PASSWORD = "Canary-tls-7f3a9c"  # noqa: S105 - the value the captures are searched for

@@ -68,8 +68,8 @@ def mail(
 
 
 def load(cfg_path: Path):
-    from mail2ticket.config import load_config
-    from mail2ticket.store import open_db
+    from mail2ticket.config.load import load_config
+    from mail2ticket.tickets.db import open_db
 
     cfg = load_config(cfg_path)
     return cfg, open_db(cfg.database)
@@ -77,8 +77,8 @@ def load(cfg_path: Path):
 
 def deliver(cfg_path: Path, *raws: bytes, account: str = "support") -> list:
     """Import the mails as the poller does (with the config: rules, SLA, acknowledgements)."""
-    from mail2ticket.attachments import AttachmentStore
-    from mail2ticket.importer import ImportContext, Incoming, import_batch
+    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.intake.importer import ImportContext, Incoming, import_batch
 
     cfg, db = load(cfg_path)
     try:

@@ -23,8 +23,8 @@ class AppContext:
 
     def config(self, must_exist: bool = True):
         if self._config is None:
-            from mail2ticket.config import load_config
-            from mail2ticket.store import import_sqlite_utils
+            from mail2ticket.config.load import load_config
+            from mail2ticket.tickets.db import import_sqlite_utils
 
             import_sqlite_utils()  # first, so that it loads without numpy and pandas (start-up)
             self._config = load_config(self.config_path, must_exist=must_exist)
@@ -33,7 +33,7 @@ class AppContext:
     @property
     def db(self):
         if self._db is None:
-            from mail2ticket.store import open_db
+            from mail2ticket.tickets.db import open_db
 
             self._db = open_db(self.config().database)
         return self._db

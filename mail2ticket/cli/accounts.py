@@ -34,8 +34,8 @@ def read_line(prompt: str) -> str:
 
 
 def verify_account(account, password: str, *, echo=None) -> int:
-    """Check the account step by step (mail2ticket.diagnostics); raise at the first failure."""
-    from mail2ticket.diagnostics import check_account
+    """Check the account step by step (mail2ticket.service.diagnostics); raise at the first failure."""
+    from mail2ticket.service.diagnostics import check_account
 
     report = (lambda step, detail: echo(f"ok  {step}: {detail}")) if echo else None
     return check_account(account, password, report)
@@ -44,7 +44,7 @@ def verify_account(account, password: str, *, echo=None) -> int:
 def first_import(account, secret: str, since=None) -> tuple[int, str | None]:
     """How many messages the first poll of ``account`` would import (from ``since`` on), and the
     day the oldest of them arrived (YYYY-MM-DD), or None when there are none."""
-    from mail2ticket.imap import Mailbox
+    from mail2ticket.transport.imap import Mailbox
 
     with Mailbox(account, secret) as box:
         box.select(account.folder)
@@ -156,9 +156,9 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
     """
     import os
 
-    from mail2ticket.config import _build_account, write_account
-    from mail2ticket.providers import get_preset
-    from mail2ticket.secrets import store_password
+    from mail2ticket.accounts.secrets import store_password
+    from mail2ticket.config.load import _build_account, write_account
+    from mail2ticket.config.providers import get_preset
 
     cfg = app.config(must_exist=False)
     if any(a.name == name for a in cfg.accounts):
@@ -171,7 +171,7 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
         try:
             preset = get_preset(provider)
         except KeyError:
-            from mail2ticket.providers import PRESETS
+            from mail2ticket.config.providers import PRESETS
 
             raise click.BadParameter(
                 f"unknown provider {provider!r}; known: {', '.join(PRESETS)}, or give --imap-host", param_hint="--provider"
@@ -218,7 +218,7 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
     account = _build_account(cfg.path, 0, {k: v for k, v in values.items() if v is not None})
     show_preset_steps(preset)
     if oauth:
-        from mail2ticket import oauth as oauth2
+        from mail2ticket.accounts import oauth as oauth2
 
         tokens = oauth2.sign_in(account, lambda m: click.echo(m, err=True), read_line)
         secret, refresh = tokens.access_token, tokens.refresh_token
@@ -249,7 +249,7 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
             values["since"] = _ask_since(account, secret, *first)
             first = None  # said already
     if oauth:
-        from mail2ticket.secrets import store_token
+        from mail2ticket.accounts.secrets import store_token
 
         store_token(name, refresh)
         kept = "OAuth2 refresh token stored in the keyring"
@@ -307,7 +307,7 @@ def _applicable(row: dict) -> dict:
 
 
 def _account_rows(app):
-    from mail2ticket.store import account_status
+    from mail2ticket.tickets.db import account_status
 
     cfg = app.config()
     status = account_status(app.db) if cfg.database.exists() else {}
@@ -395,7 +395,7 @@ def accounts_test(app, name, verbose):
     Example:
       mail2ticket accounts test support -v
     """
-    from mail2ticket.secrets import get_password
+    from mail2ticket.accounts.secrets import get_password
 
     account = app.config().account(name)
     try:
@@ -417,8 +417,8 @@ def accounts_sign_in(app, name, no_verify):
     Example:
       mail2ticket accounts sign-in desk
     """
-    from mail2ticket import oauth
-    from mail2ticket.secrets import store_token
+    from mail2ticket.accounts import oauth
+    from mail2ticket.accounts.secrets import store_token
 
     account = app.config().account(name)
     if account.auth != "oauth2":
@@ -434,7 +434,7 @@ def accounts_sign_in(app, name, no_verify):
 
 
 def _set_enabled(app, name: str, enabled: bool) -> None:
-    from mail2ticket.config import update_account
+    from mail2ticket.config.load import update_account
 
     path = update_account(app.config(), name, {"enabled": None if enabled else False})
     click.echo(f"Account {name!r} {'enabled' if enabled else 'disabled'} ({path}).")
@@ -479,7 +479,7 @@ def accounts_set_password(app, name, password_stdin, no_verify):
       mail2ticket accounts set-password support
       echo "$APP_PASSWORD" | mail2ticket accounts set-password support --password-stdin
     """
-    from mail2ticket.secrets import store_password
+    from mail2ticket.accounts.secrets import store_password
 
     account = app.config().account(name)
     if account.auth == "oauth2":
@@ -506,8 +506,8 @@ def accounts_remove(app, name, yes):
     Example:
       mail2ticket accounts remove support --yes
     """
-    from mail2ticket.accounts_admin import remove_account
-    from mail2ticket.config import own_account_file
+    from mail2ticket.config.load import own_account_file
+    from mail2ticket.service.accounts import remove_account
 
     cfg = app.config()
     src = own_account_file(cfg, name, "remove")
@@ -533,7 +533,7 @@ def accounts_rename(app, old, new):
     Example:
       mail2ticket accounts rename support helpdesk
     """
-    from mail2ticket.accounts_admin import rename_account
+    from mail2ticket.service.accounts import rename_account
 
     path = rename_account(app.config(), app.db, old, new)
     click.echo(f"Account {old!r} renamed to {new!r} ({path}).")
@@ -548,7 +548,7 @@ def providers(as_json):
     Example:
       mail2ticket providers --json
     """
-    from mail2ticket.providers import PRESETS
+    from mail2ticket.config.providers import PRESETS
 
     if as_json:
         print_json([p.to_dict() for p in PRESETS.values()])

@@ -34,8 +34,8 @@ def config_check(app, online, as_json):
       mail2ticket --config /etc/mail2ticket/config.toml config check
       mail2ticket config check --online
     """
+    from mail2ticket.accounts.preflight import account_problems, needs_secret, problems
     from mail2ticket.errors import EXIT_CONFIG, common_exit_code
-    from mail2ticket.preflight import account_problems, needs_secret, problems
 
     cfg = app.config()
     found = problems(cfg)
@@ -90,10 +90,10 @@ def config_check(app, online, as_json):
 
 
 def _online_check(account) -> dict:
-    """accounts test's step-by-step check (mail2ticket.diagnostics) of one account, as data."""
-    from mail2ticket.diagnostics import check_account
+    """accounts test's step-by-step check (mail2ticket.service.diagnostics) of one account, as data."""
+    from mail2ticket.accounts.secrets import get_password
     from mail2ticket.errors import Mail2TicketError
-    from mail2ticket.secrets import get_password
+    from mail2ticket.service.diagnostics import check_account
 
     try:
         count = check_account(account, get_password(account))

@@ -48,7 +48,7 @@ def run(app, workers):
     \b
     Under systemd (Type=notify) it sends READY=1, a one-line STATUS= after each
     poll, WATCHDOG=1 when WatchdogSec= is set, and STOPPING=1; logs go to stderr
-    with levels journald understands. See examples/mail2ticket.service.
+    with levels journald understands. See examples/mail2ticket.service.jobs.
 
     \b
     Passwords, for each account in this order: the keyring, then
@@ -64,7 +64,7 @@ def run(app, workers):
       mail2ticket status               # is it running? is any account failing?
     """
     from mail2ticket.cli import setup_logging
-    from mail2ticket.daemon import Daemon
+    from mail2ticket.service.daemon import Daemon
 
     setup_logging(app.debug, level=logging.INFO)
     code = Daemon(app.config_path, workers=workers).run()

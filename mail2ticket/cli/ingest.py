@@ -44,10 +44,10 @@ def ingest_message(cfg, db, account, raw: bytes | None, *, hooks=None, spool=Non
     the file and stored with incremental blob I/O, in bounded memory, as poll does.
     Returns the importer's Outcome; raises TempFailError when it could not be stored durably now.
     """
-    from mail2ticket.attachments import AttachmentStore
-    from mail2ticket.importer import ImportContext, Incoming, import_batch
-    from mail2ticket.maildir import limit_size
-    from mail2ticket.pipeline import Pipeline
+    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.intake.importer import ImportContext, Incoming, import_batch
+    from mail2ticket.intake.maildir import limit_size
+    from mail2ticket.intake.pipeline import Pipeline
 
     ctx = ImportContext(
         db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
@@ -67,7 +67,7 @@ def ingest_message(cfg, db, account, raw: bytes | None, *, hooks=None, spool=Non
 def _record_delivery(db, account, outcome) -> None:
     """A pipe account's deliveries in account_status, as polls are: 'status' shows the last one
     (time and result) and counts what was stored. Never fails the delivery: it is stored."""
-    from mail2ticket.store import record_poll
+    from mail2ticket.tickets.db import record_poll
 
     stored = 1 if outcome.status in ("imported", "followup") else 0
     try:
@@ -116,14 +116,14 @@ def ingest(app, account_name, lock_timeout):
     """
     import sys
 
-    from mail2ticket.bigmessage import take
+    from mail2ticket.parse.bigmessage import take
 
     stdin = sys.stdin.buffer
     if stdin.isatty():
         raise click.UsageError("no message on standard input: pipe one in ('mail2ticket ingest < message.eml')")
     db = spool = None
     try:
-        from mail2ticket.store import open_db
+        from mail2ticket.tickets.db import open_db
 
         # A large message goes to a temp file beside the attachments, never whole into memory.
         raw, spool = take(stdin, lambda: Path(app.config().attachments) / "tmp")

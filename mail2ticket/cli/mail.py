@@ -66,7 +66,7 @@ def _poll_saying_each_failure_once(cfg, db, selected):
     """poll_once, without the poller's log line for a failed account: the summary says it."""
     import logging
 
-    from mail2ticket.service import poll_once
+    from mail2ticket.service.jobs import poll_once
 
     def drop(record: logging.LogRecord) -> bool:
         return not getattr(record, "account_failure", False)
@@ -108,7 +108,7 @@ def status(app, require_daemon, as_json):
       mail2ticket status --require-daemon    # monitoring a 'mail2ticket run' service
       mail2ticket status --no-daemon         # polling from cron instead of 'run'
     """
-    from mail2ticket.service import status_report
+    from mail2ticket.service.jobs import status_report
 
     report = status_report(app.config(), app.db, require_daemon=require_daemon)
     if as_json:
@@ -169,7 +169,7 @@ def quarantine_list(app, include_resolved, as_json):
       mail2ticket quarantine list
       mail2ticket quarantine list --all --json
     """
-    from mail2ticket.quarantine import list_entries
+    from mail2ticket.intake.quarantine import list_entries
 
     rows = list_entries(app.db, include_resolved=include_resolved)
     if as_json:
@@ -195,7 +195,7 @@ def quarantine_show(app, qid, raw, as_json):
       mail2ticket quarantine show 12
       mail2ticket quarantine show 12 --raw > message.eml
     """
-    from mail2ticket.quarantine import get_entry, raw_of
+    from mail2ticket.intake.quarantine import get_entry, raw_of
 
     entry = get_entry(app.db, qid)
     if raw:
@@ -223,7 +223,7 @@ def quarantine_retry(app, qids, retry_all):
     Example:
       mail2ticket quarantine retry 12
     """
-    from mail2ticket.quarantine import list_entries, retry
+    from mail2ticket.intake.quarantine import list_entries, retry
 
     cfg = app.config()
     if retry_all:
@@ -269,7 +269,7 @@ def quarantine_discard(app, qids, export_dir, no_export, yes):
     """
     import sys
 
-    from mail2ticket.quarantine import discard, get_entry
+    from mail2ticket.intake.quarantine import discard, get_entry
 
     entries = [get_entry(app.db, qid) for qid in dict.fromkeys(qids)]
     if export_dir is None and not no_export:
@@ -309,7 +309,7 @@ def quarantine_export(app, qid, output):
       mail2ticket quarantine export 12
       mail2ticket quarantine export 12 -o /tmp/bug-12.eml
     """
-    from mail2ticket.quarantine import get_entry, raw_of, write_private
+    from mail2ticket.intake.quarantine import get_entry, raw_of, write_private
 
     data = raw_of(app.db, get_entry(app.db, qid))
     if str(output) == "-":

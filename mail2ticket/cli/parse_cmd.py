@@ -12,7 +12,7 @@ from mail2ticket.cli.output import is_tty, json_option, print_json
 from mail2ticket.errors import ParseError
 
 if TYPE_CHECKING:  # the parser is imported by this command only, not at every start-up
-    from mail2ticket.parse import ParsedMessage
+    from mail2ticket.parse.message import ParsedMessage
 
 
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
@@ -31,7 +31,7 @@ def parse(file: Path, as_json: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot read {file}: {exc.strerror or exc}") from exc
     try:
-        from mail2ticket.parse import parse_message
+        from mail2ticket.parse.message import parse_message
 
         parsed = parse_message(raw)
     except ParseError as exc:
@@ -50,7 +50,7 @@ def parse(file: Path, as_json: bool) -> None:
 def _matching_rules(parsed: ParsedMessage) -> list:
     """The [[rules]] of the config that this mail would match (docs/triage.md), in order."""
     from mail2ticket.errors import Mail2TicketError
-    from mail2ticket.rules import matching_rules
+    from mail2ticket.tickets.rules import matching_rules
 
     ctx = click.get_current_context(silent=True)
     app = ctx.find_root().obj if ctx is not None else None

@@ -27,7 +27,7 @@ def reparse_command(app, ticket_ids, all_, dry_run, as_json):
       mail2ticket reparse --ticket 42
       mail2ticket reparse --all --dry-run
     """
-    from mail2ticket.reparse import reparse
+    from mail2ticket.intake.reparse import reparse
 
     if not ticket_ids and not all_:
         raise click.UsageError("name tickets with --ticket ID, or use --all")

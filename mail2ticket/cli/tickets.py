@@ -151,7 +151,7 @@ def select_tickets(app, name: str, ticket_ids, kw: dict, yes: bool, *, example: 
     (--yes does not ask; without a terminal --yes is required). ``already(ticket)`` leaves out
     the tickets the change would not change; ``default_status`` narrows a filter without --status."""
     from mail2ticket.errors import NotFoundError
-    from mail2ticket.store import get_tickets, list_tickets
+    from mail2ticket.tickets.db import get_tickets, list_tickets
 
     filters = _filters(kw)
     filtered = any(v not in (None, False, ()) for v in filters.values())
@@ -294,7 +294,7 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
       mail2ticket tickets list --status all --limit 0 --csv > tickets.csv
       mail2ticket tickets list --sort date --before 2026-01-01
     """
-    from mail2ticket.store import count_tickets, list_tickets
+    from mail2ticket.tickets.db import count_tickets, list_tickets
 
     filters = _filters(kw)
     check_filters(app, filters)
@@ -343,7 +343,7 @@ def tickets_count(app, by, as_json, **kw):
       mail2ticket tickets count --status all --by status
       mail2ticket tickets count --by assignee --json
     """
-    from mail2ticket.store import count_tickets
+    from mail2ticket.tickets.db import count_tickets
 
     filters = _filters(kw)
     check_filters(app, filters)
@@ -371,12 +371,12 @@ def tickets_show(app, ticket_id, as_json):
       mail2ticket tickets show 42
       mail2ticket tickets show 42 --json | jq '.messages[-1].body_text'
     """
-    from mail2ticket.store import get_ticket, ticket_events, ticket_messages
+    from mail2ticket.tickets.db import get_ticket, ticket_events, ticket_messages
 
     ticket = get_ticket(app.db, ticket_id)
     ticket["messages"] = ticket_messages(app.db, ticket_id, app.config().attachments)
     ticket["events"] = ticket_events(app.db, ticket_id)
-    from mail2ticket.outbox import failing_participants
+    from mail2ticket.outgoing.outbox import failing_participants
 
     ticket["failing_addresses"] = failing_participants(app.db, ticket_id)
     if as_json:
@@ -453,7 +453,7 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
       mail2ticket tickets search '"paper jam" OR toner' --status open
       mail2ticket tickets search 'invoice*' --json | jq '.[] | {id, snippet}'
     """
-    from mail2ticket.search import HIT_END, HIT_START, mark_hits, search
+    from mail2ticket.tickets.search import HIT_END, HIT_START, mark_hits, search
 
     check_filters(app, {"account": account})
     rows = search(app.db, query, limit=limit, offset=offset, status=status, account=account)
@@ -534,7 +534,7 @@ def tickets_assign(app, args, unassign, yes, **kw):
       mail2ticket tickets assign 42 --unassign
       mail2ticket tickets assign --account support --unassigned alice --yes
     """
-    from mail2ticket.store import current_user, set_assignee, transaction
+    from mail2ticket.tickets.db import current_user, set_assignee, transaction
 
     ids, rest = split_ids(args)
     if len(rest) > 1:
@@ -568,8 +568,8 @@ def tickets_priority(app, args, yes, **kw):
       mail2ticket tickets priority 42 43 low
       mail2ticket tickets priority --requester @bigcustomer.example high --yes
     """
-    from mail2ticket.sla import check_overdue, set_due_times
-    from mail2ticket.store import current_user, set_priority, transaction
+    from mail2ticket.tickets.db import current_user, set_priority, transaction
+    from mail2ticket.tickets.sla import check_overdue, set_due_times
 
     ids, rest = split_ids(args)
     if len(rest) != 1 or rest[0].lower() not in PRIORITY_CHOICES:
@@ -613,7 +613,7 @@ def tickets_tag(app, args, remove, yes, **kw):
       mail2ticket tickets tag 42 43 vip --remove
       mail2ticket tickets tag --requester @bigcustomer.example vip --yes
     """
-    from mail2ticket.store import add_tags, current_user, get_ticket, remove_tags, transaction
+    from mail2ticket.tickets.db import add_tags, current_user, get_ticket, remove_tags, transaction
 
     ids, tags = split_ids(args)
     if not tags:
@@ -650,7 +650,7 @@ def tickets_note(app, ticket_id, text, path):
       mail2ticket tickets note 42 --message "Called the customer; waiting for the part."
       dmesg | tail -20 | mail2ticket tickets note 42 --file -
     """
-    from mail2ticket.store import add_note, current_user, get_ticket, transaction
+    from mail2ticket.tickets.db import add_note, current_user, get_ticket, transaction
 
     def template() -> str:
         ticket = get_ticket(app.db, ticket_id)

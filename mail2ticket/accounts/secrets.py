@@ -1,0 +1,185 @@
+"""Find and store account passwords: the OS keyring, systemd credentials, or a password command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from mail2ticket.config.load import Account
+from mail2ticket.errors import SecretError
+
+log = logging.getLogger(__name__)
+SERVICE = "mail2ticket"
+HEADLESS_HINT = (
+    "no usable keyring backend on this machine (a headless server?): give the password through "
+    "systemd credentials (LoadCredentialEncrypted=NAME, see README) or a password_command in the "
+    "account, or choose a backend with PYTHON_KEYRING_BACKEND"
+)
+
+
+def _keyring():
+    import keyring  # imported lazily: it is slow to import and not needed by most commands
+
+    return keyring
+
+
+def store_password(account_name: str, password: str) -> None:
+    """Put the password in the keyring. Raises SecretError when no keyring can hold it."""
+    keyring = _keyring()
+    from keyring.errors import KeyringError, NoKeyringError
+
+    try:
+        keyring.set_password(SERVICE, account_name, password)
+    except NoKeyringError:
+        raise SecretError(f"cannot store the password of account {account_name!r}", HEADLESS_HINT) from None
+    except KeyringError as exc:
+        raise SecretError(
+            f"the keyring refused to store the password of account {account_name!r}: {exc}",
+            "unlock the keyring, or see README: Passwords",
+        ) from None
+
+
+def delete_password(account_name: str) -> bool:
+    """Remove the password from the keyring; False when there was none."""
+    keyring = _keyring()
+    from keyring.errors import KeyringError, PasswordDeleteError
+
+    try:
+        keyring.delete_password(SERVICE, account_name)
+        return True
+    except PasswordDeleteError:
+        return False
+    except KeyringError:
+        return False
+
+
+def _from_keyring(name: str) -> tuple[str | None, str]:
+    keyring = _keyring()
+    from keyring.errors import KeyringError, NoKeyringError
+
+    try:
+        value = keyring.get_password(SERVICE, name)
+    except NoKeyringError:
+        return None, "keyring (no backend available)"
+    except KeyringError as exc:
+        return None, f"keyring ({exc.__class__.__name__})"
+    return value, "keyring"
+
+
+def _from_credentials(name: str) -> tuple[str | None, str]:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None, "systemd credentials ($CREDENTIALS_DIRECTORY not set)"
+    path = Path(directory) / name
+    try:
+        return path.read_text().rstrip("\r\n"), f"systemd credential {path}"
+    except OSError:
+        return None, f"systemd credential {path} (not found)"
+
+
+def _from_command(account: Account) -> tuple[str | None, str]:
+    if not account.password_command:
+        return None, "password_command (not set)"
+    try:
+        proc = subprocess.run(
+            account.password_command,
+            shell=True,
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise SecretError(
+            f"password_command of account {account.name!r} did not finish within 60 s",
+            "check the command by running it by hand",
+        ) from None
+    if proc.returncode != 0:
+        # stderr may say why; stdout might hold a secret and is never shown.
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise SecretError(
+            f"password_command of account {account.name!r} failed with exit code {proc.returncode}"
+            + (f": {err[-1]}" if err else ""),
+            f"run it by hand to check: {shlex.split(account.password_command)[0]}",
+        )
+    value = proc.stdout.decode().rstrip("\r\n")
+    return (value or None), "password_command (printed nothing)" if not value else "password_command"
+
+
+# --- OAuth2 refresh tokens: a second kind of secret, kept beside the password -----------------
+# Keyring username "NAME:oauth2"; systemd credential "NAME.oauth2" (':' cannot appear in a
+# LoadCredential= id).
+
+
+def token_key(account_name: str) -> str:
+    return f"{account_name}:oauth2"
+
+
+def store_token(account_name: str, refresh_token: str) -> None:
+    """Keep an OAuth2 refresh token in the keyring. Raises SecretError like store_password."""
+    store_password(token_key(account_name), refresh_token)
+
+
+def delete_token(account_name: str) -> bool:
+    return delete_password(token_key(account_name))
+
+
+def get_token(account: Account) -> str:
+    """The account's OAuth2 refresh token: the keyring, then $CREDENTIALS_DIRECTORY/NAME.oauth2."""
+    tried = []
+    for lookup, key in ((_from_keyring, token_key(account.name)), (_from_credentials, f"{account.name}.oauth2")):
+        value, where = lookup(key)
+        if value:
+            return value
+        tried.append(where)
+    raise SecretError(
+        f"no OAuth2 sign-in stored for account {account.name!r}; tried: " + "; ".join(tried),
+        f"run 'mail2ticket accounts sign-in {account.name}'",
+    )
+
+
+def secret_source(account: Account) -> str | None:
+    """Where the account's secret would come from ("keyring", "systemd credential ...",
+    "password_command"), or None when there is none. Never runs the password_command."""
+    if account.auth == "oauth2":
+        keys = ((_from_keyring, token_key(account.name)), (_from_credentials, f"{account.name}.oauth2"))
+    else:
+        keys = ((_from_keyring, account.name), (_from_credentials, account.name))
+    for lookup, key in keys:
+        value, where = lookup(key)
+        if value:
+            return where
+    if account.auth != "oauth2" and account.password_command:
+        return "password_command"
+    return None
+
+
+def get_password(account: Account) -> str:
+    """The secret the account signs in with, looked up in the documented order.
+
+    For ``auth = "oauth2"`` that is a fresh access token (mail2ticket.accounts.oauth refreshes it).
+    SecretError names every source tried.
+    """
+    if account.auth == "oauth2":
+        from mail2ticket.accounts.oauth import access_token
+
+        return access_token(account)
+    tried = []
+    for lookup in (_from_keyring, _from_credentials):
+        value, where = lookup(account.name)
+        if value:
+            return value
+        tried.append(where)
+    value, where = _from_command(account)
+    if value:
+        return value
+    tried.append(where)
+    hint = f"run 'mail2ticket accounts set-password {account.name}' or see README: Passwords"
+    if "no backend" in tried[0]:  # a headless server: set-password cannot help
+        hint = (f"put it in $CREDENTIALS_DIRECTORY/{account.name} (systemd LoadCredentialEncrypted="
+                f"{account.name}:FILE, see examples/systemd.md) or set password_command for the account")
+    raise SecretError(
+        f"no password found for account {account.name!r}; tried: " + "; ".join(tried), hint
+    )

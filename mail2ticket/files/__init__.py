@@ -1,0 +1,1 @@
+"""Bytes on disk: file permissions, and the content-addressed attachment store."""

@@ -1,0 +1,266 @@
+"""The attachment store: files named by their SHA-256, written durably (temp, fsync, rename).
+
+The parser workers of a poll write a batch's files as temp files without fsync (``put_pending``);
+the main process makes them all durable at once before the batch's commit (``make_durable``: one
+``syncfs`` for the data, the renames to their content addresses, one ``syncfs`` for the renames),
+so a file is at its content address only once its bytes are on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from mail2ticket.errors import TempFailError
+from mail2ticket.files.perms import makedirs, open_new
+
+log = logging.getLogger(__name__)
+
+
+class AttachmentStore:
+    """Content-addressed files under ``root``: ``ab/cd/abcd…`` (the name from the mail is never a path)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def relpath(self, sha256: str) -> str:
+        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / self.relpath(sha256)
+
+    def put(self, data: bytes, sha256: str | None = None) -> tuple[str, str]:
+        """Store ``data`` durably; returns (sha256, relative path). Same content is stored once."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        rel = self.relpath(sha256)
+        target = self.root / rel
+        if target.exists() and target.stat().st_size == len(data):
+            return sha256, rel
+        tmpdir = self.root / "tmp"
+        try:
+            makedirs(target.parent)
+            makedirs(tmpdir)
+            tmp = tmpdir / f"{sha256}.{os.getpid()}.tmp"
+            with open_new(tmp) as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
+            except (OSError, UnboundLocalError):
+                pass
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+        return sha256, rel
+
+    def put_pending(self, data: bytes, owner: int, sha256: str | None = None) -> tuple[str, str, Path | None]:
+        """Write ``data`` to a temp file without fsync; returns (sha256, relative path, temp file).
+
+        The temp file is None when the content is already stored. Nothing is at the content
+        address until ``make_durable`` of the temp file: a crash before it leaves only a temp file
+        (named after ``owner``, the process that will make it durable, so ``sweep_temp`` leaves
+        it alone while that process lives), never an incomplete file where an import would reuse
+        it."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        rel = self.relpath(sha256)
+        target = self.root / rel
+        if target.exists() and target.stat().st_size == len(data):
+            return sha256, rel, None
+        tmpdir = self.root / "tmp"
+        tmp = tmpdir / f"{sha256}.{owner}.{os.urandom(4).hex()}.tmp"
+        try:
+            makedirs(tmpdir)
+            with open_new(tmp) as f:
+                f.write(data)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+        return sha256, rel, tmp
+
+    def make_durable(self, pending: list[tuple[Path, str]]) -> None:
+        """Move the temp files of ``put_pending`` ((temp file, sha256) pairs) to their content
+        addresses durably: their bytes are synced first, then renamed, then the renames synced.
+
+        On Linux that is two ``syncfs`` calls for any number of files; elsewhere an fsync per file
+        and per directory. Raises TempFailError (the batch must not commit) when the disk fails."""
+        if not pending:
+            return
+        tmpdir = self.root / "tmp"
+        try:
+            batch_sync = _syncfs(tmpdir)
+            if not batch_sync:
+                for tmp, _sha in pending:
+                    _fsync_file(tmp)
+            directories = set()
+            for tmp, sha256 in pending:
+                target = self.path(sha256)
+                makedirs(target.parent)
+                os.replace(tmp, target)
+                directories.add(target.parent)
+            if not batch_sync or not _syncfs(tmpdir):
+                for directory in sorted(directories):
+                    fsync_dir(directory)
+        except OSError as exc:
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+
+    def put_stream(self, chunks, max_bytes: int | None = None) -> tuple[str, str, int]:
+        """Store the bytes of the iterable ``chunks`` durably without holding them together:
+        written to a temp file while hashing, fsynced, renamed to their content address.
+
+        Returns (sha256, relative path, size). ``max_bytes``: more than that raises ValueError
+        (nothing stored). Same content is stored once."""
+        tmpdir = self.root / "tmp"
+        tmp = tmpdir / f"stream-{os.urandom(6).hex()}.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            makedirs(tmpdir)
+            with open_new(tmp) as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise ValueError(f"more than {max_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            sha256 = digest.hexdigest()
+            rel = self.relpath(sha256)
+            target = self.root / rel
+            if target.exists() and target.stat().st_size == size:
+                tmp.unlink()
+                return sha256, rel, size
+            makedirs(target.parent)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TempFailError(
+                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+                "free disk space or fix the attachment directory's permissions",
+            ) from None
+        except BaseException:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise
+        return sha256, rel, size
+
+    def sweep_temp(self, max_age: float = 24 * 3600) -> int:
+        """Remove temp files left by a crash mid-write; returns how many.
+
+        A temp file is named ``<sha256>.<pid>[.<random>].tmp`` (or ``stream-<random>.<pid>.tmp``;
+        the pid of ``put_pending``'s files is the main process's): it is removed when that process is gone, or
+        when it is older than ``max_age`` (a reused pid), so a sweep never pulls a file from under
+        another process that is writing right now. Complete files that no row references (a crash
+        between the rename and the commit) are kept: they are content-addressed, so the retried
+        import reuses them, and deleting them could race with an import about to commit.
+        """
+        tmpdir = self.root / "tmp"
+        count = 0
+        if not tmpdir.is_dir():
+            return count
+        now = time.time()
+        for item in tmpdir.iterdir():
+            try:
+                pid = int(item.name.split(".")[1])
+            except (IndexError, ValueError):
+                pid = 0
+            try:
+                if _alive(pid) and now - item.stat().st_mtime < max_age:
+                    continue
+                item.unlink()
+                count += 1
+            except OSError:
+                pass
+        if count:
+            log.info("removed %d temp files left in %s by an interrupted run", count, tmpdir)
+        return count
+
+    def verify(self, sha256: str) -> bool:
+        path = self.path(sha256)
+        if not path.exists():
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest() == sha256
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+_libc = None
+
+
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) the file system that holds ``path`` (Linux): every file's data and metadata
+    written there is durable when it returns. False where syncfs is not available."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = _libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            import ctypes
+
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Mail coming in: IMAP polls, Maildir, push, the parser pipeline and the exactly-once importer."""

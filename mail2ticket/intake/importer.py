@@ -1,0 +1,621 @@
+"""Store fetched messages exactly once: raw bytes, ticket, message, attachments, or quarantine."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from mail2ticket.errors import ParseError, StoreError, TempFailError
+from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.parse.autoreply import is_auto_answer
+from mail2ticket.parse.bigmessage import Spool
+from mail2ticket.parse.message import ParsedMessage
+from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
+from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message was read: the identity of exactly-once import."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass
+class Incoming:
+    """One fetched message. ``raw`` is None for a message too large to download."""
+
+    account: str
+    raw: bytes | None
+    source: Source | None = None
+    received_at: datetime | None = None
+    size: int | None = None
+    action: str | None = None  # what to do on the server once stored ("seen", "move:X", ...)
+    too_large_limit: int | None = None
+    # Gmail (X-GM-EXT-1): the message's id, the same under every label of one mailbox
+    # (``gm_mailbox``: "imap host/username"), and its thread id (a threading hint).
+    gm_mailbox: str | None = None
+    gm_msgid: int | None = None
+    gm_thrid: int | None = None
+    # A large message fetched into a temp file instead of ``raw`` (mail2ticket.parse.bigmessage).
+    spool: Spool | None = None
+
+    @property
+    def downloaded(self) -> bool:
+        """Whether the message's bytes were fetched (in memory or in a spool file)."""
+        return self.raw is not None or self.spool is not None
+
+    @property
+    def raw_size(self) -> int:
+        return self.spool.size if self.spool is not None else len(self.raw or b"")
+    # Why the server's copy could not be read (no content, an unreadable answer) after several
+    # polls: ``raw`` is None and the message goes to the quarantine, left on the server unflagged.
+    fetch_error: str | None = None
+
+
+@dataclass
+class Outcome:
+    incoming: Incoming
+    status: str  # imported | followup | duplicate | already | quarantined | skipped
+    ticket_id: int | None = None
+    message_row: int | None = None
+    quarantine_id: int | None = None
+    detail: str = ""
+    previous_status: str | None = None  # a follow-up's ticket status before this mail reopened it
+    no_ack: str | None = None  # why no acknowledgement may be sent (set by rules; see rules.suppresses_ack)
+
+    @property
+    def flag_on_server(self) -> bool:
+        """Whether the server-side action may now run (the message is durably accounted for)."""
+        return self.status != "skipped" and self.incoming.downloaded
+
+
+@dataclass
+class ImportContext:
+    db: Database
+    attachments: AttachmentStore
+    parse: Callable[[bytes], ParsedMessage] | None = None  # default: mail2ticket.parse.message.parse_message
+    hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)
+    # The Config: when set, [[rules]] and [sla] targets apply to each stored mail (rules.apply_to_mail).
+    config: Any = None
+    # With a config, new tickets are acknowledged (mail2ticket.outgoing.acknowledge, run after ``hooks``).
+    acknowledge: bool = True
+    # The size limits of the large-message path (bigmessage.parse_file); from the config.
+    limits: Any = None
+
+    def thread_settings(self, account: str | None):
+        """threader.settings_for of ``account``, worked out once per import (not per message)."""
+        cache = self.__dict__.setdefault("_thread_settings", {})
+        if account not in cache:
+            cache[account] = settings_for(self.config, account)
+        return cache[account]
+
+    def __post_init__(self) -> None:
+        if self.config is not None and self.acknowledge:
+            from mail2ticket.outgoing.acknowledge import ack_hook
+
+            self.hooks = [*self.hooks, ack_hook(self.config)]
+        if self.parse is None:
+            # Looked up now, not at import time, so a parser replaced at run time (a fixed
+            # version, or a test's parser with a bug) is the one used.
+            from mail2ticket.parse import message as parse_module
+
+            self.parse = parse_module.parse_message
+            if self.config is not None:  # the size limits of [limits] apply to the parse too
+                import functools
+
+                limits = parse_module.ParseLimits(
+                    max_message_bytes=self.config.max_message_size,
+                    max_attachment_bytes=self.config.max_attachment_size,
+                )
+                self.parse = functools.partial(parse_module.parse_message, limits=limits)
+        if self.limits is None:
+            from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParseLimits
+
+            self.limits = DEFAULT_LIMITS
+            if self.config is not None:
+                self.limits = ParseLimits(max_message_bytes=self.config.max_message_size,
+                                          max_attachment_bytes=self.config.max_attachment_size)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class _Prepared:
+    incoming: Incoming
+    sha256: str | None
+    parsed: ParsedMessage | None
+    error: str | None
+    stored_attachments: list[tuple[int, str, str]]  # (index, sha256, relpath)
+    # rules.evaluate_rules for this mail, run before the write transaction (time-limited).
+    rules: Any = None
+
+
+def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
+    """CPU and file work done before the transaction: hash, parse, write attachment files."""
+    if item.raw is None and item.fetch_error:
+        return _Prepared(item, None, None, item.fetch_error, [])
+    if item.spool is not None:
+        digest = item.spool.sha256
+        if _known(ctx.db, item, digest):
+            return _Prepared(item, digest, None, None, [])
+        return _parse_spool(ctx, item, digest)
+    if item.raw is None:
+        limit = item.too_large_limit
+        return _Prepared(item, None, None, f"message of {item.size} bytes is over the size limit of {limit} bytes", [])
+    digest = sha256_hex(item.raw)
+    if _known(ctx.db, item, digest):
+        return _Prepared(item, digest, None, None, [])  # nothing to parse: already imported
+    from mail2ticket.parse.bigmessage import parse_bytes, too_many_lines
+
+    if too_many_lines(item.raw):  # parsed from a temp file, as a large message (bounded memory)
+        return _answered(item, digest, parse_bytes(ctx.parse, ctx.attachments, item.raw, ctx.limits))
+    try:
+        parsed = ctx.parse(item.raw)
+    except ParseError as exc:
+        return _Prepared(item, digest, None, str(exc), [])
+    except Exception as exc:  # a parser bug must never stop the queue
+        log.exception("unexpected parser failure")
+        return _Prepared(item, digest, None, f"internal parser error: {exc.__class__.__name__}: {exc}", [])
+    stored = []
+    for index, att in enumerate(parsed.attachments):
+        sha, rel = ctx.attachments.put(att.data)
+        stored.append((index, sha, rel))
+    return _Prepared(item, digest, parsed, None, stored)
+
+
+def _parse_spool(ctx: ImportContext, item: Incoming, digest: str) -> _Prepared:
+    """Parse a large message from its spool file in bounded memory (mail2ticket.parse.bigmessage)."""
+    from mail2ticket.parse.bigmessage import parse_file
+
+    assert item.spool is not None
+    return _answered(item, digest, parse_file(ctx.parse, ctx.attachments, item.spool.path, ctx.limits))
+
+
+def _answered(item: Incoming, digest: str, answer: tuple) -> _Prepared:
+    """The _Prepared of a parse_file answer; a "tempfail" answer is raised."""
+    if answer[0] == "tempfail":
+        raise answer[1]
+    if answer[0] == "ok":
+        return _Prepared(item, digest, answer[1], None, answer[2])
+    return _Prepared(item, digest, None, answer[1], [])
+
+
+def _known(db: Database, item: Incoming, digest: str) -> bool:
+    """Already imported, by source or by content: parsing it again would be wasted work."""
+    return bool(known_items(db, [item], [digest]))
+
+
+def known_items(db: Database, items: Sequence[Incoming], digests: Sequence[str | None]) -> set[int]:
+    """Indexes of ``items`` already imported, by source or by content (``digests``: their raw
+    SHA-256, None when unknown): one query for the sources and one for the hashes, per batch."""
+    known: set[int] = set()
+    sources = [(i, it.source) for i, it in enumerate(items) if it.source is not None]
+    if sources:
+        first = sources[0][1]
+        if all((s.account, s.folder, s.uidvalidity) == (first.account, first.folder, first.uidvalidity)
+               for _, s in sources):
+            uids = [s.uid for _, s in sources]
+            found = {
+                row[0]
+                for row in db.execute(
+                    "select uid from sources where account = ? and folder = ? and uidvalidity = ? "
+                    f"and uid in ({','.join('?' * len(uids))})",
+                    [first.account, first.folder, first.uidvalidity, *uids],
+                )
+            }
+            known |= {i for i, s in sources if s.uid in found}
+        else:
+            known |= {i for i, s in sources if _existing_source(db, s) is not None}
+    hashes = sorted({d for d in digests if d is not None})
+    if hashes:
+        seen = {
+            row[0]
+            for row in db.execute(
+                "select raw_sha256 from messages where direction = 'in' and raw_sha256 in "
+                f"({','.join('?' * len(hashes))})",
+                hashes,
+            )
+        }
+        known |= {i for i, d in enumerate(digests) if d in seen}
+    return known
+
+
+def _prepare_parse(ctx: ImportContext, prep: _Prepared) -> _Prepared:
+    item = prep.incoming
+    if item.spool is not None:
+        return _parse_spool(ctx, item, prep.sha256 or item.spool.sha256)
+    from mail2ticket.parse.bigmessage import parse_bytes, too_many_lines
+
+    if item.raw is not None and too_many_lines(item.raw):
+        return _answered(item, prep.sha256 or "", parse_bytes(ctx.parse, ctx.attachments, item.raw, ctx.limits))
+    try:
+        parsed = ctx.parse(item.raw)
+    except Exception as exc:
+        return _Prepared(item, prep.sha256, None, f"{exc.__class__.__name__}: {exc}", [])
+    stored = [(i, *ctx.attachments.put(a.data)) for i, a in enumerate(parsed.attachments)]
+    return _Prepared(item, prep.sha256, parsed, None, stored)
+
+
+def import_batch(
+    ctx: ImportContext,
+    items: Sequence[Incoming],
+    *,
+    before_commit: Callable[[Database], None] | None = None,
+    prepared: Sequence[_Prepared] | None = None,
+) -> list[Outcome]:
+    """Import ``items`` in one durable transaction; each message isolated by a savepoint.
+
+    ``prepared``: the items already hashed, parsed and their attachments written (by the worker
+    processes of mail2ticket.intake.pipeline), one per item in order; by default they are prepared here.
+    Returns one Outcome per item. Raises TempFailError (nothing committed) when the
+    database or disk cannot take the batch right now.
+    """
+    if prepared is None:
+        prepared = [_prepare(ctx, item) for item in items]
+    if ctx.config is not None and getattr(ctx.config, "rules", None):
+        from mail2ticket.tickets.rules import evaluate_rules
+
+        for prep in prepared:  # before the transaction: a slow rule never holds the write lock
+            if prep.parsed is not None and prep.rules is None:
+                prep.rules = evaluate_rules(ctx.config, prep.parsed, prep.incoming.account)
+    db = ctx.db
+    outcomes: list[Outcome] = []
+    try:
+        with transaction(db):
+            for prep in prepared:
+                outcomes.append(_store_one(ctx, prep))
+            if before_commit:
+                before_commit(db)
+    except sqlite3.OperationalError as exc:
+        raise TempFailError(f"database: {exc}", "free disk space or wait for the lock, then poll again") from None
+    return outcomes
+
+
+def _existing_source(db: Database, source: Source) -> dict | None:
+    cur = db.execute(
+        "select * from sources where account = ? and folder = ? and uidvalidity = ? and uid = ?",
+        [source.account, source.folder, source.uidvalidity, source.uid],
+    )
+    row = cur.fetchone()
+    return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+
+def _insert(db: Database, table: str, row: dict) -> int:
+    """INSERT one row, return its rowid: sqlite-utils' insert() runs schema queries on every call,
+    a cost paid several times per imported message (see docs/performance.md)."""
+    return db.conn.execute(_insert_sql(table, tuple(row)), list(row.values())).lastrowid
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """The INSERT statement for ``columns`` of ``table``, built once (run several times per message)."""
+    names = ", ".join(f'"{name}"' for name in columns)
+    return f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})'
+
+
+def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
+    db = ctx.db
+    item = prep.incoming
+    if item.source is not None:
+        existing = _existing_source(db, item.source)
+        if existing is not None:
+            return Outcome(item, "already", message_row=existing["message"], quarantine_id=existing["quarantine"])
+    try:
+        with db.atomic():  # a savepoint: one message's failure rolls back only that message
+            return _store_one_inner(ctx, prep)
+    except (sqlite3.OperationalError, TempFailError):
+        raise  # disk full, locked: the whole batch must fail, nothing is flagged, retried later
+    except (sqlite3.Error, StoreError, ValueError, TypeError, KeyError) as exc:
+        log.exception("storing a message failed; it goes to the quarantine")
+        prep.parsed = None
+        prep.error = f"could not be stored: {exc.__class__.__name__}: {exc}"
+        with db.atomic():
+            return _store_one_inner(ctx, prep)
+
+
+def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
+    db = ctx.db
+    item = prep.incoming
+    now = now_iso()
+    seen = _same_gmail_message(db, item)
+    if seen is not None:  # one Gmail message under another label (folder) or account: no new ticket
+        _record_source(db, item, prep.sha256, message=seen["message"], quarantine=seen["quarantine"])
+        return Outcome(item, "duplicate", ticket_id=seen["ticket_id"], message_row=seen["message"],
+                       quarantine_id=seen["quarantine"],
+                       detail=f"Gmail message {item.gm_msgid} already imported from {seen['folder']} "
+                              f"of account {seen['account']}")
+    if prep.sha256 is not None:
+        _insert_raw(db, item, prep.sha256, now)
+        same = [
+            {"id": row[0], "ticket_id": row[1]}
+            for row in db.execute(
+                "select id, ticket_id from messages where raw_sha256 = ? and direction = 'in' limit 1",
+                [prep.sha256],
+            )
+        ]
+        if same:
+            outcome = Outcome(item, "duplicate", ticket_id=same[0]["ticket_id"], message_row=same[0]["id"],
+                              detail="same bytes already imported")
+            _record_source(db, item, prep.sha256, message=same[0]["id"], quarantine=None)
+            return outcome
+        open_q = [
+            {"id": row[0]}
+            for row in db.execute(
+                "select id from quarantine where raw_sha256 = ? and resolved_at is null limit 1",
+                [prep.sha256],
+            )
+        ]
+        if open_q and prep.parsed is None:
+            _record_source(db, item, prep.sha256, message=None, quarantine=open_q[0]["id"])
+            return Outcome(item, "duplicate", quarantine_id=open_q[0]["id"], detail="already in quarantine")
+    if prep.parsed is None and prep.error is None:
+        # Known when prepared but gone inside the transaction: parse now (rare race).
+        return _store_one_inner(ctx, _prepare_parse(ctx, prep))
+    if prep.parsed is None:
+        qid = _insert(
+            db,
+            "quarantine",
+            {
+                "account": item.account,
+                "folder": item.source.folder if item.source else None,
+                "uidvalidity": item.source.uidvalidity if item.source else None,
+                "uid": item.source.uid if item.source else None,
+                "raw_sha256": prep.sha256,
+                "size": item.raw_size if item.downloaded else item.size,
+                "reason": "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large"),
+                "error": prep.error or "",
+                "created_at": now,
+            }
+        )
+        log_event(db, "quarantined", prep.error or "", account=item.account)
+        _record_source(db, item, prep.sha256, message=None, quarantine=qid)
+        log.warning("account %s: message quarantined (#%s): %s", item.account, qid, prep.error)
+        return Outcome(item, "quarantined", quarantine_id=qid, detail=prep.error or "")
+    return _store_parsed(ctx, prep, now)
+
+
+def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
+    db = ctx.db
+    item = prep.incoming
+    parsed = prep.parsed
+    assert parsed is not None
+    thread = ctx.thread_settings(item.account)
+    unverified = sender_unverified(parsed, thread.authserv_ids)  # RELIABILITY 40
+    if unverified and unverified not in parsed.defects:
+        parsed.defects.append(unverified)  # stored with the message, shown by 'tickets show'
+    decision = find_ticket(db, parsed, allow_anyone_by_tag=thread.allow_anyone_by_tag,
+                           tag_format=thread.tag_format, raw=item.raw,
+                           gm_thrid=item.gm_thrid, account=item.account, own_addresses=thread.own_addresses,
+                           unverified=unverified)
+    if decision.kind == "own":  # our own mail fetched back: already in the ticket or the outbox
+        _record_source(db, item, prep.sha256, message=decision.message_row, quarantine=None)
+        log.info("account %s: %s", item.account, decision.reason)
+        return Outcome(item, "duplicate", ticket_id=decision.ticket_id, message_row=decision.message_row,
+                       detail=decision.reason)
+    date = iso(parsed.date) or iso(item.received_at) or now
+    if decision.kind == "copy":  # kept (never drop mail) in the same ticket, status unchanged
+        ticket_id = decision.ticket_id
+        status = "duplicate"
+        log_event(db, "copy", decision.reason, ticket_id=ticket_id, account=item.account)
+    elif decision.kind == "report":  # a delivery report: filed in the ticket, status unchanged
+        ticket_id = decision.ticket_id
+        status = "followup"
+        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        db.execute("update tickets set updated_at = ? where id = ?", [now, ticket_id])
+        log_event(db, "report", decision.reason, ticket_id=ticket_id, account=item.account)
+    elif decision.ticket_id is None:
+        # An out-of-office answer to nothing we know is kept, but closed on arrival (issue 14.11).
+        auto_answer = is_auto_answer(parsed.auto_reply)
+        ticket_id = _insert(
+            db,
+            "tickets",
+            {
+                "account": item.account,
+                "subject": parsed.subject or "(no subject)",
+                "requester": parsed.from_address,
+                "requester_name": parsed.from_name,
+                "status": "closed" if auto_answer else "open",
+                "priority": "normal",
+                "created_at": now,
+                "updated_at": now,
+                **({"closed_at": now} if auto_answer else {}),
+            }
+        )
+        status = "imported"
+        log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
+                  ticket_id=ticket_id, account=item.account)
+        if auto_answer:
+            db.execute("insert into ticket_tags (ticket_id, tag) values (?, 'auto-reply') on conflict do nothing",
+                       [ticket_id])
+            log_event(db, "auto-reply", f"closed on arrival, tagged auto-reply: an automatic answer "
+                      f"({parsed.auto_reply}) to no ticket of ours", ticket_id=ticket_id, account=item.account)
+        if unverified:
+            log_event(db, "sender-unverified", unverified, ticket_id=ticket_id, account=item.account)
+    elif is_auto_answer(parsed.auto_reply):  # an out-of-office answer: joins, changes nothing
+        ticket_id = decision.ticket_id
+        status = "followup"
+        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        log_event(db, "auto-reply", f"{decision.reason}; an automatic answer ({parsed.auto_reply}): "
+                  f"the ticket stays {previous_status}", ticket_id=ticket_id, account=item.account)
+    else:
+        ticket_id = decision.ticket_id
+        status = "followup"
+        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        reopen = 1 if thread.reopen_on_reply else 0  # a closed ticket stays closed when 0
+        db.execute(
+            "update tickets set updated_at = ?, status = case when status = 'closed' and ? then 'open' "
+            "when status = 'pending' then 'open' else status end, "
+            "closed_at = case when status = 'closed' and ? then null else closed_at end where id = ?",
+            [now, reopen, reopen, ticket_id],
+        )
+        log_event(db, "followup", decision.reason, ticket_id=ticket_id, account=item.account)
+        if previous_status == "closed" and reopen:
+            log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
+                      ticket_id=ticket_id, account=item.account)
+    to_addrs, cc_addrs = bounded_addresses(parsed, "To", parsed.to), bounded_addresses(parsed, "Cc", parsed.cc)
+    message_row = _insert(
+        db,
+        "messages",
+        {
+            "ticket_id": ticket_id,
+            "direction": "in",
+            "account": item.account,
+            "raw_sha256": prep.sha256,
+            "message_id": parsed.message_id,
+            "in_reply_to": parsed.in_reply_to[0] if parsed.in_reply_to else None,
+            "refs": json.dumps(parsed.references),
+            "subject": parsed.subject,
+            "from_address": parsed.from_address,
+            "from_name": parsed.from_name,
+            "to_addrs": json.dumps(to_addrs),
+            "cc_addrs": json.dumps(cc_addrs),
+            "date": date,
+            "received_at": iso(item.received_at) or now,
+            "body_text": parsed.body_text,
+            "body_html": parsed.body_html,
+            "auto_reply": parsed.auto_reply,
+            "defects": json.dumps(parsed.defects),
+            "thread_reason": decision.reason,
+            **({"gm_thrid": item.gm_thrid} if item.gm_thrid else {}),
+        }
+    )
+    rows = []
+    for index, sha, rel in prep.stored_attachments:
+        att = parsed.attachments[index]
+        rows.append(
+            {
+                "message": message_row,
+                "position": index,
+                "filename": att.filename,
+                "original_filename": getattr(att, "original_filename", None),
+                "content_type": att.content_type,
+                "size": att.size,
+                "sha256": sha,
+                "path": rel,
+                "content_id": att.content_id,
+                "disposition": att.disposition,
+            }
+        )
+    if rows:
+        for row in rows:
+            _insert(db, "attachments", row)
+    _record_source(db, item, prep.sha256, message=message_row, quarantine=None)
+    outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
+    if status == "followup":
+        outcome.previous_status = previous_status
+    if ctx.config is not None:
+        from mail2ticket.tickets.rules import apply_to_mail
+
+        apply_to_mail(ctx.config, db, outcome, parsed, prep.rules)
+    for hook in ctx.hooks:
+        hook(db, outcome, parsed)
+    return outcome
+
+
+# The To or Cc addresses stored with one message (item 57): a mail Cc'd to thousands must not make
+# thousands of participants ('tickets reply --all'). The raw bytes keep every address.
+MAX_STORED_ADDRESSES = 100
+
+
+def bounded_addresses(parsed: ParsedMessage, header: str, addresses: list[str]) -> list[str]:
+    """The first MAX_STORED_ADDRESSES of ``addresses``; a defect on the message says when cut."""
+    if len(addresses) <= MAX_STORED_ADDRESSES:
+        return addresses
+    parsed.defects.append(
+        f"{header}: {len(addresses)} addresses read; the first {MAX_STORED_ADDRESSES} are stored "
+        "(the raw mail keeps them all)"
+    )
+    return addresses[:MAX_STORED_ADDRESSES]
+
+
+def _record_source(db: Database, item: Incoming, sha: str | None, *, message, quarantine) -> None:
+    if item.source is None:
+        return
+    action = item.action if item.downloaded else None
+    _insert(
+        db,
+        "sources",
+        {
+            "account": item.source.account,
+            "folder": item.source.folder,
+            "uidvalidity": item.source.uidvalidity,
+            "uid": item.source.uid,
+            "raw_sha256": sha,
+            "message": message,
+            "quarantine": quarantine,
+            "imported_at": now_iso(),
+            "action": action,
+            "action_state": "pending" if action and action != "none" else "done",
+            **({"gm_mailbox": item.gm_mailbox, "gm_msgid": item.gm_msgid} if item.gm_msgid else {}),
+        }
+    )
+
+
+def _insert_raw(db: Database, item: Incoming, sha: str, now: str) -> None:
+    """The raw bytes into raw_messages (once per content). A spooled message is written with
+    incremental blob I/O, 1 MB at a time, inside the same transaction: never whole in memory."""
+    if item.spool is None:
+        db.execute(
+            "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
+            "on conflict(sha256) do nothing",
+            [sha, len(item.raw or b""), item.raw, now],
+        )
+        return
+    spool = item.spool
+    conn = db.conn
+    before = conn.total_changes
+    db.execute(
+        "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, zeroblob(?), ?) "
+        "on conflict(sha256) do nothing",
+        [sha, spool.size, spool.size, now],
+    )
+    if conn.total_changes == before:
+        return  # the same bytes are already stored
+    rowid = db.execute("select rowid from raw_messages where sha256 = ?", [sha]).fetchone()[0]
+    digest = hashlib.sha256()
+    written = 0
+    try:
+        with open(spool.path, "rb") as f, conn.blobopen("raw_messages", "raw", rowid) as blob:
+            while chunk := f.read(1 << 20):
+                if written + len(chunk) > spool.size:
+                    break
+                digest.update(chunk)
+                blob.write(chunk)
+                written += len(chunk)
+    except OSError as exc:
+        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
+                            "the next poll fetches it again") from None
+    if written != spool.size or digest.hexdigest() != sha:
+        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
+                            "the next poll fetches it again")
+
+
+def _same_gmail_message(db: Database, item: Incoming) -> dict | None:
+    """The ledger row of the same Gmail message (X-GM-MSGID) of the same mailbox, if imported."""
+    if not (item.gm_msgid and item.gm_mailbox):
+        return None
+    cur = db.execute(
+        "select s.account, s.folder, s.message, s.quarantine, m.ticket_id from sources s "
+        "left join messages m on m.id = s.message where s.gm_mailbox = ? and s.gm_msgid = ? "
+        "and (s.message is not null or s.quarantine is not null) order by s.id limit 1",
+        [item.gm_mailbox, item.gm_msgid],
+    )
+    row = cur.fetchone()
+    return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None

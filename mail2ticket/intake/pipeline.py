@@ -1,0 +1,650 @@
+"""Parse in worker processes while the main process fetches the next batch and commits in order.
+
+The import of one poll is a pipeline of batches: a thread of the main process fetches batch k+2
+from IMAP (prefetch) while worker processes parse batch k+1 (and write its attachment files) and
+the main thread commits batch k in one transaction and only then changes the server. What exactly-once rests on
+is unchanged: batches commit in UID order, each message in its own savepoint, the server action
+runs after the commit, and a message the parser cannot read goes to the quarantine.
+
+A worker handles one message at a time, so a message that crashes or hangs its worker is known:
+it is quarantined (a hard per-message timeout ends a hang), the worker is replaced, and the rest
+of the batch goes on. Workers are forked once per poll, only when there is mail to parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.errors import ParseError, TempFailError
+from mail2ticket.intake.importer import ImportContext, Incoming, _prepare, _Prepared, known_items
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 60.0  # seconds one message may take to parse before it is quarantined
+BATCH_BYTES = 24 * 1024 * 1024  # raw bytes one fetched batch may hold (a larger message is alone)
+MAX_RESPAWNS = 20  # workers that die without a message in hand before the pool gives up
+
+
+def default_workers() -> int:
+    """Worker processes for parsing: one per core, at most four; 0 (parse in-process) on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores < 2 else min(cores, 4)
+
+
+def size_batches(uids: Sequence[int], sizes: dict[int, int], count: int, max_bytes: int = BATCH_BYTES,
+                 limit: int | None = None) -> Iterator[list[int]]:
+    """UIDs in order, in batches of at most ``count`` messages and ``max_bytes`` announced bytes.
+
+    Messages over ``limit`` are never downloaded, so they weigh nothing here."""
+    batch: list[int] = []
+    held = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if limit is not None and size > limit:
+            size = 0
+        if batch and (len(batch) >= count or held + size > max_bytes):
+            yield batch
+            batch, held = [], 0
+        batch.append(uid)
+        held += size
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------- the worker side
+
+
+class StoredAttachment:
+    """An attachment a worker already wrote to the store: its fields and size, the bytes on disk.
+
+    ``pending``: the temp file it was written to without fsync (put_pending), which the main
+    process makes durable and moves to ``path`` before the batch commits (PreparedBatch.result);
+    None when it is already at ``path``."""
+
+    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path, pending: Path | None = None):
+        self.__dict__.update(fields)
+        self.size = size
+        self.sha256 = sha256
+        self.path = path
+        self.pending = pending
+
+    @property
+    def data(self) -> bytes:
+        """The bytes, read back from the store (rarely needed: bounce detection reads small ones)."""
+        return self.path.read_bytes()
+
+
+def _fields(att: Any) -> dict[str, Any]:
+    try:
+        fields = dict(vars(att))
+    except TypeError:  # __slots__
+        fields = {name: getattr(att, name) for name in getattr(att, "__slots__", ()) if hasattr(att, name)}
+    fields.pop("data", None)
+    return fields
+
+
+def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes,
+                    limits: Any = None, owner: int | None = None) -> tuple:
+    """What a worker does with one message: ("ok", parsed, stored) | ("error", text) | ("tempfail", exc).
+
+    Each attachment is written to the store as soon as the message is parsed and its bytes are
+    dropped, so what travels back to the main process is small whatever the attachment sizes.
+    With ``owner`` (the pid of the main process) the files are written as temp files without
+    fsync, for the main process to make durable once per batch (their StoredAttachment.pending);
+    without it each is durable at once. A message of too many lines is parsed from a temp file,
+    as a large one (bigmessage)."""
+    from mail2ticket.parse.bigmessage import parse_bytes, too_many_lines
+
+    if too_many_lines(raw):
+        return parse_bytes(parse, store, raw, limits)
+    try:
+        parsed = parse(raw)
+    except ParseError as exc:
+        return ("error", str(exc))
+    except Exception as exc:  # a parser bug must never stop the queue
+        return ("error", f"internal parser error: {exc.__class__.__name__}: {exc}")
+    stored = []
+    kept = []
+    try:
+        for index, att in enumerate(parsed.attachments):
+            data = att.data
+            pending = None
+            if owner is None:
+                sha, rel = store.put(data)
+            else:
+                sha, rel, pending = store.put_pending(data, owner)
+            stored.append((index, sha, rel))
+            kept.append(StoredAttachment(_fields(att), len(data), sha, store.root / rel, pending))
+            del data
+    except TempFailError as exc:
+        return ("tempfail", exc)
+    parsed.attachments = kept
+    return ("ok", parsed, stored)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this worker when the main process dies, even by SIGKILL.
+
+    Waiting for EOF is not enough (see _serve): after a SIGKILL of `poll` the workers would wait
+    for each other forever. Linux only (prctl PR_SET_PDEATHSIG); elsewhere EOF is all there is."""
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+        os._exit(0)
+
+
+def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, deferred: bool = False) -> None:
+    """A worker's loop: read one message, answer with parse_and_store's result.
+
+    Each message is two frames: its kind (b"r": the raw bytes follow; b"f": the path of a spool
+    file follows, parsed in bounded memory by bigmessage.parse_file). An empty frame, or EOF,
+    ends it (EOF alone is not enough: workers forked later hold copies
+    of the main process's ends of the earlier workers' pipes)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    store = AttachmentStore(root)
+    parent = multiprocessing.parent_process()
+    # deferred: the main process (the parent) makes the attachment files durable, once per batch
+    owner = parent.pid if deferred and parent is not None else None
+    while True:
+        try:
+            kind = conn.recv_bytes()
+            if not kind:
+                return
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if kind == b"f":
+            from mail2ticket.parse.bigmessage import parse_file
+
+            result = parse_file(parse, store, raw.decode("utf-8", "surrogateescape"), limits)
+        else:
+            result = parse_and_store(parse, store, raw, limits, owner)
+        del raw
+        try:
+            conn.send(result)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # the result could not be pickled: say so, the message is quarantined
+            conn.send(("error", f"internal parser error: result not transferable: {exc.__class__.__name__}: {exc}"))
+        del result
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+@dataclass
+class _Task:
+    raw: bytes | None
+    future: Future
+    deadline: float = 0.0
+    path: str | None = None  # a spool file to parse instead of ``raw``
+
+
+class _Worker:
+    def __init__(self, proc, conn):
+        self.proc = proc
+        self.conn = conn
+        self.task: _Task | None = None
+
+
+class ParsePool:
+    """A few forked worker processes that parse messages one at a time, each with a hard timeout.
+
+    ``submit(raw)`` returns a Future of parse_and_store's result. A worker that dies or overruns
+    ``timeout`` seconds on a message is killed and replaced; that message's result is an
+    ("error", ...) that sends it to the quarantine. Use as a context manager, or call close().
+
+    ``deferred``: the workers write attachment files as temp files without fsync (each stored
+    attachment's ``pending``), for the caller to make durable with AttachmentStore.make_durable
+    before it commits (Pipeline does, once per batch); by default each file is durable at once."""
+
+    def __init__(self, parse: Callable[[bytes], Any], attachments_root: Path, workers: int,
+                 timeout: float = DEFAULT_TIMEOUT, limits: Any = None, deferred: bool = False):
+        self._limits = limits
+        self._deferred = deferred
+        self._mp = multiprocessing.get_context("fork")
+        self._parse = parse
+        self._root = Path(attachments_root)
+        self._size = max(1, workers)
+        self.timeout = timeout
+        self._queue: deque[_Task] = deque()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._respawns = 0
+        self._workers: list[_Worker] = []
+        self.crashed = 0  # messages whose worker died or timed out
+        for _ in range(self._size):
+            self._workers.append(self._spawn())
+        self._thread = threading.Thread(target=self._run, name="mail2ticket-parse", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> ParsePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = self._mp.Pipe(duplex=True)
+        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root, self._limits, self._deferred),
+                                name="mail2ticket-parser", daemon=True)
+        proc.start()
+        theirs.close()
+        return _Worker(proc, ours)
+
+    def submit(self, raw: bytes | None, path: str | None = None) -> Future:
+        """Parse ``raw``, or the message in the spool file ``path`` (bounded memory)."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the parse pool is closed")
+            if self._failed is not None:
+                future.set_exception(self._failed)
+                return future
+            self._queue.append(_Task(raw, future, path=path))
+        self._wake()
+        return future
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # already woken (pipe full) or closing
+
+    # --- the dispatcher thread --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        break
+                self._dispatch()
+                busy = [w for w in self._workers if w.task is not None]
+                now = time.monotonic()
+                timeout = min((w.task.deadline - now for w in busy), default=None)
+                ready = wait([self._wake_r] + [w.conn for w in busy] + [w.proc.sentinel for w in busy],
+                             timeout=None if timeout is None else max(0.0, timeout))
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 4096)
+                for w in busy:
+                    if w.conn in ready or w.proc.sentinel in ready:
+                        self._collect(w)
+                now = time.monotonic()
+                for w in busy:
+                    if w.task is not None and now >= w.task.deadline:
+                        self._replace(w, f"parsing took longer than {self.timeout:g} s: the parser was stopped")
+        except BaseException as exc:  # never leave a Future unresolved: the poll would wait forever
+            log.exception("the parse pool failed")
+            self._fail(TempFailError(f"the parser processes failed: {exc}", "the next poll tries again"))
+
+    def _dispatch(self) -> None:
+        for w in self._workers:
+            if w.task is not None:
+                continue
+            with self._lock:
+                if not self._queue:
+                    return
+                task = self._queue.popleft()
+            if not task.future.set_running_or_notify_cancel():
+                continue
+            task.deadline = time.monotonic() + self.timeout
+            w.task = task
+            try:
+                if task.path is not None:
+                    w.conn.send_bytes(b"f")
+                    w.conn.send_bytes(task.path.encode("utf-8", "surrogateescape"))
+                else:
+                    w.conn.send_bytes(b"r")
+                    w.conn.send_bytes(task.raw or b"")
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                self._replace(w, self._death_reason(w))
+
+    def _collect(self, w: _Worker) -> None:
+        task = w.task
+        assert task is not None
+        try:
+            if not w.conn.poll():
+                if w.proc.is_alive():
+                    return
+                raise EOFError
+            result = w.conn.recv()
+        except (EOFError, OSError):
+            self._replace(w, self._death_reason(w))
+            return
+        except Exception as exc:  # an answer that cannot be read: treat the message as unreadable
+            self._replace(w, f"internal parser error: unreadable answer: {exc.__class__.__name__}: {exc}")
+            return
+        w.task = None
+        if result[0] == "tempfail":
+            task.future.set_exception(result[1])
+        else:
+            task.future.set_result(result)
+
+    def _death_reason(self, w: _Worker) -> str:
+        w.proc.join(1)
+        code = w.proc.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the parser process was killed by {name} while reading this message"
+        return f"the parser process died (exit code {code}) while reading this message"
+
+    def _replace(self, w: _Worker, reason: str) -> None:
+        """Stop worker ``w`` (dead or overrunning), fail its message with ``reason``, start another."""
+        task, w.task = w.task, None
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(5)
+        w.conn.close()
+        if task is not None:
+            self.crashed += 1
+            log.warning("%s; the message goes to the quarantine", reason)
+            task.future.set_result(("error", reason))
+        else:
+            self._respawns += 1
+            if self._respawns > MAX_RESPAWNS:
+                raise RuntimeError("parser processes keep dying without a message in hand")
+        index = self._workers.index(w)
+        self._workers[index] = self._spawn()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self._failed = exc
+            tasks = list(self._queue)
+            self._queue.clear()
+        tasks += [w.task for w in self._workers if w.task is not None]
+        for w in self._workers:
+            w.task = None
+        for task in tasks:
+            if not task.future.done():
+                task.future.set_exception(exc)
+
+    # --- shutting down ------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the workers (what is still queued is cancelled) and wait for them to exit."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+        self._wake()
+        self._thread.join(timeout)
+        for task in queued:
+            task.future.cancel()
+        for w in self._workers:
+            if w.task is not None and not w.task.future.done() and not w.task.future.cancel():
+                # Already running: cancel() cannot stop it, and nobody would ever complete it.
+                try:
+                    w.task.future.set_exception(
+                        TempFailError("the parser was stopped before this message was parsed",
+                                      "the next poll parses it again")
+                    )
+                except InvalidStateError:
+                    pass  # the answer arrived meanwhile
+            try:
+                w.conn.send_bytes(b"")  # the worker finishes its loop and exits
+            except OSError:
+                pass
+            w.conn.close()
+        deadline = time.monotonic() + timeout
+        for w in self._workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class PreparedBatch:
+    """One batch on its way: known and over-size messages settled at once, the others being parsed.
+
+    When the workers are done with it, a thread of its own makes the attachment files they wrote
+    durable (AttachmentStore.make_durable), so that waiting on the disk for batch k+1 overlaps
+    the main thread's commit of batch k."""
+
+    def __init__(self, items: Sequence[Incoming], parts: list[_Prepared | tuple[str, Future]],
+                 store: AttachmentStore | None = None):
+        self.items = list(items)
+        self._parts = parts
+        self._store = store
+        self._out: list[_Prepared] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if store is not None and any(not isinstance(part, _Prepared) for part in parts):
+            self._thread = threading.Thread(target=self._finish, name="mail2ticket-durable", daemon=True)
+            self._thread.start()
+
+    def result(self) -> list[_Prepared]:
+        """Wait for the workers; one _Prepared per item, in order. Raises TempFailError (disk full).
+
+        The attachment files the workers wrote without fsync are durable and at their content
+        addresses when this returns: the batch may commit."""
+        if self._thread is not None:
+            self._thread.join()
+        elif self._out is None and self._error is None:
+            self._finish()
+        if self._error is not None:
+            raise self._error
+        assert self._out is not None
+        return self._out
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the batch's thread to end (the pool being closed ends it)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _finish(self) -> None:
+        out: list[_Prepared] = []
+        pending: list[tuple[Path, str]] = []
+        try:
+            for item, part in zip(self.items, self._parts, strict=True):
+                if isinstance(part, _Prepared):
+                    out.append(part)
+                    continue
+                digest, future = part
+                answer = future.result()
+                if answer[0] == "ok":
+                    out.append(_Prepared(item, digest, answer[1], None, answer[2]))
+                    for att in answer[1].attachments:
+                        if getattr(att, "pending", None) is not None:
+                            pending.append((att.pending, att.sha256))
+                else:
+                    out.append(_Prepared(item, digest, None, answer[1], []))
+            if pending:
+                assert self._store is not None
+                self._store.make_durable(pending)
+        except BaseException as exc:  # handed to result(), in the main thread
+            for tmp, _sha in pending:  # this batch is not committed: its temp files are no use
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            self._error = exc
+            return
+        finally:
+            self._parts = []
+        for prep in out:
+            if prep.parsed is not None:
+                for att in prep.parsed.attachments:
+                    if getattr(att, "pending", None) is not None:
+                        att.pending = None
+        self._out = out
+
+
+class Pipeline:
+    """The parsing side of one poll: hand batches to the workers, or parse in-process (workers=0)."""
+
+    def __init__(self, ctx: ImportContext, workers: int | None = None, timeout: float | None = None):
+        self.ctx = ctx
+        self.workers = default_workers() if workers is None else max(0, workers)
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self._pool: ParsePool | None = None
+        self._batches: list[PreparedBatch] = []  # batches whose thread may still run
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()  # resolves every batch's futures: their threads end
+            self._pool = None
+        for batch in self._batches:
+            batch.wait(10)
+        self._batches = []
+
+    def submit(self, items: Sequence[Incoming]) -> PreparedBatch:
+        """Start preparing ``items``: the result is collected with PreparedBatch.result()."""
+        if self.workers == 0:
+            return PreparedBatch(items, [_prepare(self.ctx, item) for item in items])
+        digests = [
+            it.spool.sha256 if it.spool is not None
+            else hashlib.sha256(it.raw).hexdigest() if it.raw is not None else None
+            for it in items
+        ]
+        known = known_items(self.ctx.db, items, digests)
+        parts: list[_Prepared | tuple[str, Future]] = []
+        for i, item in enumerate(items):
+            if not item.raw and item.spool is None:
+                parts.append(_prepare(self.ctx, item))  # over the size limit, or empty: nothing to parse
+            elif i in known:
+                parts.append(_Prepared(item, digests[i], None, None, []))  # nothing to parse
+            elif item.spool is not None:  # large: the worker reads it from its file
+                parts.append((digests[i], self._ensure_pool(len(items)).submit(None, item.spool.path)))
+            else:
+                parts.append((digests[i], self._ensure_pool(len(items)).submit(item.raw)))
+        batch = PreparedBatch(items, parts, self.ctx.attachments)
+        self._batches = [b for b in self._batches if b._thread is not None and b._thread.is_alive()] + [batch]
+        return batch
+
+    def _ensure_pool(self, wanted: int) -> ParsePool:
+        if self._pool is None:
+            parse = self.ctx.parse
+            assert parse is not None
+            self._pool = ParsePool(parse, self.ctx.attachments.root, min(self.workers, max(1, wanted)),
+                                   self.timeout, getattr(self.ctx, "limits", None), deferred=True)
+        return self._pool
+
+
+def ahead(batches: Iterable[Any], submit: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
+    """Yield (batch, submit(batch)) one step late: batch k+1 is fetched and submitted before batch k
+    is handed over for its commit, so fetching and parsing overlap committing.
+
+    If fetching batch k+1 fails, batch k is still handed over (and can be committed) before the
+    error is raised."""
+    pending = None
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        except BaseException:
+            if pending is not None:
+                yield pending
+            raise
+        job = submit(batch)
+        if pending is not None:
+            yield pending
+        pending = (batch, job)
+    if pending is not None:
+        yield pending
+
+
+class _Failed:
+    """An exception of the producer thread, handed over in order (see prefetch)."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def prefetch(produce: Iterable[Any], name: str = "mail2ticket-fetch") -> Iterator[Any]:
+    """Run the iterator ``produce`` in a thread, one item ahead of the consumer: the item after
+    the one just taken is being made while the consumer works on it (for a poll: the next batch
+    is fetched from IMAP while the main thread commits). Items come out in order; an exception of
+    the producer is raised here, after the items made before it.
+
+    At most one item is made but not yet taken, so the memory held stays bounded. Closing the
+    generator (the consumer stops early) stops the producer before its next item and waits for
+    the item in the making to finish, so nothing runs on after the caller moves on."""
+    import queue
+
+    handoff: queue.Queue = queue.Queue()
+    permit = threading.Semaphore(1)  # one item in the making or made and not yet taken
+    cancel = threading.Event()
+
+    def run() -> None:
+        try:
+            iterator = iter(produce)
+            while True:
+                while not permit.acquire(timeout=0.5):
+                    if cancel.is_set():
+                        return
+                if cancel.is_set():
+                    return
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    handoff.put(_DONE)
+                    return
+                handoff.put(item)
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            handoff.put(_Failed(exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            permit.release()  # the next item may be made while this one is used
+            yield item
+    finally:
+        cancel.set()
+        permit.release()
+        thread.join()

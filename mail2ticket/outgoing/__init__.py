@@ -1,0 +1,1 @@
+"""Mail we send: composing, the outbox queue and its sender, acknowledgements."""

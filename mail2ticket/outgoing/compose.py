@@ -1,0 +1,338 @@
+"""Build outgoing mail: signed Message-IDs, threading headers, the ticket tag, CR/LF-safe headers."""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from typing import Any
+
+from sqlite_utils import Database
+
+# Outgoing mail: CRLF line ends, lines folded at 78, refusing CR/LF inside header values.
+POLICY = email.policy.SMTP
+
+# --- our Message-IDs ---------------------------------------------------------------------------
+# <m2t.NONCE.TOKEN@DOMAIN>, TOKEN = HMAC-SHA256(secret, NONCE) cut to 80 bits. The secret lives in
+# the database (conversation_state), so only this installation can make ids that verify: a
+# References header that merely looks like ours is not trusted (RELIABILITY 38), and our own
+# mail fetched back is recognised (RELIABILITY 44).
+OUR_ID_RE = re.compile(r"^<m2t\.([0-9a-f]{8,40})\.([0-9a-f]{20})@([A-Za-z0-9.-]{1,253})>$")
+TOKEN_CHARS = 20
+SECRET_KEY = "message_id_secret"
+
+
+def message_id_secret(db: Database) -> bytes:
+    """The key of our Message-ID tokens (created by migration m101; created here if it is lost)."""
+    row = db.execute("select value from conversation_state where key = ?", [SECRET_KEY]).fetchone()
+    if row is None:
+        db.execute(
+            "insert into conversation_state (key, value) values (?, ?) on conflict(key) do nothing",
+            [SECRET_KEY, secrets.token_hex(32)],
+        )
+        row = db.execute("select value from conversation_state where key = ?", [SECRET_KEY]).fetchone()
+    return bytes.fromhex(row[0])
+
+
+def _token(secret: bytes, nonce: str) -> str:
+    return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()[:TOKEN_CHARS]
+
+
+def _domain_of(address: str) -> str:
+    domain = address.rpartition("@")[2].lower()
+    domain = re.sub(r"[^a-z0-9.-]", "", domain).strip(".-")
+    return domain or "mail2ticket.invalid"
+
+
+def new_message_id(db: Database, from_address: str) -> str:
+    """A fresh Message-ID of ours, in the sender's domain, carrying a token only we can make."""
+    nonce = f"{int(time.time()):x}{secrets.token_hex(6)}"
+    return f"<m2t.{nonce}.{_token(message_id_secret(db), nonce)}@{_domain_of(from_address)}>"
+
+
+def looks_like_ours(message_id: str | None) -> bool:
+    """Shaped like one of our ids (whether or not the token is valid)."""
+    return bool(message_id) and OUR_ID_RE.match(message_id) is not None  # type: ignore[arg-type]
+
+
+def is_our_message_id(db: Database, message_id: str | None) -> bool:
+    """True only for an id that this installation made (the token verifies)."""
+    if not message_id:
+        return False
+    m = OUR_ID_RE.match(message_id)
+    if m is None:
+        return False
+    return hmac.compare_digest(m.group(2), _token(message_id_secret(db), m.group(1)))
+
+
+# --- header text -------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_ADDRESS_RE = re.compile(r"^[^\s<>()\[\],;:\"\\@]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_MSGID_RE = re.compile(r"^<[!-;=?-~]{1,250}>$")  # printable ASCII, no '<' or '>' inside, no spaces
+MAX_SUBJECT = 200
+
+
+def header_text(text: str | None, limit: int = MAX_SUBJECT) -> str:
+    """Text from a mail made safe for one header value: no CR, LF, NUL or other controls."""
+    text = _UNSAFE.sub(" ", text or "")
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
+
+
+def check_address(address: str | None) -> str:
+    """A plain addr-spec we are willing to put in a header and an SMTP command; ValueError if not."""
+    if not address or not _ADDRESS_RE.match(address):
+        raise ValueError(f"not a usable e-mail address: {address!r}")
+    return address
+
+
+# --- mailboxes (item 56) -----------------------------------------------------------------------
+# Providers that ignore dots in the local part; googlemail.com is gmail.com.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+# Names at our own domains that are no person's mailbox: no automatic mail goes to them.
+_ROLE_LOCAL = re.compile(
+    r"^(mailer-daemon|postmaster|abuse|root|hostmaster|webmaster|nobody|daemon|"
+    r"bounces?(?:[-_.+].*)?|do[-_.]?not[-_.]?reply|no[-_.]?reply(?:[-_.+].*)?|no[-_.]?response)$",
+    re.I,
+)
+
+
+def mailbox_key(address: str) -> str:
+    """The mailbox behind an address, for counting: lower case, without a ``+tag`` subaddress,
+    and without dots where the provider ignores them (gmail.com, googlemail.com)."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return address.strip().lower()
+    domain = DOTLESS_DOMAINS.get(domain, domain)
+    base = local.split("+", 1)[0] or local
+    if domain in DOTLESS_DOMAINS.values():
+        base = base.replace(".", "") or base
+    return f"{base}@{domain}"
+
+
+def mailbox_domains(key: str) -> list[str]:
+    """The domains whose addresses can have the mailbox key ``key`` (gmail.com: both names)."""
+    domain = key.rpartition("@")[2]
+    return [d for d, canon in DOTLESS_DOMAINS.items() if canon == domain] or [domain]
+
+
+def not_a_mailbox(address: str, own_domains: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """Why ``address`` cannot be a real outside mailbox (no automatic mail goes to it), or None:
+    % or ! routing in the local part, localhost, an IP address, a no-reply or role name of one of
+    ``own_domains``."""
+    import ipaddress
+
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return f"{address} has no domain"
+    if "%" in local or "!" in local:
+        return f"{address} routes through another host (% or ! in the local part)"
+    if domain in ("localhost", "localhost.localdomain") or domain.endswith(".localhost"):
+        return f"{address} is on localhost"
+    try:
+        ipaddress.ip_address(domain.strip("[]").removeprefix("ipv6:"))
+        return f"{address} names an IP address, not a domain"
+    except ValueError:
+        pass
+    if domain.startswith("["):
+        return f"{address} names an address literal, not a domain"
+    if domain in own_domains and _ROLE_LOCAL.match(local):
+        return f"{address} is a no-reply or role name of our own domain"
+    return None
+
+
+def safe_msgids(ids: list[str]) -> list[str]:
+    """The message ids that are safe to repeat in In-Reply-To/References."""
+    return [i for i in ids if i and _MSGID_RE.match(i)]
+
+
+def trim_references(ids: list[str], keep: int = 20) -> list[str]:
+    """At most ``keep`` ids: the first (the thread root) and the most recent ones."""
+    ids = list(dict.fromkeys(safe_msgids(ids)))
+    if len(ids) <= keep:
+        return ids
+    return [ids[0], *ids[-(keep - 1):]]
+
+
+# --- templates ---------------------------------------------------------------------------------
+TEMPLATE_FIELDS = ("ticket", "tag", "subject", "requester", "account")
+_FIELD_RE = re.compile(r"\{(\w*)\}")
+
+DEFAULT_TEMPLATES = {
+    # The acknowledgement repeats nothing of the incoming mail (item 56): a template that wants
+    # the subject asks for {subject}.
+    "ack_subject": "{tag} We have received your message",
+    "ack_body": (
+        "Hello,\n\n"
+        "thank you for your message. We have opened ticket {tag} for it and will answer\n"
+        "as soon as we can. Please keep {tag} in the subject when you write to us about it.\n\n"
+        "-- \n"
+        "This is an automatic reply; there is no need to answer it.\n"
+    ),
+    "close_subject": "{tag} Closed: {subject}",
+    "close_body": (
+        "Hello,\n\n"
+        "your request {tag} ({subject}) has been closed.\n"
+        "If it is not solved, just answer this mail and it is opened again.\n"
+    ),
+    "reopen_subject": "{tag} Reopened: {subject}",
+    "reopen_body": (
+        "Hello,\n\n"
+        "your request {tag} ({subject}) has been opened again; we will be in touch.\n"
+    ),
+}
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Replace {ticket}, {tag}, {subject}... in a template; ``{{``/``}}`` give literal braces."""
+    out = []
+    for part in re.split(r"(\{\{|\}\})", template):
+        if part == "{{":
+            out.append("{")
+        elif part == "}}":
+            out.append("}")
+        else:
+            out.append(_FIELD_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), part))
+    return "".join(out)
+
+
+def conversation_settings(cfg: Any) -> dict[str, Any]:
+    """[conversations] with every default filled in (also for a Config built without it)."""
+    from mail2ticket.config.load import CONVERSATION_KEYS
+
+    given = dict(getattr(cfg, "conversations", None) or {})
+    out = {key: given.get(key, default) for key, (_check, default, _doc) in CONVERSATION_KEYS.items()}
+    for key, text in DEFAULT_TEMPLATES.items():
+        if out.get(key) is None:
+            out[key] = text
+    return out
+
+
+def check_conversation_settings(values: dict[str, Any]) -> None:
+    """Raise ValueError naming the key when [conversations] cannot work."""
+    tag = values.get("tag_format") or "[#{id}]"
+    if tag.count("{id}") != 1 or _UNSAFE.search(tag) or not tag.replace("{id}", "").strip():
+        raise ValueError(
+            f"'conversations.tag_format' = {tag!r} must contain {{id}} exactly once, with some text "
+            'around it, such as "[#{id}]"'
+        )
+    for key in DEFAULT_TEMPLATES:
+        template = values.get(key)
+        if template is None:
+            continue
+        for name in _FIELD_RE.findall(template.replace("{{", "").replace("}}", "")):
+            if name not in TEMPLATE_FIELDS:
+                raise ValueError(
+                    f"'conversations.{key}' uses {{{name}}}; the template fields are "
+                    + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+                )
+    if values.get("reply_status", "pending") not in ("open", "pending", "closed"):
+        raise ValueError("'conversations.reply_status' must be \"open\", \"pending\" or \"closed\"")
+    for key in ("auto_reply_limit", "auto_reply_account_limit", "auto_mail_ticket_limit", "auto_mail_address_limit"):
+        if values.get(key, 1) < 0:
+            raise ValueError(f"'conversations.{key}' must be 0 or more")
+    if values.get("reply_all_limit", 20) < 1:
+        raise ValueError("'conversations.reply_all_limit' must be 1 or more")
+
+
+def make_tag(tag_format: str, ticket_id: int) -> str:
+    return tag_format.replace("{id}", str(ticket_id))
+
+
+def tag_pattern(tag_format: str) -> re.Pattern[str]:
+    """The regex that finds the tag of ``tag_format`` in a subject; group 1 is the ticket id."""
+    before, _, after = tag_format.partition("{id}")
+    return re.compile(re.escape(before) + r"(\d{1,12})" + re.escape(after))
+
+
+_PREFIX_RE = re.compile(r"^\s*((re|fwd?|aw|wg|sv|antw|tr|r|rif|odp|vs)\s*(\[\d+\])?\s*:\s*)+", re.I)
+
+
+def base_subject(subject: str | None, tag_format: str = "[#{id}]") -> str:
+    """The subject without Re:/Fwd: prefixes and without our tags: what a reply builds on."""
+    text = tag_pattern(tag_format).sub("", header_text(subject))
+    text = _PREFIX_RE.sub("", text)
+    return " ".join(text.split()) or "(no subject)"
+
+
+def tagged_subject(tag: str, subject: str, prefix: str = "") -> str:
+    """``prefix + tag + subject``, the tag added only if the subject lacks it; one safe line."""
+    subject = header_text(subject)
+    if tag not in subject:
+        subject = f"{tag} {subject}".strip()
+    return header_text(f"{prefix}{subject}")
+
+
+# --- building a mail ---------------------------------------------------------------------------
+@dataclass
+class Draft:
+    """What to send: everything needed to build the bytes, all values already safe."""
+
+    from_address: str
+    to: list[str]
+    subject: str
+    body: str
+    cc: list[str] = field(default_factory=list)
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    auto_submitted: str | None = None  # "auto-replied" (RFC 3834) for acks, "auto-generated"...
+    ticket_id: int | None = None
+    message_id: str = ""
+
+    @property
+    def recipients(self) -> list[str]:
+        return list(dict.fromkeys([*self.to, *self.cc]))
+
+
+def _text_cte(body: str) -> str:
+    lines = body.splitlines()
+    if body.isascii() and all(len(line) <= 78 for line in lines):
+        return "7bit"
+    return "quoted-printable"  # never 8bit: lines stay short and any server takes it
+
+
+def build(db: Database, draft: Draft, *, now: datetime | None = None) -> bytes:
+    """The exact bytes of the mail; fills ``draft.message_id`` with a new id of ours if empty."""
+    from_address = check_address(draft.from_address)
+    to = [check_address(a) for a in draft.to]
+    cc = [check_address(a) for a in draft.cc if a not in to]
+    if not to:
+        raise ValueError("a mail needs at least one recipient")
+    if not draft.message_id:
+        draft.message_id = new_message_id(db, from_address)
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = Address(addr_spec=from_address)
+    msg["To"] = [Address(addr_spec=a) for a in to]
+    if cc:
+        msg["Cc"] = [Address(addr_spec=a) for a in cc]
+    msg["Subject"] = header_text(draft.subject, limit=250)
+    msg["Date"] = email.utils.format_datetime(now or datetime.now(UTC))
+    msg["Message-ID"] = draft.message_id
+    in_reply_to = safe_msgids([draft.in_reply_to] if draft.in_reply_to else [])
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to[0]
+    references = trim_references(draft.references)
+    if references:
+        msg["References"] = " ".join(references)
+    if draft.auto_submitted:
+        msg["Auto-Submitted"] = draft.auto_submitted
+        # Exchange and Outlook: send no out-of-office or other automatic answer to this.
+        msg["X-Auto-Response-Suppress"] = "All"
+    msg["X-Loop"] = from_address
+    if draft.ticket_id is not None:
+        msg["X-Mail2ticket-Ticket"] = str(int(draft.ticket_id))
+    body = draft.body.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    if not body.endswith("\n"):
+        body += "\n"
+    msg.set_content(body, charset="utf-8", cte=_text_cte(body))
+    return msg.as_bytes(policy=POLICY)

@@ -1,0 +1,1 @@
+"""Raw bytes to a readable message: headers, charsets, bodies, attachments, large messages."""

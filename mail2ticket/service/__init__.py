@@ -1,0 +1,1 @@
+"""The long-running process: jobs, schedules, the daemon, status and health."""

@@ -1,0 +1,1 @@
+"""The database and everything that changes a ticket: schema, threading, rules, SLAs, search."""

@@ -1,0 +1,659 @@
+"""The SQLite store: opening it durably, transactions, and the queries the rest of the code needs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
+    from sqlite_utils import Database
+
+from mail2ticket.errors import NotFoundError, StoreError, TempFailError, WrongUserError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 UTC with a Z, to the second."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def current_user() -> str:
+    """Who is at the keyboard, for the actor of a ticket event ('unknown' if the OS cannot say)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def import_sqlite_utils() -> None:
+    """Import sqlite-utils without pandas and numpy: it loads them, when installed, only to store
+    their values, which we never do, and they cost 0.2-0.5 s of every command's start-up."""
+    if "sqlite_utils" in sys.modules:
+        return
+    blocked = [name for name in ("numpy", "pandas") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # 'import numpy' raises ImportError
+    try:
+        import sqlite_utils  # noqa: F401
+    finally:
+        for name in blocked:
+            del sys.modules[name]  # anyone else may still import them
+
+
+def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Database:
+    """Open (creating if needed) the database: WAL, synchronous=FULL, foreign keys, migrations."""
+    import_sqlite_utils()
+    from sqlite_utils import Database
+
+    from mail2ticket.tickets.migrations import migrations
+
+    path = Path(path)
+    refuse_root_on_foreign_database(path)
+    try:
+        _create_private(path)
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(
+            f"cannot open database {path}: {exc}", "check that the directory exists and is writable"
+        ) from None
+    db = Database(conn)
+    db.busy_timeout_ms = busy_timeout_ms  # type: ignore[attr-defined]
+
+    def setup() -> None:
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db.enable_wal()
+        # FULL: a commit is on disk before we touch the server (WAL + NORMAL may lose the last commits).
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        if migrations.pending(db):
+            _migrate(db, path, migrations)
+
+    try:
+        _retry_busy(setup, busy_timeout_ms)
+    except sqlite3.OperationalError as exc:
+        _raise_store_error(exc, path)
+    return db
+
+
+def _create_private(path: Path) -> None:
+    """The database's folder and file, created 0700/0600 (0750/0640 in a setgid folder) whatever
+    the umask, before SQLite opens it: SQLite gives its WAL and SHM the database file's mode."""
+    from mail2ticket.files import perms as fileperms
+
+    if str(path) == ":memory:":
+        return
+    fileperms.makedirs(path.parent)
+    if not path.exists():
+        try:
+            os.close(fileperms.create(path, os.O_WRONLY | os.O_CREAT))
+        except FileExistsError:
+            pass
+    fileperms.tighten([path, Path(f"{path}-wal"), Path(f"{path}-shm")])
+
+
+def _owner_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _command_line() -> str:
+    """How this command was started, for 'sudo -u USER <this>' (shell-quoted)."""
+    import shlex
+
+    argv = sys.argv
+    if argv and (os.path.basename(argv[0]) == "mail2ticket" or argv[0].endswith("mail2ticket/__main__.py")):
+        return shlex.join(["mail2ticket", *argv[1:]])
+    return "mail2ticket …"
+
+
+def refuse_root_on_foreign_database(path: Path) -> None:
+    """Root may not work on a database (or, before it exists, a database directory) that belongs
+    to another user: the lock files, WAL and attachment folders root would create there would be
+    root's, and the service user's next poll would fail on them. Raises WrongUserError (exit 77)
+    saying how to run the command as that user."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    for candidate in (path, path.parent):
+        try:
+            owner = candidate.stat().st_uid
+        except OSError:
+            continue
+        if owner == 0:
+            return
+        user = _owner_name(owner)
+        raise WrongUserError(
+            f"this command runs as root, but the database {path} is owned by {user}: files root "
+            f"would create beside it would lock {user} out",
+            f"run it as that user: sudo -u {user} {_command_line()}",
+        )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _retry_busy(fn, busy_timeout_ms: int):
+    """Run ``fn``; while SQLite answers 'locked'/'busy', try again until the busy timeout is spent.
+
+    SQLite's own busy handler is bypassed in some cases (WAL recovery after another connection
+    closed, a stale read snapshot), which then fail at once however long the timeout: retrying
+    here keeps the promise of --lock-timeout / busy_timeout.
+    """
+    import time
+
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+def _migrate(db, path: Path, migrations) -> None:
+    """Apply pending migrations with a lock file held, so processes that open a new database at
+    the same moment (parallel MTA deliveries, the daemon) never race to create the schema."""
+    import fcntl
+
+    try:
+        from mail2ticket.files.perms import open_new
+
+        lock = open_new(path.with_name(path.name + ".migrate-lock"), "a")
+    except OSError as exc:
+        raise StoreError(f"cannot create the migration lock beside {path}: {exc}",
+                         "check that the directory is writable") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if migrations.pending(db):  # another process may have applied them meanwhile
+                migrations.apply(db)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _raise_store_error(exc: sqlite3.Error, path: Any = None) -> None:
+    text = str(exc)
+    where = f"database {path}: " if path else "database: "
+    if "locked" in text or "busy" in text:
+        raise TempFailError(where + text, "another process holds the database; try again") from None
+    if "disk" in text or "full" in text or "readonly" in text or "I/O" in text:
+        raise TempFailError(where + text, "free disk space or fix permissions, then try again") from None
+    raise StoreError(where + text) from None
+
+
+@contextlib.contextmanager
+def transaction(db: Database) -> Iterator[Database]:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front (waiting up to busy_timeout)."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    try:
+        _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), getattr(db, "busy_timeout_ms", BUSY_TIMEOUT_MS))
+    except sqlite3.OperationalError as exc:
+        _raise_store_error(exc)
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    try:
+        db.conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        _raise_store_error(exc)
+
+
+def log_event(
+    db: Database,
+    kind: str,
+    detail: str = "",
+    *,
+    ticket_id: int | None = None,
+    account: str | None = None,
+    actor: str = "system",
+) -> None:
+    # A plain INSERT: sqlite-utils' insert() looks the schema up on every call (several queries
+    # of sqlite_master), paid for each imported message (docs/performance.md).
+    sql = "insert into events (ticket_id, account, created_at, kind, actor, detail) values (?, ?, ?, ?, ?, ?)"
+    values = [ticket_id, account, now_iso(), kind, actor, detail]
+    if db.conn.in_transaction:
+        db.conn.execute(sql, values)
+    else:
+        with db.conn:  # committed at once, as sqlite-utils' insert() did outside a transaction
+            db.conn.execute(sql, values)
+
+
+# --- mailbox sync state -----------------------------------------------------------------------
+
+
+def get_mailbox(db: Database, account: str, folder: str) -> dict | None:
+    rows = list(db.query("select * from mailboxes where account = ? and folder = ?", [account, folder]))
+    return rows[0] if rows else None
+
+
+def set_mailbox(db: Database, account: str, folder: str, uidvalidity: int, last_uid: int) -> None:
+    db.execute(
+        "insert into mailboxes (account, folder, uidvalidity, last_uid, updated_at) values (?, ?, ?, ?, ?) "
+        "on conflict(account, folder) do update set uidvalidity = excluded.uidvalidity, "
+        "last_uid = excluded.last_uid, updated_at = excluded.updated_at",
+        [account, folder, uidvalidity, last_uid, now_iso()],
+    )
+
+
+def record_poll(
+    db: Database, account: str, *, ok: bool, imported: int, result: str, error: str | None = None,
+    next_attempt_at: str | None = None,
+) -> None:
+    now = now_iso()
+    with transaction(db):
+        db.execute(
+            "insert into account_status (account, imported_total, failures) values (?, 0, 0) "
+            "on conflict(account) do nothing",
+            [account],
+        )
+        if ok:
+            db.execute(
+                "update account_status set last_poll_at = ?, last_result = ?, last_error = null, "
+                "last_success_at = ?, imported_total = imported_total + ?, last_imported = ?, "
+                "failures = 0, next_attempt_at = null where account = ?",
+                [now, result, now, imported, imported, account],
+            )
+        else:
+            db.execute(
+                "update account_status set last_poll_at = ?, last_result = ?, last_error = ?, "
+                "imported_total = imported_total + ?, last_imported = ?, failures = failures + 1, "
+                "next_attempt_at = ? where account = ?",
+                [now, result, error, imported, imported, next_attempt_at, account],
+            )
+
+
+def account_status(db: Database) -> dict[str, dict]:
+    return {row["account"]: row for row in db.query("select * from account_status")}
+
+
+# --- tickets ----------------------------------------------------------------------------------
+
+PRIORITIES = ("low", "normal", "high", "urgent")  # in rising order of urgency
+STATUSES = ("open", "pending", "closed")
+# "Not closed", written as the statuses that are not closed: the index on (status, updated_at)
+# then serves it (with "!= 'closed'", SQLite walks all tickets in date order: 2 s at 1,000,000).
+NOT_CLOSED_SQL = "t.status in ({})".format(", ".join(f"'{s}'" for s in STATUSES if s != "closed"))
+# The next SLA deadline of a ticket: the response while none was given, then the resolution.
+DUE_AT_SQL = (
+    "case when t.first_response_at is null and t.due_response_at is not null "
+    "then t.due_response_at else t.due_resolution_at end"
+)
+# When the ticket's first mail was written: its Date header, but never later than it arrived (a
+# future Date is a wrong clock or spam). Old mail imported today keeps the date it was sent.
+FIRST_MESSAGE_SQL = (
+    "(select min(coalesce(m.date, m.received_at), m.received_at) from messages m "
+    "where m.ticket_id = t.id order by m.id limit 1)"
+)
+TICKET_COLUMNS = (
+    "t.id, t.subject, t.requester, t.requester_name, t.status, t.priority, t.assignee, t.account, "
+    "t.created_at, t.updated_at, t.closed_at, t.first_response_at, t.due_response_at, "
+    f"t.due_resolution_at, {DUE_AT_SQL} as due_at, (t.overdue = 1 and t.status != 'closed') as overdue, "
+    "(select count(*) from messages m where m.ticket_id = t.id) as message_count, "
+    "(select count(*) from messages m where m.ticket_id = t.id and m.direction = 'in') as incoming_count, "
+    f"{FIRST_MESSAGE_SQL} as first_message_at"
+)
+ORDERS = {
+    "updated": "t.updated_at desc, t.id desc",
+    "created": "t.created_at desc, t.id desc",
+    "id": "t.id asc",
+    "priority": "case t.priority when 'urgent' then 0 when 'high' then 1 when 'normal' then 2 "
+    "when 'low' then 3 else 4 end asc, t.updated_at desc, t.id desc",
+    "due": f"({DUE_AT_SQL}) is null asc, ({DUE_AT_SQL}) asc, t.id asc",
+    "date": f"{FIRST_MESSAGE_SQL} desc, t.id desc",
+}
+
+
+def _ticket_obj(row: dict) -> dict:
+    row = dict(row)
+    row["overdue"] = bool(row.get("overdue"))
+    return row
+
+
+def _with_tags(db: Database, tickets: list[dict]) -> list[dict]:
+    """Add ``tags`` (a sorted list) to each ticket object, in one query."""
+    by_id = {t["id"]: t for t in tickets}
+    for t in tickets:
+        t["tags"] = []
+    ids = list(by_id)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for ticket_id, tag in db.execute(
+            f"select ticket_id, tag from ticket_tags where ticket_id in ({marks}) order by tag", chunk
+        ):
+            by_id[ticket_id]["tags"].append(tag)
+    return tickets
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, str) else [v for v in value if v]
+
+
+def ticket_filters(
+    *,
+    status: str | None = None,
+    account: str | Sequence[str] | None = None,
+    overdue: bool = False,
+    requester: str | None = None,
+    priority: str | Sequence[str] | None = None,
+    assignee: str | Sequence[str] | None = None,
+    unassigned: bool = False,
+    tags: Sequence[str] = (),
+    created_since: str | None = None,
+    created_until: str | None = None,
+    updated_since: str | None = None,
+    updated_until: str | None = None,
+    before: str | None = None,
+    after: str | None = None,
+) -> tuple[list[str], list[Any]]:
+    """The SQL conditions (on ``tickets t``) and parameters of a listing's filters.
+
+    ``status``: None (every ticket that is not closed), "all", or one status. ``requester``: an
+    address, or "@domain" for everyone at that domain. Times are ISO 8601 UTC; "until" is exclusive.
+    ``before``/``after``: the date of the first mail (FIRST_MESSAGE_SQL), before it (exclusive),
+    or at or after it.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+
+    def one_of(column: str, values: list[str]) -> None:
+        if len(values) == 1:
+            where.append(f"{column} = ?")
+        else:
+            where.append(f"{column} in ({','.join('?' * len(values))})")
+        params.extend(values)
+
+    if status in (None, "", "active"):
+        where.append(NOT_CLOSED_SQL)
+    elif status != "all":
+        one_of("t.status", [status])
+    if _as_list(account):
+        one_of("t.account", _as_list(account))
+    if overdue:
+        where.append("t.overdue = 1 and t.status != 'closed'")
+    if requester:
+        requester = requester.strip().lower()
+        if requester.startswith("@"):
+            where.append("t.requester like ? escape '\\'")
+            params.append("%" + requester.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"))
+        else:
+            where.append("t.requester = ?")
+            params.append(requester)
+    if _as_list(priority):
+        one_of("t.priority", _as_list(priority))
+    if unassigned:
+        where.append("t.assignee is null")
+    elif _as_list(assignee):
+        one_of("t.assignee", _as_list(assignee))
+    for tag in tags:
+        where.append("t.id in (select ticket_id from ticket_tags where tag = ?)")
+        params.append(tag)
+    for column, op, value in (
+        ("created_at", ">=", created_since),
+        ("created_at", "<", created_until),
+        ("updated_at", ">=", updated_since),
+        ("updated_at", "<", updated_until),
+    ):
+        if value:
+            where.append(f"t.{column} {op} ?")
+            params.append(value)
+    for op, value in (("<", before), (">=", after)):
+        if value:
+            where.append(f"{FIRST_MESSAGE_SQL} {op} ?")
+            params.append(value)
+    return where, params
+
+
+def list_tickets(
+    db: Database,
+    *,
+    status: str | None = None,
+    account: str | Sequence[str] | None = None,
+    overdue: bool = False,
+    requester: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    order: str = "updated",
+    reverse: bool = False,
+    **filters: Any,
+) -> list[dict]:
+    """Ticket objects (INTERFACE.md) matching the filters of ``ticket_filters``, in ``order``."""
+    where, params = ticket_filters(
+        status=status, account=account, overdue=overdue, requester=requester, **filters
+    )
+    sql = f"select {TICKET_COLUMNS} from tickets t"
+    if where:
+        sql += " where " + " and ".join(where)
+    order_sql = ORDERS.get(order, ORDERS["updated"])
+    if reverse:
+        order_sql = _reverse(order_sql)
+    sql += f" order by {order_sql}"
+    if limit is not None:
+        sql += " limit ? offset ?"
+        params += [limit, offset]
+    elif offset:
+        sql += " limit -1 offset ?"
+        params.append(offset)
+    return _with_tags(db, [_ticket_obj(r) for r in db.query(sql, params)])
+
+
+def _reverse(order_sql: str) -> str:
+    swap = {" asc": " desc", " desc": " asc"}
+    return re.sub(r" (asc|desc)\b", lambda m: swap[" " + m.group(1)], order_sql)
+
+
+def count_tickets(db: Database, *, by: str | None = None, **filters: Any) -> int | dict[str, int]:
+    """How many tickets match the filters; with ``by`` (status, priority, account, assignee),
+    a dict of counts per value (None for tickets without one)."""
+    where, params = ticket_filters(**filters)
+    clause = (" where " + " and ".join(where)) if where else ""
+    if by is None:
+        return db.execute(f"select count(*) from tickets t{clause}", params).fetchone()[0]
+    if by not in ("status", "priority", "account", "assignee"):
+        raise ValueError(f"cannot count by {by!r}")
+    rows = db.execute(
+        f"select t.{by}, count(*) from tickets t{clause} group by t.{by} order by count(*) desc", params
+    ).fetchall()
+    return {key: n for key, n in rows}
+
+
+def get_tickets(db: Database, ids: Sequence[int]) -> list[dict]:
+    """The ticket objects of ``ids`` (those that exist), in no particular order."""
+    out: list[dict] = []
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        out += [_ticket_obj(r) for r in db.query(f"select {TICKET_COLUMNS} from tickets t where t.id in ({marks})", chunk)]
+    return _with_tags(db, out)
+
+
+def get_ticket(db: Database, ticket_id: int) -> dict:
+    rows = list(db.query(f"select {TICKET_COLUMNS} from tickets t where t.id = ?", [ticket_id]))
+    if not rows:
+        raise NotFoundError(f"no ticket #{ticket_id}", "see 'mail2ticket tickets list --status all'")
+    return _with_tags(db, [_ticket_obj(rows[0])])[0]
+
+
+# --- managing tickets: each change is an event in the ticket's history -------------------------
+
+
+def _ticket_field(db: Database, ticket_id: int, column: str) -> Any:
+    row = db.execute(f"select {column} from tickets where id = ?", [ticket_id]).fetchone()
+    if row is None:
+        raise NotFoundError(f"no ticket #{ticket_id}", "see 'mail2ticket tickets list --status all'")
+    return row[0]
+
+
+def _touch(db: Database, ticket_id: int) -> None:
+    db.execute("update tickets set updated_at = ? where id = ?", [now_iso(), ticket_id])
+
+
+def _set_field(
+    db: Database, ticket_id: int, column: str, value: Any, kind: str, detail: Callable[[Any], str], *,
+    actor: str, event: bool,
+) -> bool:
+    """Set one column of a ticket; with ``event``, touch it and log ``kind`` with ``detail(before)``.
+    False when it already had that value."""
+    before = _ticket_field(db, ticket_id, column)
+    if before == value:
+        return False
+    db.execute(f"update tickets set {column} = ? where id = ?", [value, ticket_id])
+    if event:
+        _touch(db, ticket_id)
+        log_event(db, kind, detail(before), ticket_id=ticket_id, actor=actor)
+    return True
+
+
+def set_priority(db: Database, ticket_id: int, priority: str, *, actor: str, event: bool = True) -> bool:
+    """Set the priority (one of PRIORITIES); False when it already was that."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"{priority!r} is not a priority (expected one of: {', '.join(PRIORITIES)})")
+    return _set_field(db, ticket_id, "priority", priority, "priority", lambda before: f"{before} -> {priority}",
+                      actor=actor, event=event)
+
+
+def set_assignee(db: Database, ticket_id: int, assignee: str | None, *, actor: str, event: bool = True) -> bool:
+    """Assign the ticket to ``assignee`` (None: to nobody); False when nothing changed."""
+    assignee = (assignee or "").strip() or None
+    return _set_field(db, ticket_id, "assignee", assignee, "assigned",
+                      lambda before: f"to {assignee}" if assignee else f"unassigned (was {before})",
+                      actor=actor, event=event)
+
+
+def normalise_tag(tag: str) -> str:
+    """Tags are lower case words: spaces and commas are not part of a tag."""
+    return "-".join(tag.strip().lower().replace(",", " ").split())
+
+
+def add_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str, event: bool = True) -> list[str]:
+    """Add tags; returns those that were new."""
+    _ticket_field(db, ticket_id, "id")
+    added = []
+    for tag in dict.fromkeys(normalise_tag(t) for t in tags):
+        if tag and db.execute(
+            "insert into ticket_tags (ticket_id, tag) values (?, ?) on conflict do nothing", [ticket_id, tag]
+        ).rowcount:
+            added.append(tag)
+    if added and event:
+        _touch(db, ticket_id)
+        log_event(db, "tagged", ", ".join(added), ticket_id=ticket_id, actor=actor)
+    return added
+
+
+def remove_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str) -> list[str]:
+    """Remove tags; returns those that were there."""
+    _ticket_field(db, ticket_id, "id")
+    removed = []
+    for tag in dict.fromkeys(normalise_tag(t) for t in tags):
+        if db.execute("delete from ticket_tags where ticket_id = ? and tag = ?", [ticket_id, tag]).rowcount:
+            removed.append(tag)
+    if removed:
+        _touch(db, ticket_id)
+        log_event(db, "untagged", ", ".join(removed), ticket_id=ticket_id, actor=actor)
+    return removed
+
+
+def add_note(db: Database, ticket_id: int, text: str, *, actor: str) -> None:
+    """An internal note: part of the history, never mailed to anyone."""
+    _ticket_field(db, ticket_id, "id")
+    _touch(db, ticket_id)
+    log_event(db, "note", text.strip(), ticket_id=ticket_id, actor=actor)
+
+
+def set_account(db: Database, ticket_id: int, account: str, *, actor: str, event: bool = True) -> bool:
+    """Move the ticket to another account's queue (replies then go out from that account)."""
+    return _set_field(db, ticket_id, "account", account, "queue", lambda before: f"{before} -> {account}",
+                      actor=actor, event=event)
+
+
+def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None = None) -> dict:
+    return {
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "direction": row["direction"],
+        "account": row["account"],
+        "from_address": row["from_address"],
+        "from_name": row["from_name"],
+        "to": json.loads(row["to_addrs"] or "[]"),
+        "cc": json.loads(row["cc_addrs"] or "[]"),
+        "subject": row["subject"],
+        "date": row["date"],
+        "received_at": row["received_at"],
+        "in_reply_to": row["in_reply_to"],
+        "references": json.loads(row["refs"] or "[]"),
+        "body_text": row["body_text"],
+        "auto_reply": row["auto_reply"],
+        "defects": json.loads(row["defects"] or "[]"),
+        "thread_reason": row["thread_reason"],
+        "ack_reason": row["ack_reason"],
+        "raw_sha256": row["raw_sha256"],
+        "attachments": [
+            {
+                "filename": a["filename"],
+                "content_type": a["content_type"],
+                "size": a["size"],
+                "sha256": a["sha256"],
+                "path": str(attachment_root / a["path"]) if attachment_root and a["path"] else a["path"],
+                "content_id": a["content_id"],
+                "disposition": a["disposition"],
+            }
+            for a in attachments
+        ],
+    }
+
+
+def ticket_messages(db: Database, ticket_id: int, attachment_root: Path | None = None) -> list[dict]:
+    rows = list(db.query("select * from messages where ticket_id = ? order by id", [ticket_id]))
+    atts: dict[int, list[dict]] = {}
+    if rows:
+        ids = [r["id"] for r in rows]
+        marks = ",".join("?" * len(ids))
+        for a in db.query(
+            f"select * from attachments where message in ({marks}) order by message, position", ids
+        ):
+            atts.setdefault(a["message"], []).append(a)
+    return [message_obj(r, atts.get(r["id"], []), attachment_root) for r in rows]
+
+
+def ticket_events(db: Database, ticket_id: int) -> list[dict]:
+    return list(db.query("select * from events where ticket_id = ? order by id", [ticket_id]))
+
+
+def get_raw(db: Database, sha256: str) -> bytes | None:
+    rows = list(db.query("select raw from raw_messages where sha256 = ?", [sha256]))
+    return rows[0]["raw"] if rows else None

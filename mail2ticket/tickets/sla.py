@@ -1,0 +1,366 @@
+"""SLA targets ([sla]): each ticket's due times, business hours, and the overdue check."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mail2ticket.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+log = logging.getLogger(__name__)
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_DAYS = ["mon", "tue", "wed", "thu", "fri"]
+TARGETS = ("response", "resolution")
+_HOURS_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+# Notices list at most this many tickets; the rest is counted.
+NOTICE_LIST_MAX = 50
+# A ticket is overdue while it is not closed and a target it has not met has passed.
+OVERDUE_SQL = (
+    "(status != 'closed' and ((first_response_at is null and due_response_at <= :now) "
+    "or due_resolution_at <= :now))"
+)
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """Business hours: [open, close) local time on ``days`` (0 = Monday) except ``holidays``."""
+
+    tz: Any  # a zoneinfo.ZoneInfo
+    open: time
+    close: time
+    days: frozenset[int]
+    holidays: frozenset[date]
+
+    @property
+    def day_seconds(self) -> int:
+        return (self.close.hour * 3600 + self.close.minute * 60) - (self.open.hour * 3600 + self.open.minute * 60)
+
+    def is_business_day(self, day: date) -> bool:
+        return day.weekday() in self.days and day not in self.holidays
+
+    def add(self, start: datetime, seconds: int) -> datetime:
+        """``start`` plus ``seconds`` of business time (UTC in, UTC out)."""
+        local = start.astimezone(self.tz)
+        day = local.date()
+        remaining = timedelta(seconds=seconds)
+        for _ in range(3660):  # ten years of days: ample, and no endless loop on a bad calendar
+            if self.is_business_day(day):
+                opens = datetime.combine(day, self.open, self.tz)
+                closes = datetime.combine(day, self.close, self.tz)
+                begin = max(local, opens)
+                if begin < closes:
+                    available = closes.astimezone(UTC) - begin.astimezone(UTC)
+                    if remaining <= available:
+                        return (begin.astimezone(UTC) + remaining).astimezone(UTC)
+                    remaining -= available
+            day += timedelta(days=1)
+            local = datetime.combine(day, time(0), self.tz)
+        raise ValueError("no business hours within ten years")  # pragma: no cover
+
+
+def parse_hours(text: str) -> tuple[time, time]:
+    """'09:00-17:00' -> (09:00, 17:00). Raises ValueError."""
+    m = _HOURS_RE.match(text or "")
+    if not m:
+        raise ValueError(f"{text!r} is not a time range like 09:00-17:00")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h2 == 24 and m2 == 0:
+        h2, m2 = 23, 59
+    if not (0 <= h1 <= 23 and 0 <= h2 <= 23 and m1 < 60 and m2 < 60):
+        raise ValueError(f"{text!r}: hours are 00:00 to 24:00")
+    opens, closes = time(h1, m1), time(h2, m2)
+    if closes <= opens:
+        raise ValueError(f"{text!r}: the end must be after the start (ranges over midnight are not supported)")
+    return opens, closes
+
+
+def target_seconds(text: str, calendar: Calendar | None) -> int:
+    """A target duration in seconds. In business hours a day ("d") is one business day (e.g. 8h
+    for 09:00-17:00) and a week ("w") is as many business days as the calendar has per week."""
+    from mail2ticket.service.schedules import parse_duration
+
+    seconds = parse_duration(text)
+    if calendar is not None:
+        unit = text.strip()[-1]
+        if unit == "d":
+            seconds = seconds // 86400 * calendar.day_seconds
+        elif unit == "w":
+            seconds = seconds // 604800 * calendar.day_seconds * len(calendar.days)
+    return seconds
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def check_config(path: Path, sla: dict[str, Any], account_names: list[str]) -> dict[str, Any]:
+    """Validate [sla] (already type-checked against config.SLA_KEYS); return it normalised."""
+    from mail2ticket.config.load import SLA_TARGET_KEYS, _check_duration, _check_table
+    from mail2ticket.tickets.db import PRIORITIES
+
+    out = dict(sla)
+    for key in TARGETS:
+        _check_duration(path, f"sla.{key}", out[key])
+    if out["business_hours"] is not None:
+        _check_hours(path, "sla.business_hours", out["business_hours"])
+    days = [d.lower()[:3] for d in (out["business_days"] or DEFAULT_DAYS)]
+    for d in days:
+        if d not in DAY_NAMES:
+            raise ConfigError(f"{path}: 'sla.business_days' has {d!r}", f"expected names from: {', '.join(DAY_NAMES)}")
+    out["business_days"] = days
+    holidays = []
+    for h in out["holidays"] or []:
+        try:
+            holidays.append(h if isinstance(h, date) else date.fromisoformat(h))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: 'sla.holidays' has {h!r}, not a date", "expected dates such as 2026-12-25") from None
+    out["holidays"] = holidays
+    if out["timezone"] is not None:
+        _zone(path, out["timezone"])
+    if out["notify"] is not None and "@" not in out["notify"]:
+        raise ConfigError(f"{path}: 'sla.notify' = {out['notify']!r} is not an e-mail address")
+    if out["notify_account"] is not None and out["notify_account"] not in account_names:
+        raise ConfigError(
+            f"{path}: 'sla.notify_account' = {out['notify_account']!r} is not a configured account",
+            f"known accounts: {', '.join(account_names) or 'none'}",
+        )
+    uses_hours = out["business_hours"] is not None
+    for table, known, what in (("priority", PRIORITIES, "priority"), ("account", account_names, "account")):
+        sub = {}
+        if not isinstance(out[table] or {}, dict):
+            raise ConfigError(f"{path}: 'sla.{table}' must be a table of tables ([sla.{table}.NAME])")
+        for name, values in (out[table] or {}).items():
+            where = f"sla.{table}.{name}"
+            if name not in known:
+                raise ConfigError(f"{path}: [{where}]: {name!r} is not a known {what}",
+                                  f"expected one of: {', '.join(known) or 'none'}")
+            values = _check_table(path, where, values, SLA_TARGET_KEYS)
+            for key in TARGETS:
+                _check_duration(path, f"{where}.{key}", values[key])
+            if isinstance(values["business_hours"], str):
+                _check_hours(path, f"{where}.business_hours", values["business_hours"])
+                uses_hours = True
+            elif values["business_hours"] is True:
+                raise ConfigError(f"{path}: '{where}.business_hours' = true", 'expected a range such as "09:00-17:00", or false')
+            sub[name] = {k: v for k, v in values.items() if v is not None}
+        out[table] = sub
+    if uses_hours and out["timezone"] is None:
+        raise ConfigError(
+            f"{path}: 'sla.timezone' is required with business_hours",
+            'set it to your zone, such as timezone = "Europe/Berlin"',
+        )
+    if out["notify"] is not None and out["notify_account"] is None and not account_names:
+        raise ConfigError(f"{path}: 'sla.notify' needs an account to send from", "add an account, or set sla.notify_account")
+    return out
+
+
+def _check_hours(path: Path, key: str, value: str) -> None:
+    try:
+        parse_hours(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: '{key}' = {value!r} is not valid: {exc}", 'expected e.g. "09:00-17:00"') from None
+
+
+def _zone(path: Path | None, name: str) -> Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{path}: 'sla.timezone' = {name!r} is not a known time zone",
+            'use an IANA name such as "Europe/Berlin" or "America/New_York"',
+        ) from None
+
+
+def has_targets(cfg: Any) -> bool:
+    sla = getattr(cfg, "sla", None) or {}
+    if any(sla.get(k) for k in TARGETS):
+        return True
+    return any(v.get(k) for table in ("priority", "account") for v in (sla.get(table) or {}).values() for k in TARGETS)
+
+
+def targets_for(cfg: Any, priority: str | None, account: str | None) -> tuple[str | None, str | None, Calendar | None]:
+    """(response, resolution, calendar) for a ticket: a [sla.priority.P] value wins over an
+    [sla.account.A] value, which wins over the [sla] one; a calendar of None counts every hour."""
+    sla = getattr(cfg, "sla", None) or {}
+    layers = [
+        (sla.get("priority") or {}).get(priority or "", {}),
+        (sla.get("account") or {}).get(account or "", {}),
+        sla,
+    ]
+
+    def pick(key: str) -> Any:
+        for layer in layers:
+            if layer.get(key) is not None:
+                return layer[key]
+        return None
+
+    hours = pick("business_hours")
+    calendar = None
+    if hours:
+        opens, closes = parse_hours(hours)
+        calendar = Calendar(
+            tz=_zone(None, sla["timezone"]),
+            open=opens,
+            close=closes,
+            days=frozenset(DAY_NAMES.index(d) for d in (sla.get("business_days") or DEFAULT_DAYS)),
+            holidays=frozenset(sla.get("holidays") or []),
+        )
+    return pick("response"), pick("resolution"), calendar
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def due_times(cfg: Any, created_at: str, priority: str | None, account: str | None) -> tuple[str | None, str | None]:
+    """(due_response_at, due_resolution_at) as ISO 8601 UTC, None where there is no target."""
+    response, resolution, calendar = targets_for(cfg, priority, account)
+    start = _parse_iso(created_at)
+    out = []
+    for text in (response, resolution):
+        if not text:
+            out.append(None)
+            continue
+        seconds = target_seconds(text, calendar)
+        due = calendar.add(start, seconds) if calendar else start + timedelta(seconds=seconds)
+        out.append(_iso(due))
+    return out[0], out[1]
+
+
+def set_due_times(cfg: Any, db: Database, ticket_id: int, *, now: str | None = None) -> tuple[str | None, str | None]:
+    """(Re)compute a ticket's due times from its creation, priority and account. A target moved
+    into the future is no longer breached: its breach record and the overdue mark are cleared
+    (the overdue check marks a new breach, with its own event)."""
+    from mail2ticket.tickets.db import now_iso
+
+    row = db.execute("select created_at, priority, account from tickets where id = ?", [ticket_id]).fetchone()
+    if row is None:
+        return None, None
+    due_response, due_resolution = due_times(cfg, row[0], row[1], row[2])
+    now = now or now_iso()
+    db.execute(
+        "update tickets set due_response_at = :r, due_resolution_at = :s, "
+        "response_breached_at = case when :r is null or :r > :now then null else response_breached_at end, "
+        "resolution_breached_at = case when :s is null or :s > :now then null else resolution_breached_at end "
+        "where id = :id",
+        {"r": due_response, "s": due_resolution, "now": now, "id": ticket_id},
+    )
+    db.execute(
+        f"update tickets set overdue = 0 where id = :id and overdue = 1 and not {OVERDUE_SQL}",
+        {"id": ticket_id, "now": now},
+    )
+    return due_response, due_resolution
+
+
+# --- the overdue check -------------------------------------------------------------------------
+
+
+def check_overdue(cfg: Any, db: Database, *, now: datetime | None = None, recompute: bool = False) -> dict:
+    """Mark tickets past an SLA target as overdue, record one 'overdue' event per breach, clear
+    the mark where it no longer holds, and queue one notice listing the new breaches if
+    [sla] notify is set. Returns a report (what 'overdue check --json' prints)."""
+    from mail2ticket.tickets.db import log_event, transaction
+
+    now_s = _iso(now or datetime.now(UTC))
+    report: dict[str, Any] = {"checked_at": now_s, "due_times_set": 0, "new_breaches": [], "cleared": 0}
+    with transaction(db):
+        if recompute or has_targets(cfg):
+            # Tickets without due times (imported before [sla] was set) get them; --recompute
+            # recomputes every ticket that is not closed (after the targets were changed).
+            sql = "select id from tickets where status != 'closed'"
+            if not recompute:
+                sql += " and due_response_at is null and due_resolution_at is null"
+            ids = [r[0] for r in db.execute(sql)]
+            for ticket_id in ids:
+                set_due_times(cfg, db, ticket_id, now=now_s)
+            report["due_times_set"] = len(ids)
+        breaches = []
+        for target, due_col, mark_col, extra in (
+            ("response", "due_response_at", "response_breached_at", "and first_response_at is null "),
+            ("resolution", "due_resolution_at", "resolution_breached_at", ""),
+        ):
+            rows = db.execute(
+                f"select id, subject, requester, priority, account, assignee, {due_col} from tickets "
+                f"where status != 'closed' {extra}and {due_col} <= ? and {mark_col} is null",
+                [now_s],
+            ).fetchall()
+            for ticket_id, subject, requester, priority, account, assignee, due in rows:
+                db.execute(f"update tickets set {mark_col} = ? where id = ?", [now_s, ticket_id])
+                log_event(db, "overdue", f"{target} target passed (due {due}, priority {priority})",
+                          ticket_id=ticket_id, account=account)
+                breaches.append({"id": ticket_id, "target": target, "due_at": due, "subject": subject,
+                                 "requester": requester, "priority": priority, "account": account,
+                                 "assignee": assignee})
+        # Marks: two indexed passes that set, one that clears what no longer holds.
+        params = {"now": now_s}
+        db.execute("update tickets set overdue = 1 where status != 'closed' and first_response_at is null "
+                   "and due_response_at <= :now and overdue = 0", params)
+        db.execute("update tickets set overdue = 1 where status != 'closed' and due_resolution_at <= :now "
+                   "and overdue = 0", params)
+        report["cleared"] = db.execute(
+            f"update tickets set overdue = 0 where overdue = 1 and not {OVERDUE_SQL}", params
+        ).rowcount
+        report["new_breaches"] = sorted(breaches, key=lambda b: (b["id"], b["target"]))
+        report["overdue"] = db.execute(
+            "select count(*) from tickets where overdue = 1 and status != 'closed'"
+        ).fetchone()[0]
+        report["notice"] = _queue_notice(cfg, db, report) if breaches else None
+    if breaches:
+        log.warning("%d new SLA breach(es); %d tickets overdue", len(breaches), report["overdue"])
+    return report
+
+
+def _queue_notice(cfg: Any, db: Database, report: dict) -> dict | None:
+    """One mail per check listing the new breaches, through the outbox (same transaction)."""
+    sla = getattr(cfg, "sla", None) or {}
+    to = sla.get("notify")
+    if not to:
+        return None
+    from mail2ticket.outgoing.compose import Draft, check_address
+    from mail2ticket.outgoing.outbox import queue
+    from mail2ticket.tickets.db import log_event
+
+    breaches = report["new_breaches"]
+    name = sla.get("notify_account") or breaches[0]["account"]
+    account = next((a for a in cfg.accounts if a.name == name), None) or (cfg.accounts[0] if cfg.accounts else None)
+    if account is None:
+        log.error("sla.notify is set but there is no account to send the notice from")
+        return None
+    tickets = sorted({b["id"] for b in breaches})
+    lines = [
+        f"{len(breaches)} SLA target(s) passed on {len(tickets)} ticket(s) "
+        f"(checked {report['checked_at']}; {report['overdue']} tickets are overdue in all).",
+        "",
+    ]
+    for b in breaches[:NOTICE_LIST_MAX]:
+        who = f", assigned to {b['assignee']}" if b["assignee"] else ""
+        lines.append(f"#{b['id']} [{b['priority']}] {b['target']} due {b['due_at']}: {b['subject']}")
+        lines.append(f"    from {b['requester'] or 'unknown'}, account {b['account']}{who}")
+    if len(breaches) > NOTICE_LIST_MAX:
+        lines.append(f"... and {len(breaches) - NOTICE_LIST_MAX} more: mail2ticket tickets list --overdue")
+    lines += ["", "See them with: mail2ticket tickets list --overdue"]
+    draft = Draft(
+        from_address=account.email,
+        to=[check_address(to)],
+        subject=f"[mail2ticket] {len(tickets)} ticket(s) passed their SLA targets",
+        body="\n".join(lines) + "\n",
+        auto_submitted="auto-generated",
+    )
+    row = queue(db, draft, account=account.name, kind="sla-notice", ticket_id=None)
+    for ticket_id in tickets:
+        log_event(db, "overdue-notice", f"notice to {to} ({row['message_id']})", ticket_id=ticket_id,
+                  account=account.name)
+    return {"id": row["id"], "to": to, "message_id": row["message_id"]}

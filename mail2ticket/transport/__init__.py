@@ -1,0 +1,1 @@
+"""Talking to mail servers: IMAP and SMTP over verified TLS."""
