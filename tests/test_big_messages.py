@@ -371,8 +371,8 @@ def test_what_the_file_parser_cannot_reduce_is_an_error_not_a_crash(
 def test_an_unparseable_large_message_is_quarantined_with_its_raw_bytes(
     tmp_path: Path, monkeypatch
 ) -> None:
+    from mail2ticket.files.spool import Spool
     from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
-    from mail2ticket.parse.bigmessage import Spool
     from mail2ticket.tickets.db import open_db
 
     inner = (

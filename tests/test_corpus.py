@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.errors import ParseError
-from mail2ticket.parse.message import ParsedMessage, parse_message
+from mail2ticket.parse.message import parse_message
+from mail2ticket.parse.parsed import ParsedMessage
 
 pytestmark = pytest.mark.corpus
 

@@ -11,7 +11,8 @@ import pytest
 from mail2ticket.errors import ParseError
 from mail2ticket.parse import tnef
 from mail2ticket.parse.filenames import MAX_NAME_BYTES, MAX_NAME_CHARS, safe_filename
-from mail2ticket.parse.message import ParseLimits, parse_message
+from mail2ticket.parse.message import parse_message
+from mail2ticket.parse.parsed import ParseLimits
 
 
 def mixed(*parts: str, body: str = "Hello.") -> bytes:

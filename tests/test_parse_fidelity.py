@@ -13,7 +13,8 @@ import pytest
 
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.parse import bigmessage
-from mail2ticket.parse.message import ParseLimits, parse_message
+from mail2ticket.parse.message import parse_message
+from mail2ticket.parse.parsed import ParseLimits
 from tests.test_poll import setup, tickets  # noqa: F401  (the poll fixture and helper)
 
 MiB = 1024 * 1024

@@ -10,7 +10,8 @@ import tracemalloc
 import pytest
 
 from mail2ticket.errors import ParseError
-from mail2ticket.parse.message import DEFAULT_LIMITS, ParseLimits, parse_message
+from mail2ticket.parse.message import parse_message
+from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParseLimits
 
 
 def nested(depth: int, kind: str = "multipart") -> bytes:

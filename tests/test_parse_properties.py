@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mail2ticket.errors import ParseError
-from mail2ticket.parse.message import ParsedMessage, ParseLimits, parse_message
+from mail2ticket.parse.message import parse_message
+from mail2ticket.parse.parsed import ParsedMessage, ParseLimits
 
 # Bounded so the file runs in seconds; raise MAIL2TICKET_HYPOTHESIS_EXAMPLES for a longer hunt.
 SETTINGS = settings(

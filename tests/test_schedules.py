@@ -7,13 +7,8 @@ from datetime import UTC, datetime
 import pytest
 import schedule
 
-from mail2ticket.service.schedules import (
-    add_jobs,
-    frequency_warning,
-    next_aligned_run,
-    parse_duration,
-    parse_schedule,
-)
+from mail2ticket.config.periods import frequency_warning, parse_duration, parse_schedule
+from mail2ticket.service.schedules import add_jobs, next_aligned_run
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,8 @@ def read_line(prompt: str) -> str:
 
 
 def verify_account(account, password: str, *, echo=None) -> int:
-    """Check the account step by step (mail2ticket.service.diagnostics); raise at the first failure."""
-    from mail2ticket.service.diagnostics import check_account
+    """Check the account step by step (mail2ticket.accounts.diagnostics); raise at the first failure."""
+    from mail2ticket.accounts.diagnostics import check_account
 
     report = (lambda step, detail: echo(f"ok  {step}: {detail}")) if echo else None
     return check_account(account, password, report)
@@ -157,7 +157,7 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
     import os
 
     from mail2ticket.accounts.secrets import store_password
-    from mail2ticket.config.load import _build_account, write_account
+    from mail2ticket.config.load import build_account, write_account
     from mail2ticket.config.providers import get_preset
 
     cfg = app.config(must_exist=False)
@@ -215,7 +215,7 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
             f"{preset.title} accepts no passwords for IMAP/SMTP: add --oauth and --oauth-client-id "
             "(see docs/providers.md)"
         )
-    account = _build_account(cfg.path, 0, {k: v for k, v in values.items() if v is not None})
+    account = build_account(cfg.path, 0, {k: v for k, v in values.items() if v is not None})
     show_preset_steps(preset)
     if oauth:
         from mail2ticket.accounts import oauth as oauth2

@@ -90,10 +90,10 @@ def config_check(app, online, as_json):
 
 
 def _online_check(account) -> dict:
-    """accounts test's step-by-step check (mail2ticket.service.diagnostics) of one account, as data."""
+    """accounts test's step-by-step check (mail2ticket.accounts.diagnostics) of one account, as data."""
+    from mail2ticket.accounts.diagnostics import check_account
     from mail2ticket.accounts.secrets import get_password
     from mail2ticket.errors import Mail2TicketError
-    from mail2ticket.service.diagnostics import check_account
 
     try:
         count = check_account(account, get_password(account))

@@ -12,7 +12,7 @@ from mail2ticket.cli.output import is_tty, json_option, print_json
 from mail2ticket.errors import ParseError
 
 if TYPE_CHECKING:  # the parser is imported by this command only, not at every start-up
-    from mail2ticket.parse.message import ParsedMessage
+    from mail2ticket.parse.parsed import ParsedMessage
 
 
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))

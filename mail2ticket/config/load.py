@@ -46,173 +46,173 @@ def default_data_dir() -> Path:
 REQUIRED = object()
 
 
-def _str(v):
+def is_str(v):
     return isinstance(v, str)
 
 
-def _int(v):
+def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _bool(v):
+def is_bool(v):
     return isinstance(v, bool)
 
 
-def _date(v):
+def is_date(v):
     return isinstance(v, date) or (isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v))
 
 
-def _str_list(v):
+def is_str_list(v):
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
 STORAGE_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "database": (_str, None, "a path to the SQLite file"),
-    "attachments": (_str, None, "a directory path"),
-    "instance": (_str, None, 'a name for a directory of its own in the default data directory, such as "demo"'),
+    "database": (is_str, None, "a path to the SQLite file"),
+    "attachments": (is_str, None, "a directory path"),
+    "instance": (is_str, None, 'a name for a directory of its own in the default data directory, such as "demo"'),
 }
 SCHEDULE_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "poll": (_str, "*/5", 'a schedule such as "*/5", "0,30", "10m" or "30s"'),
-    "overdue": (_str, "*/15", 'a schedule such as "*/15" or "1h"'),
-    "outbox": (_str, "1m", 'a schedule such as "1m"'),
+    "poll": (is_str, "*/5", 'a schedule such as "*/5", "0,30", "10m" or "30s"'),
+    "overdue": (is_str, "*/15", 'a schedule such as "*/15" or "1h"'),
+    "outbox": (is_str, "1m", 'a schedule such as "1m"'),
 }
-def _str_or_list(v):
-    return isinstance(v, str) or _str_list(v)
+def is_str_or_list(v):
+    return isinstance(v, str) or is_str_list(v)
 
 
-def _table(v):
+def is_table(v):
     return isinstance(v, dict)
 
 
-def _hours_or_false(v):
+def is_hours_or_false(v):
     return isinstance(v, str) or v is False
 
 
-def _date_list(v):
-    return isinstance(v, list) and all(_date(x) for x in v)
+def is_date_list(v):
+    return isinstance(v, list) and all(is_date(x) for x in v)
 
 
-def _header_patterns(v):
-    return isinstance(v, dict) and all(isinstance(k, str) and _str_or_list(x) for k, x in v.items())
+def is_header_patterns(v):
+    return isinstance(v, dict) and all(isinstance(k, str) and is_str_or_list(x) for k, x in v.items())
 
 
 SLA_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "response": (_str, None, 'a duration such as "4h"'),
-    "resolution": (_str, None, 'a duration such as "3d"'),
+    "response": (is_str, None, 'a duration such as "4h"'),
+    "resolution": (is_str, None, 'a duration such as "3d"'),
     # Issue 7 (docs/triage.md): business hours, notices, per-priority and per-account targets.
-    "business_hours": (_str, None, 'a time range such as "09:00-17:00"'),
-    "business_days": (_str_list, None, 'a list of days such as ["mon", "tue", "wed", "thu", "fri"]'),
-    "timezone": (_str, None, 'an IANA time zone such as "Europe/Berlin"'),
-    "holidays": (_date_list, None, "a list of dates such as [2026-12-25]"),
-    "notify": (_str, None, "an e-mail address that gets a notice when targets are missed"),
-    "notify_account": (_str, None, "the account that sends the notice"),
-    "priority": (_table, None, "tables [sla.priority.NAME] with response and resolution"),
-    "account": (_table, None, "tables [sla.account.NAME] with response and resolution"),
+    "business_hours": (is_str, None, 'a time range such as "09:00-17:00"'),
+    "business_days": (is_str_list, None, 'a list of days such as ["mon", "tue", "wed", "thu", "fri"]'),
+    "timezone": (is_str, None, 'an IANA time zone such as "Europe/Berlin"'),
+    "holidays": (is_date_list, None, "a list of dates such as [2026-12-25]"),
+    "notify": (is_str, None, "an e-mail address that gets a notice when targets are missed"),
+    "notify_account": (is_str, None, "the account that sends the notice"),
+    "priority": (is_table, None, "tables [sla.priority.NAME] with response and resolution"),
+    "account": (is_table, None, "tables [sla.account.NAME] with response and resolution"),
 }
 # [sla.priority.NAME] and [sla.account.NAME].
 SLA_TARGET_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "response": (_str, None, 'a duration such as "30m"'),
-    "resolution": (_str, None, 'a duration such as "1d"'),
-    "business_hours": (_hours_or_false, None, 'a time range such as "09:00-17:00", or false for all hours'),
+    "response": (is_str, None, 'a duration such as "30m"'),
+    "resolution": (is_str, None, 'a duration such as "1d"'),
+    "business_hours": (is_hours_or_false, None, 'a time range such as "09:00-17:00", or false for all hours'),
 }
 # [[rules]] (mail2ticket/tickets/rules.py, docs/triage.md): conditions, then actions.
 RULE_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "name": (_str, None, "a short name, shown in the ticket's history"),
-    "match": (_str, "substring", '"substring", "glob" or "regex"'),
-    "account": (_str_or_list, None, "an account name or a list of them"),
-    "from": (_str_or_list, None, "a pattern or a list of patterns"),
-    "to": (_str_or_list, None, "a pattern or a list of patterns"),
-    "subject": (_str_or_list, None, "a pattern or a list of patterns"),
-    "body": (_str_or_list, None, "a pattern or a list of patterns"),
-    "headers": (_header_patterns, None, 'a table of header = pattern, such as { "X-Spam-Flag" = "YES" }'),
-    "priority": (_str, None, '"low", "normal", "high" or "urgent"'),
-    "tags": (_str_or_list, None, "a tag or a list of tags"),
-    "assignee": (_str, None, "a name"),
-    "queue": (_str, None, "an account name"),
-    "acknowledge": (_bool, None, "true or false"),
-    "ignore": (_bool, False, "true or false"),
-    "stop": (_bool, False, "true or false"),
+    "name": (is_str, None, "a short name, shown in the ticket's history"),
+    "match": (is_str, "substring", '"substring", "glob" or "regex"'),
+    "account": (is_str_or_list, None, "an account name or a list of them"),
+    "from": (is_str_or_list, None, "a pattern or a list of patterns"),
+    "to": (is_str_or_list, None, "a pattern or a list of patterns"),
+    "subject": (is_str_or_list, None, "a pattern or a list of patterns"),
+    "body": (is_str_or_list, None, "a pattern or a list of patterns"),
+    "headers": (is_header_patterns, None, 'a table of header = pattern, such as { "X-Spam-Flag" = "YES" }'),
+    "priority": (is_str, None, '"low", "normal", "high" or "urgent"'),
+    "tags": (is_str_or_list, None, "a tag or a list of tags"),
+    "assignee": (is_str, None, "a name"),
+    "queue": (is_str, None, "an account name"),
+    "acknowledge": (is_bool, None, "true or false"),
+    "ignore": (is_bool, False, "true or false"),
+    "stop": (is_bool, False, "true or false"),
 }
 LIMIT_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "max_message_size": (_str, "50MB", 'a size such as "50MB"'),
-    "max_attachment_size": (_str, "40MB", 'a size such as "25MB"'),
+    "max_message_size": (is_str, "50MB", 'a size such as "50MB"'),
+    "max_attachment_size": (is_str, "40MB", 'a size such as "25MB"'),
 }
 ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "name": (_str, REQUIRED, "a short name of letters, digits, '.', '_' or '-'"),
-    "email": (_str, REQUIRED, "an e-mail address"),
-    "username": (_str, None, "the IMAP/SMTP login (defaults to email)"),
-    "provider": (_str, None, "a provider preset name (see 'mail2ticket providers')"),
-    "source": (_str, "imap", '"imap", "maildir" or "pipe" (mail arrives only by \'mail2ticket ingest\')'),
-    "path": (_str, None, "the Maildir path (source = \"maildir\")"),
-    "imap_host": (_str, None, "a host name"),
-    "imap_port": (_int, None, "a port number"),
-    "imap_security": (_str, None, '"tls", "starttls" or "none"'),
-    "smtp_host": (_str, None, "a host name"),
-    "smtp_port": (_int, None, "a port number"),
-    "smtp_security": (_str, None, '"tls", "starttls" or "none"'),
-    "allow_insecure": (_bool, False, "true or false"),
-    "folder": (_str, "INBOX", "an IMAP folder name"),
-    "enabled": (_bool, True, "true or false"),
-    "ca_file": (_str, None, "a path to a PEM CA bundle"),
-    "since": (_date, None, "a date such as 2026-01-31"),
-    "after_import": (_str, "seen", '"seen", "none", "delete", "archive" or "move:FOLDER"'),
-    "poll": (_str, None, 'a schedule such as "*/5" or "10m"'),
-    "push": (_bool, False, "true or false"),
-    "password_command": (_str, None, "a shell command that prints the password"),
-    "acknowledge": (_bool, True, "true or false"),
-    "max_message_size": (_str, None, 'a size such as "50MB"'),
-    "timeout": (_int, 60, "seconds"),
-    "batch_size": (_int, 100, "a number of messages"),
-    "added_at": (_str, None, "when the account was added (ISO 8601); older mail gets no acknowledgement"),
+    "name": (is_str, REQUIRED, "a short name of letters, digits, '.', '_' or '-'"),
+    "email": (is_str, REQUIRED, "an e-mail address"),
+    "username": (is_str, None, "the IMAP/SMTP login (defaults to email)"),
+    "provider": (is_str, None, "a provider preset name (see 'mail2ticket providers')"),
+    "source": (is_str, "imap", '"imap", "maildir" or "pipe" (mail arrives only by \'mail2ticket ingest\')'),
+    "path": (is_str, None, "the Maildir path (source = \"maildir\")"),
+    "imap_host": (is_str, None, "a host name"),
+    "imap_port": (is_int, None, "a port number"),
+    "imap_security": (is_str, None, '"tls", "starttls" or "none"'),
+    "smtp_host": (is_str, None, "a host name"),
+    "smtp_port": (is_int, None, "a port number"),
+    "smtp_security": (is_str, None, '"tls", "starttls" or "none"'),
+    "allow_insecure": (is_bool, False, "true or false"),
+    "folder": (is_str, "INBOX", "an IMAP folder name"),
+    "enabled": (is_bool, True, "true or false"),
+    "ca_file": (is_str, None, "a path to a PEM CA bundle"),
+    "since": (is_date, None, "a date such as 2026-01-31"),
+    "after_import": (is_str, "seen", '"seen", "none", "delete", "archive" or "move:FOLDER"'),
+    "poll": (is_str, None, 'a schedule such as "*/5" or "10m"'),
+    "push": (is_bool, False, "true or false"),
+    "password_command": (is_str, None, "a shell command that prints the password"),
+    "acknowledge": (is_bool, True, "true or false"),
+    "max_message_size": (is_str, None, 'a size such as "50MB"'),
+    "timeout": (is_int, 60, "seconds"),
+    "batch_size": (is_int, 100, "a number of messages"),
+    "added_at": (is_str, None, "when the account was added (ISO 8601); older mail gets no acknowledgement"),
     # Sign-in (docs/providers.md): a password / app password, or OAuth2 with SASL XOAUTH2.
-    "auth": (_str, "password", '"password" or "oauth2"'),
-    "smtp_username": (_str, None, "the SMTP login, if not the IMAP one (iCloud: the full address)"),
-    "oauth_client_id": (_str, None, "the client (application) id registered with the provider"),
-    "oauth_client_secret": (_str, None, "the client secret, where the provider needs one (Google)"),
-    "oauth_tenant": (_str, None, 'a Microsoft Entra tenant: "organizations", "consumers" or an id'),
-    "oauth_authorize_url": (_str, None, "an OAuth2 authorization endpoint URL"),
-    "oauth_token_url": (_str, None, "an OAuth2 token endpoint URL"),
-    "oauth_device_url": (_str, None, "an OAuth2 device-authorization endpoint URL"),
-    "oauth_scopes": (_str, None, "space-separated OAuth2 scopes"),
-    "oauth_redirect_uri": (_str, None, 'the redirect URI registered for the app (default "http://localhost")'),
+    "auth": (is_str, "password", '"password" or "oauth2"'),
+    "smtp_username": (is_str, None, "the SMTP login, if not the IMAP one (iCloud: the full address)"),
+    "oauth_client_id": (is_str, None, "the client (application) id registered with the provider"),
+    "oauth_client_secret": (is_str, None, "the client secret, where the provider needs one (Google)"),
+    "oauth_tenant": (is_str, None, 'a Microsoft Entra tenant: "organizations", "consumers" or an id'),
+    "oauth_authorize_url": (is_str, None, "an OAuth2 authorization endpoint URL"),
+    "oauth_token_url": (is_str, None, "an OAuth2 token endpoint URL"),
+    "oauth_device_url": (is_str, None, "an OAuth2 device-authorization endpoint URL"),
+    "oauth_scopes": (is_str, None, "space-separated OAuth2 scopes"),
+    "oauth_redirect_uri": (is_str, None, 'the redirect URI registered for the app (default "http://localhost")'),
     # Threading and replies (docs/conversations.md).
-    "allow_anyone_by_tag": (_bool, False, "true or false"),
-    "reopen_on_reply": (_bool, True, "true or false"),
+    "allow_anyone_by_tag": (is_bool, False, "true or false"),
+    "reopen_on_reply": (is_bool, True, "true or false"),
     # RELIABILITY 40: the authserv-id of OUR mail server, whose Authentication-Results are trusted.
-    "authserv_id": (_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"'),
+    "authserv_id": (is_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"'),
 }
 # [conversations]: threading, acknowledgements and notifications (docs/conversations.md).
 # Templates left unset use the built-in texts of mail2ticket/outgoing/compose.py.
 CONVERSATION_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "tag_format": (_str, "[#{id}]", 'a subject tag containing {id}, such as "[#{id}]"'),
-    "ack_subject": (_str, None, 'a template such as "{tag} {subject}"'),
-    "ack_body": (_str, None, "a template using {ticket}, {tag}, {subject}, {requester}, {account}"),
-    "close_subject": (_str, None, "a template"),
-    "close_body": (_str, None, "a template"),
-    "reopen_subject": (_str, None, "a template"),
-    "reopen_body": (_str, None, "a template"),
-    "reply_status": (_str, "pending", '"open", "pending" or "closed"'),
-    "auto_reply_limit": (_int, 1, "a number of automatic mails per sender and period"),
-    "auto_reply_period": (_str, "24h", 'a duration such as "24h"'),
+    "tag_format": (is_str, "[#{id}]", 'a subject tag containing {id}, such as "[#{id}]"'),
+    "ack_subject": (is_str, None, 'a template such as "{tag} {subject}"'),
+    "ack_body": (is_str, None, "a template using {ticket}, {tag}, {subject}, {requester}, {account}"),
+    "close_subject": (is_str, None, "a template"),
+    "close_body": (is_str, None, "a template"),
+    "reopen_subject": (is_str, None, "a template"),
+    "reopen_body": (is_str, None, "a template"),
+    "reply_status": (is_str, "pending", '"open", "pending" or "closed"'),
+    "auto_reply_limit": (is_int, 1, "a number of automatic mails per sender and period"),
+    "auto_reply_period": (is_str, "24h", 'a duration such as "24h"'),
     # At most this many acknowledgements from one account per period, whoever they go to (item 56).
-    "auto_reply_account_limit": (_int, 100, "a number of acknowledgements per account and period"),
-    "auto_reply_account_period": (_str, "1h", 'a duration such as "1h"'),
-    "outbox_expire": (_str, "5d", 'a duration such as "5d"'),
+    "auto_reply_account_limit": (is_int, 100, "a number of acknowledgements per account and period"),
+    "auto_reply_account_period": (is_str, "1h", 'a duration such as "1h"'),
+    "outbox_expire": (is_str, "5d", 'a duration such as "5d"'),
     # Loop protection over all automatic mail (acks, notices), RELIABILITY 45 and 46.
-    "auto_mail_ticket_limit": (_int, 10, "a number of automatic mails per ticket and period"),
-    "auto_mail_ticket_period": (_str, "10m", 'a duration such as "10m"'),
-    "auto_mail_address_limit": (_int, 40, "a number of automatic mails per address and period"),
-    "auto_mail_address_period": (_str, "24h", 'a duration such as "24h"'),
-    "failing_address_hold": (_str, "60d", 'a duration such as "60d"'),
+    "auto_mail_ticket_limit": (is_int, 10, "a number of automatic mails per ticket and period"),
+    "auto_mail_ticket_period": (is_str, "10m", 'a duration such as "10m"'),
+    "auto_mail_address_limit": (is_int, 40, "a number of automatic mails per address and period"),
+    "auto_mail_address_period": (is_str, "24h", 'a duration such as "24h"'),
+    "failing_address_hold": (is_str, "60d", 'a duration such as "60d"'),
     # 'tickets reply --all' to more recipients than this asks for --yes (item 57).
-    "reply_all_limit": (_int, 20, "a number of recipients of one reply"),
+    "reply_all_limit": (is_int, 20, "a number of recipients of one reply"),
 }
 # [performance]: how an import uses the machine (docs/performance.md).
 PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "workers": (_int, None, "a number of parser processes, 0 to parse in the main process"),
-    "parse_timeout": (_int, 60, "seconds one message may take to parse before it is quarantined"),
+    "workers": (is_int, None, "a number of parser processes, 0 to parse in the main process"),
+    "parse_timeout": (is_int, 60, "seconds one message may take to parse before it is quarantined"),
     # The daemon's logins to one server per second (start-up, reloads, reconnects): docs/daemon.md.
-    "logins_per_second": (lambda v: _int(v) or isinstance(v, float), 5, "a number of logins per second"),
+    "logins_per_second": (lambda v: is_int(v) or isinstance(v, float), 5, "a number of logins per second"),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance"}
 
@@ -318,7 +318,7 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * factor)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -333,7 +333,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}", "fix the syntax at that line") from None
 
 
-def _check_table(path: Path, where: str, data: Any, schema: dict) -> dict[str, Any]:
+def check_table(path: Path, where: str, data: Any, schema: dict) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: [{where}] must be a table")
     out: dict[str, Any] = {}
@@ -358,13 +358,13 @@ def _check_table(path: Path, where: str, data: Any, schema: dict) -> dict[str, A
     return out
 
 
-def _build_account(path: Path, index: int, data: Any) -> Account:
+def build_account(path: Path, index: int, data: Any) -> Account:
     from mail2ticket.config.providers import get_preset
 
     label = f"accounts[{index}]"
     if isinstance(data, dict) and isinstance(data.get("name"), str):
         label = f"accounts.{data['name']}"
-    values = _check_table(path, label, data, ACCOUNT_KEYS)
+    values = check_table(path, label, data, ACCOUNT_KEYS)
     name = values["name"]
     if not ACCOUNT_NAME_RE.match(name):
         raise ConfigError(
@@ -442,7 +442,7 @@ def _build_account(path: Path, index: int, data: Any) -> Account:
         values["ca_file"] = str((path.parent / os.path.expanduser(values["ca_file"])).resolve())
     for key in ("poll",):
         if values[key]:
-            _check_schedule(path, f"{label}.{key}", values[key])
+            check_schedule(path, f"{label}.{key}", values[key])
     if not values["username"] and values["provider"]:
         values["username"] = get_preset(values["provider"]).imap_username(values["email"])
         values["smtp_username"] = values["smtp_username"] or values["email"]
@@ -458,8 +458,8 @@ def _build_account(path: Path, index: int, data: Any) -> Account:
     return Account(**values, defined_in=str(path))
 
 
-def _check_schedule(path: Path, key: str, value: str) -> None:
-    from mail2ticket.service.schedules import parse_schedule
+def check_schedule(path: Path, key: str, value: str) -> None:
+    from mail2ticket.config.periods import parse_schedule
 
     try:
         parse_schedule(value)
@@ -468,22 +468,22 @@ def _check_schedule(path: Path, key: str, value: str) -> None:
                           'expected a cron minute field such as "*/5" or "0,30", or an interval such as "10m"') from None
 
 
-def _check_conversations(path: Path, values: dict[str, Any]) -> None:
+def check_conversations(path: Path, values: dict[str, Any]) -> None:
     from mail2ticket.outgoing.compose import check_conversation_settings
 
     for key in ("auto_reply_period", "auto_reply_account_period", "outbox_expire", "auto_mail_ticket_period", "auto_mail_address_period",
                 "failing_address_hold"):
-        _check_duration(path, f"conversations.{key}", values[key])
+        check_duration(path, f"conversations.{key}", values[key])
     try:
         check_conversation_settings(values)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _check_duration(path: Path, key: str, value: str | None) -> None:
+def check_duration(path: Path, key: str, value: str | None) -> None:
     if value is None:
         return
-    from mail2ticket.service.schedules import parse_duration
+    from mail2ticket.config.periods import parse_duration
 
     try:
         parse_duration(value)
@@ -499,7 +499,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         data: dict[str, Any] = {}
         exists = False
     else:
-        data = _read_toml(cfg_path)
+        data = read_toml(cfg_path)
         exists = True
     for key in data:
         if key not in TOP_KEYS:
@@ -507,14 +507,14 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
                 f"{cfg_path}: unknown key '{key}'", f"expected one of: {', '.join(sorted(TOP_KEYS))}"
             )
     include = data.get("include", DEFAULT_INCLUDE)
-    if not _str_list(include):
+    if not is_str_list(include):
         raise ConfigError(f"{cfg_path}: 'include' must be a list of file patterns")
-    storage = _check_table(cfg_path, "storage", data.get("storage", {}), STORAGE_KEYS)
-    schedule = _check_table(cfg_path, "schedule", data.get("schedule", {}), SCHEDULE_KEYS)
+    storage = check_table(cfg_path, "storage", data.get("storage", {}), STORAGE_KEYS)
+    schedule = check_table(cfg_path, "schedule", data.get("schedule", {}), SCHEDULE_KEYS)
     for key, value in schedule.items():
-        _check_schedule(cfg_path, f"schedule.{key}", value)
-    sla = _check_table(cfg_path, "sla", data.get("sla", {}), SLA_KEYS)
-    limits = _check_table(cfg_path, "limits", data.get("limits", {}), LIMIT_KEYS)
+        check_schedule(cfg_path, f"schedule.{key}", value)
+    sla = check_table(cfg_path, "sla", data.get("sla", {}), SLA_KEYS)
+    limits = check_table(cfg_path, "limits", data.get("limits", {}), LIMIT_KEYS)
     sizes = {}
     for key, value in limits.items():
         try:
@@ -543,7 +543,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
     for pattern in include:
         for name in sorted(glob.glob(str(base / os.path.expanduser(pattern)))):
             inc_path = Path(name)
-            inc = _read_toml(inc_path)
+            inc = read_toml(inc_path)
             for key in inc:
                 if key != "accounts":
                     raise ConfigError(
@@ -553,7 +553,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
             raw_accounts.extend((inc_path, a) for a in _as_list(inc_path, inc.get("accounts", [])))
     seen: dict[str, Path] = {}
     for index, (src, raw) in enumerate(raw_accounts):
-        account = _build_account(src, index, raw)
+        account = build_account(src, index, raw)
         if account.name in seen:
             raise ConfigError(
                 f"{src}: account {account.name!r} is defined twice (also in {seen[account.name]})",
@@ -561,12 +561,12 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
             )
         seen[account.name] = src
         accounts.append(account)
-    conversations = _check_table(cfg_path, "conversations", data.get("conversations", {}), CONVERSATION_KEYS)
-    performance = _check_table(cfg_path, "performance", data.get("performance", {}), PERFORMANCE_KEYS)
+    conversations = check_table(cfg_path, "conversations", data.get("conversations", {}), CONVERSATION_KEYS)
+    performance = check_table(cfg_path, "performance", data.get("performance", {}), PERFORMANCE_KEYS)
     for key, low in (("workers", 0), ("parse_timeout", 1), ("logins_per_second", 0.01)):
         if performance[key] is not None and performance[key] < low:
             raise ConfigError(f"{cfg_path}: 'performance.{key}' must be at least {low}")
-    _check_conversations(cfg_path, conversations)
+    check_conversations(cfg_path, conversations)
     from mail2ticket.tickets.rules import compile_rules
     from mail2ticket.tickets.sla import check_config as check_sla
 
@@ -620,7 +620,7 @@ def write_account(cfg: Config, values: dict[str, Any]) -> Path:
     """Write one account to accounts.d/NAME.toml (atomically); create the main config if missing."""
     if not cfg.exists:
         cfg.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cfg.path, MAIN_TEMPLATE.encode())
+        atomic_write(cfg.path, MAIN_TEMPLATE.encode())
         cfg.exists = True
     clean = {k: v for k, v in values.items() if v is not None and k in ACCOUNT_KEYS}
     target = account_file(cfg, clean["name"])
@@ -647,14 +647,14 @@ def own_account_file(cfg: Config, name: str, action: str) -> Path:
 
 def account_entries(path: Path) -> list[dict[str, Any]]:
     """The [[accounts]] tables of an account file."""
-    return _as_list(path, _read_toml(path).get("accounts", []))
+    return _as_list(path, read_toml(path).get("accounts", []))
 
 
 def write_account_entries(path: Path, entries: list[dict[str, Any]], header: str) -> None:
     """Write [[accounts]] tables to ``path`` atomically, after the comment lines ``header``."""
     import tomli_w
 
-    _atomic_write(path, (header + tomli_w.dumps({"accounts": entries})).encode())
+    atomic_write(path, (header + tomli_w.dumps({"accounts": entries})).encode())
 
 
 def comment_header(path: Path) -> str:
@@ -677,7 +677,7 @@ def update_account(cfg: Config, name: str, changes: dict[str, Any]) -> Path:
     return src
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)

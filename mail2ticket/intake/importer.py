@@ -16,9 +16,9 @@ from sqlite_utils import Database
 
 from mail2ticket.errors import ParseError, StoreError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.files.spool import Spool
 from mail2ticket.parse.autoreply import is_auto_answer
-from mail2ticket.parse.bigmessage import Spool
-from mail2ticket.parse.message import ParsedMessage
+from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
 from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
 

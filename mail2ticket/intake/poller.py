@@ -16,9 +16,10 @@ from sqlite_utils import Database
 from mail2ticket.config.load import Account, Config
 from mail2ticket.errors import EXIT_FAILURE, ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, Outcome, Source, import_batch
 from mail2ticket.intake.pipeline import Pipeline, ahead, prefetch, size_batches
-from mail2ticket.parse.bigmessage import BIG_MESSAGE, Spool
+from mail2ticket.parse.bigmessage import BIG_MESSAGE
 from mail2ticket.tickets.db import (
     get_mailbox,
     log_event,
@@ -133,7 +134,7 @@ def _action_error(box: Mailbox, action: str, exc: Exception) -> str:
     """One line on a failed after-import action: for a move, which folder and which ones exist."""
     from imapclient.exceptions import IMAPClientAbortError
 
-    from mail2ticket.service.diagnostics import check_move_folder, move_target
+    from mail2ticket.accounts.diagnostics import check_move_folder, move_target
 
     if isinstance(exc, (ssl.SSLError, OSError, IMAPClientAbortError)):
         raise exc  # the connection is gone: the poll fails as any lost connection does

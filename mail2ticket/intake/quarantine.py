@@ -11,8 +11,9 @@ from sqlite_utils import Database
 from mail2ticket.config.load import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, _prepare, _Prepared, import_batch
-from mail2ticket.parse.bigmessage import BIG_MESSAGE, Spool, take_stored
+from mail2ticket.parse.bigmessage import BIG_MESSAGE, take_stored
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
 
 log = logging.getLogger(__name__)

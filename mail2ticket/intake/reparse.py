@@ -12,8 +12,9 @@ from sqlite_utils import Database
 from mail2ticket.config.load import Config
 from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, bounded_addresses
-from mail2ticket.parse.bigmessage import Spool, parse_file, take_stored
+from mail2ticket.parse.bigmessage import parse_file, take_stored
 from mail2ticket.tickets.db import log_event, transaction
 
 log = logging.getLogger(__name__)

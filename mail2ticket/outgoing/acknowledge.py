@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from mail2ticket.parse.message import ParsedMessage
+from mail2ticket.parse.autoreply import bounce_reason
+from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import log_event
 
 log = logging.getLogger(__name__)
@@ -27,22 +28,6 @@ _NO_REPLY_LOCAL = re.compile(
 
 def _first(parsed: ParsedMessage, name: str) -> str:
     return (parsed.header(name) or "").strip()
-
-
-def bounce_reason(parsed: ParsedMessage) -> str | None:
-    """Why this is a bounce / delivery status notification, or None (RELIABILITY 43, 46)."""
-    return_path = parsed.headers.get("return-path")
-    if return_path and return_path[0].strip() in ("<>", ""):
-        return "a bounce (empty Return-Path)"
-    local = (parsed.from_address or "").partition("@")[0].lower()
-    if local in ("mailer-daemon", "postmaster"):
-        return f"a bounce (from {parsed.from_address})"
-    content_type = _first(parsed, "Content-Type").lower()
-    if content_type.startswith("multipart/report") and "delivery-status" in content_type:
-        return "a delivery status notification (multipart/report)"
-    if parsed.header("X-Failed-Recipients"):
-        return "a bounce (X-Failed-Recipients)"
-    return None
 
 
 def automatic_reason(parsed: ParsedMessage) -> str | None:
@@ -120,8 +105,8 @@ def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
 
 def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple[bool, str]:
     """(send an acknowledgement?, why): the reason is what 'tickets show' prints."""
+    from mail2ticket.config.periods import parse_duration
     from mail2ticket.outgoing.compose import check_address, conversation_settings
-    from mail2ticket.service.schedules import parse_duration
 
     if outcome.status != "imported":
         return False, f"not a new ticket ({outcome.detail or outcome.status})"
@@ -296,8 +281,8 @@ def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage
 
 def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
     """Mark the addresses a bounce reports as failing; returns them (an event on the ticket each)."""
+    from mail2ticket.config.periods import parse_duration
     from mail2ticket.outgoing.compose import conversation_settings, header_text
-    from mail2ticket.service.schedules import parse_duration
 
     distrust = untrusted_report(cfg, db, outcome, parsed)
     if distrust:

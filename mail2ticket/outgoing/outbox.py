@@ -128,7 +128,7 @@ def hold_reason(cfg: Any, db: Database, *, to_address: str, ticket_id: int | Non
     ticket or to the address within [conversations] auto_mail_*_period (RELIABILITY 45): what
     stops a ping-pong with a responder that ignores Auto-Submitted.
     """
-    from mail2ticket.service.schedules import parse_duration
+    from mail2ticket.config.periods import parse_duration
 
     now = now or datetime.now(UTC)
     address = to_address.lower()
@@ -552,7 +552,7 @@ def _finish(db: Database, row: dict, *, status: str, error: str | None = None, r
 
 
 def _defer(cfg: Any, db: Database, row: dict, error: str, now: datetime, report: SendReport) -> None:
-    from mail2ticket.service.schedules import parse_duration
+    from mail2ticket.config.periods import parse_duration
 
     expire = parse_duration(conversation_settings(cfg)["outbox_expire"])
     created = _parse(row["created_at"]) or now

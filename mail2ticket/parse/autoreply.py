@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from mail2ticket.parse.parsed import ParsedMessage
+
 _BULK_PRECEDENCE = frozenset({"bulk", "junk", "list"})
 _SUPPRESS = frozenset({"all", "autoreply", "oof"})
 _BOUNCE_LOCALPARTS = {"mailer-daemon": "MAILER-DAEMON", "postmaster": "postmaster"}
@@ -86,3 +88,19 @@ def is_auto_answer(reason: str | None) -> bool:
     """True for an out-of-office style answer: it joins the ticket it answers without changing
     its status, or else is kept as a closed ticket tagged "auto-reply" (docs/conversations.md)."""
     return reason in _ANSWER_REASONS
+
+
+def bounce_reason(parsed: ParsedMessage) -> str | None:
+    """Why this is a bounce / delivery status notification, or None (RELIABILITY 43, 46)."""
+    return_path = parsed.headers.get("return-path")
+    if return_path and return_path[0].strip() in ("<>", ""):
+        return "a bounce (empty Return-Path)"
+    local = (parsed.from_address or "").partition("@")[0].lower()
+    if local in ("mailer-daemon", "postmaster"):
+        return f"a bounce (from {parsed.from_address})"
+    content_type = (parsed.header("Content-Type") or "").strip().lower()
+    if content_type.startswith("multipart/report") and "delivery-status" in content_type:
+        return "a delivery status notification (multipart/report)"
+    if parsed.header("X-Failed-Recipients"):
+        return "a bounce (X-Failed-Recipients)"
+    return None

@@ -25,22 +25,20 @@ import binascii
 import email.message
 import email.parser
 import email.policy
-import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.files.spool import Spool, spool_chunks
 from mail2ticket.parse.mimeguard import HEAD_PREFIX_BYTES, header_start
 from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParseLimits
 
 MiB = 1024 * 1024
 BIG_MESSAGE = 8 * MiB  # by RFC822.SIZE: above this a message takes this path
-PIECE = 4 * MiB  # bytes per partial fetch (BODY.PEEK[]<offset.length>)
 LARGE_PART = 1 * MiB  # a leaf body longer than this is streamed, never parsed in memory
 TEXT_KEEP = 1 * MiB  # of a huge text body, this much is shown in the ticket
 # A message of more lines than this is parsed from a file whatever its size: the email package
@@ -55,62 +53,6 @@ _DELIM_TAIL = re.compile(rb"(--)?[ \t]*(\r\n|\r|\n|$)")
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_B64 = bytes(b for b in range(256) if b not in _B64_ALPHABET)
 _CTES = ("base64", "quoted-printable", "7bit", "8bit", "binary")
-
-
-@dataclass
-class Spool:
-    """A message fetched into a temp file: where, how many bytes, their SHA-256."""
-
-    path: str
-    size: int
-    sha256: str
-
-    def unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def spool_chunks(chunks: Iterable[bytes], directory: str | os.PathLike) -> Spool:
-    """Write ``chunks`` to a new temp file in ``directory`` while hashing them: a Spool.
-
-    The file is named ``raw-<random>.<pid>.tmp``, so AttachmentStore.sweep_temp removes it when
-    the process that wrote it was killed. A failure removes the file: TempFailError when the
-    disk or directory is at fault, the reader's exception otherwise."""
-    directory = Path(directory)
-    path = directory / f"raw-{os.urandom(6).hex()}.{os.getpid()}.tmp"
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            out = open(path, "wb")  # noqa: SIM115 (closed below, write errors told apart)
-        except OSError as exc:
-            raise _unwritable(directory, exc) from None
-        with out:
-            for chunk in chunks:  # the reader's own errors go up as they are
-                try:
-                    out.write(chunk)
-                except OSError as exc:
-                    raise _unwritable(directory, exc) from None
-                digest.update(chunk)
-                size += len(chunk)
-            try:
-                out.flush()
-            except OSError as exc:
-                raise _unwritable(directory, exc) from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return Spool(str(path), size, digest.hexdigest())
-
-
-def _unwritable(directory: Path, exc: OSError) -> TempFailError:
-    return TempFailError(
-        f"cannot write the message to a temp file in {directory}: {exc.strerror or exc}",
-        "free disk space or fix the attachment directory's permissions",
-    )
 
 
 def take(stream: BinaryIO, directory: str | os.PathLike | Callable[[], Any], threshold: int = BIG_MESSAGE

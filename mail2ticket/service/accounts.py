@@ -11,9 +11,9 @@ from sqlite_utils import Database
 from mail2ticket.config.load import (
     ACCOUNT_NAME_RE,
     Config,
-    _atomic_write,
     account_entries,
     account_file,
+    atomic_write,
     comment_header,
     own_account_file,
     write_account_entries,
@@ -116,7 +116,7 @@ def remove_account(cfg: Config, name: str) -> bool:
     if len(entries) <= 1:
         src.unlink()
     else:
-        _atomic_write(src, without_entry(src, entries, name).encode())
+        atomic_write(src, without_entry(src, entries, name).encode())
     deleted = delete_password(name)
     return delete_token(name) or deleted
 

@@ -24,16 +24,11 @@ from sqlite_utils import Database
 
 from mail2ticket import __version__
 from mail2ticket.config.load import Account, Config, load_config
+from mail2ticket.config.periods import frequency_warning, parse_schedule
 from mail2ticket.errors import Mail2TicketError, SecretError
 from mail2ticket.intake.push import WorkerPool
 from mail2ticket.service.notify import Notifier
-from mail2ticket.service.schedules import (
-    PollPlan,
-    add_jobs,
-    frequency_warning,
-    parse_schedule,
-    spread_offsets,
-)
+from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
 from mail2ticket.tickets.db import now_iso, open_db, transaction
 
 log = logging.getLogger(__name__)

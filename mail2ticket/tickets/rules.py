@@ -177,7 +177,7 @@ def _patterns(path: Path, where: str, value: Any, mode: str) -> list[Any]:
 
 def compile_rules(path: Path, raw: Any, account_names: list[str]) -> list[Rule]:
     """Validate the [[rules]] array; one clear ConfigError naming the rule and the key."""
-    from mail2ticket.config.load import RULE_KEYS, _check_table
+    from mail2ticket.config.load import RULE_KEYS, check_table
     from mail2ticket.tickets.db import PRIORITIES, normalise_tag
 
     if isinstance(raw, dict):
@@ -189,7 +189,7 @@ def compile_rules(path: Path, raw: Any, account_names: list[str]) -> list[Rule]:
     for index, data in enumerate(raw, start=1):
         name = data.get("name") if isinstance(data.get("name"), str) and data.get("name").strip() else None
         label = f"rules.{name}" if name else f"rules[{index}]"
-        values = _check_table(path, label, data, RULE_KEYS)
+        values = check_table(path, label, data, RULE_KEYS)
         name = (name or f"rule {index}").strip()
         if name in seen:
             raise ConfigError(f"{path}: two rules are named {name!r}", "give each [[rules]] entry its own name")

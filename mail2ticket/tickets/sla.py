@@ -85,7 +85,7 @@ def parse_hours(text: str) -> tuple[time, time]:
 def target_seconds(text: str, calendar: Calendar | None) -> int:
     """A target duration in seconds. In business hours a day ("d") is one business day (e.g. 8h
     for 09:00-17:00) and a week ("w") is as many business days as the calendar has per week."""
-    from mail2ticket.service.schedules import parse_duration
+    from mail2ticket.config.periods import parse_duration
 
     seconds = parse_duration(text)
     if calendar is not None:
@@ -102,12 +102,12 @@ def target_seconds(text: str, calendar: Calendar | None) -> int:
 
 def check_config(path: Path, sla: dict[str, Any], account_names: list[str]) -> dict[str, Any]:
     """Validate [sla] (already type-checked against config.SLA_KEYS); return it normalised."""
-    from mail2ticket.config.load import SLA_TARGET_KEYS, _check_duration, _check_table
+    from mail2ticket.config.load import SLA_TARGET_KEYS, check_duration, check_table
     from mail2ticket.tickets.db import PRIORITIES
 
     out = dict(sla)
     for key in TARGETS:
-        _check_duration(path, f"sla.{key}", out[key])
+        check_duration(path, f"sla.{key}", out[key])
     if out["business_hours"] is not None:
         _check_hours(path, "sla.business_hours", out["business_hours"])
     days = [d.lower()[:3] for d in (out["business_days"] or DEFAULT_DAYS)]
@@ -141,9 +141,9 @@ def check_config(path: Path, sla: dict[str, Any], account_names: list[str]) -> d
             if name not in known:
                 raise ConfigError(f"{path}: [{where}]: {name!r} is not a known {what}",
                                   f"expected one of: {', '.join(known) or 'none'}")
-            values = _check_table(path, where, values, SLA_TARGET_KEYS)
+            values = check_table(path, where, values, SLA_TARGET_KEYS)
             for key in TARGETS:
-                _check_duration(path, f"{where}.{key}", values[key])
+                check_duration(path, f"{where}.{key}", values[key])
             if isinstance(values["business_hours"], str):
                 _check_hours(path, f"{where}.business_hours", values["business_hours"])
                 uses_hours = True

@@ -11,7 +11,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.outgoing.compose import is_our_message_id, looks_like_ours, make_tag, tag_pattern
-from mail2ticket.parse.message import ParsedMessage
+from mail2ticket.parse.parsed import ParsedMessage
 
 log = logging.getLogger(__name__)
 DEFAULT_TAG_FORMAT = "[#{id}]"
@@ -183,7 +183,7 @@ def _ticket_of_id(db: Database, message_id: str) -> tuple[int, str] | None:
 
 
 def _is_bounce(parsed: ParsedMessage) -> bool:
-    from mail2ticket.outgoing.acknowledge import bounce_reason
+    from mail2ticket.parse.autoreply import bounce_reason
 
     return bounce_reason(parsed) is not None
 

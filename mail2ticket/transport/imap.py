@@ -374,7 +374,7 @@ class Mailbox:
         import hashlib
         from pathlib import Path
 
-        from mail2ticket.parse.bigmessage import PIECE, Spool
+        from mail2ticket.files.spool import PIECE, Spool
 
         piece = piece or PIECE
         directory = Path(directory)
