@@ -10,7 +10,7 @@ import re
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from mail2ticket.config.load import ACCOUNT_KEYS
+from mail2ticket.config.accounts import ACCOUNT_KEYS
 
 CONFIG = """\
 [storage]

@@ -56,7 +56,7 @@ def test_every_docs_page_linked_from_the_readme_exists():
 
 
 def test_every_account_key_is_documented_in_config_example():
-    from mail2ticket.config.load import ACCOUNT_KEYS
+    from mail2ticket.config.accounts import ACCOUNT_KEYS
 
     example = (ROOT / "config.example.toml").read_text()
     import re

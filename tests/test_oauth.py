@@ -326,7 +326,7 @@ def test_a_token_dovecot_does_not_accept_is_an_auth_error_that_says_to_sign_in_a
 
 def test_the_authorization_code_flow_works_by_pasting_the_address_back(env, tokens, monkeypatch):
     # Google's way: no device flow for mail; the URL is opened anywhere and the result pasted.
-    from mail2ticket.config.load import build_account
+    from mail2ticket.config.accounts import build_account
 
     account = build_account(env.main, 0, {
         "name": "g", "email": env.user.email, "imap_host": LOOPBACK, "auth": "oauth2",
@@ -356,7 +356,7 @@ def test_a_pasted_address_from_another_attempt_is_refused():
 
 
 def test_the_sign_in_fails_clearly_when_the_token_service_cannot_be_reached(env, tokens):
-    from mail2ticket.config.load import build_account
+    from mail2ticket.config.accounts import build_account
     from mail2ticket.errors import ConnectError
 
     account = build_account(env.main, 0, {

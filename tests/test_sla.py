@@ -296,7 +296,7 @@ def test_a_priority_can_count_around_the_clock(hours: Path):
 
 
 def test_calendar_adds_business_seconds_exactly():
-    from mail2ticket.tickets.sla import Calendar, parse_hours
+    from mail2ticket.config.sla import Calendar, parse_hours
 
     opens, closes = parse_hours("08:30-12:00")
     cal = Calendar(tz=BERLIN, open=opens, close=closes, days=frozenset({0, 2}), holidays=frozenset({date(2026, 11, 25)}))

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from mail2ticket.config.load import Account
+from mail2ticket.config.model import Account
 from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.transport.imap import Mailbox, network_error
 

@@ -19,10 +19,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from mail2ticket.errors import AuthError, ConfigError, ConnectError
+from mail2ticket.config.accounts import oauth_endpoints
+from mail2ticket.errors import AuthError, ConnectError
 
 log = logging.getLogger(__name__)
 
@@ -52,59 +52,8 @@ class Tokens:
     refresh_token: str | None
 
 
-def _preset_oauth(provider: str | None):
-    from mail2ticket.config.providers import find_preset
-
-    preset = find_preset(provider)
-    return preset.oauth if preset else None
-
-
-def _resolve(values: dict[str, Any]) -> dict[str, Any]:
-    """Endpoint settings of an account (dict of config keys): its own keys win over the preset's."""
-    preset = _preset_oauth(values.get("provider"))
-    tenant = values.get("oauth_tenant") or (preset.default_tenant if preset else None) or "common"
-
-    def pick(key: str, attr: str):
-        own = values.get(key)
-        if own:
-            return own
-        value = getattr(preset, attr, None) if preset else None
-        return value.replace("{tenant}", tenant) if isinstance(value, str) else value
-
-    scopes = values.get("oauth_scopes")
-    return {
-        "token_url": pick("oauth_token_url", "token_url"),
-        "authorize_url": pick("oauth_authorize_url", "authorize_url"),
-        "device_url": pick("oauth_device_url", "device_url"),
-        "scopes": tuple(scopes.split()) if scopes else (preset.scopes if preset else ()),
-        "needs_secret": bool(preset and preset.needs_client_secret),
-        "extra": preset.extra_auth_params if preset else (),
-    }
-
-
-def check_oauth_config(path: Path, label: str, values: dict[str, Any]) -> None:
-    """Config validation for auth = "oauth2": a client id and somewhere to get tokens from."""
-    where = _resolve(values)
-    if not values.get("oauth_client_id"):
-        raise ConfigError(
-            f"{path}: '{label}.oauth_client_id' is required with auth = \"oauth2\"",
-            "register an application with the provider (docs/providers.md) and set its client id",
-        )
-    if not where["token_url"] or not (where["device_url"] or where["authorize_url"]):
-        raise ConfigError(
-            f"{path}: '{label}' uses auth = \"oauth2\" but its provider has no OAuth2 endpoints",
-            "use provider outlook, microsoft365, gmail or google-workspace, or set oauth_token_url "
-            "and oauth_device_url or oauth_authorize_url",
-        )
-    if where["needs_secret"] and not values.get("oauth_client_secret"):
-        raise ConfigError(
-            f"{path}: '{label}.oauth_client_secret' is required for this provider",
-            "copy the client secret of the Desktop app from the Google Cloud console",
-        )
-
-
 def endpoints(account) -> Endpoints:
-    where = _resolve(account.to_dict() | {"provider": account.provider})
+    where = oauth_endpoints(account.to_dict() | {"provider": account.provider})
     return Endpoints(
         token_url=where["token_url"],
         authorize_url=where["authorize_url"],

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mail2ticket.config.load import Account, Config
+from mail2ticket.config.model import Account, Config
 
 
 def problems(cfg: Config) -> list[str]:

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from mail2ticket.config.load import Account
+from mail2ticket.config.model import Account
 from mail2ticket.errors import SecretError
 
 log = logging.getLogger(__name__)

@@ -157,7 +157,8 @@ def add_account(app, name, email, username, provider, imap_host, imap_port, imap
     import os
 
     from mail2ticket.accounts.secrets import store_password
-    from mail2ticket.config.load import build_account, write_account
+    from mail2ticket.config.accounts import build_account
+    from mail2ticket.config.files import write_account
     from mail2ticket.config.providers import get_preset
 
     cfg = app.config(must_exist=False)
@@ -434,7 +435,7 @@ def accounts_sign_in(app, name, no_verify):
 
 
 def _set_enabled(app, name: str, enabled: bool) -> None:
-    from mail2ticket.config.load import update_account
+    from mail2ticket.config.files import update_account
 
     path = update_account(app.config(), name, {"enabled": None if enabled else False})
     click.echo(f"Account {name!r} {'enabled' if enabled else 'disabled'} ({path}).")
@@ -506,7 +507,7 @@ def accounts_remove(app, name, yes):
     Example:
       mail2ticket accounts remove support --yes
     """
-    from mail2ticket.config.load import own_account_file
+    from mail2ticket.config.files import own_account_file
     from mail2ticket.service.accounts import remove_account
 
     cfg = app.config()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.config.load import Account, Config
+from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import ConfigError, ParseError, StoreError
 from mail2ticket.files.attachments import AttachmentStore, fsync_dir
 from mail2ticket.files.spool import Spool

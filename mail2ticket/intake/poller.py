@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.config.load import Account, Config
+from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import EXIT_FAILURE, ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool

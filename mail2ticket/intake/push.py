@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from functools import partial
 
-from mail2ticket.config.load import Account
+from mail2ticket.config.model import Account
 from mail2ticket.errors import Mail2TicketError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.config.load import Config
+from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
-from mail2ticket.config.load import Config
+from mail2ticket.config.model import Config
 from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool

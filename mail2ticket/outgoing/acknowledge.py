@@ -105,8 +105,9 @@ def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
 
 def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple[bool, str]:
     """(send an acknowledgement?, why): the reason is what 'tickets show' prints."""
+    from mail2ticket.config.conversations import conversation_settings
     from mail2ticket.config.periods import parse_duration
-    from mail2ticket.outgoing.compose import check_address, conversation_settings
+    from mail2ticket.outgoing.compose import check_address
 
     if outcome.status != "imported":
         return False, f"not a new ticket ({outcome.detail or outcome.status})"
@@ -281,8 +282,9 @@ def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage
 
 def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
     """Mark the addresses a bounce reports as failing; returns them (an event on the ticket each)."""
+    from mail2ticket.config.conversations import conversation_settings
     from mail2ticket.config.periods import parse_duration
-    from mail2ticket.outgoing.compose import conversation_settings, header_text
+    from mail2ticket.outgoing.compose import header_text
 
     distrust = untrusted_report(cfg, db, outcome, parsed)
     if distrust:

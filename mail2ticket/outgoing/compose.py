@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from mail2ticket.config.conversations import FIELD_RE
+
 # Outgoing mail: CRLF line ends, lines folded at 78, refusing CR/LF inside header values.
 POLICY = email.policy.SMTP
 
@@ -164,35 +166,6 @@ def trim_references(ids: list[str], keep: int = 20) -> list[str]:
     return [ids[0], *ids[-(keep - 1):]]
 
 
-# --- templates ---------------------------------------------------------------------------------
-TEMPLATE_FIELDS = ("ticket", "tag", "subject", "requester", "account")
-_FIELD_RE = re.compile(r"\{(\w*)\}")
-
-DEFAULT_TEMPLATES = {
-    # The acknowledgement repeats nothing of the incoming mail (item 56): a template that wants
-    # the subject asks for {subject}.
-    "ack_subject": "{tag} We have received your message",
-    "ack_body": (
-        "Hello,\n\n"
-        "thank you for your message. We have opened ticket {tag} for it and will answer\n"
-        "as soon as we can. Please keep {tag} in the subject when you write to us about it.\n\n"
-        "-- \n"
-        "This is an automatic reply; there is no need to answer it.\n"
-    ),
-    "close_subject": "{tag} Closed: {subject}",
-    "close_body": (
-        "Hello,\n\n"
-        "your request {tag} ({subject}) has been closed.\n"
-        "If it is not solved, just answer this mail and it is opened again.\n"
-    ),
-    "reopen_subject": "{tag} Reopened: {subject}",
-    "reopen_body": (
-        "Hello,\n\n"
-        "your request {tag} ({subject}) has been opened again; we will be in touch.\n"
-    ),
-}
-
-
 def render(template: str, values: dict[str, Any]) -> str:
     """Replace {ticket}, {tag}, {subject}... in a template; ``{{``/``}}`` give literal braces."""
     out = []
@@ -202,47 +175,8 @@ def render(template: str, values: dict[str, Any]) -> str:
         elif part == "}}":
             out.append("}")
         else:
-            out.append(_FIELD_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), part))
+            out.append(FIELD_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), part))
     return "".join(out)
-
-
-def conversation_settings(cfg: Any) -> dict[str, Any]:
-    """[conversations] with every default filled in (also for a Config built without it)."""
-    from mail2ticket.config.load import CONVERSATION_KEYS
-
-    given = dict(getattr(cfg, "conversations", None) or {})
-    out = {key: given.get(key, default) for key, (_check, default, _doc) in CONVERSATION_KEYS.items()}
-    for key, text in DEFAULT_TEMPLATES.items():
-        if out.get(key) is None:
-            out[key] = text
-    return out
-
-
-def check_conversation_settings(values: dict[str, Any]) -> None:
-    """Raise ValueError naming the key when [conversations] cannot work."""
-    tag = values.get("tag_format") or "[#{id}]"
-    if tag.count("{id}") != 1 or _UNSAFE.search(tag) or not tag.replace("{id}", "").strip():
-        raise ValueError(
-            f"'conversations.tag_format' = {tag!r} must contain {{id}} exactly once, with some text "
-            'around it, such as "[#{id}]"'
-        )
-    for key in DEFAULT_TEMPLATES:
-        template = values.get(key)
-        if template is None:
-            continue
-        for name in _FIELD_RE.findall(template.replace("{{", "").replace("}}", "")):
-            if name not in TEMPLATE_FIELDS:
-                raise ValueError(
-                    f"'conversations.{key}' uses {{{name}}}; the template fields are "
-                    + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-                )
-    if values.get("reply_status", "pending") not in ("open", "pending", "closed"):
-        raise ValueError("'conversations.reply_status' must be \"open\", \"pending\" or \"closed\"")
-    for key in ("auto_reply_limit", "auto_reply_account_limit", "auto_mail_ticket_limit", "auto_mail_address_limit"):
-        if values.get(key, 1) < 0:
-            raise ValueError(f"'conversations.{key}' must be 0 or more")
-    if values.get("reply_all_limit", 20) < 1:
-        raise ValueError("'conversations.reply_all_limit' must be 1 or more")
 
 
 def make_tag(tag_format: str, ticket_id: int) -> str:

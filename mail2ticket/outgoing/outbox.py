@@ -19,13 +19,13 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.outgoing.compose import (
     Draft,
     base_subject,
     build,
     check_address,
-    conversation_settings,
     header_text,
     mailbox_domains,
     mailbox_key,

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.config.load import (
-    ACCOUNT_NAME_RE,
-    Config,
+from mail2ticket.config.accounts import ACCOUNT_NAME_RE
+from mail2ticket.config.files import (
     account_entries,
     account_file,
     atomic_write,
@@ -18,6 +17,7 @@ from mail2ticket.config.load import (
     own_account_file,
     write_account_entries,
 )
+from mail2ticket.config.model import Config
 from mail2ticket.errors import ConfigError, SecretError
 from mail2ticket.tickets.db import transaction
 

@@ -23,7 +23,8 @@ import schedule
 from sqlite_utils import Database
 
 from mail2ticket import __version__
-from mail2ticket.config.load import Account, Config, load_config
+from mail2ticket.config.load import load_config
+from mail2ticket.config.model import Account, Config
 from mail2ticket.config.periods import frequency_warning, parse_schedule
 from mail2ticket.errors import Mail2TicketError, SecretError
 from mail2ticket.intake.push import WorkerPool

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from sqlite_utils import Database
 
-from mail2ticket.config.load import Account, Config
+from mail2ticket.config.model import Account, Config
 
 log = logging.getLogger(__name__)
 

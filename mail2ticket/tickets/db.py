@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mail2ticket.config.fields import PRIORITIES, STATUSES, normalise_tag
+
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
 
@@ -301,8 +303,6 @@ def account_status(db: Database) -> dict[str, dict]:
 
 # --- tickets ----------------------------------------------------------------------------------
 
-PRIORITIES = ("low", "normal", "high", "urgent")  # in rising order of urgency
-STATUSES = ("open", "pending", "closed")
 # "Not closed", written as the statuses that are not closed: the index on (status, updated_at)
 # then serves it (with "!= 'closed'", SQLite walks all tickets in date order: 2 s at 1,000,000).
 NOT_CLOSED_SQL = "t.status in ({})".format(", ".join(f"'{s}'" for s in STATUSES if s != "closed"))
@@ -553,11 +553,6 @@ def set_assignee(db: Database, ticket_id: int, assignee: str | None, *, actor: s
     return _set_field(db, ticket_id, "assignee", assignee, "assigned",
                       lambda before: f"to {assignee}" if assignee else f"unassigned (was {before})",
                       actor=actor, event=event)
-
-
-def normalise_tag(tag: str) -> str:
-    """Tags are lower case words: spaces and commas are not part of a tag."""
-    return "-".join(tag.strip().lower().replace(",", " ").split())
 
 
 def add_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str, event: bool = True) -> list[str]:

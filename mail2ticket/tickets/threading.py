@@ -49,7 +49,7 @@ def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
     """The threading rules of an account (defaults when there is no config or no such account)."""
     if cfg is None:
         return ThreadSettings()
-    from mail2ticket.outgoing.compose import conversation_settings
+    from mail2ticket.config.conversations import conversation_settings
 
     tag_format = conversation_settings(cfg)["tag_format"]
     own = frozenset(a.email.lower() for a in getattr(cfg, "accounts", []) if a.email)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from mail2ticket.config.load import Account
+from mail2ticket.config.model import Account
 from mail2ticket.errors import AuthError, ConnectError, ServerError, TLSError
 
 log = logging.getLogger(__name__)

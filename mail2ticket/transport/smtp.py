@@ -6,7 +6,7 @@ import logging
 import smtplib
 import ssl
 
-from mail2ticket.config.load import Account
+from mail2ticket.config.model import Account
 from mail2ticket.errors import AuthError, ConfigError, ServerError, TLSError
 from mail2ticket.transport.imap import StartTLSGuard, describe_tls_error, network_error, tls_context
 
