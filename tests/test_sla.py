@@ -41,7 +41,7 @@ def iso(dt: datetime) -> str:
 
 def check(cfg_path: Path, when: datetime, **kw) -> dict:
     """The overdue check as the daemon runs it, at the time ``when``."""
-    from mail2ticket.tickets.sla import check_overdue
+    from mail2ticket.outgoing.notices import check_overdue
 
     cfg, db = load(cfg_path)
     try:

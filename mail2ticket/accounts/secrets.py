@@ -157,15 +157,8 @@ def secret_source(account: Account) -> str | None:
 
 
 def get_password(account: Account) -> str:
-    """The secret the account signs in with, looked up in the documented order.
-
-    For ``auth = "oauth2"`` that is a fresh access token (mail2ticket.accounts.oauth refreshes it).
-    SecretError names every source tried.
-    """
-    if account.auth == "oauth2":
-        from mail2ticket.accounts.oauth import access_token
-
-        return access_token(account)
+    """The account's password, looked up in the documented order; SecretError names every source
+    tried. (What an account signs in with, OAuth2 tokens included: credentials.sign_in_secret.)"""
     tried = []
     for lookup in (_from_keyring, _from_credentials):
         value, where = lookup(account.name)
@@ -183,3 +176,13 @@ def get_password(account: Account) -> str:
     raise SecretError(
         f"no password found for account {account.name!r}; tried: " + "; ".join(tried), hint
     )
+
+
+def move_secret(old_key: str, new_key: str) -> bool:
+    """Move a keyring entry to a new name (an account renamed); False when there was none."""
+    value, _where = _from_keyring(old_key)
+    if not value:
+        return False
+    store_password(new_key, value)
+    delete_password(old_key)
+    return True

@@ -396,11 +396,11 @@ def accounts_test(app, name, verbose):
     Example:
       mail2ticket accounts test support -v
     """
-    from mail2ticket.accounts.secrets import get_password
+    from mail2ticket.accounts.credentials import sign_in_secret
 
     account = app.config().account(name)
     try:
-        password = get_password(account)
+        password = sign_in_secret(account)
     except Mail2TicketError as exc:
         raise type(exc)(f"secret: {exc}", exc.hint) from None
     count = verify_account(account, password, echo=click.echo if verbose else None)

@@ -91,12 +91,12 @@ def config_check(app, online, as_json):
 
 def _online_check(account) -> dict:
     """accounts test's step-by-step check (mail2ticket.accounts.diagnostics) of one account, as data."""
+    from mail2ticket.accounts.credentials import sign_in_secret
     from mail2ticket.accounts.diagnostics import check_account
-    from mail2ticket.accounts.secrets import get_password
     from mail2ticket.errors import Mail2TicketError
 
     try:
-        count = check_account(account, get_password(account))
+        count = check_account(account, sign_in_secret(account))
     except Mail2TicketError as exc:
         return {"ok": False, "checks": None, "error": exc.one_line(), "exit_code": exc.exit_code}
     return {"ok": True, "checks": count, "error": None, "exit_code": 0}

@@ -48,7 +48,7 @@ def run(app, workers):
     \b
     Under systemd (Type=notify) it sends READY=1, a one-line STATUS= after each
     poll, WATCHDOG=1 when WatchdogSec= is set, and STOPPING=1; logs go to stderr
-    with levels journald understands. See examples/mail2ticket.service.jobs.
+    with levels journald understands. See examples/mail2ticket.service.
 
     \b
     Passwords, for each account in this order: the keyring, then

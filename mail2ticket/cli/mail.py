@@ -108,7 +108,7 @@ def status(app, require_daemon, as_json):
       mail2ticket status --require-daemon    # monitoring a 'mail2ticket run' service
       mail2ticket status --no-daemon         # polling from cron instead of 'run'
     """
-    from mail2ticket.service.jobs import status_report
+    from mail2ticket.service.status import status_report
 
     report = status_report(app.config(), app.db, require_daemon=require_daemon)
     if as_json:

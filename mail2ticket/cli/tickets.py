@@ -568,8 +568,9 @@ def tickets_priority(app, args, yes, **kw):
       mail2ticket tickets priority 42 43 low
       mail2ticket tickets priority --requester @bigcustomer.example high --yes
     """
+    from mail2ticket.outgoing.notices import check_overdue
     from mail2ticket.tickets.db import current_user, set_priority, transaction
-    from mail2ticket.tickets.sla import check_overdue, set_due_times
+    from mail2ticket.tickets.sla import set_due_times
 
     ids, rest = split_ids(args)
     if len(rest) != 1 or rest[0].lower() not in PRIORITY_CHOICES:

@@ -30,7 +30,8 @@ def overdue_check(app, recompute, as_json):
       mail2ticket overdue check
       mail2ticket overdue check --recompute --json
     """
-    from mail2ticket.tickets.sla import check_overdue, has_targets
+    from mail2ticket.outgoing.notices import check_overdue
+    from mail2ticket.tickets.sla import has_targets
 
     cfg = app.config()
     report = check_overdue(cfg, app.db, recompute=recompute)

@@ -532,7 +532,7 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
                      box=None) -> PollResult:
     from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-    from mail2ticket.accounts.secrets import get_password
+    from mail2ticket.accounts.credentials import sign_in_secret
 
     progress = PollResult(account.name)  # what was stored before a failure, for 'status'
     try:
@@ -541,7 +541,7 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
 
             result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
         else:
-            password = None if box is not None else get_password(account)
+            password = None if box is not None else sign_in_secret(account)
             result = poll_account(cfg, db, account, password, hooks=hooks, stop=stop, box=box,
                                   result=progress)
     except Mail2TicketError as exc:

@@ -329,8 +329,7 @@ class PushHub:
 
     # --- opening a session (connect pool) ---------------------------------------------------------
     def _connect(self, session: Session) -> None:
-        from mail2ticket.accounts.secrets import get_password
-        from mail2ticket.transport.imap import Mailbox
+        from mail2ticket.accounts.credentials import imap_mailbox
 
         account = session.account
         if session.removed or self._stopping:
@@ -339,7 +338,7 @@ class PushHub:
             return
         box = None
         try:
-            box = Mailbox(account, get_password(account))
+            box = imap_mailbox(account)
             session.logins += 1
             box.connect()
             if b"IDLE" not in box.capabilities():

@@ -125,8 +125,7 @@ def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> tuple[by
     as poll does (bigmessage). The server-side action (\\Seen, move, delete) is not run here but
     appended to ``after_commit``: it may only run once the message is stored.
     """
-    from mail2ticket.accounts.secrets import get_password
-    from mail2ticket.transport.imap import Mailbox
+    from mail2ticket.accounts.credentials import imap_mailbox
 
     account = cfg.account(entry["account"])
     limit = _limit(cfg, entry["account"])
@@ -135,7 +134,7 @@ def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> tuple[by
             f"message of {entry['size']} bytes is still over the size limit of {limit} bytes",
             "raise max_message_size (in [limits] or the account) and retry",
         )
-    box = Mailbox(account, get_password(account))
+    box = imap_mailbox(account)
     box.connect()
     try:
         info = box.select(entry["folder"])

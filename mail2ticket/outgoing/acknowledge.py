@@ -245,10 +245,9 @@ def reported_failures(texts: list[bytes], parsed: ParsedMessage) -> dict[str, st
 def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
     """The recipients of the mails of ours (verified Message-IDs) that a bounce quotes, and that
     really left us (status 'sent' in the outbox): a mail never sent cannot bounce (item 54)."""
-    from mail2ticket.outgoing.compose import is_our_message_id
-    from mail2ticket.tickets.threading import _OUR_ID_IN_TEXT
+    from mail2ticket.tickets.ids import OUR_ID_IN_TEXT, is_our_message_id
 
-    ids = [m.decode() for text in texts for m in _OUR_ID_IN_TEXT.findall(text)]
+    ids = [m.decode() for text in texts for m in OUR_ID_IN_TEXT.findall(text)]
     recipients: list[str] = []
     for message_id in dict.fromkeys(ids):
         if not is_our_message_id(db, message_id):

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
-import hashlib
-import hmac
 import re
-import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -18,61 +14,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import FIELD_RE
+from mail2ticket.tickets.ids import new_message_id, tag_pattern
 
 # Outgoing mail: CRLF line ends, lines folded at 78, refusing CR/LF inside header values.
 POLICY = email.policy.SMTP
-
-# --- our Message-IDs ---------------------------------------------------------------------------
-# <m2t.NONCE.TOKEN@DOMAIN>, TOKEN = HMAC-SHA256(secret, NONCE) cut to 80 bits. The secret lives in
-# the database (conversation_state), so only this installation can make ids that verify: a
-# References header that merely looks like ours is not trusted (RELIABILITY 38), and our own
-# mail fetched back is recognised (RELIABILITY 44).
-OUR_ID_RE = re.compile(r"^<m2t\.([0-9a-f]{8,40})\.([0-9a-f]{20})@([A-Za-z0-9.-]{1,253})>$")
-TOKEN_CHARS = 20
-SECRET_KEY = "message_id_secret"
-
-
-def message_id_secret(db: Database) -> bytes:
-    """The key of our Message-ID tokens (created by migration m101; created here if it is lost)."""
-    row = db.execute("select value from conversation_state where key = ?", [SECRET_KEY]).fetchone()
-    if row is None:
-        db.execute(
-            "insert into conversation_state (key, value) values (?, ?) on conflict(key) do nothing",
-            [SECRET_KEY, secrets.token_hex(32)],
-        )
-        row = db.execute("select value from conversation_state where key = ?", [SECRET_KEY]).fetchone()
-    return bytes.fromhex(row[0])
-
-
-def _token(secret: bytes, nonce: str) -> str:
-    return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()[:TOKEN_CHARS]
-
-
-def _domain_of(address: str) -> str:
-    domain = address.rpartition("@")[2].lower()
-    domain = re.sub(r"[^a-z0-9.-]", "", domain).strip(".-")
-    return domain or "mail2ticket.invalid"
-
-
-def new_message_id(db: Database, from_address: str) -> str:
-    """A fresh Message-ID of ours, in the sender's domain, carrying a token only we can make."""
-    nonce = f"{int(time.time()):x}{secrets.token_hex(6)}"
-    return f"<m2t.{nonce}.{_token(message_id_secret(db), nonce)}@{_domain_of(from_address)}>"
-
-
-def looks_like_ours(message_id: str | None) -> bool:
-    """Shaped like one of our ids (whether or not the token is valid)."""
-    return bool(message_id) and OUR_ID_RE.match(message_id) is not None  # type: ignore[arg-type]
-
-
-def is_our_message_id(db: Database, message_id: str | None) -> bool:
-    """True only for an id that this installation made (the token verifies)."""
-    if not message_id:
-        return False
-    m = OUR_ID_RE.match(message_id)
-    if m is None:
-        return False
-    return hmac.compare_digest(m.group(2), _token(message_id_secret(db), m.group(1)))
 
 
 # --- header text -------------------------------------------------------------------------------
@@ -177,16 +122,6 @@ def render(template: str, values: dict[str, Any]) -> str:
         else:
             out.append(FIELD_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), part))
     return "".join(out)
-
-
-def make_tag(tag_format: str, ticket_id: int) -> str:
-    return tag_format.replace("{id}", str(ticket_id))
-
-
-def tag_pattern(tag_format: str) -> re.Pattern[str]:
-    """The regex that finds the tag of ``tag_format`` in a subject; group 1 is the ticket id."""
-    before, _, after = tag_format.partition("{id}")
-    return re.compile(re.escape(before) + r"(\d{1,12})" + re.escape(after))
 
 
 _PREFIX_RE = re.compile(r"^\s*((re|fwd?|aw|wg|sv|antw|tr|r|rif|odp|vs)\s*(\[\d+\])?\s*:\s*)+", re.I)

@@ -29,7 +29,6 @@ from mail2ticket.outgoing.compose import (
     header_text,
     mailbox_domains,
     mailbox_key,
-    make_tag,
     not_a_mailbox,
     render,
     tagged_subject,
@@ -42,6 +41,7 @@ from mail2ticket.tickets.db import (
     now_iso,
     transaction,
 )
+from mail2ticket.tickets.ids import make_tag
 
 log = logging.getLogger(__name__)
 
@@ -642,12 +642,12 @@ def send_pending(
 
 
 def _connect(cfg: Any, account_name: str, smtp_connect: Callable) -> Any:
-    from mail2ticket.accounts.secrets import get_password
+    from mail2ticket.accounts.credentials import open_smtp
     from mail2ticket.transport.smtp import SendFailure
 
     account = _account(cfg, account_name)
     try:
-        return smtp_connect(account, get_password(account))
+        return open_smtp(account, smtp_connect)
     except Mail2TicketError:
         raise
     except Exception as exc:  # smtplib errors during EHLO/STARTTLS/AUTH

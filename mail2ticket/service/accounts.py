@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from mail2ticket.accounts.secrets import move_secret
 from mail2ticket.config.accounts import ACCOUNT_NAME_RE
 from mail2ticket.config.files import (
     account_entries,
@@ -55,17 +56,6 @@ def rename_in_db(db: Database, old: str, new: str) -> dict[str, int]:
     return changed
 
 
-def _move_secret(old_key: str, new_key: str) -> bool:
-    from mail2ticket.accounts.secrets import _from_keyring, delete_password, store_password
-
-    value, _where = _from_keyring(old_key)
-    if not value:
-        return False
-    store_password(new_key, value)
-    delete_password(old_key)
-    return True
-
-
 def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
     """Rename ``old`` to ``new``; returns the new account file. Refuses before changing anything."""
     from mail2ticket.accounts.secrets import token_key
@@ -93,7 +83,7 @@ def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
     src.unlink()
     for old_key, new_key in ((old, new), (token_key(old), token_key(new))):
         try:
-            _move_secret(old_key, new_key)
+            move_secret(old_key, new_key)
         except SecretError as exc:
             log.warning("account %s: could not move its secret in the keyring: %s", new, exc)
             raise SecretError(

@@ -28,6 +28,7 @@ from mail2ticket.config.model import Account, Config
 from mail2ticket.config.periods import frequency_warning, parse_schedule
 from mail2ticket.errors import Mail2TicketError, SecretError
 from mail2ticket.intake.push import WorkerPool
+from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
 from mail2ticket.tickets.db import now_iso, open_db, transaction
@@ -122,24 +123,6 @@ def next_polls(db: Database) -> dict[str, str]:
 
 
 # --- jobs registered by other modules ----------------------------------------------------------------
-
-
-def job_name(job: Callable) -> str:
-    return f"{getattr(job, '__module__', '')}.{getattr(job, '__name__', repr(job))}".strip(".")
-
-
-def job_schedule_key(job: Callable) -> str:
-    """Which [schedule] key times a job of service.AFTER_POLL_JOBS: its ``schedule_key``, or a
-    guess from its name (outbox/overdue), else the poll schedule."""
-    key = getattr(job, "schedule_key", None)
-    if key:
-        return key
-    name = job_name(job).lower()
-    if "overdue" in name or "sla" in name:
-        return "overdue"
-    if "outbox" in name or "send" in name:
-        return "outbox"
-    return "poll"
 
 
 # --- running jobs: bounded pools, never the same job twice at once -------------------------------
@@ -401,8 +384,6 @@ class Daemon:
     def _apply_config(self, cfg: Config, previous: Config | None) -> None:
         """(Re)build the schedules from ``cfg``; open, close or restart only the push sessions
         whose account was added, removed or changed (the others keep their connection)."""
-        from mail2ticket.service import jobs as service
-
         self.scheduler.clear()
         enabled = [a for a in cfg.accounts if a.enabled]
         groups: dict[str, list[str]] = {}
@@ -424,12 +405,12 @@ class Daemon:
                 planned.add(name)
         for name in self.plan.names() - planned:
             self.plan.remove(name)
-        for job in service.AFTER_POLL_JOBS:
-            key = job_schedule_key(job)
+        for job in AFTER_POLL_JOBS:
+            key = job.schedule_key
             text = cfg.schedule.get(key) or cfg.schedule["poll"]
             add_jobs(self.scheduler, parse_schedule(text), partial(self.request_job, job),
-                     tag=f"job:{job_name(job)}")
-            log.debug("job %s scheduled on [schedule] %s = %r", job_name(job), key, text)
+                     tag=f"job:{job.name}")
+            log.debug("job %s scheduled on [schedule] %s = %r", job.name, key, text)
         if self.gate is not None:
             self.gate.rate = _login_rate(cfg)
         # Push: one IDLE session per account with push = true; touched only when the account changed.
@@ -519,12 +500,12 @@ class Daemon:
     def _password_changed(self, account: Account) -> bool:
         """Whether ``account``'s password differs from the one last looked up (after 'accounts
         set-password' and a reload, an account in backoff is tried at once)."""
-        from mail2ticket.accounts.secrets import get_password
+        from mail2ticket.accounts.credentials import sign_in_secret
 
         if account.source != "imap" or account.name not in self._secrets:
             return False
         try:
-            digest = _digest(get_password(account))
+            digest = _digest(sign_in_secret(account))
         except Exception:
             return False
         if digest != self._secrets.get(account.name):
@@ -546,11 +527,11 @@ class Daemon:
         if not started and reason == "schedule":
             log.debug("account %s: previous poll still running; this run skipped", name)
 
-    def request_job(self, job: Callable) -> None:
+    def request_job(self, job: Job) -> None:
         if self.stop_event.is_set():
             return
-        if not self.runner.submit("job", f"job {job_name(job)}", partial(self._run_job, job)):
-            log.debug("job %s still running; this run skipped", job_name(job))
+        if not self.runner.submit("job", f"job {job.name}", partial(self._run_job, job)):
+            log.debug("job %s still running; this run skipped", job.name)
 
     def _poll_job(self, name: str, reason: str, ignore_backoff: bool) -> None:
         from mail2ticket.intake.poller import run_poll
@@ -809,13 +790,13 @@ def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool,
                   seen: dict[str, str] | None = None) -> None:
     """Look up each enabled IMAP account's password once. Each missing one is logged (naming
     every source tried); with ``fail_if_none``, no password at all is fatal: nothing could run."""
-    from mail2ticket.accounts.secrets import get_password
+    from mail2ticket.accounts.credentials import sign_in_secret
 
     wanted = [a for a in accounts if a.enabled and a.source == "imap"]
     errors: list[SecretError] = []
     for account in wanted:
         try:
-            password = get_password(account)
+            password = sign_in_secret(account)
         except SecretError as exc:
             errors.append(exc)
         else:

@@ -255,7 +255,7 @@ def m301_triage(db: Database) -> None:
 def m301_search(db: Database) -> None:
     # Full-text search (messages_fts, FTS5) over every message already stored, and the triggers
     # that keep it in sync with each insert, update and delete (mail2ticket/tickets/search.py).
-    from mail2ticket.tickets.search import install
+    from mail2ticket.tickets.fts import install
 
     install(db)
 

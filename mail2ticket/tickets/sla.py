@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from mail2ticket.config.model import Config
 from mail2ticket.config.sla import (
     DAY_NAMES,
     DEFAULT_DAYS,
@@ -20,8 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Notices list at most this many tickets; the rest is counted.
-NOTICE_LIST_MAX = 50
 # A ticket is overdue while it is not closed and a target it has not met has passed.
 OVERDUE_SQL = (
     "(status != 'closed' and ((first_response_at is null and due_response_at <= :now) "
@@ -135,10 +135,12 @@ def set_due_times(cfg: Any, db: Database, ticket_id: int, *, now: str | None = N
 # --- the overdue check -------------------------------------------------------------------------
 
 
-def check_overdue(cfg: Any, db: Database, *, now: datetime | None = None, recompute: bool = False) -> dict:
+def mark_overdue(cfg: Config, db: Database, *, now: datetime | None = None, recompute: bool = False,
+                 notice: Callable[[dict], dict | None] | None = None) -> dict:
     """Mark tickets past an SLA target as overdue, record one 'overdue' event per breach, clear
-    the mark where it no longer holds, and queue one notice listing the new breaches if
-    [sla] notify is set. Returns a report (what 'overdue check --json' prints)."""
+    the mark where it no longer holds, and call ``notice(report)`` in the same transaction when
+    there are new breaches (outgoing/notices.py queues the mail). Returns a report (what
+    'overdue check --json' prints)."""
     from mail2ticket.tickets.db import log_event, transaction
 
     now_s = _iso(now or datetime.now(UTC))
@@ -184,50 +186,9 @@ def check_overdue(cfg: Any, db: Database, *, now: datetime | None = None, recomp
         report["overdue"] = db.execute(
             "select count(*) from tickets where overdue = 1 and status != 'closed'"
         ).fetchone()[0]
-        report["notice"] = _queue_notice(cfg, db, report) if breaches else None
+        report["notice"] = notice(report) if (breaches and notice) else None
     if breaches:
         log.warning("%d new SLA breach(es); %d tickets overdue", len(breaches), report["overdue"])
     return report
 
 
-def _queue_notice(cfg: Any, db: Database, report: dict) -> dict | None:
-    """One mail per check listing the new breaches, through the outbox (same transaction)."""
-    sla = getattr(cfg, "sla", None) or {}
-    to = sla.get("notify")
-    if not to:
-        return None
-    from mail2ticket.outgoing.compose import Draft, check_address
-    from mail2ticket.outgoing.outbox import queue
-    from mail2ticket.tickets.db import log_event
-
-    breaches = report["new_breaches"]
-    name = sla.get("notify_account") or breaches[0]["account"]
-    account = next((a for a in cfg.accounts if a.name == name), None) or (cfg.accounts[0] if cfg.accounts else None)
-    if account is None:
-        log.error("sla.notify is set but there is no account to send the notice from")
-        return None
-    tickets = sorted({b["id"] for b in breaches})
-    lines = [
-        f"{len(breaches)} SLA target(s) passed on {len(tickets)} ticket(s) "
-        f"(checked {report['checked_at']}; {report['overdue']} tickets are overdue in all).",
-        "",
-    ]
-    for b in breaches[:NOTICE_LIST_MAX]:
-        who = f", assigned to {b['assignee']}" if b["assignee"] else ""
-        lines.append(f"#{b['id']} [{b['priority']}] {b['target']} due {b['due_at']}: {b['subject']}")
-        lines.append(f"    from {b['requester'] or 'unknown'}, account {b['account']}{who}")
-    if len(breaches) > NOTICE_LIST_MAX:
-        lines.append(f"... and {len(breaches) - NOTICE_LIST_MAX} more: mail2ticket tickets list --overdue")
-    lines += ["", "See them with: mail2ticket tickets list --overdue"]
-    draft = Draft(
-        from_address=account.email,
-        to=[check_address(to)],
-        subject=f"[mail2ticket] {len(tickets)} ticket(s) passed their SLA targets",
-        body="\n".join(lines) + "\n",
-        auto_submitted="auto-generated",
-    )
-    row = queue(db, draft, account=account.name, kind="sla-notice", ticket_id=None)
-    for ticket_id in tickets:
-        log_event(db, "overdue-notice", f"notice to {to} ({row['message_id']})", ticket_id=ticket_id,
-                  account=account.name)
-    return {"id": row["id"], "to": to, "message_id": row["message_id"]}

@@ -10,14 +10,18 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from mail2ticket.outgoing.compose import is_our_message_id, looks_like_ours, make_tag, tag_pattern
 from mail2ticket.parse.parsed import ParsedMessage
+from mail2ticket.tickets.ids import (
+    OUR_ID_IN_TEXT,
+    is_our_message_id,
+    looks_like_ours,
+    make_tag,
+    tag_pattern,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_TAG_FORMAT = "[#{id}]"
 DEFAULT_TAG_RE = tag_pattern(DEFAULT_TAG_FORMAT)
-# Our Message-IDs as they appear anywhere in a bounce (the returned headers of our mail).
-_OUR_ID_IN_TEXT = re.compile(rb"<m2t\.[0-9a-f]{8,40}\.[0-9a-f]{20}@[A-Za-z0-9.-]{1,253}>")
 
 
 @dataclass
@@ -270,7 +274,7 @@ def find_ticket(
         # The returned headers of our mail: in the raw report, or in an encoded part of it. The
         # report joins that ticket as a report: it adds no participant and changes no status.
         texts = [raw, *(a.data for a in parsed.attachments[:20] if len(a.data) < 1_000_000)]
-        found_ids = [m.decode() for text in texts for m in _OUR_ID_IN_TEXT.findall(text)]
+        found_ids = [m.decode() for text in texts for m in OUR_ID_IN_TEXT.findall(text)]
         for candidate in dict.fromkeys(found_ids):
             if is_our_message_id(db, candidate):
                 found = _ticket_of_id(db, candidate)
