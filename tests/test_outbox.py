@@ -119,8 +119,8 @@ def test_a_crash_after_the_servers_acceptance_sends_the_mail_once_more_with_the_
     desk.deliver(make_mail("Crash me", to=desk.email))
     script = textwrap.dedent(f"""
         import os, sys
-        from mail2ticket.outgoing import outbox
-        outbox.after_accept = lambda row: os._exit(9)  # killed after 250, before 'sent' is stored
+        from mail2ticket.outgoing import sender
+        sender.after_accept = lambda row: os._exit(9)  # killed after 250, before 'sent' is stored
         from mail2ticket.cli import main
         sys.argv = ["mail2ticket", "--config", {str(desk.config)!r}, "poll"]
         main()

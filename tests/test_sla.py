@@ -109,7 +109,7 @@ def test_the_check_marks_each_breach_once_with_one_event(cfg: Path):
 
 
 def test_answering_the_customer_meets_the_response_target(cfg: Path):
-    from mail2ticket.outgoing.outbox import queue_reply
+    from mail2ticket.outgoing.actions import queue_reply
 
     deliver(cfg, mail("Printer broken"))
     created = at(ticket(cfg, 1)["created_at"])

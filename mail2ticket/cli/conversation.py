@@ -11,7 +11,8 @@ from mail2ticket.cli.tickets import filter_options, message_text, select_tickets
 
 def _send_now(app, entry: dict) -> None:
     """Try to send one queued mail at once; report what happened (it stays queued if not sent)."""
-    from mail2ticket.outgoing.outbox import get_entry, send_pending
+    from mail2ticket.outgoing.outbox import get_entry
+    from mail2ticket.outgoing.sender import send_pending
 
     if entry.get("warning"):  # a person's reply is sent, but to a failing address or into a loop
         click.echo(f"Warning: {entry['warning']}", err=True)
@@ -69,7 +70,7 @@ def reply(app, ticket_id, text, path, to_all, yes, status):
       mail2ticket tickets reply 42 --all --yes -m "..."   # to more than reply_all_limit
       mail2ticket tickets reply 42            # opens $EDITOR
     """
-    from mail2ticket.outgoing.outbox import check_reply_all, queue_reply
+    from mail2ticket.outgoing.actions import check_reply_all, queue_reply
     from mail2ticket.tickets.db import get_ticket
 
     if to_all:  # before any editor opens: refuse a reply to hundreds at once
@@ -94,7 +95,7 @@ def _status_command(name: str, status: str, help_text: str):
     @click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the tickets a filter selects.")
     @click.pass_obj
     def command(app, ticket_ids, notify, yes, **kw):
-        from mail2ticket.outgoing.outbox import change_status
+        from mail2ticket.outgoing.actions import change_status
 
         cfg = app.config()
         targets = select_tickets(

@@ -62,7 +62,8 @@ def outbox_retry(app, ids, retry_all):
       mail2ticket outbox retry 7
       mail2ticket outbox retry --all
     """
-    from mail2ticket.outgoing.outbox import get_entry, list_entries, retry
+    from mail2ticket.outgoing.outbox import get_entry, list_entries
+    from mail2ticket.outgoing.sender import retry
 
     if ids and retry_all:
         raise click.UsageError("name entries or give --all, not both")

@@ -376,7 +376,7 @@ def tickets_show(app, ticket_id, as_json):
     ticket = get_ticket(app.db, ticket_id)
     ticket["messages"] = ticket_messages(app.db, ticket_id, app.config().attachments)
     ticket["events"] = ticket_events(app.db, ticket_id)
-    from mail2ticket.outgoing.outbox import failing_participants
+    from mail2ticket.outgoing.loops import failing_participants
 
     ticket["failing_addresses"] = failing_participants(app.db, ticket_id)
     if as_json:
@@ -534,7 +534,8 @@ def tickets_assign(app, args, unassign, yes, **kw):
       mail2ticket tickets assign 42 --unassign
       mail2ticket tickets assign --account support --unassigned alice --yes
     """
-    from mail2ticket.tickets.db import current_user, set_assignee, transaction
+    from mail2ticket.tickets.db import current_user, transaction
+    from mail2ticket.tickets.tickets import set_assignee
 
     ids, rest = split_ids(args)
     if len(rest) > 1:
@@ -569,8 +570,9 @@ def tickets_priority(app, args, yes, **kw):
       mail2ticket tickets priority --requester @bigcustomer.example high --yes
     """
     from mail2ticket.outgoing.notices import check_overdue
-    from mail2ticket.tickets.db import current_user, set_priority, transaction
+    from mail2ticket.tickets.db import current_user, transaction
     from mail2ticket.tickets.sla import set_due_times
+    from mail2ticket.tickets.tickets import set_priority
 
     ids, rest = split_ids(args)
     if len(rest) != 1 or rest[0].lower() not in PRIORITY_CHOICES:
@@ -614,7 +616,8 @@ def tickets_tag(app, args, remove, yes, **kw):
       mail2ticket tickets tag 42 43 vip --remove
       mail2ticket tickets tag --requester @bigcustomer.example vip --yes
     """
-    from mail2ticket.tickets.db import add_tags, current_user, get_ticket, remove_tags, transaction
+    from mail2ticket.tickets.db import current_user, get_ticket, transaction
+    from mail2ticket.tickets.tickets import add_tags, remove_tags
 
     ids, tags = split_ids(args)
     if not tags:
@@ -651,7 +654,8 @@ def tickets_note(app, ticket_id, text, path):
       mail2ticket tickets note 42 --message "Called the customer; waiting for the part."
       dmesg | tail -20 | mail2ticket tickets note 42 --file -
     """
-    from mail2ticket.tickets.db import add_note, current_user, get_ticket, transaction
+    from mail2ticket.tickets.db import current_user, get_ticket, transaction
+    from mail2ticket.tickets.tickets import add_note
 
     def template() -> str:
         ticket = get_ticket(app.db, ticket_id)

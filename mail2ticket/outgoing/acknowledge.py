@@ -98,7 +98,7 @@ def account_start(db: Database, account: Any) -> datetime:
 def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
     """Acknowledgements queued since ``since`` (all accounts) for the mailbox of ``address``:
     subaddresses and, where the provider ignores them, dots do not count as another mailbox."""
-    from mail2ticket.outgoing.outbox import automatic_count
+    from mail2ticket.outgoing.loops import automatic_count
 
     return automatic_count(db, since=since, address=address, kinds=("ack",))
 
@@ -144,7 +144,7 @@ def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple
     sent = automatic_mails_sent(db, sender, datetime.now(UTC) - timedelta(seconds=parse_duration(period)))
     if sent >= limit:
         return False, f"rate limit: {sent} automatic mail(s) to {sender} in the last {period} (limit {limit})"
-    from mail2ticket.outgoing.outbox import automatic_count, hold_reason
+    from mail2ticket.outgoing.loops import automatic_count, hold_reason
 
     # However many senders: a flood of forged senders must not make us a spam cannon (item 56).
     limit, period = settings["auto_reply_account_limit"], settings["auto_reply_account_period"]

@@ -36,7 +36,7 @@ def overdue_check(cfg: Config, db: Database) -> None:
 
 def send_outbox(cfg: Config, db: Database) -> None:
     """Send the mail waiting in the outbox (acknowledgements, replies, notices) that is due."""
-    from mail2ticket.outgoing.outbox import outbox_job
+    from mail2ticket.outgoing.sender import outbox_job
 
     outbox_job(cfg, db)
 

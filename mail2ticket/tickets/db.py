@@ -8,12 +8,12 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mail2ticket.config.fields import PRIORITIES, STATUSES, normalise_tag
+from mail2ticket.config.fields import STATUSES
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
@@ -510,90 +510,6 @@ def get_ticket(db: Database, ticket_id: int) -> dict:
 
 
 # --- managing tickets: each change is an event in the ticket's history -------------------------
-
-
-def _ticket_field(db: Database, ticket_id: int, column: str) -> Any:
-    row = db.execute(f"select {column} from tickets where id = ?", [ticket_id]).fetchone()
-    if row is None:
-        raise NotFoundError(f"no ticket #{ticket_id}", "see 'mail2ticket tickets list --status all'")
-    return row[0]
-
-
-def _touch(db: Database, ticket_id: int) -> None:
-    db.execute("update tickets set updated_at = ? where id = ?", [now_iso(), ticket_id])
-
-
-def _set_field(
-    db: Database, ticket_id: int, column: str, value: Any, kind: str, detail: Callable[[Any], str], *,
-    actor: str, event: bool,
-) -> bool:
-    """Set one column of a ticket; with ``event``, touch it and log ``kind`` with ``detail(before)``.
-    False when it already had that value."""
-    before = _ticket_field(db, ticket_id, column)
-    if before == value:
-        return False
-    db.execute(f"update tickets set {column} = ? where id = ?", [value, ticket_id])
-    if event:
-        _touch(db, ticket_id)
-        log_event(db, kind, detail(before), ticket_id=ticket_id, actor=actor)
-    return True
-
-
-def set_priority(db: Database, ticket_id: int, priority: str, *, actor: str, event: bool = True) -> bool:
-    """Set the priority (one of PRIORITIES); False when it already was that."""
-    if priority not in PRIORITIES:
-        raise ValueError(f"{priority!r} is not a priority (expected one of: {', '.join(PRIORITIES)})")
-    return _set_field(db, ticket_id, "priority", priority, "priority", lambda before: f"{before} -> {priority}",
-                      actor=actor, event=event)
-
-
-def set_assignee(db: Database, ticket_id: int, assignee: str | None, *, actor: str, event: bool = True) -> bool:
-    """Assign the ticket to ``assignee`` (None: to nobody); False when nothing changed."""
-    assignee = (assignee or "").strip() or None
-    return _set_field(db, ticket_id, "assignee", assignee, "assigned",
-                      lambda before: f"to {assignee}" if assignee else f"unassigned (was {before})",
-                      actor=actor, event=event)
-
-
-def add_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str, event: bool = True) -> list[str]:
-    """Add tags; returns those that were new."""
-    _ticket_field(db, ticket_id, "id")
-    added = []
-    for tag in dict.fromkeys(normalise_tag(t) for t in tags):
-        if tag and db.execute(
-            "insert into ticket_tags (ticket_id, tag) values (?, ?) on conflict do nothing", [ticket_id, tag]
-        ).rowcount:
-            added.append(tag)
-    if added and event:
-        _touch(db, ticket_id)
-        log_event(db, "tagged", ", ".join(added), ticket_id=ticket_id, actor=actor)
-    return added
-
-
-def remove_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str) -> list[str]:
-    """Remove tags; returns those that were there."""
-    _ticket_field(db, ticket_id, "id")
-    removed = []
-    for tag in dict.fromkeys(normalise_tag(t) for t in tags):
-        if db.execute("delete from ticket_tags where ticket_id = ? and tag = ?", [ticket_id, tag]).rowcount:
-            removed.append(tag)
-    if removed:
-        _touch(db, ticket_id)
-        log_event(db, "untagged", ", ".join(removed), ticket_id=ticket_id, actor=actor)
-    return removed
-
-
-def add_note(db: Database, ticket_id: int, text: str, *, actor: str) -> None:
-    """An internal note: part of the history, never mailed to anyone."""
-    _ticket_field(db, ticket_id, "id")
-    _touch(db, ticket_id)
-    log_event(db, "note", text.strip(), ticket_id=ticket_id, actor=actor)
-
-
-def set_account(db: Database, ticket_id: int, account: str, *, actor: str, event: bool = True) -> bool:
-    """Move the ticket to another account's queue (replies then go out from that account)."""
-    return _set_field(db, ticket_id, "account", account, "queue", lambda before: f"{before} -> {account}",
-                      actor=actor, event=event)
 
 
 def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None = None) -> dict:

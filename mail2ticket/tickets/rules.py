@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from mail2ticket.config.rules import RULE_TIME_LIMIT, Rule
+from mail2ticket.tickets.tickets import set_status
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,9 @@ def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any,
 
     ``evaluated``: what evaluate_rules gave for this mail, run before the transaction; a rule
     skipped there is recorded on the ticket as a 'rule-skipped' event."""
-    from mail2ticket.tickets.db import (
-        add_tags,
-        log_event,
-        now_iso,
-        set_account,
-        set_assignee,
-        set_priority,
-    )
+    from mail2ticket.tickets.db import log_event, now_iso
     from mail2ticket.tickets.sla import has_targets, set_due_times
+    from mail2ticket.tickets.tickets import add_tags, set_account, set_assignee, set_priority
 
     ticket_id = outcome.ticket_id
     if ticket_id is None:
@@ -116,16 +111,12 @@ def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any,
         outcome.no_ack = outcome.no_ack or f"ignored by rule {ignored_by!r}"
         actor = f"rule {ignored_by}"
         if is_new:
-            db.execute("update tickets set status = 'closed', closed_at = ? where id = ?", [now_iso(), ticket_id])
+            set_status(db, ticket_id, "closed", now_iso())
             add_tags(db, ticket_id, ["ignored"], actor=actor, event=False)
             log_event(db, "ignored", "the ticket was closed as ignored", ticket_id=ticket_id, actor=actor)
             return rules
         previous = outcome.previous_status or "open"
-        db.execute(
-            "update tickets set status = ?, closed_at = case when ? = 'closed' then coalesce(closed_at, ?) "
-            "else closed_at end where id = ?",
-            [previous, previous, now_iso(), ticket_id],
-        )
+        set_status(db, ticket_id, previous, now_iso())
         log_event(db, "ignored", f"the message was stored; the ticket stays {previous}",
                   ticket_id=ticket_id, actor=actor)
     if due_changed and (has_targets(cfg) or not is_new):

@@ -16,6 +16,7 @@ from mail2ticket.config.sla import (
     parse_hours,
     time_zone,
 )
+from mail2ticket.tickets.tickets import mark_breached, refresh_overdue_marks, set_due
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -118,17 +119,7 @@ def set_due_times(cfg: Any, db: Database, ticket_id: int, *, now: str | None = N
         return None, None
     due_response, due_resolution = due_times(cfg, row[0], row[1], row[2])
     now = now or now_iso()
-    db.execute(
-        "update tickets set due_response_at = :r, due_resolution_at = :s, "
-        "response_breached_at = case when :r is null or :r > :now then null else response_breached_at end, "
-        "resolution_breached_at = case when :s is null or :s > :now then null else resolution_breached_at end "
-        "where id = :id",
-        {"r": due_response, "s": due_resolution, "now": now, "id": ticket_id},
-    )
-    db.execute(
-        f"update tickets set overdue = 0 where id = :id and overdue = 1 and not {OVERDUE_SQL}",
-        {"id": ticket_id, "now": now},
-    )
+    set_due(db, ticket_id, due_response, due_resolution, now, OVERDUE_SQL)
     return due_response, due_resolution
 
 
@@ -167,21 +158,13 @@ def mark_overdue(cfg: Config, db: Database, *, now: datetime | None = None, reco
                 [now_s],
             ).fetchall()
             for ticket_id, subject, requester, priority, account, assignee, due in rows:
-                db.execute(f"update tickets set {mark_col} = ? where id = ?", [now_s, ticket_id])
+                mark_breached(db, ticket_id, target, now_s)
                 log_event(db, "overdue", f"{target} target passed (due {due}, priority {priority})",
                           ticket_id=ticket_id, account=account)
                 breaches.append({"id": ticket_id, "target": target, "due_at": due, "subject": subject,
                                  "requester": requester, "priority": priority, "account": account,
                                  "assignee": assignee})
-        # Marks: two indexed passes that set, one that clears what no longer holds.
-        params = {"now": now_s}
-        db.execute("update tickets set overdue = 1 where status != 'closed' and first_response_at is null "
-                   "and due_response_at <= :now and overdue = 0", params)
-        db.execute("update tickets set overdue = 1 where status != 'closed' and due_resolution_at <= :now "
-                   "and overdue = 0", params)
-        report["cleared"] = db.execute(
-            f"update tickets set overdue = 0 where overdue = 1 and not {OVERDUE_SQL}", params
-        ).rowcount
+        report["cleared"] = refresh_overdue_marks(db, now_s, OVERDUE_SQL)
         report["new_breaches"] = sorted(breaches, key=lambda b: (b["id"], b["target"]))
         report["overdue"] = db.execute(
             "select count(*) from tickets where overdue = 1 and status != 'closed'"
