@@ -1,4 +1,4 @@
-"""Find, load and validate the TOML config; write accounts to their own files beside it."""
+"""Find and load the TOML config and the account files it includes; check every table (config/*.py)."""
 
 from __future__ import annotations
 

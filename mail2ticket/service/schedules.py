@@ -1,4 +1,4 @@
-"""Parse schedule strings ("*/5", "0,30", "10m", "30s") and durations ("4h", "3d"); turn them into jobs."""
+"""The daemon's timetable: clock-aligned jobs, and polls of many accounts spread over their period."""
 
 from __future__ import annotations
 
