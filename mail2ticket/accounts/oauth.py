@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mail2ticket.config.accounts import oauth_endpoints
+from mail2ticket.config.model import Account
 from mail2ticket.errors import AuthError, ConnectError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Tokens:
     refresh_token: str | None
 
 
-def endpoints(account) -> Endpoints:
+def endpoints(account: Account) -> Endpoints:
     where = oauth_endpoints(account.to_dict() | {"provider": account.provider})
     return Endpoints(
         token_url=where["token_url"],
@@ -276,11 +277,11 @@ _cache: dict[tuple[str, str], Tokens] = {}
 _lock = threading.Lock()
 
 
-def _key(account) -> tuple[str, str]:
+def _key(account: Account) -> tuple[str, str]:
     return (account.name, account.oauth_client_id or "")
 
 
-def remember(account, tokens: Tokens) -> None:
+def remember(account: Account, tokens: Tokens) -> None:
     with _lock:
         _cache[_key(account)] = tokens
 
@@ -295,7 +296,7 @@ def sign_in_again_hint(name: str) -> str:
     return f"run 'mail2ticket accounts sign-in {name}' to sign in again"
 
 
-def access_token(account) -> str:
+def access_token(account: Account) -> str:
     """A valid access token for ``account``, refreshed first when it is close to expiry."""
     from mail2ticket.accounts import secrets
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from mail2ticket.cli.output import is_tty, json_option, print_json, print_table
+from mail2ticket.config.model import Account
 from mail2ticket.errors import Mail2TicketError
 
 
@@ -33,7 +34,7 @@ def read_line(prompt: str) -> str:
     return sys.stdin.readline().strip()
 
 
-def verify_account(account, password: str, *, echo=None) -> int:
+def verify_account(account: Account, password: str, *, echo=None) -> int:
     """Check the account step by step (mail2ticket.accounts.diagnostics); raise at the first failure."""
     from mail2ticket.accounts.diagnostics import check_account
 
@@ -41,7 +42,7 @@ def verify_account(account, password: str, *, echo=None) -> int:
     return check_account(account, password, report)
 
 
-def first_import(account, secret: str, since=None) -> tuple[int, str | None]:
+def first_import(account: Account, secret: str, since=None) -> tuple[int, str | None]:
     """How many messages the first poll of ``account`` would import (from ``since`` on), and the
     day the oldest of them arrived (YYYY-MM-DD), or None when there are none."""
     from mail2ticket.transport.imap import Mailbox
@@ -56,7 +57,7 @@ def first_import(account, secret: str, since=None) -> tuple[int, str | None]:
         return len(uids), arrived.date().isoformat() if arrived else None
 
 
-def _ask_since(account, secret: str, count: int, oldest: str | None):
+def _ask_since(account: Account, secret: str, count: int, oldest: str | None):
     """On a terminal: offer to import only the mail from a date on. The date, or None for all."""
     from datetime import date
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mail2ticket.cli.output import json_option, print_json
+from mail2ticket.config.model import Account
 
 
 @click.group("config")
@@ -89,7 +90,7 @@ def config_check(app, online, as_json):
         click.echo(line)
 
 
-def _online_check(account) -> dict:
+def _online_check(account: Account) -> dict:
     """accounts test's step-by-step check (mail2ticket.accounts.diagnostics) of one account, as data."""
     from mail2ticket.accounts.credentials import sign_in_secret
     from mail2ticket.accounts.diagnostics import check_account

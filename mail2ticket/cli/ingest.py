@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mail2ticket.config.model import Account
 from mail2ticket.errors import Mail2TicketError, TempFailError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def pick_account(cfg, name: str | None):
     return account
 
 
-def ingest_message(cfg, db, account, raw: bytes | None, *, hooks=None, spool=None):
+def ingest_message(cfg, db, account: Account, raw: bytes | None, *, hooks=None, spool=None):
     """Store ``raw`` for ``account`` through the importer (no mailbox identity: dedup by content).
 
     ``spool``: instead of ``raw``, a large message in a temp file (bigmessage.take): parsed from
@@ -64,7 +65,7 @@ def ingest_message(cfg, db, account, raw: bytes | None, *, hooks=None, spool=Non
     return outcome
 
 
-def _record_delivery(db, account, outcome) -> None:
+def _record_delivery(db, account: Account, outcome) -> None:
     """A pipe account's deliveries in account_status, as polls are: 'status' shows the last one
     (time and result) and counts what was stored. Never fails the delivery: it is stored."""
     from mail2ticket.tickets.db import record_poll

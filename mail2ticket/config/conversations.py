@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mail2ticket.config.checks import check_duration, is_int, is_str
+from mail2ticket.config.model import Config
 from mail2ticket.errors import ConfigError
 
 # [conversations]: threading, acknowledgements and notifications (docs/conversations.md).
@@ -82,7 +83,7 @@ DEFAULT_TEMPLATES = {
 }
 
 
-def conversation_settings(cfg: Any) -> dict[str, Any]:
+def conversation_settings(cfg: Config) -> dict[str, Any]:
     """[conversations] with every default filled in (also for a Config built without it)."""
 
     given = dict(getattr(cfg, "conversations", None) or {})

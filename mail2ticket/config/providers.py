@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mail2ticket.config.model import Account
+
 # How the IMAP login name is made from the e-mail address when the account gives no username.
 USERNAME_EMAIL = "email"  # the full address
 USERNAME_LOCAL_PART = "local-part"  # the part before the @ (iCloud)
@@ -285,7 +287,7 @@ APP_PASSWORD_MARKERS = (
 )
 
 
-def auth_failure_hint(account, server_text: str = "") -> str:
+def auth_failure_hint(account: Account, server_text: str = "") -> str:
     """What to do after the server refused the sign-in: specific to the provider and its answer."""
     preset = find_preset(getattr(account, "provider", None))
     text = " ".join(server_text.lower().split())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError
 from mail2ticket.outgoing.compose import (
     Draft,
@@ -24,7 +24,7 @@ from mail2ticket.tickets.db import current_user, get_ticket, log_event, now_iso,
 from mail2ticket.tickets.tickets import record_first_response, set_status
 
 
-def _other_participants(cfg: Any, db: Database, ticket: dict) -> list[str]:
+def _other_participants(cfg: Config, db: Database, ticket: dict) -> list[str]:
     """Everyone else who took part in the ticket (threader.participant_list), in order; never our
     accounts, never an address that cannot be mailed."""
     from mail2ticket.tickets.threading import participant_list
@@ -43,7 +43,7 @@ def _other_participants(cfg: Any, db: Database, ticket: dict) -> list[str]:
     return found
 
 
-def check_reply_all(cfg: Any, db: Database, ticket_id: int, *, yes: bool = False) -> int:
+def check_reply_all(cfg: Config, db: Database, ticket_id: int, *, yes: bool = False) -> int:
     """The number of recipients of 'tickets reply --all' on the ticket; Mail2TicketError when it is
     over [conversations] reply_all_limit and ``yes`` is not given (item 57)."""
     ticket = get_ticket(db, ticket_id)
@@ -59,7 +59,7 @@ def check_reply_all(cfg: Any, db: Database, ticket_id: int, *, yes: bool = False
 
 
 def queue_reply(
-    cfg: Any, db: Database, ticket_id: int, text: str, *, to_all: bool = False,
+    cfg: Config, db: Database, ticket_id: int, text: str, *, to_all: bool = False,
     status: str | None = None, actor: str | None = None, yes: bool = False,
 ) -> dict:
     """Store an agent's reply in the ticket, queue it for the requester, set the ticket status.
@@ -137,7 +137,7 @@ def queue_reply(
 
 
 def change_status(
-    cfg: Any, db: Database, ticket_id: int, status: str, *, notify: bool = False, actor: str | None = None,
+    cfg: Config, db: Database, ticket_id: int, status: str, *, notify: bool = False, actor: str | None = None,
 ) -> dict | None:
     """Close or reopen a ticket; with ``notify``, queue a notice to the requester (same transaction).
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.model import Config
 from mail2ticket.outgoing.compose import mailbox_domains, mailbox_key, not_a_mailbox
 
 # Mail a machine decided to send: capped per ticket and per address, never sent to a failing
@@ -60,7 +61,7 @@ def automatic_count(db: Database, *, since: datetime, ticket_id: int | None = No
     return sum(1 for (to,) in rows if mailbox_key(to or "") == key)
 
 
-def hold_reason(cfg: Any, db: Database, *, to_address: str, ticket_id: int | None,
+def hold_reason(cfg: Config, db: Database, *, to_address: str, ticket_id: int | None,
                 now: datetime | None = None) -> str | None:
     """Why one more automatic mail to ``to_address`` (about ``ticket_id``) must not be sent, or None.
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.model import Config
 from mail2ticket.errors import NotFoundError
 from mail2ticket.outgoing.compose import (
     Draft,
@@ -42,7 +43,7 @@ UNSENT = ("queued", "sending", "failed", "held")
 
 def queue(
     db: Database, draft: Draft, *, account: str, kind: str, ticket_id: int | None,
-    message_row: int | None = None, raw: bytes | None = None, cfg: Any = None,
+    message_row: int | None = None, raw: bytes | None = None, cfg: Config = None,
 ) -> dict:
     """Put a mail in the outbox; call inside the caller's transaction.
 
@@ -92,7 +93,7 @@ def queue(
     return entry
 
 
-def account_for(cfg: Any, name: str) -> Any:
+def account_for(cfg: Config, name: str) -> Any:
     account = next((a for a in cfg.accounts if a.name == name), None)
     if account is None:
         raise NotFoundError(
@@ -102,7 +103,7 @@ def account_for(cfg: Any, name: str) -> Any:
     return account
 
 
-def template_values(cfg: Any, ticket: dict) -> dict[str, Any]:
+def template_values(cfg: Config, ticket: dict) -> dict[str, Any]:
     settings = conversation_settings(cfg)
     return {
         "ticket": ticket["id"],
@@ -113,7 +114,7 @@ def template_values(cfg: Any, ticket: dict) -> dict[str, Any]:
     }
 
 
-def queue_ack(cfg: Any, db: Database, ticket_id: int, message_row: int, parsed: Any) -> dict:
+def queue_ack(cfg: Config, db: Database, ticket_id: int, message_row: int, parsed: Any) -> dict:
     """The acknowledgement of a new ticket: threaded with the customer's mail, RFC 3834 marked."""
     ticket = get_ticket(db, ticket_id)
     account = account_for(cfg, ticket["account"])

@@ -14,6 +14,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError
 from mail2ticket.outgoing.loops import iso_utc, parse_utc
 from mail2ticket.outgoing.outbox import account_for, get_entry, list_entries
@@ -103,7 +104,7 @@ def _finish(db: Database, row: dict, *, status: str, error: str | None = None, r
             log_event(db, "mail-failed", f"{what}: {error}", ticket_id=row["ticket_id"], account=row["account"])
 
 
-def _defer(cfg: Any, db: Database, row: dict, error: str, now: datetime, report: SendReport) -> None:
+def _defer(cfg: Config, db: Database, row: dict, error: str, now: datetime, report: SendReport) -> None:
     from mail2ticket.config.periods import parse_duration
 
     expire = parse_duration(conversation_settings(cfg)["outbox_expire"])
@@ -121,7 +122,7 @@ def _defer(cfg: Any, db: Database, row: dict, error: str, now: datetime, report:
 
 
 def send_pending(
-    cfg: Any, db: Database, *, ids: list[int] | None = None, force: bool = False,
+    cfg: Config, db: Database, *, ids: list[int] | None = None, force: bool = False,
     now: datetime | None = None,
 ) -> SendReport:
     """Send what is due (or the named entries; ``force`` ignores backoff and retries failed ones).
@@ -193,7 +194,7 @@ def send_pending(
     return report
 
 
-def _connect(cfg: Any, account_name: str, smtp_connect: Callable) -> Any:
+def _connect(cfg: Config, account_name: str, smtp_connect: Callable) -> Any:
     from mail2ticket.accounts.credentials import open_smtp
     from mail2ticket.transport.smtp import SendFailure
 
@@ -218,7 +219,7 @@ def _close(conn: Any) -> None:
             pass
 
 
-def retry(cfg: Any, db: Database, ids: list[int] | None = None) -> SendReport:
+def retry(cfg: Config, db: Database, ids: list[int] | None = None) -> SendReport:
     """Send the named entries (or every unsent one) now, whatever their backoff or failure."""
     if ids is None:
         ids = [r["id"] for r in list_entries(db)]
@@ -227,7 +228,7 @@ def retry(cfg: Any, db: Database, ids: list[int] | None = None) -> SendReport:
     return send_pending(cfg, db, ids=ids, force=True)
 
 
-def outbox_job(cfg: Any, db: Database) -> None:
+def outbox_job(cfg: Config, db: Database) -> None:
     """The scheduled job (service.AFTER_POLL_JOBS): send what is due."""
     report = send_pending(cfg, db)
     if report.sent or report.deferred or report.failed:

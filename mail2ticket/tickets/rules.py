@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from mail2ticket.config.model import Config
 from mail2ticket.config.rules import RULE_TIME_LIMIT, Rule
 from mail2ticket.tickets.tickets import set_status
 
@@ -19,7 +20,7 @@ ACTIONS = ("priority", "tags", "assignee", "queue", "acknowledge", "ignore")
 # --- applying ------------------------------------------------------------------------------------
 
 
-def matching_rules(cfg: Any, parsed: Any, account: str | None = None) -> list[Rule]:
+def matching_rules(cfg: Config, parsed: Any, account: str | None = None) -> list[Rule]:
     """The rules that apply to a mail, in order (a matching rule with stop = true ends the list).
 
     ``account`` is the account the mail arrived on; rules limited to accounts never match
@@ -28,7 +29,7 @@ def matching_rules(cfg: Any, parsed: Any, account: str | None = None) -> list[Ru
     return evaluate_rules(cfg, parsed, account)[0]
 
 
-def evaluate_rules(cfg: Any, parsed: Any, account: str | None = None) -> tuple[list[Rule], list[str]]:
+def evaluate_rules(cfg: Config, parsed: Any, account: str | None = None) -> tuple[list[Rule], list[str]]:
     """(the matching rules, a warning for each rule skipped on this mail).
 
     Each rule runs under RULE_TIME_LIMIT; one that runs out of time or fails is skipped for this
@@ -64,7 +65,7 @@ def suppresses_ack(outcome: Any) -> bool:
     return bool(getattr(outcome, "no_ack", None))
 
 
-def apply_to_mail(cfg: Any, db: Any, outcome: Any, parsed: Any,
+def apply_to_mail(cfg: Config, db: Any, outcome: Any, parsed: Any,
                   evaluated: tuple[list[Rule], list[str]] | None = None) -> list[Rule]:
     """Run inside the import transaction for each stored mail: apply the matching rules to its
     ticket (each recorded as an event), then set the SLA due times of a new ticket.

@@ -48,14 +48,14 @@ def target_seconds(text: str, calendar: Calendar | None) -> int:
 # --- config ------------------------------------------------------------------------------------
 
 
-def has_targets(cfg: Any) -> bool:
+def has_targets(cfg: Config) -> bool:
     sla = getattr(cfg, "sla", None) or {}
     if any(sla.get(k) for k in TARGETS):
         return True
     return any(v.get(k) for table in ("priority", "account") for v in (sla.get(table) or {}).values() for k in TARGETS)
 
 
-def targets_for(cfg: Any, priority: str | None, account: str | None) -> tuple[str | None, str | None, Calendar | None]:
+def targets_for(cfg: Config, priority: str | None, account: str | None) -> tuple[str | None, str | None, Calendar | None]:
     """(response, resolution, calendar) for a ticket: a [sla.priority.P] value wins over an
     [sla.account.A] value, which wins over the [sla] one; a calendar of None counts every hour."""
     sla = getattr(cfg, "sla", None) or {}
@@ -93,7 +93,7 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def due_times(cfg: Any, created_at: str, priority: str | None, account: str | None) -> tuple[str | None, str | None]:
+def due_times(cfg: Config, created_at: str, priority: str | None, account: str | None) -> tuple[str | None, str | None]:
     """(due_response_at, due_resolution_at) as ISO 8601 UTC, None where there is no target."""
     response, resolution, calendar = targets_for(cfg, priority, account)
     start = _parse_iso(created_at)
@@ -108,7 +108,7 @@ def due_times(cfg: Any, created_at: str, priority: str | None, account: str | No
     return out[0], out[1]
 
 
-def set_due_times(cfg: Any, db: Database, ticket_id: int, *, now: str | None = None) -> tuple[str | None, str | None]:
+def set_due_times(cfg: Config, db: Database, ticket_id: int, *, now: str | None = None) -> tuple[str | None, str | None]:
     """(Re)compute a ticket's due times from its creation, priority and account. A target moved
     into the future is no longer breached: its breach record and the overdue mark are cleared
     (the overdue check marks a new breach, with its own event)."""

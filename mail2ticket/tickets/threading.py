@@ -6,10 +6,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from sqlite_utils import Database
 
+from mail2ticket.config.model import Config
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.ids import (
     OUR_ID_IN_TEXT,
@@ -49,7 +49,7 @@ class ThreadSettings:
     authserv_ids: frozenset[str] = frozenset()
 
 
-def settings_for(cfg: Any, account_name: str | None) -> ThreadSettings:
+def settings_for(cfg: Config, account_name: str | None) -> ThreadSettings:
     """The threading rules of an account (defaults when there is no config or no such account)."""
     if cfg is None:
         return ThreadSettings()
