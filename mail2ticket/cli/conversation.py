@@ -11,8 +11,8 @@ from mail2ticket.cli.tickets import filter_options, message_text, select_tickets
 
 def _send_now(app, entry: dict) -> None:
     """Try to send one queued mail at once; report what happened (it stays queued if not sent)."""
-    from mail2ticket.outgoing.outbox import get_entry
     from mail2ticket.outgoing.sender import send_pending
+    from mail2ticket.tickets.mailqueue import get_entry
 
     if entry.get("warning"):  # a person's reply is sent, but to a failing address or into a loop
         click.echo(f"Warning: {entry['warning']}", err=True)

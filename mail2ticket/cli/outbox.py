@@ -25,7 +25,7 @@ def outbox_list(app, include_sent, as_json):
       mail2ticket outbox list
       mail2ticket outbox list --all --json
     """
-    from mail2ticket.outgoing.outbox import list_entries
+    from mail2ticket.tickets.mailqueue import list_entries
 
     rows = list_entries(app.db, include_sent=include_sent)
     if as_json:
@@ -62,8 +62,8 @@ def outbox_retry(app, ids, retry_all):
       mail2ticket outbox retry 7
       mail2ticket outbox retry --all
     """
-    from mail2ticket.outgoing.outbox import get_entry, list_entries
     from mail2ticket.outgoing.sender import retry
+    from mail2ticket.tickets.mailqueue import get_entry, list_entries
 
     if ids and retry_all:
         raise click.UsageError("name entries or give --all, not both")

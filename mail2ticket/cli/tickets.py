@@ -17,6 +17,7 @@ from mail2ticket.cli.output import (
     shown_time,
 )
 from mail2ticket.cli.params import TicketId
+from mail2ticket.tickets.db import known_assignees, ticket_accounts
 
 PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
 SORTS = ["updated", "created", "id", "priority", "due", "date"]
@@ -193,15 +194,13 @@ def select_tickets(app, name: str, ticket_ids, kw: dict, yes: bool, *, example: 
 def _known_accounts(app) -> list[str]:
     """The accounts of the config, and those that have tickets (renamed or removed since)."""
     names = {a.name for a in app.config().accounts}
-    names.update(r[0] for r in app.db.execute("select distinct account from tickets where account is not null"))
+    names.update(ticket_accounts(app.db))
     return sorted(names)
 
 
 def _known_assignees(app) -> list[str]:
     """Everyone who has, or ever had, a ticket, and the assignees of the routing rules."""
-    names = {r[0] for r in app.db.execute("select distinct assignee from tickets where assignee is not null")}
-    names.update(r[0][3:] for r in app.db.execute(
-        "select distinct detail from events where kind = 'assigned' and detail like 'to %'"))
+    names = known_assignees(app.db)
     names.update(rule.assignee for rule in app.config().rules if getattr(rule, "assignee", None))
     return sorted(names)
 

@@ -128,7 +128,7 @@ def check_duration(path: Path, key: str, value: str | None) -> None:
         raise ConfigError(f"{path}: '{key}' = {value!r} is not a duration", 'expected e.g. "30m", "4h" or "3d"') from None
 
 
-def account_tables(path: Path, value: Any) -> list:
+def accounts_array(path: Path, value: Any) -> list:
     if isinstance(value, dict):
         return [value]
     if not isinstance(value, list):

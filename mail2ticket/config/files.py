@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mail2ticket.config.accounts import ACCOUNT_KEYS
-from mail2ticket.config.checks import account_tables, read_toml
+from mail2ticket.config.checks import accounts_array, read_toml
 from mail2ticket.config.model import Config
 from mail2ticket.errors import ConfigError
 
@@ -58,7 +58,7 @@ def own_account_file(cfg: Config, name: str, action: str) -> Path:
 
 def account_entries(path: Path) -> list[dict[str, Any]]:
     """The [[accounts]] tables of an account file."""
-    return account_tables(path, read_toml(path).get("accounts", []))
+    return accounts_array(path, read_toml(path).get("accounts", []))
 
 
 def write_account_entries(path: Path, entries: list[dict[str, Any]], header: str) -> None:

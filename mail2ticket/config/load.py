@@ -10,7 +10,7 @@ from typing import Any
 
 from mail2ticket.config.accounts import build_account
 from mail2ticket.config.checks import (
-    account_tables,
+    accounts_array,
     check_schedule,
     check_table,
     is_int,
@@ -124,7 +124,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
 
     accounts: list[Account] = []
     files = [cfg_path] if exists else []
-    raw_accounts: list[tuple[Path, Any]] = [(cfg_path, a) for a in account_tables(cfg_path, data.get("accounts", []))]
+    raw_accounts: list[tuple[Path, Any]] = [(cfg_path, a) for a in accounts_array(cfg_path, data.get("accounts", []))]
     for pattern in include:
         for name in sorted(glob.glob(str(base / os.path.expanduser(pattern)))):
             inc_path = Path(name)
@@ -135,7 +135,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
                         f"{inc_path}: unknown key '{key}'", "an included file holds only [[accounts]]"
                     )
             files.append(inc_path)
-            raw_accounts.extend((inc_path, a) for a in account_tables(inc_path, inc.get("accounts", [])))
+            raw_accounts.extend((inc_path, a) for a in accounts_array(inc_path, inc.get("accounts", [])))
     seen: dict[str, Path] = {}
     for index, (src, raw) in enumerate(raw_accounts):
         account = build_account(src, index, raw)

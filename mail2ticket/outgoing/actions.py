@@ -21,6 +21,7 @@ from mail2ticket.outgoing.compose import (
 )
 from mail2ticket.outgoing.outbox import account_for, queue, template_values, threading_headers
 from mail2ticket.tickets.db import current_user, get_ticket, log_event, now_iso, transaction
+from mail2ticket.tickets.messages import insert_message, store_raw
 from mail2ticket.tickets.tickets import record_first_response, set_status
 
 
@@ -101,12 +102,9 @@ def queue_reply(
         raw = build(db, draft)
         sha = hashlib.sha256(raw).hexdigest()
         now = now_iso()
-        db.execute(
-            "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
-            "on conflict(sha256) do nothing",
-            [sha, len(raw), raw, now],
-        )
-        message_row = db["messages"].insert(
+        store_raw(db, sha, raw, now)
+        message_row = insert_message(
+            db,
             {
                 "ticket_id": ticket_id,
                 "direction": "out",
@@ -125,8 +123,8 @@ def queue_reply(
                 "body_text": draft.body,
                 "defects": "[]",
                 "thread_reason": f"reply by {actor} from the shell",
-            }
-        ).last_pk
+            },
+        )
         row = queue(db, draft, account=account.name, kind="reply", ticket_id=ticket_id, message_row=message_row,
                     raw=raw, cfg=cfg)
         set_status(db, ticket_id, status, now)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
 from mail2ticket.outgoing.compose import mailbox_domains, mailbox_key, not_a_mailbox
+from mail2ticket.tickets.mailqueue import automatic_recipients
+from mail2ticket.tickets.mailqueue import failing_address as queued_failing_address
 
 # Mail a machine decided to send: capped per ticket and per address, never sent to a failing
 # address (RELIABILITY 45, 46). A reply typed by a person is never held, only warned about.
@@ -18,11 +19,7 @@ AUTOMATIC_KINDS = ("ack", "close", "reopen", "sla-notice")
 
 def failing_address(db: Database, address: str, now: datetime | None = None) -> dict | None:
     """The failing_addresses row of ``address`` while its hold lasts (a bounce said it fails)."""
-    rows = list(db.query(
-        "select * from failing_addresses where address = ? and hold_until > ?",
-        [address.lower(), iso_utc(now or datetime.now(UTC))],
-    ))
-    return rows[0] if rows else None
+    return queued_failing_address(db, address, iso_utc(now or datetime.now(UTC)))
 
 
 def failing_participants(db: Database, ticket_id: int) -> list[dict]:
@@ -43,22 +40,11 @@ def automatic_count(db: Database, *, since: datetime, ticket_id: int | None = No
     """Automatic mails queued (held ones not counted) since ``since``, on a ticket, from an
     account, or to the mailbox of an address (compose.mailbox_key: ``v.i.c.t.i.m+1@gmail.com``
     is ``victim@gmail.com``, item 56)."""
-    where = [f"kind in ({','.join('?' * len(kinds))})", "status != 'held'", "created_at >= ?"]
-    args: list[Any] = [*kinds, iso_utc(since)]
-    if ticket_id is not None:
-        where.append("ticket_id = ?")
-        args.append(ticket_id)
-    if account is not None:
-        where.append("account = ?")
-        args.append(account)
+    counted = {"since": iso_utc(since), "kinds": kinds, "ticket_id": ticket_id, "account": account}
     if address is None:
-        return db.execute(f"select count(*) from outbox where {' and '.join(where)}", args).fetchone()[0]
+        return automatic_recipients(db, **counted)
     key = mailbox_key(address)
-    domains = mailbox_domains(key)
-    where.append("(" + " or ".join("to_address like ?" for _ in domains) + ")")
-    args += [f"%@{d}" for d in domains]
-    rows = db.execute(f"select to_address from outbox where {' and '.join(where)}", args)
-    return sum(1 for (to,) in rows if mailbox_key(to or "") == key)
+    return sum(1 for to in automatic_recipients(db, **counted, domains=mailbox_domains(key)) if mailbox_key(to) == key)
 
 
 def hold_reason(cfg: Config, db: Database, *, to_address: str, ticket_id: int | None,

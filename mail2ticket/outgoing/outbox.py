@@ -29,6 +29,8 @@ from mail2ticket.outgoing.compose import (
 from mail2ticket.outgoing.loops import AUTOMATIC_KINDS, hold_reason
 from mail2ticket.tickets.db import get_ticket, log_event, now_iso
 from mail2ticket.tickets.ids import make_tag
+from mail2ticket.tickets.mailqueue import get_entry, insert_entry
+from mail2ticket.tickets.threading import thread_parent
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def queue(
         raw = build(db, draft)
     sha = hashlib.sha256(raw).hexdigest()
     now = now_iso()
-    row_id = db["outbox"].insert(
+    row_id = insert_entry(
+        db,
         {
             "ticket_id": ticket_id,
             "message": message_row,
@@ -80,8 +83,8 @@ def queue(
             "attempts": 0,
             "created_at": now,
             "last_error": why if held else None,
-        }
-    ).last_pk
+        },
+    )
     entry = get_entry(db, row_id)
     if held:
         log_event(db, "mail-held", f"{kind} to {entry['to_address']} not sent: {why}", ticket_id=ticket_id,
@@ -138,60 +141,12 @@ def queue_ack(cfg: Config, db: Database, ticket_id: int, message_row: int, parse
     return row
 
 
-def _thread_parent(db: Database, ticket_id: int) -> dict | None:
-    """The message a reply answers: the newest incoming one, else the newest with an id."""
-    for sql in (
-        "select * from messages where ticket_id = ? and direction = 'in' and message_id is not null "
-        "order by id desc limit 1",
-        "select * from messages where ticket_id = ? and message_id is not null order by id desc limit 1",
-    ):
-        row = next(iter(db.query(sql, [ticket_id])), None)
-        if row:
-            return row
-    return None
-
-
 def threading_headers(db: Database, ticket_id: int) -> tuple[str | None, list[str]]:
-    parent = _thread_parent(db, ticket_id)
+    parent = thread_parent(db, ticket_id)
     if parent is None:
         return None, []
     refs = json.loads(parent["refs"] or "[]")
     return parent["message_id"], [*refs, parent["message_id"]]
-
-
-# --- reading -----------------------------------------------------------------------------------
-
-ENTRY_COLUMNS = (
-    "id, ticket_id, message, account, kind, mail_from, recipients, to_address, message_id, subject, "
-    "status, attempts, created_at, next_attempt_at, sent_at, last_error, smtp_reply"
-)
-
-
-def _entry(row: dict) -> dict:
-    row = dict(row)
-    row["recipients"] = json.loads(row["recipients"] or "[]")
-    return row
-
-
-def get_entry(db: Database, entry_id: int) -> dict:
-    rows = list(db.query(f"select {ENTRY_COLUMNS} from outbox where id = ?", [entry_id]))
-    if not rows:
-        raise NotFoundError(f"no outbox entry #{entry_id}", "see 'mail2ticket outbox list --all'")
-    return _entry(rows[0])
-
-
-def list_entries(db: Database, *, include_sent: bool = False) -> list[dict]:
-    sql = f"select {ENTRY_COLUMNS} from outbox"
-    if not include_sent:
-        sql += " where status != 'sent'"
-    return [_entry(r) for r in db.query(sql + " order by id")]
-
-
-def waiting_count(db: Database) -> dict[str, int]:
-    return {
-        r["status"]: r["n"]
-        for r in db.query("select status, count(*) as n from outbox where status != 'sent' group by status")
-    }
 
 
 # --- sending -----------------------------------------------------------------------------------

@@ -17,8 +17,17 @@ from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError
 from mail2ticket.outgoing.loops import iso_utc, parse_utc
-from mail2ticket.outgoing.outbox import account_for, get_entry, list_entries
+from mail2ticket.outgoing.outbox import account_for
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
+from mail2ticket.tickets.mailqueue import (
+    accounts_of,
+    due_entries,
+    entry_row,
+    get_entry,
+    list_entries,
+    mark_finished,
+    mark_sending,
+)
 
 # Test seam: called right after the server accepted a mail and before it is marked sent.
 after_accept: Callable[[dict], None] | None = None
@@ -68,7 +77,7 @@ def _claim_is_stale(claimed_by: str | None, claimed_at: str | None, now: datetim
 def _claim(db: Database, entry_id: int, now: datetime, *, force: bool) -> dict | None:
     """Take one mail for sending; None if it is not due, sent, or another sender has it."""
     with transaction(db):
-        row = next(iter(db.query("select * from outbox where id = ?", [entry_id])), None)
+        row = entry_row(db, entry_id)
         if row is None or row["status"] == "sent":
             return None
         if row["status"] in ("failed", "held") and not force:
@@ -78,11 +87,7 @@ def _claim(db: Database, entry_id: int, now: datetime, *, force: bool) -> dict |
         due = parse_utc(row["next_attempt_at"])
         if not force and due is not None and due > now:
             return None
-        db.execute(
-            "update outbox set status = 'sending', claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
-            "where id = ?",
-            [_me(), iso_utc(now), entry_id],
-        )
+        mark_sending(db, entry_id, _me(), iso_utc(now))
         row["attempts"] += 1
         return row
 
@@ -91,12 +96,8 @@ def _finish(db: Database, row: dict, *, status: str, error: str | None = None, r
             next_at: datetime | None = None) -> None:
     now = now_iso()
     with transaction(db):
-        db.execute(
-            "update outbox set status = ?, claimed_by = null, claimed_at = null, last_error = ?, "
-            "smtp_reply = coalesce(?, smtp_reply), next_attempt_at = ?, "
-            "sent_at = case when ? = 'sent' then ? else sent_at end where id = ?",
-            [status, error, reply, iso_utc(next_at) if next_at else None, status, now, row["id"]],
-        )
+        mark_finished(db, row["id"], status=status, error=error, reply=reply,
+                      next_attempt_at=iso_utc(next_at) if next_at else None, now=now)
         what = f"{row['kind']} {row['message_id']} to {', '.join(json.loads(row['recipients']))}"
         if status == "sent":
             log_event(db, "mail-sent", f"{what}: {reply}", ticket_id=row["ticket_id"], account=row["account"])
@@ -135,20 +136,11 @@ def send_pending(
 
     now = now or datetime.now(UTC)
     if ids is None:
-        candidates = [
-            r[0] for r in db.execute(
-                "select id from outbox where status in ('queued', 'sending') "
-                "and (next_attempt_at is null or next_attempt_at <= ?) order by id",
-                [iso_utc(now)],
-            ).fetchall()
-        ]
+        candidates = due_entries(db, iso_utc(now))
     else:
         candidates = list(ids)
     by_account: dict[str, list[int]] = {}
-    for entry_id, account in db.execute(
-        f"select id, account from outbox where id in ({','.join('?' * len(candidates))}) order by id",
-        candidates,
-    ).fetchall() if candidates else []:
+    for entry_id, account in accounts_of(db, candidates):
         by_account.setdefault(account, []).append(entry_id)
     report = SendReport()
     for account_name, entry_ids in by_account.items():

@@ -20,40 +20,9 @@ from mail2ticket.config.files import (
 )
 from mail2ticket.config.model import Config
 from mail2ticket.errors import ConfigError, SecretError
-from mail2ticket.tickets.db import transaction
+from mail2ticket.tickets.db import rename_in_db
 
 log = logging.getLogger(__name__)
-
-
-def account_tables(db: Database) -> list[str]:
-    """Every ordinary table with an ``account`` column (tickets, messages, sources, ...)."""
-    out = []
-    for row in db.query(
-        "select name, sql from sqlite_master where type = 'table' and name not like 'sqlite_%'"
-    ):
-        if (row["sql"] or "").upper().startswith("CREATE VIRTUAL"):
-            continue
-        columns = [c[1] for c in db.execute(f'pragma table_info("{row["name"]}")').fetchall()]
-        if "account" in columns:
-            out.append(row["name"])
-    return sorted(out)
-
-
-def rename_in_db(db: Database, old: str, new: str) -> dict[str, int]:
-    """Change the account name in every table, in one transaction. {table: rows changed}."""
-    tables = account_tables(db)
-    changed: dict[str, int] = {}
-    with transaction(db):
-        for table in tables:
-            clash = db.execute(f'select count(*) from "{table}" where account = ?', [new]).fetchone()[0]
-            if clash:
-                raise ConfigError(
-                    f"the database already holds {clash} row(s) of an account named {new!r} (table {table})",
-                    "choose another name (that name was used by an account removed earlier)",
-                )
-            cursor = db.execute(f'update "{table}" set account = ? where account = ?', [new, old])
-            changed[table] = cursor.rowcount
-    return changed
 
 
 def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:

@@ -31,7 +31,15 @@ from mail2ticket.intake.push import WorkerPool
 from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
-from mail2ticket.tickets.db import now_iso, open_db, transaction
+from mail2ticket.tickets.daemon_state import (
+    latest_daemon,
+    publish_jobs,
+    publish_push_sessions,
+    record_heartbeat,
+    record_start,
+    record_stop,
+)
+from mail2ticket.tickets.db import next_attempt_at, now_iso, open_db, transaction
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +86,11 @@ def _pid_alive(pid: int) -> bool:
 def daemon_state(db: Database, now: datetime | None = None) -> dict:
     """Whether a daemon is running on this database, from its heartbeat row (for 'status')."""
     now = now or datetime.now(UTC)
-    if not db["daemon"].exists():
-        rows = []
-    else:
-        rows = list(db.query("select * from daemon order by id desc limit 1"))
-    if not rows:
+    row = latest_daemon(db)
+    if row is None:
         return {"running": False, "state": "never started", "pid": None, "host": None,
                 "version": None, "started_at": None, "heartbeat_at": None, "stopped_at": None,
                 "status": None}
-    row = rows[0]
     age = _iso_age(row["heartbeat_at"], now)
     fresh = age is not None and age < STALE_AFTER_SECONDS
     alive = row["host"] != socket.gethostname() or _pid_alive(row["pid"])
@@ -106,19 +110,6 @@ def daemon_state(db: Database, now: datetime | None = None) -> dict:
         "heartbeat_at": row["heartbeat_at"],
         "stopped_at": row["stopped_at"],
         "status": row["status"],
-    }
-
-
-def next_polls(db: Database) -> dict[str, str]:
-    """{account: the running daemon's next scheduled poll (ISO 8601 UTC)}."""
-    if not db["daemon_jobs"].exists():
-        return {}
-    return {
-        row["account"]: row["next_run_at"]
-        for row in db.query(
-            "select account, min(next_run_at) as next_run_at from daemon_jobs "
-            "where account is not null group by account"
-        )
     }
 
 
@@ -363,12 +354,7 @@ class Daemon:
         unfinished = self.runner.close(STOP_GRACE_SECONDS)
         try:
             with transaction(self.db):
-                self.db.execute(
-                    "update daemon set stopped_at = ?, heartbeat_at = ?, status = ? where id = ?",
-                    [now_iso(), now_iso(), f"stopped ({name})", self.daemon_id],
-                )
-                if self.db["push_sessions"].exists():
-                    self.db.execute("delete from push_sessions")
+                record_stop(self.db, self.daemon_id, now_iso(), f"stopped ({name})")
         except Exception as exc:
             log.warning("could not record the stop in the database: %s", exc)
         if unfinished:
@@ -621,24 +607,13 @@ class Daemon:
         now = now_iso()
         with transaction(self.db):
             # Keep a short history of starts; the newest row is the one 'status' reads.
-            self.db.execute("delete from daemon where id not in (select id from daemon order by id desc limit 19)")
-            self.db.execute("delete from daemon_jobs")
-            self.db.execute(PUSH_SESSIONS_TABLE)
-            self.db.execute("delete from push_sessions")
-            cursor = self.db.execute(
-                "insert into daemon (pid, host, version, config, started_at, heartbeat_at, status) "
-                "values (?, ?, ?, ?, ?, ?, ?)",
-                [os.getpid(), socket.gethostname(), __version__, str(cfg.path), now, now, "starting"],
-            )
-        return cursor.lastrowid
+            return record_start(self.db, pid=os.getpid(), host=socket.gethostname(), version=__version__,
+                                config=str(cfg.path), now=now)
 
     def _heartbeat(self) -> None:
         try:
             with transaction(self.db):
-                self.db.execute(
-                    "update daemon set heartbeat_at = ?, status = ? where id = ?",
-                    [now_iso(), self.summary(), self.daemon_id],
-                )
+                record_heartbeat(self.db, self.daemon_id, now_iso(), self.summary())
             self._publish_jobs()
             self._publish_push()
         except Exception as exc:
@@ -655,14 +630,7 @@ class Daemon:
         if not changed and not gone:
             return
         with transaction(self.db):
-            for name in gone:
-                self.db.execute("delete from push_sessions where account = ?", [name])
-            for row in changed:
-                self.db.execute(
-                    "insert or replace into push_sessions (account, state, since, error, failures, retry_at) "
-                    "values (?, ?, ?, ?, ?, ?)",
-                    [row["account"], row["state"], row["since"], row["error"], row["failures"], row["retry_at"]],
-                )
+            publish_push_sessions(self.db, gone, changed)
         self._published_push = rows
 
     def _publish_jobs(self) -> None:
@@ -691,21 +659,12 @@ class Daemon:
             return
         try:
             with transaction(self.db):
-                if not self._published:
-                    self.db.execute("delete from daemon_jobs")
-                for name in gone:
-                    self.db.execute("delete from daemon_jobs where name = ?", [name])
-                if changed:
-                    self.db["daemon_jobs"].upsert_all(changed, pk="name")
+                publish_jobs(self.db, gone, changed, first=not self._published)
             self._published = rows
         except Exception as exc:
             log.warning("could not record the schedule: %s", exc)
 
 
-PUSH_SESSIONS_TABLE = (
-    "create table if not exists push_sessions (account text primary key, state text, since text, "
-    "error text, failures integer, retry_at text)"
-)
 
 
 def _iso(when: datetime) -> str:
@@ -782,8 +741,8 @@ def config_changes(old: Config, new: Config) -> list[str]:
 
 
 def _backing_off(db: Database, account: str) -> bool:
-    row = db.execute("select next_attempt_at from account_status where account = ?", [account]).fetchone()
-    return bool(row and row[0] and row[0] > now_iso())
+    retry_at = next_attempt_at(db, account)
+    return bool(retry_at and retry_at > now_iso())
 
 
 def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool,

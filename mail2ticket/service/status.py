@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from mail2ticket.config.model import Config
+from mail2ticket.tickets.daemon_state import push_session_rows
+from mail2ticket.tickets.db import recent_events, ticket_counts
 
 
 def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = None) -> dict:
@@ -13,7 +15,8 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
     only once a daemon has run on it (stopped or dead), with True also when none ever started,
     with False never."""
     from mail2ticket.intake.quarantine import open_count
-    from mail2ticket.service.daemon import daemon_state, next_polls
+    from mail2ticket.service.daemon import daemon_state
+    from mail2ticket.tickets.daemon_state import next_polls
     from mail2ticket.tickets.db import account_status
 
     status = account_status(db)
@@ -56,16 +59,9 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
             }
         )
     _push_alerts(sessions, alerts)
-    for ev in db.query(
-        "select account, created_at, detail from events where kind = 'uidvalidity-changed' "
-        "order by id desc limit 5"
-    ):
+    for ev in recent_events(db, "uidvalidity-changed", 5):
         alerts.append(f"{ev['created_at']} account {ev['account']}: {ev['detail']}")
-    counts = {
-        row["status"]: row["n"]
-        for row in db.query("select status, count(*) as n from tickets group by status")
-    }
-    overdue = db.execute("select count(*) from tickets where overdue = 1 and status != 'closed'").fetchone()[0]
+    counts = ticket_counts(db)
     if not daemon["running"]:
         if require_daemon or (require_daemon is None and daemon["state"] != "never started"):
             healthy = False
@@ -82,7 +78,7 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
             "open": counts.get("open", 0),
             "pending": counts.get("pending", 0),
             "closed": counts.get("closed", 0),
-            "overdue": overdue,
+            "overdue": counts["overdue"],
         },
         "quarantine": open_count(db),
         "outbox": _outbox_alerts(db, alerts),
@@ -94,9 +90,7 @@ def push_sessions(db: Database) -> dict[str, dict]:
     """{account: its push (IDLE) session as the running daemon last wrote it: state (connecting,
     idle = open, busy = importing over it, waiting = could not open and retrying, no-idle,
     closed), since, error (the server's words), failures, retry_at}."""
-    if not db["push_sessions"].exists():
-        return {}
-    return {row.pop("account"): row for row in db.query("select * from push_sessions")}
+    return {row.pop("account"): row for row in push_session_rows(db)}
 
 
 def _push_alerts(sessions: dict[str, dict], alerts: list[str]) -> None:
@@ -119,7 +113,7 @@ def _push_alerts(sessions: dict[str, dict], alerts: list[str]) -> None:
 
 def _outbox_alerts(db: Database, alerts: list[str]) -> dict[str, int]:
     """Mail waiting in the outbox, by status; an alert for mail that will not go by itself."""
-    from mail2ticket.outgoing.outbox import waiting_count
+    from mail2ticket.tickets.mailqueue import waiting_count
 
     waiting = waiting_count(db)
     if waiting.get("failed"):

@@ -18,7 +18,10 @@ from mail2ticket.config.fields import STATUSES
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
 
-from mail2ticket.errors import NotFoundError, StoreError, TempFailError, WrongUserError
+
+from sqlite_utils import Database
+
+from mail2ticket.errors import ConfigError, NotFoundError, StoreError, TempFailError, WrongUserError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -568,3 +571,67 @@ def ticket_events(db: Database, ticket_id: int) -> list[dict]:
 def get_raw(db: Database, sha256: str) -> bytes | None:
     rows = list(db.query("select raw from raw_messages where sha256 = ?", [sha256]))
     return rows[0]["raw"] if rows else None
+
+
+def next_attempt_at(db: Database, account: str) -> str | None:
+    """When an account in backoff after failed polls may be polled again (ISO 8601 UTC), or None."""
+    row = db.execute("select next_attempt_at from account_status where account = ?", [account]).fetchone()
+    return row[0] if row else None
+
+
+def tables_with_account(db: Database) -> list[str]:
+    """Every ordinary table with an ``account`` column (tickets, messages, sources, ...)."""
+    out = []
+    for row in db.query(
+        "select name, sql from sqlite_master where type = 'table' and name not like 'sqlite_%'"
+    ):
+        if (row["sql"] or "").upper().startswith("CREATE VIRTUAL"):
+            continue
+        columns = [c[1] for c in db.execute(f'pragma table_info("{row["name"]}")').fetchall()]
+        if "account" in columns:
+            out.append(row["name"])
+    return sorted(out)
+
+
+def rename_in_db(db: Database, old: str, new: str) -> dict[str, int]:
+    """Change the account name in every table, in one transaction. {table: rows changed}."""
+    tables = tables_with_account(db)
+    changed: dict[str, int] = {}
+    with transaction(db):
+        for table in tables:
+            clash = db.execute(f'select count(*) from "{table}" where account = ?', [new]).fetchone()[0]
+            if clash:
+                raise ConfigError(
+                    f"the database already holds {clash} row(s) of an account named {new!r} (table {table})",
+                    "choose another name (that name was used by an account removed earlier)",
+                )
+            cursor = db.execute(f'update "{table}" set account = ? where account = ?', [new, old])
+            changed[table] = cursor.rowcount
+    return changed
+
+
+def recent_events(db: Database, kind: str, limit: int) -> list[dict]:
+    """The newest ``limit`` events of ``kind`` (account, created_at, detail), newest first."""
+    return list(db.query(
+        "select account, created_at, detail from events where kind = ? order by id desc limit ?", [kind, limit]
+    ))
+
+
+def ticket_counts(db: Database) -> dict[str, int]:
+    """Tickets by status, and "overdue": those marked overdue that are not closed."""
+    counts = {row["status"]: row["n"] for row in db.query("select status, count(*) as n from tickets group by status")}
+    counts["overdue"] = db.execute("select count(*) from tickets where overdue = 1 and status != 'closed'").fetchone()[0]
+    return counts
+
+
+def ticket_accounts(db: Database) -> set[str]:
+    """Every account that has tickets (also one renamed or removed since)."""
+    return {r[0] for r in db.execute("select distinct account from tickets where account is not null")}
+
+
+def known_assignees(db: Database) -> set[str]:
+    """Everyone who has, or ever had, a ticket assigned."""
+    names = {r[0] for r in db.execute("select distinct assignee from tickets where assignee is not null")}
+    names.update(r[0][3:] for r in db.execute(
+        "select distinct detail from events where kind = 'assigned' and detail like 'to %'"))
+    return names

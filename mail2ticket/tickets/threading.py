@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
+from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.ids import (
@@ -53,7 +54,6 @@ def settings_for(cfg: Config, account_name: str | None) -> ThreadSettings:
     """The threading rules of an account (defaults when there is no config or no such account)."""
     if cfg is None:
         return ThreadSettings()
-    from mail2ticket.config.conversations import conversation_settings
 
     tag_format = conversation_settings(cfg)["tag_format"]
     own = frozenset(a.email.lower() for a in getattr(cfg, "accounts", []) if a.email)
@@ -341,3 +341,16 @@ def find_ticket(
     if ignored:
         return ThreadDecision(None, f"new conversation{forged}")
     return ThreadDecision(None, "new conversation")
+
+
+def thread_parent(db: Database, ticket_id: int) -> dict | None:
+    """The message a reply answers: the newest incoming one, else the newest with an id."""
+    for sql in (
+        "select * from messages where ticket_id = ? and direction = 'in' and message_id is not null "
+        "order by id desc limit 1",
+        "select * from messages where ticket_id = ? and message_id is not null order by id desc limit 1",
+    ):
+        row = next(iter(db.query(sql, [ticket_id])), None)
+        if row:
+            return row
+    return None

@@ -1,0 +1,88 @@
+"""The rows the running daemon keeps for 'status': its heartbeat (daemon), its timetable
+(daemon_jobs) and the state of each push session (push_sessions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlite_utils import Database
+
+PUSH_SESSIONS_TABLE = (
+    "create table if not exists push_sessions (account text primary key, state text, since text, "
+    "error text, failures integer, retry_at text)"
+)
+
+
+def latest_daemon(db: Database) -> dict | None:
+    """The newest row of daemon (the running or last daemon), or None."""
+    if not db["daemon"].exists():
+        return None
+    return next(iter(db.query("select * from daemon order by id desc limit 1")), None)
+
+
+def next_polls(db: Database) -> dict[str, str]:
+    """{account: the running daemon's next scheduled poll (ISO 8601 UTC)}."""
+    if not db["daemon_jobs"].exists():
+        return {}
+    return {
+        row["account"]: row["next_run_at"]
+        for row in db.query(
+            "select account, min(next_run_at) as next_run_at from daemon_jobs "
+            "where account is not null group by account"
+        )
+    }
+
+
+def push_session_rows(db: Database) -> list[dict]:
+    """Every push_sessions row (none before a daemon made the table)."""
+    if not db["push_sessions"].exists():
+        return []
+    return list(db.query("select * from push_sessions order by account"))
+
+
+def record_start(db: Database, *, pid: int, host: str, version: str, config: str, now: str) -> int:
+    """A new daemon row (the 19 before it kept as history); the timetable and push sessions of an
+    earlier daemon cleared. Call inside a transaction; returns the row id."""
+    db.execute("delete from daemon where id not in (select id from daemon order by id desc limit 19)")
+    db.execute("delete from daemon_jobs")
+    db.execute(PUSH_SESSIONS_TABLE)
+    db.execute("delete from push_sessions")
+    cursor = db.execute(
+        "insert into daemon (pid, host, version, config, started_at, heartbeat_at, status) "
+        "values (?, ?, ?, ?, ?, ?, ?)",
+        [pid, host, version, config, now, now, "starting"],
+    )
+    return cursor.lastrowid
+
+
+def record_heartbeat(db: Database, daemon_id: int, now: str, status: str) -> None:
+    db.execute("update daemon set heartbeat_at = ?, status = ? where id = ?", [now, status, daemon_id])
+
+
+def record_stop(db: Database, daemon_id: int, now: str, status: str) -> None:
+    """The clean stop of a daemon; its push sessions are gone."""
+    db.execute("update daemon set stopped_at = ?, heartbeat_at = ?, status = ? where id = ?",
+               [now, now, status, daemon_id])
+    if db["push_sessions"].exists():
+        db.execute("delete from push_sessions")
+
+
+def publish_push_sessions(db: Database, gone: Iterable[str], changed: Iterable[dict]) -> None:
+    for name in gone:
+        db.execute("delete from push_sessions where account = ?", [name])
+    for row in changed:
+        db.execute(
+            "insert or replace into push_sessions (account, state, since, error, failures, retry_at) "
+            "values (?, ?, ?, ?, ?, ?)",
+            [row["account"], row["state"], row["since"], row["error"], row["failures"], row["retry_at"]],
+        )
+
+
+def publish_jobs(db: Database, gone: Iterable[str], changed: list[dict], *, first: bool) -> None:
+    """The timetable: each job's next run (``first``: replace what an earlier daemon left)."""
+    if first:
+        db.execute("delete from daemon_jobs")
+    for name in gone:
+        db.execute("delete from daemon_jobs where name = ?", [name])
+    if changed:
+        db["daemon_jobs"].upsert_all(changed, pk="name")
