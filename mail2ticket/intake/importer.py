@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -20,7 +19,20 @@ from mail2ticket.files.spool import Spool
 from mail2ticket.parse.autoreply import is_auto_answer
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
+from mail2ticket.tickets.ledger import (
+    existing_source,
+    imported_message,
+    insert_quarantine,
+    known_contents,
+    known_uids,
+    open_quarantine_entry,
+    record_source,
+    same_gmail_message,
+    store_raw_spool,
+)
+from mail2ticket.tickets.messages import insert_attachment, insert_incoming, store_raw
 from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
+from mail2ticket.tickets.tickets import create_ticket, follow_up, tag_quietly, ticket_status, touch
 
 log = logging.getLogger(__name__)
 
@@ -211,29 +223,12 @@ def known_items(db: Database, items: Sequence[Incoming], digests: Sequence[str |
         first = sources[0][1]
         if all((s.account, s.folder, s.uidvalidity) == (first.account, first.folder, first.uidvalidity)
                for _, s in sources):
-            uids = [s.uid for _, s in sources]
-            found = {
-                row[0]
-                for row in db.execute(
-                    "select uid from sources where account = ? and folder = ? and uidvalidity = ? "
-                    f"and uid in ({','.join('?' * len(uids))})",
-                    [first.account, first.folder, first.uidvalidity, *uids],
-                )
-            }
+            found = known_uids(db, first.account, first.folder, first.uidvalidity, [s.uid for _, s in sources])
             known |= {i for i, s in sources if s.uid in found}
         else:
             known |= {i for i, s in sources if _existing_source(db, s) is not None}
-    hashes = sorted({d for d in digests if d is not None})
-    if hashes:
-        seen = {
-            row[0]
-            for row in db.execute(
-                "select raw_sha256 from messages where direction = 'in' and raw_sha256 in "
-                f"({','.join('?' * len(hashes))})",
-                hashes,
-            )
-        }
-        known |= {i for i, d in enumerate(digests) if d in seen}
+    seen = known_contents(db, sorted({d for d in digests if d is not None}))
+    known |= {i for i, d in enumerate(digests) if d in seen}
     return known
 
 
@@ -289,25 +284,7 @@ def import_batch(
 
 
 def _existing_source(db: Database, source: Source) -> dict | None:
-    cur = db.execute(
-        "select * from sources where account = ? and folder = ? and uidvalidity = ? and uid = ?",
-        [source.account, source.folder, source.uidvalidity, source.uid],
-    )
-    row = cur.fetchone()
-    return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
-
-
-def _insert(db: Database, table: str, row: dict) -> int:
-    """INSERT one row, return its rowid: sqlite-utils' insert() runs schema queries on every call,
-    a cost paid several times per imported message (see docs/performance.md)."""
-    return db.conn.execute(_insert_sql(table, tuple(row)), list(row.values())).lastrowid
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    """The INSERT statement for ``columns`` of ``table``, built once (run several times per message)."""
-    names = ", ".join(f'"{name}"' for name in columns)
-    return f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})'
+    return existing_source(db, source.account, source.folder, source.uidvalidity, source.uid)
 
 
 def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
@@ -343,35 +320,22 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
                               f"of account {seen['account']}")
     if prep.sha256 is not None:
         _insert_raw(db, item, prep.sha256, now)
-        same = [
-            {"id": row[0], "ticket_id": row[1]}
-            for row in db.execute(
-                "select id, ticket_id from messages where raw_sha256 = ? and direction = 'in' limit 1",
-                [prep.sha256],
-            )
-        ]
+        same = imported_message(db, prep.sha256)
         if same:
-            outcome = Outcome(item, "duplicate", ticket_id=same[0]["ticket_id"], message_row=same[0]["id"],
+            outcome = Outcome(item, "duplicate", ticket_id=same["ticket_id"], message_row=same["id"],
                               detail="same bytes already imported")
-            _record_source(db, item, prep.sha256, message=same[0]["id"], quarantine=None)
+            _record_source(db, item, prep.sha256, message=same["id"], quarantine=None)
             return outcome
-        open_q = [
-            {"id": row[0]}
-            for row in db.execute(
-                "select id from quarantine where raw_sha256 = ? and resolved_at is null limit 1",
-                [prep.sha256],
-            )
-        ]
-        if open_q and prep.parsed is None:
-            _record_source(db, item, prep.sha256, message=None, quarantine=open_q[0]["id"])
-            return Outcome(item, "duplicate", quarantine_id=open_q[0]["id"], detail="already in quarantine")
+        open_q = open_quarantine_entry(db, prep.sha256)
+        if open_q is not None and prep.parsed is None:
+            _record_source(db, item, prep.sha256, message=None, quarantine=open_q)
+            return Outcome(item, "duplicate", quarantine_id=open_q, detail="already in quarantine")
     if prep.parsed is None and prep.error is None:
         # Known when prepared but gone inside the transaction: parse now (rare race).
         return _store_one_inner(ctx, _prepare_parse(ctx, prep))
     if prep.parsed is None:
-        qid = _insert(
+        qid = insert_quarantine(
             db,
-            "quarantine",
             {
                 "account": item.account,
                 "folder": item.source.folder if item.source else None,
@@ -417,33 +381,20 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     elif decision.kind == "report":  # a delivery report: filed in the ticket, status unchanged
         ticket_id = decision.ticket_id
         status = "followup"
-        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
-        db.execute("update tickets set updated_at = ? where id = ?", [now, ticket_id])
+        previous_status = ticket_status(db, ticket_id)
+        touch(db, ticket_id, now)
         log_event(db, "report", decision.reason, ticket_id=ticket_id, account=item.account)
     elif decision.ticket_id is None:
         # An out-of-office answer to nothing we know is kept, but closed on arrival (issue 14.11).
         auto_answer = is_auto_answer(parsed.auto_reply)
-        ticket_id = _insert(
-            db,
-            "tickets",
-            {
-                "account": item.account,
-                "subject": parsed.subject or "(no subject)",
-                "requester": parsed.from_address,
-                "requester_name": parsed.from_name,
-                "status": "closed" if auto_answer else "open",
-                "priority": "normal",
-                "created_at": now,
-                "updated_at": now,
-                **({"closed_at": now} if auto_answer else {}),
-            }
-        )
+        ticket_id = create_ticket(db, account=item.account, subject=parsed.subject or "(no subject)",
+                                  requester=parsed.from_address, requester_name=parsed.from_name, now=now,
+                                  closed=auto_answer)
         status = "imported"
         log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
                   ticket_id=ticket_id, account=item.account)
         if auto_answer:
-            db.execute("insert into ticket_tags (ticket_id, tag) values (?, 'auto-reply') on conflict do nothing",
-                       [ticket_id])
+            tag_quietly(db, ticket_id, "auto-reply")
             log_event(db, "auto-reply", f"closed on arrival, tagged auto-reply: an automatic answer "
                       f"({parsed.auto_reply}) to no ticket of ours", ticket_id=ticket_id, account=item.account)
         if unverified:
@@ -451,28 +402,21 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     elif is_auto_answer(parsed.auto_reply):  # an out-of-office answer: joins, changes nothing
         ticket_id = decision.ticket_id
         status = "followup"
-        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
+        previous_status = ticket_status(db, ticket_id)
         log_event(db, "auto-reply", f"{decision.reason}; an automatic answer ({parsed.auto_reply}): "
                   f"the ticket stays {previous_status}", ticket_id=ticket_id, account=item.account)
     else:
         ticket_id = decision.ticket_id
         status = "followup"
-        previous_status = db.execute("select status from tickets where id = ?", [ticket_id]).fetchone()[0]
-        reopen = 1 if thread.reopen_on_reply else 0  # a closed ticket stays closed when 0
-        db.execute(
-            "update tickets set updated_at = ?, status = case when status = 'closed' and ? then 'open' "
-            "when status = 'pending' then 'open' else status end, "
-            "closed_at = case when status = 'closed' and ? then null else closed_at end where id = ?",
-            [now, reopen, reopen, ticket_id],
-        )
+        reopen = bool(thread.reopen_on_reply)  # a closed ticket stays closed when false
+        previous_status = follow_up(db, ticket_id, now, reopen=reopen)
         log_event(db, "followup", decision.reason, ticket_id=ticket_id, account=item.account)
         if previous_status == "closed" and reopen:
             log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
                       ticket_id=ticket_id, account=item.account)
     to_addrs, cc_addrs = bounded_addresses(parsed, "To", parsed.to), bounded_addresses(parsed, "Cc", parsed.cc)
-    message_row = _insert(
+    message_row = insert_incoming(
         db,
-        "messages",
         {
             "ticket_id": ticket_id,
             "direction": "in",
@@ -515,7 +459,7 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
         )
     if rows:
         for row in rows:
-            _insert(db, "attachments", row)
+            insert_attachment(db, row)
     _record_source(db, item, prep.sha256, message=message_row, quarantine=None)
     outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
     if status == "followup":
@@ -549,9 +493,8 @@ def _record_source(db: Database, item: Incoming, sha: str | None, *, message, qu
     if item.source is None:
         return
     action = item.action if item.downloaded else None
-    _insert(
+    record_source(
         db,
-        "sources",
         {
             "account": item.source.account,
             "folder": item.source.folder,
@@ -572,50 +515,13 @@ def _insert_raw(db: Database, item: Incoming, sha: str, now: str) -> None:
     """The raw bytes into raw_messages (once per content). A spooled message is written with
     incremental blob I/O, 1 MB at a time, inside the same transaction: never whole in memory."""
     if item.spool is None:
-        db.execute(
-            "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, ?, ?) "
-            "on conflict(sha256) do nothing",
-            [sha, len(item.raw or b""), item.raw, now],
-        )
+        store_raw(db, sha, item.raw or b"", now)
         return
-    spool = item.spool
-    conn = db.conn
-    before = conn.total_changes
-    db.execute(
-        "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, zeroblob(?), ?) "
-        "on conflict(sha256) do nothing",
-        [sha, spool.size, spool.size, now],
-    )
-    if conn.total_changes == before:
-        return  # the same bytes are already stored
-    rowid = db.execute("select rowid from raw_messages where sha256 = ?", [sha]).fetchone()[0]
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        with open(spool.path, "rb") as f, conn.blobopen("raw_messages", "raw", rowid) as blob:
-            while chunk := f.read(1 << 20):
-                if written + len(chunk) > spool.size:
-                    break
-                digest.update(chunk)
-                blob.write(chunk)
-                written += len(chunk)
-    except OSError as exc:
-        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
-                            "the next poll fetches it again") from None
-    if written != spool.size or digest.hexdigest() != sha:
-        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
-                            "the next poll fetches it again")
+    store_raw_spool(db, sha, item.spool, now)
 
 
 def _same_gmail_message(db: Database, item: Incoming) -> dict | None:
     """The ledger row of the same Gmail message (X-GM-MSGID) of the same mailbox, if imported."""
     if not (item.gm_msgid and item.gm_mailbox):
         return None
-    cur = db.execute(
-        "select s.account, s.folder, s.message, s.quarantine, m.ticket_id from sources s "
-        "left join messages m on m.id = s.message where s.gm_mailbox = ? and s.gm_msgid = ? "
-        "and (s.message is not null or s.quarantine is not null) order by s.id limit 1",
-        [item.gm_mailbox, item.gm_msgid],
-    )
-    row = cur.fetchone()
-    return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+    return same_gmail_message(db, item.gm_mailbox, item.gm_msgid)

@@ -22,6 +22,12 @@ from mail2ticket.intake.poller import PollResult
 from mail2ticket.parse.bigmessage import take
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import now_iso, transaction
+from mail2ticket.tickets.ledger import (
+    maildir_ids,
+    maildir_names_imported,
+    maildir_pending_actions,
+    mark_actions_done,
+)
 from mail2ticket.transport.imap import chunks
 
 log = logging.getLogger(__name__)
@@ -133,29 +139,12 @@ def _delivery_order(entry: MaildirFile, mtime: float) -> tuple[float, str]:
 def _ids(db: Database, folder: str, names: Iterable[str]) -> dict[str, int]:
     """The stable integer id of each unique name (assigned on first sight, never changed)."""
     names = list(names)
-    if names:
-        now = now_iso()
-        with transaction(db):
-            db.conn.executemany(
-                "insert into maildir_names (folder, name, created_at) values (?, ?, ?) "
-                "on conflict(folder, name) do nothing",
-                [(folder, name, now) for name in names],
-            )
-    wanted = set(names)
-    return {
-        row["name"]: row["id"]
-        for row in db.query("select id, name from maildir_names where folder = ?", [folder])
-        if row["name"] in wanted
-    }
+    with transaction(db):
+        return maildir_ids(db, folder, names, now_iso())
 
 
 def _in_ledger(db: Database, account: str, folder: str) -> set[str]:
-    rows = db.query(
-        "select n.name from maildir_names n join sources s on s.account = ? and s.folder = n.folder "
-        "and s.uidvalidity = ? and s.uid = n.id where n.folder = ?",
-        [account, UIDVALIDITY, folder],
-    )
-    return {row["name"] for row in rows}
+    return maildir_names_imported(db, account, folder, UIDVALIDITY)
 
 
 def _with_seen(entry: MaildirFile) -> str:
@@ -191,14 +180,7 @@ def finish_pending(db: Database, account: Account, root: Path, known: dict[str, 
     file is moved now. Returns how many files were handled.
     """
     folder = str(root)
-    rows = list(
-        db.query(
-            "select s.id, s.action, n.name from sources s join maildir_names n on n.folder = s.folder "
-            "and n.id = s.uid where s.account = ? and s.folder = ? and s.uidvalidity = ? "
-            "and s.action_state = 'pending' order by s.uid",
-            [account.name, folder, UIDVALIDITY],
-        )
-    )
+    rows = maildir_pending_actions(db, account.name, folder, UIDVALIDITY)
     if not rows:
         return 0
     touched: set[Path] = set()
@@ -226,10 +208,7 @@ def finish_pending(db: Database, account: Account, root: Path, known: dict[str, 
         fsync_dir(directory)
     with transaction(db):
         for chunk in chunks(done, 500):
-            db.execute(
-                f"update sources set action_state = 'done' where id in ({','.join('?' * len(chunk))})",
-                chunk,
-            )
+            mark_actions_done(db, chunk)
     return len(done)
 
 

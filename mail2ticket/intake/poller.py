@@ -24,9 +24,19 @@ from mail2ticket.tickets.db import (
     get_mailbox,
     log_event,
     now_iso,
+    poll_failures,
     record_poll,
     set_mailbox,
     transaction,
+)
+from mail2ticket.tickets.ledger import (
+    count_failure,
+    forget_failures,
+    has_pending_actions,
+    mark_actions_done,
+    mark_mailbox_checked,
+    pending_actions,
+    supersede_quarantine,
 )
 from mail2ticket.transport.imap import Mailbox, chunks
 
@@ -102,13 +112,7 @@ def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: in
     ``result.action_error`` says why, naming the folder, and later calls in this poll do nothing."""
     if result.action_error is not None:
         return 0
-    rows = list(
-        db.query(
-            "select id, uid from sources where account = ? and folder = ? and uidvalidity = ? "
-            "and action_state = 'pending' order by uid",
-            [account.name, account.folder, uidvalidity],
-        )
-    )
+    rows = pending_actions(db, account.name, account.folder, uidvalidity)
     if not rows:
         return 0
     action = account.after_import or "none"
@@ -121,11 +125,7 @@ def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: in
             log.warning("account %s: %s", account.name, result.action_error)
             return done
         with transaction(db):
-            db.execute(
-                f"update sources set action_state = 'done', action = ? "
-                f"where id in ({','.join('?' * len(chunk))})",
-                [action, *[r["id"] for r in chunk]],
-            )
+            mark_actions_done(db, [r["id"] for r in chunk], action)
         done += len(chunk)
     return done
 
@@ -167,11 +167,7 @@ def _nothing_new(db: Database, box: Mailbox, account: Account) -> bool:
     checked = datetime.fromisoformat(state["checked_at"].replace("Z", "+00:00"))
     if (datetime.now(UTC) - checked).total_seconds() > FULL_CHECK_SECONDS:
         return False
-    pending = db.execute(
-        "select 1 from sources where account = ? and folder = ? and action_state = 'pending' limit 1",
-        [account.name, account.folder],
-    ).fetchone()
-    if pending:
+    if has_pending_actions(db, account.name, account.folder):
         return False
     uidvalidity, uidnext = box.status(account.folder)
     return uidvalidity == state["uidvalidity"] and uidnext <= (state["last_uid"] or 0) + 1
@@ -179,10 +175,7 @@ def _nothing_new(db: Database, box: Mailbox, account: Account) -> bool:
 
 def _mark_checked(db: Database, account: Account) -> None:
     with transaction(db):
-        db.execute(
-            "update mailboxes set checked_at = ? where account = ? and folder = ?",
-            [now_iso(), account.name, account.folder],
-        )
+        mark_mailbox_checked(db, account.name, account.folder, now_iso())
 
 
 # A UID whose content the server fails to send (no body, an empty one, an answer imapclient
@@ -207,13 +200,7 @@ def _count_fetch_failures(
         for uid in held:
             why = reasons.get(uid, "the server sent no content")
             key = _failure_key(account, uidvalidity, uid)
-            row = db.execute("select value from conversation_state where key = ?", [key]).fetchone()
-            tries = (int(row[0]) if row and row[0].isdigit() else 0) + 1
-            db.execute(
-                "insert into conversation_state (key, value) values (?, ?) "
-                "on conflict(key) do update set value = excluded.value",
-                [key, str(tries)],
-            )
+            tries = count_failure(db, key)
             failures[uid] = (tries, why)
             log.warning("account %s: UID %s of %s could not be fetched (try %d of %d): %s",
                         account.name, uid, account.folder, tries, FETCH_TRIES, why)
@@ -225,16 +212,7 @@ def _count_fetch_failures(
 def _forget_fetch_failures(db: Database, account: Account, uidvalidity: int, uids: list[int]) -> None:
     """Drop the failure counts of UIDs now accounted for (stored, quarantined or gone)."""
     prefix = _failure_key(account, uidvalidity, "")
-    counted = [
-        key for (key,) in db.execute(
-            "select key from conversation_state where substr(key, 1, ?) = ?", [len(prefix), prefix]
-        )
-    ]
-    if counted:
-        wanted = {prefix + str(uid) for uid in uids}
-        for key in counted:
-            if key in wanted:
-                db.execute("delete from conversation_state where key = ?", [key])
+    forget_failures(db, prefix, {prefix + str(uid) for uid in uids})
 
 
 # UIDs whose RFC822.SIZE one command asks for (the fetch thread asks as it goes).
@@ -313,12 +291,7 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
                 # Over-size messages were never downloaded, so no hash can match them: their
                 # entries name UIDs that no longer exist. The re-scan makes fresh entries.
-                db.execute(
-                    "update quarantine set resolved_at = ?, error = error || ? where account = ? "
-                    "and folder = ? and uidvalidity != ? and raw_sha256 is null and resolved_at is null",
-                    [now_iso(), " (superseded: the folder's UIDVALIDITY changed; see the newer entry)",
-                     account.name, account.folder, info.uidvalidity],
-                )
+                supersede_quarantine(db, account.name, account.folder, info.uidvalidity, now_iso())
         else:
             with transaction(db):
                 set_mailbox(db, account.name, account.folder, info.uidvalidity, 0)
@@ -592,8 +565,7 @@ def _record(db: Database, account: Account, result: PollResult) -> PollResult:
         log.info("account %s: %s", account.name, result.summary())
         return result
     try:
-        row = next(iter(db.query("select failures from account_status where account = ?", [account.name])), None)
-        failures = (row["failures"] if row else 0) + 1
+        failures = poll_failures(db, account.name) + 1
         next_at = (datetime.now(UTC) + timedelta(seconds=backoff_seconds(failures))).replace(microsecond=0)
         # Only the after-import action failed: new mail was imported and must go on being
         # imported at the usual pace, so no backoff; the failure shows in 'status' all the same.

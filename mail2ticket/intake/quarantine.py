@@ -13,27 +13,30 @@ from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, _prepare, _Prepared, import_batch
-from mail2ticket.parse.bigmessage import BIG_MESSAGE, take_stored
+from mail2ticket.parse.bigmessage import BIG_MESSAGE
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
+from mail2ticket.tickets.ledger import (
+    open_quarantine_count,
+    quarantine_discarded,
+    quarantine_entries,
+    quarantine_entry,
+    quarantine_resolved,
+    quarantine_retried,
+)
+from mail2ticket.tickets.messages import take_stored
 
 log = logging.getLogger(__name__)
 
 
 def list_entries(db: Database, *, include_resolved: bool = False) -> list[dict]:
-    sql = (
-        "select id, account, folder, uidvalidity, uid, raw_sha256, size, reason, error, created_at, "
-        "retries, resolved_at, resolved_message, discarded_at, export_path from quarantine"
-    )
-    if not include_resolved:
-        sql += " where resolved_at is null"
-    return list(db.query(sql + " order by id"))
+    return quarantine_entries(db, include_resolved=include_resolved)
 
 
 def get_entry(db: Database, qid: int) -> dict:
-    rows = list(db.query("select * from quarantine where id = ?", [qid]))
-    if not rows:
+    row = quarantine_entry(db, qid)
+    if row is None:
         raise NotFoundError(f"no quarantine entry #{qid}", "see 'mail2ticket quarantine list'")
-    return rows[0]
+    return row
 
 
 def raw_of(db: Database, entry: dict) -> bytes:
@@ -86,28 +89,14 @@ def discard(db: Database, qid: int, export_dir: Path | None) -> dict:
         write_private(export_path, data)  # on disk before the database lets go of the bytes
     now = now_iso()
     with transaction(db):
-        db.execute(
-            "update quarantine set discarded_at = ?, resolved_at = ?, export_path = ?, raw_sha256 = NULL "
-            "where id = ?",
-            [now, now, str(export_path) if export_path else None, qid],
-        )
-        digest = entry["raw_sha256"]
-        if digest and not _raw_still_used(db, digest):
-            db.execute("delete from raw_messages where sha256 = ?", [digest])
+        quarantine_discarded(db, qid, str(export_path) if export_path else None, now, entry["raw_sha256"])
         log_event(db, "quarantine-discarded", f"#{qid}" + (f" exported to {export_path}" if export_path else ""),
                   account=entry["account"])
     return get_entry(db, qid)
 
 
-def _raw_still_used(db: Database, digest: str) -> bool:
-    for table in ("messages", "quarantine", "outbox"):
-        if db.execute(f"select 1 from {table} where raw_sha256 = ? limit 1", [digest]).fetchone():
-            return True
-    return False
-
-
 def open_count(db: Database) -> int:
-    return db.execute("select count(*) from quarantine where resolved_at is null").fetchone()[0]
+    return open_quarantine_count(db)
 
 
 def _limit(cfg: Config, account_name: str) -> int:
@@ -187,9 +176,7 @@ def retry(cfg: Config, db: Database, qid: int) -> dict:
             raw, spool = _fetch_from_server(cfg, entry, after_commit)
         except Mail2TicketError as exc:
             with transaction(db):
-                db.execute(
-                    "update quarantine set retries = retries + 1, error = ? where id = ?", [exc.one_line(), qid]
-                )
+                quarantine_retried(db, qid, exc.one_line())
             return get_entry(db, qid)
     stored = False
     try:
@@ -215,9 +202,7 @@ def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes |
         prepared = _prepare(ctx, incoming)
     if prepared.error is not None:
         with transaction(db):
-            db.execute(
-                "update quarantine set retries = retries + 1, error = ? where id = ?", [prepared.error, qid]
-            )
+            quarantine_retried(db, qid, prepared.error)
         return get_entry(db, qid)
     # The raw bytes are already recorded against this entry; import them as a fresh message.
     with transaction(db):
@@ -225,13 +210,5 @@ def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes |
         outcome = outcomes[0]
         if outcome.message_row:
             digest = prepared.sha256
-            db.execute(
-                "update quarantine set resolved_at = ?, resolved_message = ?, retries = retries + 1, "
-                "raw_sha256 = coalesce(raw_sha256, ?) where id = ?",
-                [now_iso(), outcome.message_row, digest, qid],
-            )
-            db.execute(
-                "update sources set message = ?, raw_sha256 = coalesce(raw_sha256, ?) where quarantine = ?",
-                [outcome.message_row, digest, qid],
-            )
+            quarantine_resolved(db, qid, outcome.message_row, digest, now_iso())
     return get_entry(db, qid)

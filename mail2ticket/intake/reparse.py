@@ -14,8 +14,17 @@ from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, bounded_addresses
-from mail2ticket.parse.bigmessage import parse_file, take_stored
+from mail2ticket.parse.bigmessage import parse_file
 from mail2ticket.tickets.db import log_event, transaction
+from mail2ticket.tickets.messages import (
+    attachment_rows,
+    first_incoming,
+    incoming_messages,
+    replace_attachments,
+    take_stored,
+    update_derived,
+)
+from mail2ticket.tickets.tickets import rederive_from_first_message
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,7 @@ def _derived(parsed) -> dict:
 def _attachment_rows(db: Database, message: int) -> list[tuple]:
     return [
         (r["position"], r["filename"], r["content_type"], r["size"], r["sha256"], r["content_id"], r["disposition"])
-        for r in db.query("select * from attachments where message = ? order by position", [message])
+        for r in attachment_rows(db, message)
     ]
 
 
@@ -69,13 +78,8 @@ def reparse(cfg: Config, db: Database, *, ticket_ids: list[int] | None = None,
     """
     ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg, acknowledge=False)
     store = ctx.attachments
-    sql = "select * from messages where direction = 'in' and raw_sha256 is not null"
-    params: list = []
-    if ticket_ids:
-        sql += f" and ticket_id in ({','.join('?' * len(ticket_ids))})"
-        params = list(ticket_ids)
     report = ReparseReport()
-    for row in list(db.query(sql + " order by id", params)):
+    for row in incoming_messages(db, ticket_ids):
         report.messages += 1
         # A large message is copied from its blob into a temp file and parsed from there in
         # bounded memory, as poll does (bigmessage); a small one is read whole.
@@ -159,29 +163,17 @@ def _reparse_one(ctx: ImportContext, db: Database, row: dict, raw: bytes | None,
     else:
         stored = [(a.sha256, store.relpath(a.sha256)) for a in parsed.attachments]
     with transaction(db):
-        db.execute(
-            f"update messages set {', '.join(f'{k} = ?' for k in DERIVED)} where id = ?",
-            [new[k] for k in DERIVED] + [row["id"]],
-        )
+        update_derived(db, row["id"], {k: new[k] for k in DERIVED})
         if "attachments" in changes:
-            db.execute("delete from attachments where message = ?", [row["id"]])
-            for (i, a), (sha, rel) in zip(enumerate(parsed.attachments), stored, strict=True):
-                db["attachments"].insert({
-                    "message": row["id"], "position": i, "filename": a.filename,
-                    "original_filename": getattr(a, "original_filename", None),
-                    "content_type": a.content_type, "size": a.size, "sha256": sha, "path": rel,
-                    "content_id": a.content_id, "disposition": a.disposition,
-                })
-        first = db.execute(
-            "select min(id) from messages where ticket_id = ? and direction = 'in'", [row["ticket_id"]]
-        ).fetchone()[0]
-        if first == row["id"]:  # the ticket's own fields came from this message, unless edited since
-            db.execute(
-                "update tickets set subject = case when subject = ? then ? else subject end, "
-                "requester = coalesce(?, requester), "
-                "requester_name = coalesce(?, requester_name) where id = ?",
-                [row["subject"] or "(no subject)", parsed.subject or "(no subject)",
-                 parsed.from_address, parsed.from_name, row["ticket_id"]],
-            )
+            replace_attachments(db, row["id"], [
+                {"position": i, "filename": a.filename, "original_filename": getattr(a, "original_filename", None),
+                 "content_type": a.content_type, "size": a.size, "sha256": sha, "path": rel,
+                 "content_id": a.content_id, "disposition": a.disposition}
+                for (i, a), (sha, rel) in zip(enumerate(parsed.attachments), stored, strict=True)
+            ])
+        if first_incoming(db, row["ticket_id"]) == row["id"]:  # the ticket's fields came from it
+            rederive_from_first_message(db, row["ticket_id"], old_subject=row["subject"] or "(no subject)",
+                                        subject=parsed.subject or "(no subject)",
+                                        requester=parsed.from_address, requester_name=parsed.from_name)
         log_event(db, "reparsed", f"message {row['id']}: {', '.join(changes)} re-derived",
                   ticket_id=row["ticket_id"], account=row["account"])

@@ -99,29 +99,6 @@ def parse_bytes(parse: Callable[[bytes], Any], store: AttachmentStore, raw: byte
         spool.unlink()
 
 
-def take_stored(db: Any, sha256: str, directory: str | os.PathLike, threshold: int = BIG_MESSAGE
-                ) -> tuple[bytes | None, Spool | None] | None:
-    """A stored raw message (raw_messages): ``(raw, None)`` when it is at most ``threshold`` bytes,
-    else ``(None, spool)``: copied into a temp file 1 MB at a time with incremental blob I/O.
-    None when no raw message has that hash. ``db``: a sqlite_utils Database."""
-    row = db.execute("select rowid, length(raw) from raw_messages where sha256 = ?", [sha256]).fetchone()
-    if row is None:
-        return None
-    rowid, size = row
-    if (size or 0) <= threshold:
-        raw = db.execute("select raw from raw_messages where rowid = ?", [rowid]).fetchone()[0]
-        if raw is None or not too_many_lines(raw):
-            return raw, None
-        return None, spool_chunks([raw], directory)
-    with db.conn.blobopen("raw_messages", "raw", rowid, readonly=True) as blob:
-        spool = spool_chunks(iter(lambda: blob.read(MiB), b""), directory)
-    if spool.sha256 != sha256:
-        spool.unlink()
-        raise TempFailError(f"the stored raw message {sha256} does not match its hash",
-                            "check the database with 'sqlite3 FILE \"pragma integrity_check\"'")
-    return None, spool
-
-
 class _File:
     """Reads and searches a file by offset, a few MB at a time (never the whole file in memory)."""
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stay
     from sqlite_utils import Database
 
 
+import functools
+
 from sqlite_utils import Database
 
 from mail2ticket.errors import ConfigError, NotFoundError, StoreError, TempFailError, WrongUserError
@@ -635,3 +637,22 @@ def known_assignees(db: Database) -> set[str]:
     names.update(r[0][3:] for r in db.execute(
         "select distinct detail from events where kind = 'assigned' and detail like 'to %'"))
     return names
+
+
+def insert_row(db: Database, table: str, row: dict) -> int:
+    """INSERT one row, return its rowid: sqlite-utils' insert() runs schema queries on every call,
+    a cost paid several times per imported message (see docs/performance.md)."""
+    return db.conn.execute(_insert_statement(table, tuple(row)), list(row.values())).lastrowid
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_statement(table: str, columns: tuple[str, ...]) -> str:
+    """The INSERT statement for ``columns`` of ``table``, built once (run several times per message)."""
+    names = ", ".join(f'"{name}"' for name in columns)
+    return f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})'
+
+
+def poll_failures(db: Database, account: str) -> int:
+    """Failed polls of ``account`` in a row so far (0 after a good one)."""
+    row = db.execute("select failures from account_status where account = ?", [account]).fetchone()
+    return (row[0] or 0) if row else 0

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.fields import PRIORITIES, normalise_tag
+from mail2ticket.tickets.db import insert_row
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
@@ -23,8 +24,9 @@ def ticket_field(db: Database, ticket_id: int, column: str) -> Any:
     return row[0]
 
 
-def touch(db: Database, ticket_id: int) -> None:
-    db.execute("update tickets set updated_at = ? where id = ?", [now_iso(), ticket_id])
+def touch(db: Database, ticket_id: int, now: str | None = None) -> None:
+    """Something happened on the ticket: its updated_at is now."""
+    db.execute("update tickets set updated_at = ? where id = ?", [now or now_iso(), ticket_id])
 
 
 def _set_field(
@@ -148,3 +150,51 @@ def refresh_overdue_marks(db: Database, now: str, overdue_sql: str) -> int:
     db.execute("update tickets set overdue = 1 where status != 'closed' and due_resolution_at <= :now "
                "and overdue = 0", params)
     return db.execute(f"update tickets set overdue = 0 where overdue = 1 and not {overdue_sql}", params).rowcount
+
+
+def ticket_status(db: Database, ticket_id: int) -> str:
+    return ticket_field(db, ticket_id, "status")
+
+
+def create_ticket(db: Database, *, account: str | None, subject: str, requester: str | None,
+                  requester_name: str | None, now: str, closed: bool = False) -> int:
+    """A new ticket (open, or closed on arrival: an automatic answer to nothing of ours); its id.
+    Inside the import's transaction; the status formula is set_status's (closed_at = now)."""
+    return insert_row(db, "tickets", {
+        "account": account,
+        "subject": subject,
+        "requester": requester,
+        "requester_name": requester_name,
+        "status": "closed" if closed else "open",
+        "priority": "normal",
+        "created_at": now,
+        "updated_at": now,
+        **({"closed_at": now} if closed else {}),
+    })
+
+
+def follow_up(db: Database, ticket_id: int, now: str, *, reopen: bool) -> str:
+    """A customer's follow-up arrived: a pending ticket is open again, a closed one too when
+    ``reopen`` (reopen_on_reply), touched either way. Returns the status it had before."""
+    before = ticket_status(db, ticket_id)
+    if before == "pending" or (before == "closed" and reopen):
+        set_status(db, ticket_id, "open", now)
+    else:
+        touch(db, ticket_id, now)
+    return before
+
+
+def tag_quietly(db: Database, ticket_id: int, tag: str) -> None:
+    """Add a tag without an event of its own (the caller logs what happened)."""
+    db.execute("insert into ticket_tags (ticket_id, tag) values (?, ?) on conflict do nothing", [ticket_id, tag])
+
+
+def rederive_from_first_message(db: Database, ticket_id: int, *, old_subject: str, subject: str,
+                                requester: str | None, requester_name: str | None) -> None:
+    """The ticket's first message was parsed again: its subject follows unless edited since
+    (it still is ``old_subject``), and the requester is filled in where it is now known."""
+    db.execute(
+        "update tickets set subject = case when subject = ? then ? else subject end, "
+        "requester = coalesce(?, requester), requester_name = coalesce(?, requester_name) where id = ?",
+        [old_subject, subject, requester, requester_name, ticket_id],
+    )
