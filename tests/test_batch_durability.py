@@ -35,7 +35,7 @@ from tests.test_exactly_once import (
 KILLED_BEFORE_DURABLE = """
 import os, signal, sys
 from pathlib import Path
-from mail2ticket import attachments
+from mail2ticket.files import attachments
 
 def stop_here(self, pending):
     Path(sys.argv[1]).write_text("".join(f"{tmp} {sha}\\n" for tmp, sha in pending))

@@ -28,8 +28,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.errors import ParseError, TempFailError
+from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.intake.importer import ImportContext, Incoming, _prepare, _Prepared, known_items
 
 log = logging.getLogger(__name__)
