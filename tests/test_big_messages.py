@@ -279,7 +279,7 @@ def _message(*parts: tuple[bytes, bytes]) -> bytes:
 LIMITS = ParseLimits(max_message_bytes=200 * MiB, max_attachment_bytes=200 * MiB)
 
 
-def _parse_file(tmp_path: Path, raw: bytes, limits: ParseLimits = LIMITS) -> tuple:
+def _parse_file(tmp_path: Path, raw: bytes, limits: ParseLimits = LIMITS):
     path = tmp_path / "message.eml"
     path.write_bytes(raw)
     store = AttachmentStore(tmp_path / "files")
@@ -313,8 +313,8 @@ def test_the_file_parser_gives_what_parse_message_gives(tmp_path: Path) -> None:
     answer = _parse_file(tmp_path, raw)
     reference = parse_message(raw, limits=LIMITS)
 
-    assert answer[0] == "ok", answer
-    parsed = answer[1]
+    assert answer.error is None, answer
+    parsed = answer.parsed
     assert parsed.body_text == reference.body_text and parsed.subject == reference.subject
     assert parsed.defects == reference.defects
     assert [(a.filename, a.content_type, a.size, a.sha256) for a in parsed.attachments] == [
@@ -335,8 +335,8 @@ def test_a_huge_text_body_is_shown_cut_with_a_defect(tmp_path: Path) -> None:
 
     answer = _parse_file(tmp_path, raw)
 
-    assert answer[0] == "ok", answer
-    parsed = answer[1]
+    assert answer.error is None, answer
+    parsed = answer.parsed
     assert text.startswith(parsed.body_text) and 0.9 * MiB < len(parsed.body_text.encode()) <= MiB
     assert any("too long to show" in d for d in parsed.defects)
 
@@ -353,7 +353,7 @@ def test_what_the_file_parser_cannot_reduce_is_an_error_not_a_crash(
 
     answer = _parse_file(tmp_path, raw)
 
-    assert answer[0] == "error" and "cannot be streamed" in answer[1]
+    assert answer.parsed is None and "cannot be streamed" in answer.error
     limited = _parse_file(
         tmp_path,
         _message(
@@ -364,7 +364,7 @@ def test_what_the_file_parser_cannot_reduce_is_an_error_not_a_crash(
         ),
         ParseLimits(max_message_bytes=200 * MiB, max_attachment_bytes=MiB),
     )
-    assert limited[0] == "error" and "max_attachment_bytes" in limited[1]
+    assert limited.parsed is None and "max_attachment_bytes" in limited.error
     assert not list((tmp_path / "files" / "tmp").glob("*"))
 
 

@@ -135,8 +135,8 @@ def test_the_large_message_path_recovers_the_same_header_block(tmp_path: Path) -
         lambda b: parse_message(b, limits=limits), AttachmentStore(tmp_path / "files"), str(path), limits
     )
     reference = parse_message(raw, limits=limits)
-    assert answer[0] == "ok", answer
-    parsed = answer[1]
+    assert answer.error is None, answer
+    parsed = answer.parsed
     assert (parsed.from_address, parsed.subject, parsed.body_text) == ("ann@example.com", "VPN down", "See the log.")
     assert parsed.defects == reference.defects
     assert [(a.filename, a.size) for a in parsed.attachments] == [("vpn.log", 2 * MiB)]
@@ -432,7 +432,7 @@ def test_the_large_message_path_picks_the_same_alternative(tmp_path: Path) -> No
         lambda b: parse_message(b, limits=limits), AttachmentStore(tmp_path / "files"), str(path), limits
     )
     reference = parse_message(raw, limits=limits)
-    assert answer[0] == "ok", answer
-    parsed = answer[1]
+    assert answer.error is None, answer
+    parsed = answer.parsed
     assert parsed.body_text[:2000] == reference.body_text[:2000]
     assert [a.filename for a in parsed.attachments] == [a.filename for a in reference.attachments]

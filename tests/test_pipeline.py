@@ -193,11 +193,11 @@ def test_the_pool_replaces_a_dead_or_stuck_worker_and_keeps_serving(tmp_path: Pa
                    [_mail(1), b"crash", _mail(2), b"hang", b"bug", _mail(3, attachment=10_000)]]
         answers = [f.result(timeout=30) for f in futures]
 
-        assert [a[0] for a in answers] == ["ok", "error", "ok", "error", "error", "ok"]
-        assert "exit code 7" in answers[1][1]
-        assert "longer than 1.5 s" in answers[3][1]
-        assert "KeyError" in answers[4][1]
-        parsed, stored = answers[5][1], answers[5][2]
+        assert [a.error is None for a in answers] == [True, False, True, False, False, True]
+        assert "exit code 7" in answers[1].error
+        assert "longer than 1.5 s" in answers[3].error
+        assert "KeyError" in answers[4].error
+        parsed, stored = answers[5].parsed, answers[5].stored
         assert parsed.subject == "pipeline test 3" and len(stored) == 1
         assert parsed.attachments[0].size == 10_000 - 10_000 % 256
         assert parsed.attachments[0].data == bytes(range(256)) * (10_000 // 256), "readable from the store"
@@ -232,9 +232,10 @@ def test_closing_the_pool_cancels_what_is_queued_and_stops_every_worker(tmp_path
 
 def test_a_worker_writes_attachments_and_hands_back_only_their_metadata(tmp_path: Path) -> None:
     store = AttachmentStore(tmp_path / "files")
-    status, parsed, stored = parse_and_store(mail2ticket.parse.message.parse_message, store, _mail(9, attachment=300_000))
+    done = prepare(mail2ticket.parse.message.parse_message, store, _mail(9, attachment=300_000))
+    parsed, stored = done.parsed, done.stored
 
-    assert status == "ok"
+    assert done.error is None
     (index, sha, rel), = stored
     assert (tmp_path / "files" / rel).stat().st_size == parsed.attachments[0].size
     assert "data" not in vars(parsed.attachments[0]), "the bytes are on disk, not in the answer"

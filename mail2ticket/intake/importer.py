@@ -13,11 +13,14 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from mail2ticket.errors import ParseError, StoreError, TempFailError
+from mail2ticket.config.model import Config
+from mail2ticket.errors import StoreError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
+from mail2ticket.intake import after_store
 from mail2ticket.parse.autoreply import is_auto_answer
 from mail2ticket.parse.parsed import ParsedMessage
+from mail2ticket.parse.prepare import prepare
 from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
 from mail2ticket.tickets.ledger import (
     existing_source,
@@ -89,6 +92,7 @@ class Outcome:
     detail: str = ""
     previous_status: str | None = None  # a follow-up's ticket status before this mail reopened it
     no_ack: str | None = None  # why no acknowledgement may be sent (set by rules; see rules.suppresses_ack)
+    rules: Any = None  # what rules.evaluate_rules gave for this mail, before the transaction
 
     @property
     def flag_on_server(self) -> bool:
@@ -101,10 +105,11 @@ class ImportContext:
     db: Database
     attachments: AttachmentStore
     parse: Callable[[bytes], ParsedMessage] | None = None  # default: mail2ticket.parse.message.parse_message
+    # The caller's own steps after a mail is stored (intake/after_store.py runs them in its order).
     hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)
-    # The Config: when set, [[rules]] and [sla] targets apply to each stored mail (rules.apply_to_mail).
-    config: Any = None
-    # With a config, new tickets are acknowledged (mail2ticket.outgoing.acknowledge, run after ``hooks``).
+    # The Config: when set, [[rules]] and [sla] targets apply to each stored mail (after_store).
+    config: Config | None = None
+    # With a config, new tickets are acknowledged (outgoing/acknowledge.py, the last step of after_store).
     acknowledge: bool = True
     # The size limits of the large-message path (bigmessage.parse_file); from the config.
     limits: Any = None
@@ -117,10 +122,7 @@ class ImportContext:
         return cache[account]
 
     def __post_init__(self) -> None:
-        if self.config is not None and self.acknowledge:
-            from mail2ticket.outgoing.acknowledge import ack_hook
-
-            self.hooks = [*self.hooks, ack_hook(self.config)]
+        self.after_store = after_store.steps(self.config, self.hooks, acknowledge=self.acknowledge)
         if self.parse is None:
             # Looked up now, not at import time, so a parser replaced at run time (a fixed
             # version, or a test's parser with a bug) is the one used.
@@ -149,7 +151,10 @@ def sha256_hex(data: bytes) -> str:
 
 
 @dataclass
-class _Prepared:
+class PreparedItem:
+    """One incoming item after the prepare step: its raw SHA-256, the parsed message (attachments
+    in the store) or the error that sends it to the quarantine; both None when it is known."""
+
     incoming: Incoming
     sha256: str | None
     parsed: ParsedMessage | None
@@ -159,54 +164,29 @@ class _Prepared:
     rules: Any = None
 
 
-def _prepare(ctx: ImportContext, item: Incoming) -> _Prepared:
-    """CPU and file work done before the transaction: hash, parse, write attachment files."""
+def prepare_item(ctx: ImportContext, item: Incoming) -> PreparedItem:
+    """The work done before the transaction: hash, and unless the message is known, the prepare
+    step (parse/prepare.py: parse, write the attachment files). Raises TempFailError."""
     if item.raw is None and item.fetch_error:
-        return _Prepared(item, None, None, item.fetch_error, [])
+        return PreparedItem(item, None, None, item.fetch_error, [])
     if item.spool is not None:
         digest = item.spool.sha256
-        if _known(ctx.db, item, digest):
-            return _Prepared(item, digest, None, None, [])
-        return _parse_spool(ctx, item, digest)
-    if item.raw is None:
+    elif item.raw is None:
         limit = item.too_large_limit
-        return _Prepared(item, None, None, f"message of {item.size} bytes is over the size limit of {limit} bytes", [])
-    digest = sha256_hex(item.raw)
+        return PreparedItem(item, None, None, f"message of {item.size} bytes is over the size limit of {limit} bytes", [])
+    else:
+        digest = sha256_hex(item.raw)
     if _known(ctx.db, item, digest):
-        return _Prepared(item, digest, None, None, [])  # nothing to parse: already imported
-    from mail2ticket.parse.bigmessage import parse_bytes, too_many_lines
-
-    if too_many_lines(item.raw):  # parsed from a temp file, as a large message (bounded memory)
-        return _answered(item, digest, parse_bytes(ctx.parse, ctx.attachments, item.raw, ctx.limits))
-    try:
-        parsed = ctx.parse(item.raw)
-    except ParseError as exc:
-        return _Prepared(item, digest, None, str(exc), [])
-    except Exception as exc:  # a parser bug must never stop the queue
-        log.exception("unexpected parser failure")
-        return _Prepared(item, digest, None, f"internal parser error: {exc.__class__.__name__}: {exc}", [])
-    stored = []
-    for index, att in enumerate(parsed.attachments):
-        sha, rel = ctx.attachments.put(att.data)
-        stored.append((index, sha, rel))
-    return _Prepared(item, digest, parsed, None, stored)
+        return PreparedItem(item, digest, None, None, [])  # nothing to parse: already imported
+    return _prepared(ctx, item, digest)
 
 
-def _parse_spool(ctx: ImportContext, item: Incoming, digest: str) -> _Prepared:
-    """Parse a large message from its spool file in bounded memory (mail2ticket.parse.bigmessage)."""
-    from mail2ticket.parse.bigmessage import parse_file
-
-    assert item.spool is not None
-    return _answered(item, digest, parse_file(ctx.parse, ctx.attachments, item.spool.path, ctx.limits))
-
-
-def _answered(item: Incoming, digest: str, answer: tuple) -> _Prepared:
-    """The _Prepared of a parse_file answer; a "tempfail" answer is raised."""
-    if answer[0] == "tempfail":
-        raise answer[1]
-    if answer[0] == "ok":
-        return _Prepared(item, digest, answer[1], None, answer[2])
-    return _Prepared(item, digest, None, answer[1], [])
+def _prepared(ctx: ImportContext, item: Incoming, digest: str | None) -> PreparedItem:
+    path = item.spool.path if item.spool is not None else None
+    done = prepare(ctx.parse, ctx.attachments, item.raw, path=path, limits=ctx.limits)
+    if done.error and done.error.startswith("internal parser error"):
+        log.error("account %s: %s", item.account, done.error)
+    return PreparedItem(item, digest, done.parsed, done.error, done.stored)
 
 
 def _known(db: Database, item: Incoming, digest: str) -> bool:
@@ -232,28 +212,12 @@ def known_items(db: Database, items: Sequence[Incoming], digests: Sequence[str |
     return known
 
 
-def _prepare_parse(ctx: ImportContext, prep: _Prepared) -> _Prepared:
-    item = prep.incoming
-    if item.spool is not None:
-        return _parse_spool(ctx, item, prep.sha256 or item.spool.sha256)
-    from mail2ticket.parse.bigmessage import parse_bytes, too_many_lines
-
-    if item.raw is not None and too_many_lines(item.raw):
-        return _answered(item, prep.sha256 or "", parse_bytes(ctx.parse, ctx.attachments, item.raw, ctx.limits))
-    try:
-        parsed = ctx.parse(item.raw)
-    except Exception as exc:
-        return _Prepared(item, prep.sha256, None, f"{exc.__class__.__name__}: {exc}", [])
-    stored = [(i, *ctx.attachments.put(a.data)) for i, a in enumerate(parsed.attachments)]
-    return _Prepared(item, prep.sha256, parsed, None, stored)
-
-
 def import_batch(
     ctx: ImportContext,
     items: Sequence[Incoming],
     *,
     before_commit: Callable[[Database], None] | None = None,
-    prepared: Sequence[_Prepared] | None = None,
+    prepared: Sequence[PreparedItem] | None = None,
 ) -> list[Outcome]:
     """Import ``items`` in one durable transaction; each message isolated by a savepoint.
 
@@ -263,7 +227,7 @@ def import_batch(
     database or disk cannot take the batch right now.
     """
     if prepared is None:
-        prepared = [_prepare(ctx, item) for item in items]
+        prepared = [prepare_item(ctx, item) for item in items]
     if ctx.config is not None and getattr(ctx.config, "rules", None):
         from mail2ticket.tickets.rules import evaluate_rules
 
@@ -287,7 +251,7 @@ def _existing_source(db: Database, source: Source) -> dict | None:
     return existing_source(db, source.account, source.folder, source.uidvalidity, source.uid)
 
 
-def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
+def _store_one(ctx: ImportContext, prep: PreparedItem) -> Outcome:
     db = ctx.db
     item = prep.incoming
     if item.source is not None:
@@ -307,7 +271,7 @@ def _store_one(ctx: ImportContext, prep: _Prepared) -> Outcome:
             return _store_one_inner(ctx, prep)
 
 
-def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
+def _store_one_inner(ctx: ImportContext, prep: PreparedItem) -> Outcome:
     db = ctx.db
     item = prep.incoming
     now = now_iso()
@@ -332,7 +296,7 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
             return Outcome(item, "duplicate", quarantine_id=open_q, detail="already in quarantine")
     if prep.parsed is None and prep.error is None:
         # Known when prepared but gone inside the transaction: parse now (rare race).
-        return _store_one_inner(ctx, _prepare_parse(ctx, prep))
+        return _store_one_inner(ctx, _prepared(ctx, prep.incoming, prep.sha256))
     if prep.parsed is None:
         qid = insert_quarantine(
             db,
@@ -355,7 +319,7 @@ def _store_one_inner(ctx: ImportContext, prep: _Prepared) -> Outcome:
     return _store_parsed(ctx, prep, now)
 
 
-def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
+def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
     db = ctx.db
     item = prep.incoming
     parsed = prep.parsed
@@ -464,12 +428,9 @@ def _store_parsed(ctx: ImportContext, prep: _Prepared, now: str) -> Outcome:
     outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
     if status == "followup":
         outcome.previous_status = previous_status
-    if ctx.config is not None:
-        from mail2ticket.tickets.rules import apply_to_mail
-
-        apply_to_mail(ctx.config, db, outcome, parsed, prep.rules)
-    for hook in ctx.hooks:
-        hook(db, outcome, parsed)
+    outcome.rules = prep.rules
+    for step in ctx.after_store:  # rules and SLA, the caller's hooks, bounces and the acknowledgement
+        step(db, outcome, parsed)
     return outcome
 
 

@@ -18,7 +18,7 @@ from mail2ticket.files.attachments import AttachmentStore, fsync_dir
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.intake.pipeline import Pipeline, ahead
-from mail2ticket.intake.poller import PollResult
+from mail2ticket.intake.results import PollResult
 from mail2ticket.parse.bigmessage import take
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import now_iso, transaction

@@ -28,9 +28,17 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from mail2ticket.errors import ParseError, TempFailError
+from mail2ticket.errors import TempFailError
 from mail2ticket.files.attachments import AttachmentStore
-from mail2ticket.intake.importer import ImportContext, Incoming, _prepare, _Prepared, known_items
+from mail2ticket.intake.importer import (
+    ImportContext,
+    Incoming,
+    PreparedItem,
+    known_items,
+    prepare_item,
+)
+from mail2ticket.parse.parsed import Prepared
+from mail2ticket.parse.prepare import prepare
 
 log = logging.getLogger(__name__)
 
@@ -66,74 +74,6 @@ def size_batches(uids: Sequence[int], sizes: dict[int, int], count: int, max_byt
 
 
 # ----------------------------------------------------------------------------- the worker side
-
-
-class StoredAttachment:
-    """An attachment a worker already wrote to the store: its fields and size, the bytes on disk.
-
-    ``pending``: the temp file it was written to without fsync (put_pending), which the main
-    process makes durable and moves to ``path`` before the batch commits (PreparedBatch.result);
-    None when it is already at ``path``."""
-
-    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path, pending: Path | None = None):
-        self.__dict__.update(fields)
-        self.size = size
-        self.sha256 = sha256
-        self.path = path
-        self.pending = pending
-
-    @property
-    def data(self) -> bytes:
-        """The bytes, read back from the store (rarely needed: bounce detection reads small ones)."""
-        return self.path.read_bytes()
-
-
-def _fields(att: Any) -> dict[str, Any]:
-    try:
-        fields = dict(vars(att))
-    except TypeError:  # __slots__
-        fields = {name: getattr(att, name) for name in getattr(att, "__slots__", ()) if hasattr(att, name)}
-    fields.pop("data", None)
-    return fields
-
-
-def parse_and_store(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes,
-                    limits: Any = None, owner: int | None = None) -> tuple:
-    """What a worker does with one message: ("ok", parsed, stored) | ("error", text) | ("tempfail", exc).
-
-    Each attachment is written to the store as soon as the message is parsed and its bytes are
-    dropped, so what travels back to the main process is small whatever the attachment sizes.
-    With ``owner`` (the pid of the main process) the files are written as temp files without
-    fsync, for the main process to make durable once per batch (their StoredAttachment.pending);
-    without it each is durable at once. A message of too many lines is parsed from a temp file,
-    as a large one (bigmessage)."""
-    from mail2ticket.parse.bigmessage import parse_bytes, too_many_lines
-
-    if too_many_lines(raw):
-        return parse_bytes(parse, store, raw, limits)
-    try:
-        parsed = parse(raw)
-    except ParseError as exc:
-        return ("error", str(exc))
-    except Exception as exc:  # a parser bug must never stop the queue
-        return ("error", f"internal parser error: {exc.__class__.__name__}: {exc}")
-    stored = []
-    kept = []
-    try:
-        for index, att in enumerate(parsed.attachments):
-            data = att.data
-            pending = None
-            if owner is None:
-                sha, rel = store.put(data)
-            else:
-                sha, rel, pending = store.put_pending(data, owner)
-            stored.append((index, sha, rel))
-            kept.append(StoredAttachment(_fields(att), len(data), sha, store.root / rel, pending))
-            del data
-    except TempFailError as exc:
-        return ("tempfail", exc)
-    parsed.attachments = kept
-    return ("ok", parsed, stored)
 
 
 def _die_with_parent() -> None:
@@ -176,19 +116,20 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, 
             raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if kind == b"f":
-            from mail2ticket.parse.bigmessage import parse_file
-
-            result = parse_file(parse, store, raw.decode("utf-8", "surrogateescape"), limits)
-        else:
-            result = parse_and_store(parse, store, raw, limits, owner)
+        try:
+            if kind == b"f":
+                result = prepare(parse, store, path=raw.decode("utf-8", "surrogateescape"), limits=limits)
+            else:
+                result = prepare(parse, store, raw, limits=limits, owner=owner)
+        except TempFailError as exc:  # raised in the main process, as if prepared there
+            result = exc
         del raw
         try:
             conn.send(result)
         except (EOFError, OSError):
             return
         except Exception as exc:  # the result could not be pickled: say so, the message is quarantined
-            conn.send(("error", f"internal parser error: result not transferable: {exc.__class__.__name__}: {exc}"))
+            conn.send(Prepared(error=f"internal parser error: result not transferable: {exc.__class__.__name__}: {exc}"))
         del result
 
 
@@ -345,8 +286,8 @@ class ParsePool:
             self._replace(w, f"internal parser error: unreadable answer: {exc.__class__.__name__}: {exc}")
             return
         w.task = None
-        if result[0] == "tempfail":
-            task.future.set_exception(result[1])
+        if isinstance(result, TempFailError):
+            task.future.set_exception(result)
         else:
             task.future.set_result(result)
 
@@ -371,7 +312,7 @@ class ParsePool:
         if task is not None:
             self.crashed += 1
             log.warning("%s; the message goes to the quarantine", reason)
-            task.future.set_result(("error", reason))
+            task.future.set_result(Prepared(error=reason))
         else:
             self._respawns += 1
             if self._respawns > MAX_RESPAWNS:
@@ -439,20 +380,20 @@ class PreparedBatch:
     durable (AttachmentStore.make_durable), so that waiting on the disk for batch k+1 overlaps
     the main thread's commit of batch k."""
 
-    def __init__(self, items: Sequence[Incoming], parts: list[_Prepared | tuple[str, Future]],
+    def __init__(self, items: Sequence[Incoming], parts: list[PreparedItem | tuple[str, Future]],
                  store: AttachmentStore | None = None):
         self.items = list(items)
         self._parts = parts
         self._store = store
-        self._out: list[_Prepared] | None = None
+        self._out: list[PreparedItem] | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        if store is not None and any(not isinstance(part, _Prepared) for part in parts):
+        if store is not None and any(not isinstance(part, PreparedItem) for part in parts):
             self._thread = threading.Thread(target=self._finish, name="mail2ticket-durable", daemon=True)
             self._thread.start()
 
-    def result(self) -> list[_Prepared]:
-        """Wait for the workers; one _Prepared per item, in order. Raises TempFailError (disk full).
+    def result(self) -> list[PreparedItem]:
+        """Wait for the workers; one PreparedItem per item, in order. Raises TempFailError (disk full).
 
         The attachment files the workers wrote without fsync are durable and at their content
         addresses when this returns: the batch may commit."""
@@ -471,22 +412,19 @@ class PreparedBatch:
             self._thread.join(timeout)
 
     def _finish(self) -> None:
-        out: list[_Prepared] = []
+        out: list[PreparedItem] = []
         pending: list[tuple[Path, str]] = []
         try:
             for item, part in zip(self.items, self._parts, strict=True):
-                if isinstance(part, _Prepared):
+                if isinstance(part, PreparedItem):
                     out.append(part)
                     continue
                 digest, future = part
                 answer = future.result()
-                if answer[0] == "ok":
-                    out.append(_Prepared(item, digest, answer[1], None, answer[2]))
-                    for att in answer[1].attachments:
-                        if getattr(att, "pending", None) is not None:
-                            pending.append((att.pending, att.sha256))
-                else:
-                    out.append(_Prepared(item, digest, None, answer[1], []))
+                out.append(PreparedItem(item, digest, answer.parsed, answer.error, answer.stored))
+                for att in answer.parsed.attachments if answer.parsed is not None else ():
+                    if getattr(att, "pending", None) is not None:
+                        pending.append((att.pending, att.sha256))
             if pending:
                 assert self._store is not None
                 self._store.make_durable(pending)
@@ -535,19 +473,19 @@ class Pipeline:
     def submit(self, items: Sequence[Incoming]) -> PreparedBatch:
         """Start preparing ``items``: the result is collected with PreparedBatch.result()."""
         if self.workers == 0:
-            return PreparedBatch(items, [_prepare(self.ctx, item) for item in items])
+            return PreparedBatch(items, [prepare_item(self.ctx, item) for item in items])
         digests = [
             it.spool.sha256 if it.spool is not None
             else hashlib.sha256(it.raw).hexdigest() if it.raw is not None else None
             for it in items
         ]
         known = known_items(self.ctx.db, items, digests)
-        parts: list[_Prepared | tuple[str, Future]] = []
+        parts: list[PreparedItem | tuple[str, Future]] = []
         for i, item in enumerate(items):
             if not item.raw and item.spool is None:
-                parts.append(_prepare(self.ctx, item))  # over the size limit, or empty: nothing to parse
+                parts.append(prepare_item(self.ctx, item))  # over the size limit, or empty: nothing to parse
             elif i in known:
-                parts.append(_Prepared(item, digests[i], None, None, []))  # nothing to parse
+                parts.append(PreparedItem(item, digests[i], None, None, []))  # nothing to parse
             elif item.spool is not None:  # large: the worker reads it from its file
                 parts.append((digests[i], self._ensure_pool(len(items)).submit(None, item.spool.path)))
             else:

@@ -7,7 +7,6 @@ import logging
 import os
 import ssl
 import threading
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +16,9 @@ from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import EXIT_FAILURE, ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
-from mail2ticket.intake.importer import ImportContext, Incoming, Outcome, Source, import_batch
+from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.intake.pipeline import Pipeline, ahead, prefetch, size_batches
+from mail2ticket.intake.results import PollResult
 from mail2ticket.parse.bigmessage import BIG_MESSAGE
 from mail2ticket.tickets.db import (
     get_mailbox,
@@ -44,53 +44,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 60
 BACKOFF_MAX = 15 * 60
-
-
-@dataclass
-class PollResult:
-    account: str
-    imported: int = 0  # new tickets
-    followups: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    flagged: int = 0
-    error: str | None = None
-    exit_code: int = 0  # the failure's exit code (errors.EXIT_*): 4 sign-in, 7 no password, ...
-    uidvalidity_changed: bool = False
-    skipped: str | None = None  # why this poll did not run (another poll holds the account)
-    action_error: str | None = None  # the after-import action failed: mail stored, action pending
-    outcomes: list[Outcome] = field(default_factory=list, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def stored(self) -> int:
-        return self.imported + self.followups
-
-    def summary(self) -> str:
-        if self.skipped:
-            return self.skipped
-        parts = [f"{self.imported} new", f"{self.followups} follow-ups"]
-        if self.duplicates:
-            parts.append(f"{self.duplicates} duplicates")
-        if self.quarantined:
-            parts.append(f"{self.quarantined} quarantined")
-        if self.uidvalidity_changed:
-            parts.append("UIDVALIDITY changed: re-scanned")
-        return ", ".join(parts)
-
-    def count(self, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
-        if outcome.status == "imported":
-            self.imported += 1
-        elif outcome.status == "followup":
-            self.followups += 1
-        elif outcome.status in ("duplicate", "already"):
-            self.duplicates += 1
-        elif outcome.status == "quarantined":
-            self.quarantined += 1
 
 
 def backoff_seconds(failures: int) -> int:

@@ -12,7 +12,13 @@ from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
-from mail2ticket.intake.importer import ImportContext, Incoming, _prepare, _Prepared, import_batch
+from mail2ticket.intake.importer import (
+    ImportContext,
+    Incoming,
+    PreparedItem,
+    import_batch,
+    prepare_item,
+)
 from mail2ticket.parse.bigmessage import BIG_MESSAGE
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
 from mail2ticket.tickets.ledger import (
@@ -197,9 +203,9 @@ def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes |
     # Parse first (and write the attachment files): on failure the entry stays, with the new
     # error and one more retry counted.
     if raw is None and spool is None:
-        prepared = _Prepared(incoming, None, None, "the raw bytes are missing from the database", [])
+        prepared = PreparedItem(incoming, None, None, "the raw bytes are missing from the database", [])
     else:
-        prepared = _prepare(ctx, incoming)
+        prepared = prepare_item(ctx, incoming)
     if prepared.error is not None:
         with transaction(db):
             quarantine_retried(db, qid, prepared.error)

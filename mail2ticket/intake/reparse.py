@@ -14,7 +14,7 @@ from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, bounded_addresses
-from mail2ticket.parse.bigmessage import parse_file
+from mail2ticket.parse.prepare import prepare
 from mail2ticket.tickets.db import log_event, transaction
 from mail2ticket.tickets.messages import (
     attachment_rows,
@@ -98,12 +98,10 @@ def reparse(cfg: Config, db: Database, *, ticket_ids: list[int] | None = None,
 
 def _parse_spool(ctx: ImportContext, store, spool: Spool):
     """(parsed, [(sha256, relpath) of each attachment]) of a large message, from its temp file."""
-    answer = parse_file(ctx.parse, store, spool.path, ctx.limits)
-    if answer[0] == "tempfail":
-        raise answer[1]
-    if answer[0] == "error":
-        raise ParseError(answer[1])
-    return answer[1], [(sha, rel) for _index, sha, rel in answer[2]]
+    done = prepare(ctx.parse, store, path=spool.path, limits=ctx.limits)
+    if done.error is not None:
+        raise ParseError(done.error)
+    return done.parsed, [(sha, rel) for _index, sha, rel in done.stored]
 
 
 class _Digests(AttachmentStore):

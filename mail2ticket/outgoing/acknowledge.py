@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sqlite3
@@ -13,7 +12,14 @@ from sqlite_utils import Database
 
 from mail2ticket.parse.autoreply import bounce_reason
 from mail2ticket.parse.parsed import ParsedMessage
-from mail2ticket.tickets.db import log_event
+from mail2ticket.tickets.db import log_event, set_state_value, state_value
+from mail2ticket.tickets.mailqueue import (
+    clear_failing_address,
+    is_failing,
+    mark_failing,
+    sent_recipients,
+)
+from mail2ticket.tickets.messages import set_ack_reason
 
 log = logging.getLogger(__name__)
 # hold_reason() (outbox.py) reasons: the mail is held back, and an event on the ticket says so.
@@ -87,12 +93,12 @@ def account_start(db: Database, account: Any) -> datetime:
     if start is not None:
         return start
     key = f"account_start:{account.name}"
-    row = db.execute("select value from conversation_state where key = ?", [key]).fetchone()
-    if row is None:
+    value = state_value(db, key)
+    if value is None:
         now = datetime.now(UTC).replace(microsecond=0)
-        db.execute("insert into conversation_state (key, value) values (?, ?)", [key, now.isoformat()])
+        set_state_value(db, key, now.isoformat())
         return now
-    return _parse_time(row[0]) or datetime.now(UTC)
+    return _parse_time(value) or datetime.now(UTC)
 
 
 def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
@@ -186,7 +192,7 @@ def acknowledge(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> 
     except Exception as exc:  # an acknowledgement must never cost the message itself
         log.exception("acknowledgement of ticket #%s failed", outcome.ticket_id)
         reason = f"not acknowledged: internal error {exc.__class__.__name__}: {exc}"
-    db.execute("update messages set ack_reason = ? where id = ?", [reason, outcome.message_row])
+    set_ack_reason(db, outcome.message_row, reason)
     log.info("ticket #%s: %s", outcome.ticket_id, reason)
     return reason
 
@@ -252,10 +258,7 @@ def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
     for message_id in dict.fromkeys(ids):
         if not is_our_message_id(db, message_id):
             continue
-        for (value,) in db.execute(
-            "select recipients from outbox where message_id = ? and status = 'sent'", [message_id]
-        ):
-            recipients += [a.lower() for a in json.loads(value or "[]") if isinstance(a, str)]
+        recipients += sent_recipients(db, message_id)
     return list(dict.fromkeys(recipients))
 
 
@@ -313,13 +316,8 @@ def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -
     at = now.isoformat().replace("+00:00", "Z")
     for address, why in failed.items():
         why = header_text(why, 200)
-        db.execute(
-            "insert into failing_addresses (address, reason, failed_at, hold_until, ticket_id, message) "
-            "values (?, ?, ?, ?, ?, ?) on conflict(address) do update set reason = excluded.reason, "
-            "failed_at = excluded.failed_at, hold_until = excluded.hold_until, "
-            "ticket_id = excluded.ticket_id, message = excluded.message",
-            [address, why, at, until, outcome.ticket_id, outcome.message_row],
-        )
+        mark_failing(db, address, reason=why, failed_at=at, hold_until=until, ticket_id=outcome.ticket_id,
+                     message=outcome.message_row)
         log_event(db, "address-failing",
                   f"{address}: {why}; no automatic mail to it until {until} or until it writes to us",
                   ticket_id=outcome.ticket_id, account=outcome.incoming.account)
@@ -331,12 +329,13 @@ def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -
 def clear_failing(db: Database, outcome: Any, parsed: ParsedMessage) -> bool:
     """A failing address that writes to us again gets automatic mail again."""
     sender = (parsed.from_address or "").lower()
-    row = db.execute("select ticket_id from failing_addresses where address = ?", [sender]).fetchone()
-    if not sender or row is None:
+    if not sender:
         return False
-    db.execute("delete from failing_addresses where address = ?", [sender])
+    bounced_on = clear_failing_address(db, sender)
+    if bounced_on is False:
+        return False
     detail = f"{sender} wrote to us again (ticket #{outcome.ticket_id}): automatic mail to it resumes"
-    for ticket_id in dict.fromkeys(t for t in (row[0], outcome.ticket_id) if t is not None):
+    for ticket_id in dict.fromkeys(t for t in (bounced_on, outcome.ticket_id) if t is not None):
         log_event(db, "address-ok", detail, ticket_id=ticket_id, account=outcome.incoming.account)
     return True
 
@@ -350,8 +349,7 @@ def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage, s
     try:
         bounce = bounce_reason(parsed)
         sender = (parsed.from_address or "").lower()
-        if not bounce and (not sender or db.execute(
-                "select 1 from failing_addresses where address = ?", [sender]).fetchone() is None):
+        if not bounce and (not sender or not is_failing(db, sender)):
             return  # the common case: nothing to mark, nothing to clear (no savepoint needed)
         with db.atomic():
             if bounce:
@@ -365,7 +363,7 @@ def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage, s
 
 
 def ack_hook(cfg: Any):
-    """The import hook (``ImportContext.hooks``) that tracks bounces and acknowledges new tickets."""
+    """The last step after a mail is stored (intake/after_store.py): track bounces, acknowledge new tickets."""
 
     from mail2ticket.tickets.threading import settings_for
 

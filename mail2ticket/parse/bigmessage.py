@@ -15,8 +15,8 @@ ever being loaded whole:
    the body text instead is replaced by the first TEXT_KEEP bytes of that text, with a defect
    saying so: the raw message is always kept whole.
 
-What this path cannot reduce (e.g. a huge forwarded message/rfc822 part) is an ("error", ...)
-answer, which sends the message to the quarantine with its raw bytes.
+What this path cannot reduce (e.g. a huge forwarded message/rfc822 part) is a Prepared with an error
+(which sends the message to the quarantine with its raw bytes).
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool, spool_chunks
 from mail2ticket.parse.mimeguard import HEAD_PREFIX_BYTES, header_start
-from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParseLimits
+from mail2ticket.parse.parsed import (
+    DEFAULT_LIMITS,
+    ParseLimits,
+    Prepared,
+    StoredAttachment,
+    attachment_fields,
+)
 
 MiB = 1024 * 1024
 BIG_MESSAGE = 8 * MiB  # by RFC822.SIZE: above this a message takes this path
@@ -86,13 +92,10 @@ def too_many_lines(raw: bytes) -> bool:
 
 
 def parse_bytes(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes,
-                limits: ParseLimits | None = None) -> tuple:
+                limits: ParseLimits | None = None) -> Prepared:
     """parse_file's answer for a message in memory with too many lines: written to a temp file
-    beside the attachments, parsed from there, the file removed."""
-    try:
-        spool = spool_chunks([raw], store.root / "tmp")
-    except TempFailError as exc:
-        return ("tempfail", exc)
+    beside the attachments, parsed from there, the file removed. Raises TempFailError."""
+    spool = spool_chunks([raw], store.root / "tmp")
     try:
         return parse_file(parse, store, spool.path, limits)
     finally:
@@ -291,51 +294,44 @@ def parse_file(
     store: AttachmentStore,
     path: str,
     limits: ParseLimits | None = None,
-) -> tuple:
+) -> Prepared:
     """Parse the message in the file ``path`` in bounded memory and store its attachments.
 
-    The same answer as pipeline.parse_and_store: ("ok", parsed, stored) | ("error", text) |
-    ("tempfail", exc)."""
-    from mail2ticket.intake.pipeline import StoredAttachment, _fields
-
+    A Prepared (``error`` set when it cannot be parsed); raises TempFailError when the file
+    cannot be read or the store cannot take an attachment now."""
     limits = limits or DEFAULT_LIMITS
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        return (
-            "tempfail",
-            TempFailError(
-                f"cannot read the fetched message {path}: {exc.strerror or exc}",
-                "the next poll fetches it again",
-            ),
-        )
+        raise TempFailError(
+            f"cannot read the fetched message {path}: {exc.strerror or exc}",
+            "the next poll fetches it again",
+        ) from None
     try:
         f = _File(fd, os.fstat(fd).st_size)
         if f.size > limits.max_message_bytes:
-            return (
-                "error",
+            return Prepared(error=(
                 f"message of {f.size} bytes is over the size limit of "
-                f"{limits.max_message_bytes} bytes (max_message_size)",
-            )
+                f"{limits.max_message_bytes} bytes (max_message_size)"
+            ))
         found: list[_Large] = []
         # where parse_message finds the headers (after a BOM, an mbox From line, stray lines)
         start = header_start(f.read(0, HEAD_PREFIX_BYTES))[0]
         _scan(f, start, f.size, 0, found)
         left = f.size - sum(large.end - large.start for large in found)
         if left > SKELETON_MAX:
-            return (
-                "error",
+            return Prepared(error=(
                 f"message of {f.size} bytes could not be parsed in bounded memory: "
                 f"{left} bytes are in parts that cannot be streamed (e.g. a forwarded "
-                f"message), over {SKELETON_MAX}; the raw message is kept",
-            )
+                f"message), over {SKELETON_MAX}; the raw message is kept"
+            ))
         skeleton = _skeleton(f, found, os.urandom(8).hex().encode())
         try:
             parsed = parse(skeleton)
         except ParseError as exc:
-            return ("error", str(exc))
+            return Prepared(error=str(exc))
         except Exception as exc:  # a parser bug must never stop the queue
-            return ("error", f"internal parser error: {exc.__class__.__name__}: {exc}")
+            return Prepared(error=f"internal parser error: {exc.__class__.__name__}: {exc}")
         del skeleton
         markers = {large.marker: large for large in found}
         stored, kept = [], []
@@ -348,17 +344,16 @@ def parse_file(
                         decoded(f, large), max_bytes=limits.max_attachment_bytes
                     )
                 except ValueError:
-                    return (
-                        "error",
+                    return Prepared(error=(
                         f"attachment too large: over the limit of {limits.max_attachment_bytes} "
-                        "bytes (max_attachment_bytes)",
-                    )
+                        "bytes (max_attachment_bytes)"
+                    ))
             else:
                 data = att.data
                 sha, rel = store.put(data)
                 size = len(data)
             stored.append((index, sha, rel))
-            kept.append(StoredAttachment(_fields(att), size, sha, store.root / rel))
+            kept.append(StoredAttachment(attachment_fields(att), size, sha, store.root / rel))
         parsed.attachments = kept
         for large in found:
             if large.used:
@@ -380,18 +375,15 @@ def parse_file(
                     f"{large.ctype} body of {large.end - large.start} bytes is too long to show: its first "
                     f"{TEXT_KEEP // MiB} MB are shown; the whole message is kept"
                 )
-        return ("ok", parsed, stored)
-    except TempFailError as exc:
-        return ("tempfail", exc)
+        return Prepared(parsed, stored)
+    except TempFailError:
+        raise
     except OSError as exc:
-        return (
-            "tempfail",
-            TempFailError(
-                f"cannot read the fetched message {path}: {exc.strerror or exc}",
-                "the next poll fetches it again",
-            ),
-        )
+        raise TempFailError(
+            f"cannot read the fetched message {path}: {exc.strerror or exc}",
+            "the next poll fetches it again",
+        ) from None
     except Exception as exc:  # anything this path cannot handle: the quarantine, never a crash
-        return ("error", f"internal parser error (large message): {exc.__class__.__name__}: {exc}")
+        return Prepared(error=f"internal parser error (large message): {exc.__class__.__name__}: {exc}")
     finally:
         os.close(fd)

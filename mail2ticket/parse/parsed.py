@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -96,3 +98,43 @@ class ParsedMessage:
             "auto_reply": self.auto_reply,
             "defects": self.defects,
         }
+
+
+class StoredAttachment:
+    """An attachment a worker already wrote to the store: its fields and size, the bytes on disk.
+
+    ``pending``: the temp file it was written to without fsync (put_pending), which the main
+    process makes durable and moves to ``path`` before the batch commits (PreparedBatch.result);
+    None when it is already at ``path``."""
+
+    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path, pending: Path | None = None):
+        self.__dict__.update(fields)
+        self.size = size
+        self.sha256 = sha256
+        self.path = path
+        self.pending = pending
+
+    @property
+    def data(self) -> bytes:
+        """The bytes, read back from the store (rarely needed: bounce detection reads small ones)."""
+        return self.path.read_bytes()
+
+
+def attachment_fields(att: Any) -> dict[str, Any]:
+    try:
+        fields = dict(vars(att))
+    except TypeError:  # __slots__
+        fields = {name: getattr(att, name) for name in getattr(att, "__slots__", ()) if hasattr(att, name)}
+    fields.pop("data", None)
+    return fields
+
+
+@dataclass
+class Prepared:
+    """What the prepare step (parse/prepare.py) made of one message: the parsed message with its
+    attachments already in the store (``stored``: (index, sha256, relpath) of each), or why it
+    could not be parsed (``error``, for the quarantine)."""
+
+    parsed: ParsedMessage | None = None
+    stored: list[tuple[int, str, str]] = field(default_factory=list)
+    error: str | None = None

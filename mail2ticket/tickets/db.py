@@ -656,3 +656,14 @@ def poll_failures(db: Database, account: str) -> int:
     """Failed polls of ``account`` in a row so far (0 after a good one)."""
     row = db.execute("select failures from account_status where account = ?", [account]).fetchone()
     return (row[0] or 0) if row else 0
+
+
+def state_value(db: Database, key: str) -> str | None:
+    """A value of conversation_state (the installation's small key-value state), or None."""
+    row = db.execute("select value from conversation_state where key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def set_state_value(db: Database, key: str, value: str) -> None:
+    db.execute("insert into conversation_state (key, value) values (?, ?) "
+               "on conflict(key) do update set value = excluded.value", [key, value])

@@ -122,3 +122,38 @@ def failing_address(db: Database, address: str, now: str) -> dict | None:
         "select * from failing_addresses where address = ? and hold_until > ?", [address.lower(), now],
     ))
     return rows[0] if rows else None
+
+
+def sent_recipients(db: Database, message_id: str) -> list[str]:
+    """The recipients of the mail we sent with ``message_id`` (none when it was not sent)."""
+    out: list[str] = []
+    for (value,) in db.execute("select recipients from outbox where message_id = ? and status = 'sent'", [message_id]):
+        out += [a.lower() for a in json.loads(value or "[]") if isinstance(a, str)]
+    return out
+
+
+def is_failing(db: Database, address: str) -> bool:
+    """Whether ``address`` is marked failing (whatever the hold)."""
+    return db.execute("select 1 from failing_addresses where address = ?", [address]).fetchone() is not None
+
+
+def mark_failing(db: Database, address: str, *, reason: str, failed_at: str, hold_until: str,
+                 ticket_id: int | None, message: int | None) -> None:
+    """A bounce said mail to ``address`` fails: no automatic mail to it until ``hold_until``."""
+    db.execute(
+        "insert into failing_addresses (address, reason, failed_at, hold_until, ticket_id, message) "
+        "values (?, ?, ?, ?, ?, ?) on conflict(address) do update set reason = excluded.reason, "
+        "failed_at = excluded.failed_at, hold_until = excluded.hold_until, "
+        "ticket_id = excluded.ticket_id, message = excluded.message",
+        [address, reason, failed_at, hold_until, ticket_id, message],
+    )
+
+
+def clear_failing_address(db: Database, address: str) -> int | None | bool:
+    """Drop the failing mark of ``address``: the ticket of the bounce that set it (None when that
+    had none), or False when the address was not marked."""
+    row = db.execute("select ticket_id from failing_addresses where address = ?", [address]).fetchone()
+    if row is None:
+        return False
+    db.execute("delete from failing_addresses where address = ?", [address])
+    return row[0]

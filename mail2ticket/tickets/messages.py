@@ -89,3 +89,8 @@ def take_stored(db: Any, sha256: str, directory: str | os.PathLike, threshold: i
         raise TempFailError(f"the stored raw message {sha256} does not match its hash",
                             "check the database with 'sqlite3 FILE \"pragma integrity_check\"'")
     return None, spool
+
+
+def set_ack_reason(db: Database, message: int, reason: str) -> None:
+    """Why the message was or was not acknowledged ('tickets show' says so)."""
+    db.execute("update messages set ack_reason = ? where id = ?", [reason, message])
