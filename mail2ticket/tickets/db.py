@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -17,11 +18,6 @@ from mail2ticket.config.fields import STATUSES
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
-
-
-import functools
-
-from sqlite_utils import Database
 
 from mail2ticket.errors import ConfigError, NotFoundError, StoreError, TempFailError, WrongUserError
 
