@@ -8,13 +8,11 @@ daemon's checks, ``accounts test``) gets its secret and its connection here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from mail2ticket.accounts.oauth import access_token
 from mail2ticket.accounts.secrets import get_password
 from mail2ticket.config.model import Account
-
-if TYPE_CHECKING:
-    from mail2ticket.transport.imap import Mailbox
+from mail2ticket.transport.imap import Mailbox
+from mail2ticket.transport.smtp import smtp_connect
 
 
 def sign_in_secret(account: Account) -> str:
@@ -22,7 +20,6 @@ def sign_in_secret(account: Account) -> str:
 
     SecretError names every source tried; AuthError when the OAuth2 sign-in must be redone."""
     if account.auth == "oauth2":
-        from mail2ticket.accounts.oauth import access_token
 
         return access_token(account)
     return get_password(account)
@@ -30,13 +27,10 @@ def sign_in_secret(account: Account) -> str:
 
 def imap_mailbox(account: Account, secret: str | None = None) -> Mailbox:
     """An IMAP mailbox of ``account``, not yet connected (``secret`` defaults to sign_in_secret)."""
-    from mail2ticket.transport.imap import Mailbox
 
     return Mailbox(account, sign_in_secret(account) if secret is None else secret)
 
 
 def open_smtp(account: Account, connect=None):
     """An SMTP connection of ``account``, signed in (``connect`` defaults to smtp.smtp_connect)."""
-    if connect is None:
-        from mail2ticket.transport.smtp import smtp_connect as connect
-    return connect(account, sign_in_secret(account))
+    return (connect or smtp_connect)(account, sign_in_secret(account))

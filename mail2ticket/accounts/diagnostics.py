@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from mail2ticket.config.model import Account
 from mail2ticket.errors import ConnectError, Mail2TicketError, ServerError, TLSError
 from mail2ticket.transport.imap import Mailbox, network_error
+from mail2ticket.transport.smtp import smtp_connect
 
 Report = Callable[[str, str], None]
 
@@ -183,7 +184,6 @@ _PROGRESS = {"connect": 0, "ehlo": 1, "starttls": 2, "auth": -1}
 
 
 def check_smtp(account: Account, secret: str, report: Report) -> None:
-    from mail2ticket.transport.smtp import smtp_connect
 
     host, port = account.smtp_host, account.smtp_port
     steps = SMTP_STEPS.get(account.smtp_security, SMTP_STEPS["starttls"])

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mail2ticket.accounts import secrets
 from mail2ticket.config.accounts import oauth_endpoints
 from mail2ticket.config.model import Account
 from mail2ticket.errors import AuthError, ConnectError
@@ -298,7 +299,6 @@ def sign_in_again_hint(name: str) -> str:
 
 def access_token(account: Account) -> str:
     """A valid access token for ``account``, refreshed first when it is close to expiry."""
-    from mail2ticket.accounts import secrets
 
     with _lock:
         cached = _cache.get(_key(account))

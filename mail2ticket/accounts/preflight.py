@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mail2ticket.accounts.secrets import secret_source
 from mail2ticket.config.model import Account, Config
 
 
@@ -44,7 +45,6 @@ def account_problems(account: Account) -> list[str]:
         if problem:
             found.append(f"{where}: password_command {problem} (fix the command; it must print the password)")
     if account.enabled and needs_secret(account):
-        from mail2ticket.accounts.secrets import secret_source
 
         if secret_source(account) is None:
             if account.auth == "oauth2":

@@ -11,6 +11,9 @@ from mail2ticket.cli.output import is_tty, json_option, print_json, print_table
 from mail2ticket.config.model import Account
 from mail2ticket.errors import Mail2TicketError
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 
 def read_password(password_stdin: bool, prompt: str = "App password") -> str:
     """From stdin (--password-stdin) or a hidden prompt; never from argv."""

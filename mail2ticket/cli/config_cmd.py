@@ -7,6 +7,9 @@ import click
 from mail2ticket.cli.output import json_option, print_json
 from mail2ticket.config.model import Account
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 
 @click.group("config")
 def config_group():

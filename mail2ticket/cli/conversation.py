@@ -6,7 +6,10 @@ from __future__ import annotations
 import click
 
 from mail2ticket.cli.params import TicketId
-from mail2ticket.cli.tickets import filter_options, message_text, select_tickets, tickets_group
+from mail2ticket.cli.tickets import filter_options, message_text, select_tickets
+
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
 
 
 def _send_now(app, entry: dict) -> None:
@@ -154,7 +157,5 @@ reopen = _status_command(
 
 
 def register(cli: click.Group) -> None:
-    # Modules register in name order, so 'tickets' may not be on cli yet: use the group itself.
-    group = cli.commands.get("tickets", tickets_group)
-    for command in (reply, close, reopen):
-        group.add_command(command)
+    for command in (reply, close, reopen):  # 'tickets' registered first (cli.COMMAND_MODULES)
+        cli.commands["tickets"].add_command(command)

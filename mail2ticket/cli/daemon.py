@@ -6,6 +6,9 @@ import logging
 
 import click
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 
 @click.command("run")
 @click.option(

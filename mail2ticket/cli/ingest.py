@@ -11,6 +11,9 @@ import click
 from mail2ticket.config.model import Account
 from mail2ticket.errors import Mail2TicketError, TempFailError
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 30.0

@@ -9,6 +9,9 @@ import click
 from mail2ticket.cli.output import echo_fitted, json_option, print_json, print_table, shown_time
 from mail2ticket.cli.params import TicketId
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 
 @click.command("poll")
 @click.argument("accounts", nargs=-1)

@@ -11,6 +11,9 @@ import click
 from mail2ticket.cli.output import is_tty, json_option, print_json
 from mail2ticket.errors import ParseError
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 if TYPE_CHECKING:  # the parser is imported by this command only, not at every start-up
     from mail2ticket.parse.parsed import ParsedMessage
 

@@ -19,6 +19,9 @@ from mail2ticket.cli.output import (
 from mail2ticket.cli.params import TicketId
 from mail2ticket.tickets.db import known_assignees, ticket_accounts
 
+# Each command imports what it needs inside it: every command module loads at each start-up
+# (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
+
 PRIORITY_CHOICES = ["low", "normal", "high", "urgent"]  # store.PRIORITIES (not imported: start-up)
 SORTS = ["updated", "created", "id", "priority", "due", "date"]
 PAGE = 50  # rows shown on a terminal unless --limit says otherwise

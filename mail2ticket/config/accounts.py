@@ -20,6 +20,7 @@ from mail2ticket.config.checks import (
     parse_size,
 )
 from mail2ticket.config.model import Account
+from mail2ticket.config.providers import PRESETS, find_preset, get_preset
 from mail2ticket.errors import ConfigError
 
 ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -75,7 +76,6 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
 
 
 def build_account(path: Path, index: int, data: Any) -> Account:
-    from mail2ticket.config.providers import get_preset
 
     label = f"accounts[{index}]"
     if isinstance(data, dict) and isinstance(data.get("name"), str):
@@ -93,7 +93,6 @@ def build_account(path: Path, index: int, data: Any) -> Account:
         try:
             preset = get_preset(values["provider"])
         except KeyError:
-            from mail2ticket.config.providers import PRESETS
 
             raise ConfigError(
                 f"{path}: '{label}.provider' = {values['provider']!r} is not a known provider",
@@ -174,7 +173,6 @@ def build_account(path: Path, index: int, data: Any) -> Account:
 
 
 def _preset_of(provider: str | None):
-    from mail2ticket.config.providers import find_preset
 
     preset = find_preset(provider)
     return preset.oauth if preset else None

@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from mail2ticket.config.periods import parse_duration, parse_schedule
 from mail2ticket.errors import ConfigError
 
 # --- schema -------------------------------------------------------------------------------------
@@ -108,7 +109,6 @@ def check_table(path: Path, where: str, data: Any, schema: dict) -> dict[str, An
 
 
 def check_schedule(path: Path, key: str, value: str) -> None:
-    from mail2ticket.config.periods import parse_schedule
 
     try:
         parse_schedule(value)
@@ -120,7 +120,6 @@ def check_schedule(path: Path, key: str, value: str) -> None:
 def check_duration(path: Path, key: str, value: str | None) -> None:
     if value is None:
         return
-    from mail2ticket.config.periods import parse_duration
 
     try:
         parse_duration(value)

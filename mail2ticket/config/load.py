@@ -21,7 +21,9 @@ from mail2ticket.config.checks import (
 )
 from mail2ticket.config.conversations import CONVERSATION_KEYS, check_conversations
 from mail2ticket.config.model import Account, Config
+from mail2ticket.config.rules import compile_rules
 from mail2ticket.config.sla import SLA_KEYS
+from mail2ticket.config.sla import check_config as check_sla
 from mail2ticket.errors import ConfigError
 
 APP = "mail2ticket"
@@ -152,8 +154,6 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         if performance[key] is not None and performance[key] < low:
             raise ConfigError(f"{cfg_path}: 'performance.{key}' must be at least {low}")
     check_conversations(cfg_path, conversations)
-    from mail2ticket.config.rules import compile_rules
-    from mail2ticket.config.sla import check_config as check_sla
 
     account_names = [a.name for a in accounts]
     sla = check_sla(cfg_path, sla, account_names)

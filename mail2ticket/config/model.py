@@ -7,6 +7,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from mail2ticket.errors import NotFoundError
+
 
 @dataclass
 class Account:
@@ -84,7 +86,6 @@ class Config:
         for account in self.accounts:
             if account.name == name:
                 return account
-        from mail2ticket.errors import NotFoundError
 
         known = ", ".join(a.name for a in self.accounts) or "none"
         raise NotFoundError(

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mail2ticket.config.checks import is_bool, is_header_patterns, is_str, is_str_or_list
+from mail2ticket.config.checks import (
+    check_table,
+    is_bool,
+    is_header_patterns,
+    is_str,
+    is_str_or_list,
+)
+from mail2ticket.config.fields import PRIORITIES, normalise_tag
 from mail2ticket.errors import ConfigError
 
 # [[rules]] (mail2ticket/tickets/rules.py, docs/triage.md): conditions, then actions.
@@ -182,8 +189,6 @@ def _patterns(path: Path, where: str, value: Any, mode: str) -> list[Any]:
 
 def compile_rules(path: Path, raw: Any, account_names: list[str]) -> list[Rule]:
     """Validate the [[rules]] array; one clear ConfigError naming the rule and the key."""
-    from mail2ticket.config.checks import check_table
-    from mail2ticket.config.fields import PRIORITIES, normalise_tag
 
     if isinstance(raw, dict):
         raw = [raw]

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 import re
 from typing import TYPE_CHECKING
 
+from mail2ticket.config.checks import check_duration, check_table
+from mail2ticket.config.fields import PRIORITIES
+
 if TYPE_CHECKING:
     pass
 
@@ -97,8 +100,6 @@ def parse_hours(text: str) -> tuple[time, time]:
 
 def check_config(path: Path, sla: dict[str, Any], account_names: list[str]) -> dict[str, Any]:
     """Validate [sla] (already type-checked against config.SLA_KEYS); return it normalised."""
-    from mail2ticket.config.checks import check_duration, check_table
-    from mail2ticket.config.fields import PRIORITIES
 
     out = dict(sla)
     for key in TARGETS:

@@ -18,8 +18,9 @@ from mail2ticket.errors import StoreError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake import after_store
+from mail2ticket.parse import message as parse_module
 from mail2ticket.parse.autoreply import is_auto_answer
-from mail2ticket.parse.parsed import ParsedMessage
+from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParsedMessage, ParseLimits
 from mail2ticket.parse.prepare import prepare
 from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
 from mail2ticket.tickets.ledger import (
@@ -34,6 +35,7 @@ from mail2ticket.tickets.ledger import (
     store_raw_spool,
 )
 from mail2ticket.tickets.messages import insert_attachment, insert_incoming, store_raw
+from mail2ticket.tickets.rules import evaluate_rules
 from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
 from mail2ticket.tickets.tickets import create_ticket, follow_up, tag_quietly, ticket_status, touch
 
@@ -126,7 +128,6 @@ class ImportContext:
         if self.parse is None:
             # Looked up now, not at import time, so a parser replaced at run time (a fixed
             # version, or a test's parser with a bug) is the one used.
-            from mail2ticket.parse import message as parse_module
 
             self.parse = parse_module.parse_message
             if self.config is not None:  # the size limits of [limits] apply to the parse too
@@ -138,7 +139,6 @@ class ImportContext:
                 )
                 self.parse = functools.partial(parse_module.parse_message, limits=limits)
         if self.limits is None:
-            from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParseLimits
 
             self.limits = DEFAULT_LIMITS
             if self.config is not None:
@@ -229,7 +229,6 @@ def import_batch(
     if prepared is None:
         prepared = [prepare_item(ctx, item) for item in items]
     if ctx.config is not None and getattr(ctx.config, "rules", None):
-        from mail2ticket.tickets.rules import evaluate_rules
 
         for prep in prepared:  # before the transaction: a slow rule never holds the write lock
             if prep.parsed is not None and prep.rules is None:

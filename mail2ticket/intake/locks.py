@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mail2ticket.errors import Mail2TicketError
+from mail2ticket.files import perms as fileperms
 
 
 class AccountBusy(Mail2TicketError):
@@ -54,7 +55,6 @@ def account_lock(database: str | os.PathLike, account: str) -> Iterator[None]:
     Raises AccountBusy at once when it is held. flock belongs to the open file, so two threads of
     one process exclude each other too; the kernel drops the lock when its holder dies."""
     path = lock_path(database, account)
-    from mail2ticket.files import perms as fileperms
 
     fileperms.makedirs(path.parent)
     fd = fileperms.create(path, os.O_RDWR | os.O_CREAT, mode=0o600)  # 0600 whatever the umask

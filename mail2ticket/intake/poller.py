@@ -12,11 +12,22 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from mail2ticket.accounts.credentials import sign_in_secret
+from mail2ticket.accounts.diagnostics import check_move_folder, move_target
 from mail2ticket.config.model import Account, Config
-from mail2ticket.errors import EXIT_FAILURE, ConnectError, Mail2TicketError, ServerError, TLSError
+from mail2ticket.errors import (
+    EXIT_FAILURE,
+    ConnectError,
+    Mail2TicketError,
+    ServerError,
+    StoreError,
+    TLSError,
+)
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
+from mail2ticket.intake.locks import AccountBusy, account_lock, lock_path
+from mail2ticket.intake.maildir import poll_maildir
 from mail2ticket.intake.pipeline import Pipeline, ahead, prefetch, size_batches
 from mail2ticket.intake.results import PollResult
 from mail2ticket.parse.bigmessage import BIG_MESSAGE
@@ -87,7 +98,6 @@ def _action_error(box: Mailbox, action: str, exc: Exception) -> str:
     """One line on a failed after-import action: for a move, which folder and which ones exist."""
     from imapclient.exceptions import IMAPClientAbortError
 
-    from mail2ticket.accounts.diagnostics import check_move_folder, move_target
 
     if isinstance(exc, (ssl.SSLError, OSError, IMAPClientAbortError)):
         raise exc  # the connection is gone: the poll fails as any lost connection does
@@ -389,7 +399,6 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=No
 
     A poll of an account that another poll holds (this process or another on the same database)
     is skipped at once: ``result.skipped`` says by whom; nothing is recorded."""
-    from mail2ticket.intake.locks import AccountBusy, account_lock
 
     if account.source == "pipe":
         return PollResult(account.name)  # nothing to fetch: its mail arrives by 'mail2ticket ingest'
@@ -408,7 +417,6 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=No
 
 def _early_error(cfg: Config, account: Account, exc: Exception) -> Mail2TicketError:
     """A failure outside the poll proper (taking the lock, a file it cannot write)."""
-    from mail2ticket.intake.locks import lock_path
 
     if isinstance(exc, Mail2TicketError):
         return exc
@@ -423,7 +431,6 @@ def _early_error(cfg: Config, account: Account, exc: Exception) -> Mail2TicketEr
 
 def _file_error(exc: OSError) -> Mail2TicketError:
     """A file the poll cannot open or write: which one, who owns it, and what to do."""
-    from mail2ticket.errors import StoreError
 
     path = Path(exc.filename)
     owner = ""
@@ -458,12 +465,10 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
                      box=None) -> PollResult:
     from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-    from mail2ticket.accounts.credentials import sign_in_secret
 
     progress = PollResult(account.name)  # what was stored before a failure, for 'status'
     try:
         if account.source == "maildir":
-            from mail2ticket.intake.maildir import poll_maildir
 
             result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
         else:

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from functools import partial
 
+from mail2ticket.accounts.credentials import imap_mailbox
 from mail2ticket.config.model import Account
 from mail2ticket.errors import Mail2TicketError
 
@@ -329,7 +330,6 @@ class PushHub:
 
     # --- opening a session (connect pool) ---------------------------------------------------------
     def _connect(self, session: Session) -> None:
-        from mail2ticket.accounts.credentials import imap_mailbox
 
         account = session.account
         if session.removed or self._stopping:

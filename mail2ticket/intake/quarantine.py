@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from mail2ticket.accounts.credentials import imap_mailbox
 from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.files.attachments import AttachmentStore
@@ -120,7 +121,6 @@ def _fetch_from_server(cfg: Config, entry: dict, after_commit: list) -> tuple[by
     as poll does (bigmessage). The server-side action (\\Seen, move, delete) is not run here but
     appended to ``after_commit``: it may only run once the message is stored.
     """
-    from mail2ticket.accounts.credentials import imap_mailbox
 
     account = cfg.account(entry["account"])
     limit = _limit(cfg, entry["account"])

@@ -10,9 +10,15 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.periods import parse_duration
+from mail2ticket.outgoing.compose import check_address, header_text
+from mail2ticket.outgoing.loops import automatic_count, hold_reason
+from mail2ticket.outgoing.outbox import queue_ack
 from mail2ticket.parse.autoreply import bounce_reason
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import log_event, set_state_value, state_value
+from mail2ticket.tickets.ids import OUR_ID_IN_TEXT, is_our_message_id
 from mail2ticket.tickets.mailqueue import (
     clear_failing_address,
     is_failing,
@@ -20,6 +26,12 @@ from mail2ticket.tickets.mailqueue import (
     sent_recipients,
 )
 from mail2ticket.tickets.messages import set_ack_reason
+from mail2ticket.tickets.threading import (
+    authentication_results,
+    participants,
+    sender_unverified,
+    settings_for,
+)
 
 log = logging.getLogger(__name__)
 # hold_reason() (outbox.py) reasons: the mail is held back, and an event on the ticket says so.
@@ -70,7 +82,6 @@ def _unverified(cfg: Any, account_name: str | None, parsed: ParsedMessage, setti
     """Our own mail server says the From is forged (DMARC failed), RELIABILITY 40.
 
     ``settings``: the account's threader.settings_for, when the caller has it already."""
-    from mail2ticket.tickets.threading import sender_unverified, settings_for
 
     if settings is None:
         settings = settings_for(cfg, account_name)
@@ -104,16 +115,12 @@ def account_start(db: Database, account: Any) -> datetime:
 def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
     """Acknowledgements queued since ``since`` (all accounts) for the mailbox of ``address``:
     subaddresses and, where the provider ignores them, dots do not count as another mailbox."""
-    from mail2ticket.outgoing.loops import automatic_count
 
     return automatic_count(db, since=since, address=address, kinds=("ack",))
 
 
 def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple[bool, str]:
     """(send an acknowledgement?, why): the reason is what 'tickets show' prints."""
-    from mail2ticket.config.conversations import conversation_settings
-    from mail2ticket.config.periods import parse_duration
-    from mail2ticket.outgoing.compose import check_address
 
     if outcome.status != "imported":
         return False, f"not a new ticket ({outcome.detail or outcome.status})"
@@ -150,7 +157,6 @@ def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple
     sent = automatic_mails_sent(db, sender, datetime.now(UTC) - timedelta(seconds=parse_duration(period)))
     if sent >= limit:
         return False, f"rate limit: {sent} automatic mail(s) to {sender} in the last {period} (limit {limit})"
-    from mail2ticket.outgoing.loops import automatic_count, hold_reason
 
     # However many senders: a flood of forged senders must not make us a spam cannon (item 56).
     limit, period = settings["auto_reply_account_limit"], settings["auto_reply_account_period"]
@@ -174,7 +180,6 @@ def acknowledge(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> 
     try:
         send, reason = decide(cfg, db, outcome, parsed)
         if send:
-            from mail2ticket.outgoing.outbox import queue_ack
 
             with db.atomic():  # a savepoint: a failure here leaves no half-queued mail
                 row = queue_ack(cfg, db, outcome.ticket_id, outcome.message_row, parsed)
@@ -251,7 +256,6 @@ def reported_failures(texts: list[bytes], parsed: ParsedMessage) -> dict[str, st
 def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
     """The recipients of the mails of ours (verified Message-IDs) that a bounce quotes, and that
     really left us (status 'sent' in the outbox): a mail never sent cannot bounce (item 54)."""
-    from mail2ticket.tickets.ids import OUR_ID_IN_TEXT, is_our_message_id
 
     ids = [m.decode() for text in texts for m in OUR_ID_IN_TEXT.findall(text)]
     recipients: list[str] = []
@@ -267,7 +271,6 @@ def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage
     participant of the ticket is not an MTA's; with ``authserv_id`` set on the account, only a
     report that our own mail server authenticated (an Authentication-Results header of ours with
     spf, dkim or dmarc = pass) counts."""
-    from mail2ticket.tickets.threading import authentication_results, participants, settings_for
 
     sender = (parsed.from_address or "").lower()
     if sender and outcome.ticket_id is not None and sender in participants(db, outcome.ticket_id):
@@ -284,9 +287,6 @@ def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage
 
 def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
     """Mark the addresses a bounce reports as failing; returns them (an event on the ticket each)."""
-    from mail2ticket.config.conversations import conversation_settings
-    from mail2ticket.config.periods import parse_duration
-    from mail2ticket.outgoing.compose import header_text
 
     distrust = untrusted_report(cfg, db, outcome, parsed)
     if distrust:
@@ -365,7 +365,6 @@ def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage, s
 def ack_hook(cfg: Any):
     """The last step after a mail is stored (intake/after_store.py): track bounces, acknowledge new tickets."""
 
-    from mail2ticket.tickets.threading import settings_for
 
     settings: dict = {}  # the accounts' threading settings, worked out once per hook (per poll)
 

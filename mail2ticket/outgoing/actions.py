@@ -22,13 +22,13 @@ from mail2ticket.outgoing.compose import (
 from mail2ticket.outgoing.outbox import account_for, queue, template_values, threading_headers
 from mail2ticket.tickets.db import current_user, get_ticket, log_event, now_iso, transaction
 from mail2ticket.tickets.messages import insert_message, store_raw
+from mail2ticket.tickets.threading import participant_list
 from mail2ticket.tickets.tickets import record_first_response, set_status
 
 
 def _other_participants(cfg: Config, db: Database, ticket: dict) -> list[str]:
     """Everyone else who took part in the ticket (threader.participant_list), in order; never our
     accounts, never an address that cannot be mailed."""
-    from mail2ticket.tickets.threading import participant_list
 
     ours = {a.email.lower() for a in cfg.accounts}
     skip = ours | {(ticket["requester"] or "").lower()}

@@ -8,9 +8,11 @@ from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
+from mail2ticket.config.periods import parse_duration
 from mail2ticket.outgoing.compose import mailbox_domains, mailbox_key, not_a_mailbox
 from mail2ticket.tickets.mailqueue import automatic_recipients
 from mail2ticket.tickets.mailqueue import failing_address as queued_failing_address
+from mail2ticket.tickets.threading import participants
 
 # Mail a machine decided to send: capped per ticket and per address, never sent to a failing
 # address (RELIABILITY 45, 46). A reply typed by a person is never held, only warned about.
@@ -24,7 +26,6 @@ def failing_address(db: Database, address: str, now: datetime | None = None) -> 
 
 def failing_participants(db: Database, ticket_id: int) -> list[dict]:
     """The ticket's participants that are failing addresses now ('tickets show' says so)."""
-    from mail2ticket.tickets.threading import participants
 
     found = []
     for address in sorted(participants(db, ticket_id)):
@@ -56,7 +57,6 @@ def hold_reason(cfg: Config, db: Database, *, to_address: str, ticket_id: int | 
     ticket or to the address within [conversations] auto_mail_*_period (RELIABILITY 45): what
     stops a ping-pong with a responder that ignores Auto-Submitted.
     """
-    from mail2ticket.config.periods import parse_duration
 
     now = now or datetime.now(UTC)
     address = to_address.lower()

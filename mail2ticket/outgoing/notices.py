@@ -7,6 +7,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Config
+from mail2ticket.outgoing.compose import Draft, check_address
+from mail2ticket.outgoing.outbox import queue
+from mail2ticket.tickets.db import log_event
 from mail2ticket.tickets.sla import mark_overdue
 
 if TYPE_CHECKING:
@@ -31,9 +34,6 @@ def queue_notice(cfg: Config, db: Database, report: dict) -> dict | None:
     to = sla.get("notify")
     if not to:
         return None
-    from mail2ticket.outgoing.compose import Draft, check_address
-    from mail2ticket.outgoing.outbox import queue
-    from mail2ticket.tickets.db import log_event
 
     breaches = report["new_breaches"]
     name = sla.get("notify_account") or breaches[0]["account"]

@@ -13,8 +13,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from mail2ticket.accounts.credentials import open_smtp
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
+from mail2ticket.config.periods import parse_duration
 from mail2ticket.errors import Mail2TicketError
 from mail2ticket.outgoing.loops import iso_utc, parse_utc
 from mail2ticket.outgoing.outbox import account_for
@@ -28,6 +30,7 @@ from mail2ticket.tickets.mailqueue import (
     mark_finished,
     mark_sending,
 )
+from mail2ticket.transport.smtp import SendFailure, send_raw, smtp_connect
 
 # Test seam: called right after the server accepted a mail and before it is marked sent.
 after_accept: Callable[[dict], None] | None = None
@@ -106,7 +109,6 @@ def _finish(db: Database, row: dict, *, status: str, error: str | None = None, r
 
 
 def _defer(cfg: Config, db: Database, row: dict, error: str, now: datetime, report: SendReport) -> None:
-    from mail2ticket.config.periods import parse_duration
 
     expire = parse_duration(conversation_settings(cfg)["outbox_expire"])
     created = parse_utc(row["created_at"]) or now
@@ -132,7 +134,6 @@ def send_pending(
     queued with the error and a next attempt time (4xx, network, TLS, login), or is marked
     failed (5xx, or older than outbox_expire).
     """
-    from mail2ticket.transport.smtp import SendFailure, send_raw, smtp_connect
 
     now = now or datetime.now(UTC)
     if ids is None:
@@ -187,8 +188,6 @@ def send_pending(
 
 
 def _connect(cfg: Config, account_name: str, smtp_connect: Callable) -> Any:
-    from mail2ticket.accounts.credentials import open_smtp
-    from mail2ticket.transport.smtp import SendFailure
 
     account = account_for(cfg, account_name)
     try:

@@ -34,6 +34,8 @@ from typing import Any, BinaryIO
 from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool, spool_chunks
+from mail2ticket.parse import charsets, headers
+from mail2ticket.parse.htmltext import html_to_text
 from mail2ticket.parse.mimeguard import HEAD_PREFIX_BYTES, header_start
 from mail2ticket.parse.parsed import (
     DEFAULT_LIMITS,
@@ -271,7 +273,6 @@ def _skeleton(f: _File, found: list[_Large], token: bytes) -> bytes:
 
 def _excerpt(f: _File, large: _Large) -> tuple[str, bool]:
     """The first TEXT_KEEP bytes of a large text body, decoded as mimewalk decodes text."""
-    from mail2ticket.parse import charsets, headers
 
     data = bytearray()
     whole = True
@@ -364,7 +365,6 @@ def parse_file(
             excerpt, whole = _excerpt(f, large)
             shown = excerpt
             if large.ctype == "text/html":
-                from mail2ticket.parse.htmltext import html_to_text
 
                 shown = html_to_text(excerpt)
                 if parsed.body_html:

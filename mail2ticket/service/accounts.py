@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.accounts.secrets import move_secret
+from mail2ticket.accounts.secrets import delete_password, delete_token, move_secret, token_key
 from mail2ticket.config.accounts import ACCOUNT_NAME_RE
 from mail2ticket.config.files import (
     account_entries,
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
     """Rename ``old`` to ``new``; returns the new account file. Refuses before changing anything."""
-    from mail2ticket.accounts.secrets import token_key
 
     cfg.account(old)  # an unknown account is refused first
     if not ACCOUNT_NAME_RE.match(new):
@@ -68,7 +67,6 @@ def remove_account(cfg: Config, name: str) -> bool:
 
     In a file with several [[accounts]], only that entry goes: the others, and every comment not
     attached to it, stay as written (the file is edited as text, then checked by parsing it)."""
-    from mail2ticket.accounts.secrets import delete_password, delete_token
 
     src = own_account_file(cfg, name, "remove")
     entries = account_entries(src)

@@ -23,11 +23,14 @@ import schedule
 from sqlite_utils import Database
 
 from mail2ticket import __version__
+from mail2ticket.accounts.credentials import sign_in_secret
 from mail2ticket.config.load import load_config
 from mail2ticket.config.model import Account, Config
 from mail2ticket.config.periods import frequency_warning, parse_schedule
 from mail2ticket.errors import Mail2TicketError, SecretError
-from mail2ticket.intake.push import WorkerPool
+from mail2ticket.files import perms as fileperms
+from mail2ticket.intake.poller import run_poll
+from mail2ticket.intake.push import DEFAULT_LOGINS_PER_SECOND, LoginGate, PushHub, WorkerPool
 from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
@@ -263,7 +266,6 @@ class Daemon:
     # --- start and stop ----------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped; returns the exit code (0 after a clean stop)."""
-        from mail2ticket.intake.push import LoginGate, PushHub
 
         self.cfg = cfg = load_config(self.config_path)
         check_secrets(cfg, cfg.accounts, fail_if_none=True, seen=self._secrets)
@@ -486,7 +488,6 @@ class Daemon:
     def _password_changed(self, account: Account) -> bool:
         """Whether ``account``'s password differs from the one last looked up (after 'accounts
         set-password' and a reload, an account in backoff is tried at once)."""
-        from mail2ticket.accounts.credentials import sign_in_secret
 
         if account.source != "imap" or account.name not in self._secrets:
             return False
@@ -520,7 +521,6 @@ class Daemon:
             log.debug("job %s still running; this run skipped", job.name)
 
     def _poll_job(self, name: str, reason: str, ignore_backoff: bool) -> None:
-        from mail2ticket.intake.poller import run_poll
 
         cfg = self.cfg
         account = next((a for a in cfg.accounts if a.name == name and a.enabled), None)
@@ -682,7 +682,6 @@ def _digest(password: str) -> str:
 
 
 def _login_rate(cfg: Config) -> float:
-    from mail2ticket.intake.push import DEFAULT_LOGINS_PER_SECOND
 
     return float(getattr(cfg, "logins_per_second", None) or DEFAULT_LOGINS_PER_SECOND)
 
@@ -749,7 +748,6 @@ def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool,
                   seen: dict[str, str] | None = None) -> None:
     """Look up each enabled IMAP account's password once. Each missing one is logged (naming
     every source tried); with ``fail_if_none``, no password at all is fatal: nothing could run."""
-    from mail2ticket.accounts.credentials import sign_in_secret
 
     wanted = [a for a in accounts if a.enabled and a.source == "imap"]
     errors: list[SecretError] = []
@@ -774,7 +772,6 @@ def check_secrets(cfg: Config, accounts: list[Account], *, fail_if_none: bool,
 def acquire_lock(database: Path) -> object:
     """One daemon per database: an flock beside it, released by the kernel when we exit."""
     path = Path(f"{database}.daemon.lock")
-    from mail2ticket.files import perms as fileperms
 
     fileperms.makedirs(path.parent)
     f = os.fdopen(fileperms.create(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, mode=0o600), "a+")

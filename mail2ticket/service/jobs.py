@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from sqlite_utils import Database
 
 from mail2ticket.config.model import Account, Config
+from mail2ticket.intake import poller
+from mail2ticket.outgoing.notices import check_overdue
+from mail2ticket.outgoing.sender import outbox_job
+from mail2ticket.tickets.fts import ensure_triggers
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,6 @@ class Job:
 
 def overdue_check(cfg: Config, db: Database) -> None:
     """Mark tickets past their SLA targets and queue the notice (outgoing/notices.check_overdue)."""
-    from mail2ticket.outgoing.notices import check_overdue
-    from mail2ticket.tickets.fts import ensure_triggers
 
     if ensure_triggers(db):  # a table rebuild by a migration drops triggers: never lose search
         log.warning("the search index had lost its triggers: recreated and re-indexed")
@@ -36,7 +38,6 @@ def overdue_check(cfg: Config, db: Database) -> None:
 
 def send_outbox(cfg: Config, db: Database) -> None:
     """Send the mail waiting in the outbox (acknowledgements, replies, notices) that is due."""
-    from mail2ticket.outgoing.sender import outbox_job
 
     outbox_job(cfg, db)
 
@@ -52,9 +53,8 @@ AFTER_POLL_JOBS: tuple[Job, ...] = (
 def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll=None) -> list:
     """Poll each account in turn (one failing never stops the others), then run the other jobs.
     ``run_poll`` polls one account (default: mail2ticket.intake.poller.run_poll)."""
-    if run_poll is None:
-        from mail2ticket.intake.poller import run_poll
-    results = [run_poll(cfg, db, account) for account in accounts]
+    poll = run_poll or poller.run_poll
+    results = [poll(cfg, db, account) for account in accounts]
     for job in AFTER_POLL_JOBS:
         try:
             job(cfg, db)

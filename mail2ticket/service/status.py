@@ -5,8 +5,11 @@ from __future__ import annotations
 from sqlite_utils import Database
 
 from mail2ticket.config.model import Config
-from mail2ticket.tickets.daemon_state import push_session_rows
-from mail2ticket.tickets.db import recent_events, ticket_counts
+from mail2ticket.intake.quarantine import open_count
+from mail2ticket.service.daemon import daemon_state
+from mail2ticket.tickets.daemon_state import next_polls, push_session_rows
+from mail2ticket.tickets.db import account_status, recent_events, ticket_counts
+from mail2ticket.tickets.mailqueue import waiting_count
 
 
 def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = None) -> dict:
@@ -14,10 +17,6 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
     failing or no daemon is running on this database: with ``require_daemon`` None (the default)
     only once a daemon has run on it (stopped or dead), with True also when none ever started,
     with False never."""
-    from mail2ticket.intake.quarantine import open_count
-    from mail2ticket.service.daemon import daemon_state
-    from mail2ticket.tickets.daemon_state import next_polls
-    from mail2ticket.tickets.db import account_status
 
     status = account_status(db)
     daemon = daemon_state(db)
@@ -113,7 +112,6 @@ def _push_alerts(sessions: dict[str, dict], alerts: list[str]) -> None:
 
 def _outbox_alerts(db: Database, alerts: list[str]) -> dict[str, int]:
     """Mail waiting in the outbox, by status; an alert for mail that will not go by itself."""
-    from mail2ticket.tickets.mailqueue import waiting_count
 
     waiting = waiting_count(db)
     if waiting.get("failed"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.fields import STATUSES
+from mail2ticket.files import perms as fileperms
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
@@ -65,6 +66,8 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
     import_sqlite_utils()
     from sqlite_utils import Database
 
+    # Here, not at the top: the migrations import sqlite-utils, which must come after
+    # import_sqlite_utils() (without numpy and pandas) for a fast start-up of every command.
     from mail2ticket.tickets.migrations import migrations
 
     path = Path(path)
@@ -98,8 +101,6 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
 def _create_private(path: Path) -> None:
     """The database's folder and file, created 0700/0600 (0750/0640 in a setgid folder) whatever
     the umask, before SQLite opens it: SQLite gives its WAL and SHM the database file's mode."""
-    from mail2ticket.files import perms as fileperms
-
     if str(path) == ":memory:":
         return
     fileperms.makedirs(path.parent)
@@ -184,9 +185,7 @@ def _migrate(db, path: Path, migrations) -> None:
     import fcntl
 
     try:
-        from mail2ticket.files.perms import open_new
-
-        lock = open_new(path.with_name(path.name + ".migrate-lock"), "a")
+        lock = fileperms.open_new(path.with_name(path.name + ".migrate-lock"), "a")
     except OSError as exc:
         raise StoreError(f"cannot create the migration lock beside {path}: {exc}",
                          "check that the directory is writable") from None

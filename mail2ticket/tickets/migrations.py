@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from mail2ticket.tickets.fts import install
+
 migrations = Migrations("mail2ticket")
 
 
@@ -255,7 +257,6 @@ def m301_triage(db: Database) -> None:
 def m301_search(db: Database) -> None:
     # Full-text search (messages_fts, FTS5) over every message already stored, and the triggers
     # that keep it in sync with each insert, update and delete (mail2ticket/tickets/search.py).
-    from mail2ticket.tickets.fts import install
 
     install(db)
 

@@ -7,7 +7,15 @@ from typing import Any
 
 from mail2ticket.config.model import Config
 from mail2ticket.config.rules import RULE_TIME_LIMIT, Rule
-from mail2ticket.tickets.tickets import set_status
+from mail2ticket.tickets.db import log_event, now_iso
+from mail2ticket.tickets.sla import has_targets, set_due_times
+from mail2ticket.tickets.tickets import (
+    add_tags,
+    set_account,
+    set_assignee,
+    set_priority,
+    set_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +80,6 @@ def apply_to_mail(cfg: Config, db: Any, outcome: Any, parsed: Any,
 
     ``evaluated``: what evaluate_rules gave for this mail, run before the transaction; a rule
     skipped there is recorded on the ticket as a 'rule-skipped' event."""
-    from mail2ticket.tickets.db import log_event, now_iso
-    from mail2ticket.tickets.sla import has_targets, set_due_times
-    from mail2ticket.tickets.tickets import add_tags, set_account, set_assignee, set_priority
 
     ticket_id = outcome.ticket_id
     if ticket_id is None:

@@ -6,6 +6,7 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING
 
+from mail2ticket.tickets.db import NOT_CLOSED_SQL, get_tickets
 from mail2ticket.tickets.fts import FTS_COLUMNS, FTS_TABLE
 
 if TYPE_CHECKING:
@@ -92,7 +93,6 @@ def search(
     ``query`` is FTS5 syntax ("printer AND toner", "subject:invoice", "migrat*", a "quoted phrase");
     text that is not valid syntax (an address, a path) is searched as plain words.
     """
-    from mail2ticket.tickets.db import NOT_CLOSED_SQL, get_tickets
 
     if not query.strip():
         return []

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.model import Config
+from mail2ticket.config.periods import parse_duration
 from mail2ticket.config.sla import (
     DAY_NAMES,
     DEFAULT_DAYS,
@@ -16,6 +17,7 @@ from mail2ticket.config.sla import (
     parse_hours,
     time_zone,
 )
+from mail2ticket.tickets.db import log_event, now_iso, transaction
 from mail2ticket.tickets.tickets import mark_breached, refresh_overdue_marks, set_due
 
 if TYPE_CHECKING:
@@ -33,7 +35,6 @@ OVERDUE_SQL = (
 def target_seconds(text: str, calendar: Calendar | None) -> int:
     """A target duration in seconds. In business hours a day ("d") is one business day (e.g. 8h
     for 09:00-17:00) and a week ("w") is as many business days as the calendar has per week."""
-    from mail2ticket.config.periods import parse_duration
 
     seconds = parse_duration(text)
     if calendar is not None:
@@ -112,7 +113,6 @@ def set_due_times(cfg: Config, db: Database, ticket_id: int, *, now: str | None 
     """(Re)compute a ticket's due times from its creation, priority and account. A target moved
     into the future is no longer breached: its breach record and the overdue mark are cleared
     (the overdue check marks a new breach, with its own event)."""
-    from mail2ticket.tickets.db import now_iso
 
     row = db.execute("select created_at, priority, account from tickets where id = ?", [ticket_id]).fetchone()
     if row is None:
@@ -132,7 +132,6 @@ def mark_overdue(cfg: Config, db: Database, *, now: datetime | None = None, reco
     the mark where it no longer holds, and call ``notice(report)`` in the same transaction when
     there are new breaches (outgoing/notices.py queues the mail). Returns a report (what
     'overdue check --json' prints)."""
-    from mail2ticket.tickets.db import log_event, transaction
 
     now_s = _iso(now or datetime.now(UTC))
     report: dict[str, Any] = {"checked_at": now_s, "due_times_set": 0, "new_breaches": [], "cleared": 0}

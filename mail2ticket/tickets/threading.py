@@ -11,6 +11,7 @@ from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
+from mail2ticket.parse.autoreply import bounce_reason
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.ids import (
     OUR_ID_IN_TEXT,
@@ -187,7 +188,6 @@ def _ticket_of_id(db: Database, message_id: str) -> tuple[int, str] | None:
 
 
 def _is_bounce(parsed: ParsedMessage) -> bool:
-    from mail2ticket.parse.autoreply import bounce_reason
 
     return bounce_reason(parsed) is not None
 

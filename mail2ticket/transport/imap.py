@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from datetime import date
 
 from mail2ticket.config.model import Account
+from mail2ticket.config.providers import auth_failure_hint
 from mail2ticket.errors import AuthError, ConnectError, ServerError, TLSError
+from mail2ticket.files.perms import makedirs, open_new
+from mail2ticket.files.spool import PIECE, Spool
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +195,6 @@ class Mailbox:
         """Sign in on the open connection: LOGIN, or SASL XOAUTH2 when the account uses OAuth2."""
         from imapclient.exceptions import LoginError
 
-        from mail2ticket.config.providers import auth_failure_hint
 
         acct, client = self.account, self.client
         try:
@@ -374,11 +376,9 @@ class Mailbox:
         import hashlib
         from pathlib import Path
 
-        from mail2ticket.files.spool import PIECE, Spool
 
         piece = piece or PIECE
         directory = Path(directory)
-        from mail2ticket.files.perms import makedirs, open_new
 
         makedirs(directory)  # the attachment store's tmp/: private, whatever the umask
         path = directory / f"raw-{uid}-{os.urandom(4).hex()}.{os.getpid()}.tmp"

@@ -7,6 +7,7 @@ import smtplib
 import ssl
 
 from mail2ticket.config.model import Account
+from mail2ticket.config.providers import auth_failure_hint
 from mail2ticket.errors import AuthError, ConfigError, ServerError, TLSError
 from mail2ticket.transport.imap import StartTLSGuard, describe_tls_error, network_error, tls_context
 
@@ -61,7 +62,6 @@ def smtp_connect(
                 f"SMTP server {host}:{port} offers no AUTH after {'TLS' if mode != 'none' else 'EHLO'}",
                 "check the port: submission is 587 (starttls) or 465 (tls)",
             )
-        from mail2ticket.config.providers import auth_failure_hint
 
         user = account.smtp_username or account.username
         try:
