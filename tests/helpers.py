@@ -35,9 +35,9 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
+from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
-from mail2ticket.secrets import store_password
-from mail2ticket.store import open_db
+from mail2ticket.tickets.db import open_db
 from tests.servers import Dovecot, User, find_dovecot
 
 REPO = Path(__file__).resolve().parents[1]

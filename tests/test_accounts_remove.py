@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keyring
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import run_cli
 
 SHARED = """\

@@ -7,8 +7,9 @@ out is counted on the real SMTP server.
 
 from __future__ import annotations
 
-from mail2ticket.compose import conversation_settings, mailbox_key
-from mail2ticket.config import load_config
+from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.load import load_config
+from mail2ticket.outgoing.compose import mailbox_key
 from tests.helpers import Desk, make_mail
 from tests.servers import MAIL_DOMAIN
 

@@ -19,8 +19,8 @@ import sys
 from email.message import EmailMessage
 from pathlib import Path
 
-from mail2ticket.attachments import AttachmentStore
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
+from mail2ticket.files.attachments import AttachmentStore
 from tests.helpers import command, sha256_hex
 from tests.servers import Dovecot, User
 from tests.test_exactly_once import (

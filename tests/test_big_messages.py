@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket import bigmessage
-from mail2ticket.attachments import AttachmentStore
-from mail2ticket.parse import ParseLimits, parse_message
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
+from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.parse import bigmessage
+from mail2ticket.parse.message import ParseLimits, parse_message
 from tests.helpers import (
     PEAK_LIMIT_KIB,
     MiB,

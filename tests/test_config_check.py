@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import run_cli
 
 CONFIG_ERROR = 3

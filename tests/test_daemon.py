@@ -16,9 +16,9 @@ import tomli_w
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from mail2ticket.config import load_config
-from mail2ticket.daemon import JobRunner, job_schedule_key
-from mail2ticket.push import PushWatcher
+from mail2ticket.config.load import load_config
+from mail2ticket.intake.push import PushWatcher
+from mail2ticket.service.daemon import JobRunner
 from tests.helpers import make_mail, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

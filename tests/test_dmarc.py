@@ -15,8 +15,8 @@ import json
 
 import pytest
 
-from mail2ticket.parse import parse_message
-from mail2ticket.threader import sender_unverified
+from mail2ticket.parse.message import parse_message
+from mail2ticket.tickets.threading import sender_unverified
 from tests.helpers import Desk, make_mail
 
 OURS = "mx.example.com"

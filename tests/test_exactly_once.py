@@ -23,7 +23,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import command, sha256_hex, write_config
 from tests.servers import Dovecot, User
 

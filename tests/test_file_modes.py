@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket.locks import lock_path
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
+from mail2ticket.intake.locks import lock_path
 from tests.helpers import write_config
 
 REPO = Path(__file__).resolve().parents[1]

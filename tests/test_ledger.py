@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import (
     numbered_mail,
     rawlogged_dovecot,

@@ -22,7 +22,6 @@ from click.testing import CliRunner
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
 from mail2ticket.cli.output import display_width
-from mail2ticket.secrets import store_password
 from tests.helpers import make_mail
 from tests.ptys import read_all
 

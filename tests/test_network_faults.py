@@ -20,7 +20,6 @@ from click.testing import CliRunner
 
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
-from mail2ticket.secrets import store_password
 from tests.helpers import accounts_status, hashed_lines, numbered_mail, sha256_hex, write_config
 from tests.servers import Dovecot, User
 

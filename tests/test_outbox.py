@@ -12,8 +12,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mail2ticket.config import load_config
-from mail2ticket.outbox import BACKOFF_MAX, backoff_seconds, send_pending
+from mail2ticket.config.load import load_config
+from mail2ticket.outgoing.sender import BACKOFF_MAX, backoff_seconds, send_pending
 from tests.helpers import Desk, make_mail
 
 ROOT = Path(__file__).resolve().parent.parent

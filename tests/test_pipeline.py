@@ -22,10 +22,11 @@ import pytest
 import tomli_w
 
 import mail2ticket.parse
-from mail2ticket.attachments import AttachmentStore
+from mail2ticket.accounts.secrets import store_password
 from mail2ticket.errors import TempFailError
-from mail2ticket.pipeline import ParsePool, ahead, parse_and_store, prefetch, size_batches
-from mail2ticket.secrets import store_password
+from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.intake.pipeline import ParsePool, ahead, prefetch, size_batches
+from mail2ticket.parse.prepare import prepare
 from tests.helpers import run_cli
 from tests.servers import Dovecot, User
 

@@ -19,15 +19,15 @@ import pytest
 from imapclient.response_parser import parse_fetch_response, parse_response
 from imapclient.util import chunk
 
-from mail2ticket.attachments import AttachmentStore
-from mail2ticket.config import load_config
+from mail2ticket.accounts.secrets import store_password
+from mail2ticket.config.load import load_config
 from mail2ticket.errors import ConfigError
-from mail2ticket.imap import choose_archive_folder, fetch_items, gmail_ids
-from mail2ticket.importer import ImportContext, Incoming, Source, import_batch
-from mail2ticket.locks import account_lock, lock_path
-from mail2ticket.poller import run_poll
-from mail2ticket.secrets import store_password
-from mail2ticket.store import open_db
+from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
+from mail2ticket.intake.locks import account_lock, lock_path
+from mail2ticket.intake.poller import run_poll
+from mail2ticket.tickets.db import open_db
+from mail2ticket.transport.imap import choose_archive_folder, fetch_items, gmail_ids
 from tests.helpers import (
     rawlogged_dovecot,
     rawlogged_user,

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mail2ticket.daemon import RELOAD_POLL_SECONDS
+from mail2ticket.service.daemon import RELOAD_POLL_SECONDS
 from tests.helpers import make_mail, wait_until
 from tests.servers import Dovecot
 from tests.servers import account_config as server_account_config

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 import mail2ticket.parse.message
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
-from mail2ticket.secrets import store_password
 from tests.helpers import all_tickets, numbered_mail, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 

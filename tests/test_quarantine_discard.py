@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import run_cli, write_config
 from tests.servers import Dovecot, User
 from tests.test_quarantine import _message, buggy_parser  # noqa: F401  (a fixture)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import DaemonProcess, run_cli, write_config
 
 REPO = Path(__file__).resolve().parents[1]

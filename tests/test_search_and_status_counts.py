@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import accounts_status, hashed_lines, numbered_mail
 from tests.triage_support import deliver, mail, run, write_config
 

@@ -12,7 +12,7 @@ import json
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from mail2ticket.parse import parse_message
+from mail2ticket.parse.message import parse_message
 from tests.helpers import Desk
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from mail2ticket.locks import lock_path
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
+from mail2ticket.intake.locks import lock_path
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")

@@ -11,8 +11,8 @@ import tomli_w
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from mail2ticket.compose import Draft, build, header_text
-from mail2ticket.store import open_db
+from mail2ticket.outgoing.compose import Draft, build, header_text
+from mail2ticket.tickets.db import open_db
 from tests.helpers import Desk, make_mail
 
 

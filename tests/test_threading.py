@@ -12,7 +12,7 @@ import re
 
 import tomli_w
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import LONG_AGO, Desk, make_mail, reply_to
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mail2ticket.secrets import store_password
+from mail2ticket.accounts.secrets import store_password
 from tests.helpers import numbered_mail, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
