@@ -48,9 +48,9 @@ def verify_account(account: Account, password: str, *, echo=None) -> int:
 def first_import(account: Account, secret: str, since=None) -> tuple[int, str | None]:
     """How many messages the first poll of ``account`` would import (from ``since`` on), and the
     day the oldest of them arrived (YYYY-MM-DD), or None when there are none."""
-    from mail2ticket.transport.imap import Mailbox
+    from mail2ticket.accounts.credentials import imap_mailbox
 
-    with Mailbox(account, secret) as box:
+    with imap_mailbox(account, secret) as box:
         box.select(account.folder)
         uids = box.new_uids(0, since)
         if not uids:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from mail2ticket.accounts.credentials import sign_in_secret
+from mail2ticket.accounts.credentials import imap_mailbox, sign_in_secret
 from mail2ticket.accounts.diagnostics import check_move_folder, move_target
 from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import (
@@ -231,7 +231,7 @@ def poll_account(
 def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: ImportContext, limit: int,
           result: PollResult, spools: list[Spool], stop, box=None) -> PollResult:
     borrowed = box is not None
-    with contextlib.nullcontext(box) if borrowed else Mailbox(account, password) as box:
+    with contextlib.nullcontext(box) if borrowed else imap_mailbox(account, password) as box:
         # STATUS of the selected mailbox (the IDLE connection's) may show the session's older
         # view (RFC 3501 6.3.10): over a borrowed connection the poll SELECTs and searches.
         if not borrowed and _nothing_new(db, box, account):

@@ -11,6 +11,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.model import Account, Config
 from mail2ticket.config.periods import parse_duration
 from mail2ticket.outgoing.compose import check_address, header_text
 from mail2ticket.outgoing.loops import automatic_count, hold_reason
@@ -78,7 +79,7 @@ def automatic_reason(parsed: ParsedMessage) -> str | None:
     return None
 
 
-def _unverified(cfg: Any, account_name: str | None, parsed: ParsedMessage, settings: Any = None) -> str | None:
+def _unverified(cfg: Config, account_name: str | None, parsed: ParsedMessage, settings: Any = None) -> str | None:
     """Our own mail server says the From is forged (DMARC failed), RELIABILITY 40.
 
     ``settings``: the account's threader.settings_for, when the caller has it already."""
@@ -98,7 +99,7 @@ def _parse_time(value: str | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def account_start(db: Database, account: Any) -> datetime:
+def account_start(db: Database, account: Account) -> datetime:
     """When the account began: ``added_at`` (written by add-account), else its first import."""
     start = _parse_time(account.added_at)
     if start is not None:
@@ -119,7 +120,7 @@ def automatic_mails_sent(db: Database, address: str, since: datetime) -> int:
     return automatic_count(db, since=since, address=address, kinds=("ack",))
 
 
-def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple[bool, str]:
+def decide(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple[bool, str]:
     """(send an acknowledgement?, why): the reason is what 'tickets show' prints."""
 
     if outcome.status != "imported":
@@ -173,7 +174,7 @@ def decide(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> tuple
     return True, "new ticket"
 
 
-def acknowledge(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> str:
+def acknowledge(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage) -> str:
     """Decide, queue the acknowledgement in the outbox (same transaction), record why."""
     if outcome.message_row is None:
         return ""
@@ -266,7 +267,7 @@ def _our_recipients(db: Database, texts: list[bytes]) -> list[str]:
     return list(dict.fromkeys(recipients))
 
 
-def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> str | None:
+def untrusted_report(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage) -> str | None:
     """Why a delivery report must mark nobody, or None (item 54). A report written by an ordinary
     participant of the ticket is not an MTA's; with ``authserv_id`` set on the account, only a
     report that our own mail server authenticated (an Authentication-Results header of ours with
@@ -285,7 +286,7 @@ def untrusted_report(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage
     return f"our mail server ({', '.join(sorted(ids))}) did not authenticate it (no spf, dkim or dmarc pass)"
 
 
-def record_bounce(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
+def record_bounce(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage) -> list[str]:
     """Mark the addresses a bounce reports as failing; returns them (an event on the ticket each)."""
 
     distrust = untrusted_report(cfg, db, outcome, parsed)
@@ -340,7 +341,7 @@ def clear_failing(db: Database, outcome: Any, parsed: ParsedMessage) -> bool:
     return True
 
 
-def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage, settings: Any = None) -> None:
+def track_failing(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage, settings: Any = None) -> None:
     """Mark the addresses a bounce reports; clear the mark of an address that writes again.
 
     ``settings``: the account's threader.settings_for, when the caller has it already."""
@@ -362,7 +363,7 @@ def track_failing(cfg: Any, db: Database, outcome: Any, parsed: ParsedMessage, s
         log.exception("failing-address bookkeeping of ticket #%s failed", outcome.ticket_id)
 
 
-def ack_hook(cfg: Any):
+def ack_hook(cfg: Config):
     """The last step after a mail is stored (intake/after_store.py): track bounces, acknowledge new tickets."""
 
 
