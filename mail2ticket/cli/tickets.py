@@ -17,7 +17,6 @@ from mail2ticket.cli.output import (
     shown_time,
 )
 from mail2ticket.cli.params import TicketId
-from mail2ticket.tickets.db import known_assignees, ticket_accounts
 
 # Each command imports what it needs inside it: every command module loads at each start-up
 # (cli.COMMAND_MODULES), and a command's work must not slow the others' start.
@@ -196,6 +195,8 @@ def select_tickets(app, name: str, ticket_ids, kw: dict, yes: bool, *, example: 
 
 def _known_accounts(app) -> list[str]:
     """The accounts of the config, and those that have tickets (renamed or removed since)."""
+    from mail2ticket.tickets.db import ticket_accounts
+
     names = {a.name for a in app.config().accounts}
     names.update(ticket_accounts(app.db))
     return sorted(names)
@@ -203,6 +204,8 @@ def _known_accounts(app) -> list[str]:
 
 def _known_assignees(app) -> list[str]:
     """Everyone who has, or ever had, a ticket, and the assignees of the routing rules."""
+    from mail2ticket.tickets.db import known_assignees
+
     names = known_assignees(app.db)
     names.update(rule.assignee for rule in app.config().rules if getattr(rule, "assignee", None))
     return sorted(names)
