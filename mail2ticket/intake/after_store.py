@@ -15,16 +15,17 @@ acknowledgement) is queued in the outbox in this same transaction and sent after
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.model import Config
 from mail2ticket.outgoing.acknowledge import ack_hook
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.rules import apply_to_mail
 
-Step = Callable[[Database, Any, ParsedMessage], None]
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
+
+Step = Callable[["Database", Any, ParsedMessage], None]
 
 
 def rules_and_sla(cfg: Config) -> Step:

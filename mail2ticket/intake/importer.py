@@ -9,9 +9,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.model import Config
 from mail2ticket.errors import StoreError, TempFailError
@@ -38,6 +36,9 @@ from mail2ticket.tickets.messages import insert_attachment, insert_incoming, sto
 from mail2ticket.tickets.rules import evaluate_rules
 from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
 from mail2ticket.tickets.tickets import create_ticket, follow_up, tag_quietly, ticket_status, touch
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import ConfigError, ParseError, StoreError
@@ -29,6 +28,9 @@ from mail2ticket.tickets.ledger import (
     mark_actions_done,
 )
 from mail2ticket.transport.imap import chunks
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

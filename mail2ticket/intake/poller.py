@@ -9,8 +9,7 @@ import ssl
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.credentials import imap_mailbox, sign_in_secret
 from mail2ticket.accounts.diagnostics import check_move_folder, move_target
@@ -50,6 +49,9 @@ from mail2ticket.tickets.ledger import (
     supersede_quarantine,
 )
 from mail2ticket.transport.imap import Mailbox, chunks
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.credentials import imap_mailbox
 from mail2ticket.config.model import Config
@@ -31,6 +30,9 @@ from mail2ticket.tickets.ledger import (
     quarantine_retried,
 )
 from mail2ticket.tickets.messages import take_stored
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Config
 from mail2ticket.errors import ParseError, TempFailError
@@ -25,6 +24,9 @@ from mail2ticket.tickets.messages import (
     update_derived,
 )
 from mail2ticket.tickets.tickets import rederive_from_first_message
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,7 @@ import logging
 import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Account, Config
@@ -33,6 +31,9 @@ from mail2ticket.tickets.threading import (
     sender_unverified,
     settings_for,
 )
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 # hold_reason() (outbox.py) reasons: the mail is held back, and an event on the ticket says so.

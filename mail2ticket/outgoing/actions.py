@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
@@ -24,6 +23,9 @@ from mail2ticket.tickets.db import current_user, get_ticket, log_event, now_iso,
 from mail2ticket.tickets.messages import insert_message, store_raw
 from mail2ticket.tickets.threading import participant_list
 from mail2ticket.tickets.tickets import record_first_response, set_status
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 
 def _other_participants(cfg: Config, db: Database, ticket: dict) -> list[str]:

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.conversations import FIELD_RE
 from mail2ticket.tickets.ids import new_message_id, tag_pattern
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 # Outgoing mail: CRLF line ends, lines folded at 78, refusing CR/LF inside header values.
 POLICY = email.policy.SMTP

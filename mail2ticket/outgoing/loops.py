@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
@@ -13,6 +12,9 @@ from mail2ticket.outgoing.compose import mailbox_domains, mailbox_key, not_a_mai
 from mail2ticket.tickets.mailqueue import automatic_recipients
 from mail2ticket.tickets.mailqueue import failing_address as queued_failing_address
 from mail2ticket.tickets.threading import participants
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 # Mail a machine decided to send: capped per ticket and per address, never sent to a failing
 # address (RELIABILITY 45, 46). A reply typed by a person is never held, only warned about.

@@ -7,8 +7,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Config
-from mail2ticket.outgoing.compose import Draft, check_address
-from mail2ticket.outgoing.outbox import queue
 from mail2ticket.tickets.db import log_event
 from mail2ticket.tickets.sla import mark_overdue
 
@@ -34,6 +32,10 @@ def queue_notice(cfg: Config, db: Database, report: dict) -> dict | None:
     to = sla.get("notify")
     if not to:
         return None
+    # Here, not at the top: the mail libraries load only when a notice is sent, not for every
+    # overdue check (every 15 minutes in the daemon, and 'overdue check' from the shell).
+    from mail2ticket.outgoing.compose import Draft, check_address
+    from mail2ticket.outgoing.outbox import queue
 
     breaches = report["new_breaches"]
     name = sla.get("notify_account") or breaches[0]["account"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
@@ -31,6 +29,9 @@ from mail2ticket.tickets.db import get_ticket, log_event, now_iso
 from mail2ticket.tickets.ids import make_tag
 from mail2ticket.tickets.mailqueue import get_entry, insert_entry
 from mail2ticket.tickets.threading import thread_parent
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.accounts.credentials import open_smtp
 from mail2ticket.config.conversations import conversation_settings
@@ -31,6 +29,9 @@ from mail2ticket.tickets.mailqueue import (
     mark_sending,
 )
 from mail2ticket.transport.smtp import SendFailure, send_raw, smtp_connect
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 # Test seam: called right after the server accepted a mail and before it is marked sent.
 after_accept: Callable[[dict], None] | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.secrets import delete_password, delete_token, move_secret, token_key
 from mail2ticket.config.accounts import ACCOUNT_NAME_RE
@@ -21,6 +20,9 @@ from mail2ticket.config.files import (
 from mail2ticket.config.model import Config
 from mail2ticket.errors import ConfigError, SecretError
 from mail2ticket.tickets.db import rename_in_db
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

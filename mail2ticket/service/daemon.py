@@ -18,9 +18,9 @@ from concurrent.futures import wait as wait_futures
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import schedule
-from sqlite_utils import Database
 
 from mail2ticket import __version__
 from mail2ticket.accounts.credentials import sign_in_secret
@@ -43,6 +43,9 @@ from mail2ticket.tickets.daemon_state import (
     record_stop,
 )
 from mail2ticket.tickets.db import next_attempt_at, now_iso, open_db, transaction
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

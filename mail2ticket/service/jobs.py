@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Account, Config
 from mail2ticket.intake import poller
 from mail2ticket.outgoing.notices import check_overdue
 from mail2ticket.outgoing.sender import outbox_job
 from mail2ticket.tickets.fts import ensure_triggers
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 

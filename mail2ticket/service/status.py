@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Config
 from mail2ticket.intake.quarantine import open_count
@@ -10,6 +10,9 @@ from mail2ticket.service.daemon import daemon_state
 from mail2ticket.tickets.daemon_state import next_polls, push_session_rows
 from mail2ticket.tickets.db import account_status, recent_events, ticket_counts
 from mail2ticket.tickets.mailqueue import waiting_count
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 
 def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = None) -> dict:

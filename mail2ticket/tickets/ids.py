@@ -7,8 +7,11 @@ import hmac
 import re
 import secrets
 import time
+from typing import TYPE_CHECKING
 
-from sqlite_utils import Database
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
+
 
 # --- our Message-IDs ---------------------------------------------------------------------------
 # <m2t.NONCE.TOKEN@DOMAIN>, TOKEN = HMAC-SHA256(secret, NONCE) cut to 80 bits. The secret lives in

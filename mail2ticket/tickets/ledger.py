@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.errors import TempFailError
 from mail2ticket.files.spool import Spool
 from mail2ticket.tickets.db import insert_row
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 
 def _row(cur) -> dict | None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.errors import NotFoundError
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 ENTRY_COLUMNS = (
     "id, ticket_id, message, account, kind, mail_from, recipients, to_address, message_id, subject, "

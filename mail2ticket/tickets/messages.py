@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.errors import TempFailError
 from mail2ticket.files.spool import MiB, Spool, spool_chunks
 from mail2ticket.parse.bigmessage import BIG_MESSAGE, too_many_lines
 from mail2ticket.tickets.db import insert_row
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 
 def store_raw(db: Database, sha256: str, raw: bytes, now: str) -> None:

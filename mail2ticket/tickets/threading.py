@@ -6,8 +6,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
@@ -20,6 +19,9 @@ from mail2ticket.tickets.ids import (
     make_tag,
     tag_pattern,
 )
+
+if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 DEFAULT_TAG_FORMAT = "[#{id}]"

@@ -11,7 +11,6 @@ from mail2ticket.tickets.db import insert_row
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
 
-from sqlite_utils import Database
 
 from mail2ticket.errors import NotFoundError
 from mail2ticket.tickets.db import log_event, now_iso
