@@ -25,7 +25,10 @@ def parse(file: Path, as_json: bool) -> None:
 
     Prints subject, sender, recipients, date, Message-ID, the text a person would read,
     the attachments with their names, types and sizes, whether it is automatic mail (no
-    acknowledgement), and any defects found. Nothing is stored and nothing is fetched.
+    acknowledgement), and any defects found; then, for the mail of a monitoring tool (Nagios,
+    Icinga, Zabbix, Alertmanager, Monit, Checkmk, or a [[monitoring.formats]] entry of the
+    config), the tool, host, service, state and event id it reports; and the [[rules]] it
+    matches. Nothing is stored and nothing is fetched.
 
     Example: mail2ticket parse message.eml --json
     """
@@ -39,32 +42,70 @@ def parse(file: Path, as_json: bool) -> None:
         parsed = parse_message(raw)
     except ParseError as exc:
         raise click.ClickException(f"{file} would be quarantined: {exc.one_line()}") from exc
-    rules = _matching_rules(parsed)
+    cfg = _config()
+    rules = _matching_rules(cfg, parsed)
+    monitoring = _monitoring(cfg, parsed)
     if as_json:
-        print_json({**parsed.to_dict(), "rules": [r.to_dict() for r in rules]})
+        print_json({**parsed.to_dict(), "monitoring": monitoring.to_dict() if monitoring else None,
+                    "rules": [r.to_dict() for r in rules]})
     elif is_tty():
         _print_rich(parsed)
+        click.echo(_monitoring_text(monitoring))
         click.echo(_rules_text(rules))
     else:
         click.echo(_plain(parsed))
+        click.echo(_monitoring_text(monitoring))
         click.echo(_rules_text(rules))
 
 
-def _matching_rules(parsed: ParsedMessage) -> list:
-    """The [[rules]] of the config that this mail would match (docs/triage.md), in order."""
+def _config():
+    """The config, for its [[rules]] and [monitoring]; None (with a warning) when it is broken."""
     from mail2ticket.errors import Mail2TicketError
-    from mail2ticket.tickets.rules import matching_rules
 
     ctx = click.get_current_context(silent=True)
     app = ctx.find_root().obj if ctx is not None else None
     if app is None:
-        return []
+        return None
     try:
-        cfg = app.config(must_exist=False)
+        return app.config(must_exist=False)
     except Mail2TicketError as exc:
-        click.echo(f"Warning: rules not checked: {exc.one_line()}", err=True)
+        click.echo(f"Warning: rules and monitoring formats not checked: {exc.one_line()}", err=True)
+        return None
+
+
+def _matching_rules(cfg, parsed: ParsedMessage) -> list:
+    """The [[rules]] of the config that this mail would match (docs/triage.md), in order."""
+    if cfg is None:
         return []
+    from mail2ticket.tickets.rules import matching_rules
+
     return matching_rules(cfg, parsed)
+
+
+def _monitoring(cfg, parsed: ParsedMessage):
+    """What the mail says as monitoring mail (docs/monitoring.md): tool, host, service, state;
+    None when it is not, or when [monitoring] enabled = false. Without a usable config, the
+    stock formats are tried."""
+    from mail2ticket.parse.monitoring import recognise
+
+    settings = getattr(cfg, "monitoring", None)
+    if settings is not None and not settings.enabled_for(None):
+        return None
+    return recognise(parsed, settings.formats if settings is not None else ())
+
+
+def _monitoring_text(found) -> str:
+    if found is None:
+        return "Monitoring: no"
+    state = found.state or "(none)"
+    if found.severity:
+        state += f" ({found.severity})"
+    lines = [f"Monitoring: {found.tool}, {found.kind}"]
+    for name, value in (("Host", found.host), ("Service", found.service), ("State", state),
+                        ("Event ID", found.event_id)):
+        if value:
+            lines.append(f"  {name}: {value}")
+    return "\n".join(lines)
 
 
 def _rules_text(rules: list) -> str:

@@ -72,6 +72,8 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "reopen_on_reply": (is_bool, True, "true or false"),
     # RELIABILITY 40: the authserv-id of OUR mail server, whose Authentication-Results are trusted.
     "authserv_id": (is_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"'),
+    # Monitoring mail (docs/monitoring.md): false turns recognising it off for this account.
+    "monitoring": (is_bool, None, "true or false (default: [monitoring] enabled)"),
 }
 
 

@@ -21,6 +21,7 @@ from mail2ticket.config.checks import (
 )
 from mail2ticket.config.conversations import CONVERSATION_KEYS, check_conversations
 from mail2ticket.config.model import Account, Config
+from mail2ticket.config.monitoring import check_monitoring
 from mail2ticket.config.rules import compile_rules
 from mail2ticket.config.sla import SLA_KEYS
 from mail2ticket.config.sla import check_config as check_sla
@@ -75,7 +76,7 @@ PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     # The daemon's logins to one server per second (start-up, reloads, reconnects): docs/daemon.md.
     "logins_per_second": (lambda v: is_int(v) or isinstance(v, float), 5, "a number of logins per second"),
 }
-TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance"}
+TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance", "monitoring"}
 
 
 def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = True) -> Config:
@@ -158,6 +159,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
     account_names = [a.name for a in accounts]
     sla = check_sla(cfg_path, sla, account_names)
     rules = compile_rules(cfg_path, data.get("rules", []), account_names)
+    monitoring = check_monitoring(cfg_path, data.get("monitoring", {}))
     return Config(
         path=cfg_path,
         database=resolve(storage["database"], data_dir / "mail2ticket.db"),
@@ -174,6 +176,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         workers=performance["workers"],
         parse_timeout=performance["parse_timeout"],
         logins_per_second=performance["logins_per_second"],
+        monitoring=monitoring,
     )
 
 

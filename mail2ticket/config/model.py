@@ -53,6 +53,7 @@ class Account:
     allow_anyone_by_tag: bool = False
     reopen_on_reply: bool = True
     authserv_id: str | list[str] | None = None
+    monitoring: bool | None = None  # recognise monitoring mail; None: as [monitoring] enabled says
     defined_in: str = ""  # the file the account was read from
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class Config:
     workers: int | None = None  # parser processes; None: one per core, at most 4 (mail2ticket.intake.pipeline)
     parse_timeout: int = 60
     logins_per_second: float = 5  # the daemon's logins to one server per second (mail2ticket.intake.push)
+    monitoring: Any = None  # monitoring.MonitoringConfig, validated ([monitoring], docs/monitoring.md)
 
     def account(self, name: str) -> Account:
         for account in self.accounts:

@@ -1,0 +1,126 @@
+"""The [monitoring] table: recognising monitoring mail on or off, and the custom formats of
+[[monitoring.formats]] (a homegrown tool's mail, by regular expressions), checked.
+
+What a recognised mail is, and the stock formats of Nagios, Icinga 2, Zabbix, Alertmanager, Monit
+and Checkmk, are in mail2ticket/parse/monitoring.py; docs/monitoring.md describes both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mail2ticket.config.checks import REQUIRED, check_table, is_bool, is_str, is_str_list
+from mail2ticket.config.model import Account
+from mail2ticket.config.rules import nested_quantifier
+from mail2ticket.errors import ConfigError
+
+MONITORING_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "enabled": (is_bool, True, "true or false"),
+    "formats": (lambda v: isinstance(v, (list, dict)), None, "an array of tables ([[monitoring.formats]])"),
+}
+
+# [[monitoring.formats]]: one homegrown tool's mail.
+FORMAT_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "name": (is_str, REQUIRED, "the tool's name, shown as the monitoring mail's tool"),
+    "subject": (is_str, None, "a regular expression the subject must match, with named groups"),
+    "body": (is_str, None, "a regular expression the text must match, with named groups"),
+    "problem_states": (is_str_list, None, 'a list of states that mean a problem, such as ["DOWN", "FAILED"]'),
+    "recovery_states": (is_str_list, None, 'a list of states that mean a recovery, such as ["UP", "OK"]'),
+}
+
+# The named groups a custom format may capture (docs/monitoring.md).
+GROUPS = ("host", "service", "state", "event_id")
+
+
+@dataclass(frozen=True)
+class MonitoringFormat:
+    """One checked [[monitoring.formats]] entry. The patterns are kept as text: they are valid
+    (checked at load) and compiled where a mail is read (parse/monitoring.py), case-insensitive,
+    ``^`` and ``$`` matching at each line."""
+
+    name: str
+    subject: str | None = None
+    body: str | None = None
+    problem_states: tuple[str, ...] = ()
+    recovery_states: tuple[str, ...] = ()
+
+
+@dataclass
+class MonitoringConfig:
+    """[monitoring]: whether monitoring mail is recognised (each account may say otherwise with
+    ``monitoring = false`` or ``true``), and the custom formats, tried before the stock ones."""
+
+    enabled: bool = True
+    formats: list[MonitoringFormat] = field(default_factory=list)
+
+    def enabled_for(self, account: Account | None) -> bool:
+        """Whether mail of ``account`` (None: no account, as for 'parse FILE') is recognised."""
+        if account is not None and account.monitoring is not None:
+            return account.monitoring
+        return self.enabled
+
+
+def check_monitoring(path: Path, raw: Any) -> MonitoringConfig:
+    """Validate [monitoring]; one clear ConfigError naming the format and the key."""
+    values = check_table(path, "monitoring", raw, MONITORING_KEYS)
+    formats = values["formats"] or []
+    if isinstance(formats, dict):
+        formats = [formats]
+    if not all(isinstance(f, dict) for f in formats):
+        raise ConfigError(f"{path}: 'monitoring.formats' must be an array of tables ([[monitoring.formats]])")
+    out: list[MonitoringFormat] = []
+    seen: set[str] = set()
+    for index, data in enumerate(formats, start=1):
+        name = data.get("name")
+        label = f"monitoring.formats.{name}" if isinstance(name, str) and name.strip() else f"monitoring.formats[{index}]"
+        entry = check_table(path, label, data, FORMAT_KEYS)
+        name = entry["name"].strip()
+        if not name:
+            raise ConfigError(f"{path}: '{label}.name' is empty", "give the format the name of its tool")
+        if name.lower() in seen:
+            raise ConfigError(f"{path}: two monitoring formats are named {name!r}",
+                              "give each [[monitoring.formats]] entry its own name")
+        seen.add(name.lower())
+        if entry["subject"] is None and entry["body"] is None:
+            raise ConfigError(f"{path}: monitoring format {name!r} has neither 'subject' nor 'body'",
+                              "add a regular expression for the subject, the body or both")
+        groups: set[str] = set()
+        for key in ("subject", "body"):
+            if entry[key] is not None:
+                groups |= _check_pattern(path, f"{label}.{key}", entry[key])
+        if not groups & {"host", "service"}:
+            raise ConfigError(
+                f"{path}: monitoring format {name!r} captures neither a host nor a service",
+                "add a named group such as (?P<host>\\S+) or (?P<service>.+) to 'subject' or 'body'",
+            )
+        out.append(MonitoringFormat(
+            name=name,
+            subject=entry["subject"],
+            body=entry["body"],
+            problem_states=tuple(s.strip().upper() for s in entry["problem_states"] or ()),
+            recovery_states=tuple(s.strip().upper() for s in entry["recovery_states"] or ()),
+        ))
+    return MonitoringConfig(enabled=values["enabled"], formats=out)
+
+
+def _check_pattern(path: Path, where: str, pattern: str) -> set[str]:
+    """The named groups of a valid pattern; a ConfigError for a broken or unsafe one."""
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+    except re.error as exc:
+        raise ConfigError(f"{path}: '{where}' = {pattern!r} is not a valid regular expression: {exc}",
+                          "fix the pattern (Python syntax, named groups as (?P<host>...))") from None
+    if nested_quantifier(pattern):
+        raise ConfigError(
+            f"{path}: '{where}' = {pattern!r} nests one unbounded repeat in another, which can take "
+            "exponential time on a mail that almost matches",
+            "rewrite it without a repeat inside a repeated group (e.g. ^[\\w\\s]+$ for ^(\\w+\\s?)+$)",
+        )
+    unknown = sorted(set(compiled.groupindex) - set(GROUPS))
+    if unknown:
+        raise ConfigError(f"{path}: '{where}' has the named group {unknown[0]!r}, which is not known",
+                          f"use only: {', '.join(GROUPS)} (other groups can be left unnamed)")
+    return set(compiled.groupindex)
