@@ -137,6 +137,18 @@ def test_icinga2_service_problem_recovery_and_acknowledgement_use_the_object_nam
     assert flapping["kind"] == "flapping"
 
 
+def test_icinga2_host_mail_with_the_subject_encoded_as_the_current_script_does():
+    """mail-host-notification.sh of Icinga 2.11 and later sends ENCODED_SUBJECT="=?utf-8?B?$(base64
+    --wrap=0 <<< "$SUBJECT")?=": base64 of the subject with the newline of the here-string."""
+    import base64
+
+    plain = icinga2_host("PROBLEM", "DOWN", "CRITICAL - Host Unreachable (192.0.2.20)")
+    encoded = base64.b64encode(b"[PROBLEM] Host Database 1 is DOWN!\n").decode()
+    raw = plain.replace(b"Subject: [PROBLEM] Host Database 1 is DOWN!", f"Subject: =?utf-8?B?{encoded}?=".encode())
+    assert raw != plain
+    assert fields(seen(raw)) == ("icinga2", "db1.example.com", None, "DOWN", "problem")
+
+
 def test_icinga2_host_down_and_up():
     down = seen(icinga2_host("PROBLEM", "DOWN", "CRITICAL - Host Unreachable (192.0.2.20)"))
     assert fields(down) == ("icinga2", "db1.example.com", None, "DOWN", "problem")
@@ -413,6 +425,25 @@ def test_monitoring_is_on_by_default_and_each_account_can_turn_it_off_or_on(tmp_
     assert off.monitoring.enabled_for(None) is False
     assert off.monitoring.enabled_for(off.account("ops")) is True
     assert off.monitoring.enabled_for(off.account("people")) is False
+
+
+def test_config_check_shows_monitoring_its_formats_and_the_accounts_that_differ(tmp_path: Path):
+    from mail2ticket.accounts.secrets import store_password
+
+    store_password("people", "secret")  # an account without a password fails 'config check'
+    cfg = write_config(tmp_path, BACKUP_FORMAT + '''
+        [[accounts]]
+        name = "people"
+        email = "help@example.com"
+        imap_host = "imap.example.com"
+        monitoring = false
+    ''')
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "config", "check"])
+    assert result.exit_code == 0, result.output
+    assert "Monitoring:  on, custom formats: backupcheck; off for: people" in result.stdout.splitlines()
+    data = json.loads(CliRunner().invoke(cli, ["--config", str(cfg), "config", "check", "--json"]).stdout)
+    assert data["monitoring"] == {"enabled": True, "formats": ["backupcheck"], "accounts_on": [],
+                                  "accounts_off": ["people"]}
 
 
 # --- `mail2ticket parse FILE` shows it --------------------------------------------------------------

@@ -64,6 +64,13 @@ def config_check(app, online, as_json):
             for a in cfg.accounts
         ],
         "rules": len(cfg.rules),
+        # [monitoring] (docs/monitoring.md): on or off, the custom formats, accounts that differ.
+        "monitoring": {
+            "enabled": cfg.monitoring.enabled,
+            "formats": [f.name for f in cfg.monitoring.formats],
+            "accounts_on": [a.name for a in cfg.accounts if a.monitoring is True and not cfg.monitoring.enabled],
+            "accounts_off": [a.name for a in cfg.accounts if a.monitoring is False and cfg.monitoring.enabled],
+        },
         "problems": found,
         "online": checked if online else None,
     }
@@ -84,6 +91,7 @@ def config_check(app, online, as_json):
     click.echo(f"Database:    {cfg.database}")
     click.echo(f"Attachments: {cfg.attachments}")
     click.echo(f"Schedule:    poll {cfg.schedule['poll']}, overdue {cfg.schedule['overdue']}")
+    click.echo(f"Monitoring:  {_monitoring_line(data['monitoring'])}")
     click.echo(f"Accounts:    {len(cfg.accounts)}")
     for a in data["accounts"]:
         state = "enabled" if a["enabled"] else "disabled"
@@ -91,6 +99,18 @@ def config_check(app, online, as_json):
         if a["name"] in checked:
             line += f"; online: all {checked[a['name']]['checks']} checks passed"
         click.echo(line)
+
+
+def _monitoring_line(monitoring: dict) -> str:
+    """'on, custom formats: backupcheck; off for: people' (docs/monitoring.md)."""
+    line = "on" if monitoring["enabled"] else "off"
+    if monitoring["formats"]:
+        line += f", custom formats: {', '.join(monitoring['formats'])}"
+    if monitoring["accounts_on"]:
+        line += f"; on for: {', '.join(monitoring['accounts_on'])}"
+    if monitoring["accounts_off"]:
+        line += f"; off for: {', '.join(monitoring['accounts_off'])}"
+    return line
 
 
 def _online_check(account: Account) -> dict:
