@@ -117,7 +117,9 @@ def check_imap(account: Account, secret: str, report: Report) -> None:
 
 
 def folder_exists(box: Mailbox, folder: str) -> None:
-    from imapclient.exceptions import IMAPClientError
+    from imapclient.exceptions import (
+        IMAPClientError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+    )
 
     try:
         names = [name for _flags, _sep, name in box.client.list_folders()]
@@ -201,7 +203,7 @@ def check_smtp(account: Account, secret: str, report: Report) -> None:
         report(step, check_tcp(host, port, "SMTP", account.timeout))
     except Mail2TicketError as exc:
         raise _fail(step, exc) from None
-    import smtplib
+    import smtplib  # smtplib loads only for the SMTP check
 
     try:
         conn = smtp_connect(account, secret, progress=progress)

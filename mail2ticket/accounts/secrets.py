@@ -29,7 +29,10 @@ def _keyring():
 def store_password(account_name: str, password: str) -> None:
     """Put the password in the keyring. Raises SecretError when no keyring can hold it."""
     keyring = _keyring()
-    from keyring.errors import KeyringError, NoKeyringError
+    from keyring.errors import (  # keyring loads only when a secret is read or written (slow to import)
+        KeyringError,
+        NoKeyringError,
+    )
 
     try:
         keyring.set_password(SERVICE, account_name, password)
@@ -45,7 +48,10 @@ def store_password(account_name: str, password: str) -> None:
 def delete_password(account_name: str) -> bool:
     """Remove the password from the keyring; False when there was none."""
     keyring = _keyring()
-    from keyring.errors import KeyringError, PasswordDeleteError
+    from keyring.errors import (  # keyring loads only when a secret is read or written (slow to import)
+        KeyringError,
+        PasswordDeleteError,
+    )
 
     try:
         keyring.delete_password(SERVICE, account_name)
@@ -58,7 +64,10 @@ def delete_password(account_name: str) -> bool:
 
 def _from_keyring(name: str) -> tuple[str | None, str]:
     keyring = _keyring()
-    from keyring.errors import KeyringError, NoKeyringError
+    from keyring.errors import (  # keyring loads only when a secret is read or written (slow to import)
+        KeyringError,
+        NoKeyringError,
+    )
 
     try:
         value = keyring.get_password(SERVICE, name)

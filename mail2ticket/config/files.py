@@ -63,7 +63,7 @@ def account_entries(path: Path) -> list[dict[str, Any]]:
 
 def write_account_entries(path: Path, entries: list[dict[str, Any]], header: str) -> None:
     """Write [[accounts]] tables to ``path`` atomically, after the comment lines ``header``."""
-    import tomli_w
+    import tomli_w  # tomli-w loads only when an account file is written
 
     atomic_write(path, (header + tomli_w.dumps({"accounts": entries})).encode())
 

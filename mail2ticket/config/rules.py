@@ -132,7 +132,7 @@ def _values(parsed: Any, name: str) -> list[str]:
 
 def _unbounded_repeats(items: Any) -> list[tuple[Any, Any]]:
     """Every unbounded repeat (``*``, ``+``, ``{n,}``) in a parsed pattern, as (op, av) pairs."""
-    from re import _constants as c
+    from re import _constants as c  # the regex parser's internals load only to check a pattern
 
     found: list[tuple[Any, Any]] = []
     for op, av in items:
@@ -154,7 +154,7 @@ def nested_quantifier(pattern: str) -> bool:
     """Whether ``pattern`` repeats without bound something that itself repeats without bound, as
     in ``(\\w+\\s?)+`` or ``(a*)*``: the shape that makes a backtracking engine take exponential
     time on a near miss. Bounded repeats (``(\\d{1,3}\\.){3}``) are fine."""
-    from re import _parser
+    from re import _parser  # the regex parser's internals load only to check a pattern
 
     try:
         parsed = _parser.parse(pattern)
@@ -164,7 +164,7 @@ def nested_quantifier(pattern: str) -> bool:
 
 
 def _patterns(path: Path, where: str, value: Any, mode: str) -> list[Any]:
-    import regex
+    import regex  # the regex engine loads only when a rule needs it
 
     items = [value] if isinstance(value, str) else list(value)
     if mode != "regex":

@@ -165,7 +165,10 @@ def _check_hours(path: Path, key: str, value: str) -> None:
 
 
 def time_zone(path: Path | None, name: str) -> Any:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from zoneinfo import (  # the time zone database loads only for [sla] business hours
+        ZoneInfo,
+        ZoneInfoNotFoundError,
+    )
 
     try:
         return ZoneInfo(name)

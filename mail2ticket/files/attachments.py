@@ -7,6 +7,7 @@ so a file is at its content address only once its bytes are on disk."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -231,8 +232,6 @@ def _syncfs(path: Path) -> bool:
         return False
     try:
         if _libc is None:
-            import ctypes
-
             _libc = ctypes.CDLL(None, use_errno=True)
         syncfs = _libc.syncfs
     except (OSError, AttributeError):
@@ -240,8 +239,6 @@ def _syncfs(path: Path) -> bool:
     fd = os.open(path, os.O_RDONLY)
     try:
         if syncfs(fd) != 0:
-            import ctypes
-
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
     finally:

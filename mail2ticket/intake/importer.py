@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -132,7 +133,6 @@ class ImportContext:
 
             self.parse = parse_module.parse_message
             if self.config is not None:  # the size limits of [limits] apply to the parse too
-                import functools
 
                 limits = parse_module.ParseLimits(
                     max_message_bytes=self.config.max_message_size,
@@ -140,7 +140,6 @@ class ImportContext:
                 )
                 self.parse = functools.partial(parse_module.parse_message, limits=limits)
         if self.limits is None:
-
             self.limits = DEFAULT_LIMITS
             if self.config is not None:
                 self.limits = ParseLimits(max_message_bytes=self.config.max_message_size,
@@ -230,7 +229,6 @@ def import_batch(
     if prepared is None:
         prepared = [prepare_item(ctx, item) for item in items]
     if ctx.config is not None and getattr(ctx.config, "rules", None):
-
         for prep in prepared:  # before the transaction: a slow rule never holds the write lock
             if prep.parsed is not None and prep.rules is None:
                 prep.rules = evaluate_rules(ctx.config, prep.parsed, prep.incoming.account)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -126,7 +127,6 @@ def size_limited(parse: Callable[[bytes], ParsedMessage], limit: int) -> Callabl
 def limit_size(ctx: ImportContext, limit: int) -> None:
     """Apply a local source's size limit to both ways of parsing: in memory (``size_limited``) and
     from a spool file (bigmessage.parse_file, by ``ctx.limits``)."""
-    import dataclasses
 
     ctx.parse = size_limited(ctx.parse, limit)
     ctx.limits = dataclasses.replace(ctx.limits, max_message_bytes=limit)

@@ -13,10 +13,12 @@ of the batch goes on. Workers are forked once per poll, only when there is mail 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -83,8 +85,6 @@ def _die_with_parent() -> None:
     for each other forever. Linux only (prctl PR_SET_PDEATHSIG); elsewhere EOF is all there is."""
     parent = multiprocessing.parent_process()
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
@@ -547,7 +547,6 @@ def prefetch(produce: Iterable[Any], name: str = "mail2ticket-fetch") -> Iterato
     At most one item is made but not yet taken, so the memory held stays bounded. Closing the
     generator (the consumer stops early) stops the producer before its next item and waits for
     the item in the making to finish, so nothing runs on after the caller moves on."""
-    import queue
 
     handoff: queue.Queue = queue.Queue()
     permit = threading.Semaphore(1)  # one item in the making or made and not yet taken

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import ssl
 import threading
 from datetime import UTC, datetime, timedelta
@@ -98,7 +99,9 @@ def _apply_pending(db: Database, box: Mailbox, account: Account, uidvalidity: in
 
 def _action_error(box: Mailbox, action: str, exc: Exception) -> str:
     """One line on a failed after-import action: for a move, which folder and which ones exist."""
-    from imapclient.exceptions import IMAPClientAbortError
+    from imapclient.exceptions import (
+        IMAPClientAbortError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+    )
 
 
     if isinstance(exc, (ssl.SSLError, OSError, IMAPClientAbortError)):
@@ -187,7 +190,9 @@ SIZES_CHUNK = 1000
 @contextlib.contextmanager
 def _lost_marks(lost: threading.Event):
     """Set ``lost`` when the block fails because the IMAP connection is gone (cut, timed out)."""
-    from imapclient.exceptions import IMAPClientAbortError
+    from imapclient.exceptions import (
+        IMAPClientAbortError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+    )
 
     try:
         yield
@@ -437,8 +442,6 @@ def _file_error(exc: OSError) -> Mail2TicketError:
     path = Path(exc.filename)
     owner = ""
     try:
-        import pwd
-
         uid = path.stat().st_uid
         try:
             owner = f", owned by {pwd.getpwuid(uid).pw_name}"
@@ -455,8 +458,6 @@ def _file_error(exc: OSError) -> Mail2TicketError:
 
 
 def _user_name() -> str:
-    import pwd
-
     try:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
@@ -465,13 +466,15 @@ def _user_name() -> str:
 
 def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None,
                      box=None) -> PollResult:
-    from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+    from imapclient.exceptions import (  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        IMAPClientAbortError,
+        IMAPClientError,
+    )
 
 
     progress = PollResult(account.name)  # what was stored before a failure, for 'status'
     try:
         if account.source == "maildir":
-
             result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
         else:
             password = None if box is not None else sign_in_secret(account)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,7 +79,6 @@ def not_a_mailbox(address: str, own_domains: set[str] | frozenset[str] = frozens
     """Why ``address`` cannot be a real outside mailbox (no automatic mail goes to it), or None:
     % or ! routing in the local part, localhost, an IP address, a no-reply or role name of one of
     ``own_domains``."""
-    import ipaddress
 
     local, at, domain = address.strip().lower().rpartition("@")
     if not at:

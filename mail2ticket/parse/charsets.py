@@ -295,7 +295,9 @@ def _lenient(data: bytes, codec: str) -> str:
 def _detect(prefix: bytes) -> str | None:
     """Best guess of charset-normalizer for undeclared or mislabelled text, or None."""
     try:
-        from charset_normalizer import from_bytes
+        from charset_normalizer import (
+            from_bytes,  # charset-normalizer loads only when a charset must be guessed (slow to import)
+        )
 
         best = from_bytes(prefix, cp_isolation=list(_DETECTABLE)).best()
     except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,7 +88,6 @@ _TABLE = re.compile(r"^\s*\[")
 def without_entry(path: Path, entries: list[dict], name: str) -> str:
     """The text of ``path`` without the [[accounts]] table named ``name`` and the comment lines
     right above it. Refuses (ConfigError) when the result would not hold exactly the others."""
-    import tomllib
 
     lines = path.read_text().splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if _ENTRY.match(line)]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -524,7 +526,6 @@ class Daemon:
             log.debug("job %s still running; this run skipped", job.name)
 
     def _poll_job(self, name: str, reason: str, ignore_backoff: bool) -> None:
-
         cfg = self.cfg
         account = next((a for a in cfg.accounts if a.name == name and a.enabled), None)
         if account is None:
@@ -679,7 +680,6 @@ def _pushed(account: Account) -> bool:
 
 
 def _digest(password: str) -> str:
-    import hashlib
 
     return hashlib.sha256(password.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -692,7 +692,6 @@ def _login_rate(cfg: Config) -> float:
 def raise_open_files_limit() -> None:
     """One socket per push account: raise the soft limit on open files to the hard one (systemd
     gives services 1024 soft, 524288 hard), so a thousand accounts do not run out."""
-    import resource
 
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -711,7 +710,6 @@ def config_changes(old: Config, new: Config) -> list[str]:
     """What a reload changed, in words for the log: each changed account with the keys that
     changed (never their values: some are secrets), each changed [schedule] key with its old
     and new value, and the other sections by name."""
-    import dataclasses
 
     out: list[str] = []
     before = {a.name: a for a in old.accounts}

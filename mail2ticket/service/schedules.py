@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import time
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -59,8 +61,6 @@ class PollPlan:
     offset; intervals run every N seconds from the start plus the offset."""
 
     def __init__(self) -> None:
-        import heapq
-
         self._heapq = heapq
         self._heap: list[tuple[float, int, str]] = []
         self._plans: dict[str, tuple[Schedule, int, int]] = {}  # name -> (schedule, offset, generation)
@@ -69,7 +69,6 @@ class PollPlan:
 
     def set(self, name: str, sched: Schedule, offset: int = 0, now: float | None = None) -> None:
         """(Re)plan ``name``; an unchanged schedule and offset keep their next run."""
-        import time
 
         now = time.time() if now is None else now
         old = self._plans.get(name)
@@ -103,8 +102,6 @@ class PollPlan:
 
     def due(self, now: float | None = None) -> list[str]:
         """The accounts whose time has come (each once), planned again for their next run."""
-        import time
-
         now = time.time() if now is None else now
         out = []
         while self._heap and self._heap[0][0] <= now:
@@ -122,8 +119,6 @@ class PollPlan:
         return out
 
     def idle_seconds(self, now: float | None = None) -> float | None:
-        import time
-
         now = time.time() if now is None else now
         while self._heap:
             when, gen, name = self._heap[0]

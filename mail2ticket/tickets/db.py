@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import getpass
 import json
 import os
+import pwd
 import re
+import shlex
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +37,6 @@ def now_iso() -> str:
 
 def current_user() -> str:
     """Who is at the keyboard, for the actor of a ticket event ('unknown' if the OS cannot say)."""
-    import getpass
-
     try:
         return getpass.getuser()
     except Exception:
@@ -64,7 +67,7 @@ def import_sqlite_utils() -> None:
 def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Database:
     """Open (creating if needed) the database: WAL, synchronous=FULL, foreign keys, migrations."""
     import_sqlite_utils()
-    from sqlite_utils import Database
+    from sqlite_utils import Database  # after import_sqlite_utils(): without numpy and pandas
 
     # Here, not at the top: the migrations import sqlite-utils, which must come after
     # import_sqlite_utils() (without numpy and pandas) for a fast start-up of every command.
@@ -113,8 +116,6 @@ def _create_private(path: Path) -> None:
 
 
 def _owner_name(uid: int) -> str:
-    import pwd
-
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -123,8 +124,6 @@ def _owner_name(uid: int) -> str:
 
 def _command_line() -> str:
     """How this command was started, for 'sudo -u USER <this>' (shell-quoted)."""
-    import shlex
-
     argv = sys.argv
     if argv and (os.path.basename(argv[0]) == "mail2ticket" or argv[0].endswith("mail2ticket/__main__.py")):
         return shlex.join(["mail2ticket", *argv[1:]])
@@ -165,8 +164,6 @@ def _retry_busy(fn, busy_timeout_ms: int):
     closed, a stale read snapshot), which then fail at once however long the timeout: retrying
     here keeps the promise of --lock-timeout / busy_timeout.
     """
-    import time
-
     deadline = time.monotonic() + busy_timeout_ms / 1000
     delay = 0.01
     while True:
@@ -182,8 +179,6 @@ def _retry_busy(fn, busy_timeout_ms: int):
 def _migrate(db, path: Path, migrations) -> None:
     """Apply pending migrations with a lock file held, so processes that open a new database at
     the same moment (parallel MTA deliveries, the daemon) never race to create the schema."""
-    import fcntl
-
     try:
         lock = fileperms.open_new(path.with_name(path.name + ".migrate-lock"), "a")
     except OSError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -184,7 +186,6 @@ def m001_initial(db: Database) -> None:
 @migrations()
 def m101_outbox(db: Database) -> None:
     """Issue 5: the outbox of mails to send, and the secret that signs our Message-IDs."""
-    import secrets
 
     db["outbox"].create(
         {

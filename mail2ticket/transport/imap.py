@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -10,6 +12,7 @@ import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from mail2ticket.config.model import Account
 from mail2ticket.config.providers import auth_failure_hint
@@ -148,8 +151,12 @@ class Mailbox:
 
     def open(self) -> None:
         """Connect and set up TLS (implicit or STARTTLS), without signing in yet."""
-        from imapclient import IMAPClient
-        from imapclient.imapclient import SocketTimeout
+        from imapclient import (
+            IMAPClient,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
+        from imapclient.imapclient import (
+            SocketTimeout,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
         acct = self.account
         host, port, mode = acct.imap_host, acct.imap_port, acct.imap_security
@@ -193,7 +200,9 @@ class Mailbox:
 
     def login(self) -> None:
         """Sign in on the open connection: LOGIN, or SASL XOAUTH2 when the account uses OAuth2."""
-        from imapclient.exceptions import LoginError
+        from imapclient.exceptions import (
+            LoginError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
 
         acct, client = self.account, self.client
@@ -206,7 +215,6 @@ class Mailbox:
             except LoginError as exc:
                 text = exc.args[0] if exc.args else exc
                 if isinstance(text, str) and text[:2] in ("b'", 'b"'):  # str() of the server's bytes
-                    import ast
 
                     try:
                         text = ast.literal_eval(text)
@@ -245,7 +253,9 @@ class Mailbox:
     # --- folder -------------------------------------------------------------------
     def status(self, folder: str) -> tuple[int, int]:
         """(UIDVALIDITY, UIDNEXT) of a folder without opening it: cheap, whatever its size."""
-        from imapclient.exceptions import IMAPClientError
+        from imapclient.exceptions import (
+            IMAPClientError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
         try:
             info = self.client.folder_status(folder, [b"UIDVALIDITY", b"UIDNEXT"])
@@ -257,7 +267,9 @@ class Mailbox:
         return int(info[b"UIDVALIDITY"]), int(info[b"UIDNEXT"])
 
     def select(self, folder: str) -> FolderInfo:
-        from imapclient.exceptions import IMAPClientError
+        from imapclient.exceptions import (
+            IMAPClientError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
         try:
             info = self.client.select_folder(folder)
@@ -301,8 +313,12 @@ class Mailbox:
     def _fetch_tolerant(self, uids: Sequence[int], items: list[str]) -> dict[int, dict]:
         """UID FETCH; a NO because some of the UIDs were expunged meanwhile ("Some of the requested
         messages no longer exist", RELIABILITY 6) keeps what the server did send for the others."""
-        from imapclient.exceptions import IMAPClientError
-        from imapclient.response_parser import parse_fetch_response
+        from imapclient.exceptions import (
+            IMAPClientError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
+        from imapclient.response_parser import (
+            parse_fetch_response,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
         try:
             return self.client.fetch(uids, items)
@@ -318,7 +334,9 @@ class Mailbox:
     def _fetch_each(self, uids: Sequence[int], items: list[str]) -> tuple[dict[int, dict], dict[int, str]]:
         """Like _fetch_tolerant; when the answer cannot be parsed (RELIABILITY 9), each UID is fetched
         on its own, so one unreadable answer costs only its own UID: ({uid: data}, {uid: why})."""
-        from imapclient.exceptions import ProtocolError
+        from imapclient.exceptions import (
+            ProtocolError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
         try:
             return self._fetch_tolerant(uids, items), {}
@@ -373,8 +391,6 @@ class Mailbox:
         None when the server does not send it properly (no content, an empty one, an unreadable
         answer, pieces that do not add up to its RFC822.SIZE): no file is left, and the reason is
         in ``fetch_failures[uid]``, as fetch() does for a whole message. A cut connection raises."""
-        import hashlib
-        from pathlib import Path
 
 
         piece = piece or PIECE
@@ -460,7 +476,9 @@ class Mailbox:
     def _add_flags(self, uids: Sequence[int], flags: list[bytes]) -> None:
         """UID STORE +FLAGS.SILENT. A NO because some UIDs were expunged meanwhile (RELIABILITY 6)
         is a no-op for those: the store is repeated for the ones still there."""
-        from imapclient.exceptions import IMAPClientError
+        from imapclient.exceptions import (
+            IMAPClientError,  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
+        )
 
         try:
             self.client.add_flags(uids, flags, silent=True)
