@@ -36,7 +36,7 @@ from mail2ticket.tickets.ledger import (
 from mail2ticket.tickets.messages import insert_attachment, insert_incoming, store_raw
 from mail2ticket.tickets.rules import evaluate_rules
 from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
-from mail2ticket.tickets.tickets import create_ticket, follow_up, tag_quietly, ticket_status, touch
+from mail2ticket.tickets.tickets import add_tags, create_ticket, follow_up, ticket_status, touch
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -356,7 +356,7 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
         log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
                   ticket_id=ticket_id, account=item.account)
         if auto_answer:
-            tag_quietly(db, ticket_id, "auto-reply")
+            add_tags(db, ticket_id, ["auto-reply"], actor="import", event=False)
             log_event(db, "auto-reply", f"closed on arrival, tagged auto-reply: an automatic answer "
                       f"({parsed.auto_reply}) to no ticket of ours", ticket_id=ticket_id, account=item.account)
         if unverified:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mail2ticket.errors import ParseError, TempFailError
+from mail2ticket.errors import ParseError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.parse.bigmessage import parse_bytes, parse_file, too_many_lines
 from mail2ticket.parse.parsed import ParseLimits, Prepared, StoredAttachment, attachment_fields
@@ -53,5 +53,3 @@ def prepare(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes | 
     parsed.attachments = kept
     return Prepared(parsed, stored)
 
-
-__all__ = ["Prepared", "TempFailError", "prepare"]

@@ -183,10 +183,6 @@ def follow_up(db: Database, ticket_id: int, now: str, *, reopen: bool) -> str:
     return before
 
 
-def tag_quietly(db: Database, ticket_id: int, tag: str) -> None:
-    """Add a tag without an event of its own (the caller logs what happened)."""
-    db.execute("insert into ticket_tags (ticket_id, tag) values (?, ?) on conflict do nothing", [ticket_id, tag])
-
 
 def rederive_from_first_message(db: Database, ticket_id: int, *, old_subject: str, subject: str,
                                 requester: str | None, requester_name: str | None) -> None:
