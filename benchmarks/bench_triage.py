@@ -239,6 +239,7 @@ def commands(n_tickets: int) -> list[tuple[str, list[str]]]:
         ("show: one ticket", ["tickets", "show", str(some)]),
         ("show: one ticket --json", ["tickets", "show", str(some), "--json"]),
         ("overdue check (the scheduled job)", ["overdue", "check"]),
+        ("status --prometheus (the metrics)", ["status", "--prometheus"]),
     ]
 
 

@@ -60,6 +60,11 @@ class ConnectError(Mail2TicketError):
     exit_code = EXIT_NETWORK
 
 
+class ConnectTimeout(ConnectError):
+    """A server did not answer within the time limit (to connect, or to a command): a
+    ConnectError that the metrics count apart (cause "timeout", docs/metrics.md)."""
+
+
 class TLSError(Mail2TicketError):
     """TLS could not be established or the certificate was not trusted."""
 

@@ -457,6 +457,15 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_batch_durability.py::test_pending_files_appear_at_their_content_address_only_once_made_durable",
         "tests/test_batch_durability.py::test_pending_files_of_a_process_that_is_gone_are_swept",
     ),
+    98: tests(
+        "tests/test_metrics.py::test_after_real_polls_the_metrics_say_what_was_imported_queued_quarantined_and_why_each_account_failed",
+        "tests/test_metrics.py::test_failure_causes_of_the_errors_a_poll_can_end_with",
+    ),
+    99: tests(
+        "tests/test_metrics.py::test_the_daemon_writes_the_textfile_and_an_unwritable_directory_is_an_alert_while_polling_goes_on",
+        "tests/test_metrics.py::test_status_prometheus_before_any_database_prints_the_zeros_of_an_empty_one",
+        "tests/test_metrics.py::test_label_values_and_help_are_escaped_as_the_format_says",
+    ),
 }
 
 

@@ -92,8 +92,13 @@ def _poll_saying_each_failure_once(cfg, db, selected):
     "a 'run' service from its first day). --no-daemon: ignore the daemon (polling from cron).",
 )
 @json_option
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Print the metrics in the Prometheus text format instead (docs/metrics.md); exits 0.",
+)
 @click.pass_obj
-def status(app, require_daemon, as_json):
+def status(app, require_daemon, as_json, prometheus):
     """Show whether the daemon runs and each account's health.
 
     For each account: enabled, schedule, last poll and its result, next poll,
@@ -102,7 +107,20 @@ def status(app, require_daemon, as_json):
     Exits 1 when an enabled account's last poll failed, or when the daemon that
     ran on this database is no longer running (stopped, or its heartbeat is
     older than a minute), so it can serve as a health check. A daemon that never
-    started is shown but fails the check only with --require-daemon.
+    started is shown but fails the check only with --require-daemon. An alert
+    (a line starting with '!') says what else needs a look, e.g. a [metrics]
+    textfile the daemon cannot write.
+
+    \b
+    --prometheus prints the metrics for Prometheus instead (mail2ticket_ prefix):
+    per account the last successful poll, messages imported, failed polls by
+    cause (auth, tls, connect, timeout, server, limit, local, other) and
+    backoff; the outbox and quarantine sizes and oldest ages; tickets not
+    closed and overdue by priority; the daemon's heartbeat; the version. It
+    exits 0 whatever the health (the values say it), and on a database not
+    created yet prints the zeros of an empty one. The daemon writes the same
+    to [metrics] textfile for node_exporter every [schedule] metrics (1m).
+    Every metric and example alerting rules: docs/metrics.md.
 
     \b
     Examples:
@@ -110,9 +128,15 @@ def status(app, require_daemon, as_json):
       mail2ticket status --json | jq .daemon.running
       mail2ticket status --require-daemon    # monitoring a 'mail2ticket run' service
       mail2ticket status --no-daemon         # polling from cron instead of 'run'
+      mail2ticket status --prometheus        # the metrics, for a scrape or a textfile
     """
-    from mail2ticket.service.status import status_report
+    from mail2ticket.service.status import prometheus_report, status_report
 
+    if prometheus:
+        if as_json:
+            raise click.UsageError("--prometheus and --json are two formats: choose one")
+        click.echo(prometheus_report(app.config(), app.db), nl=False)
+        return
     report = status_report(app.config(), app.db, require_daemon=require_daemon)
     if as_json:
         print_json(report)

@@ -20,6 +20,7 @@ from mail2ticket.config.checks import (
     read_toml,
 )
 from mail2ticket.config.conversations import CONVERSATION_KEYS, check_conversations
+from mail2ticket.config.metrics import check_metrics
 from mail2ticket.config.model import Account, Config
 from mail2ticket.config.monitoring import check_monitoring
 from mail2ticket.config.rules import compile_rules
@@ -62,6 +63,7 @@ SCHEDULE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "poll": (is_str, "*/5", 'a schedule such as "*/5", "0,30", "10m" or "30s"'),
     "overdue": (is_str, "*/15", 'a schedule such as "*/15" or "1h"'),
     "outbox": (is_str, "1m", 'a schedule such as "1m"'),
+    "metrics": (is_str, "1m", 'a schedule such as "1m" (how often the [metrics] textfile is written)'),
 }
 
 
@@ -76,7 +78,8 @@ PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     # The daemon's logins to one server per second (start-up, reloads, reconnects): docs/daemon.md.
     "logins_per_second": (lambda v: is_int(v) or isinstance(v, float), 5, "a number of logins per second"),
 }
-TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance", "monitoring"}
+TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance", "monitoring",
+            "metrics"}
 
 
 def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = True) -> Config:
@@ -160,6 +163,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
     sla = check_sla(cfg_path, sla, account_names)
     rules = compile_rules(cfg_path, data.get("rules", []), account_names)
     monitoring = check_monitoring(cfg_path, data.get("monitoring", {}))
+    metrics_textfile = check_metrics(cfg_path, data.get("metrics", {}))
     return Config(
         path=cfg_path,
         database=resolve(storage["database"], data_dir / "mail2ticket.db"),
@@ -177,6 +181,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         parse_timeout=performance["parse_timeout"],
         logins_per_second=performance["logins_per_second"],
         monitoring=monitoring,
+        metrics_textfile=metrics_textfile,
     )
 
 

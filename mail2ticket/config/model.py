@@ -83,6 +83,7 @@ class Config:
     parse_timeout: int = 60
     logins_per_second: float = 5  # the daemon's logins to one server per second (mail2ticket.intake.push)
     monitoring: Any = None  # monitoring.MonitoringConfig, validated ([monitoring], docs/monitoring.md)
+    metrics_textfile: Path | None = None  # [metrics] textfile: written by the daemon (docs/metrics.md)
 
     def account(self, name: str) -> Account:
         for account in self.accounts:

@@ -291,6 +291,7 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
             f"{len(unreadable)} message(s) in {root} could not be read, e.g. {unreadable[0]}; "
             "fix the permissions: they are imported by the next poll"
         )
+        result.cause = "local"
     return result
 
 

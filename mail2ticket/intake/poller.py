@@ -18,6 +18,7 @@ from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import (
     EXIT_FAILURE,
     ConnectError,
+    ConnectTimeout,
     Mail2TicketError,
     ServerError,
     StoreError,
@@ -29,7 +30,7 @@ from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_
 from mail2ticket.intake.locks import AccountBusy, account_lock, lock_path
 from mail2ticket.intake.maildir import poll_maildir
 from mail2ticket.intake.pipeline import Pipeline, ahead, prefetch, size_batches
-from mail2ticket.intake.results import PollResult
+from mail2ticket.intake.results import PollResult, failure_cause
 from mail2ticket.parse.bigmessage import BIG_MESSAGE
 from mail2ticket.tickets.db import (
     get_mailbox,
@@ -40,6 +41,7 @@ from mail2ticket.tickets.db import (
     set_mailbox,
     transaction,
 )
+from mail2ticket.tickets.failure_causes import count_poll_failure
 from mail2ticket.tickets.ledger import (
     count_failure,
     forget_failures,
@@ -396,8 +398,10 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
                 f"(try {tries} of {FETCH_TRIES}); it is not stored and not flagged",
                 f"the next poll fetches it again; after {FETCH_TRIES} tries it goes to the quarantine",
             ).one_line()
+            result.cause = "server"
     if result.action_error and not result.error:
         result.error = result.action_error
+        result.cause = "server"  # the server refused the after-import action
     return result
 
 
@@ -418,7 +422,8 @@ def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=No
         return PollResult(account.name, skipped=f"{exc}: skipped")
     except Exception as exc:  # noqa: BLE001 - the lock file, permissions: every failure reaches 'status'
         error = _early_error(cfg, account, exc)
-        result = PollResult(account.name, error=error.one_line(), exit_code=error.exit_code)
+        result = PollResult(account.name, error=error.one_line(), exit_code=error.exit_code,
+                            cause=failure_cause(error))
         return _record(db, account, result)
 
 
@@ -473,6 +478,7 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
 
 
     progress = PollResult(account.name)  # what was stored before a failure, for 'status'
+    err: Mail2TicketError | None = None
     try:
         if account.source == "maildir":
             result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
@@ -481,39 +487,30 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
             result = poll_account(cfg, db, account, password, hooks=hooks, stop=stop, box=box,
                                   result=progress)
     except Mail2TicketError as exc:
-        result = PollResult(account.name, error=exc.one_line(), exit_code=exc.exit_code)
+        err = exc
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem
         err = ConnectError(
             f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except ssl.SSLError as exc:
-        result = PollResult(account.name, error=f"TLS error: {exc}", exit_code=TLSError.exit_code)
+        err = TLSError(f"TLS error: {exc}")
     except PermissionError as exc:  # a file or folder of ours, not the connection
-        err = _file_error(exc) if exc.filename else Mail2TicketError(str(exc))
-        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
+        err = _file_error(exc) if exc.filename else StoreError(str(exc))
     except TimeoutError:
-        err = ConnectError(
+        err = ConnectTimeout(
             f"IMAP server {account.imap_host}:{account.imap_port} did not answer within {account.timeout} s",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
-    except OSError as exc:
+    except (OSError, IMAPClientAbortError) as exc:
         err = ConnectError(
             f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
             "the next poll resumes where the last stored message ended",
         )
-        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
-    except IMAPClientAbortError as exc:
-        err = ConnectError(
-            f"connection to {account.imap_host}:{account.imap_port} was lost: {exc}",
-            "the next poll resumes where the last stored message ended",
-        )
-        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
     except IMAPClientError as exc:
         err = ServerError(f"IMAP error from {account.imap_host}: {exc}", "the next poll resumes where this stopped")
-        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code)
+    if err is not None:
+        result = PollResult(account.name, error=err.one_line(), exit_code=err.exit_code, cause=failure_cause(err))
     if result is not progress and result.error and not progress.error:
         # The poll raised after committing some batches: those messages are stored; count them.
         for name in ("imported", "followups", "duplicates", "quarantined", "flagged"):
@@ -533,11 +530,13 @@ def _record(db: Database, account: Account, result: PollResult) -> PollResult:
         # Only the after-import action failed: new mail was imported and must go on being
         # imported at the usual pace, so no backoff; the failure shows in 'status' all the same.
         action_only = result.error == result.action_error
-        record_poll(
-            db, account.name, ok=False, imported=result.stored,
-            result=result.summary() if action_only else "failed", error=result.error,
-            next_attempt_at=None if action_only else next_at.isoformat().replace("+00:00", "Z"),
-        )
+        with transaction(db):  # the failure and its cause's counter (metrics), together
+            record_poll(
+                db, account.name, ok=False, imported=result.stored,
+                result=result.summary() if action_only else "failed", error=result.error,
+                next_attempt_at=None if action_only else next_at.isoformat().replace("+00:00", "Z"),
+            )
+            count_poll_failure(db, account.name, result.cause or "other", now_iso())
     except Exception as exc:  # noqa: BLE001 - the database itself may be what fails
         log.error("account %s: could not record the failure in the database: %s", account.name, exc)
     if not result.exit_code:

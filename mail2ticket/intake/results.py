@@ -4,7 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mail2ticket.errors import (
+    AuthError,
+    ConnectError,
+    ConnectTimeout,
+    Mail2TicketError,
+    SecretError,
+    ServerError,
+    StoreError,
+    TLSError,
+)
 from mail2ticket.intake.importer import Outcome
+
+# Why a poll failed, for the counter mail2ticket_account_poll_failures_total{cause=...}: a small
+# fixed set (docs/metrics.md), every one exported for every account so that rate() sees a zero.
+FAILURE_CAUSES = ("auth", "tls", "connect", "timeout", "server", "limit", "local", "other")
+# Words of a server that refuses because of a limit or a quota (RFC 5530 [LIMIT] and [OVERQUOTA],
+# Gmail's "Too many simultaneous connections" and "exceeded ... bandwidth limits", Dovecot's
+# "Maximum number of connections from user+IP exceeded"): such a failure counts as "limit".
+_LIMIT_WORDS = ("limit", "quota", "too many", "exceeded", "throttl")
+
+
+def failure_cause(error: Mail2TicketError) -> str:
+    """The cause (FAILURE_CAUSES) of a failed poll, from the error it failed with: "auth" sign-in
+    refused or no password, "tls", "connect" unreachable or connection lost, "timeout" no answer
+    in time, "server" the server refused or sent something unusable, "limit" the server's limit or
+    quota, "local" our side (database, disk, files), "other" anything else."""
+    text = str(error).lower()
+    if isinstance(error, (AuthError, ServerError, ConnectError)) and any(w in text for w in _LIMIT_WORDS):
+        return "limit"
+    for kind, cause in ((AuthError, "auth"), (SecretError, "auth"), (TLSError, "tls"),
+                        (ConnectTimeout, "timeout"), (ConnectError, "connect"), (ServerError, "server"),
+                        (StoreError, "local")):
+        if isinstance(error, kind):
+            return cause
+    return "other"
 
 
 @dataclass
@@ -20,6 +54,7 @@ class PollResult:
     uidvalidity_changed: bool = False
     skipped: str | None = None  # why this poll did not run (another poll holds the account)
     action_error: str | None = None  # the after-import action failed: mail stored, action pending
+    cause: str | None = None  # why it failed (FAILURE_CAUSES); None: "other"
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
     @property

@@ -34,6 +34,7 @@ from mail2ticket.files import perms as fileperms
 from mail2ticket.intake.poller import run_poll
 from mail2ticket.intake.push import DEFAULT_LOGINS_PER_SECOND, LoginGate, PushHub, WorkerPool
 from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
+from mail2ticket.service.metrics import write_textfile
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
 from mail2ticket.tickets.daemon_state import (
@@ -122,6 +123,16 @@ def daemon_state(db: Database, now: datetime | None = None) -> dict:
 
 
 # --- jobs registered by other modules ----------------------------------------------------------------
+
+
+def _write_metrics(cfg: Config, db: Database) -> None:
+    """The metrics to [metrics] textfile (service/metrics.py; a failure is an alert in 'status')."""
+    write_textfile(cfg, db, daemon_state(db))
+
+
+# On [schedule] metrics (default every minute), at start and at a clean stop, when [metrics]
+# textfile is set: the daemon's own job (not in jobs.AFTER_POLL_JOBS: it reads the heartbeat).
+METRICS_JOB = Job("metrics", "metrics", _write_metrics)
 
 
 # --- running jobs: bounded pools, never the same job twice at once -------------------------------
@@ -293,6 +304,8 @@ class Daemon:
             for account in enabled:  # a first poll right away (push: once its session is open)
                 if not _pushed(account):
                     self.request_poll(account.name, "start", ignore_backoff=True)
+            if cfg.metrics_textfile is not None:
+                self.request_job(METRICS_JOB)
             self.notifier.ready(self.summary())
             self._loop()
         finally:
@@ -364,6 +377,8 @@ class Daemon:
                 record_stop(self.db, self.daemon_id, now_iso(), f"stopped ({name})")
         except Exception as exc:
             log.warning("could not record the stop in the database: %s", exc)
+        if self.cfg is not None and self.cfg.metrics_textfile is not None:
+            _write_metrics(self.cfg, self.db)  # daemon_running 0 from now on (never raises)
         if unfinished:
             # Nothing is lost: uncommitted work rolls back and nothing uncommitted was flagged
             # on the server, so the next start fetches it again.
@@ -404,6 +419,9 @@ class Daemon:
             add_jobs(self.scheduler, parse_schedule(text), partial(self.request_job, job),
                      tag=f"job:{job.name}")
             log.debug("job %s scheduled on [schedule] %s = %r", job.name, key, text)
+        if cfg.metrics_textfile is not None:
+            add_jobs(self.scheduler, parse_schedule(cfg.schedule["metrics"]),
+                     partial(self.request_job, METRICS_JOB), tag="job:metrics")
         if self.gate is not None:
             self.gate.rate = _login_rate(cfg)
         # Push: one IDLE session per account with push = true; touched only when the account changed.
@@ -730,7 +748,8 @@ def config_changes(old: Config, new: Config) -> list[str]:
                         ("max_message_size", "[limits] max_message_size"),
                         ("max_attachment_size", "[limits] max_attachment_size"),
                         ("workers", "[performance] workers"), ("parse_timeout", "[performance] parse_timeout"),
-                        ("logins_per_second", "[performance] logins_per_second")):
+                        ("logins_per_second", "[performance] logins_per_second"),
+                        ("metrics_textfile", "[metrics] textfile")):
         a, b = getattr(old, attr, None), getattr(new, attr, None)
         if a != b:
             if attr in ("sla", "rules", "conversations"):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mail2ticket.config.model import Config
 from mail2ticket.intake.quarantine import open_count
 from mail2ticket.service.daemon import daemon_state
+from mail2ticket.service.metrics import prometheus_text, textfile_error
 from mail2ticket.tickets.daemon_state import next_polls, push_session_rows
 from mail2ticket.tickets.db import account_status, recent_events, ticket_counts
 from mail2ticket.tickets.mailqueue import waiting_count
@@ -63,6 +64,12 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
     _push_alerts(sessions, alerts)
     for ev in recent_events(db, "uidvalidity-changed", 5):
         alerts.append(f"{ev['created_at']} account {ev['account']}: {ev['detail']}")
+    metrics = {"textfile": str(cfg.metrics_textfile) if cfg.metrics_textfile else None, "error": None}
+    if cfg.metrics_textfile is not None:
+        failed = textfile_error(db)
+        if failed is not None:
+            metrics["error"] = failed["error"]
+            alerts.append(f"metrics: {failed['error']}; failing since {failed['since']}")
     counts = ticket_counts(db)
     if not daemon["running"]:
         if require_daemon or (require_daemon is None and daemon["state"] != "never started"):
@@ -84,8 +91,14 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
         },
         "quarantine": open_count(db),
         "outbox": _outbox_alerts(db, alerts),
+        "metrics": metrics,
         "alerts": alerts,
     }
+
+
+def prometheus_report(cfg: Config, db: Database) -> str:
+    """What 'status --prometheus' prints: every metric of docs/metrics.md, in the text format."""
+    return prometheus_text(cfg, db, daemon_state(db))
 
 
 def push_sessions(db: Database) -> dict[str, dict]:

@@ -241,6 +241,12 @@ def open_quarantine_count(db: Database) -> int:
     return db.execute("select count(*) from quarantine where resolved_at is null").fetchone()[0]
 
 
+def open_quarantine_summary(db: Database) -> tuple[int, str | None]:
+    """(entries waiting, the oldest one's created_at) of the quarantine, for the metrics."""
+    n, oldest = db.execute("select count(*), min(created_at) from quarantine where resolved_at is null").fetchone()
+    return n, oldest
+
+
 def quarantine_retried(db: Database, qid: int, error: str | None) -> None:
     """One more retry of an entry that is still not a ticket, and why."""
     db.execute("update quarantine set retries = retries + 1, error = ? where id = ?", [error, qid])

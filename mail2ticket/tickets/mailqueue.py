@@ -52,6 +52,23 @@ def waiting_count(db: Database) -> dict[str, int]:
     }
 
 
+# Every status of an outbox entry not yet sent (the sent ones stay as the record).
+UNSENT_STATUSES = ("queued", "sending", "failed", "held")
+
+
+def unsent_summary(db: Database) -> dict[str, tuple[int, str]]:
+    """{status: (entries, the oldest one's created_at)} of the unsent entries (the metrics), from
+    the index on (status, next_attempt_at): the sent ones, however many, are never read."""
+    marks = ", ".join("?" * len(UNSENT_STATUSES))
+    return {
+        status: (n, oldest)
+        for status, n, oldest in db.execute(
+            f"select status, count(*), min(created_at) from outbox where status in ({marks}) group by status",
+            list(UNSENT_STATUSES),
+        )
+    }
+
+
 def entry_row(db: Database, entry_id: int) -> dict | None:
     """The whole outbox row (raw bytes and claim included), or None."""
     return next(iter(db.query("select * from outbox where id = ?", [entry_id])), None)

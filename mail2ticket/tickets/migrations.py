@@ -404,3 +404,13 @@ def m1410_quarantine_discarded(db: Database) -> None:
     its raw bytes were exported first (NULL: not kept)."""
     db["quarantine"].add_column("discarded_at", str)
     db["quarantine"].add_column("export_path", str)
+
+
+@migrations()
+def m1804_metrics(db: Database) -> None:
+    """Issue 18.4: failed polls by account and cause, kept across restarts for the counter
+    mail2ticket_account_poll_failures_total (tickets/failure_causes.py, docs/metrics.md)."""
+    db.execute(
+        "create table poll_failure_counts (account text not null, cause text not null, "
+        "count integer not null default 0, last_at text, primary key (account, cause))"
+    )

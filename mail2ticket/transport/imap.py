@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mail2ticket.config.model import Account
 from mail2ticket.config.providers import auth_failure_hint
-from mail2ticket.errors import AuthError, ConnectError, ServerError, TLSError
+from mail2ticket.errors import AuthError, ConnectError, ConnectTimeout, ServerError, TLSError
 from mail2ticket.files.perms import makedirs, open_new
 from mail2ticket.files.spool import PIECE, Spool
 
@@ -109,7 +109,7 @@ def network_error(exc: OSError, host: str, port: int, what: str = "IMAP") -> Con
             f"{what} server {host}:{port} refused the connection", "check the host and port, and that the server runs"
         )
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return ConnectError(f"{what} server {host}:{port} did not answer in time", "check the host, port and firewall")
+        return ConnectTimeout(f"{what} server {host}:{port} did not answer in time", "check the host, port and firewall")
     return ConnectError(f"{what} connection to {host}:{port} failed: {exc}", "check the network and try again")
 
 
