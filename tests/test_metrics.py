@@ -106,6 +106,8 @@ def test_the_daemon_writes_the_textfile_and_an_unwritable_directory_is_an_alert_
     config = write_config(tmp_path / "etc", [account], schedule={"poll": "1s", "metrics": "1s"},
                           metrics={"textfile": str(textfile)})
     store_password(account["name"], imap_user.password)
+    check = CliRunner().invoke(cli, ["--config", str(config), "config", "check"])
+    assert f"Metrics:     {textfile}, written every 1s by the daemon" in check.stdout.splitlines(), check.output
     daemon = start_daemon(config)
     daemon.notify.wait_for("READY", "1")
 
@@ -166,5 +168,7 @@ def test_failure_causes_of_the_errors_a_poll_can_end_with():
     assert failure_cause(ServerError("APPEND refused: [OVERQUOTA] Quota exceeded")) == "limit"
     assert failure_cause(ConnectError("connection lost: Maximum number of connections from user+IP exceeded")) == "limit"
     assert failure_cause(ServerError("IMAP error from host: SELECT failed")) == "server"
+    assert failure_cause(AuthError("IMAP login as 'unlimited@example.com' at imap.example.com was refused: "
+                                   "[AUTHENTICATIONFAILED] Authentication failed.")) == "auth"
     assert failure_cause(StoreError("cannot open /var/lib/x: Permission denied")) == "local"
     assert failure_cause(Mail2TicketError("something else")) == "other"

@@ -71,6 +71,9 @@ def config_check(app, online, as_json):
             "accounts_on": [a.name for a in cfg.accounts if a.monitoring is True and not cfg.monitoring.enabled],
             "accounts_off": [a.name for a in cfg.accounts if a.monitoring is False and cfg.monitoring.enabled],
         },
+        # [metrics] (docs/metrics.md): the daemon's textfile for node_exporter, and how often.
+        "metrics": {"textfile": str(cfg.metrics_textfile) if cfg.metrics_textfile else None,
+                    "every": cfg.schedule["metrics"]},
         "problems": found,
         "online": checked if online else None,
     }
@@ -92,6 +95,10 @@ def config_check(app, online, as_json):
     click.echo(f"Attachments: {cfg.attachments}")
     click.echo(f"Schedule:    poll {cfg.schedule['poll']}, overdue {cfg.schedule['overdue']}")
     click.echo(f"Monitoring:  {_monitoring_line(data['monitoring'])}")
+    if cfg.metrics_textfile is not None:
+        click.echo(f"Metrics:     {cfg.metrics_textfile}, written every {cfg.schedule['metrics']} by the daemon")
+    else:
+        click.echo("Metrics:     no textfile ('mail2ticket status --prometheus' prints them)")
     click.echo(f"Accounts:    {len(cfg.accounts)}")
     for a in data["accounts"]:
         state = "enabled" if a["enabled"] else "disabled"

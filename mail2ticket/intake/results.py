@@ -30,8 +30,9 @@ def failure_cause(error: Mail2TicketError) -> str:
     refused or no password, "tls", "connect" unreachable or connection lost, "timeout" no answer
     in time, "server" the server refused or sent something unusable, "limit" the server's limit or
     quota, "local" our side (database, disk, files), "other" anything else."""
-    text = str(error).lower()
-    if isinstance(error, (AuthError, ServerError, ConnectError)) and any(w in text for w in _LIMIT_WORDS):
+    # The server's words come after the first ": " (before it: our words, the user and host names).
+    words = str(error).lower().partition(": ")[2]
+    if isinstance(error, (AuthError, ServerError, ConnectError)) and any(w in words for w in _LIMIT_WORDS):
         return "limit"
     for kind, cause in ((AuthError, "auth"), (SecretError, "auth"), (TLSError, "tls"),
                         (ConnectTimeout, "timeout"), (ConnectError, "connect"), (ServerError, "server"),
