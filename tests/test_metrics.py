@@ -26,6 +26,7 @@ def parse(text: str) -> dict[tuple[str, frozenset], float]:
     out = {}
     for family in text_string_to_metric_families(text):
         assert family.documentation, f"{family.name} has no HELP"
+        assert family.type in ("gauge", "counter"), f"{family.name} has no TYPE"
         for s in family.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out
@@ -133,6 +134,9 @@ def test_the_daemon_writes_the_textfile_and_an_unwritable_directory_is_an_alert_
     assert value(m, "account_messages_imported_total", account=account["name"]) == 1
     assert os.stat(textfile).st_mode & 0o777 == 0o644  # node_exporter is another user; no secret in it
     assert [p.name for p in collector.iterdir()] == ["mail2ticket.prom"]  # no temporary file left
+    with open(textfile, "rb") as first:  # the next write replaces the file by a rename, never in place
+        wait_until(lambda: os.stat(textfile).st_ino != os.fstat(first.fileno()).st_ino, 5, "the next write")
+        assert value(parse(first.read().decode()), "daemon_running") == 1  # the old file, whole
     wait_until(lambda: not alerts(), 5, "the alert gone once the file is written")
     assert daemon.log().count("cannot write the metrics textfile") == 1  # said once, not every second
 
