@@ -91,7 +91,7 @@ def test_after_real_polls_the_metrics_say_what_was_imported_queued_quarantined_a
     assert value(m, "tickets", status="open", priority="normal") == 1
     assert value(m, "daemon_running") == 0
 
-    # The counts are in the database: the next process adds to them.
+    # The counts are in the database: the next poll command adds to them.
     CliRunner().invoke(cli, ["--config", str(config), "poll", "wrongpw"])
     again = prometheus(config)
     assert value(again, "account_poll_failures_total", account="wrongpw", cause="auth") == 2
