@@ -212,6 +212,93 @@ def reply_to(sent: bytes, *, sender: str = "ann@customer.test", body: str = "Tha
     )
 
 
+# ----------------------------------------------------------------------- monitoring mail
+# The stock notification mails of monitoring tools, each in its tool's default format (the source
+# of each format is named beside its builder and in tests/test_monitoring.py).
+
+
+def monitoring_mail(subject: str, body: str, *, sender: str = "monitoring@example.com", html: bool = False,
+                    date: datetime | None = None) -> bytes:
+    """A real message as the tool's mailer sends it: headers, then the text (or HTML) body."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "ops@example.com"
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime(2026, 12, 2, 3, 10, tzinfo=UTC))
+    msg["Message-ID"] = make_msgid(domain="monitor.example.com")
+    msg.set_content(body, subtype="html" if html else "plain")
+    return msg.as_bytes()
+
+
+# Nagios Core's sample commands.cfg (sample-config/template-object/commands.cfg.in):
+# notify-service-by-email and notify-host-by-email (subject and text as quoted in tests/test_monitoring.py).
+def nagios_service(kind: str, host: str, service: str, state: str, output: str, *, date: datetime | None = None) -> bytes:
+    body = (f"***** Nagios *****\n\nNotification Type: {kind}\n\nService: {service}\nHost: {host}\n"
+            f"Address: 192.0.2.10\nState: {state}\n\nDate/Time: Wed Dec 2 03:10:00 UTC 2026\n\n"
+            f"Additional Info:\n\n{output}\n")
+    return monitoring_mail(f"** {kind} Service Alert: {host}/{service} is {state} **", body, sender="nagios@example.com",
+                           date=date)
+
+
+def nagios_host(kind: str, host: str, state: str, output: str, *, date: datetime | None = None) -> bytes:
+    body = (f"***** Nagios *****\n\nNotification Type: {kind}\nHost: {host}\nState: {state}\n"
+            f"Address: 192.0.2.20\nInfo: {output}\n\nDate/Time: Wed Dec 2 03:10:00 UTC 2026\n")
+    return monitoring_mail(f"** {kind} Host Alert: {host} is {state} **", body, sender="nagios@example.com",
+                           date=date)
+
+
+# Alertmanager's default e-mail template, template/default.tmpl (email.default.subject and
+# email.default.html; the inline styles left out).
+def alertmanager(status: str, alerts: list[dict[str, str]], group: dict[str, str], *,
+                 date: datetime | None = None) -> bytes:
+    common = {k: v for k, v in alerts[0].items() if all(a.get(k) == v for a in alerts) and k not in group}
+    subject = f"[{status.upper()}{':' + str(len(alerts)) if status == 'firing' else ''}] " + " ".join(group.values())
+    if common:
+        subject += " (" + " ".join(v for _k, v in sorted(common.items())) + ")"
+    rows = []
+    for alert in alerts:
+        labels = "".join(f"{k} = {v}<br />" for k, v in sorted(alert.items()))
+        rows.append(f'<tr><td valign="top"><strong>Labels</strong><br />\n{labels}\n'
+                    f'<strong>Annotations</strong><br />\nsummary = {alert["alertname"]} on {alert["instance"]}<br />\n'
+                    f'<a href="http://prometheus.example.com:9090/graph?g0.expr=up">Source</a><br />\n</td></tr>')
+    html = (
+        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
+        '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n'
+        f'<html xmlns="http://www.w3.org/1999/xhtml"><head><title>{subject}</title></head>\n'
+        '<body itemscope="" itemtype="http://schema.org/EmailMessage"><table><tr><td></td><td width="600">'
+        '<div><table width="100%" cellpadding="0" cellspacing="0">\n'
+        f'<tr><td align="center" bgcolor="#E6522C" valign="top">{len(alerts)} alert{"s" if len(alerts) > 1 else ""} for '
+        + " ".join(f"{k}={v}" for k, v in group.items()) + "</td></tr>\n"
+        '<tr><td valign="top"><table width="100%" cellpadding="0" cellspacing="0">\n'
+        '<tr><td valign="top"><a href="http://am.example.com:9093/#/alerts">View in AlertManager</a></td></tr>\n'
+        f'<tr><td valign="top"><strong>[{len(alerts)}] {status.title()}</strong></td></tr>\n'
+        + "\n".join(rows) +
+        '\n</table></td></tr></table>\n<div><table width="100%"><tr><td align="center" valign="top">'
+        '<a href="http://am.example.com:9093">Sent by AlertManager</a></td></tr></table></div></div>'
+        '</td><td></td></tr></table></body></html>\n'
+    )
+    return monitoring_mail(subject, html, sender="alertmanager@example.com", html=True, date=date)
+
+
+# The Email media type's default Problem and Problem recovery templates of Zabbix
+# (ui/include/classes/helpers/CMediatypeHelper.php), as in tests/test_monitoring.py.
+def zabbix_problem(name: str, host: str, severity: str, event_id: str, *, date: datetime | None = None) -> bytes:
+    return monitoring_mail(
+        f"Problem: {name}",
+        f"Problem started at 03:05:12 on 2026.12.02\nProblem name: {name}\nHost: {host}\n"
+        f"Severity: {severity}\nOperational data: Current utilization: 97.3 %\nOriginal problem ID: {event_id}\n",
+        sender="zabbix@example.com", date=date)
+
+
+def zabbix_recovery(name: str, host: str, severity: str, event_id: str, duration: str, *,
+                    date: datetime | None = None) -> bytes:
+    return monitoring_mail(
+        f"Resolved in {duration}: {name}",
+        f"Problem has been resolved at 03:17:15 on 2026.12.02\nProblem name: {name}\n"
+        f"Problem duration: {duration}\nHost: {host}\nSeverity: {severity}\nOriginal problem ID: {event_id}\n",
+        sender="zabbix@example.com", date=date)
+
+
 # ------------------------------------------------------------------------------------- desk
 
 LONG_AGO = "2000-01-01T00:00:00Z"  # accounts "added" long ago: every test mail is new mail

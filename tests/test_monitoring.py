@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import pytest
@@ -22,18 +19,8 @@ from mail2ticket.cli import cli
 from mail2ticket.config.load import load_config
 from mail2ticket.parse.message import parse_message
 from mail2ticket.parse.monitoring import recognise
-
-
-def mail(subject: str, body: str, *, sender: str = "monitoring@example.com", html: bool = False) -> bytes:
-    """A real message as the tool's mailer sends it: headers, then the text (or HTML) body."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = "ops@example.com"
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime(2026, 12, 2, 3, 10, tzinfo=UTC))
-    msg["Message-ID"] = make_msgid(domain="monitor.example.com")
-    msg.set_content(body, subtype="html" if html else "plain")
-    return msg.as_bytes()
+from tests.helpers import alertmanager, nagios_host, nagios_service
+from tests.helpers import monitoring_mail as mail
 
 
 def seen(raw: bytes, formats=()) -> dict | None:
@@ -55,19 +42,6 @@ def fields(found: dict | None) -> tuple:
 #   notify-host-by-email: "***** Nagios *****\n\nNotification Type: $NOTIFICATIONTYPE$\nHost:
 #   $HOSTNAME$\nState: $HOSTSTATE$\nAddress: $HOSTADDRESS$\nInfo: $HOSTOUTPUT$\n\nDate/Time:
 #   $LONGDATETIME$\n", subject "** $NOTIFICATIONTYPE$ Host Alert: $HOSTNAME$ is $HOSTSTATE$ **"
-
-
-def nagios_service(kind: str, host: str, service: str, state: str, output: str) -> bytes:
-    body = (f"***** Nagios *****\n\nNotification Type: {kind}\n\nService: {service}\nHost: {host}\n"
-            f"Address: 192.0.2.10\nState: {state}\n\nDate/Time: Wed Dec 2 03:10:00 UTC 2026\n\n"
-            f"Additional Info:\n\n{output}\n")
-    return mail(f"** {kind} Service Alert: {host}/{service} is {state} **", body, sender="nagios@example.com")
-
-
-def nagios_host(kind: str, host: str, state: str, output: str) -> bytes:
-    body = (f"***** Nagios *****\n\nNotification Type: {kind}\nHost: {host}\nState: {state}\n"
-            f"Address: 192.0.2.20\nInfo: {output}\n\nDate/Time: Wed Dec 2 03:10:00 UTC 2026\n")
-    return mail(f"** {kind} Host Alert: {host} is {state} **", body, sender="nagios@example.com")
 
 
 def test_nagios_service_problem_recovery_acknowledgement_and_flapping():
@@ -214,36 +188,6 @@ def test_zabbix_problem_recovery_and_acknowledgement_keep_the_original_problem_i
 # and email.default.html: "N alerts for name=value", "View in AlertManager", "[N] Firing" /
 # "[N] Resolved", per alert "Labels" with "{{ .Name }} = {{ .Value }}<br />" lines, "Annotations",
 # "Source", "Sent by AlertManager". The inline styles of the template are left out here.
-
-
-def alertmanager(status: str, alerts: list[dict[str, str]], group: dict[str, str]) -> bytes:
-    common = {k: v for k, v in alerts[0].items() if all(a.get(k) == v for a in alerts) and k not in group}
-    subject = f"[{status.upper()}{':' + str(len(alerts)) if status == 'firing' else ''}] " + " ".join(group.values())
-    if common:
-        subject += " (" + " ".join(v for _k, v in sorted(common.items())) + ")"
-    rows = []
-    for alert in alerts:
-        labels = "".join(f"{k} = {v}<br />" for k, v in sorted(alert.items()))
-        rows.append(f'<tr><td valign="top"><strong>Labels</strong><br />\n{labels}\n'
-                    f'<strong>Annotations</strong><br />\nsummary = {alert["alertname"]} on {alert["instance"]}<br />\n'
-                    f'<a href="http://prometheus.example.com:9090/graph?g0.expr=up">Source</a><br />\n</td></tr>')
-    html = (
-        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
-        '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n'
-        f'<html xmlns="http://www.w3.org/1999/xhtml"><head><title>{subject}</title></head>\n'
-        '<body itemscope="" itemtype="http://schema.org/EmailMessage"><table><tr><td></td><td width="600">'
-        '<div><table width="100%" cellpadding="0" cellspacing="0">\n'
-        f'<tr><td align="center" bgcolor="#E6522C" valign="top">{len(alerts)} alert{"s" if len(alerts) > 1 else ""} for '
-        + " ".join(f"{k}={v}" for k, v in group.items()) + "</td></tr>\n"
-        '<tr><td valign="top"><table width="100%" cellpadding="0" cellspacing="0">\n'
-        '<tr><td valign="top"><a href="http://am.example.com:9093/#/alerts">View in AlertManager</a></td></tr>\n'
-        f'<tr><td valign="top"><strong>[{len(alerts)}] {status.title()}</strong></td></tr>\n'
-        + "\n".join(rows) +
-        '\n</table></td></tr></table>\n<div><table width="100%"><tr><td align="center" valign="top">'
-        '<a href="http://am.example.com:9093">Sent by AlertManager</a></td></tr></table></div></div>'
-        '</td><td></td></tr></table></body></html>\n'
-    )
-    return mail(subject, html, sender="alertmanager@example.com", html=True)
 
 
 def test_alertmanager_firing_and_resolved_with_group_labels():

@@ -43,8 +43,9 @@ def parse(file: Path, as_json: bool) -> None:
     except ParseError as exc:
         raise click.ClickException(f"{file} would be quarantined: {exc.one_line()}") from exc
     cfg = _config()
-    rules = _matching_rules(cfg, parsed)
     monitoring = _monitoring(cfg, parsed)
+    parsed.monitoring = monitoring  # rules on tool, host, service and state see it, as in an import
+    rules = _matching_rules(cfg, parsed)
     if as_json:
         print_json({**parsed.to_dict(), "monitoring": monitoring.to_dict() if monitoring else None,
                     "rules": [r.to_dict() for r in rules]})

@@ -34,6 +34,10 @@ PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "
 TICKETS_FIT = ("hide tags", "hide assignee", "hide account", "shrink requester 24", "hide msgs", "shrink subject 40",
                "hide updated", "shrink requester 16", "shrink subject 24", "shrink requester 12", "shrink subject 16",
                "hide requester", "hide due", "shrink subject 8")
+# With monitoring tickets the host, service and state come first: the subject repeats them.
+MONITORING_FIT = ("hide tags", "hide assignee", "hide account", "hide requester", "hide msgs", "shrink subject 24",
+                  "hide updated", "shrink service 24", "shrink host 16", "shrink subject 12", "hide due",
+                  "shrink service 12", "shrink state 8", "hide subject")
 
 
 @click.group("tickets")
@@ -115,6 +119,12 @@ def filter_options(func):
         click.option("--before", type=When(),
                      help="First mail dated before this (its Date, not when it was imported): old mail."),
         click.option("--after", type=When(), help="First mail dated at or after this."),
+        click.option("--monitoring/--no-monitoring", "monitoring", default=None,
+                     help="Only monitoring tickets (one per problem of Nagios, Icinga, Zabbix, Alertmanager, "
+                     "Monit, Checkmk...), or only the others: the mail of people."),
+        click.option("--host", multiple=True, help="Only monitoring tickets of this host (repeat for several)."),
+        click.option("--service", multiple=True,
+                     help="Only monitoring tickets of this service or alert (repeat for several)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -123,8 +133,11 @@ def filter_options(func):
 
 def _filters(kw: dict) -> dict:
     names = ("status", "account", "priority", "assignee", "unassigned", "tags", "requester", "overdue",
-             "created_since", "created_until", "updated_since", "updated_until", "before", "after")
-    return {n: kw.pop(n) for n in names}
+             "created_since", "created_until", "updated_since", "updated_until", "before", "after",
+             "monitoring", "host", "service")
+    out = {n: kw.pop(n) for n in names}
+    out["monitoring"] = {True: "only", False: "none"}.get(out["monitoring"])  # --monitoring / --no-monitoring
+    return out
 
 
 
@@ -250,7 +263,8 @@ def _due_cell(t: dict):
     return shown_time(t["due_at"])
 
 
-def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
+def _ticket_rows(rows: list[dict], extra=None, monitoring: bool = False) -> tuple[list[list], list[str]]:
+    """The table of tickets; with ``monitoring``, the host, service and state columns too."""
     table = []
     for t in rows:
         row = [
@@ -258,12 +272,27 @@ def _ticket_rows(rows: list[dict], extra=None) -> tuple[list[list], list[str]]:
             _due_cell(t), t["account"], t["requester"] or "", t["assignee"] or "", t["subject"],
             " ".join(t.get("tags") or []), t["message_count"], shown_time(t["updated_at"]),
         ]
+        if monitoring:
+            facts = t.get("monitoring") or {}
+            row[4:4] = [facts.get("host") or "", facts.get("service") or "", _monitoring_state(facts)]
         if extra:
             row.append(extra(t))
         table.append(row)
     headers = ["id", "status", "priority", "due", "account", "requester", "assignee", "subject", "tags",
                "msgs", "updated"]
+    if monitoring:
+        headers[4:4] = ["host", "service", "state"]
     return table, headers
+
+
+def _monitoring_state(facts: dict) -> str:
+    """The state word of the latest mail; 'OK (after 1h 5m)' once the problem recovered."""
+    if not facts:
+        return ""
+    state = facts.get("state") or ""
+    if facts.get("phase") == "recovered" and facts.get("duration"):
+        return f"{state} (after {facts['duration']})"
+    return state
 
 
 @tickets_group.command("list")
@@ -298,6 +327,14 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
       mail2ticket tickets list --tag vip --requester @bigcorp.example --json | jq '.[].subject'
       mail2ticket tickets list --status all --limit 0 --csv > tickets.csv
       mail2ticket tickets list --sort date --before 2026-01-01
+      mail2ticket tickets list --monitoring --host web1
+      mail2ticket tickets list --no-monitoring --unassigned
+
+    Monitoring tickets (one per problem, docs/monitoring.md) show their host,
+    service and state: with --monitoring, --host or --service, or whenever the
+    listing has some. The state is the tool's word in the latest mail, with the
+    problem's duration once it recovered. --no-monitoring leaves the machines'
+    mail out, to triage the mail of people.
     """
     from mail2ticket.tickets.db import count_tickets, list_tickets
 
@@ -316,13 +353,16 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
     if not rows and table_on_tty:
         click.echo("No tickets." if filters["status"] == "all" else "No tickets (try --status all).")
         return
-    table, headers = _ticket_rows(rows)
-    fit = TICKETS_FIT
+    # The host, service and state columns: when asked for monitoring tickets, or when some are listed.
+    with_monitoring = bool(filters["monitoring"] == "only" or filters["host"] or filters["service"]
+                           or any(t["monitoring"] for t in rows))
+    table, headers = _ticket_rows(rows, monitoring=with_monitoring)
+    fit = MONITORING_FIT if with_monitoring else TICKETS_FIT
     if order == "date":  # show the date sorted by (the first mail's) in place of the last activity
         for row, t in zip(table, rows, strict=True):
             row[headers.index("updated")] = shown_time(t["first_message_at"])
         headers[headers.index("updated")] = "date"
-        fit = tuple(step.replace("updated", "date") for step in TICKETS_FIT)
+        fit = tuple(step.replace("updated", "date") for step in fit)
     print_table(table, headers, fit=fit)
     if table_on_tty and limit and len(rows) == limit:
         total = count_tickets(app.db, **filters)
@@ -394,6 +434,18 @@ def tickets_show(app, ticket_id, as_json):
     )
     click.echo(f"Assignee: {ticket['assignee'] or '-'}   Tags: {' '.join(ticket['tags']) or '-'}")
     click.echo(f"Created: {shown_time(ticket['created_at'])}   Updated: {shown_time(ticket['updated_at'])}")
+    facts = ticket["monitoring"]
+    if facts:
+        what = " ".join(p for p in (facts["host"], facts["service"]) if p)
+        if facts["phase"] == "recovered":
+            when = (f"started {shown_time(facts['started_at'])}, recovered {shown_time(facts['recovered_at'])}"
+                    + (f", duration {facts['duration']}" if facts["duration"] else ""))
+        else:
+            when = (f"a problem since {shown_time(facts['started_at'])}"
+                    + (f" ({facts['duration']} to its latest mail)" if facts["duration"] else ""))
+        severity = f" ({facts['severity']})" if facts["severity"] else ""
+        event = f", event {facts['event_id']}" if facts["event_id"] else ""
+        click.echo(f"Monitoring: {facts['tool']} {what}: {facts['state']}{severity}{event}; {when}")
     if ticket["due_response_at"] or ticket["due_resolution_at"]:
         response = "answered " + shown_time(ticket["first_response_at"]) if ticket["first_response_at"] else (
             "due " + shown_time(ticket["due_response_at"]) if ticket["due_response_at"] else "-")

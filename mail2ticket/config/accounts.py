@@ -74,6 +74,7 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
     "authserv_id": (is_str_or_list, None, 'the authserv-id of your own mail server, such as "mx.example.com"'),
     # Monitoring mail (docs/monitoring.md): false turns recognising it off for this account.
     "monitoring": (is_bool, None, "true or false (default: [monitoring] enabled)"),
+    "monitoring_on_recovery": (is_str, None, '"close" or "mark" (default: [monitoring] on_recovery)'),
 }
 
 
@@ -164,6 +165,11 @@ def build_account(path: Path, index: int, data: Any) -> Account:
         values["username"] = get_preset(values["provider"]).imap_username(values["email"])
         values["smtp_username"] = values["smtp_username"] or values["email"]
     values["username"] = values["username"] or values["email"]
+    if values["monitoring_on_recovery"] not in (None, "close", "mark"):
+        raise ConfigError(
+            f"{path}: '{label}.monitoring_on_recovery' = {values['monitoring_on_recovery']!r} is not valid",
+            '"close" closes the ticket of a problem that recovered, "mark" only marks it recovered',
+        )
     if values["auth"] not in ("password", "oauth2"):
         raise ConfigError(
             f"{path}: '{label}.auth' = {values['auth']!r} is not valid", 'expected "password" or "oauth2"'

@@ -54,6 +54,7 @@ class Account:
     reopen_on_reply: bool = True
     authserv_id: str | list[str] | None = None
     monitoring: bool | None = None  # recognise monitoring mail; None: as [monitoring] enabled says
+    monitoring_on_recovery: str | None = None  # "close" or "mark"; None: as [monitoring] on_recovery says
     defined_in: str = ""  # the file the account was read from
 
     def to_dict(self) -> dict[str, Any]:

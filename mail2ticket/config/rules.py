@@ -28,6 +28,11 @@ RULE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "to": (is_str_or_list, None, "a pattern or a list of patterns"),
     "subject": (is_str_or_list, None, "a pattern or a list of patterns"),
     "body": (is_str_or_list, None, "a pattern or a list of patterns"),
+    # A monitoring mail's fields (docs/monitoring.md); a rule with one never matches other mail.
+    "tool": (is_str_or_list, None, "a pattern or a list of patterns (nagios, icinga2, zabbix, ...)"),
+    "host": (is_str_or_list, None, "a pattern or a list of patterns"),
+    "service": (is_str_or_list, None, "a pattern or a list of patterns"),
+    "state": (is_str_or_list, None, "a pattern or a list of patterns (CRITICAL, DOWN, FIRING, ...)"),
     "headers": (is_header_patterns, None, 'a table of header = pattern, such as { "X-Spam-Flag" = "YES" }'),
     "priority": (is_str, None, '"low", "normal", "high" or "urgent"'),
     "tags": (is_str_or_list, None, "a tag or a list of tags"),
@@ -127,6 +132,9 @@ def _values(parsed: Any, name: str) -> list[str]:
         return [parsed.subject or ""]
     if name == "body":
         return [parsed.body_text or ""]
+    if name in MONITORING_FIELDS:  # set by the prepare step (parse/monitoring.py); None: not monitoring mail
+        value = getattr(getattr(parsed, "monitoring", None), name, None)
+        return [value] if value else []
     raise KeyError(name)
 
 
@@ -226,7 +234,8 @@ def compile_rules(path: Path, raw: Any, account_names: list[str]) -> list[Rule]:
         if not rule.conditions and not rule.headers and not rule.accounts:
             raise ConfigError(
                 f"{path}: rule {name!r} has no condition",
-                'add from, to, subject, body, headers or account (subject = "*" with match = "glob" matches every mail)',
+                'add from, to, subject, body, tool, host, service, state, headers or account '
+                '(subject = "*" with match = "glob" matches every mail)',
             )
         if values["priority"] is not None and values["priority"] not in PRIORITIES:
             raise ConfigError(
@@ -253,8 +262,10 @@ def compile_rules(path: Path, raw: Any, account_names: list[str]) -> list[Rule]:
 MODES = ("substring", "glob", "regex")
 
 
-# The parts of a mail a rule can test, besides 'headers' and 'account'.
-FIELDS = ("from", "to", "subject", "body")
+# The parts of a mail a rule can test, besides 'headers' and 'account'; the last four are those of
+# a monitoring mail (its tool, host, service or alert, and state word).
+MONITORING_FIELDS = ("tool", "host", "service", "state")
+FIELDS = ("from", "to", "subject", "body", *MONITORING_FIELDS)
 
 
 # How long one rule may take on one mail. Regex rules run on the 'regex' engine with this as its

@@ -21,6 +21,7 @@ from mail2ticket.parse import message as parse_module
 from mail2ticket.parse.autoreply import is_auto_answer
 from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParsedMessage, ParseLimits
 from mail2ticket.parse.prepare import prepare
+from mail2ticket.tickets import monitoring
 from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
 from mail2ticket.tickets.ledger import (
     existing_source,
@@ -35,7 +36,12 @@ from mail2ticket.tickets.ledger import (
 )
 from mail2ticket.tickets.messages import insert_attachment, insert_incoming, store_raw
 from mail2ticket.tickets.rules import evaluate_rules
-from mail2ticket.tickets.threading import find_ticket, sender_unverified, settings_for
+from mail2ticket.tickets.threading import (
+    ThreadDecision,
+    find_ticket,
+    sender_unverified,
+    settings_for,
+)
 from mail2ticket.tickets.tickets import add_tags, create_ticket, follow_up, ticket_status, touch
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -125,8 +131,23 @@ class ImportContext:
             cache[account] = settings_for(self.config, account)
         return cache[account]
 
+    def monitoring_for(self, account: str | None):
+        """The [monitoring] settings when monitoring mail of ``account`` is recognised, else None."""
+        cache = self.__dict__.setdefault("_monitoring", {})
+        if account not in cache:
+            settings = getattr(self.config, "monitoring", None)
+            found = next((a for a in getattr(self.config, "accounts", []) if a.name == account), None)
+            cache[account] = settings if settings is not None and settings.enabled_for(found) else None
+        return cache[account]
+
     def __post_init__(self) -> None:
         self.after_store = after_store.steps(self.config, self.hooks, acknowledge=self.acknowledge)
+        # The custom formats, for the prepare step to recognise monitoring mail (in the parser
+        # workers); None when no account recognises it (docs/monitoring.md).
+        settings = getattr(self.config, "monitoring", None)
+        self.monitoring_formats = None
+        if settings is not None and (settings.enabled or any(a.monitoring for a in self.config.accounts)):
+            self.monitoring_formats = tuple(settings.formats)
         if self.parse is None:
             # Looked up now, not at import time, so a parser replaced at run time (a fixed
             # version, or a test's parser with a bug) is the one used.
@@ -183,7 +204,8 @@ def prepare_item(ctx: ImportContext, item: Incoming) -> PreparedItem:
 
 def _prepared(ctx: ImportContext, item: Incoming, digest: str | None) -> PreparedItem:
     path = item.spool.path if item.spool is not None else None
-    done = prepare(ctx.parse, ctx.attachments, item.raw, path=path, limits=ctx.limits)
+    done = prepare(ctx.parse, ctx.attachments, item.raw, path=path, limits=ctx.limits,
+                   monitoring=ctx.monitoring_formats)
     if done.error and done.error.startswith("internal parser error"):
         log.error("account %s: %s", item.account, done.error)
     return PreparedItem(item, digest, done.parsed, done.error, done.stored)
@@ -228,6 +250,9 @@ def import_batch(
     """
     if prepared is None:
         prepared = [prepare_item(ctx, item) for item in items]
+    for prep in prepared:  # an account with monitoring = false treats monitoring mail as any other
+        if prep.parsed is not None and prep.parsed.monitoring is not None and ctx.monitoring_for(prep.incoming.account) is None:
+            prep.parsed.monitoring = None
     if ctx.config is not None and getattr(ctx.config, "rules", None):
         for prep in prepared:  # before the transaction: a slow rule never holds the write lock
             if prep.parsed is not None and prep.rules is None:
@@ -336,7 +361,30 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
         return Outcome(item, "duplicate", ticket_id=decision.ticket_id, message_row=decision.message_row,
                        detail=decision.reason)
     date = iso(parsed.date) or iso(item.received_at) or now
-    if decision.kind == "copy":  # kept (never drop mail) in the same ticket, status unchanged
+    # A monitoring mail whose From our own server says is forged (DMARC) closes nothing: it is
+    # filed as any other such mail (its own ticket), never by the problem's key.
+    mon = parsed.monitoring if not unverified else None
+    plan = None
+    if mon is not None and decision.kind not in ("copy", "report"):
+        # One ticket per problem: the monitoring key wins over References and subject threading.
+        settings = ctx.monitoring_for(item.account)
+        when = min(date, iso(item.received_at) or now)  # the mail's date, never in the future
+        plan = monitoring.plan(db, item.account, mon, when, settings.flap_window)
+        decision = ThreadDecision(plan.ticket_id, plan.reason, kind="monitoring")
+    if plan is not None and plan.ticket_id is None:
+        ticket_id = create_ticket(db, account=item.account, subject=parsed.subject or "(no subject)",
+                                  requester=parsed.from_address, requester_name=parsed.from_name, now=now,
+                                  closed=plan.action == "orphan")
+        status = "imported"
+        log_event(db, "created", f"from {parsed.from_address or 'unknown sender'}: {decision.reason}",
+                  ticket_id=ticket_id, account=item.account)
+    elif plan is not None:
+        ticket_id = decision.ticket_id
+        status = "followup"
+        previous_status = ticket_status(db, ticket_id)
+        touch(db, ticket_id, now)
+        log_event(db, "followup", decision.reason, ticket_id=ticket_id, account=item.account)
+    elif decision.kind == "copy":  # kept (never drop mail) in the same ticket, status unchanged
         ticket_id = decision.ticket_id
         status = "duplicate"
         log_event(db, "copy", decision.reason, ticket_id=ticket_id, account=item.account)
@@ -426,6 +474,12 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
     outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
     if status == "followup":
         outcome.previous_status = previous_status
+    if plan is not None:  # before the rules (after_store): a rule may still change the priority
+        settings = ctx.monitoring_for(item.account)
+        account = next((a for a in ctx.config.accounts if a.name == item.account), None)
+        monitoring.record(db, plan, ticket_id, item.account, mon, when, now=now,
+                          on_recovery=settings.on_recovery_for(account), priority=settings.priority_of(mon.severity))
+        outcome.no_ack = f"monitoring mail ({mon.tool}): the sender is a machine"
     outcome.rules = prep.rules
     for step in ctx.after_store:  # rules and SLA, the caller's hooks, bounces and the acknowledgement
         step(db, outcome, parsed)

@@ -92,7 +92,8 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, deferred: bool = False) -> None:
+def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, deferred: bool = False,
+           monitoring: Any = None) -> None:
     """A worker's loop: read one message, answer with parse_and_store's result.
 
     Each message is two frames: its kind (b"r": the raw bytes follow; b"f": the path of a spool
@@ -118,9 +119,10 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, 
             return
         try:
             if kind == b"f":
-                result = prepare(parse, store, path=raw.decode("utf-8", "surrogateescape"), limits=limits)
+                result = prepare(parse, store, path=raw.decode("utf-8", "surrogateescape"), limits=limits,
+                                 monitoring=monitoring)
             else:
-                result = prepare(parse, store, raw, limits=limits, owner=owner)
+                result = prepare(parse, store, raw, limits=limits, owner=owner, monitoring=monitoring)
         except TempFailError as exc:  # raised in the main process, as if prepared there
             result = exc
         del raw
@@ -163,8 +165,10 @@ class ParsePool:
     before it commits (Pipeline does, once per batch); by default each file is durable at once."""
 
     def __init__(self, parse: Callable[[bytes], Any], attachments_root: Path, workers: int,
-                 timeout: float = DEFAULT_TIMEOUT, limits: Any = None, deferred: bool = False):
+                 timeout: float = DEFAULT_TIMEOUT, limits: Any = None, deferred: bool = False,
+                 monitoring: Any = None):
         self._limits = limits
+        self._monitoring = monitoring  # the custom formats when monitoring mail is recognised (prepare)
         self._deferred = deferred
         self._mp = multiprocessing.get_context("fork")
         self._parse = parse
@@ -197,7 +201,8 @@ class ParsePool:
 
     def _spawn(self) -> _Worker:
         ours, theirs = self._mp.Pipe(duplex=True)
-        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root, self._limits, self._deferred),
+        proc = self._mp.Process(target=_serve, args=(theirs, self._parse, self._root, self._limits, self._deferred,
+                                                     self._monitoring),
                                 name="mail2ticket-parser", daemon=True)
         proc.start()
         theirs.close()
@@ -499,7 +504,8 @@ class Pipeline:
             parse = self.ctx.parse
             assert parse is not None
             self._pool = ParsePool(parse, self.ctx.attachments.root, min(self.workers, max(1, wanted)),
-                                   self.timeout, getattr(self.ctx, "limits", None), deferred=True)
+                                   self.timeout, getattr(self.ctx, "limits", None), deferred=True,
+                                   monitoring=self.ctx.monitoring_formats)
         return self._pool
 
 

@@ -65,6 +65,9 @@ class ParsedMessage:
     auto_reply: str | None = None  # why this is automatic mail (no acknowledgement), or None
     defects: list[str] = field(default_factory=list)
     headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
+    # What parse/monitoring.recognise found (a Monitoring), set by the prepare step when the
+    # config recognises monitoring mail; None for other mail (docs/monitoring.md).
+    monitoring: Any = None
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name.lower())

@@ -338,10 +338,11 @@ def _ticket_obj(row: dict) -> dict:
 
 
 def _with_tags(db: Database, tickets: list[dict]) -> list[dict]:
-    """Add ``tags`` (a sorted list) to each ticket object, in one query."""
+    """Add ``tags`` (a sorted list) and ``monitoring`` to each ticket object, one query each."""
     by_id = {t["id"]: t for t in tickets}
     for t in tickets:
         t["tags"] = []
+        t["monitoring"] = None
     ids = list(by_id)
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
@@ -350,7 +351,45 @@ def _with_tags(db: Database, tickets: list[dict]) -> list[dict]:
             f"select ticket_id, tag from ticket_tags where ticket_id in ({marks}) order by tag", chunk
         ):
             by_id[ticket_id]["tags"].append(tag)
+        cursor = db.execute(f"select {MONITORING_COLUMNS} from monitoring where ticket_id in ({marks})", chunk)
+        names = [c[0] for c in cursor.description]
+        for row in cursor:
+            facts = dict(zip(names, row, strict=True))
+            by_id[facts.pop("ticket_id")]["monitoring"] = _monitoring_obj(facts)
     return tickets
+
+
+# A monitoring ticket's facts in a ticket object (INTERFACE.md: tool, host, service, state).
+MONITORING_COLUMNS = ("ticket_id, tool, host, service, state, severity, event_id, phase, started_at, "
+                      "recovered_at, last_at, mails")
+
+
+def _monitoring_obj(facts: dict) -> dict:
+    """The ``monitoring`` object: the facts, and the problem's duration once it recovered (else
+    how long it has lasted so far, up to its latest mail), in seconds and as text."""
+    end = facts["recovered_at"] if facts["phase"] == "recovered" else facts["last_at"]
+    seconds = None
+    if facts["started_at"] and end:
+        start_dt = datetime.fromisoformat(facts["started_at"].replace("Z", "+00:00"))
+        seconds = max(0, int((datetime.fromisoformat(end.replace("Z", "+00:00")) - start_dt).total_seconds()))
+    facts["duration_seconds"] = seconds
+    facts["duration"] = human_duration(seconds)
+    return facts
+
+
+def human_duration(seconds: int | None) -> str | None:
+    """3900 -> '1h 5m', 720 -> '12m', 93784 -> '1d 2h 3m', 42 -> '42s'."""
+    if seconds is None:
+        return None
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts)
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
@@ -375,13 +414,17 @@ def ticket_filters(
     updated_until: str | None = None,
     before: str | None = None,
     after: str | None = None,
+    monitoring: str | None = None,
+    host: str | Sequence[str] | None = None,
+    service: str | Sequence[str] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The SQL conditions (on ``tickets t``) and parameters of a listing's filters.
 
     ``status``: None (every ticket that is not closed), "all", or one status. ``requester``: an
     address, or "@domain" for everyone at that domain. Times are ISO 8601 UTC; "until" is exclusive.
     ``before``/``after``: the date of the first mail (FIRST_MESSAGE_SQL), before it (exclusive),
-    or at or after it.
+    or at or after it. ``monitoring``: "only" (monitoring tickets), "none" (the others), or None;
+    ``host``/``service``: a monitoring ticket's host or service (any of them, without case).
     """
     where: list[str] = []
     params: list[Any] = []
@@ -431,6 +474,16 @@ def ticket_filters(
         if value:
             where.append(f"{FIRST_MESSAGE_SQL} {op} ?")
             params.append(value)
+    # The monitoring table (tickets/monitoring.py owns it): one row per monitoring ticket.
+    if monitoring == "only":
+        where.append("t.id in (select ticket_id from monitoring)")
+    elif monitoring == "none":
+        where.append("t.id not in (select ticket_id from monitoring)")
+    for column, values in (("host", _as_list(host)), ("service", _as_list(service))):
+        if values:
+            marks = " or ".join(f"{column} = ? collate nocase" for _ in values)
+            where.append(f"t.id in (select ticket_id from monitoring where {marks})")
+            params.extend(values)
     return where, params
 
 

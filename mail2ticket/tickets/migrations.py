@@ -414,3 +414,36 @@ def m1804_metrics(db: Database) -> None:
         "create table poll_failure_counts (account text not null, cause text not null, "
         "count integer not null default 0, last_at text, primary key (account, cause))"
     )
+
+
+@migrations()
+def m1801_monitoring(db: Database) -> None:
+    """Issue 18.2: one ticket per monitoring problem. One row per monitoring ticket (owned by
+    tickets/monitoring.py): the problem's key and facts, its phase (problem or recovered) and
+    times. The import looks up the latest ticket of a key, or of a Zabbix event id, by index."""
+    db["monitoring"].create(
+        {
+            "ticket_id": int,
+            "account": str,
+            "key": str,  # tool, host, service: lower case, joined by \x1f (tickets/monitoring.problem_key)
+            "tool": str,
+            "host": str,
+            "service": str,  # the service, alert or trigger name; null for a host alert
+            "event_id": str,
+            "state": str,  # the tool's word in the latest mail (CRITICAL, DOWN, OK, FIRING...)
+            "severity": str,  # of the problem: critical, warning, unknown, info (or the tool's label)
+            "phase": str,  # problem | recovered
+            "started_at": str,  # when the problem (or its return within the flap window) began
+            "recovered_at": str,
+            "last_at": str,  # the latest mail's date
+            "mails": int,  # monitoring mails of this problem
+        },
+        pk="ticket_id",
+        foreign_keys=[("ticket_id", "tickets", "id")],
+        not_null={"account", "key", "tool", "phase", "last_at"},
+    )
+    db.execute("create index idx_monitoring_key on monitoring (account, key, ticket_id)")
+    db.execute("create index idx_monitoring_event on monitoring (account, tool, event_id, ticket_id) "
+               "where event_id is not null")
+    db.execute("create index idx_monitoring_service on monitoring (service collate nocase)")
+    db.execute("create index idx_monitoring_host on monitoring (host collate nocase)")

@@ -75,14 +75,14 @@ def add_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str, e
     return added
 
 
-def remove_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str) -> list[str]:
+def remove_tags(db: Database, ticket_id: int, tags: Sequence[str], *, actor: str, event: bool = True) -> list[str]:
     """Remove tags; returns those that were there."""
     ticket_field(db, ticket_id, "id")
     removed = []
     for tag in dict.fromkeys(normalise_tag(t) for t in tags):
         if db.execute("delete from ticket_tags where ticket_id = ? and tag = ?", [ticket_id, tag]).rowcount:
             removed.append(tag)
-    if removed:
+    if removed and event:
         touch(db, ticket_id)
         log_event(db, "untagged", ", ".join(removed), ticket_id=ticket_id, actor=actor)
     return removed
