@@ -336,6 +336,11 @@ def test_a_custom_format_from_the_config_is_recognised_before_the_stock_ones(tmp
     ('[monitoring]\nformat = []\n', "unknown key 'monitoring.format'"),
     ('[[monitoring.formats]]\nname = "x"\nsubject = "(?P<host>a)"\nproblem_states = "DOWN"\n',
      "'monitoring.formats.x.problem_states' has the wrong type (str)"),
+    ('[monitoring]\non_recovery = "shut"\n', "'monitoring.on_recovery' = 'shut' is not valid"),
+    ('[monitoring]\nflap_window = "an hour"\n', "'monitoring.flap_window' = 'an hour' is not a duration"),
+    ('[monitoring]\npriorities = { critical = "asap" }\n', "'monitoring.priorities.critical' = 'asap' is not a priority"),
+    ('[[accounts]]\nname = "ops"\nemail = "ops@example.com"\nsource = "pipe"\nmonitoring_on_recovery = "keep"\n',
+     "'accounts.ops.monitoring_on_recovery' = 'keep' is not valid"),
 ])
 def test_a_bad_monitoring_table_gives_one_line_naming_the_file_and_key(tmp_path: Path, text: str, expected: str):
     cfg = write_config(tmp_path, text)
@@ -387,7 +392,9 @@ def test_config_check_shows_monitoring_its_formats_and_the_accounts_that_differ(
     assert "Monitoring:  on, custom formats: backupcheck; off for: people" in result.stdout.splitlines()
     data = json.loads(CliRunner().invoke(cli, ["--config", str(cfg), "config", "check", "--json"]).stdout)
     assert data["monitoring"] == {"enabled": True, "formats": ["backupcheck"], "accounts_on": [],
-                                  "accounts_off": ["people"]}
+                                  "accounts_off": ["people"], "on_recovery": "close", "flap_window": 3600,
+                                  "priorities": {"critical": "urgent", "warning": "normal", "unknown": "normal",
+                                                 "info": "low"}}
 
 
 # --- `mail2ticket parse FILE` shows it --------------------------------------------------------------

@@ -197,6 +197,7 @@ def tickets_of(config) -> list[tuple]:
 
 def test_mark_leaves_the_recovered_ticket_open_and_a_late_problem_opens_another(tmp_path):
     config = pipe_desk(tmp_path, {"on_recovery": "mark", "flap_window": "30m"})
+    assert "Monitoring:  on; on recovery: mark; flap window: 30 minutes" in run_cli(config, "config", "check").stdout
     ingest(config, http("PROBLEM", "WARNING", 0), http("RECOVERY", "OK", 20))
     assert tickets_of(config) == [(1, "open", "normal", ["recovered"], "recovered", 2)]
     ingest(config, http("PROBLEM", "CRITICAL", 40))  # 20m later, within 30m: the same ticket, a problem again
@@ -204,6 +205,19 @@ def test_mark_leaves_the_recovered_ticket_open_and_a_late_problem_opens_another(
     ingest(config, http("RECOVERY", "OK", 50), http("PROBLEM", "CRITICAL", 90))  # 40m later: past the window
     assert tickets_of(config) == [(1, "open", "urgent", ["recovered"], "recovered", 4),
                                   (2, "open", "urgent", [], "problem", 1)]
+
+
+def test_a_problem_closed_by_a_person_while_it_lasts_is_reopened_by_its_next_notification(tmp_path):
+    """Only a recovery ends a problem: a ticket closed while the problem lasts is the same problem
+    when the tool sends it again, hours later (to silence it, acknowledge it in the tool)."""
+    config = pipe_desk(tmp_path)
+    ingest(config, http("PROBLEM", "CRITICAL", 0))
+    assert run_cli(config, "tickets", "close", "1").exit_code == 0
+    ingest(config, http("PROBLEM", "CRITICAL", 180))
+    assert tickets_of(config) == [(1, "open", "urgent", [], "problem", 2)]
+    ingest(config, http("RECOVERY", "OK", 200))
+    facts = json.loads(run_cli(config, "tickets", "show", "1", "--json").stdout)["monitoring"]
+    assert (facts["phase"], facts["duration"]) == ("recovered", "3h 20m")  # from the first PROBLEM mail
 
 
 def test_each_account_may_close_or_mark_and_the_priorities_and_rules_apply(tmp_path):

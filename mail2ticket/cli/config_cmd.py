@@ -70,6 +70,10 @@ def config_check(app, online, as_json):
             "formats": [f.name for f in cfg.monitoring.formats],
             "accounts_on": [a.name for a in cfg.accounts if a.monitoring is True and not cfg.monitoring.enabled],
             "accounts_off": [a.name for a in cfg.accounts if a.monitoring is False and cfg.monitoring.enabled],
+            # One ticket per problem: what a recovery does, the flap window (seconds), priorities.
+            "on_recovery": cfg.monitoring.on_recovery,
+            "flap_window": cfg.monitoring.flap_window,
+            "priorities": cfg.monitoring.priorities,
         },
         # [metrics] (docs/metrics.md): the daemon's textfile for node_exporter, and how often.
         "metrics": {"textfile": str(cfg.metrics_textfile) if cfg.metrics_textfile else None,
@@ -117,6 +121,12 @@ def _monitoring_line(monitoring: dict) -> str:
         line += f"; on for: {', '.join(monitoring['accounts_on'])}"
     if monitoring["accounts_off"]:
         line += f"; off for: {', '.join(monitoring['accounts_off'])}"
+    if monitoring.get("on_recovery", "close") != "close":  # the defaults go unsaid
+        line += f"; on recovery: {monitoring['on_recovery']}"
+    if monitoring.get("flap_window", 3600) != 3600:
+        from mail2ticket.config.periods import human_period
+
+        line += f"; flap window: {human_period(monitoring['flap_window'])}"
     return line
 
 

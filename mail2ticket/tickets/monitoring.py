@@ -103,27 +103,28 @@ def plan(db: Database, account: str, mon: Any, when: str, flap_window: int) -> P
     row = find_row(db, account, mon)
     what = describe(mon)
     if row is not None:
-        closed = row["ticket_status"] == "closed"
-        active = row["phase"] == "problem" and not closed
-        # When the problem ended: its recovery, or a person closing the ticket while it lasted.
-        ended = row["recovered_at"] if row["phase"] == "recovered" else row["ticket_closed_at"]
-        gap = _seconds_between(ended, when)
-        recent = ended is not None and gap is not None and gap <= flap_window
+        # Only a recovery ends a problem: until then it lasts, even if a person closed its ticket.
+        lasting = row["phase"] == "problem"
+        gap = None if lasting else _seconds_between(row["recovered_at"], when)
+        recent = gap is not None and gap <= flap_window
         ticket = f"#{row['ticket_id']}"
         if mon.kind == "problem":
-            if active:
+            if lasting:
                 if (mon.tool in EVENT_ID_TOOLS and mon.event_id and row["event_id"]
                         and not row["by_event"] and row["event_id"] != mon.event_id):
                     return Plan("new", None, f"monitoring: {what}, another problem (event {mon.event_id}) "
-                                f"than the open one of {ticket} (event {row['event_id']})")
+                                f"than the one of {ticket} (event {row['event_id']})")
+                if row["ticket_status"] == "closed":
+                    return Plan("reopen", row["ticket_id"], f"monitoring: {what}, the problem of {ticket} goes on "
+                                "(no recovery since it was closed): reopened", row)
                 return Plan("join", row["ticket_id"], f"monitoring: {what}, the open problem of {ticket}", row)
             if recent:
                 return Plan("reopen", row["ticket_id"], f"monitoring: {what} again {human_duration(gap)} after "
-                            f"it ended, within the flap window: {ticket} reopened", row)
-            return Plan("new", None, f"monitoring: {what}, a new problem"
-                        + (f" ({ticket} ended {human_duration(gap)} before, past the flap window)" if ended else ""))
-        if active or recent or row["by_event"]:
-            if mon.kind == "recovery" and row["phase"] == "problem":
+                            f"its recovery, within the flap window: {ticket} reopened", row)
+            return Plan("new", None, f"monitoring: {what}, a new problem ({ticket} recovered "
+                        f"{human_duration(gap) or 'long'} before, past the flap window)")
+        if lasting or recent or row["by_event"]:
+            if mon.kind == "recovery" and lasting:
                 return Plan("recover", row["ticket_id"], f"monitoring: {what} recovered, the problem of {ticket}", row)
             return Plan("join", row["ticket_id"], f"monitoring: {what} ({mon.kind}), the problem of {ticket}", row)
     if mon.kind == "recovery":
@@ -173,14 +174,20 @@ def record(db: Database, the_plan: Plan, ticket_id: int, account: str, mon: Any,
     if mon.event_id and mon.tool in EVENT_ID_TOOLS:
         updates["event_id"] = mon.event_id
     if action == "reopen":
-        updates.update(phase="problem", started_at=when, recovered_at=None, severity=mon.severity)
+        flap = row.get("phase") == "recovered"
+        if flap:  # the problem is back: its times start again
+            updates.update(phase="problem", started_at=when, recovered_at=None)
+        updates["severity"] = mon.severity or row.get("severity")
         if ticket_field(db, ticket_id, "status") == "closed":
             set_status(db, ticket_id, "open", now)
-            log_event(db, "reopened", f"by a new problem {human_duration(_seconds_between(row.get('recovered_at') or row.get('ticket_closed_at'), when))} "
-                      "after it ended (within the flap window)", ticket_id=ticket_id, account=account, actor=ACTOR)
+            why = (f"by the problem back {human_duration(_seconds_between(row.get('recovered_at'), when))} after its "
+                   "recovery (within the flap window)" if flap else "by the next notification of a problem that never "
+                   "recovered")
+            log_event(db, "reopened", why, ticket_id=ticket_id, account=account, actor=ACTOR)
         remove_tags(db, ticket_id, [RECOVERED_TAG], actor=ACTOR, event=False)
         set_to = _priority(db, ticket_id, priority, only_raise=False)
-        log_event(db, "monitoring-problem", f"{describe(mon)} {state}: the problem is back within the flap window"
+        back = "the problem is back within the flap window" if flap else "the problem goes on"
+        log_event(db, "monitoring-problem", f"{describe(mon)} {state}: {back}"
                   + (f", priority {set_to}" if set_to else ""), ticket_id=ticket_id, account=account, actor=ACTOR)
     elif action == "recover":
         updates.update(phase="recovered", recovered_at=when)
