@@ -396,6 +396,7 @@ def test_config_check_shows_monitoring_its_formats_and_the_accounts_that_differ(
                                   "priorities": {"critical": "urgent", "warning": "normal", "unknown": "normal",
                                                  "info": "low"}}
 
+
 def test_config_check_says_what_a_recovery_does_and_the_flap_window_when_not_the_defaults(tmp_path: Path):
     cfg = write_config(tmp_path, '[monitoring]\non_recovery = "mark"\nflap_window = "30m"\n')
     result = CliRunner().invoke(cli, ["--config", str(cfg), "config", "check"])
