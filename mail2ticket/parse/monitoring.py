@@ -308,9 +308,11 @@ def _monit_kind(event: str) -> str:
 
 def _monit(subject: str, body: str) -> Monitoring | None:
     first = _MONIT_FIRST.search(body)
+    by_subject = _MONIT_SUBJECT.match(subject)
+    if first is None and by_subject is None:
+        return None  # most mail: its text is not scanned for Monit's fields (the import runs this on every mail)
     fields = {m.group("name"): m.group("value").strip() for m in _MONIT_FIELD.finditer(body)}
     from_body = first is not None and {"Action", "Host"} <= set(fields) and "Monit" in body
-    by_subject = _MONIT_SUBJECT.match(subject)
     if not from_body and by_subject is None:
         return None
     source = first if from_body else by_subject
