@@ -30,6 +30,7 @@ from tests.helpers import (
 NIGHT = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
 CPU = "High CPU utilization (over 90% for 5m)"
 DISK = {"alertname": "DiskFull", "instance": "web2:9100", "job": "node", "severity": "warning"}
+DOWN = [{"alertname": "InstanceDown", "instance": f"web{n}:9100", "job": "node", "severity": "critical"} for n in (4, 5)]
 BACKUP_FORMAT = {  # a homegrown tool ([[monitoring.formats]]); unanchored, so a tag may precede it
     "name": "backupcheck",
     "subject": r"\[backupcheck\] (?P<host>[\w.-]+): job (?P<service>\S+) (?P<state>FAILED|OK)$",
@@ -38,7 +39,7 @@ BACKUP_FORMAT = {  # a homegrown tool ([[monitoring.formats]]); unanchored, so a
 }
 RULES = [  # rules on the monitoring fields, applied after the priority of the severity
     {"name": "databases", "match": "glob", "host": "db*", "assignee": "dba", "tags": "database"},
-    {"name": "disk alerts", "tool": "alertmanager", "state": "FIRING", "priority": "high"},
+    {"name": "alerts", "tool": "alertmanager", "state": "FIRING", "priority": "high"},
 ]
 
 
@@ -105,6 +106,9 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
         http("FLAPPINGSTART", "CRITICAL", 155),  # joins #8
         backup("nas1", "OK", 180, tag="[#7] "),  # nas1's recovery joins #6 (not #7) and closes it
         nagios_service("RECOVERY", "web3", "SSH", "OK", "SSH OK", date=at(210)),  # no known problem: #9, closed
+        # A group of two instances (no single host: keyed by the alert) firing, then resolved: #10.
+        alertmanager("firing", DOWN, {"alertname": "InstanceDown", "job": "node"}, date=at(220)),
+        alertmanager("resolved", DOWN, {"alertname": "InstanceDown", "job": "node"}, date=at(250)),
     )
 
     tickets = desk.tickets()
@@ -118,13 +122,15 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
         (7, "open", "normal", "backupcheck", "nas2", "nightly", "FAILED", 1),
         (8, "open", "urgent", "nagios", "web1", "HTTP", "CRITICAL", 2),
         (9, "closed", "normal", "nagios", "web3", "SSH", "OK", 1),
+        (10, "closed", "high", "alertmanager", None, "InstanceDown", "RESOLVED", 2),
     ]
     by_id = {t["id"]: t for t in tickets}
     assert (by_id[2]["assignee"], by_id[2]["tags"], by_id[3]["assignee"]) == ("dba", ["database"], "dba")
     assert by_id[4]["monitoring"]["event_id"] == "4711"
     # The problem's duration: from the (returned) problem's mail to its recovery.
-    assert [(by_id[i]["monitoring"]["phase"], by_id[i]["monitoring"]["duration"]) for i in (1, 2, 4, 5, 8)] == [
-        ("recovered", "10m"), ("recovered", "40m"), ("recovered", "45m"), ("recovered", "45m"), ("problem", "5m")]
+    assert [(by_id[i]["monitoring"]["phase"], by_id[i]["monitoring"]["duration"]) for i in (1, 2, 4, 5, 8, 10)] == [
+        ("recovered", "10m"), ("recovered", "40m"), ("recovered", "45m"), ("recovered", "45m"), ("problem", "5m"),
+        ("recovered", "30m")]
 
     shown = desk.show(1)
     kinds = [e["kind"] for e in shown["events"]]
@@ -142,7 +148,7 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
     # No acknowledgement to a machine: nothing was ever queued.
     with sqlite3.connect(desk.root / "m2t.db") as conn:
         assert conn.execute("select count(*) from outbox").fetchone()[0] == 0
-        assert conn.execute("select count(*) from monitoring").fetchone()[0] == 9
+        assert conn.execute("select count(*) from monitoring").fetchone()[0] == 10
 
     listing = desk.ok("tickets", "list", "--monitoring").stdout
     lines = listing.rstrip("\n").split("\n")
@@ -157,7 +163,7 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
     narrow = test_narrow_terminal.on_terminal(desk.config, "tickets", "list", "--status", "all", "--monitoring")
     assert all(test_narrow_terminal.display_width(line) <= 80 for line in narrow), narrow
     assert narrow[0].split()[:6] == ["id", "status", "priority", "host", "service", "state"]  # no due times: hidden
-    assert len(narrow) == 1 + 1 + 9 and any("OK (after 10m)" in line for line in narrow)  # header, rule, tickets
+    assert len(narrow) == 1 + 1 + 10 and any("OK (after 10m)" in line for line in narrow)  # header, rule, tickets
     print("\n".join(narrow))
     listed = lambda *args: [t["id"] for t in json.loads(desk.ok("tickets", "list", "--json", "--sort", "id",  # noqa: E731
                                                                     "--status", "all", *args).stdout)]
