@@ -467,6 +467,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_metrics.py::test_status_prometheus_before_any_database_prints_the_zeros_of_an_empty_one",
         "tests/test_metrics.py::test_label_values_and_help_are_escaped_as_the_format_says",
     ),
+    100: tests(
+        "tests/test_object_storage.py::test_a_bucket_that_is_down_fails_the_poll_and_the_next_poll_imports_every_mail_once",
+        "tests/test_object_storage.py::test_a_poll_puts_attachments_in_the_bucket_by_sha256_and_reads_them_back_checked",
+    ),
+    101: tests(
+        "tests/test_object_storage.py::test_a_poll_puts_attachments_in_the_bucket_by_sha256_and_reads_them_back_checked",
+    ),
 }
 
 

@@ -77,12 +77,12 @@ def load(cfg_path: Path):
 
 def deliver(cfg_path: Path, *raws: bytes, account: str = "support") -> list:
     """Import the mails as the poller does (with the config: rules, SLA, acknowledgements)."""
-    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.accounts.storage import attachment_store
     from mail2ticket.intake.importer import ImportContext, Incoming, import_batch
 
     cfg, db = load(cfg_path)
     try:
-        ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg)
+        ctx = ImportContext(db=db, attachments=attachment_store(cfg), config=cfg)
         return import_batch(ctx, [Incoming(account, raw) for raw in raws])
     finally:
         db.close()

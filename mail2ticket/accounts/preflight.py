@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from mail2ticket.accounts.secrets import secret_source
+from mail2ticket.accounts.storage import storage_problems
 from mail2ticket.config.model import Account, Config
 
 
@@ -17,6 +18,7 @@ def problems(cfg: Config) -> list[str]:
     """Every problem of the config, one line each (empty when it can work)."""
     found = []
     found += _storage_problems(cfg)
+    found += storage_problems(cfg)
     for account in cfg.accounts:
         found += account_problems(account)
     return found
@@ -85,7 +87,8 @@ _SHELL_BUILTINS = {"echo", "printf", "test", "[", "eval", "exec", "command", "re
 
 def _storage_problems(cfg: Config) -> list[str]:
     found = []
-    for what, path, is_dir in (("database", cfg.database, False), ("attachments", cfg.attachments, True)):
+    local = "s3.staging" if cfg.object_store is not None else "attachments"  # the bucket: storage_problems
+    for what, path, is_dir in (("database", cfg.database, False), (local, cfg.attachments, True)):
         if "://" in str(path):
             continue  # a server URL (PostgreSQL, S3): checked by connecting, not here
         directory = path if is_dir else path.parent

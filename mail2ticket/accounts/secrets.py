@@ -90,11 +90,17 @@ def _from_credentials(name: str) -> tuple[str | None, str]:
 
 
 def _from_command(account: Account) -> tuple[str | None, str]:
-    if not account.password_command:
-        return None, "password_command (not set)"
+    return _run_command(account.password_command, f"password_command of account {account.name!r}")
+
+
+def _run_command(command: str | None, what: str) -> tuple[str | None, str]:
+    """What ``command`` prints (one secret), for the secret chain; ``what`` names it in errors."""
+    label = what.split(" of ")[0]
+    if not command:
+        return None, f"{label} (not set)"
     try:
         proc = subprocess.run(
-            account.password_command,
+            command,
             shell=True,
             capture_output=True,
             timeout=60,
@@ -102,19 +108,56 @@ def _from_command(account: Account) -> tuple[str | None, str]:
         )
     except subprocess.TimeoutExpired:
         raise SecretError(
-            f"password_command of account {account.name!r} did not finish within 60 s",
+            f"{what} did not finish within 60 s",
             "check the command by running it by hand",
         ) from None
     if proc.returncode != 0:
         # stderr may say why; stdout might hold a secret and is never shown.
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise SecretError(
-            f"password_command of account {account.name!r} failed with exit code {proc.returncode}"
+            f"{what} failed with exit code {proc.returncode}"
             + (f": {err[-1]}" if err else ""),
-            f"run it by hand to check: {shlex.split(account.password_command)[0]}",
+            f"run it by hand to check: {shlex.split(command)[0]}",
         )
     value = proc.stdout.decode().rstrip("\r\n")
-    return (value or None), "password_command (printed nothing)" if not value else "password_command"
+    return (value or None), f"{label} (printed nothing)" if not value else label
+
+
+def get_named_secret(name: str, command: str | None, what: str, command_key: str) -> str:
+    """A secret that is not an account's (the S3 secret key of the attachment store): the keyring
+    entry ``name`` (service "mail2ticket"), then $CREDENTIALS_DIRECTORY/``name``, then what
+    ``command`` prints. SecretError names every source tried."""
+    value, tried = _first_of(((_from_keyring, name), (_from_credentials, name)))
+    if value:
+        return value
+    value, where = _run_command(command, f"{command_key} of {what}")
+    if value:
+        return value
+    tried.append(where)
+    raise SecretError(
+        f"no secret found for {what}; tried: " + "; ".join(tried),
+        f"run 'keyring set {SERVICE} {name}', or give it as systemd credential {name}, or set {command_key}",
+    )
+
+
+def _first_of(lookups) -> tuple[str | None, list[str]]:
+    """The first secret found by the (lookup, key) pairs, and where each earlier one looked."""
+    tried = []
+    for lookup, key in lookups:
+        value, where = lookup(key)
+        if value:
+            return value, tried
+        tried.append(where)
+    return None, tried
+
+
+def named_secret_source(name: str, command: str | None) -> str | None:
+    """Where get_named_secret would find the secret, or None. Never runs the command."""
+    for lookup in (_from_keyring, _from_credentials):
+        value, where = lookup(name)
+        if value:
+            return where
+    return "command" if command else None
 
 
 # --- OAuth2 refresh tokens: a second kind of secret, kept beside the password -----------------
@@ -137,12 +180,9 @@ def delete_token(account_name: str) -> bool:
 
 def get_token(account: Account) -> str:
     """The account's OAuth2 refresh token: the keyring, then $CREDENTIALS_DIRECTORY/NAME.oauth2."""
-    tried = []
-    for lookup, key in ((_from_keyring, token_key(account.name)), (_from_credentials, f"{account.name}.oauth2")):
-        value, where = lookup(key)
-        if value:
-            return value
-        tried.append(where)
+    value, tried = _first_of(((_from_keyring, token_key(account.name)), (_from_credentials, f"{account.name}.oauth2")))
+    if value:
+        return value
     raise SecretError(
         f"no OAuth2 sign-in stored for account {account.name!r}; tried: " + "; ".join(tried),
         f"run 'mail2ticket accounts sign-in {account.name}'",

@@ -31,7 +31,9 @@ def config_check(app, online, as_json):
     directory that cannot be written. Each problem is one line on stderr; the
     exit code is then 3. With --online, each enabled account is also checked on
     its servers step by step; a failure there exits with its cause's code (4
-    sign-in, 5 TLS, 6 network, 7 no password; 1 for mixed causes).
+    sign-in, 5 TLS, 6 network, 7 no password; 1 for mixed causes). With an S3
+    attachment location, its credentials and boto3 are checked too, and with
+    --online the bucket is reached once (a failure there is a problem: exit 3).
 
     \b
     Examples:
@@ -44,6 +46,9 @@ def config_check(app, online, as_json):
     cfg = app.config()
     found = problems(cfg)
     checked: dict[str, dict] = {}
+    bucket = cfg.object_store
+    if online and bucket is not None and not found:
+        found += _bucket_check(cfg)
     if online:
         for account in cfg.accounts:
             if not account.enabled or not needs_secret(account) or account_problems(account):
@@ -53,7 +58,13 @@ def config_check(app, online, as_json):
         "config": str(cfg.path),
         "files": [str(f) for f in cfg.files],
         "database": str(cfg.database),
-        "attachments": str(cfg.attachments),
+        "attachments": bucket.url if bucket else str(cfg.attachments),
+        # an s3:// location (docs/storage.md): where it is, how it is reached, the local staging directory
+        "object_store": None if bucket is None else {
+            "url": bucket.url, "endpoint": bucket.endpoint, "region": bucket.region,
+            "addressing_style": bucket.addressing_style, "ca_file": bucket.ca_file,
+            "credentials": f"access key {bucket.access_key_id}" if bucket.access_key_id else "AWS credential chain",
+            "staging": str(cfg.attachments)},
         "schedule": cfg.schedule,
         "sla": cfg.sla,
         "accounts": [
@@ -96,7 +107,8 @@ def config_check(app, online, as_json):
     for f in cfg.files[1:]:
         click.echo(f"  includes {f}")
     click.echo(f"Database:    {cfg.database}")
-    click.echo(f"Attachments: {cfg.attachments}")
+    click.echo(f"Attachments: {bucket.describe(cfg.attachments) if bucket else cfg.attachments}"
+               + ("; reached" if online and bucket else ""))
     click.echo(f"Schedule:    poll {cfg.schedule['poll']}, overdue {cfg.schedule['overdue']}")
     click.echo(f"Monitoring:  {_monitoring_line(data['monitoring'])}")
     if cfg.metrics_textfile is not None:
@@ -110,6 +122,18 @@ def config_check(app, online, as_json):
         if a["name"] in checked:
             line += f"; online: all {checked[a['name']]['checks']} checks passed"
         click.echo(line)
+
+
+def _bucket_check(cfg) -> list[str]:
+    """--online with an s3:// location: reach the bucket once (a problem line when it fails)."""
+    from mail2ticket.accounts.storage import attachment_store
+    from mail2ticket.errors import Mail2TicketError
+
+    try:
+        attachment_store(cfg).check()
+    except Mail2TicketError as exc:
+        return [exc.one_line()]
+    return []
 
 
 def _monitoring_line(monitoring: dict) -> str:

@@ -48,13 +48,13 @@ def ingest_message(cfg, db, account: Account, raw: bytes | None, *, hooks=None, 
     the file and stored with incremental blob I/O, in bounded memory, as poll does.
     Returns the importer's Outcome; raises TempFailError when it could not be stored durably now.
     """
-    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.accounts.storage import attachment_store
     from mail2ticket.intake.importer import ImportContext, Incoming, import_batch
     from mail2ticket.intake.maildir import limit_size
     from mail2ticket.intake.pipeline import Pipeline
 
     ctx = ImportContext(
-        db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
+        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg
     )  # config: rules, SLA and acknowledgements as for IMAP mail
     limit_size(ctx, account.max_message_size or cfg.max_message_size)
     incoming = Incoming(account.name, raw, None, received_at=datetime.now(UTC), spool=spool,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 
@@ -416,10 +417,11 @@ def tickets_show(app, ticket_id, as_json):
       mail2ticket tickets show 42
       mail2ticket tickets show 42 --json | jq '.messages[-1].body_text'
     """
+    from mail2ticket.accounts.storage import attachment_store
     from mail2ticket.tickets.db import get_ticket, ticket_events, ticket_messages
 
     ticket = get_ticket(app.db, ticket_id)
-    ticket["messages"] = ticket_messages(app.db, ticket_id, app.config().attachments)
+    ticket["messages"] = ticket_messages(app.db, ticket_id, attachment_store(app.config()).location)
     ticket["events"] = ticket_events(app.db, ticket_id)
     from mail2ticket.outgoing.loops import failing_participants
 
@@ -484,6 +486,78 @@ def tickets_show(app, ticket_id, as_json):
                     click.echo(f"      {line}")
             else:
                 click.echo(f"  {shown_time(e['created_at'])}  {e['kind']}{actor}: {detail}")
+
+
+@tickets_group.command("attachment")
+@click.argument("ticket_id", type=TicketId())
+@click.argument("which", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="The file to write ('-': standard output; default: the attachment's file name here).")
+@click.pass_obj
+def tickets_attachment(app, ticket_id, which, output):
+    """Save an attachment of a ticket, its SHA-256 checked first.
+
+    WHICH is the attachment's number in the ticket (1 is the first, in the order
+    'tickets show' lists them), its file name, or its SHA-256 (at least the
+    first 8 characters). Without WHICH, the ticket's attachments are listed with
+    their numbers. The bytes come from the attachment store, a directory or an
+    S3 bucket alike; an attachment that is missing or does not match its
+    SHA-256 is refused (nothing is written). The file is created with mode 600
+    and never overwrites one that exists.
+
+    \b
+    Examples:
+      mail2ticket tickets attachment 42
+      mail2ticket tickets attachment 42 1
+      mail2ticket tickets attachment 42 invoice.pdf -o /tmp/invoice.pdf
+      mail2ticket tickets attachment 42 2 -o - | file -
+    """
+    import os
+    import shutil
+
+    from mail2ticket.accounts.storage import attachment_store
+    from mail2ticket.errors import StoreError
+    from mail2ticket.intake.quarantine import write_private
+    from mail2ticket.tickets.db import get_ticket, ticket_messages
+
+    get_ticket(app.db, ticket_id)  # NotFoundError for a ticket that does not exist
+    store = attachment_store(app.config())
+    found = [a for m in ticket_messages(app.db, ticket_id, store.location) for a in m["attachments"]]
+    if which is None:
+        if not found:
+            click.echo(f"Ticket #{ticket_id} has no attachments.")
+        for n, a in enumerate(found, 1):
+            click.echo(f"{n:>3}  {a['filename']}  ({a['content_type']}, {a['size']} bytes)  {a['sha256'][:12]}")
+        return
+    chosen = _choose_attachment(found, which, ticket_id)
+    name = f"ticket #{ticket_id} attachment {chosen['filename']!r}"
+    target = output or Path(os.path.basename(chosen["filename"] or "") or f"attachment-{chosen['sha256'][:12]}")
+    try:
+        with store.open_verified(chosen["sha256"]) as src:
+            if str(target) == "-":
+                shutil.copyfileobj(src, sys.stdout.buffer)
+                sys.stdout.flush()
+                return
+            write_private(target, src)
+    except StoreError as exc:
+        raise type(exc)(f"{name}: {exc}", exc.hint) from None
+    click.echo(f"{name} written to {target} ({chosen['size']} bytes, SHA-256 checked).")
+
+
+def _choose_attachment(found: list[dict], which: str, ticket_id: int) -> dict:
+    """The attachment WHICH names: a number, a file name or a SHA-256 prefix (UsageError otherwise)."""
+    if which.isdigit() and 1 <= int(which) <= len(found):
+        return found[int(which) - 1]
+    named = [a for a in found if a["filename"] == which]
+    if not named and len(which) >= 8 and re.fullmatch(r"[0-9a-fA-F]+", which):
+        named = [a for a in found if a["sha256"].startswith(which.lower())]
+    if len({a["sha256"] for a in named}) == 1:
+        return named[0]
+    if named:
+        numbers = ", ".join(str(found.index(a) + 1) for a in named)
+        raise click.UsageError(f"ticket #{ticket_id} has several attachments named {which!r}: choose by number ({numbers})")
+    raise click.UsageError(f"ticket #{ticket_id} has no attachment {which!r} "
+                           f"(it has {len(found)}; list them with 'mail2ticket tickets attachment {ticket_id}')")
 
 
 # --- search --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from mail2ticket.config.checks import (
     is_int,
     is_str,
     is_str_list,
+    is_table,
     parse_size,
     read_toml,
 )
@@ -26,6 +27,7 @@ from mail2ticket.config.monitoring import check_monitoring
 from mail2ticket.config.rules import compile_rules
 from mail2ticket.config.sla import SLA_KEYS
 from mail2ticket.config.sla import check_config as check_sla
+from mail2ticket.config.storage import check_s3, is_s3, no_s3_table
 from mail2ticket.errors import ConfigError
 
 APP = "mail2ticket"
@@ -56,7 +58,8 @@ def default_data_dir() -> Path:
 
 STORAGE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "database": (is_str, None, "a path to the SQLite file"),
-    "attachments": (is_str, None, "a directory path"),
+    "attachments": (is_str, None, 'a directory path, or an S3 location "s3://bucket/prefix"'),
+    "s3": (is_table, {}, "a table: the endpoint and credentials of an s3:// attachments location"),
     "instance": (is_str, None, 'a name for a directory of its own in the default data directory, such as "demo"'),
 }
 SCHEDULE_KEYS: dict[str, tuple[Any, Any, str]] = {
@@ -164,10 +167,19 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
     rules = compile_rules(cfg_path, data.get("rules", []), account_names)
     monitoring = check_monitoring(cfg_path, data.get("monitoring", {}))
     metrics_textfile = check_metrics(cfg_path, data.get("metrics", {}))
+    object_store = None
+    if is_s3(storage["attachments"]):
+        object_store, staging = check_s3(cfg_path, storage["attachments"], storage["s3"],
+                                         lambda v: resolve(v, data_dir))
+        attachments = staging or data_dir / "staging"  # temp files and files on their way to the bucket
+    else:
+        no_s3_table(cfg_path, storage["s3"])
+        attachments = resolve(storage["attachments"], data_dir / "attachments")
     return Config(
         path=cfg_path,
         database=resolve(storage["database"], data_dir / "mail2ticket.db"),
-        attachments=resolve(storage["attachments"], data_dir / "attachments"),
+        attachments=attachments,
+        object_store=object_store,
         schedule=schedule,
         sla=sla,
         max_message_size=sizes["max_message_size"],

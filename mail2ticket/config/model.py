@@ -70,7 +70,7 @@ class Config:
 
     path: Path
     database: Path
-    attachments: Path
+    attachments: Path  # the attachment directory; with object_store, the local staging directory
     schedule: dict[str, str]
     sla: dict[str, str | None]
     max_message_size: int
@@ -85,6 +85,7 @@ class Config:
     logins_per_second: float = 5  # the daemon's logins to one server per second (mail2ticket.intake.push)
     monitoring: Any = None  # monitoring.MonitoringConfig, validated ([monitoring], docs/monitoring.md)
     metrics_textfile: Path | None = None  # [metrics] textfile: written by the daemon (docs/metrics.md)
+    object_store: Any = None  # storage.S3Location when [storage] attachments is s3:// (docs/storage.md)
 
     def account(self, name: str) -> Account:
         for account in self.accounts:

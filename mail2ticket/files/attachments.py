@@ -3,19 +3,25 @@
 The parser workers of a poll write a batch's files as temp files without fsync (``put_pending``);
 the main process makes them all durable at once before the batch's commit (``make_durable``: one
 ``syncfs`` for the data, the renames to their content addresses, one ``syncfs`` for the renames),
-so a file is at its content address only once its bytes are on disk."""
+so a file is at its content address only once its bytes are on disk.
+
+An S3-compatible bucket (files/objectstore.py) has the same interface: callers get one or the
+other from accounts/storage.py and never ask which it is."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from mail2ticket.errors import TempFailError
+from mail2ticket.errors import StoreError, TempFailError
 from mail2ticket.files.perms import makedirs, open_new
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,10 @@ class AttachmentStore:
 
     def path(self, sha256: str) -> Path:
         return self.root / self.relpath(sha256)
+
+    def location(self, rel: str) -> str:
+        """Where the attachment at ``rel`` (its relative path) is, as shown to the user."""
+        return str(self.root / rel)
 
     def put(self, data: bytes, sha256: str | None = None) -> tuple[str, str]:
         """Store ``data`` durably; returns (sha256, relative path). Same content is stored once."""
@@ -56,10 +66,7 @@ class AttachmentStore:
                 tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
             except (OSError, UnboundLocalError):
                 pass
-            raise TempFailError(
-                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
-                "free disk space or fix the attachment directory's permissions",
-            ) from None
+            raise self._write_error(exc) from None
         return sha256, rel
 
     def put_pending(self, data: bytes, owner: int, sha256: str | None = None) -> tuple[str, str, Path | None]:
@@ -86,15 +93,14 @@ class AttachmentStore:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise TempFailError(
-                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
-                "free disk space or fix the attachment directory's permissions",
-            ) from None
+            raise self._write_error(exc) from None
         return sha256, rel, tmp
 
-    def make_durable(self, pending: list[tuple[Path, str]]) -> None:
+    def make_durable(self, pending: list[tuple[Path, str]], stored: Iterable[tuple[Path, str]] = ()) -> None:
         """Move the temp files of ``put_pending`` ((temp file, sha256) pairs) to their content
         addresses durably: their bytes are synced first, then renamed, then the renames synced.
+        ``stored``: the batch's other files, already durable at their address (nothing to do here;
+        the object store uploads them).
 
         On Linux that is two ``syncfs`` calls for any number of files; elsewhere an fsync per file
         and per directory. Raises TempFailError (the batch must not commit) when the disk fails."""
@@ -116,10 +122,7 @@ class AttachmentStore:
                 for directory in sorted(directories):
                     fsync_dir(directory)
         except OSError as exc:
-            raise TempFailError(
-                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
-                "free disk space or fix the attachment directory's permissions",
-            ) from None
+            raise self._write_error(exc) from None
 
     def put_stream(self, chunks, max_bytes: int | None = None) -> tuple[str, str, int]:
         """Store the bytes of the iterable ``chunks`` durably without holding them together:
@@ -127,6 +130,25 @@ class AttachmentStore:
 
         Returns (sha256, relative path, size). ``max_bytes``: more than that raises ValueError
         (nothing stored). Same content is stored once."""
+        tmp, sha256, size = self.write_temp(chunks, max_bytes, sync=True)
+        rel = self.relpath(sha256)
+        target = self.root / rel
+        try:
+            if target.exists() and target.stat().st_size == size:
+                tmp.unlink()
+                return sha256, rel, size
+            makedirs(target.parent)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_error(exc) from None
+        return sha256, rel, size
+
+    def write_temp(self, chunks: Iterable[bytes], max_bytes: int | None = None, *,
+                   sync: bool = False) -> tuple[Path, str, int]:
+        """Write ``chunks`` to a new temp file under ``tmp/`` while hashing them; returns (temp
+        file, sha256, size). ``max_bytes``: more raises ValueError (the temp file removed)."""
         tmpdir = self.root / "tmp"
         tmp = tmpdir / f"stream-{os.urandom(6).hex()}.{os.getpid()}.tmp"
         digest = hashlib.sha256()
@@ -140,30 +162,25 @@ class AttachmentStore:
                         raise ValueError(f"more than {max_bytes} bytes")
                     digest.update(chunk)
                     f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            sha256 = digest.hexdigest()
-            rel = self.relpath(sha256)
-            target = self.root / rel
-            if target.exists() and target.stat().st_size == size:
-                tmp.unlink()
-                return sha256, rel, size
-            makedirs(target.parent)
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise TempFailError(
-                f"cannot write attachment to {self.root}: {exc.strerror or exc}",
-                "free disk space or fix the attachment directory's permissions",
-            ) from None
+            raise self._write_error(exc) from None
         except BaseException:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
             raise
-        return sha256, rel, size
+        return tmp, digest.hexdigest(), size
+
+    def _write_error(self, exc: OSError) -> TempFailError:
+        return TempFailError(
+            f"cannot write attachment to {self.root}: {exc.strerror or exc}",
+            "free disk space or fix the attachment directory's permissions",
+        )
 
     def sweep_temp(self, max_age: float = 24 * 3600) -> int:
         """Remove temp files left by a crash mid-write; returns how many.
@@ -197,14 +214,54 @@ class AttachmentStore:
         return count
 
     def verify(self, sha256: str) -> bool:
-        path = self.path(sha256)
-        if not path.exists():
+        """Whether the attachment is there and its bytes match ``sha256``."""
+        try:
+            with self.open_verified(sha256):
+                return True
+        except StoreError:
             return False
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest() == sha256
+
+    @contextlib.contextmanager
+    def open_verified(self, sha256: str) -> Iterator[BinaryIO]:
+        """The attachment's bytes as a file open for reading, once their SHA-256 is checked.
+
+        StoreError (one line: which attachment, what to do) when it is missing or does not
+        match: never bytes that are not the attachment's."""
+        path = self.path(sha256)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise missing_error(sha256, str(path)) from None
+        except OSError as exc:
+            raise StoreError(f"cannot read attachment {sha256} at {path}: {exc.strerror or exc}",
+                             "check the attachment directory's owner and mode") from None
+        with f:
+            if file_sha256(f) != sha256:
+                raise damaged_error(sha256, str(path))
+            f.seek(0)
+            yield f
+
+    def read(self, sha256: str) -> bytes:
+        """The attachment's bytes, checked against ``sha256`` (StoreError otherwise)."""
+        with self.open_verified(sha256) as f:
+            return f.read()
+
+
+def file_sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def missing_error(sha256: str, where: str) -> StoreError:
+    return StoreError(f"attachment {sha256} is missing from the store ({where})",
+                      "restore it from a backup of the attachment store; the raw message is kept in the database")
+
+
+def damaged_error(sha256: str, where: str) -> StoreError:
+    return StoreError(f"attachment {sha256} at {where} does not match its SHA-256: it was changed or damaged",
+                      "restore it from a backup of the attachment store; the raw message is kept in the database")
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mail2ticket.config.model import Config
 from mail2ticket.errors import StoreError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
+from mail2ticket.files.objectstore import ObjectStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake import after_store
 from mail2ticket.parse import message as parse_module
@@ -113,7 +114,7 @@ class Outcome:
 @dataclass
 class ImportContext:
     db: Database
-    attachments: AttachmentStore
+    attachments: AttachmentStore | ObjectStore  # accounts/storage.attachment_store: one interface
     parse: Callable[[bytes], ParsedMessage] | None = None  # default: mail2ticket.parse.message.parse_message
     # The caller's own steps after a mail is stored (intake/after_store.py runs them in its order).
     hooks: list[Callable[[Database, Outcome, ParsedMessage], None]] = field(default_factory=list)

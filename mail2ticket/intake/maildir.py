@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import ConfigError, ParseError, StoreError
-from mail2ticket.files.attachments import AttachmentStore, fsync_dir
+from mail2ticket.files.attachments import fsync_dir
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.intake.pipeline import Pipeline, ahead
@@ -226,7 +227,7 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
     folder = str(root)
     result = PollResult(account.name)
     ctx = ImportContext(
-        db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
+        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg
     )  # config: rules, SLA and acknowledgements as for IMAP mail
     limit_size(ctx, account.max_message_size or cfg.max_message_size)
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write

@@ -382,8 +382,9 @@ class PreparedBatch:
     """One batch on its way: known and over-size messages settled at once, the others being parsed.
 
     When the workers are done with it, a thread of its own makes the attachment files they wrote
-    durable (AttachmentStore.make_durable), so that waiting on the disk for batch k+1 overlaps
-    the main thread's commit of batch k."""
+    durable (AttachmentStore.make_durable; for a bucket, ObjectStore.make_durable uploads them),
+    so that waiting on the disk (or the bucket) for batch k+1 overlaps the main thread's commit
+    of batch k."""
 
     def __init__(self, items: Sequence[Incoming], parts: list[PreparedItem | tuple[str, Future]],
                  store: AttachmentStore | None = None):
@@ -419,6 +420,7 @@ class PreparedBatch:
     def _finish(self) -> None:
         out: list[PreparedItem] = []
         pending: list[tuple[Path, str]] = []
+        stored: list[tuple[Path, str]] = []  # written at their address by a worker (large messages, known files)
         try:
             for item, part in zip(self.items, self._parts, strict=True):
                 if isinstance(part, PreparedItem):
@@ -430,9 +432,11 @@ class PreparedBatch:
                 for att in answer.parsed.attachments if answer.parsed is not None else ():
                     if getattr(att, "pending", None) is not None:
                         pending.append((att.pending, att.sha256))
-            if pending:
+                    elif getattr(att, "path", None) is not None:
+                        stored.append((att.path, att.sha256))
+            if pending or stored:
                 assert self._store is not None
-                self._store.make_durable(pending)
+                self._store.make_durable(pending, stored=stored)
         except BaseException as exc:  # handed to result(), in the main thread
             for tmp, _sha in pending:  # this batch is not committed: its temp files are no use
                 try:
@@ -448,6 +452,8 @@ class PreparedBatch:
                 for att in prep.parsed.attachments:
                     if getattr(att, "pending", None) is not None:
                         att.pending = None
+                    if getattr(att, "source", None) is not None:
+                        att.source = self._store  # the main process's store reads it back
         self._out = out
 
 

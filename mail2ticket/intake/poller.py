@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.credentials import imap_mailbox, sign_in_secret
 from mail2ticket.accounts.diagnostics import check_move_folder, move_target
+from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import (
     EXIT_FAILURE,
@@ -24,7 +25,6 @@ from mail2ticket.errors import (
     StoreError,
     TLSError,
 )
-from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.intake.locks import AccountBusy, account_lock, lock_path
@@ -225,7 +225,7 @@ def poll_account(
     as batches commit, so a caller still knows what was stored when the poll raises."""
     result = result if result is not None else PollResult(account.name)
     ctx = ImportContext(  # config: rules, SLA and acknowledgements (the outbox sends them later)
-        db=db, attachments=AttachmentStore(cfg.attachments), hooks=list(hooks or []), config=cfg
+        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg
     )
     limit = account.max_message_size or cfg.max_message_size
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from mail2ticket.accounts.credentials import imap_mailbox
+from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
-from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import (
     ImportContext,
@@ -63,9 +64,9 @@ def raw_of(db: Database, entry: dict) -> bytes:
     return data
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes | BinaryIO) -> None:
     """A new file readable by its owner only (mail is private), on disk before this returns.
-    Never overwrites an existing file."""
+    Never overwrites an existing file. ``data``: the bytes, or a file to copy them from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -74,7 +75,10 @@ def write_private(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise Mail2TicketError(f"cannot write {path}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        if isinstance(data, bytes):
+            f.write(data)
+        else:
+            shutil.copyfileobj(data, f, 1 << 20)
         f.flush()
         os.fsync(f.fileno())
 
@@ -200,7 +204,7 @@ def retry(cfg: Config, db: Database, qid: int) -> dict:
 
 def _retry_stored(cfg: Config, db: Database, qid: int, entry: dict, raw: bytes | None,
                   spool: Spool | None) -> dict:
-    ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg)
+    ctx = ImportContext(db=db, attachments=attachment_store(cfg), config=cfg)
     incoming = Incoming(entry["account"], raw, spool=spool, size=spool.size if spool is not None else None)
     # Parse first (and write the attachment files): on failure the entry stays, with the new
     # error and one more retry counted.

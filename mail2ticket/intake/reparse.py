@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Config
 from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
@@ -78,7 +79,7 @@ def reparse(cfg: Config, db: Database, *, ticket_ids: list[int] | None = None,
     Nothing is fetched and nothing is changed on any server; no ticket is created or merged. A
     message the current parser cannot read is left as it was and reported.
     """
-    ctx = ImportContext(db=db, attachments=AttachmentStore(cfg.attachments), config=cfg, acknowledge=False)
+    ctx = ImportContext(db=db, attachments=attachment_store(cfg), config=cfg, acknowledge=False)
     store = ctx.attachments
     report = ReparseReport()
     for row in incoming_messages(db, ticket_ids):

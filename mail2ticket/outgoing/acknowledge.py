@@ -220,7 +220,7 @@ _SCAN_LIMIT = 1_000_000
 
 def _report_texts(raw: bytes, parsed: ParsedMessage) -> list[bytes]:
     """The bounce's raw bytes and its decoded parts (an encoded delivery-status or returned mail)."""
-    return [raw[:_SCAN_LIMIT], *(a.data for a in parsed.attachments[:20] if len(a.data) < _SCAN_LIMIT)]
+    return [raw[:_SCAN_LIMIT], *(a.data for a in parsed.attachments[:20] if a.size < _SCAN_LIMIT)]
 
 
 def reported_failures(texts: list[bytes], parsed: ParsedMessage) -> dict[str, str]:

@@ -354,7 +354,7 @@ def parse_file(
                 sha, rel = store.put(data)
                 size = len(data)
             stored.append((index, sha, rel))
-            kept.append(StoredAttachment(attachment_fields(att), size, sha, store.root / rel))
+            kept.append(StoredAttachment(attachment_fields(att), size, sha, store.root / rel, source=store))
         parsed.attachments = kept
         for large in found:
             if large.used:

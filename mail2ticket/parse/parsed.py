@@ -108,19 +108,25 @@ class StoredAttachment:
 
     ``pending``: the temp file it was written to without fsync (put_pending), which the main
     process makes durable and moves to ``path`` before the batch commits (PreparedBatch.result);
-    None when it is already at ``path``."""
+    None when it is already at ``path``. ``source``: the store that reads it back (for a bucket,
+    ``path`` is only where a parser worker staged it)."""
 
-    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path, pending: Path | None = None):
+    def __init__(self, fields: dict[str, Any], size: int, sha256: str, path: Path, pending: Path | None = None,
+                 source: Any = None):
         self.__dict__.update(fields)
         self.size = size
         self.sha256 = sha256
         self.path = path
         self.pending = pending
+        self.source = source
 
     @property
     def data(self) -> bytes:
-        """The bytes, read back from the store (rarely needed: bounce detection reads small ones)."""
-        return self.path.read_bytes()
+        """The bytes, read back from the store and checked against their SHA-256 (rarely needed:
+        bounce detection reads small ones)."""
+        if self.source is None:
+            return self.path.read_bytes()
+        return self.source.read(self.sha256)
 
 
 def attachment_fields(att: Any) -> dict[str, Any]:

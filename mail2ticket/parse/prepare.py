@@ -62,7 +62,7 @@ def _prepare(parse: Callable[[bytes], Any], store: AttachmentStore, raw: bytes |
         else:
             sha, rel, pending = store.put_pending(data, owner)
         stored.append((index, sha, rel))
-        kept.append(StoredAttachment(attachment_fields(att), len(data), sha, store.root / rel, pending))
+        kept.append(StoredAttachment(attachment_fields(att), len(data), sha, store.root / rel, pending, store))
         del data
     parsed.attachments = kept
     return Prepared(parsed, stored)

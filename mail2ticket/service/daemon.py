@@ -448,10 +448,10 @@ class Daemon:
             self.notifier.ready(self.summary())
             self._heartbeat()
             return
-        if (new.database, new.attachments) != (old.database, old.attachments):
+        if (new.database, new.attachments, new.object_store) != (old.database, old.attachments, old.object_store):
             log.warning("[storage] changed in %s: that takes a restart; still using %s",
                         new.path, old.database)
-            new.database, new.attachments = old.database, old.attachments
+            new.database, new.attachments, new.object_store = old.database, old.attachments, old.object_store
         before = {a.name: a for a in old.accounts}
         after = {a.name: a for a in new.accounts}
         added = sorted(set(after) - set(before))

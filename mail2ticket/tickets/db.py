@@ -14,7 +14,7 @@ import shlex
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -560,7 +560,9 @@ def get_ticket(db: Database, ticket_id: int) -> dict:
 # --- managing tickets: each change is an event in the ticket's history -------------------------
 
 
-def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None = None) -> dict:
+def message_obj(row: dict, attachments: list[dict], locate: Callable[[str], str] | None = None) -> dict:
+    """A message object (INTERFACE.md); ``locate`` turns an attachment's relative path into where it
+    is (a file, or an s3:// object: the attachment store's ``location``)."""
     return {
         "id": row["id"],
         "message_id": row["message_id"],
@@ -587,7 +589,7 @@ def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None
                 "content_type": a["content_type"],
                 "size": a["size"],
                 "sha256": a["sha256"],
-                "path": str(attachment_root / a["path"]) if attachment_root and a["path"] else a["path"],
+                "path": locate(a["path"]) if locate and a["path"] else a["path"],
                 "content_id": a["content_id"],
                 "disposition": a["disposition"],
             }
@@ -596,7 +598,7 @@ def message_obj(row: dict, attachments: list[dict], attachment_root: Path | None
     }
 
 
-def ticket_messages(db: Database, ticket_id: int, attachment_root: Path | None = None) -> list[dict]:
+def ticket_messages(db: Database, ticket_id: int, locate: Callable[[str], str] | None = None) -> list[dict]:
     rows = list(db.query("select * from messages where ticket_id = ? order by id", [ticket_id]))
     atts: dict[int, list[dict]] = {}
     if rows:
@@ -606,7 +608,7 @@ def ticket_messages(db: Database, ticket_id: int, attachment_root: Path | None =
             f"select * from attachments where message in ({marks}) order by message, position", ids
         ):
             atts.setdefault(a["message"], []).append(a)
-    return [message_obj(r, atts.get(r["id"], []), attachment_root) for r in rows]
+    return [message_obj(r, atts.get(r["id"], []), locate) for r in rows]
 
 
 def ticket_events(db: Database, ticket_id: int) -> list[dict]:

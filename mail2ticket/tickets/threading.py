@@ -275,7 +275,7 @@ def find_ticket(
     if raw is not None and _is_bounce(parsed):
         # The returned headers of our mail: in the raw report, or in an encoded part of it. The
         # report joins that ticket as a report: it adds no participant and changes no status.
-        texts = [raw, *(a.data for a in parsed.attachments[:20] if len(a.data) < 1_000_000)]
+        texts = [raw, *(a.data for a in parsed.attachments[:20] if a.size < 1_000_000)]
         found_ids = [m.decode() for text in texts for m in OUR_ID_IN_TEXT.findall(text)]
         for candidate in dict.fromkeys(found_ids):
             if is_our_message_id(db, candidate):
