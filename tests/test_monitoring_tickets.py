@@ -136,6 +136,8 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
     kinds = [e["kind"] for e in shown["events"]]
     assert kinds.count("monitoring-problem") == 2 and kinds.count("monitoring-recovery") == 2
     assert kinds.count("reopened") == 1 and kinds.count("closed") == 2
+    events = {i: [e["kind"] for e in desk.show(i)["events"] if e["kind"].startswith("monitoring")] for i in (8, 9)}
+    assert events == {8: ["monitoring-problem"], 9: ["monitoring"]}  # a recovery of no known problem: no problem event
     recoveries = [e["detail"] for e in shown["events"] if e["kind"] == "monitoring-recovery"]
     assert recoveries == ["nagios web1/HTTP OK after 30m: the ticket is closed",
                           "nagios web1/HTTP OK after 10m: the ticket is closed"]
@@ -259,6 +261,15 @@ def test_monitoring_mail_of_an_account_with_monitoring_off_is_mail_like_any_othe
     config = pipe_desk(tmp_path, monitoring=False)
     ingest(config, http("PROBLEM", "CRITICAL", 0), http("PROBLEM", "CRITICAL", 10))
     assert [t[4] for t in tickets_of(config)] == [None, None]
+
+
+def test_a_downtime_of_no_known_problem_opens_a_ticket_without_a_problem_event(tmp_path):
+    config = pipe_desk(tmp_path)
+    ingest(config, http("DOWNTIMESTART", "OK", 0), http("DOWNTIMEEND", "OK", 60))
+    assert tickets_of(config) == [(1, "open", "normal", [], "problem", 2)]
+    events = json.loads(run_cli(config, "tickets", "show", "1", "--json").stdout)["events"]
+    assert [e["detail"] for e in events if e["kind"].startswith("monitoring")] == [
+        "nagios web1/HTTP OK: a notice of no known problem"]
 
 
 def test_a_forged_recovery_closes_nothing(tmp_path):

@@ -166,8 +166,13 @@ def record(db: Database, the_plan: Plan, ticket_id: int, account: str, mon: Any,
                       ticket_id=ticket_id, account=account, actor=ACTOR)
             return
         set_to = _priority(db, ticket_id, priority, only_raise=False)
-        log_event(db, "monitoring-problem", f"{describe(mon)} {state}: a new problem"
-                  + (f", priority {set_to}" if set_to else ""), ticket_id=ticket_id, account=account, actor=ACTOR)
+        # A PROBLEM (or a service that started flapping) is a problem; a downtime, acknowledgement
+        # or other notice of no known problem opens a ticket too, without the problem event.
+        kind, what = (("monitoring-problem", "a new problem") if mon.kind in ("problem", "flapping")
+                      else ("monitoring", ("an acknowledgement" if mon.kind == "acknowledgement" else "a notice")
+                            + " of no known problem"))
+        log_event(db, kind, f"{describe(mon)} {state}: {what}" + (f", priority {set_to}" if set_to else ""),
+                  ticket_id=ticket_id, account=account, actor=ACTOR)
         return
     row = the_plan.row or {}
     updates = {"state": mon.state, "last_at": max(when, row.get("last_at") or when)}
