@@ -76,6 +76,34 @@ def fmt(values: list[float], n: int) -> str:
     return f"{med:6.2f} s{spread}   {n / med:6.0f} msg/s"
 
 
+def bare_uploads(s3: S3Server, bucket: str, msgs: list[bytes]) -> float:
+    """The server's own floor: what mail2ticket sends (a HEAD, then a PUT with Content-MD5) for
+    each attachment of ``msgs``, from 8 threads of one boto3 client, nothing else."""
+    import base64
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+    from email import message_from_bytes, policy
+
+    blobs = [part.get_payload(decode=True) for raw in msgs
+             for part in message_from_bytes(raw, policy=policy.default).iter_attachments()]
+    client = s3.client()
+    client.create_bucket(Bucket=bucket)
+
+    def one(data: bytes) -> None:
+        key = "att/" + hashlib.sha256(data).hexdigest()
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except client.exceptions.ClientError:
+            pass
+        client.put_object(Bucket=bucket, Key=key, Body=data,
+                          ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode())
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, blobs))
+    return time.perf_counter() - t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200)
@@ -109,12 +137,17 @@ def main() -> None:
                 present.append(poll(config(base, f"s3again-{run}", dovecot, user, f"s3://{bucket}/att", s3), env))
                 print(f"  run {run + 1}: local {local[-1]:.2f} s, S3 {fresh[-1]:.2f} s, S3 again {present[-1]:.2f} s",
                       flush=True)
+            bare = []
+            for run in range(args.runs):
+                bare.append(bare_uploads(s3, f"bare-{run}", msgs))
             objects = len(s3.keys("bench-0"))
             print()
             print(f"mail2ticket poll of {args.messages} messages, median (min, max):")
             print(f"  attachments in a directory          {fmt(local, args.messages)}")
             print(f"  attachments in a fresh S3 bucket    {fmt(fresh, args.messages)}   ({objects} objects)")
             print(f"  S3 bucket already holding them      {fmt(present, args.messages)}")
+            print(f"  floor: boto3 alone, HEAD + PUT of the same {objects} objects, 8 threads   "
+                  f"{statistics.median(bare):6.2f} s")
             print(f"  S3 / directory = {statistics.median(fresh) / statistics.median(local):.2f}")
         s3.stop()
     finally:

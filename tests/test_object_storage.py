@@ -11,11 +11,13 @@ duplicates nothing.
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
 import sys
 import threading
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -270,3 +272,16 @@ def test_without_boto3_an_s3_location_is_one_line_saying_to_install_the_extra(tm
         assert done.returncode == code, done.stderr
         assert "needs boto3, which is not installed" in done.stderr and "pip install 'mail2ticket[s3]'" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_sweep_removes_files_staged_for_the_bucket_by_a_batch_that_never_came_back(tmp_path):
+    from mail2ticket.files.objectstore import ObjectStore
+
+    store = ObjectStore("helpdesk", "desk", tmp_path / "staging", endpoint="https://127.0.0.1:9")
+    old, fresh = (tmp_path / "staging" / store.relpath(sha256_hex(d)) for d in (b"old", b"fresh"))
+    for path in (old, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    assert store.sweep_temp() == 1
+    assert not old.exists() and fresh.exists()

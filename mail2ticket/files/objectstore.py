@@ -24,6 +24,7 @@ import hashlib
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -221,7 +222,17 @@ class ObjectStore:
                     path.unlink()
 
     def sweep_temp(self, max_age: float = 24 * 3600) -> int:
-        return self.local.sweep_temp(max_age)
+        """Remove the temp files of interrupted runs (as the local store does), and files staged
+        at their address by a batch whose upload failed and whose mail never came back (older
+        than ``max_age``: a batch in flight is minutes old). Returns how many."""
+        count = self.local.sweep_temp(max_age)
+        now = time.time()
+        for staged in self.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
+            with contextlib.suppress(OSError):
+                if now - staged.stat().st_mtime > max_age:
+                    staged.unlink()
+                    count += 1
+        return count
 
     # --- reading ---------------------------------------------------------------------------------
     @contextlib.contextmanager
