@@ -474,6 +474,19 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     101: tests(
         "tests/test_object_storage.py::test_a_poll_puts_attachments_in_the_bucket_by_sha256_and_reads_them_back_checked",
     ),
+    95: tests(
+        "tests/test_hooks.py::test_a_target_that_is_down_gets_the_event_later_exactly_once",
+        "tests/test_hooks.py::test_a_hook_target_that_hangs_delays_neither_the_polls_nor_the_outbox",
+        "tests/test_hooks.py::test_a_command_that_hangs_is_killed_at_its_time_limit",
+    ),
+    96: tests(
+        "tests/test_hooks.py::test_a_new_ticket_from_a_real_mail_reaches_a_signed_webhook_and_a_command_hook",
+        "tests/test_hooks.py::test_a_broken_hook_is_one_line_naming_it",
+        "tests/test_hooks.py::test_http_is_allowed_to_loopback_and_two_hooks_may_not_share_a_name",
+    ),
+    97: tests(
+        "tests/test_hooks.py::test_an_account_failing_and_recovering_is_one_event_each_not_one_per_poll",
+    ),
 }
 
 

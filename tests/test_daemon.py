@@ -368,4 +368,5 @@ def test_outbox_and_overdue_jobs_run_on_their_own_schedule_keys():
     the overdue check before the outbox (a breach notice leaves in the same pass)."""
     from mail2ticket.service.jobs import AFTER_POLL_JOBS
 
-    assert [(job.name, job.schedule_key) for job in AFTER_POLL_JOBS] == [("overdue", "overdue"), ("outbox", "outbox")]
+    assert [(job.name, job.schedule_key) for job in AFTER_POLL_JOBS] == [
+        ("overdue", "overdue"), ("outbox", "outbox"), ("hooks", "hooks")]  # hooks last: after the acknowledgements

@@ -227,6 +227,46 @@ def get_password(account: Account) -> str:
     )
 
 
+# --- hook secrets: the key that signs a webhook's body ([[hooks]], docs/hooks.md) ---------------
+# Keyring username "NAME:hook"; systemd credential "NAME.hook"; or the hook's secret_command.
+
+
+def hook_key(hook_name: str) -> str:
+    return f"{hook_name}:hook"
+
+
+def store_hook_secret(hook_name: str, secret: str) -> None:
+    """Keep a hook's signing secret in the keyring. Raises SecretError like store_password."""
+    store_password(hook_key(hook_name), secret)
+
+
+def get_hook_secret(hook_name: str, secret_command: tuple[str, ...] | None) -> str:
+    """A hook's signing secret: the keyring, $CREDENTIALS_DIRECTORY/NAME.hook, then its
+    secret_command (an argument list, no shell). SecretError names every source tried."""
+    tried = []
+    for lookup, key in ((_from_keyring, hook_key(hook_name)), (_from_credentials, f"{hook_name}.hook")):
+        value, where = lookup(key)
+        if value:
+            return value
+        tried.append(where)
+    if secret_command:
+        try:
+            proc = subprocess.run(list(secret_command), capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SecretError(f"secret_command of hook {hook_name!r} could not run: {exc}",
+                              "check the command by running it by hand") from None
+        value = proc.stdout.decode(errors="replace").rstrip("\r\n")
+        if proc.returncode == 0 and value:
+            return value
+        tried.append(f"secret_command (exit code {proc.returncode}{', printed nothing' if not value else ''})")
+    else:
+        tried.append("secret_command (not set)")
+    raise SecretError(
+        f"no signing secret for hook {hook_name!r}; tried: " + "; ".join(tried),
+        f"run 'mail2ticket hooks set-secret {hook_name}' (see docs/hooks.md)",
+    )
+
+
 def move_secret(old_key: str, new_key: str) -> bool:
     """Move a keyring entry to a new name (an account renamed); False when there was none."""
     value, _where = _from_keyring(old_key)

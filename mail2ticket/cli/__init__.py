@@ -33,9 +33,12 @@ class AppContext:
     @property
     def db(self):
         if self._db is None:
+            from mail2ticket.outgoing.hooks import subscribe
             from mail2ticket.tickets.db import open_db
 
             self._db = open_db(self.config().database)
+            # Every command that can make an event queues it for the hooks of this config.
+            subscribe(self.config(), self._db)
         return self._db
 
     def close(self) -> None:
@@ -159,7 +162,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 # start-up, so each imports what its commands need inside the command: start-up stays fast.
 COMMAND_MODULES = (
     "accounts", "config_cmd", "mail", "tickets", "conversation", "triage", "outbox",
-    "reparse_cmd", "parse_cmd", "ingest", "daemon",
+    "reparse_cmd", "parse_cmd", "ingest", "daemon", "hooks",
 )
 
 

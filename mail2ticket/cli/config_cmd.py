@@ -89,6 +89,9 @@ def config_check(app, online, as_json):
         # [metrics] (docs/metrics.md): the daemon's textfile for node_exporter, and how often.
         "metrics": {"textfile": str(cfg.metrics_textfile) if cfg.metrics_textfile else None,
                     "every": cfg.schedule["metrics"]},
+        # [[hooks]] (docs/hooks.md): each hook's name, action and events.
+        "hooks": [{"name": h.name, "action": "command" if h.command else "url", "events": list(h.events)}
+                  for h in cfg.hooks],
         "problems": found,
         "online": checked if online else None,
     }
@@ -122,6 +125,9 @@ def config_check(app, online, as_json):
         if a["name"] in checked:
             line += f"; online: all {checked[a['name']]['checks']} checks passed"
         click.echo(line)
+    if data["hooks"]:
+        click.echo("Hooks:       " + "; ".join(f"{h['name']} ({h['action']}: {', '.join(h['events'])})"
+                                               for h in data["hooks"]))
 
 
 def _bucket_check(cfg) -> list[str]:

@@ -127,6 +127,7 @@ def ingest(app, account_name, lock_timeout):
         raise click.UsageError("no message on standard input: pipe one in ('mail2ticket ingest < message.eml')")
     db = spool = None
     try:
+        from mail2ticket.outgoing.hooks import subscribe
         from mail2ticket.tickets.db import open_db
 
         # A large message goes to a temp file beside the attachments, never whole into memory.
@@ -136,6 +137,7 @@ def ingest(app, account_name, lock_timeout):
         cfg = app.config()
         account = pick_account(cfg, account_name)
         db = open_db(cfg.database, busy_timeout_ms=int(lock_timeout * 1000))
+        subscribe(cfg, db)  # the new ticket's event is queued for this config's [[hooks]]
         outcome = ingest_message(cfg, db, account, raw, spool=spool)
     except (TempFailError, click.UsageError):
         raise

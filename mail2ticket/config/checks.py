@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,30 @@ def check_duration(path: Path, key: str, value: str | None) -> None:
         parse_duration(value)
     except ValueError:
         raise ConfigError(f"{path}: '{key}' = {value!r} is not a duration", 'expected e.g. "30m", "4h" or "3d"') from None
+
+
+def named_entries(path: Path, where: str, raw: Any, schema: dict, what: str) -> Iterator[tuple[str, dict]]:
+    """Each table of the array ``where`` ([[where]]; one table counts as an array of one),
+    checked against ``schema``, which has a "name": (its label for errors, such as
+    "hooks.chat", and its values, the name stripped). A missing or empty name, or one used twice
+    (``what``: "hooks", "monitoring formats"), is a ConfigError."""
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{path}: '{where}' must be an array of tables ([[{where}]])")
+    seen: set[str] = set()
+    for index, data in enumerate(raw, start=1):
+        name = data.get("name")
+        label = f"{where}.{name}" if isinstance(name, str) and name.strip() else f"{where}[{index}]"
+        entry = check_table(path, label, data, schema)
+        entry["name"] = entry["name"].strip()
+        if not entry["name"]:
+            raise ConfigError(f"{path}: '{label}.name' is empty", "give each entry a name")
+        if entry["name"].lower() in seen:
+            raise ConfigError(f"{path}: two {what} are named {entry['name']!r}",
+                              f"give each [[{where}]] entry its own name")
+        seen.add(entry["name"].lower())
+        yield label, entry
 
 
 def accounts_array(path: Path, value: Any) -> list:

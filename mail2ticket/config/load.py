@@ -21,6 +21,7 @@ from mail2ticket.config.checks import (
     read_toml,
 )
 from mail2ticket.config.conversations import CONVERSATION_KEYS, check_conversations
+from mail2ticket.config.hooks import check_hooks
 from mail2ticket.config.metrics import check_metrics
 from mail2ticket.config.model import Account, Config
 from mail2ticket.config.monitoring import check_monitoring
@@ -67,6 +68,7 @@ SCHEDULE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "overdue": (is_str, "*/15", 'a schedule such as "*/15" or "1h"'),
     "outbox": (is_str, "1m", 'a schedule such as "1m"'),
     "metrics": (is_str, "1m", 'a schedule such as "1m" (how often the [metrics] textfile is written)'),
+    "hooks": (is_str, "15s", 'a schedule such as "15s" (the daemon also delivers right after a poll)'),
 }
 
 
@@ -82,7 +84,7 @@ PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "logins_per_second": (lambda v: is_int(v) or isinstance(v, float), 5, "a number of logins per second"),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance", "monitoring",
-            "metrics"}
+            "metrics", "hooks"}
 
 
 def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = True) -> Config:
@@ -175,6 +177,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
     else:
         no_s3_table(cfg_path, storage["s3"])
         attachments = resolve(storage["attachments"], data_dir / "attachments")
+    hooks = check_hooks(cfg_path, data.get("hooks", []), account_names)
     return Config(
         path=cfg_path,
         database=resolve(storage["database"], data_dir / "mail2ticket.db"),
@@ -194,6 +197,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         logins_per_second=performance["logins_per_second"],
         monitoring=monitoring,
         metrics_textfile=metrics_textfile,
+        hooks=hooks,
     )
 
 

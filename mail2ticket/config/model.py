@@ -86,6 +86,7 @@ class Config:
     monitoring: Any = None  # monitoring.MonitoringConfig, validated ([monitoring], docs/monitoring.md)
     metrics_textfile: Path | None = None  # [metrics] textfile: written by the daemon (docs/metrics.md)
     object_store: Any = None  # storage.S3Location when [storage] attachments is s3:// (docs/storage.md)
+    hooks: list[Any] = field(default_factory=list)  # hooks.Hook, validated ([[hooks]], docs/hooks.md)
 
     def account(self, name: str) -> Account:
         for account in self.accounts:

@@ -21,6 +21,7 @@ from mail2ticket.config.checks import (
     is_str,
     is_str_list,
     is_table,
+    named_entries,
 )
 from mail2ticket.config.fields import PRIORITIES
 from mail2ticket.config.model import Account
@@ -99,24 +100,10 @@ class MonitoringConfig:
 def check_monitoring(path: Path, raw: Any) -> MonitoringConfig:
     """Validate [monitoring]; one clear ConfigError naming the format and the key."""
     values = check_table(path, "monitoring", raw, MONITORING_KEYS)
-    formats = values["formats"] or []
-    if isinstance(formats, dict):
-        formats = [formats]
-    if not all(isinstance(f, dict) for f in formats):
-        raise ConfigError(f"{path}: 'monitoring.formats' must be an array of tables ([[monitoring.formats]])")
     out: list[MonitoringFormat] = []
-    seen: set[str] = set()
-    for index, data in enumerate(formats, start=1):
-        name = data.get("name")
-        label = f"monitoring.formats.{name}" if isinstance(name, str) and name.strip() else f"monitoring.formats[{index}]"
-        entry = check_table(path, label, data, FORMAT_KEYS)
-        name = entry["name"].strip()
-        if not name:
-            raise ConfigError(f"{path}: '{label}.name' is empty", "give the format the name of its tool")
-        if name.lower() in seen:
-            raise ConfigError(f"{path}: two monitoring formats are named {name!r}",
-                              "give each [[monitoring.formats]] entry its own name")
-        seen.add(name.lower())
+    for label, entry in named_entries(path, "monitoring.formats", values["formats"] or [], FORMAT_KEYS,
+                                      "monitoring formats"):
+        name = entry["name"]
         if entry["subject"] is None and entry["body"] is None:
             raise ConfigError(f"{path}: monitoring format {name!r} has neither 'subject' nor 'body'",
                               "add a regular expression for the subject, the body or both")

@@ -133,6 +133,9 @@ def queue_reply(
         record_first_response(db, ticket_id, now)
         log_event(db, "replied", f"reply to {', '.join(draft.recipients)}; status {status}",
                   ticket_id=ticket_id, account=account.name, actor=actor)
+        if ticket["status"] != status:  # the hooks' ticket.status event (docs/hooks.md)
+            log_event(db, "status", f"{ticket['status']} -> {status} by a reply", ticket_id=ticket_id,
+                      account=account.name, actor=actor)
     return row
 
 

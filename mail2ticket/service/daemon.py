@@ -33,6 +33,7 @@ from mail2ticket.errors import Mail2TicketError, SecretError
 from mail2ticket.files import perms as fileperms
 from mail2ticket.intake.poller import run_poll
 from mail2ticket.intake.push import DEFAULT_LOGINS_PER_SECOND, LoginGate, PushHub, WorkerPool
+from mail2ticket.outgoing.hooks import subscribe
 from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
 from mail2ticket.service.metrics import write_textfile
 from mail2ticket.service.notify import Notifier
@@ -278,6 +279,7 @@ class Daemon:
         self._status_due = False
         self.imported = 0
         self.daemon_id: int | None = None
+        self._hooks_job = next((job for job in AFTER_POLL_JOBS if job.pool == "hooks"), None)
 
     # --- start and stop ----------------------------------------------------------------------
     def run(self) -> int:
@@ -290,10 +292,13 @@ class Daemon:
         raise_open_files_limit()
         self._install_signals()
         # New mail on "poll"; what a long import has left after its first slice on "backlog".
-        self.runner = JobRunner({"poll": self.workers, "backlog": max(1, self.workers // 2), "job": JOB_WORKERS})
+        # Hook deliveries on a thread of their own: a hook target that hangs delays nothing else.
+        self.runner = JobRunner({"poll": self.workers, "backlog": max(1, self.workers // 2), "job": JOB_WORKERS,
+                                 "hooks": 1})
         self.gate = LoginGate(_login_rate(cfg))
         self.hub = PushHub(partial(self.request_poll, reason="push"), self.stop_event, gate=self.gate)
         self.daemon_id = self._start_heartbeat()
+        subscribe(cfg, self.db)
         try:
             self._apply_config(cfg, previous=None)
             enabled = [a for a in cfg.accounts if a.enabled]
@@ -459,6 +464,8 @@ class Daemon:
         changed = sorted(n for n in set(after) & set(before) if after[n] != before[n])
         self.cfg = new
         self._config_note = ""
+        if subscribe(new, self.db):
+            log.info("hooks: now %s", ", ".join(h.name for h in new.hooks) or "none")
         with self._lock:
             for name in removed:
                 self._results.pop(name, None)
@@ -537,10 +544,11 @@ class Daemon:
         if not started and reason == "schedule":
             log.debug("account %s: previous poll still running; this run skipped", name)
 
-    def request_job(self, job: Job) -> None:
+    def request_job(self, job: Job, *, again: bool = False) -> None:
+        """Start ``job`` unless it is running; with ``again``, it then runs once more afterwards."""
         if self.stop_event.is_set():
             return
-        if not self.runner.submit("job", f"job {job.name}", partial(self._run_job, job)):
+        if not self.runner.submit(job.pool, f"job {job.name}", partial(self._run_job, job), again=again):
             log.debug("job %s still running; this run skipped", job.name)
 
     def _poll_job(self, name: str, reason: str, ignore_backoff: bool) -> None:
@@ -594,6 +602,8 @@ class Daemon:
             self.imported += result.stored
             self._last_poll = (account.name, datetime.now().strftime("%H:%M:%S"))
         self._status_due = True  # sent by the main loop, at most once a second: not per poll
+        if self.cfg.hooks and result.stored and self._hooks_job is not None:
+            self.request_job(self._hooks_job, again=True)  # new events go out now, not at the next run
 
     def summary(self) -> str:
         """The one-line STATUS= for systemctl status."""
@@ -749,10 +759,10 @@ def config_changes(old: Config, new: Config) -> list[str]:
                         ("max_attachment_size", "[limits] max_attachment_size"),
                         ("workers", "[performance] workers"), ("parse_timeout", "[performance] parse_timeout"),
                         ("logins_per_second", "[performance] logins_per_second"),
-                        ("metrics_textfile", "[metrics] textfile")):
+                        ("metrics_textfile", "[metrics] textfile"), ("hooks", "[[hooks]]")):
         a, b = getattr(old, attr, None), getattr(new, attr, None)
         if a != b:
-            if attr in ("sla", "rules", "conversations"):
+            if attr in ("sla", "rules", "conversations", "hooks"):
                 out.append(label)
             else:
                 out.append(f"{label} {a!r} -> {b!r}")

@@ -1,4 +1,4 @@
-"""What one pass does: poll the accounts, then the jobs of AFTER_POLL_JOBS (overdue check, outbox)."""
+"""What one pass does: poll the accounts, then the jobs of AFTER_POLL_JOBS (overdue check, outbox, hooks)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Account, Config
 from mail2ticket.intake import poller
+from mail2ticket.outgoing.hooks import hooks_job
 from mail2ticket.outgoing.notices import check_overdue
 from mail2ticket.outgoing.sender import outbox_job
 from mail2ticket.tickets.fts import ensure_triggers
@@ -25,6 +26,7 @@ class Job:
     name: str
     schedule_key: str  # the [schedule] key that times it in the daemon
     run: Callable[[Config, Database], None]
+    pool: str = "job"  # the daemon's pool it runs on (service/daemon.py JobRunner)
 
     def __call__(self, cfg: Config, db: Database) -> None:
         self.run(cfg, db)
@@ -44,11 +46,19 @@ def send_outbox(cfg: Config, db: Database) -> None:
     outbox_job(cfg, db)
 
 
+def deliver_hooks(cfg: Config, db: Database) -> None:
+    """Deliver the queued events to the [[hooks]] (outgoing/hooks.hooks_job). In the daemon on a
+    thread of its own: a hook target that hangs never delays a poll or the outbox."""
+
+    hooks_job(cfg, db)
+
+
 # Every job besides the polls, in the order one pass runs them: the overdue check first, so that a
 # breach notice goes out with the same pass's outbox. Add a job here and give it a [schedule] key.
 AFTER_POLL_JOBS: tuple[Job, ...] = (
     Job("overdue", "overdue", overdue_check),
     Job("outbox", "outbox", send_outbox),
+    Job("hooks", "hooks", deliver_hooks, pool="hooks"),
 )
 
 

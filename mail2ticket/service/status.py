@@ -10,6 +10,7 @@ from mail2ticket.service.daemon import daemon_state
 from mail2ticket.service.metrics import prometheus_text, textfile_error
 from mail2ticket.tickets.daemon_state import next_polls, push_session_rows
 from mail2ticket.tickets.db import account_status, recent_events, ticket_counts
+from mail2ticket.tickets.hookqueue import queue_stats
 from mail2ticket.tickets.mailqueue import waiting_count
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -92,6 +93,7 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
         "quarantine": open_count(db),
         "outbox": _outbox_alerts(db, alerts),
         "metrics": metrics,
+        "hooks": _hook_alerts(db, alerts),
         "alerts": alerts,
     }
 
@@ -136,6 +138,17 @@ def _outbox_alerts(db: Database, alerts: list[str]) -> dict[str, int]:
             "then 'mail2ticket outbox retry ID'"
         )
     return waiting
+
+
+def _hook_alerts(db: Database, alerts: list[str]) -> dict:
+    """The hook queue (pending, failed, when the oldest pending event was queued); an alert while
+    events are failed: they wait for 'hooks retry' (docs/hooks.md)."""
+
+    stats = queue_stats(db)
+    if stats["failed"]:
+        alerts.append(f"hooks: {stats['failed']} event(s) not delivered after every retry; see "
+                      "'mail2ticket hooks list', then 'mail2ticket hooks retry'")
+    return stats
 
 
 # How a server at its process or connection limit looks from the client: Dovecot accepts the

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.fields import STATUSES
 from mail2ticket.files import perms as fileperms
+from mail2ticket.tickets import hookqueue
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
@@ -215,11 +216,17 @@ def transaction(db: Database) -> Iterator[Database]:
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc)
     try:
+        # The kinds the hooks want, read once under the write lock (nobody can change them until
+        # the commit): log_event queues nothing, at no cost, for the others.
+        db.hook_kinds = hookqueue.subscribed_kinds(db)  # type: ignore[attr-defined]
         yield db
+        _freeze_hook_payloads(db)
     except BaseException:
+        db.hook_kinds = None  # type: ignore[attr-defined]
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
         raise
+    db.hook_kinds = None  # type: ignore[attr-defined]  # outside transaction(): log_event always asks
     try:
         db.conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
@@ -237,15 +244,31 @@ def log_event(
     account: str | None = None,
     actor: str = "system",
 ) -> None:
+    """One event in the history (of a ticket, or of an account); queued for the hooks that want
+    it in the same transaction (tickets/hookqueue.py)."""
     # A plain INSERT: sqlite-utils' insert() looks the schema up on every call (several queries
     # of sqlite_master), paid for each imported message (docs/performance.md).
     sql = "insert into events (ticket_id, account, created_at, kind, actor, detail) values (?, ?, ?, ?, ?, ?)"
-    values = [ticket_id, account, now_iso(), kind, actor, detail]
+    now = now_iso()
+    values = [ticket_id, account, now, kind, actor, detail]
     if db.conn.in_transaction:
-        db.conn.execute(sql, values)
+        event_id = db.conn.execute(sql, values).lastrowid
+        kinds = getattr(db, "hook_kinds", None)  # a set inside transaction(); None: ask the table
+        if (kinds is None or kind in kinds) and hookqueue.enqueue(db, kind, event_id, ticket_id, account, now):
+            db.hook_payloads_due = True  # type: ignore[attr-defined]  # frozen before the commit
     else:
         with db.conn:  # committed at once, as sqlite-utils' insert() did outside a transaction
-            db.conn.execute(sql, values)
+            event_id = db.conn.execute(sql, values).lastrowid
+            if hookqueue.enqueue(db, kind, event_id, ticket_id, account, now):
+                hookqueue.freeze(db, functools.partial(get_tickets, db))
+
+
+def _freeze_hook_payloads(db: Database) -> None:
+    """Before a transaction that queued hook deliveries commits: their payloads, with each ticket
+    as the whole transaction left it."""
+    if getattr(db, "hook_payloads_due", False):
+        hookqueue.freeze(db, functools.partial(get_tickets, db))
+        db.hook_payloads_due = False  # type: ignore[attr-defined]
 
 
 # --- mailbox sync state -----------------------------------------------------------------------
@@ -271,11 +294,19 @@ def record_poll(
 ) -> None:
     now = now_iso()
     with transaction(db):
+        before = db.execute("select last_error from account_status where account = ?", [account]).fetchone()
         db.execute(
             "insert into account_status (account, imported_total, failures) values (?, 0, 0) "
             "on conflict(account) do nothing",
             [account],
         )
+        # Once per change of health ('status' calls an account failing while its last poll has
+        # an error), never per failed poll: the events of the hooks account.failing/recovered.
+        was_failing = before is not None and before[0] is not None
+        if not ok and not was_failing:
+            log_event(db, "account-failing", error or result, account=account)
+        elif ok and was_failing:
+            log_event(db, "account-recovered", f"{result} (the last failure: {before[0]})", account=account)
         if ok:
             db.execute(
                 "update account_status set last_poll_at = ?, last_result = ?, last_error = null, "

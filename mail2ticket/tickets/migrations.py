@@ -447,3 +447,40 @@ def m1801_monitoring(db: Database) -> None:
                "where event_id is not null")
     db.execute("create index idx_monitoring_service on monitoring (service collate nocase)")
     db.execute("create index idx_monitoring_host on monitoring (host collate nocase)")
+
+
+@migrations()
+def m1803_hooks(db: Database) -> None:
+    """Issue 18.3: hooks. hook_subscriptions is the config's [[hooks]] as rows (written when a
+    command or the daemon loads the config): one row per (hook, history kind, account or NULL
+    for every account). hook_deliveries is the queue, filled by log_event in the event's own
+    transaction (tickets/hookqueue.py owns both)."""
+    db["hook_subscriptions"].create(
+        {"hook": str, "kind": str, "event": str, "account": str},
+        not_null={"hook", "kind", "event"},
+    )
+    db["hook_subscriptions"].create_index(["kind"], index_name="idx_hook_subscriptions_kind")
+    db["hook_deliveries"].create(
+        {
+            "id": int,
+            "hook": str,
+            "event": str,  # the public event name (ticket.created, ...)
+            "event_id": int,  # the events row
+            "ticket_id": int,
+            "account": str,
+            "created_at": str,
+            "payload": str,  # the event's JSON, frozen when the event's transaction commits
+            "status": str,  # pending, delivered, failed
+            "attempts": int,
+            "next_attempt_at": str,  # not before this (a claim or a backoff); NULL: due now
+            "delivered_at": str,
+            "last_error": str,
+            "last_result": str,  # "HTTP 200", "exit 0", with the time taken
+        },
+        pk="id",
+        defaults={"status": "pending", "attempts": 0},
+        not_null={"hook", "event", "created_at", "status", "attempts"},
+    )
+    db.execute("create index idx_hook_deliveries_due on hook_deliveries (status, next_attempt_at)")
+    db.execute("create index idx_hook_deliveries_hook on hook_deliveries (hook, status)")
+    db.execute("create index idx_hook_deliveries_unfrozen on hook_deliveries (id) where payload is null")
