@@ -271,6 +271,27 @@ def test_an_account_failing_and_recovering_is_one_event_each_not_one_per_poll(tm
     assert texts[1].startswith(f"[{good['name']}] account {good['name']} polls again: ")
 
 
+def test_the_monitoring_events_are_queued_under_their_public_names(tmp_path):
+    """The one-ticket-per-problem import logs 'monitoring-problem' and 'monitoring-recovery'
+    (tickets/db.log_event, ticket and account set): they are monitoring.problem and .recovery."""
+    from mail2ticket.tickets.db import log_event, now_iso, open_db, transaction
+    from mail2ticket.tickets.tickets import create_ticket
+
+    config = write_config(tmp_path, PIPE_ACCOUNT, hooks=[file_hook("ops", tmp_path / "ops.jsonl",
+                                                                   ["monitoring.problem", "monitoring.recovery"])])
+    ok(config, "hooks", "list")  # a command loads the config: the subscriptions are written
+    db = open_db(tmp_path / "m2t.db")
+    with transaction(db):
+        ticket = create_ticket(db, account="support", subject="PROBLEM web1/HTTP", requester=None,
+                               requester_name=None, now=now_iso())
+        for kind in ("monitoring-problem", "followup", "monitoring-recovery"):
+            log_event(db, kind, kind, ticket_id=ticket, account="support")
+    db.close()
+    ok(config, "poll")
+    assert [(e["event"], e["kind"], e["ticket"]["id"]) for e in lines(tmp_path / "ops.jsonl")] == [
+        ("monitoring.problem", "monitoring-problem", ticket), ("monitoring.recovery", "monitoring-recovery", ticket)]
+
+
 # --- the config -----------------------------------------------------------------------------------------
 
 BAD_HOOKS = {

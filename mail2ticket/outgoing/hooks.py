@@ -26,13 +26,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mail2ticket import __version__
-from mail2ticket.accounts.secrets import get_hook_secret
 from mail2ticket.config.hooks import EVENTS, Hook
 from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.tickets import hookqueue
 from mail2ticket.tickets.db import get_tickets, list_tickets, now_iso, transaction
-from mail2ticket.transport.imap import tls_context
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     import http.client
@@ -134,7 +132,12 @@ def send(hook: Hook, payload: dict, delivery: int | None = None) -> Attempt:
 
 
 def _post(hook: Hook, body: bytes, content_type: str, payload: dict, delivery: int | None) -> Attempt:
-    import http.client  # here: it loads the email package, and every command imports this module
+    # Here, not at the top: every command imports this module (subscribe), and these load ssl,
+    # the email package and keyring's machinery (about 50 ms of each command's start-up).
+    import http.client
+
+    from mail2ticket.accounts.secrets import get_hook_secret
+    from mail2ticket.transport.imap import tls_context
 
     secret = get_hook_secret(hook.name, hook.secret_command)
     url = str(hook.url).replace("{secret}", secret)  # a chat whose webhook URL is itself the secret
@@ -214,7 +217,7 @@ def deliver_due(cfg: Config, db: Database, *, now: datetime | None = None,
     given_up: set[str] = set()
     for row in hookqueue.due_deliveries(db, _iso(now), list(hooks)):
         hook = hooks[row["hook"]]
-        if hook.name in given_up:
+        if hook.name in given_up or row["payload"] is None:  # None: frozen at its transaction's commit
             continue
         now = datetime.now(UTC)
         with transaction(db):

@@ -100,6 +100,11 @@ def summary_text(event: str, account: str | None, detail: str, ticket: dict | No
         label = _LABELS.get(event, event)
         who = f", {ticket['assignee']}" if ticket.get("assignee") else ""
         text = f"{where}{label} #{ticket['id']} ({ticket['status']}, {ticket['priority']}{who}): {ticket['subject']}"
+        # A monitoring ticket (its "monitoring" object, INTERFACE.md: tool, host, service, state).
+        watched = ticket.get("monitoring")
+        if isinstance(watched, dict) and watched.get("host"):
+            what = "/".join(str(watched[k]) for k in ("host", "service") if watched.get(k))
+            text += f" [{what} {watched.get('state') or ''}]".replace(" ]", "]")
         return f"{text} - {detail}" if detail else text
     if event == "message.quarantined":
         return f"{where}message quarantined: {detail}"
