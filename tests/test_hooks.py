@@ -21,8 +21,9 @@ import tomli_w
 from mail2ticket.config.load import load_config
 from mail2ticket.errors import ConfigError
 from mail2ticket.outgoing import hooks as delivery
-from tests.helpers import all_tickets, make_mail, run_cli, wait_until, write_config
+from tests.helpers import all_tickets, make_mail, nagios_service, run_cli, wait_until, write_config
 from tests.servers import LOOPBACK, free_port
+from tests.test_metrics import parse
 
 SECRET = "s3cret-for-the-test"
 PIPE_ACCOUNT = {"name": "support", "email": "support@example.test", "source": "pipe"}
@@ -133,6 +134,7 @@ def test_a_new_ticket_from_a_real_mail_reaches_a_signed_webhook_and_a_command_ho
     add_tables(desk.config,
                hooks=[url_hook("chat", chat.port, test_ca, ["ticket.created", "ticket.status"]),
                       file_hook("log", out, ["ticket.created", "ticket.assigned"]),
+                      file_hook("ops", tmp_path / "ops.jsonl", ["monitoring.problem", "monitoring.recovery"]),
                       {**url_hook("mm", chat.port, test_ca, ["ticket.created"]), "format": "chat",
                        "url": f"https://localhost:{chat.port}/mm/{{secret}}"}],
                rules=[{"name": "fire", "subject": "fire", "priority": "urgent"}])
@@ -171,7 +173,21 @@ def test_a_new_ticket_from_a_real_mail_reaches_a_signed_webhook_and_a_command_ho
     assert lines(out)[1]["ticket"]["assignee"] == "bob"
     listed = hooks_list(desk.config, "--all")
     assert {h["name"]: (h["pending"], h["failed"], h["delivered"]) for h in listed["hooks"]} == {
-        "chat": (0, 0, 2), "log": (0, 0, 2), "mm": (0, 0, 1)}
+        "chat": (0, 0, 2), "log": (0, 0, 2), "mm": (0, 0, 1), "ops": (0, 0, 0)}
+
+    # A monitoring PROBLEM and its RECOVERY from the real poll: the events with the ticket's
+    # monitoring facts (and the line of text names host, service and state).
+    desk.deliver(nagios_service("PROBLEM", "web1", "HTTP", "CRITICAL", "HTTP CRITICAL - Unable to open TCP socket"))
+    desk.poll()
+    desk.deliver(nagios_service("RECOVERY", "web1", "HTTP", "OK", "HTTP OK: HTTP/1.1 200 OK"))
+    desk.poll()
+    problem, recovery = lines(tmp_path / "ops.jsonl")
+    print("delivered:", json.dumps(problem))  # (pytest -s)
+    assert (problem["event"], recovery["event"]) == ("monitoring.problem", "monitoring.recovery")
+    assert {k: problem["ticket"]["monitoring"][k] for k in ("tool", "host", "service", "state")} == {
+        "tool": "nagios", "host": "web1", "service": "HTTP", "state": "CRITICAL"}
+    assert "[web1/HTTP CRITICAL]" in problem["text"] and recovery["ticket"]["monitoring"]["state"] == "OK"
+    assert recovery["ticket"]["id"] == problem["ticket"]["id"]
 
 
 # --- delivery: at least once, later, never twice once delivered --------------------------------------
@@ -186,6 +202,10 @@ def test_a_target_that_is_down_gets_the_event_later_exactly_once(tmp_path, test_
     ok(config, "poll")  # nothing listens: the event stays queued, with why
     [hook] = hooks_list(config)["hooks"]
     assert (hook["pending"], hook["failed"]) == (1, 0) and "Connection refused" in hook["last_error"]
+    metrics = parse(ok(config, "status", "--prometheus").stdout)  # the official client's parser
+    assert metrics[("mail2ticket_hook_deliveries", frozenset({("status", "pending")}))] == 1
+    assert 0 <= metrics[("mail2ticket_hook_oldest_age_seconds", frozenset({("status", "pending")}))] < 60
+    assert json.loads(ok(config, "status", "--json").stdout)["hooks"]["pending"] == 1
     ok(config, "poll")  # backing off: not tried again at once
     [entry] = hooks_list(config)["deliveries"]
     assert entry["attempts"] == 1 and entry["status"] == "pending"
@@ -204,6 +224,7 @@ def test_a_target_that_is_down_gets_the_event_later_exactly_once(tmp_path, test_
     ok(config, "poll")
     [hook] = hooks_list(config)["hooks"]
     assert (hook["pending"], hook["failed"]) == (0, 1)
+    assert any("hooks: 1 event(s) not delivered" in a for a in json.loads(ok(config, "status", "--json").stdout)["alerts"])
     [failed] = [d for d in hooks_list(config)["deliveries"] if d["status"] == "failed"]
     assert run_cli(config, "hooks", "retry", str(failed["id"])).exit_code == 1  # still down: says so
     again = receivers(port)

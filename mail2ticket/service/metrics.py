@@ -29,6 +29,7 @@ from mail2ticket.tickets.db import (
     transaction,
 )
 from mail2ticket.tickets.failure_causes import poll_failure_counts
+from mail2ticket.tickets.hookqueue import QUEUE_STATUSES, queue_summary
 from mail2ticket.tickets.ledger import open_quarantine_summary
 from mail2ticket.tickets.mailqueue import UNSENT_STATUSES, unsent_summary
 
@@ -146,10 +147,19 @@ def _account_families(cfg: Config, db: Database, family, now_s: float) -> list[F
 
 
 def hook_queue_families(db: Database, family, age) -> list[Family]:
-    """THE PLACE for the hook queue (issue 18.3, [[hooks]]): its size by status and its oldest
-    age, as mail2ticket_hook_deliveries{status} and mail2ticket_hook_oldest_age_seconds{status},
-    from the hook queue's own summary function in tickets/. Empty until that queue exists."""
-    return []
+    """The hook queue (issue 18.3, [[hooks]], docs/hooks.md): its size by status and its oldest
+    age, from tickets/hookqueue.queue_summary (pending: waiting for an attempt or a retry;
+    failed: given up after every retry, waiting for 'hooks retry')."""
+    summary = queue_summary(db)
+    size = family("hook_deliveries", "gauge", "Hook events not delivered yet, by status (pending: waiting "
+                  "for an attempt or a retry; failed: given up, waiting for 'mail2ticket hooks retry').")
+    oldest = family("hook_oldest_age_seconds", "gauge", "Age of the oldest hook event with this status; "
+                    "0 when there is none.")
+    for status in QUEUE_STATUSES:
+        n, first = summary[status]
+        size.add(n, status=status)
+        oldest.add(age(first), status=status)
+    return [size, oldest]
 
 
 def _ticket_families(db: Database, family) -> list[Family]:
