@@ -345,6 +345,20 @@ def test_a_broken_hook_is_one_line_naming_it(tmp_path, case):
     assert words in caught.value.one_line() and "\n" not in caught.value.one_line()
 
 
+def test_config_check_says_which_hook_cannot_deliver(tmp_path):
+    config = write_config(tmp_path, PIPE_ACCOUNT, hooks=[
+        {"name": "chat", "events": ["ticket.created"], "url": "https://chat.example.com/hooks/{secret}"},
+        {"name": "pager", "events": ["ticket.created"], "command": [str(tmp_path / "page-oncall")]}])
+    result = run_cli(config, "config", "check")
+    assert result.exit_code == 3
+    assert "hook chat: no signing secret" in result.stderr and "hooks set-secret chat" in result.stderr
+    assert f"hook pager: command {tmp_path / 'page-oncall'} does not exist" in result.stderr
+    ok(config, "hooks", "set-secret", "chat", "--secret-stdin", input=SECRET + "\n")
+    (tmp_path / "page-oncall").write_text("#!/bin/sh\n")
+    (tmp_path / "page-oncall").chmod(0o755)
+    assert "Hooks:       chat (url: ticket.created); pager (command: ticket.created)" in ok(config, "config", "check").stdout
+
+
 def test_http_is_allowed_to_loopback_and_two_hooks_may_not_share_a_name(tmp_path):
     hook = {"name": "local", "events": ["ticket.created"], "url": "http://127.0.0.1:8080/h"}
     assert load_config(write_config(tmp_path, PIPE_ACCOUNT, hooks=[hook])).hooks[0].url == hook["url"]

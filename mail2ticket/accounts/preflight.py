@@ -9,8 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mail2ticket.accounts.secrets import secret_source
+from mail2ticket.accounts.secrets import hook_secret_source, secret_source
 from mail2ticket.accounts.storage import storage_problems
+from mail2ticket.config.hooks import Hook
 from mail2ticket.config.model import Account, Config
 
 
@@ -21,6 +22,29 @@ def problems(cfg: Config) -> list[str]:
     found += storage_problems(cfg)
     for account in cfg.accounts:
         found += account_problems(account)
+    for hook in cfg.hooks:
+        found += hook_problems(cfg, hook)
+    return found
+
+
+def hook_problems(cfg: Config, hook: Hook) -> list[str]:
+    """A [[hooks]] entry that cannot deliver: its program is not there, a webhook has no signing
+    secret, its ca_file is missing (docs/hooks.md). Nothing is run or sent."""
+    where = f"{cfg.path}: hook {hook.name}"
+    found = []
+    if hook.command:
+        problem = _command_problem(shlex.join(hook.command))
+        if problem:
+            found.append(f"{where}: command {problem} (fix 'command': an argument list, the program first)")
+    problem = _command_problem(shlex.join(hook.secret_command)) if hook.secret_command else None
+    if problem:
+        found.append(f"{where}: secret_command {problem} (fix the command; it must print the secret)")
+    if hook.url and not hook.secret_command and hook_secret_source(hook.name) is None:
+        found.append(f"{where}: no signing secret in the keyring or in $CREDENTIALS_DIRECTORY/{hook.name}.hook "
+                     f"(run 'mail2ticket hooks set-secret {hook.name}')")
+    if hook.ca_file and not Path(hook.ca_file).is_file():
+        found.append(f"{where}: ca_file {hook.ca_file} does not exist (fix the path, or remove the key to "
+                     "trust the system's CAs only)")
     return found
 
 

@@ -240,6 +240,16 @@ def store_hook_secret(hook_name: str, secret: str) -> None:
     store_password(hook_key(hook_name), secret)
 
 
+def hook_secret_source(hook_name: str) -> str | None:
+    """Where a hook's secret would come from without its secret_command ("keyring", "systemd
+    credential ..."), or None."""
+    for lookup, key in ((_from_keyring, hook_key(hook_name)), (_from_credentials, f"{hook_name}.hook")):
+        value, where = lookup(key)
+        if value:
+            return where
+    return None
+
+
 def get_hook_secret(hook_name: str, secret_command: tuple[str, ...] | None) -> str:
     """A hook's signing secret: the keyring, $CREDENTIALS_DIRECTORY/NAME.hook, then its
     secret_command (an argument list, no shell). SecretError names every source tried."""

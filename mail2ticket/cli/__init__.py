@@ -37,8 +37,12 @@ class AppContext:
             from mail2ticket.tickets.db import open_db
 
             self._db = open_db(self.config().database)
-            # Every command that can make an event queues it for the hooks of this config.
-            subscribe(self.config(), self._db)
+            # Every command that can make an event queues it for the hooks of this config (a
+            # read when they are recorded already; a database this user cannot write is no error).
+            try:
+                subscribe(self.config(), self._db)
+            except Mail2TicketError as exc:
+                logging.getLogger(__name__).warning("could not record the config's [[hooks]]: %s", exc.one_line())
         return self._db
 
     def close(self) -> None:
