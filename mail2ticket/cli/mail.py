@@ -115,12 +115,12 @@ def status(app, require_daemon, as_json, prometheus):
     --prometheus prints the metrics for Prometheus instead (mail2ticket_ prefix):
     per account the last successful poll, messages imported, failed polls by
     cause (auth, tls, connect, timeout, server, limit, local, other) and
-    backoff; the outbox and quarantine sizes and oldest ages; tickets not
-    closed and overdue by priority; the daemon's heartbeat; the version. It
-    exits 0 whatever the health (the values say it), and on a database not
-    created yet prints the zeros of an empty one. The daemon writes the same
-    to [metrics] textfile for node_exporter every [schedule] metrics (1m).
-    Every metric and example alerting rules: docs/metrics.md.
+    backoff; the outbox, quarantine and hook queue sizes and oldest ages;
+    tickets not closed and overdue by priority; the daemon's heartbeat; the
+    version. It exits 0 whatever the health (the values say it), and on a
+    database not created yet prints the zeros of an empty one. The daemon
+    writes the same to [metrics] textfile for node_exporter every [schedule]
+    metrics (1m). Every metric and example alerting rules: docs/metrics.md.
 
     \b
     Examples:
