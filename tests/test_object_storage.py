@@ -42,6 +42,7 @@ class S3Server:
     def __init__(self, cert, key, ca_file: Path):
         self.cert, self.key, self.ca_file = cert, key, ca_file
         self.requests: list[tuple[str, str]] = []
+        self.puts_left: int | None = None  # objects it still accepts before it fails (None: no limit)
         with socket.socket() as s:
             s.bind((LOOPBACK, 0))
             self.port = s.getsockname()[1]
@@ -54,7 +55,13 @@ class S3Server:
         return f"https://{LOOPBACK}:{self.port}"
 
     def _logged(self, environ, start_response):
-        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        self.requests.append((method, path))
+        if method == "PUT" and path.count("/") > 1 and self.puts_left is not None:
+            if self.puts_left <= 0:  # a server failing mid-poll (MinIO with its disks gone: 503)
+                start_response("503 Service Unavailable", [("Content-Type", "application/xml")])
+                return [b"<Error><Code>ServiceUnavailable</Code><Message>disks offline</Message></Error>"]
+            self.puts_left -= 1
         return self._app(environ, start_response)
 
     def start(self) -> None:
@@ -91,7 +98,8 @@ def s3(test_ca):
     server.stop()
 
 
-def _desk(root: Path, s3: S3Server, bucket: str, user=None, account_config=None, **s3_keys) -> Path:
+def _desk(root: Path, s3: S3Server, bucket: str, user=None, account_config=None, batch_size=100,
+          **s3_keys) -> Path:
     """A config whose attachments go to s3://BUCKET/desk, its secret key in the keyring."""
     root.mkdir(parents=True, exist_ok=True)
     s3.client().create_bucket(Bucket=bucket)
@@ -99,7 +107,7 @@ def _desk(root: Path, s3: S3Server, bucket: str, user=None, account_config=None,
              "ca_file": str(s3.ca_file), "access_key_id": "AKIAMAIL2TICKET", **s3_keys}
     data: dict = {"storage": {"database": "m2t.db", "attachments": f"s3://{bucket}/desk", "s3": table}}
     if user is not None:
-        data["accounts"] = [account_config(user, added_at=LONG_AGO)]
+        data["accounts"] = [account_config(user, added_at=LONG_AGO, batch_size=batch_size)]
         store_password(user.name, user.password)
     config = root / "config.toml"
     config.write_text(tomli_w.dumps(data))
@@ -184,7 +192,7 @@ def test_a_poll_puts_attachments_in_the_bucket_by_sha256_and_reads_them_back_che
 
 def test_a_bucket_that_is_down_fails_the_poll_and_the_next_poll_imports_every_mail_once(
         tmp_path, s3, dovecot, imap_user, account_config):
-    config = _desk(tmp_path, s3, "helpdesk-down", imap_user, account_config)
+    config = _desk(tmp_path, s3, "helpdesk-down", imap_user, account_config, batch_size=2)
     rng = random.Random(5)
     files = [rng.randbytes(10_000 + n) for n in range(4)]
     for n, data in enumerate(files):
@@ -198,14 +206,41 @@ def test_a_bucket_that_is_down_fails_the_poll_and_the_next_poll_imports_every_ma
         assert "nothing was committed" in result.stderr
         assert rows(tmp_path, "select count(*) from messages") == [(0,)]
         assert rows(tmp_path, "select count(*) from sources") == [(0,)]
+        # a mail handed over by an MTA: 75, so that the MTA keeps it and tries again
+        piped = _mail(20, [("piped.bin", b"P" * 5_000)])
+        result = run_cli(config, "ingest", "--account", imap_user.name, input=piped)
+        assert result.exit_code == 75, (result.stdout, result.stderr)
+        assert "cannot be reached" in result.stderr
+        assert rows(tmp_path, "select count(*) from messages") == [(0,)]
     finally:
         s3.start()
 
     _ok(config, "poll")
     _ok(config, "poll")  # nothing new: nothing twice
     assert rows(tmp_path, "select count(*) from messages") == [(4,)]
+    assert run_cli(config, "ingest", "--account", imap_user.name, input=piped).exit_code == 0  # the MTA's retry
+    files.append(b"P" * 5_000)
+    assert rows(tmp_path, "select count(*) from messages") == [(5,)]
     assert sorted(r[0] for r in rows(tmp_path, "select sha256 from attachments")) == sorted(map(sha256_hex, files))
     assert s3.keys("helpdesk-down") == {_key(sha256_hex(d)): len(d) for d in files}
+
+    # The bucket fails in the middle of a poll (batches of 2): the batches before are kept, the
+    # one whose upload failed is not committed, the next poll imports the rest once.
+    more = [rng.randbytes(8_000 + n) for n in range(6)]
+    for n, data in enumerate(more):
+        dovecot.append(imap_user, _mail(30 + n, [(f"more-{n}.bin", data)]))
+    s3.puts_left = 3
+    try:
+        result = run_cli(config, "poll")
+        assert result.exit_code != 0 and "ServiceUnavailable while uploading attachment" in result.stderr, result.stderr
+        kept = rows(tmp_path, "select count(*) from messages")[0][0]
+        assert 5 + 2 <= kept < 5 + 6
+    finally:
+        s3.puts_left = None
+    _ok(config, "poll")
+    assert rows(tmp_path, "select count(*) from messages") == [(11,)]
+    assert rows(tmp_path, "select count(distinct raw_sha256) from messages") == [(11,)]
+    assert all(s3.client().head_object(Bucket="helpdesk-down", Key=_key(sha256_hex(d))) for d in more)
 
 
 def test_config_check_shows_the_bucket_and_reaches_it_with_each_source_of_credentials(tmp_path, s3, monkeypatch):
