@@ -95,7 +95,8 @@ class ObjectStore:
                 keys = {"aws_access_key_id": creds[0], "aws_secret_access_key": creds[1]} if creds else {}
                 config = botocore.config.Config(
                     s3={"addressing_style": self.addressing_style or "auto"},
-                    retries={"max_attempts": 3, "mode": "standard"},
+                    # 3 attempts with backoff, unless AWS_MAX_ATTEMPTS or the AWS config file says otherwise
+                    retries={"mode": "standard"},
                     connect_timeout=10, read_timeout=60, max_pool_connections=UPLOADS * 2,
                     # The checksums newer botocore adds by default are not understood by every
                     # S3-compatible server; the bytes are checked with Content-MD5 and SHA-256.
