@@ -7,7 +7,7 @@ Run from the repository root:
 
 It stores, in process (no IMAP: the importer's own cost), into fresh databases with the same
 config: (a) the import benchmark's mix of ordinary mail (benchmarks/mailgen.py), (b) Nagios
-monitoring mail of 300 services, each a PROBLEM, a repeat and a RECOVERY (so every mail after
+monitoring mail of N / 3 services, each a PROBLEM, a repeat and a RECOVERY (so every mail after
 the first of a service looks up its problem and changes its ticket), (c) the mix again with
 [monitoring] enabled = false and (d) the Nagios mail with it off (each mail its own ticket). It prints the milliseconds per message of each (median, min, max)
 and what recognising costs per message of the mix.
