@@ -313,6 +313,36 @@ def test_the_monitoring_events_are_queued_under_their_public_names(tmp_path):
         ("monitoring.problem", "monitoring-problem", ticket), ("monitoring.recovery", "monitoring-recovery", ticket)]
 
 
+def test_an_account_filter_and_the_text_format(tmp_path):
+    out = tmp_path / "sales.txt"
+    sales = {**PIPE_ACCOUNT, "name": "sales", "email": "sales@example.test"}
+    config = write_config(tmp_path, PIPE_ACCOUNT, sales, hooks=[
+        {**file_hook("sales", out, ["ticket.created", "ticket.assigned"]), "accounts": "sales", "format": "text"}])
+    ingest(config, "Support question")
+    ok(config, "ingest", "--account", "sales", input=make_mail("Quote please").decode())
+    ok(config, "tickets", "assign", "1", "bob")  # support's ticket: not for this hook
+    ok(config, "tickets", "assign", "2", "eve")  # the event has no account: the ticket's counts
+    ok(config, "poll")
+    assert out.read_text().splitlines() == [
+        "[sales] new ticket #2 (open, normal): Quote please - from ann@customer.test: new conversation", "",
+        "[sales] assignment of #2 (open, normal, eve): Quote please - to eve", ""]
+
+
+def test_the_signing_secret_from_a_systemd_credential_or_the_secret_command(tmp_path, test_ca, receivers,
+                                                                              monkeypatch):
+    hook = receivers()
+    config = write_config(tmp_path, PIPE_ACCOUNT, hooks=[
+        url_hook("cred", hook.port, test_ca, ["ticket.created"]),
+        {**url_hook("cmd", hook.port, test_ca, ["ticket.created"]), "secret_command": ["printf", SECRET]}])
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "cred.hook").write_text(SECRET + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    for name in ("cred", "cmd"):
+        assert "delivered ticket.created: HTTP 200" in ok(config, "hooks", "test", name).stdout
+    assert [(p["headers"]["X-Mail2ticket-Hook"], p["signed"], json.loads(p["body"])["test"]) for p in hook.posts] == [
+        ("cred", True, True), ("cmd", True, True)]
+
+
 # --- the config -----------------------------------------------------------------------------------------
 
 BAD_HOOKS = {
