@@ -243,6 +243,18 @@ def test_each_account_may_close_or_mark_and_the_priorities_and_rules_apply(tmp_p
     assert tickets_of(config)[2] == (3, "open", "urgent", [], "problem", 3)
 
 
+def test_a_problem_a_rule_ignores_stays_one_closed_ticket_without_problem_events(tmp_path):
+    config = pipe_desk(tmp_path, rules=[{"name": "lab", "host": "lab", "ignore": True}])
+    ingest(config, nagios_service("PROBLEM", "lab1", "HTTP", "CRITICAL", "down", date=at(0)),
+           nagios_service("PROBLEM", "lab1", "HTTP", "CRITICAL", "down", date=at(60)),
+           nagios_service("PROBLEM", "lab1", "HTTP", "CRITICAL", "down", date=at(180)))
+    assert tickets_of(config) == [(1, "closed", "urgent", ["ignored"], "problem", 3)]
+    events = json.loads(run_cli(config, "tickets", "show", "1", "--json").stdout)["events"]
+    assert [e["kind"] for e in events if e["kind"] in ("monitoring-problem", "reopened")] == []
+    assert [e["detail"] for e in events if e["kind"] == "monitoring"] == [
+        "nagios lab1/HTTP CRITICAL (critical): a new problem, ignored by a rule, priority urgent"]
+
+
 def test_zabbix_keys_by_event_id_and_updates_join_by_problem_name(tmp_path):
     """Two problems of one trigger at once (Zabbix's multiple problem generation) are two tickets;
     each recovery closes its own; the update mail (no host, no id) joins the open problem."""

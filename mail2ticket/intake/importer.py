@@ -370,7 +370,8 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
         # One ticket per problem: the monitoring key wins over References and subject threading.
         settings = ctx.monitoring_for(item.account)
         when = min(date, iso(item.received_at) or now)  # the mail's date, never in the future
-        plan = monitoring.plan(db, item.account, mon, when, settings.flap_window)
+        ignored = any(rule.ignore for rule in (prep.rules[0] if prep.rules else ()))
+        plan = monitoring.plan(db, item.account, mon, when, settings.flap_window, ignored=ignored)
         decision = ThreadDecision(plan.ticket_id, plan.reason, kind="monitoring")
     if plan is not None and plan.ticket_id is None:
         ticket_id = create_ticket(db, account=item.account, subject=parsed.subject or "(no subject)",
@@ -478,7 +479,7 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
     if plan is not None:  # before the rules (after_store): a rule may still change the priority
         settings = ctx.monitoring_for(item.account)
         account = next((a for a in ctx.config.accounts if a.name == item.account), None)
-        monitoring.record(db, plan, ticket_id, item.account, mon, when, now=now,
+        monitoring.record(db, plan, ticket_id, item.account, mon, when, now=now, ignored=ignored,
                           on_recovery=settings.on_recovery_for(account), priority=settings.priority_of(mon.severity))
         outcome.no_ack = f"monitoring mail ({mon.tool}): the sender is a machine"
     outcome.rules = prep.rules

@@ -98,8 +98,17 @@ def _one(db: Database, where: str, params: list) -> dict | None:
     return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row is not None else None
 
 
-def plan(db: Database, account: str, mon: Any, when: str, flap_window: int) -> Plan:
-    """Decide what ``mon`` (a recognised mail of ``account``, dated ``when``) does."""
+def plan(db: Database, account: str, mon: Any, when: str, flap_window: int, *, ignored: bool = False) -> Plan:
+    """Decide what ``mon`` (a recognised mail of ``account``, dated ``when``) does. ``ignored``:
+    a [[rules]] entry with ignore = true matched it: it never reopens a ticket (it joins)."""
+    decided = _plan(db, account, mon, when, flap_window)
+    if ignored and decided.action == "reopen":
+        reason = decided.reason.removesuffix(" reopened").removesuffix(":")
+        return Plan("join", decided.ticket_id, f"{reason}: ignored by a rule, the ticket stays closed", decided.row)
+    return decided
+
+
+def _plan(db: Database, account: str, mon: Any, when: str, flap_window: int) -> Plan:
     row = find_row(db, account, mon)
     what = describe(mon)
     if row is not None:
@@ -154,7 +163,7 @@ def _priority(db: Database, ticket_id: int, priority: str | None, *, only_raise:
 
 
 def record(db: Database, the_plan: Plan, ticket_id: int, account: str, mon: Any, when: str, *,
-           on_recovery: str, priority: str | None, now: str) -> None:
+           on_recovery: str, priority: str | None, now: str, ignored: bool = False) -> None:
     """After the importer created or joined ``ticket_id``: the monitoring row, the ticket's status
     and priority, and the events (monitoring-problem, monitoring-recovery; t18c's hooks read them)."""
     state = f"{mon.state} ({mon.severity})" if mon.state and mon.severity else (mon.state or mon.kind)
@@ -171,6 +180,8 @@ def record(db: Database, the_plan: Plan, ticket_id: int, account: str, mon: Any,
         kind, what = (("monitoring-problem", "a new problem") if mon.kind in ("problem", "flapping")
                       else ("monitoring", ("an acknowledgement" if mon.kind == "acknowledgement" else "a notice")
                             + " of no known problem"))
+        if ignored:  # no problem event (nor its hooks) for what a rule ignores
+            kind, what = "monitoring", what + ", ignored by a rule"
         log_event(db, kind, f"{describe(mon)} {state}: {what}" + (f", priority {set_to}" if set_to else ""),
                   ticket_id=ticket_id, account=account, actor=ACTOR)
         return
