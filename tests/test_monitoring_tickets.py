@@ -9,6 +9,8 @@ durations are the mails' dates, not the time of the test.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import tomllib
@@ -175,6 +177,9 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
     assert listed("--service", "nightly") == [6, 7]
     assert listed("--host", "db1", "--host", "db2") == [2, 3]
     assert listed("--no-monitoring") == []
+    csv_rows = list(csv.DictReader(io.StringIO(desk.ok("tickets", "list", "--status", "all", "--csv", "--sort", "id").stdout)))
+    assert [(r["id"], r["monitoring_tool"], r["monitoring_host"], r["monitoring_service"], r["monitoring_state"])
+            for r in csv_rows[:2]] == [("1", "nagios", "web1", "HTTP", "OK"), ("2", "nagios", "db1", "", "UP")]
 
 
 # --- the settings, through 'mail2ticket ingest' (a pipe account: no server needed) ---------------

@@ -29,6 +29,8 @@ CSV_COLUMNS = [
     "id", "status", "priority", "account", "requester", "requester_name", "assignee", "subject", "tags",
     "created_at", "updated_at", "closed_at", "first_response_at", "due_response_at", "due_resolution_at",
     "overdue", "message_count", "incoming_count", "first_message_at",
+    # A monitoring ticket's facts (docs/monitoring.md); empty for the others.
+    "monitoring_tool", "monitoring_host", "monitoring_service", "monitoring_state",
 ]
 PRIORITY_STYLE = {"urgent": "bold red", "high": "yellow", "normal": "", "low": "dim"}
 # On a narrow terminal (80 columns) the list gives way in this order, so each ticket stays one line.
@@ -349,7 +351,9 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
         print_json(rows)
         return
     if as_csv:
-        print_csv(rows, CSV_COLUMNS)
+        flat = [{**t, **{f"monitoring_{k}": (t["monitoring"] or {}).get(k) for k in ("tool", "host", "service", "state")}}
+                for t in rows]
+        print_csv(flat, CSV_COLUMNS)
         return
     if not rows and table_on_tty:
         click.echo("No tickets." if filters["status"] == "all" else "No tickets (try --status all).")
