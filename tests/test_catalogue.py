@@ -220,7 +220,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_smtp.py::test_a_server_that_does_not_offer_starttls_never_sees_the_password",
     ),
     49: tests(f"{TLS_IMAP}[injected-pre-tls-bytes]", f"{TLS_SMTP}[injected-pre-tls-bytes]"),
-    50: tests("tests/test_network_faults.py::test_a_stalled_server_times_out_quickly_with_a_clear_error"),
+    50: tests(
+        "tests/test_network_faults.py::test_a_stalled_server_times_out_quickly_with_a_clear_error",
+        "tests/test_hooks.py::test_a_webhook_that_answers_a_byte_at_a_time_is_cut_at_the_hooks_time_limit",
+    ),
     51: tests(
         "tests/test_secrets.py::test_without_any_keyring_backend_the_daemon_exits_at_once_with_one_actionable_line",
         "tests/test_secrets.py::test_with_a_systemd_credential_and_no_keyring_the_daemon_starts",

@@ -272,6 +272,48 @@ def test_a_command_that_hangs_is_killed_at_its_time_limit(tmp_path):
     assert not Path(f"/proc/{pid_file.read_text()}").exists()
 
 
+def test_a_webhook_that_answers_a_byte_at_a_time_is_cut_at_the_hooks_time_limit(tmp_path, test_ca):
+    """Item 50 (a stalled peer): the time limit is for the whole request, not for each read; a
+    target that keeps the connection alive with a byte now and then must not hold the deliverer
+    (and the claim on the event) for longer than the hook's timeout."""
+    from mail2ticket.accounts.secrets import store_hook_secret
+
+    stop = threading.Event()
+
+    class Dripping(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                if stop.wait(0.3):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Dripping)
+    server.daemon_threads = True
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(test_ca.server.cert_file, test_ca.server.key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = write_config(tmp_path, PIPE_ACCOUNT, hooks=[
+            url_hook("drip", server.server_address[1], test_ca, ["ticket.created"], timeout=2)])
+        store_hook_secret("drip", SECRET)
+        t0 = time.monotonic()
+        result = run_cli(config, "hooks", "test", "drip")
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "did not answer within 2 s" in result.stderr
+    assert took < 8, f"the whole answer takes 13 s; the hook's limit is 2 s, it took {took:.1f} s"
+
+
 def test_an_account_failing_and_recovering_is_one_event_each_not_one_per_poll(tmp_path, dovecot, imap_user,
                                                                                 account_config):
     from mail2ticket.accounts.secrets import store_password

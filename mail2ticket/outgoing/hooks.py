@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,20 +160,37 @@ def _post(hook: Hook, body: bytes, content_type: str, payload: dict, delivery: i
     if delivery is not None:
         headers["X-Mail2ticket-Delivery"] = str(delivery)
     where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    # The socket's timeout bounds each wait; the hook's time limit is for the whole request: at
+    # the deadline the connection is shut, so a target that sends a byte now and then cannot hold
+    # the deliverer (and its claim on the event) past it.
+    expired = threading.Event()
+    deadline = threading.Timer(hook.timeout, _cut, (conn, expired))
+    deadline.daemon = True
+    deadline.start()
     try:
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         answer = response.read(2000).decode("utf-8", "replace").strip()
-    except TimeoutError:
-        return Attempt(False, "no answer", f"{where} did not answer within {hook.timeout} s")
     except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            return Attempt(False, "no answer", f"{where} did not answer within {hook.timeout} s")
         return Attempt(False, "not sent", f"{where}: {exc.__class__.__name__}: {exc}")
     finally:
+        deadline.cancel()
         conn.close()
     result = f"HTTP {response.status}"
     if 200 <= response.status < 300:
         return Attempt(True, result)
     return Attempt(False, result, f"{where} answered {response.status} {response.reason}: {answer[:200]}")
+
+
+def _cut(conn: http.client.HTTPConnection, expired: threading.Event) -> None:
+    """The whole-request deadline of a webhook: shut its socket (the blocked read returns)."""
+    expired.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _run(hook: Hook, body: bytes, payload: dict) -> Attempt:
