@@ -355,6 +355,23 @@ def test_the_monitoring_events_are_queued_under_their_public_names(tmp_path):
         ("monitoring.problem", "monitoring-problem", ticket), ("monitoring.recovery", "monitoring-recovery", ticket)]
 
 
+def test_a_quarantined_message_reaches_its_hook_with_the_quarantine_id(tmp_path):
+    """The message.quarantined event names the entry to look at ('quarantine show N'), not only
+    the error: the one thing the person paged needs."""
+    out = tmp_path / "q.jsonl"
+    account = {**PIPE_ACCOUNT, "acknowledge": False, "max_message_size": "1KB"}
+    config = write_config(tmp_path, account, hooks=[file_hook("q", out, ["message.quarantined"])])
+    big = make_mail("A scan far over the limit") + b"x" * 5000 + b"\n"
+    ok(config, "ingest", "--account", "support", input=big.decode())
+    ok(config, "poll")  # ingest only queues; the next poll (or the daemon) delivers
+    (event,) = lines(out)
+    assert event["event"] == "message.quarantined" and event["ticket"] is None
+    assert event["detail"].startswith("#1 "), event["detail"]
+    assert "quarantine #1" in event["text"], event["text"]
+    shown = ok(config, "quarantine", "show", "1")
+    assert "id: 1" in shown.stdout and "max_message_size" in shown.stdout
+
+
 def test_an_account_filter_and_the_text_format(tmp_path):
     out = tmp_path / "sales.txt"
     sales = {**PIPE_ACCOUNT, "name": "sales", "email": "sales@example.test"}

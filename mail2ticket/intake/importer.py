@@ -322,6 +322,7 @@ def _store_one_inner(ctx: ImportContext, prep: PreparedItem) -> Outcome:
         # Known when prepared but gone inside the transaction: parse now (rare race).
         return _store_one_inner(ctx, _prepared(ctx, prep.incoming, prep.sha256))
     if prep.parsed is None:
+        reason = "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large")
         qid = insert_quarantine(
             db,
             {
@@ -331,12 +332,13 @@ def _store_one_inner(ctx: ImportContext, prep: PreparedItem) -> Outcome:
                 "uid": item.source.uid if item.source else None,
                 "raw_sha256": prep.sha256,
                 "size": item.raw_size if item.downloaded else item.size,
-                "reason": "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large"),
+                "reason": reason,
                 "error": prep.error or "",
                 "created_at": now,
             }
         )
-        log_event(db, "quarantined", prep.error or "", account=item.account)
+        # The entry's number first: what 'quarantine show' needs (and a hook's reader, docs/hooks.md).
+        log_event(db, "quarantined", f"#{qid} ({reason}): {prep.error or ''}", account=item.account)
         _record_source(db, item, prep.sha256, message=None, quarantine=qid)
         log.warning("account %s: message quarantined (#%s): %s", item.account, qid, prep.error)
         return Outcome(item, "quarantined", quarantine_id=qid, detail=prep.error or "")

@@ -107,7 +107,7 @@ def summary_text(event: str, account: str | None, detail: str, ticket: dict | No
             text += f" [{what} {watched.get('state') or ''}]".replace(" ]", "]")
         return f"{text} - {detail}" if detail else text
     if event == "message.quarantined":
-        return f"{where}message quarantined: {detail}"
+        return f"{where}message put in quarantine {detail}"  # detail: "#N (reason): error"
     if event == "account.failing":
         return f"{where}account {account} is failing: {detail}"
     if event == "account.recovered":
