@@ -95,7 +95,7 @@ def test_install_test_deps_keeps_the_system_dovecot_disabled_and_installs_into_a
     # Python packages go into the venv, never into the system Python, never with --break-system-packages.
     pips = [c for c in calls if " -m pip install" in c]
     assert pips and all(c.startswith("python ") for c in pips), pips
-    assert any("-e .[test]" in c for c in pips)
+    assert any("-e .[test,s3]" in c for c in pips)  # the s3 extra: the object-store tests (docs/storage.md)
     assert not any(c.startswith("python3 -m pip") for c in calls)
     assert all(c.endswith("[PIP_BREAK_SYSTEM_PACKAGES=]") for c in calls), calls
     assert f"python3 -m venv {venv} [PIP_BREAK_SYSTEM_PACKAGES=]" in calls
