@@ -18,14 +18,17 @@ from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.objectstore import ObjectStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake import after_store
+from mail2ticket.outgoing.acknowledge import expected_reason
 from mail2ticket.parse import message as parse_module
 from mail2ticket.parse.autoreply import is_auto_answer
 from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParsedMessage, ParseLimits
 from mail2ticket.parse.prepare import prepare
 from mail2ticket.tickets import monitoring
-from mail2ticket.tickets.db import iso, log_event, now_iso, transaction
+from mail2ticket.tickets.db import iso, log_event, now_iso, savepoint, transaction
 from mail2ticket.tickets.ledger import (
+    contents_in_use,
     existing_source,
+    existing_sources,
     imported_message,
     insert_quarantine,
     known_contents,
@@ -104,6 +107,8 @@ class Outcome:
     previous_status: str | None = None  # a follow-up's ticket status before this mail reopened it
     no_ack: str | None = None  # why no acknowledgement may be sent (set by rules; see rules.suppresses_ack)
     rules: Any = None  # what rules.evaluate_rules gave for this mail, before the transaction
+    # The ack_reason written with the message row (acknowledge.expected_reason), None if none.
+    stored_ack_reason: str | None = None
 
     @property
     def flag_on_server(self) -> bool:
@@ -143,6 +148,7 @@ class ImportContext:
 
     def __post_init__(self) -> None:
         self.after_store = after_store.steps(self.config, self.hooks, acknowledge=self.acknowledge)
+        self.acknowledges = self.config is not None and self.acknowledge  # the ack step is among them
         # The custom formats, for the prepare step to recognise monitoring mail (in the parser
         # workers); None when no account recognises it (docs/monitoring.md).
         settings = getattr(self.config, "monitoring", None)
@@ -262,8 +268,9 @@ def import_batch(
     outcomes: list[Outcome] = []
     try:
         with transaction(db):
+            lookups = BatchLookups(db, prepared)
             for prep in prepared:
-                outcomes.append(_store_one(ctx, prep))
+                outcomes.append(_store_one(ctx, prep, lookups))
             if before_commit:
                 before_commit(db)
     except sqlite3.OperationalError as exc:
@@ -275,27 +282,82 @@ def _existing_source(db: Database, source: Source) -> dict | None:
     return existing_source(db, source.account, source.folder, source.uidvalidity, source.uid)
 
 
-def _store_one(ctx: ImportContext, prep: PreparedItem) -> Outcome:
+class BatchLookups:
+    """The ledger look-ups of a batch's messages, asked once for the whole batch at the start of
+    its transaction instead of once per message: which sources are in the ledger already
+    (existing_source), and which raw hashes are an imported message or an open quarantine
+    entry (imported_message, open_quarantine_entry).
+
+    The answers hold while the batch is stored: the transaction holds the write lock, so only
+    this batch's own messages change these tables, and each of them writes only its own source
+    and its own hash. So a source or hash that occurs once in the batch is answered from here the
+    first time it is asked; a later ask (the same message stored again after a failure) and any
+    source or hash that occurs twice in the batch run the per-message query, as before."""
+
+    def __init__(self, db: Database, prepared: Sequence[PreparedItem]):
+        self.db = db
+        keys: dict[tuple, int] = {}
+        hashes: dict[str, int] = {}
+        for prep in prepared:
+            source = prep.incoming.source
+            if source is not None:
+                key = (source.account, source.folder, source.uidvalidity, source.uid)
+                keys[key] = keys.get(key, 0) + 1
+            if prep.sha256 is not None:
+                hashes[prep.sha256] = hashes.get(prep.sha256, 0) + 1
+        self._sources: dict[tuple, dict | None] = {key: None for key, n in keys.items() if n == 1}
+        groups: dict[tuple, list[int]] = {}
+        for account, folder, uidvalidity, uid in self._sources:
+            groups.setdefault((account, folder, uidvalidity), []).append(uid)
+        for (account, folder, uidvalidity), uids in groups.items():
+            for uid, row in existing_sources(db, account, folder, uidvalidity, uids).items():
+                self._sources[(account, folder, uidvalidity, uid)] = row
+        self._hashes = {sha for sha, n in hashes.items() if n == 1}
+        self._imported, self._quarantined = contents_in_use(db, sorted(self._hashes))
+
+    def existing_source(self, source: Source) -> dict | None:
+        """existing_source of ``source``."""
+        key = (source.account, source.folder, source.uidvalidity, source.uid)
+        if key in self._sources:
+            return self._sources.pop(key)  # answered once from the batch's query
+        return _existing_source(self.db, source)
+
+    def content(self, sha: str) -> tuple[dict | None, int | None]:
+        """(imported_message, open_quarantine_entry) of ``sha``, each only when the batch's
+        queries say it can be found (else None without asking)."""
+        if sha in self._hashes:
+            self._hashes.discard(sha)  # answered once from the batch's queries
+            same = imported_message(self.db, sha) if sha in self._imported else None
+            if same is not None:
+                return same, None
+            return None, open_quarantine_entry(self.db, sha) if sha in self._quarantined else None
+        same = imported_message(self.db, sha)
+        if same is not None:
+            return same, None
+        return None, open_quarantine_entry(self.db, sha)
+
+
+def _store_one(ctx: ImportContext, prep: PreparedItem, lookups: BatchLookups | None = None) -> Outcome:
     db = ctx.db
     item = prep.incoming
     if item.source is not None:
-        existing = _existing_source(db, item.source)
+        existing = lookups.existing_source(item.source) if lookups else _existing_source(db, item.source)
         if existing is not None:
             return Outcome(item, "already", message_row=existing["message"], quarantine_id=existing["quarantine"])
     try:
-        with db.atomic():  # a savepoint: one message's failure rolls back only that message
-            return _store_one_inner(ctx, prep)
+        with savepoint(db):  # one message's failure rolls back only that message
+            return _store_one_inner(ctx, prep, lookups)
     except (sqlite3.OperationalError, TempFailError):
         raise  # disk full, locked: the whole batch must fail, nothing is flagged, retried later
     except (sqlite3.Error, StoreError, ValueError, TypeError, KeyError) as exc:
         log.exception("storing a message failed; it goes to the quarantine")
         prep.parsed = None
         prep.error = f"could not be stored: {exc.__class__.__name__}: {exc}"
-        with db.atomic():
-            return _store_one_inner(ctx, prep)
+        with savepoint(db):
+            return _store_one_inner(ctx, prep, lookups)
 
 
-def _store_one_inner(ctx: ImportContext, prep: PreparedItem) -> Outcome:
+def _store_one_inner(ctx: ImportContext, prep: PreparedItem, lookups: BatchLookups | None = None) -> Outcome:
     db = ctx.db
     item = prep.incoming
     now = now_iso()
@@ -308,19 +370,22 @@ def _store_one_inner(ctx: ImportContext, prep: PreparedItem) -> Outcome:
                               f"of account {seen['account']}")
     if prep.sha256 is not None:
         _insert_raw(db, item, prep.sha256, now)
-        same = imported_message(db, prep.sha256)
+        if lookups is not None:
+            same, open_q = lookups.content(prep.sha256)
+        else:
+            same = imported_message(db, prep.sha256)
+            open_q = None if same else open_quarantine_entry(db, prep.sha256)
         if same:
             outcome = Outcome(item, "duplicate", ticket_id=same["ticket_id"], message_row=same["id"],
                               detail="same bytes already imported")
             _record_source(db, item, prep.sha256, message=same["id"], quarantine=None)
             return outcome
-        open_q = open_quarantine_entry(db, prep.sha256)
         if open_q is not None and prep.parsed is None:
             _record_source(db, item, prep.sha256, message=None, quarantine=open_q)
             return Outcome(item, "duplicate", quarantine_id=open_q, detail="already in quarantine")
     if prep.parsed is None and prep.error is None:
         # Known when prepared but gone inside the transaction: parse now (rare race).
-        return _store_one_inner(ctx, _prepared(ctx, prep.incoming, prep.sha256))
+        return _store_one_inner(ctx, _prepared(ctx, prep.incoming, prep.sha256), lookups)
     if prep.parsed is None:
         reason = "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large")
         qid = insert_quarantine(
@@ -429,6 +494,12 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
             log_event(db, "reopened", "by a follow-up from " + (parsed.from_address or "an unknown sender"),
                       ticket_id=ticket_id, account=item.account)
     to_addrs, cc_addrs = bounded_addresses(parsed, "To", parsed.to), bounded_addresses(parsed, "Cc", parsed.cc)
+    # The acknowledgement step's reason, when it is known now, goes in with the row (the step
+    # updates it only when its own reason differs): one UPDATE fewer per message.
+    ack_reason = None
+    if ctx.acknowledges:
+        no_ack = f"monitoring mail ({mon.tool}): the sender is a machine" if plan is not None else None
+        ack_reason = expected_reason(ctx.config, status, decision.reason, item.account, no_ack)
     message_row = insert_incoming(
         db,
         {
@@ -452,6 +523,7 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
             "defects": json.dumps(parsed.defects),
             "thread_reason": decision.reason,
             **({"gm_thrid": item.gm_thrid} if item.gm_thrid else {}),
+            **({"ack_reason": ack_reason} if ack_reason is not None else {}),
         }
     )
     rows = []
@@ -475,7 +547,8 @@ def _store_parsed(ctx: ImportContext, prep: PreparedItem, now: str) -> Outcome:
         for row in rows:
             insert_attachment(db, row)
     _record_source(db, item, prep.sha256, message=message_row, quarantine=None)
-    outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason)
+    outcome = Outcome(item, status, ticket_id=ticket_id, message_row=message_row, detail=decision.reason,
+                      stored_ack_reason=ack_reason)
     if status == "followup":
         outcome.previous_status = previous_status
     if plan is not None:  # before the rules (after_store): a rule may still change the priority

@@ -235,6 +235,30 @@ def transaction(db: Database) -> Iterator[Database]:
         _raise_store_error(exc)
 
 
+@contextlib.contextmanager
+def savepoint(db: Database) -> Iterator[Database]:
+    """A savepoint inside the caller's transaction, as sqlite-utils' ``atomic()`` makes one, but
+    under one constant name: its three statements are compiled once and then taken from
+    sqlite3's statement cache (atomic()'s random name makes each one new SQL; the importer runs
+    one per message). SQLite allows the same name nested: RELEASE and ROLLBACK TO name the
+    innermost. Outside a transaction it is ``atomic()``."""
+    conn = db.conn
+    if not conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    conn.execute("SAVEPOINT m2t_savepoint")
+    try:
+        yield db
+    except BaseException:
+        # As in atomic(): an error that ended the whole transaction leaves no savepoint to undo.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK TO SAVEPOINT m2t_savepoint")
+            conn.execute("RELEASE SAVEPOINT m2t_savepoint")
+        raise
+    conn.execute("RELEASE SAVEPOINT m2t_savepoint")
+
+
 def log_event(
     db: Database,
     kind: str,

@@ -29,6 +29,39 @@ def existing_source(db: Database, account: str, folder: str, uidvalidity: int, u
     ))
 
 
+def existing_sources(db: Database, account: str, folder: str, uidvalidity: int,
+                     uids: Sequence[int]) -> dict[int, dict]:
+    """{uid: its ledger row} for those of ``uids`` (one folder, one UIDVALIDITY) in the ledger:
+    existing_source for a whole batch, in one query."""
+    if not uids:
+        return {}
+    cur = db.conn.execute(
+        "select * from sources where account = ? and folder = ? and uidvalidity = ? "
+        f"and uid in ({','.join('?' * len(uids))})",
+        [account, folder, uidvalidity, *uids],
+    )
+    names = [c[0] for c in cur.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cur]
+    return {row["uid"]: row for row in rows}
+
+
+def contents_in_use(db: Database, hashes: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Of the raw SHA-256 ``hashes``: (those imported as an incoming message, those of an open
+    quarantine entry), two queries for a whole batch. A hash in neither needs no
+    imported_message or open_quarantine_entry."""
+    if not hashes:
+        return set(), set()
+    marks = ",".join("?" * len(hashes))
+    quarantined = {
+        row[0]
+        for row in db.conn.execute(
+            f"select raw_sha256 from quarantine where resolved_at is null and raw_sha256 in ({marks})",
+            list(hashes),
+        )
+    }
+    return known_contents(db, hashes), quarantined
+
+
 def known_uids(db: Database, account: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> set[int]:
     """Which of ``uids`` (one folder, one UIDVALIDITY) are in the ledger: one query."""
     return {
