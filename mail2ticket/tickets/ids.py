@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -74,6 +75,7 @@ def make_tag(tag_format: str, ticket_id: int) -> str:
     return tag_format.replace("{id}", str(ticket_id))
 
 
+@functools.lru_cache(maxsize=16)
 def tag_pattern(tag_format: str) -> re.Pattern[str]:
     """The regex that finds the tag of ``tag_format`` in a subject; group 1 is the ticket id."""
     before, _, after = tag_format.partition("{id}")
