@@ -87,18 +87,14 @@ def collect(cfg: Config, db: Database, daemon: dict, now: datetime | None = None
         .add(_seconds(daemon.get("started_at"))),
     ]
     out += _account_families(cfg, db, family, now_s)
-    waiting = unsent_summary(db)
-    size = family("outbox_messages", "gauge", "Mail in the outbox not sent yet, by status (queued, sending, "
-                  "failed: refused or given up, held: stopped by loop protection).")
-    oldest = family("outbox_oldest_age_seconds", "gauge", "Age of the oldest mail in the outbox with this "
-                    "status; 0 when there is none.")
-    for status in UNSENT_STATUSES:
-        n, first = waiting.get(status, (0, None))
-        size.add(n, status=status)
-        oldest.add(age(first), status=status)
+    out += _queue_families(
+        family("outbox_messages", "gauge", "Mail in the outbox not sent yet, by status (queued, sending, "
+               "failed: refused or given up, held: stopped by loop protection)."),
+        family("outbox_oldest_age_seconds", "gauge", "Age of the oldest mail in the outbox with this "
+               "status; 0 when there is none."),
+        unsent_summary(db), UNSENT_STATUSES, age)
     n, first = open_quarantine_summary(db)
     out += [
-        size, oldest,
         family("quarantine_messages", "gauge", "Messages in the quarantine (could not become tickets; "
                "'mail2ticket quarantine list').").add(n),
         family("quarantine_oldest_age_seconds", "gauge", "Age of the oldest message waiting in the "
@@ -150,13 +146,19 @@ def hook_queue_families(db: Database, family, age) -> list[Family]:
     """The hook queue (issue 18.3, [[hooks]], docs/hooks.md): its size by status and its oldest
     age, from tickets/hookqueue.queue_summary (pending: waiting for an attempt or a retry;
     failed: given up after every retry, waiting for 'hooks retry')."""
-    summary = queue_summary(db)
-    size = family("hook_deliveries", "gauge", "Hook events not delivered yet, by status (pending: waiting "
-                  "for an attempt or a retry; failed: given up, waiting for 'mail2ticket hooks retry').")
-    oldest = family("hook_oldest_age_seconds", "gauge", "Age of the oldest hook event with this status; "
-                    "0 when there is none.")
-    for status in QUEUE_STATUSES:
-        n, first = summary[status]
+    return _queue_families(
+        family("hook_deliveries", "gauge", "Hook events not delivered yet, by status (pending: waiting "
+               "for an attempt or a retry; failed: given up, waiting for 'mail2ticket hooks retry')."),
+        family("hook_oldest_age_seconds", "gauge", "Age of the oldest hook event with this status; "
+               "0 when there is none."),
+        queue_summary(db), QUEUE_STATUSES, age)
+
+
+def _queue_families(size: Family, oldest: Family, summary: dict, statuses, age) -> list[Family]:
+    """A queue's size and oldest age by status (label status), from its owner's summary
+    ({status: (count, oldest time)}); every status present, 0 when it has none."""
+    for status in statuses:
+        n, first = summary.get(status, (0, None))
         size.add(n, status=status)
         oldest.add(age(first), status=status)
     return [size, oldest]
