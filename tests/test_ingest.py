@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -176,9 +177,12 @@ def test_a_message_that_cannot_become_a_ticket_is_quarantined_with_exit_0_and_a_
     big = message(1, "A scan far over the limit") + b"x" * 5000 + b"\n"
     result = ingest(config, big)
     assert result.exit_code == 0
-    assert "Warning: the message could not be read as mail; it is stored in the quarantine as #1" in result.stderr
+    assert ("Warning: the message is over the size limit (max_message_size); it is stored in the quarantine "
+            "as #1") in result.stderr
     shown = CliRunner().invoke(cli, ["--config", str(config), "quarantine", "show", "1", "--raw"])
     assert shown.stdout_bytes == big
+    listed = json.loads(CliRunner().invoke(cli, ["--config", str(config), "quarantine", "list", "--json"]).stdout)
+    assert [e["reason"] for e in listed] == ["too-large"]  # not "unparseable": it was never parsed
     assert all_tickets(config) == []
     again = ingest(config, big)
     assert again.exit_code == 0 and "already stored in the quarantine as #1" in again.stdout

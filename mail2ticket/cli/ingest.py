@@ -155,10 +155,18 @@ def ingest(app, account_name, lock_timeout):
         if spool is not None:
             spool.unlink()
     if outcome.status == "quarantined":
+        qid = outcome.quarantine_id
+        if outcome.quarantine_reason == "too-large":
+            click.echo(
+                f"Warning: the message is over the size limit (max_message_size); it is stored in the "
+                f"quarantine as #{qid} ({outcome.detail}). To import it, raise max_message_size and run "
+                f"'mail2ticket quarantine retry {qid}'.",
+                err=True,
+            )
+            return
         click.echo(
             f"Warning: the message could not be read as mail; it is stored in the quarantine as "
-            f"#{outcome.quarantine_id} ({outcome.detail}). See 'mail2ticket quarantine show "
-            f"{outcome.quarantine_id}'.",
+            f"#{qid} ({outcome.detail}). See 'mail2ticket quarantine show {qid}'.",
             err=True,
         )
         return

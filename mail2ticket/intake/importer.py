@@ -103,6 +103,7 @@ class Outcome:
     ticket_id: int | None = None
     message_row: int | None = None
     quarantine_id: int | None = None
+    quarantine_reason: str | None = None  # a quarantined message's: _quarantine_reason
     detail: str = ""
     previous_status: str | None = None  # a follow-up's ticket status before this mail reopened it
     no_ack: str | None = None  # why no acknowledgement may be sent (set by rules; see rules.suppresses_ack)
@@ -337,6 +338,16 @@ class BatchLookups:
         return None, open_quarantine_entry(self.db, sha)
 
 
+def _quarantine_reason(ctx: ImportContext, item: Incoming) -> str:
+    """Why a message goes to the quarantine: never downloaded (over the size limit on the server,
+    or its fetch kept failing), downloaded but over a local source's limit (maildir.limit_size),
+    or downloaded and not readable as mail."""
+    if not item.downloaded:
+        return "unfetchable" if item.fetch_error else "too-large"
+    limit = ctx.limits.max_message_bytes if ctx.limits is not None else None
+    return "too-large" if limit and item.raw_size > limit else "unparseable"
+
+
 def _store_one(ctx: ImportContext, prep: PreparedItem, lookups: BatchLookups | None = None) -> Outcome:
     db = ctx.db
     item = prep.incoming
@@ -387,7 +398,7 @@ def _store_one_inner(ctx: ImportContext, prep: PreparedItem, lookups: BatchLooku
         # Known when prepared but gone inside the transaction: parse now (rare race).
         return _store_one_inner(ctx, _prepared(ctx, prep.incoming, prep.sha256), lookups)
     if prep.parsed is None:
-        reason = "unparseable" if item.downloaded else ("unfetchable" if item.fetch_error else "too-large")
+        reason = _quarantine_reason(ctx, item)
         qid = insert_quarantine(
             db,
             {
@@ -406,7 +417,7 @@ def _store_one_inner(ctx: ImportContext, prep: PreparedItem, lookups: BatchLooku
         log_event(db, "quarantined", f"#{qid} ({reason}): {prep.error or ''}", account=item.account)
         _record_source(db, item, prep.sha256, message=None, quarantine=qid)
         log.warning("account %s: message quarantined (#%s): %s", item.account, qid, prep.error)
-        return Outcome(item, "quarantined", quarantine_id=qid, detail=prep.error or "")
+        return Outcome(item, "quarantined", quarantine_id=qid, quarantine_reason=reason, detail=prep.error or "")
     return _store_parsed(ctx, prep, now)
 
 
