@@ -232,6 +232,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_secrets_canary.py::test_a_canary_password_appears_nowhere_but_the_keyring_after_every_command_at_debug_level",
         "tests/test_secrets_canary.py::test_a_refused_login_at_debug_level_names_the_account_but_not_the_password",
         "tests/test_secrets.py::test_a_failing_password_command_says_so_without_printing_what_it_wrote",
+        "tests/test_secrets_canary.py::test_a_hooks_signing_secret_appears_nowhere_but_the_keyring",
     ),
     # Issue 15 (parser fidelity), tests/test_parse_fidelity.py:
     77: tests(

@@ -33,7 +33,7 @@ class Receiver:
     """A webhook receiver over HTTPS on loopback: records each POST, checks its signature with
     SECRET, answers 200 (or hangs until released, with ``hang``)."""
 
-    def __init__(self, test_ca, port: int | None = None, *, hang: bool = False):
+    def __init__(self, test_ca, port: int | None = None, *, hang: bool = False, secret: str = SECRET):
         self.posts: list[dict] = []
         self.hang = hang
         self.release = threading.Event()
@@ -43,7 +43,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
                 receiver.arrived.set()
                 if receiver.hang:
                     receiver.release.wait(60)  # accepted, read, and no answer

@@ -152,3 +152,50 @@ def test_a_refused_login_at_debug_level_names_the_account_but_not_the_password(
     forms = canary_forms([dovecot_user.email, dovecot_user.name], imap_password)
     leaked = [f for f, needle in forms.items() for _, data in run.outputs if needle in data]
     assert leaked == []
+
+
+def test_a_hooks_signing_secret_appears_nowhere_but_the_keyring(tmp_path, isolated_env, test_ca):
+    """The same search for a webhook's signing secret (issue 18.3): set from standard input,
+    used to sign a delivery a real HTTPS receiver checks, and in a chat URL's {secret} that
+    points at a port where nothing listens (the failure path: the error is printed, logged and
+    kept in the hook queue)."""
+    from tests.test_hooks import Receiver
+
+    receiver = Receiver(test_ca, secret=CANARY)
+    try:
+        closed = free_port()
+        config = tmp_path / "config.toml"
+        config.write_text(
+            '[storage]\ndatabase = "m2t.db"\n\n'
+            '[[accounts]]\nname = "support"\nemail = "support@example.test"\nsource = "pipe"\n'
+            'acknowledge = false\n\n'
+            f'[[hooks]]\nname = "signed"\nevents = ["ticket.created"]\n'
+            f'url = "https://127.0.0.1:{receiver.port}/hooks/m2t"\nca_file = "{test_ca.ca_file}"\n\n'
+            f'[[hooks]]\nname = "chat"\nevents = ["ticket.created"]\nformat = "chat"\ntimeout = 2\n'
+            f'url = "https://127.0.0.1:{closed}/hooks/{{secret}}"\nca_file = "{test_ca.ca_file}"\n'
+        )
+        run = Run(config)
+        run("hooks", "set-secret", "signed", "--secret-stdin", input=CANARY + "\n")
+        run("hooks", "set-secret", "chat", "--secret-stdin", input=CANARY + "\n")
+        run("config", "check")
+        run("ingest", "--account", "support", input=mail("support@example.test", "Printer on fire").decode())
+        run("poll")  # delivers: the signed hook succeeds, the chat hook fails and is kept for a retry
+        run("hooks", "test", "signed")
+        run("hooks", "test", "chat", ok=False)
+        run("hooks", "retry", ok=False)
+        for listing in (("hooks", "list", "--all"), ("hooks", "list", "--all", "--json"), ("status", "--json"),
+                        ("status", "--prometheus")):
+            run(*listing, ok=None)
+    finally:
+        receiver.close()
+    assert len(receiver.posts) >= 2 and all(p["signed"] for p in receiver.posts)  # the secret was used
+    forms = canary_forms([])
+    hits = [f"{name}: {form}" for name, data in run.outputs for form, needle in forms.items() if needle in data]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p != isolated_env.keyring_file]
+    for path in files:
+        data = path.read_bytes()
+        hits += [f"{path}: {form}" for form, needle in forms.items() if needle in data]
+    assert hits == []
+    assert any(p.name == "m2t.db" for p in files)
+    assert forms["base64"] in isolated_env.keyring_file.read_bytes() or forms["raw"] in \
+        isolated_env.keyring_file.read_bytes()
