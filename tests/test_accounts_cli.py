@@ -127,6 +127,27 @@ def test_rename_refuses_a_name_that_is_taken_and_changes_nothing(env):
     assert (env.config.parent / "accounts.d" / f"{env.name}.toml").exists()
 
 
+@pytest.mark.parametrize("taken", ["s3-attachments", "chat.hook"])
+def test_a_name_another_secret_is_kept_under_is_refused_everywhere(env, taken):
+    """Item 92: an account's password is the keyring entry and systemd credential of its name; the
+    S3 secret key is 's3-attachments' and a webhook's credential 'NAME.hook'. An account of that
+    name would read (and 'accounts remove' would delete) the other secret."""
+    keyring.set_password("mail2ticket", "s3-attachments", "the-bucket-key")
+    added = env.invoke("add-account", taken, "--email", "x@example.test", "--imap-host", "127.0.0.1",
+                       "--smtp-host", "127.0.0.1", "--no-verify", "--password-stdin", input="pw\n")
+    assert added.exit_code == 3, added.output
+    assert f"{taken!r} cannot be an account name" in added.stderr
+    env.add()
+    renamed = env.invoke("accounts", "rename", env.name, taken)
+    assert renamed.exit_code == 3 and f"{taken!r} cannot be an account name" in renamed.stderr
+    by_hand = env.config.parent / "accounts.d" / "by-hand.toml"
+    by_hand.write_text(f'[[accounts]]\nname = "{taken}"\nemail = "x@example.test"\nimap_host = "127.0.0.1"\n'
+                       'smtp_host = "127.0.0.1"\n')
+    checked = env.invoke("config", "check")
+    assert checked.exit_code == 3 and f"{taken!r} cannot be an account name" in checked.stderr
+    assert keyring.get_password("mail2ticket", "s3-attachments") == "the-bucket-key"
+
+
 def test_rename_refuses_a_name_still_used_in_the_database(env, dovecot):
     env.add()
     dovecot.append(env.user, mail("Old ticket"))

@@ -491,6 +491,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     97: tests(
         "tests/test_hooks.py::test_an_account_failing_and_recovering_is_one_event_each_not_one_per_poll",
     ),
+    92: tests("tests/test_accounts_cli.py::test_a_name_another_secret_is_kept_under_is_refused_everywhere"),
 }
 
 

@@ -21,6 +21,7 @@ from mail2ticket.config.checks import (
 )
 from mail2ticket.config.model import Account
 from mail2ticket.config.providers import PRESETS, find_preset, get_preset
+from mail2ticket.config.storage import SECRET_NAME
 from mail2ticket.errors import ConfigError
 
 ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -78,6 +79,22 @@ ACCOUNT_KEYS: dict[str, tuple[Any, Any, str]] = {
 }
 
 
+def account_name_problem(name: str) -> tuple[str, str] | None:
+    """What is wrong with ``name`` as an account's name, and what to do; None if nothing.
+    An account's password is the keyring entry and systemd credential of its name, so the names
+    other secrets are kept under are not account names: the S3 secret key (config/storage.py)
+    and a webhook's credential NAME.hook (accounts/secrets.py)."""
+    if not ACCOUNT_NAME_RE.match(name):
+        return f"{name!r} is not a valid account name", "use letters, digits, '.', '_' or '-' (at most 64)"
+    if name == SECRET_NAME:
+        return (f"{name!r} cannot be an account name: the attachment store's secret key is kept under it "
+                "(keyring entry and systemd credential)", "choose another name")
+    if name.endswith(".hook"):
+        return (f"{name!r} cannot be an account name: NAME.hook is a webhook's signing secret "
+                "(systemd credential)", "choose a name that does not end in '.hook'")
+    return None
+
+
 def build_account(path: Path, index: int, data: Any) -> Account:
 
     label = f"accounts[{index}]"
@@ -85,11 +102,9 @@ def build_account(path: Path, index: int, data: Any) -> Account:
         label = f"accounts.{data['name']}"
     values = check_table(path, label, data, ACCOUNT_KEYS)
     name = values["name"]
-    if not ACCOUNT_NAME_RE.match(name):
-        raise ConfigError(
-            f"{path}: '{label}.name' = {name!r} is not a valid account name",
-            "use letters, digits, '.', '_' or '-' (at most 64)",
-        )
+    problem = account_name_problem(name)
+    if problem:
+        raise ConfigError(f"{path}: '{label}.name' = {problem[0]}", problem[1])
     if "@" not in values["email"]:
         raise ConfigError(f"{path}: '{label}.email' = {values['email']!r} is not an e-mail address")
     if values["provider"]:

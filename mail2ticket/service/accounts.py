@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.secrets import delete_password, delete_token, move_secret, token_key
-from mail2ticket.config.accounts import ACCOUNT_NAME_RE
+from mail2ticket.config.accounts import account_name_problem
 from mail2ticket.config.files import (
     account_entries,
     account_file,
@@ -32,8 +32,9 @@ def rename_account(cfg: Config, db: Database, old: str, new: str) -> Path:
     """Rename ``old`` to ``new``; returns the new account file. Refuses before changing anything."""
 
     cfg.account(old)  # an unknown account is refused first
-    if not ACCOUNT_NAME_RE.match(new):
-        raise ConfigError(f"{new!r} is not a valid account name", "use letters, digits, '.', '_' or '-' (at most 64)")
+    problem = account_name_problem(new)
+    if problem:
+        raise ConfigError(*problem)
     if any(a.name == new for a in cfg.accounts):
         raise ConfigError(f"an account named {new!r} exists already", "choose another name")
     src = own_account_file(cfg, old, "rename")
