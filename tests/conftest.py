@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import DaemonProcess, Desk
+from tests.postgres import POSTGRES_MISSING, PSYCOPG_MISSING, PostgresServer, find_postgres
 from tests.servers import (
     DOVECOT_MISSING,
     CertificateAuthority,
@@ -148,6 +149,32 @@ def tcp_relay() -> Iterator[Callable[[str, int], TcpRelay]]:
     yield make
     for relay in relays:
         relay.close()
+
+
+# -------------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL for this pytest process (tests/postgres.py): 127.0.0.1, a free port."""
+    bindir = find_postgres()
+    if bindir is None:
+        missing_dependency(POSTGRES_MISSING)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing_dependency(PSYCOPG_MISSING)
+    with PostgresServer(bindir) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of this test's own: its URL (the password is
+    TEST_PASSWORD; the caller puts it where the password chain finds it)."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
 
 
 # ------------------------------------------------------------------------ desks and daemons
