@@ -104,3 +104,9 @@ class ParseError(Mail2TicketError):
 
 class NotFoundError(Mail2TicketError):
     """A ticket, account or quarantine entry named on the command line does not exist."""
+
+
+class QueryError(Mail2TicketError):
+    """A search query the database cannot run (on PostgreSQL: a word longer than its index keeps)."""
+
+    exit_code = EXIT_USAGE

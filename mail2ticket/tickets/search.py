@@ -1,4 +1,5 @@
-"""Full-text search over messages (SQLite FTS5), kept in sync by triggers, ranked, with snippets."""
+"""Full-text search over messages, kept in sync by triggers, ranked, with snippets: SQLite's FTS5
+(tickets/fts.py) or PostgreSQL's own (tickets/fts_pg.py), with the same query syntax."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING
 
+from mail2ticket.tickets import fts_pg, fts_query
 from mail2ticket.tickets.db import NOT_CLOSED_SQL, get_tickets
 from mail2ticket.tickets.fts import FTS_COLUMNS, FTS_TABLE
 
@@ -91,11 +93,17 @@ def search(
     ``rank`` (lower is better) and ``matched_message`` (the best-matching message's row id).
 
     ``query`` is FTS5 syntax ("printer AND toner", "subject:invoice", "migrat*", a "quoted phrase");
-    text that is not valid syntax (an address, a path) is searched as plain words.
+    text that is not valid syntax (an address, a path) is searched as plain words. On PostgreSQL
+    the same syntax is read by tickets/fts_query.py; a query it cannot run is a QueryError.
     """
 
     if not query.strip():
         return []
+    tree = None
+    if _engine(db) == "postgresql":
+        tree = _pg_tree(query)  # None: not one word to search for
+        if tree is None:
+            return []
     where, params = [], []
     if status in (None, "", "active"):
         where.append(NOT_CLOSED_SQL)
@@ -109,20 +117,11 @@ def search(
     wanted = offset + limit
     window = max(50, wanted * 4)
     while True:
-        if where:
-            # Filters need the ticket of every match: rank them all (still one indexed pass).
-            sql = (
-                f"select f.rowid, f.rank, m.ticket_id from {FTS_TABLE} f "
-                "join messages m on m.id = f.rowid join tickets t on t.id = m.ticket_id "
-                f"where {FTS_TABLE} match ? and {' and '.join(where)} order by f.rank limit ?"
-            )
+        if tree is not None:
+            sql = fts_pg.match_sql(where, ranked_first=not where)
+            rows = fts_pg.run(db, sql, tree, [*params, window])
         else:
-            sql = (
-                f"select f.rowid, f.rank, m.ticket_id from (select rowid, rank from {FTS_TABLE} "
-                f"where {FTS_TABLE} match ? order by rank limit ?) f join messages m on m.id = f.rowid "
-                "order by f.rank"
-            )
-        rows = _match(db, sql, query, [*params, window] if where else [window])
+            rows = _fts5_rows(db, query, where, params, window)
         best = {}
         for rowid, rank, ticket_id in rows:
             if ticket_id not in best:
@@ -141,9 +140,26 @@ def search(
             continue
         ticket["rank"] = rank
         ticket["matched_message"] = rowid
-        ticket["snippet"] = _snippet(db, query, rowid)
+        ticket["snippet"] = _pg_snippet(db, tree, rowid) if tree is not None else _snippet(db, query, rowid)
         out.append(ticket)
     return out
+
+
+def _fts5_rows(db: Database, query: str, where: list[str], params: list, window: int) -> list:
+    if where:
+        # Filters need the ticket of every match: rank them all (still one indexed pass).
+        sql = (
+            f"select f.rowid, f.rank, m.ticket_id from {FTS_TABLE} f "
+            "join messages m on m.id = f.rowid join tickets t on t.id = m.ticket_id "
+            f"where {FTS_TABLE} match ? and {' and '.join(where)} order by f.rank limit ?"
+        )
+        return _match(db, sql, query, [*params, window])
+    sql = (
+        f"select f.rowid, f.rank, m.ticket_id from (select rowid, rank from {FTS_TABLE} "
+        f"where {FTS_TABLE} match ? order by rank limit ?) f join messages m on m.id = f.rowid "
+        "order by f.rank"
+    )
+    return _match(db, sql, query, [window])
 
 
 def _snippet(db: Database, query: str, rowid: int) -> str:
@@ -154,6 +170,25 @@ def _snippet(db: Database, query: str, rowid: int) -> str:
     rows = _match(db, sql, query, [rowid])
     text = rows[0][0] if rows else ""
     return " ".join((text or "").split())
+
+
+def _engine(db: Database) -> str:
+    return getattr(db, "engine", "sqlite")
+
+
+def _pg_tree(query: str) -> fts_query.Node | None:
+    """The query read as FTS5 syntax, or else as plain words (as _match does on SQLite)."""
+    try:
+        tree = fts_query.parse(query)
+    except fts_query.QuerySyntaxError:
+        tree = fts_query.parse(plain_query(query))
+    return fts_query.simplify(tree)
+
+
+def _pg_snippet(db: Database, tree: fts_query.Node, rowid: int) -> str:
+    columns = fts_pg.message_columns(db, rowid)
+    text = fts_query.snippet(columns, list(fts_query.wanted_phrases(tree)), start=HIT_START, end=HIT_END)
+    return " ".join(text.split())
 
 
 def mark_hits(snippet: str, start: str = "[", end: str = "]") -> str:
