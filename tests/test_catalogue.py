@@ -492,6 +492,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_hooks.py::test_an_account_failing_and_recovering_is_one_event_each_not_one_per_poll",
     ),
     92: tests("tests/test_accounts_cli.py::test_a_name_another_secret_is_kept_under_is_refused_everywhere"),
+    106: tests(
+        "tests/test_search_query.py::test_the_parser_refuses_exactly_what_fts5_refuses",
+        "tests/test_search_query.py::test_snippets_mark_the_same_words_in_the_same_window_as_fts5",
+        "tests/test_search_query.py::test_postgresql_finds_the_same_messages_as_fts5",
+    ),
 }
 
 

@@ -103,3 +103,69 @@ def test_snippets_mark_the_same_words_in_the_same_window_as_fts5(fts5: sqlite3.C
             assert got == expected, (query, rows[rowid - 1])
             compared += 1
     assert compared > 300
+
+
+# ------------------------------------------------------------ the same messages on PostgreSQL
+
+_DOCS = [
+    ("Printer jams on floor 2", "Bob Example", "bob@example.com", "Paper gets stuck in tray 3."),
+    ("Toner low", "Carol Jones", "carol@example.com", "The printer says the toner is low."),
+    ("VPN down", "Zoë Müller", "zoe@example.de", "Cannot reach the VPN since Monday."),
+    ("Invoice question", "Dave", "dave@corp.example", "Our address changed to Hauptstraße 5."),
+    ("Server alert", None, "nagios@mon.example", "The disk is full and the printer is stuck: error 28."),
+    ("Øresund Łódź", "ÆBLE", "x@y.z", "ΠΡΙΝΤΕΡ Привет “quoted” floor-2 a_b it's"),
+    ("Re: [#12] Paper jam", "Bob Example", "bob@example.com", "> Paper gets stuck\n\nStill stuck; jam again."),
+]
+_QUERIES = [
+    "printer", "jams", "Jones", "zoe", "MULLER", "hauptstrasse", "Hauptstraße", '"toner is low"', "toner OR VPN",
+    "prin*", "subject:printer", "printer NOT toner", "from:dave", "from:example.com body:low", "bob@example.com",
+    "tray 3.", "floor-2", "(printer", 'toner"', "VPN:", "disk:full", "error:disk full", "oresund", "Øresund",
+    "łódź", "lodz", "æble", "ΠΡΙΝΤΕΡ", "привет", "quoted", "a_b", "printer AND stuck OR vpn",
+    "printer stuck NOT disk", "-subject:printer", "{subject body_text}:printer", "subject:(printer OR vpn)",
+    "NEAR(paper stuck)", "NEAR(printer stuck, 2)", '"printer is"*', "st*", "sender:carol", "body:printer NOT subject:printer",
+    '"" printer', "12", "#12", "it's", '"it\'s"', "mon.example", "jam*",
+]
+
+
+def test_postgresql_finds_the_same_messages_as_fts5(pg_url: str) -> None:
+    import psycopg
+
+    from mail2ticket.tickets.search import plain_query
+    from tests.postgres import TEST_PASSWORD
+
+    lite = sqlite3.connect(":memory:")
+    lite.execute("create table messages (id integer primary key, subject text, from_name text, "
+                 "from_address text, body_text text)")
+    fts.install(Database(lite))
+    with psycopg.connect(pg_url, password=TEST_PASSWORD, autocommit=True) as pg:
+        pg.execute("create table messages (id bigint primary key, subject text, from_name text, "
+                   "from_address text, body_text text)")
+        for statement in fts_pg.STATEMENTS:
+            pg.execute(statement)
+        for i, doc in enumerate(_DOCS, 1):
+            lite.execute("insert into messages values (?, ?, ?, ?, ?)", [i, *doc])
+            pg.execute("insert into messages values (%s, %s, %s, %s, %s)", [i, *doc])
+        pg.execute("update messages set body_text = body_text || ' firmware' where id = 2")
+        lite.execute("update messages set body_text = body_text || ' firmware' where id = 2")
+        pg.execute("delete from messages where id = 3")
+        lite.execute("delete from messages where id = 3")
+        for query in [*_QUERIES, "firmware"]:
+            if _fts5_accepts(lite, query):
+                fts_text = query
+                for pattern, column in _ALIASES:
+                    fts_text = pattern.sub(column, fts_text)
+                tree = fts_query.simplify(fts_query.parse(query))
+            else:
+                fts_text = plain_query(query)
+                tree = fts_query.simplify(fts_query.parse(fts_text))
+            expected = sorted(r[0] for r in lite.execute(
+                "select rowid from messages_fts where messages_fts match ?", [fts_text])) if fts_text else []
+            got = [] if tree is None else sorted(r[0] for r in pg.execute(
+                "select id from messages_fts where vector @@ cast(%s as tsquery)", [fts_pg.tsquery(tree)]))
+            assert got == expected, query
+        # A subject match ranks above a body match (bm25's column weights, ts_rank's here).
+        tree = fts_query.parse("printer")
+        ranked = [r[0] for r in pg.execute(
+            "select f.id from messages_fts f cross join (select cast(%s as tsquery) as q, cast(%s as tsquery) as r) "
+            f"query where f.vector @@ query.q order by {fts_pg.RANK}, f.id", [fts_pg.tsquery(tree), fts_pg.rank_query(tree)])]
+        assert ranked[0] == 1 and set(ranked) == {1, 2, 5}

@@ -25,10 +25,11 @@ RANK = "-ts_rank('{0.1, 0.2, 0.4, 1.0}', f.vector, query.r, 1)"
 
 # A tsvector holds at most 1 MB: a body of more distinct words than that (a log, a dump) is
 # indexed by its first 100,000 characters (at most ~6 bytes of index per character), never refused.
+# Not parallel safe: the exception block is a subtransaction.
 _VECTOR = """
 create or replace function mail2ticket_search_vector(subject text, from_name text,
                                                      from_address text, body text)
-returns tsvector language plpgsql immutable parallel safe as $$
+returns tsvector language plpgsql immutable as $$
 begin
   return setweight(to_tsvector('simple', mail2ticket_fold(subject)), 'A')
       || setweight(to_tsvector('simple', mail2ticket_fold(from_name)), 'B')
@@ -69,10 +70,12 @@ begin
       join pg_collation c on c.collname = w.name and c.collencoding in (-1, pg_char_to_encoding('UTF8'))
       order by w.n limit 1;
   end if;
+  -- ASCII text (one byte a character) has no accents to remove: normalize() is skipped.
   execute $f$create or replace function mail2ticket_fold(t text) returns text
-    language sql immutable parallel safe as $b$ select lower(regexp_replace(regexp_replace(
-    normalize(coalesce(t, ''), NFD), '[\u0300-\u036f]+', '', 'g')$f$ || coalesce(collate_clause, '')
-    || $f$, '[^[:alnum:]]+', ' ', 'g')) $b$$f$;
+    language sql immutable parallel safe as $b$ select lower(regexp_replace(coalesce(case
+    when octet_length(t) = char_length(t) then t
+    else regexp_replace(normalize(t, NFD), '[\u0300-\u036f]+', '', 'g') end, '')$f$
+    || coalesce(collate_clause, '') || $f$, '[^[:alnum:]]+', ' ', 'g')) $b$$f$;
 end $do$"""
 
 # Only a change to an indexed column touches the index (status columns change often).
@@ -190,23 +193,25 @@ def match_sql(where: list[str], *, ranked_first: bool) -> str:
     )
 
 
-# The errors PostgreSQL gives for a query it cannot read (SQLSTATE): syntax_error,
-# program_limit_exceeded (a word over 2,047 bytes, a query over 1 GB), invalid_parameter_value.
-_QUERY_ERRORS = {"42601", "54000", "22023"}
+# What PostgreSQL says (SQLSTATE) of a query it cannot run, as one line without the query (which
+# may be kilobytes long): program_limit_exceeded, syntax_error.
+_QUERY_ERRORS = {
+    "54000": "a word in it is longer than PostgreSQL's index keeps (2,047 bytes), or it is too large",
+    "42601": "PostgreSQL cannot read it as a text search query",
+}
 
 
 def run(db: Any, sql: str, node: Node, params: list) -> list:
-    """Run ``sql`` with the query; a query PostgreSQL cannot read is a QueryError (a usage error)."""
+    """Run ``sql`` with the query; a query PostgreSQL cannot run is a QueryError (a usage error)."""
     try:
         return db.execute(sql, [tsquery(node), rank_query(node), *params]).fetchall()
     except Exception as exc:
-        if getattr(exc, "sqlstate", None) not in _QUERY_ERRORS:
+        # The engine wraps psycopg's error (tickets/pg.py): its SQLSTATE is on the cause.
+        state = getattr(exc, "sqlstate", None) or getattr(exc.__cause__, "sqlstate", None)
+        if state not in _QUERY_ERRORS:
             raise
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise QueryError(
-            f"PostgreSQL cannot search for this: {detail}",
-            "search for shorter words (PostgreSQL indexes words of up to 2,047 bytes)",
-        ) from None
+        raise QueryError(f"cannot search for this: {_QUERY_ERRORS[state]}",
+                         "search for shorter words, or fewer") from None
 
 
 def message_columns(db: Any, rowid: int) -> list[str | None]:
