@@ -138,8 +138,9 @@ def test_postgresql_finds_the_same_messages_as_fts5(pg_url: str) -> None:
                  "from_address text, body_text text)")
     fts.install(Database(lite))
     with psycopg.connect(pg_url, password=TEST_PASSWORD, autocommit=True) as pg:
-        pg.execute("create table messages (id bigint primary key, subject text, from_name text, "
-                   "from_address text, body_text text)")
+        # As in tickets/pg_schema.py: text collate "C" (lower() and [[:alnum:]] know ASCII only).
+        pg.execute('create table messages (id bigint primary key, subject text collate "C", '
+                   'from_name text collate "C", from_address text collate "C", body_text text collate "C")')
         for statement in fts_pg.STATEMENTS:
             pg.execute(statement)
         for i, doc in enumerate(_DOCS, 1):

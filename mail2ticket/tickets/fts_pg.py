@@ -56,20 +56,22 @@ begin
   return new;
 end $$"""
 
-# The fold, with a collation whose lower() and [[:alnum:]] know all of Unicode when the
-# database's own locale is C or POSIX (there they know ASCII only): ICU's root, else C.UTF-8.
+# The fold, always with a collation whose lower() and [[:alnum:]] know all of Unicode: the
+# columns are collate "C" (tickets/pg_schema.py), and in C that is ASCII only. ICU's root
+# collation where PostgreSQL has ICU; else the database's own locale, unless that is C or POSIX
+# too (then C.UTF-8 or en_US.UTF-8, as the operating system offers them).
 _FOLD = r"""
 do $do$
 declare
-  collate_clause text := '';
+  collate_clause text;
 begin
-  if (select datctype from pg_database where datname = current_database()) in ('C', 'POSIX') then
-    select ' collate ' || quote_ident(c.collname) into collate_clause
-      from unnest(array['und-x-icu', 'C.utf8', 'C.UTF-8', 'en_US.utf8', 'en_US.UTF-8'])
-           with ordinality as w(name, n)
-      join pg_collation c on c.collname = w.name and c.collencoding in (-1, pg_char_to_encoding('UTF8'))
-      order by w.n limit 1;
-  end if;
+  select ' collate ' || quote_ident(c.collname) into collate_clause
+    from unnest(array['und-x-icu', 'default', 'C.utf8', 'C.UTF-8', 'en_US.utf8', 'en_US.UTF-8'])
+         with ordinality as w(name, n)
+    join pg_collation c on c.collname = w.name and c.collencoding in (-1, pg_char_to_encoding('UTF8'))
+    where w.name != 'default' or (select datctype from pg_database
+                                  where datname = current_database()) not in ('C', 'POSIX')
+    order by w.n limit 1;
   -- ASCII text (one byte a character) has no accents to remove: normalize() is skipped.
   execute $f$create or replace function mail2ticket_fold(t text) returns text
     language sql immutable parallel safe as $b$ select lower(regexp_replace(coalesce(case
