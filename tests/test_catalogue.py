@@ -497,6 +497,17 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_search_query.py::test_snippets_mark_the_same_words_in_the_same_window_as_fts5",
         "tests/test_search_query.py::test_postgresql_finds_the_same_messages_as_fts5",
     ),
+    112: tests(
+        "tests/test_leases.py::test_a_lease_is_held_by_one_daemon_until_it_expires_then_taken_over_with_a_new_epoch",
+        "tests/test_leases.py::test_eight_daemons_asking_at_once_never_both_win",
+        "tests/test_leases.py::test_accounts_spread_over_the_live_daemons_and_a_dead_ones_are_taken_over",
+    ),
+    113: tests(
+        "tests/test_leases.py::test_a_stale_holders_batch_is_refused_inside_its_transaction_and_nothing_is_stored_twice",
+    ),
+    114: tests(
+        "tests/test_leases.py::test_a_daemon_that_cannot_renew_stops_touching_its_accounts_before_they_may_expire",
+    ),
 }
 
 

@@ -21,6 +21,7 @@ from mail2ticket.config.checks import (
     read_toml,
 )
 from mail2ticket.config.conversations import CONVERSATION_KEYS, check_conversations
+from mail2ticket.config.daemon import check_daemon
 from mail2ticket.config.hooks import check_hooks
 from mail2ticket.config.metrics import check_metrics
 from mail2ticket.config.model import Account, Config
@@ -84,7 +85,7 @@ PERFORMANCE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "logins_per_second": (lambda v: is_int(v) or isinstance(v, float), 5, "a number of logins per second"),
 }
 TOP_KEYS = {"include", "storage", "schedule", "sla", "limits", "accounts", "rules", "conversations", "performance", "monitoring",
-            "metrics", "hooks"}
+            "metrics", "hooks", "daemon"}
 
 
 def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = True) -> Config:
@@ -178,6 +179,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         no_s3_table(cfg_path, storage["s3"])
         attachments = resolve(storage["attachments"], data_dir / "attachments")
     hooks = check_hooks(cfg_path, data.get("hooks", []), account_names)
+    daemon = check_daemon(cfg_path, data.get("daemon", {}))
     return Config(
         path=cfg_path,
         database=resolve(storage["database"], data_dir / "mail2ticket.db"),
@@ -198,6 +200,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         monitoring=monitoring,
         metrics_textfile=metrics_textfile,
         hooks=hooks,
+        daemon=daemon,
     )
 
 

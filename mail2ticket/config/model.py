@@ -87,6 +87,7 @@ class Config:
     metrics_textfile: Path | None = None  # [metrics] textfile: written by the daemon (docs/metrics.md)
     object_store: Any = None  # storage.S3Location when [storage] attachments is s3:// (docs/storage.md)
     hooks: list[Any] = field(default_factory=list)  # hooks.Hook, validated ([[hooks]], docs/hooks.md)
+    daemon: Any = None  # daemon.DaemonSettings: [daemon] lease_renew, lease_ttl (docs/scaling.md)
 
     def account(self, name: str) -> Account:
         for account in self.accounts:

@@ -130,6 +130,10 @@ class ImportContext:
     acknowledge: bool = True
     # The size limits of the large-message path (bigmessage.parse_file); from the config.
     limits: Any = None
+    # Fencing (several daemons, tickets/leases.py): called inside the batch's write transaction
+    # just before it commits; raises leases.LeaseLost when this daemon no longer holds the
+    # account, and the whole batch rolls back. None: no lease (one daemon, or a command).
+    fence: Callable[[Database], None] | None = None
 
     def thread_settings(self, account: str | None):
         """threader.settings_for of ``account``, worked out once per import (not per message)."""
@@ -274,6 +278,8 @@ def import_batch(
                 outcomes.append(_store_one(ctx, prep, lookups))
             if before_commit:
                 before_commit(db)
+            if ctx.fence is not None:  # last, under the write lock: a stale holder's batch is refused
+                ctx.fence(db)
     except sqlite3.OperationalError as exc:
         raise TempFailError(f"database: {exc}", "free disk space or wait for the lock, then poll again") from None
     return outcomes

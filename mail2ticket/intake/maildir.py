@@ -215,7 +215,7 @@ def finish_pending(db: Database, account: Account, root: Path, known: dict[str, 
     return len(done)
 
 
-def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=None) -> PollResult:
+def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=None, fence=None) -> PollResult:
     """Import every message of the account's Maildir that is not in the ledger yet.
 
     Each batch is committed before its files are moved to cur/ with the S flag (or handled as
@@ -227,7 +227,7 @@ def poll_maildir(cfg: Config, db: Database, account: Account, hooks=None, stop=N
     folder = str(root)
     result = PollResult(account.name)
     ctx = ImportContext(
-        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg
+        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg, fence=fence
     )  # config: rules, SLA and acknowledgements as for IMAP mail
     limit_size(ctx, account.max_message_size or cfg.max_message_size)
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write

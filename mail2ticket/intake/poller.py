@@ -42,6 +42,7 @@ from mail2ticket.tickets.db import (
     transaction,
 )
 from mail2ticket.tickets.failure_causes import count_poll_failure
+from mail2ticket.tickets.leases import LeaseLost
 from mail2ticket.tickets.ledger import (
     count_failure,
     forget_failures,
@@ -214,7 +215,7 @@ def _set_on_exit(done: threading.Event):
 
 def poll_account(
     cfg: Config, db: Database, account: Account, password: str | None, *, hooks=None, stop=None, box=None,
-    result: PollResult | None = None,
+    result: PollResult | None = None, fence=None,
 ) -> PollResult:
     """Import everything new in ``account``'s folder. Raises Mail2TicketError on failure.
 
@@ -225,7 +226,7 @@ def poll_account(
     as batches commit, so a caller still knows what was stored when the poll raises."""
     result = result if result is not None else PollResult(account.name)
     ctx = ImportContext(  # config: rules, SLA and acknowledgements (the outbox sends them later)
-        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg
+        db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg, fence=fence
     )
     limit = account.max_message_size or cfg.max_message_size
     ctx.attachments.sweep_temp()  # temp files of a run that was killed mid-write
@@ -405,18 +406,21 @@ def _poll(cfg: Config, db: Database, account: Account, password: str, ctx: Impor
     return result
 
 
-def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None, box=None) -> PollResult:
+def run_poll(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None, box=None,
+             fence=None) -> PollResult:
     """poll_account with errors caught, logged and recorded in account_status (never raises).
 
     A poll of an account that another poll holds (this process or another on the same database)
-    is skipped at once: ``result.skipped`` says by whom; nothing is recorded."""
+    is skipped at once: ``result.skipped`` says by whom; nothing is recorded. ``fence``: the
+    daemon's lease check (importer.ImportContext.fence); a batch it refuses is not stored, the
+    poll ends as skipped and the account's status is left to the daemon that holds it."""
 
     if account.source == "pipe":
         return PollResult(account.name)  # nothing to fetch: its mail arrives by 'mail2ticket ingest'
     # One poll per account at a time (daemon pool, push, cron 'poll'): one IMAP connection each.
     try:
         with account_lock(cfg.database, account.name):
-            return _run_poll_locked(cfg, db, account, hooks=hooks, stop=stop, box=box)
+            return _run_poll_locked(cfg, db, account, hooks=hooks, stop=stop, box=box, fence=fence)
     except AccountBusy as exc:
         log.info("%s; this poll skipped", exc)
         return PollResult(account.name, skipped=f"{exc}: skipped")
@@ -470,7 +474,7 @@ def _user_name() -> str:
 
 
 def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None, stop=None,
-                     box=None) -> PollResult:
+                     box=None, fence=None) -> PollResult:
     from imapclient.exceptions import (  # imapclient loads only when a server is contacted (slow to import; most commands never connect)
         IMAPClientAbortError,
         IMAPClientError,
@@ -481,11 +485,17 @@ def _run_poll_locked(cfg: Config, db: Database, account: Account, *, hooks=None,
     err: Mail2TicketError | None = None
     try:
         if account.source == "maildir":
-            result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop)
+            result = poll_maildir(cfg, db, account, hooks=hooks, stop=stop, fence=fence)
         else:
             password = None if box is not None else sign_in_secret(account)
             result = poll_account(cfg, db, account, password, hooks=hooks, stop=stop, box=box,
-                                  result=progress)
+                                  result=progress, fence=fence)
+    except LeaseLost as exc:  # another daemon holds the account now: not a failure of the account
+        log.warning("%s", exc.one_line())
+        result = PollResult(account.name, skipped=str(exc))
+        for name in ("imported", "followups", "duplicates", "quarantined", "flagged"):
+            setattr(result, name, getattr(progress, name))
+        return result
     except Mail2TicketError as exc:
         err = exc
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # cut mid-stream, not a TLS problem

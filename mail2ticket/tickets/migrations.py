@@ -8,6 +8,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from mail2ticket.tickets.fts import install
+from mail2ticket.tickets.leases import TABLES as LEASE_TABLES
 
 migrations = Migrations("mail2ticket")
 
@@ -484,3 +485,12 @@ def m1803_hooks(db: Database) -> None:
     db.execute("create index idx_hook_deliveries_due on hook_deliveries (status, next_attempt_at)")
     db.execute("create index idx_hook_deliveries_hook on hook_deliveries (hook, status)")
     db.execute("create index idx_hook_deliveries_unfrozen on hook_deliveries (id) where payload is null")
+
+
+@migrations()
+def m1702_leases(db: Database) -> None:
+    """Issue 17.2: several daemons on one database. daemons (who is alive), account_leases (which
+    daemon holds each account, with an epoch for fencing), group_jobs (which daemon runs a
+    group-wide job this period); tickets/leases.py owns all three (the same SQL on PostgreSQL)."""
+    for sql in LEASE_TABLES:
+        db.execute(sql)
