@@ -121,10 +121,12 @@ def set_due(db: Database, ticket_id: int, due_response: str | None, due_resoluti
             overdue_sql: str) -> None:
     """Set the SLA due times. A target moved into the future is no longer breached: its breach
     record and the overdue mark (``overdue_sql``: when a ticket is overdue) are cleared."""
+    # cast(:r as text): PostgreSQL cannot tell the type of a parameter that is only tested for null.
     db.execute(
-        "update tickets set due_response_at = :r, due_resolution_at = :s, "
-        "response_breached_at = case when :r is null or :r > :now then null else response_breached_at end, "
-        "resolution_breached_at = case when :s is null or :s > :now then null else resolution_breached_at end "
+        "update tickets set due_response_at = :r, due_resolution_at = :s, response_breached_at = case "
+        "when cast(:r as text) is null or :r > :now then null else response_breached_at end, "
+        "resolution_breached_at = case "
+        "when cast(:s as text) is null or :s > :now then null else resolution_breached_at end "
         "where id = :id",
         {"r": due_response, "s": due_resolution, "now": now, "id": ticket_id},
     )
