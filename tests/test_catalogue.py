@@ -508,6 +508,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     114: tests(
         "tests/test_leases.py::test_a_daemon_that_cannot_renew_stops_touching_its_accounts_before_they_may_expire",
     ),
+    115: tests(
+        "tests/test_leases.py::test_a_group_wide_job_runs_once_per_period_whichever_daemon_asks",
+        "tests/test_leases.py::test_status_lists_the_daemon_with_the_accounts_it_holds_and_a_clean_stop_gives_them_back",
+    ),
 }
 
 

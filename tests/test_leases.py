@@ -193,3 +193,26 @@ def test_lease_settings_are_checked(tmp_path):
         check_daemon(cfg, {"lease_renew": "20s"})
     with pytest.raises(ConfigError, match="unknown key 'daemon.ttl'"):
         check_daemon(cfg, {"ttl": "20s"})
+
+
+def test_status_lists_the_daemon_with_the_accounts_it_holds_and_a_clean_stop_gives_them_back(
+    tmp_path, dovecot, imap_user, account_config, start_daemon
+):
+    """A real daemon on SQLite (one daemon: its leases recorded for 'status'): the daemons list of
+    'status --json' (host, pid, heartbeat, accounts held); after SIGTERM its row is gone and its
+    leases are free for the next daemon."""
+    from tests.test_daemon import add_account, status, write_config
+
+    main = write_config(tmp_path, poll="1h")
+    add_account(main, account_config(imap_user), imap_user.password)
+    daemon = start_daemon(main)
+    daemon.notify.wait_for("READY", "1")
+    code, report = status(main)
+    [me] = report["daemons"]
+    assert code == 0 and me["pid"] == daemon.proc.pid and me["accounts"] == [imap_user.name]
+    assert me["stale"] is False and me["heartbeat_age_seconds"] < 30 and me["heartbeat_at"].endswith("Z")
+    assert daemon.stop()[0] == 0
+    code, report = status(main)
+    assert report["daemons"] == []
+    db = open_db(main.parent.parent / "var" / "m2t.db")
+    assert [(r["account"], r["left_seconds"] < 0) for r in leases.lease_rows(db)] == [(imap_user.name, True)]

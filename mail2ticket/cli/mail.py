@@ -109,7 +109,9 @@ def status(app, require_daemon, as_json, prometheus):
     older than a minute), so it can serve as a health check. A daemon that never
     started is shown but fails the check only with --require-daemon. An alert
     (a line starting with '!') says what else needs a look, e.g. a [metrics]
-    textfile the daemon cannot write.
+    textfile the daemon cannot write. Several daemons sharing a PostgreSQL
+    database are listed each (host, pid, heartbeat age, accounts held; a stale
+    one flagged), in --json as "daemons" (docs/scaling.md).
 
     \b
     --prometheus prints the metrics for Prometheus instead (mail2ticket_ prefix):
@@ -152,6 +154,11 @@ def status(app, require_daemon, as_json, prometheus):
         else:
             echo_fitted(f"Daemon: not running (no heartbeat since {shown_time(d['heartbeat_at'])}: "
                         f"pid {d['pid']} was killed or hung)")
+        if len(report["daemons"]) > 1 or getattr(app.db, "engine", "sqlite") == "postgresql":
+            for g in report["daemons"]:  # several daemons share the database (docs/scaling.md)
+                flag = " STALE" if g["stale"] else (" stopping" if g["stopping"] else "")
+                echo_fitted(f"  daemon pid {g['pid']} on {g['host']}{flag}: heartbeat {g['heartbeat_age_seconds']} s ago, "
+                            f"{len(g['accounts'])} account(s): {', '.join(g['accounts']) or '-'}")
         rows = []
         for a in report["accounts"]:
             schedule = a["schedule"] + (" + push" if a["push"] else "")

@@ -38,6 +38,7 @@ from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
 from mail2ticket.service.metrics import write_textfile
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
+from mail2ticket.service.sharing import AccountShare
 from mail2ticket.tickets.daemon_state import (
     latest_daemon,
     publish_jobs,
@@ -47,6 +48,7 @@ from mail2ticket.tickets.daemon_state import (
     record_stop,
 )
 from mail2ticket.tickets.db import next_attempt_at, now_iso, open_db, transaction
+from mail2ticket.tickets.leases import claim_group_run, new_daemon_id
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -220,14 +222,16 @@ class _Slice:
     on in the backlog pool: an account importing thousands of messages never holds a thread of
     the main pool while others' new mail waits."""
 
-    def __init__(self, stop: threading.Event, runner: JobRunner, pool: str, priority: int):
+    def __init__(self, stop: threading.Event, runner: JobRunner, pool: str, priority: int,
+                 may_touch: Callable[[], bool] = lambda: True):
         self.stop, self.runner, self.pool, self.priority = stop, runner, pool, priority
+        self.may_touch = may_touch  # False once this daemon's lease of the account may have expired
         self.started = time.monotonic()
         self.cut = False
         self.checks = 0
 
     def is_set(self) -> bool:
-        if self.stop.is_set():
+        if self.stop.is_set() or not self.may_touch():
             return True
         self.checks += 1
         if self.pool == "backlog":
@@ -279,6 +283,10 @@ class Daemon:
         self._status_due = False
         self.imported = 0
         self.daemon_id: int | None = None
+        self.share: AccountShare | None = None  # the account leases (service/sharing.py)
+        self._lease_thread: threading.Thread | None = None
+        self._polled_since_lease: set[str] = set()
+        self._leases_changed = False
         self._hooks_job = next((job for job in AFTER_POLL_JOBS if job.pool == "hooks"), None)
 
     # --- start and stop ----------------------------------------------------------------------
@@ -299,6 +307,7 @@ class Daemon:
         self.hub = PushHub(partial(self.request_poll, reason="push"), self.stop_event, gate=self.gate)
         self.daemon_id = self._start_heartbeat()
         subscribe(cfg, self.db)
+        self._start_leases()
         try:
             self._apply_config(cfg, previous=None)
             enabled = [a for a in cfg.accounts if a.enabled]
@@ -307,7 +316,7 @@ class Daemon:
             log.info("mail2ticket %s started (pid %d): %d account(s), %d worker(s), database %s",
                      __version__, os.getpid(), len(enabled), self.workers, cfg.database)
             for account in enabled:  # a first poll right away (push: once its session is open)
-                if not _pushed(account):
+                if not _pushed(account) and self.share.may_touch(account.name):
                     self.request_poll(account.name, "start", ignore_backoff=True)
             if cfg.metrics_textfile is not None:
                 self.request_job(METRICS_JOB)
@@ -339,6 +348,10 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
+            if self._leases_changed or (self.share.shared and self.share.held
+                                        and not self.share.may_touch(next(iter(self.share.held)))):
+                self._leases_changed = False
+                self._follow_leases()
             try:
                 for name in self.plan.due():
                     self.request_poll(name, "schedule")
@@ -374,12 +387,20 @@ class Daemon:
         self.notifier.stopping(f"stopping ({name})")
         self.stop_event.set()
         self.scheduler.clear()
+        if self.share is not None and self.share.shared:
+            self.share.stopping(self.db)
         if self.hub is not None:
             self.hub.close()  # idle sessions log out at once; a busy one when its batch is committed
         unfinished = self.runner.close(STOP_GRACE_SECONDS)
+        if self._lease_thread is not None:
+            self._lease_thread.join(timeout=STOP_GRACE_SECONDS)
+        if self.share is not None:
+            self.share.stop(self.db)  # the others take our accounts at their next renew
         try:
             with transaction(self.db):
-                record_stop(self.db, self.daemon_id, now_iso(), f"stopped ({name})")
+                record_stop(self.db, self.daemon_id, now_iso(), f"stopped ({name})", clear=not self._shared)
+                if self._shared and self._published_push:
+                    publish_push_sessions(self.db, list(self._published_push), [])
         except Exception as exc:
             log.warning("could not record the stop in the database: %s", exc)
         if self.cfg is not None and self.cfg.metrics_textfile is not None:
@@ -430,7 +451,7 @@ class Daemon:
         if self.gate is not None:
             self.gate.rate = _login_rate(cfg)
         # Push: one IDLE session per account with push = true; touched only when the account changed.
-        wanted = {a.name: a for a in enabled if _pushed(a)}
+        wanted = {a.name: a for a in enabled if _pushed(a) and self.share.may_touch(a.name)}
         current = self.hub.accounts() if self.hub is not None else {}
         for name, account in current.items():
             if wanted.get(name) != account:
@@ -556,11 +577,16 @@ class Daemon:
         account = next((a for a in cfg.accounts if a.name == name and a.enabled), None)
         if account is None:
             return  # removed or disabled by a reload since it was scheduled
+        if not self.share.may_touch(name):
+            log.debug("account %s: held by another daemon (or our lease may have expired); poll skipped", name)
+            return
+        fence = self.share.fence(name)  # the lease's epoch now: a takeover during the poll refuses its commit
         db = open_db(cfg.database)  # one connection per worker thread
         box = None
         result = None
         pool = "backlog" if reason == "continue" else "poll"
-        cut = _Slice(self.stop_event, self.runner, pool, PRIORITY.get(reason, 2))
+        cut = _Slice(self.stop_event, self.runner, pool, PRIORITY.get(reason, 2),
+                     partial(self.share.may_touch, name))
         try:
             if not ignore_backoff and _backing_off(db, name):
                 log.debug("account %s: backing off after failures; poll skipped", name)
@@ -579,22 +605,114 @@ class Daemon:
                 # On the main pool a burst commits in small batches, so its slice ends quickly
                 # and the rest goes to the backlog pool with the account's own batch size.
                 account = dataclasses.replace(account, batch_size=FIRST_SLICE_BATCH)
-            result = run_poll(cfg, db, account, stop=cut, box=box)
+            result = run_poll(cfg, db, account, stop=cut, box=box, fence=fence)
         finally:
             if box is not None:
                 self.hub.release(name, box, ok=result is not None and result.ok)
             db.close()
         self._poll_done(account, result)
-        if cut.cut and not self.stop_event.is_set():
+        if cut.cut and not self.stop_event.is_set() and self.share.may_touch(name):
             self.request_poll(name, "continue", ignore_backoff=True)  # the rest, after the others
 
     def _run_job(self, job: Callable) -> None:
         cfg = self.cfg
         db = open_db(cfg.database)
         try:
+            if getattr(job, "group", False) and self.share.shared and not self._claim_group_run(job, db):
+                log.debug("job %s: another daemon of the group ran it this period; skipped", job.name)
+                return
             job(cfg, db)
         finally:
             db.close()
+
+    def _claim_group_run(self, job: Job, db: Database) -> bool:
+        """Whether this daemon runs the group-wide ``job`` now: once per period of its [schedule]
+        key for all the daemons on the database (the first to ask; a little early is fine)."""
+        period = parse_schedule(self.cfg.schedule.get(job.schedule_key) or self.cfg.schedule["poll"]).period
+        with transaction(db):
+            return claim_group_run(db, job.name, self.share.daemon_id, period * 0.8)
+
+    # --- leases: which accounts this daemon polls (service/sharing.py, docs/scaling.md) ----------
+    @property
+    def _shared(self) -> bool:
+        """Several daemons may share this database (PostgreSQL): leases decide who polls what."""
+        return getattr(self.db, "engine", "sqlite") == "postgresql"
+
+    def _start_leases(self) -> None:
+        cfg = self.cfg
+        self.share = AccountShare(new_daemon_id(), host=socket.gethostname(), pid=os.getpid(),
+                                  settings=cfg.daemon, shared=self._shared)
+        self.share.start(self.db)
+        self._renew_leases(self.db)  # before the first polls and push sessions: what we hold
+        self._polled_since_lease = set(self.share.held)  # run() polls these first
+        self._lease_thread = threading.Thread(target=self._lease_loop, name="leases", daemon=True)
+        self._lease_thread.start()
+
+    def _leased_accounts(self) -> list[str]:
+        return [a.name for a in self.cfg.accounts if a.enabled and a.source != "pipe"]
+
+    def _renew_leases(self, db: Database) -> None:
+        busy = {key.split(":", 1)[1] for key in self.runner.running() if key.startswith("poll:")}
+        gained, lost = self.share.renew(db, self._leased_accounts(), busy)
+        if gained or lost:
+            if self.share.shared:
+                log.info("account leases: %s", "; ".join(
+                    part for part in (f"taken {', '.join(sorted(gained))}" if gained else "",
+                                      f"given up {', '.join(sorted(lost))}" if lost else "") if part))
+            self._leases_changed = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"l")  # the main loop opens and closes push sessions, polls what it took
+
+    def _lease_loop(self) -> None:
+        """Renew every [daemon] lease_renew on a thread and connection of its own: a database that
+        hangs (a partition) never holds up the main loop, which goes by the monotonic clock."""
+        db = None
+        while not self.stop_event.wait(self.share.settings.lease_renew):
+            try:
+                if db is None:
+                    db = open_db(self.cfg.database, busy_timeout_ms=5000)
+                self._renew_leases(db)
+            except Exception as exc:  # opening failed: renew() itself never raises
+                log.warning("could not renew the account leases: %s", exc)
+                self._renew_leases_failed()
+                if db is not None:
+                    with contextlib.suppress(Exception):
+                        db.close()
+                    db = None
+        if db is not None:
+            with contextlib.suppress(Exception):
+                db.close()
+
+    def _renew_leases_failed(self) -> None:
+        if self.share.shared and self.share.held and not self.share.may_touch(next(iter(self.share.held))):
+            self._leases_changed = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"l")
+
+    def _follow_leases(self) -> None:
+        """Push sessions only for the accounts this daemon may touch; a first poll of each account
+        it has just taken (the others are left alone)."""
+        if not self.share.shared:
+            return
+        held = {name for name in self.share.held if self.share.may_touch(name)}
+        if self.share.held and not held:
+            self.share.held = {}  # our monotonic clock says they may have expired: drop them all
+        enabled = {a.name: a for a in self.cfg.accounts if a.enabled}
+        current = self.hub.accounts() if self.hub is not None else {}
+        for name in current:
+            if name not in held:
+                log.info("account %s: no longer held by this daemon; its push session is closed", name)
+                self.hub.remove(name)
+        for name in sorted(held):
+            account = enabled.get(name)
+            if account is None:
+                continue
+            if _pushed(account):
+                if name not in current:
+                    self.hub.add(account)
+            elif name not in self._polled_since_lease:
+                self.request_poll(name, "start", ignore_backoff=True)
+        self._polled_since_lease = held
 
     def _poll_done(self, account: Account, result) -> None:
         with self._lock:
@@ -640,6 +758,7 @@ class Daemon:
         with transaction(self.db):
             # Keep a short history of starts; the newest row is the one 'status' reads.
             return record_start(self.db, pid=os.getpid(), host=socket.gethostname(), version=__version__,
+                                clear=not self._shared,
                                 config=str(cfg.path), now=now)
 
     def _heartbeat(self) -> None:
@@ -691,7 +810,7 @@ class Daemon:
             return
         try:
             with transaction(self.db):
-                publish_jobs(self.db, gone, changed, first=not self._published)
+                publish_jobs(self.db, gone, changed, first=not self._published and not self._shared)
             self._published = rows
         except Exception as exc:
             log.warning("could not record the schedule: %s", exc)

@@ -27,6 +27,9 @@ class Job:
     schedule_key: str  # the [schedule] key that times it in the daemon
     run: Callable[[Config, Database], None]
     pool: str = "job"  # the daemon's pool it runs on (service/daemon.py JobRunner)
+    # Once per period for a whole group of daemons on one database, not once per daemon
+    # (docs/scaling.md): the daemon claims the run first (tickets/leases.claim_group_run).
+    group: bool = False
 
     def __call__(self, cfg: Config, db: Database) -> None:
         self.run(cfg, db)
@@ -56,7 +59,7 @@ def deliver_hooks(cfg: Config, db: Database) -> None:
 # Every job besides the polls, in the order one pass runs them: the overdue check first, so that a
 # breach notice goes out with the same pass's outbox. Add a job here and give it a [schedule] key.
 AFTER_POLL_JOBS: tuple[Job, ...] = (
-    Job("overdue", "overdue", overdue_check),
+    Job("overdue", "overdue", overdue_check, group=True),
     Job("outbox", "outbox", send_outbox),
     Job("hooks", "hooks", deliver_hooks, pool="hooks"),
 )

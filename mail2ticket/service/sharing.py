@@ -114,12 +114,20 @@ class AccountShare:
             return partial(_refuse, account)
         return partial(leases.check_fence, daemon_id=self.daemon_id, account=account, epoch=epoch)
 
-    def stop(self, db: Database) -> None:
-        """A clean stop: marked stopping and every lease given back (others take them at once)."""
+    def stopping(self, db: Database) -> None:
+        """A stop begins: the other daemons stop counting this one when they share out accounts."""
         try:
             with transaction(db):
                 leases.set_stopping(db, self.daemon_id)
-                leases.release(db, self.daemon_id)
+        except Exception as exc:
+            log.debug("could not mark this daemon stopping: %s", exc)
+
+    def stop(self, db: Database) -> None:
+        """A clean stop: every lease given back (others take them at their next renew), the
+        daemon's row gone."""
+        try:
+            with transaction(db):
+                leases.forget_daemon(db, self.daemon_id)
         except Exception as exc:
             log.warning("could not give back the account leases: %s (they expire in %g s)", exc, self.ttl)
         self.held = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Config
@@ -11,6 +12,7 @@ from mail2ticket.service.metrics import prometheus_text, textfile_error
 from mail2ticket.tickets.daemon_state import next_polls, push_session_rows
 from mail2ticket.tickets.db import account_status, recent_events, ticket_counts
 from mail2ticket.tickets.hookqueue import queue_stats
+from mail2ticket.tickets.leases import daemons as daemon_rows
 from mail2ticket.tickets.mailqueue import waiting_count
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -25,6 +27,10 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
 
     status = account_status(db)
     daemon = daemon_state(db)
+    group = daemon_group(cfg, db)
+    shared = getattr(db, "engine", "sqlite") == "postgresql"
+    if shared and not daemon["running"] and any(not d["stale"] for d in group):
+        daemon = dict(daemon, running=True, state="running")  # the newest row is one dead daemon of several
     upcoming = next_polls(db) if daemon["running"] else {}
     sessions = push_sessions(db) if daemon["running"] else {}
     accounts = []
@@ -71,6 +77,11 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
         if failed is not None:
             metrics["error"] = failed["error"]
             alerts.append(f"metrics: {failed['error']}; failing since {failed['since']}")
+    if shared:
+        for d in group:
+            if d["stale"] and not d["stopping"]:
+                alerts.append(f"daemon pid {d['pid']} on {d['host']}: no heartbeat for {d['heartbeat_age_seconds']} s "
+                              "(killed, hung or cut off); the other daemons take its accounts over")
     counts = ticket_counts(db)
     if not daemon["running"]:
         if require_daemon or (require_daemon is None and daemon["state"] != "never started"):
@@ -83,6 +94,7 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
     return {
         "healthy": healthy,
         "daemon": daemon,
+        "daemons": group,
         "accounts": accounts,
         "tickets": {
             "open": counts.get("open", 0),
@@ -96,6 +108,25 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
         "hooks": _hook_alerts(db, alerts),
         "alerts": alerts,
     }
+
+
+def daemon_group(cfg: Config, db: Database) -> list[dict]:
+    """Every daemon registered on the database (several share a PostgreSQL one, docs/scaling.md):
+    host, pid, started_at, heartbeat_at (ISO 8601 UTC, the database's clock), the heartbeat's
+    age in seconds, stale (older than [daemon] lease_ttl), stopping, the accounts it holds."""
+    ttl = cfg.daemon.lease_ttl if cfg.daemon is not None else 30.0
+    out = []
+    for row in daemon_rows(db, stale_after=ttl):
+        out.append({
+            "host": row["host"], "pid": row["pid"], "started_at": _iso(row["started_at"]),
+            "heartbeat_at": _iso(row["heartbeat_at"]), "heartbeat_age_seconds": max(0, round(row["age"])),
+            "stale": row["stale"], "stopping": row["stopping"], "accounts": row["accounts"],
+        })
+    return out
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(float(epoch), UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def prometheus_report(cfg: Config, db: Database) -> str:

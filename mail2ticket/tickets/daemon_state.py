@@ -43,13 +43,16 @@ def push_session_rows(db: Database) -> list[dict]:
     return list(db.query("select * from push_sessions order by account"))
 
 
-def record_start(db: Database, *, pid: int, host: str, version: str, config: str, now: str) -> int:
+def record_start(db: Database, *, pid: int, host: str, version: str, config: str, now: str,
+                 clear: bool = True) -> int:
     """A new daemon row (the 19 before it kept as history); the timetable and push sessions of an
-    earlier daemon cleared. Call inside a transaction; returns the row id."""
+    earlier daemon cleared (unless ``clear`` is False: several daemons share the database, the
+    others' rows stay). Call inside a transaction; returns the row id."""
     db.execute("delete from daemon where id not in (select id from daemon order by id desc limit 19)")
-    db.execute("delete from daemon_jobs")
     db.execute(PUSH_SESSIONS_TABLE)
-    db.execute("delete from push_sessions")
+    if clear:
+        db.execute("delete from daemon_jobs")
+        db.execute("delete from push_sessions")
     cursor = db.execute(
         "insert into daemon (pid, host, version, config, started_at, heartbeat_at, status) "
         "values (?, ?, ?, ?, ?, ?, ?)",
@@ -62,11 +65,12 @@ def record_heartbeat(db: Database, daemon_id: int, now: str, status: str) -> Non
     db.execute("update daemon set heartbeat_at = ?, status = ? where id = ?", [now, status, daemon_id])
 
 
-def record_stop(db: Database, daemon_id: int, now: str, status: str) -> None:
-    """The clean stop of a daemon; its push sessions are gone."""
+def record_stop(db: Database, daemon_id: int, now: str, status: str, *, clear: bool = True) -> None:
+    """The clean stop of a daemon; its push sessions are gone (``clear`` False: the caller
+    removes its own, publish_push_sessions)."""
     db.execute("update daemon set stopped_at = ?, heartbeat_at = ?, status = ? where id = ?",
                [now, now, status, daemon_id])
-    if db["push_sessions"].exists():
+    if clear and db["push_sessions"].exists():
         db.execute("delete from push_sessions")
 
 

@@ -96,6 +96,12 @@ def forget_other_daemons(db: Database, daemon_id: str) -> None:
     db.execute("delete from daemons where id != ?", [daemon_id])
 
 
+def forget_daemon(db: Database, daemon_id: str) -> None:
+    """A clean stop: the daemon's leases free at once, its row gone."""
+    release(db, daemon_id)
+    db.execute("delete from daemons where id = ?", [daemon_id])
+
+
 def set_stopping(db: Database, daemon_id: str) -> None:
     """The daemon is stopping: others no longer count it when they share out the accounts."""
     db.execute("update daemons set stopping = 1 where id = ?", [daemon_id])
@@ -171,6 +177,8 @@ def daemons(db: Database, *, stale_after: float) -> list[dict]:
     """Every known daemon: id, host, pid, started_at and heartbeat_at (database clock), the age of
     its heartbeat in seconds, whether it is stopping, whether it is stale (no heartbeat for
     ``stale_after`` seconds) and the accounts it holds (leases not expired), oldest first."""
+    if not db["daemons"].exists():
+        return []  # no daemon ever started on this database
     now = now_sql(db)
     rows = list(db.query(
         f"select id, host, pid, started_at, heartbeat_at, stopping, {now} - heartbeat_at as age "
