@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import DaemonProcess, Desk
-from tests.postgres import POSTGRES_MISSING, PSYCOPG_MISSING, PostgresServer, find_postgres
+from tests.postgres import (
+    POSTGRES_MISSING,
+    PSYCOPG_MISSING,
+    PostgresServer,
+    drop_created,
+    engine_under_test,
+    find_postgres,
+    shared_server,
+    stop_shared_server,
+)
 from tests.servers import (
     DOVECOT_MISSING,
     CertificateAuthority,
@@ -154,18 +163,47 @@ def tcp_relay() -> Iterator[Callable[[str, int], TcpRelay]]:
 # -------------------------------------------------------------------------------- PostgreSQL
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about SQLite itself (its file, WAL, a full disk under "
+        "the .db); not run when MAIL2TICKET_TEST_ENGINE=postgresql")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if engine_under_test() != "postgresql":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "SQLite only")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A private PostgreSQL for this pytest process (tests/postgres.py): 127.0.0.1, a free port."""
-    bindir = find_postgres()
-    if bindir is None:
+    if find_postgres() is None:
         missing_dependency(POSTGRES_MISSING)
     try:
         import psycopg  # noqa: F401
     except ImportError:
         missing_dependency(PSYCOPG_MISSING)
-    with PostgresServer(bindir) as server:
-        yield server
+    try:
+        yield shared_server()
+    finally:
+        stop_shared_server()
+
+
+@pytest.fixture(autouse=True)
+def test_engine_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With MAIL2TICKET_TEST_ENGINE=postgresql: the server is up for tests/helpers.py's
+    write_config and Desk, and the databases they made are dropped after each test."""
+    if engine_under_test() != "postgresql" or request.node.get_closest_marker("sqlite_only"):
+        yield
+        return
+    request.getfixturevalue("postgres_server")
+    yield
+    drop_created()
 
 
 @pytest.fixture

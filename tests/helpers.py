@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -38,6 +39,7 @@ from click.testing import CliRunner
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
 from mail2ticket.tickets.db import open_db
+from tests.postgres import TEST_PASSWORD, engine_under_test, fresh_database
 from tests.servers import Dovecot, User, find_dovecot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,15 +66,35 @@ def file_sha256(path: Path) -> str:
 
 
 def write_config(root: Path, *accounts: dict, storage: dict | None = None, **tables: object) -> Path:
-    """``root/config.toml``: ``storage`` (default: m2t.db and files/ in ``root``), ``tables``, ``accounts``."""
+    """``root/config.toml``: ``storage`` (default: m2t.db and files/ in ``root``), ``tables``, ``accounts``.
+    With MAIL2TICKET_TEST_ENGINE=postgresql the database m2t.db is a fresh PostgreSQL database instead."""
     config = root / "config.toml"
     data: dict = {
-        "storage": storage or {"database": str(root / "m2t.db"), "attachments": str(root / "files")},
+        "storage": engine_storage(root, storage or {"database": str(root / "m2t.db"), "attachments": str(root / "files")}),
         **tables,
         "accounts": list(accounts),
     }
     config.write_text(tomli_w.dumps(data))
     return config
+
+
+def engine_storage(root: Path, storage: dict) -> dict:
+    """``storage`` as the engine under test wants it: on PostgreSQL (MAIL2TICKET_TEST_ENGINE), the
+    database ``m2t.db`` becomes a fresh database of this test's own, its password in the keyring
+    entry 'database' (the password chain of a real installation)."""
+    if engine_under_test() != "postgresql" or storage.get("database") not in (None, "m2t.db", str(root / "m2t.db")):
+        return storage
+    store_password("database", TEST_PASSWORD)
+    return {**storage, "database": fresh_database()}
+
+
+def database_url(root: Path) -> str | None:
+    """The PostgreSQL URL of the config in ``root``, or None (SQLite: root/m2t.db)."""
+    config = root / "config.toml"
+    if not config.exists():
+        return None
+    value = tomllib.loads(config.read_text()).get("storage", {}).get("database", "")
+    return value if value.startswith(("postgresql://", "postgres://")) else None
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -109,13 +131,46 @@ def command(config: Path, *args: str) -> list[str]:
 
 
 def rows(root: Path, sql: str, params=()) -> list[tuple]:
-    """The rows of ``sql`` in ``root/m2t.db`` (the database write_config puts there)."""
+    """The rows of ``sql`` in ``root/m2t.db`` (the database write_config puts there), or in the
+    PostgreSQL database of ``root``'s config (the SQL translated as mail2ticket translates it)."""
+    url = database_url(root)
+    if url is not None:
+        db = open_db(url, password=TEST_PASSWORD)
+        try:
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                    for row in db.execute(sql, list(params)).fetchall()]
+        finally:
+            db.close()
     with sqlite3.connect(root / "m2t.db") as conn:
         return conn.execute(sql, params).fetchall()
 
 
+@contextlib.contextmanager
+def connect(root: Path) -> Iterator:
+    """``with connect(root) as conn``: the database of ``root`` with ``execute(sql, params)`` in
+    SQLite's dialect (sqlite3 on root/m2t.db, or mail2ticket's PostgreSQL engine), committed
+    and closed at the end of the block."""
+    url = database_url(root)
+    conn = open_db(url, password=TEST_PASSWORD) if url is not None else sqlite3.connect(root / "m2t.db")
+    try:
+        yield conn
+        if url is None:
+            conn.commit()
+    finally:
+        conn.close()
+
+
 def raw_sha(conn: sqlite3.Connection, digest: str) -> str | None:
     """SHA-256 of the raw bytes stored for ``digest``, read 1 MB at a time (None: not stored)."""
+    if getattr(conn, "engine", None) == "postgresql":
+        from mail2ticket.tickets.pg import read_raw
+
+        if conn.execute("select 1 from raw_messages where sha256 = ?", [digest]).fetchone() is None:
+            return None
+        hasher = hashlib.sha256()
+        for chunk in read_raw(conn, digest, MiB):
+            hasher.update(chunk)
+        return hasher.hexdigest()
     row = conn.execute("select rowid from raw_messages where sha256 = ?", [digest]).fetchone()
     if row is None:
         return None
@@ -313,7 +368,7 @@ class Desk:
         self.config = root / "config.toml"
         acc = account_config(user, smtp, **{"added_at": LONG_AGO, **account})
         self.account = acc
-        data: dict = {"storage": {"database": "m2t.db", "attachments": "att"}, "accounts": [acc]}
+        data: dict = {"storage": engine_storage(root, {"database": "m2t.db", "attachments": "att"}), "accounts": [acc]}
         if conversations:
             data["conversations"] = conversations
         self.config.write_text(tomli_w.dumps(data))
@@ -352,7 +407,8 @@ class Desk:
 
     def db(self):
         """The desk's database, opened as mail2ticket opens it."""
-        return open_db(self.root / "m2t.db")
+        url = database_url(self.root)
+        return open_db(url, password=TEST_PASSWORD) if url else open_db(self.root / "m2t.db")
 
     def sent_to(self, address: str) -> list:
         """The mails the SMTP server received for ``address``."""

@@ -190,3 +190,57 @@ class PostgresServer:
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------- the engine the tests run on
+
+ENGINE_VARIABLE = "MAIL2TICKET_TEST_ENGINE"  # "postgresql": write_config and Desk use PostgreSQL
+_shared: PostgresServer | None = None
+_created: list[str] = []
+
+
+def engine_under_test() -> str:
+    """'postgresql' when this run tests the PostgreSQL engine (MAIL2TICKET_TEST_ENGINE), else 'sqlite'."""
+    return "postgresql" if os.environ.get(ENGINE_VARIABLE, "").strip().lower() in ("postgresql", "postgres", "pg") \
+        else "sqlite"
+
+
+def shared_server() -> PostgresServer:
+    """This pytest process's server (started at the first use; the session fixture
+    postgres_server stops it at the end)."""
+    global _shared
+    if _shared is None or not _shared.running:
+        bindir = find_postgres()
+        if bindir is None:
+            raise ServerError(POSTGRES_MISSING)
+        _shared = PostgresServer(bindir)
+        try:
+            _shared.start()
+        except BaseException:
+            _shared.stop()
+            _shared = None
+            raise
+    return _shared
+
+
+def stop_shared_server() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.stop()
+        _shared = None
+
+
+def fresh_database() -> str:
+    """A new database on the shared server, dropped after the test (drop_created)."""
+    url = shared_server().new_database()
+    _created.append(url)
+    return url
+
+
+def drop_created() -> None:
+    """Drop the databases fresh_database made for the test that just ended."""
+    while _created:
+        url = _created.pop()
+        if _shared is not None and _shared.running:
+            with contextlib.suppress(Exception):
+                _shared.drop_database(url)

@@ -127,7 +127,7 @@ def test_rename_refuses_a_name_that_is_taken_and_changes_nothing(env):
     assert (env.config.parent / "accounts.d" / f"{env.name}.toml").exists()
 
 
-@pytest.mark.parametrize("taken", ["s3-attachments", "chat.hook"])
+@pytest.mark.parametrize("taken", ["s3-attachments", "chat.hook", "database"])
 def test_a_name_another_secret_is_kept_under_is_refused_everywhere(env, taken):
     """Item 92: an account's password is the keyring entry and systemd credential of its name; the
     S3 secret key is 's3-attachments' and a webhook's credential 'NAME.hook'. An account of that

@@ -512,6 +512,19 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_leases.py::test_a_group_wide_job_runs_once_per_period_whichever_daemon_asks",
         "tests/test_leases.py::test_status_lists_the_daemon_with_the_accounts_it_holds_and_a_clean_stop_gives_them_back",
     ),
+    102: tests(
+        "tests/test_pg_engine.py::test_a_new_postgresql_database_has_every_table_and_column_of_a_new_sqlite_one",
+        "tests/test_pg_engine.py::test_processes_creating_the_schema_at_the_same_moment_all_succeed_and_it_is_made_once",
+    ),
+    103: tests(
+        "tests/test_pg_engine.py::test_a_password_in_the_database_url_is_refused_without_being_repeated",
+        "tests/test_pg_engine.py::test_the_database_password_comes_from_the_keyring_or_the_password_command_and_a_wrong_one_says_where_it_goes",
+        "tests/test_pg_engine.py::test_libpqs_own_password_file_is_used_when_mail2ticket_has_none",
+        "tests/test_accounts_cli.py::test_a_name_another_secret_is_kept_under_is_refused_everywhere",
+    ),
+    104: tests(
+        "tests/test_pg_engine.py::test_a_connection_lost_in_the_middle_of_an_import_stores_nothing_and_the_next_poll_imports_each_once",
+    ),
 }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from mail2ticket.accounts.secrets import store_password
 from tests.helpers import (
+    connect,
     numbered_mail,
     rawlogged_dovecot,
     rawlogged_user,
@@ -46,7 +46,7 @@ def _with_attachment(n: int) -> bytes:
 
 
 def _counts(tmp_path: Path) -> dict[str, int]:
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         return {t: conn.execute(f"select count(*) from {t}").fetchone()[0] for t in TABLES}
 
 
@@ -63,7 +63,7 @@ def test_importing_the_same_message_again_changes_nothing(
     assert before["tickets"] == 3 and before["attachments"] == 1
 
     # The watermark lost (an old backup of the database restored): the folder is read again.
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         conn.execute("update mailboxes set last_uid = 0")
     rescan = run_cli(config, "poll")
     # The same bytes handed in again through the MTA pipe.

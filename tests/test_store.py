@@ -1,15 +1,21 @@
-"""The SQLite store: durable settings, migrations fresh and upgraded, concurrent first opens."""
+"""The SQLite store: durable settings, migrations fresh and upgraded, concurrent first opens (on
+both engines; PostgreSQL's own schema tests are in tests/test_pg_engine.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from mail2ticket.cli.output import display_width
 from mail2ticket.tickets.db import open_db
 from mail2ticket.tickets.migrations import migrations
+from tests.postgres import TEST_PASSWORD, engine_under_test, fresh_database
 
 
+@pytest.mark.sqlite_only("the pragmas of the SQLite file (PostgreSQL: test_pg_engine.py's schema tests)")
 def test_a_new_database_is_wal_synchronous_full_with_every_migration(tmp_path):
     db = open_db(tmp_path / "t.db")
     assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
@@ -20,6 +26,7 @@ def test_a_new_database_is_wal_synchronous_full_with_every_migration(tmp_path):
         assert db[table].exists(), table
 
 
+@pytest.mark.sqlite_only("SQLite's own migrations (PostgreSQL's steps: tickets/pg_schema.py)")
 def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
     from sqlite_utils import Database
 
@@ -37,12 +44,22 @@ def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
 
 
 def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
-    path = tmp_path / "race.db"
-    code = f"from mail2ticket.tickets.db import open_db; open_db({str(path)!r}).close()"
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(6)]
+    if engine_under_test() == "postgresql":  # the password from libpq's own PGPASSWORD
+        target, env = fresh_database(), {**os.environ, "PGPASSWORD": TEST_PASSWORD}
+    else:
+        target, env = str(tmp_path / "race.db"), None
+    code = f"from mail2ticket.tickets.db import open_db; open_db({target!r}).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, env=env) for _ in range(6)]
     errors = [p.communicate()[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors
-    assert migrations.pending(open_db(path)) == []
+    db = open_db(target, password=TEST_PASSWORD)
+    if engine_under_test() == "postgresql":
+        from mail2ticket.tickets import pg_schema
+
+        assert pg_schema.pending(db) == []
+    else:
+        assert migrations.pending(db) == []
+    db.close()
 
 
 def test_wide_characters_count_twice_in_plain_tables():

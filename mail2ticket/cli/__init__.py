@@ -34,9 +34,9 @@ class AppContext:
     def db(self):
         if self._db is None:
             from mail2ticket.outgoing.hooks import subscribe
-            from mail2ticket.tickets.db import open_db
+            from mail2ticket.tickets.db import open_store
 
-            self._db = open_db(self.config().database)
+            self._db = open_store(self.config())
             # Every command that can make an event queues it for the hooks of this config (a
             # read when they are recorded already; a database this user cannot write is no error).
             try:

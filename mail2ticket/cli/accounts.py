@@ -315,7 +315,7 @@ def _account_rows(app):
     from mail2ticket.tickets.db import account_status
 
     cfg = app.config()
-    status = account_status(app.db) if cfg.database.exists() else {}
+    status = account_status(app.db) if cfg.database_url or cfg.database.exists() else {}
     out = []
     for a in cfg.accounts:
         d = a.to_dict()

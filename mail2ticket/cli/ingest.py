@@ -128,7 +128,7 @@ def ingest(app, account_name, lock_timeout):
     db = spool = None
     try:
         from mail2ticket.outgoing.hooks import subscribe
-        from mail2ticket.tickets.db import open_db
+        from mail2ticket.tickets.db import open_store
 
         # A large message goes to a temp file beside the attachments, never whole into memory.
         raw, spool = take(stdin, lambda: Path(app.config().attachments) / "tmp")
@@ -136,7 +136,7 @@ def ingest(app, account_name, lock_timeout):
             raise click.UsageError("standard input was empty: there is no message to import")
         cfg = app.config()
         account = pick_account(cfg, account_name)
-        db = open_db(cfg.database, busy_timeout_ms=int(lock_timeout * 1000))
+        db = open_store(cfg, busy_timeout_ms=int(lock_timeout * 1000))
         subscribe(cfg, db)  # the new ticket's event is queued for this config's [[hooks]]
         outcome = ingest_message(cfg, db, account, raw, spool=spool)
     except (TempFailError, click.UsageError):

@@ -21,7 +21,7 @@ from mail2ticket.config.checks import (
 )
 from mail2ticket.config.model import Account
 from mail2ticket.config.providers import PRESETS, find_preset, get_preset
-from mail2ticket.config.storage import SECRET_NAME
+from mail2ticket.config.storage import DATABASE_SECRET_NAME, SECRET_NAME
 from mail2ticket.errors import ConfigError
 
 ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -88,6 +88,9 @@ def account_name_problem(name: str) -> tuple[str, str] | None:
         return f"{name!r} is not a valid account name", "use letters, digits, '.', '_' or '-' (at most 64)"
     if name == SECRET_NAME:
         return (f"{name!r} cannot be an account name: the attachment store's secret key is kept under it "
+                "(keyring entry and systemd credential)", "choose another name")
+    if name == DATABASE_SECRET_NAME:
+        return (f"{name!r} cannot be an account name: the PostgreSQL database's password is kept under it "
                 "(keyring entry and systemd credential)", "choose another name")
     if name.endswith(".hook"):
         return (f"{name!r} cannot be an account name: NAME.hook is a webhook's signing secret "

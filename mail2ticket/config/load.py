@@ -29,7 +29,7 @@ from mail2ticket.config.monitoring import check_monitoring
 from mail2ticket.config.rules import compile_rules
 from mail2ticket.config.sla import SLA_KEYS
 from mail2ticket.config.sla import check_config as check_sla
-from mail2ticket.config.storage import check_s3, is_s3, no_s3_table
+from mail2ticket.config.storage import check_database_url, check_s3, is_postgres, is_s3, no_s3_table
 from mail2ticket.errors import ConfigError
 
 APP = "mail2ticket"
@@ -59,7 +59,8 @@ def default_data_dir() -> Path:
 
 
 STORAGE_KEYS: dict[str, tuple[Any, Any, str]] = {
-    "database": (is_str, None, "a path to the SQLite file"),
+    "database": (is_str, None, "a path to the SQLite file, or a PostgreSQL URL postgresql://user@host:5432/dbname"),
+    "password_command": (is_str, None, "a command that prints the PostgreSQL database's password"),
     "attachments": (is_str, None, 'a directory path, or an S3 location "s3://bucket/prefix"'),
     "s3": (is_table, {}, "a table: the endpoint and credentials of an s3:// attachments location"),
     "instance": (is_str, None, 'a name for a directory of its own in the default data directory, such as "demo"'),
@@ -180,9 +181,20 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         attachments = resolve(storage["attachments"], data_dir / "attachments")
     hooks = check_hooks(cfg_path, data.get("hooks", []), account_names)
     daemon = check_daemon(cfg_path, data.get("daemon", {}))
+    database_url = None
+    if is_postgres(storage["database"]):
+        database_url = check_database_url(cfg_path, storage["database"])
+        database = data_dir / "postgresql"  # the local lock files: postgresql.daemon.lock, ...
+    else:
+        if storage["password_command"] is not None:
+            raise ConfigError(f"{cfg_path}: 'storage.password_command' is for a PostgreSQL database",
+                              "remove it, or set storage.database to a postgresql:// URL")
+        database = resolve(storage["database"], data_dir / "mail2ticket.db")
     return Config(
         path=cfg_path,
-        database=resolve(storage["database"], data_dir / "mail2ticket.db"),
+        database=database,
+        database_url=database_url,
+        database_password_command=storage["password_command"],
         attachments=attachments,
         object_store=object_store,
         schedule=schedule,

@@ -88,6 +88,15 @@ class Config:
     object_store: Any = None  # storage.S3Location when [storage] attachments is s3:// (docs/storage.md)
     hooks: list[Any] = field(default_factory=list)  # hooks.Hook, validated ([[hooks]], docs/hooks.md)
     daemon: Any = None  # daemon.DaemonSettings: [daemon] lease_renew, lease_ttl (docs/scaling.md)
+    # [storage] database as a PostgreSQL URL (without a password), and the command that prints its
+    # password; ``database`` is then where the local lock files go (docs/storage.md).
+    database_url: str | None = None
+    database_password_command: str | None = None
+
+    @property
+    def store(self) -> Path | str:
+        """What open_db opens: the PostgreSQL URL, else the SQLite file."""
+        return self.database_url or self.database
 
     def account(self, name: str) -> Account:
         for account in self.accounts:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from mail2ticket.config.checks import check_table, is_str
 from mail2ticket.errors import ConfigError
@@ -24,6 +24,9 @@ S3_KEYS: dict[str, tuple[Any, Any, str]] = {
     "staging": (is_str, None, "a local directory for files on their way to the bucket"),
 }
 SECRET_NAME = "s3-attachments"  # the keyring entry and systemd credential that hold the secret key
+# The keyring entry and systemd credential that hold a PostgreSQL database's password.
+DATABASE_SECRET_NAME = "database"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -101,3 +104,31 @@ def no_s3_table(cfg_path: Path, table: Any) -> None:
         raise ConfigError(f"{cfg_path}: [storage.s3] is set but 'storage.attachments' is not an s3:// location",
                           'set attachments = "s3://bucket/prefix", or remove [storage.s3]')
 
+
+
+def is_postgres(value: Any) -> bool:
+    """True when ``[storage] database`` is a PostgreSQL URL (libpq syntax) rather than a file."""
+    return isinstance(value, str) and value.lower().startswith(POSTGRES_SCHEMES)
+
+
+def check_database_url(cfg_path: Path, value: str) -> str:
+    """The checked PostgreSQL URL of ``[storage] database``: a password in it is refused (the
+    config file is no place for a secret; the hint says where it goes)."""
+    where = f"{cfg_path}: 'storage.database'"
+    parts = urlsplit(value)
+    query = parse_qs(parts.query)
+    if parts.password is not None or "password" in query:
+        raise ConfigError(
+            f"{where} holds a password: the config file is no place for it",
+            f"remove it from the URL and run 'keyring set mail2ticket {DATABASE_SECRET_NAME}' (or give the systemd "
+            f"credential {DATABASE_SECRET_NAME}, set storage.password_command, or use libpq's PGPASSFILE)",
+        )
+    try:
+        parts.port  # noqa: B018  # a port that is not a number raises ValueError
+    except ValueError:
+        raise ConfigError(f"{where} = {value!r} has a port that is not a number",
+                          "expected postgresql://user@host:5432/dbname") from None
+    if not parts.path.strip("/") and "dbname" not in query and "service" not in query:
+        raise ConfigError(f"{where} = {value!r} names no database",
+                          "expected postgresql://user@host:5432/dbname (or ?service=NAME of pg_service.conf)")
+    return value

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +24,7 @@ from mail2ticket.parse.parsed import DEFAULT_LIMITS, ParsedMessage, ParseLimits
 from mail2ticket.parse.prepare import prepare
 from mail2ticket.tickets import monitoring
 from mail2ticket.tickets.db import iso, log_event, now_iso, savepoint, transaction
+from mail2ticket.tickets.engine import STORE_ERRORS, TRANSIENT_ERRORS
 from mail2ticket.tickets.ledger import (
     contents_in_use,
     existing_source,
@@ -280,7 +280,7 @@ def import_batch(
                 before_commit(db)
             if ctx.fence is not None:  # last, under the write lock: a stale holder's batch is refused
                 ctx.fence(db)
-    except sqlite3.OperationalError as exc:
+    except TRANSIENT_ERRORS as exc:
         raise TempFailError(f"database: {exc}", "free disk space or wait for the lock, then poll again") from None
     return outcomes
 
@@ -364,9 +364,9 @@ def _store_one(ctx: ImportContext, prep: PreparedItem, lookups: BatchLookups | N
     try:
         with savepoint(db):  # one message's failure rolls back only that message
             return _store_one_inner(ctx, prep, lookups)
-    except (sqlite3.OperationalError, TempFailError):
+    except (*TRANSIENT_ERRORS, TempFailError):
         raise  # disk full, locked: the whole batch must fail, nothing is flagged, retried later
-    except (sqlite3.Error, StoreError, ValueError, TypeError, KeyError) as exc:
+    except (*STORE_ERRORS, StoreError, ValueError, TypeError, KeyError) as exc:
         log.exception("storing a message failed; it goes to the quarantine")
         prep.parsed = None
         prep.error = f"could not be stored: {exc.__class__.__name__}: {exc}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from mail2ticket.outgoing.outbox import queue_ack
 from mail2ticket.parse.autoreply import bounce_reason
 from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.db import log_event, savepoint, set_state_value, state_value
+from mail2ticket.tickets.engine import TRANSIENT_ERRORS
 from mail2ticket.tickets.ids import OUR_ID_IN_TEXT, is_our_message_id
 from mail2ticket.tickets.mailqueue import (
     clear_failing_address,
@@ -214,7 +214,7 @@ def acknowledge(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage) 
                 log_event(db, "mail-held", f"ack to {(parsed.from_address or '').lower()} not sent: {reason}",
                           ticket_id=outcome.ticket_id, account=outcome.incoming.account)
             reason = f"not acknowledged: {reason}"
-    except sqlite3.OperationalError:
+    except TRANSIENT_ERRORS:
         raise  # disk full or locked: the whole batch fails and is retried
     except Exception as exc:  # an acknowledgement must never cost the message itself
         log.exception("acknowledgement of ticket #%s failed", outcome.ticket_id)
@@ -379,7 +379,7 @@ def track_failing(cfg: Config, db: Database, outcome: Any, parsed: ParsedMessage
                 record_bounce(cfg, db, outcome, parsed)
             elif not _unverified(cfg, outcome.incoming.account, parsed, settings):  # a forged From clears nothing
                 clear_failing(db, outcome, parsed)
-    except sqlite3.OperationalError:
+    except TRANSIENT_ERRORS:
         raise
     except Exception:  # never cost the message itself
         log.exception("failing-address bookkeeping of ticket #%s failed", outcome.ticket_id)

@@ -47,7 +47,7 @@ from mail2ticket.tickets.daemon_state import (
     record_start,
     record_stop,
 )
-from mail2ticket.tickets.db import next_attempt_at, now_iso, open_db, transaction
+from mail2ticket.tickets.db import next_attempt_at, now_iso, open_store, transaction
 from mail2ticket.tickets.leases import claim_group_run, new_daemon_id
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -296,7 +296,7 @@ class Daemon:
         self.cfg = cfg = load_config(self.config_path)
         check_secrets(cfg, cfg.accounts, fail_if_none=True, seen=self._secrets)
         self._lock_file = acquire_lock(cfg.database)
-        self.db = open_db(cfg.database, busy_timeout_ms=5000)
+        self.db = open_store(cfg, busy_timeout_ms=5000)
         raise_open_files_limit()
         self._install_signals()
         # New mail on "poll"; what a long import has left after its first slice on "backlog".
@@ -581,7 +581,7 @@ class Daemon:
             log.debug("account %s: held by another daemon (or our lease may have expired); poll skipped", name)
             return
         fence = self.share.fence(name)  # the lease's epoch now: a takeover during the poll refuses its commit
-        db = open_db(cfg.database)  # one connection per worker thread
+        db = open_store(cfg)  # one connection per worker thread
         box = None
         result = None
         pool = "backlog" if reason == "continue" else "poll"
@@ -616,7 +616,7 @@ class Daemon:
 
     def _run_job(self, job: Callable) -> None:
         cfg = self.cfg
-        db = open_db(cfg.database)
+        db = open_store(cfg)
         try:
             if getattr(job, "group", False) and self.share.shared and not self._claim_group_run(job, db):
                 log.debug("job %s: another daemon of the group ran it this period; skipped", job.name)
@@ -670,7 +670,7 @@ class Daemon:
         while not self.stop_event.wait(self.share.settings.lease_renew):
             try:
                 if db is None:
-                    db = open_db(self.cfg.database, busy_timeout_ms=5000)
+                    db = open_store(self.cfg, busy_timeout_ms=5000)
                 self._renew_leases(db)
             except Exception as exc:  # opening failed: renew() itself never raises
                 log.warning("could not renew the account leases: %s", exc)

@@ -79,8 +79,10 @@ def publish_push_sessions(db: Database, gone: Iterable[str], changed: Iterable[d
         db.execute("delete from push_sessions where account = ?", [name])
     for row in changed:
         db.execute(
-            "insert or replace into push_sessions (account, state, since, error, failures, retry_at) "
-            "values (?, ?, ?, ?, ?, ?)",
+            "insert into push_sessions (account, state, since, error, failures, retry_at) "
+            "values (?, ?, ?, ?, ?, ?) on conflict(account) do update set state = excluded.state, "
+            "since = excluded.since, error = excluded.error, failures = excluded.failures, "
+            "retry_at = excluded.retry_at",
             [row["account"], row["state"], row["since"], row["error"], row["failures"], row["retry_at"]],
         )
 

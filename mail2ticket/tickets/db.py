@@ -22,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 from mail2ticket.config.fields import STATUSES
 from mail2ticket.files import perms as fileperms
 from mail2ticket.tickets import hookqueue
+from mail2ticket.tickets.engine import TRANSIENT_ERRORS, PgError, engine_of, is_postgres_url
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
+
+    from mail2ticket.config.model import Config
 
 from mail2ticket.errors import ConfigError, NotFoundError, StoreError, TempFailError, WrongUserError
 
@@ -65,8 +68,16 @@ def import_sqlite_utils() -> None:
             del sys.modules[name]  # anyone else may still import them
 
 
-def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Database:
-    """Open (creating if needed) the database: WAL, synchronous=FULL, foreign keys, migrations."""
+def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+            password: str | Callable[[], str | None] | None = None) -> Database:
+    """Open (creating if needed) the database: WAL, synchronous=FULL, foreign keys, migrations.
+
+    ``path`` may also be a PostgreSQL URL (``postgresql://user@host/db``, tickets/pg.py): then
+    ``password`` is its password, a function that gives it, or None (libpq's own sources)."""
+    if is_postgres_url(path):
+        from mail2ticket.tickets.pg import open_pg  # psycopg: optional, only for PostgreSQL
+
+        return open_pg(str(path), busy_timeout_ms=busy_timeout_ms, password=password)  # type: ignore[return-value]
     import_sqlite_utils()
     from sqlite_utils import Database  # after import_sqlite_utils(): without numpy and pandas
 
@@ -85,6 +96,7 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
         ) from None
     db = Database(conn)
     db.busy_timeout_ms = busy_timeout_ms  # type: ignore[attr-defined]
+    db.engine = "sqlite"  # type: ignore[attr-defined]  # tickets/engine.py
 
     def setup() -> None:
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -100,6 +112,18 @@ def open_db(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Data
     except sqlite3.OperationalError as exc:
         _raise_store_error(exc, path)
     return db
+
+
+def open_store(cfg: Config, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Database:
+    """open_db of the config's ``[storage] database``: the SQLite file, or the PostgreSQL URL with
+    its password from the secret chain (accounts/storage.database_password)."""
+    if cfg.database_url is None:
+        return open_db(cfg.database, busy_timeout_ms=busy_timeout_ms)
+    from mail2ticket.accounts.storage import (
+        database_password,  # the secret chain: keyring, only here
+    )
+
+    return open_db(cfg.database_url, busy_timeout_ms=busy_timeout_ms, password=lambda: database_password(cfg))
 
 
 def _create_private(path: Path) -> None:
@@ -194,9 +218,14 @@ def _migrate(db, path: Path, migrations) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _raise_store_error(exc: sqlite3.Error, path: Any = None) -> None:
+def _raise_store_error(exc: sqlite3.Error | PgError, path: Any = None) -> None:
     text = str(exc)
     where = f"database {path}: " if path else "database: "
+    if isinstance(exc, PgError):
+        hint = "check the PostgreSQL server and the connection, then try again"
+        if isinstance(exc, TRANSIENT_ERRORS):
+            raise TempFailError(text, hint) from None
+        raise StoreError(text) from None
     if "locked" in text or "busy" in text:
         raise TempFailError(where + text, "another process holds the database; try again") from None
     if "disk" in text or "full" in text or "readonly" in text or "I/O" in text:
@@ -206,14 +235,18 @@ def _raise_store_error(exc: sqlite3.Error, path: Any = None) -> None:
 
 @contextlib.contextmanager
 def transaction(db: Database) -> Iterator[Database]:
-    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front (waiting up to busy_timeout)."""
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front (waiting up to busy_timeout).
+    On PostgreSQL: BEGIN and the one advisory write lock (tickets/pg.py, the same guarantee)."""
     if db.conn.in_transaction:
         with db.atomic():
             yield db
         return
     try:
-        _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), getattr(db, "busy_timeout_ms", BUSY_TIMEOUT_MS))
-    except sqlite3.OperationalError as exc:
+        if engine_of(db) == "postgresql":
+            db.begin_write()
+        else:
+            _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), getattr(db, "busy_timeout_ms", BUSY_TIMEOUT_MS))
+    except (sqlite3.OperationalError, PgError) as exc:
         _raise_store_error(exc)
     try:
         # The kinds the hooks want, read once under the write lock (nobody can change them until
@@ -229,7 +262,7 @@ def transaction(db: Database) -> Iterator[Database]:
     db.hook_kinds = None  # type: ignore[attr-defined]  # outside transaction(): log_event always asks
     try:
         db.conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
+    except (sqlite3.OperationalError, PgError) as exc:
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
         _raise_store_error(exc)
@@ -683,6 +716,11 @@ def next_attempt_at(db: Database, account: str) -> str | None:
 
 def tables_with_account(db: Database) -> list[str]:
     """Every ordinary table with an ``account`` column (tickets, messages, sources, ...)."""
+    if engine_of(db) == "postgresql":
+        return sorted(r[0] for r in db.execute(
+            "select c.table_name from information_schema.columns c join information_schema.tables t "
+            "on t.table_schema = c.table_schema and t.table_name = c.table_name "
+            "where c.table_schema = current_schema() and c.column_name = 'account' and t.table_type = 'BASE TABLE'"))
     out = []
     for row in db.query(
         "select name, sql from sqlite_master where type = 'table' and name not like 'sqlite_%'"

@@ -14,7 +14,7 @@ def count_poll_failure(db: Database, account: str, cause: str, now: str) -> None
     """One more failed poll of ``account`` for ``cause`` (in the caller's transaction)."""
     db.execute(
         "insert into poll_failure_counts (account, cause, count, last_at) values (?, ?, 1, ?) "
-        "on conflict(account, cause) do update set count = count + 1, last_at = excluded.last_at",
+        "on conflict(account, cause) do update set count = poll_failure_counts.count + 1, last_at = excluded.last_at",
         [account, cause, now],
     )
 

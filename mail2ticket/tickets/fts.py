@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mail2ticket.tickets.engine import engine_of
+
 if TYPE_CHECKING:
     from sqlite_utils import Database
 from typing import TYPE_CHECKING
@@ -56,7 +58,10 @@ def install(db: Database) -> None:
 
 
 def ensure_triggers(db: Database) -> bool:
-    """Recreate missing triggers (a table rebuild drops them) and re-index; True if it had to."""
+    """Recreate missing triggers (a table rebuild drops them) and re-index; True if it had to.
+    (SQLite's FTS5 index; PostgreSQL's full-text search keeps no triggers here.)"""
+    if engine_of(db) == "postgresql":
+        return False
     existing = {r[0] for r in db.execute("select name from sqlite_master where type = 'trigger'")}
     missing = [name for name in TRIGGERS if name not in existing]
     if not missing:

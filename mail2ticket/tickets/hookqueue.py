@@ -26,7 +26,8 @@ DELIVERY_COLUMNS = (
 )
 _ENQUEUE_SQL = (
     "insert into hook_deliveries (hook, event, event_id, ticket_id, account, created_at) "
-    "select s.hook, s.event, ?1, ?2, ?3, ?4 from hook_subscriptions s where s.kind = ?5 and "
+    "select s.hook, s.event, cast(?1 as integer), cast(?2 as integer), cast(?3 as text), cast(?4 as text) "
+    "from hook_subscriptions s where s.kind = ?5 and "
     "(s.account is null or s.account = coalesce(?3, (select account from tickets where id = ?2)))"
 )
 
@@ -223,8 +224,10 @@ def per_hook(db: Database) -> dict[str, dict]:
     pending delivery was queued, its last error and when it last delivered."""
     out: dict[str, dict] = {}
     for row in db.query(
-        "select hook, sum(status = 'pending') as pending, sum(status = 'failed') as failed, "
-        "sum(status = 'delivered') as delivered, min(case when status = 'pending' then created_at end) "
+        "select hook, sum(case when status = 'pending' then 1 else 0 end) as pending, "
+        "sum(case when status = 'failed' then 1 else 0 end) as failed, "
+        "sum(case when status = 'delivered' then 1 else 0 end) as delivered, "
+        "min(case when status = 'pending' then created_at end) "
         "as oldest_pending_at, max(delivered_at) as last_delivered_at from hook_deliveries group by hook"
     ):
         out[row.pop("hook")] = row

@@ -5,12 +5,14 @@ the quarantine rows. intake/importer.py decides; the SQL is here."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mail2ticket.errors import TempFailError
 from mail2ticket.files.spool import Spool
+from mail2ticket.tickets import pg
 from mail2ticket.tickets.db import insert_row
+from mail2ticket.tickets.engine import engine_of
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -125,7 +127,11 @@ def insert_quarantine(db: Database, row: dict[str, Any]) -> int:
 
 def store_raw_spool(db: Database, sha256: str, spool: Spool, now: str) -> None:
     """The raw bytes of a spooled (large) message into raw_messages, once per content, with
-    incremental blob I/O 1 MB at a time inside the caller's transaction: never whole in memory."""
+    incremental blob I/O 1 MB at a time inside the caller's transaction: never whole in memory
+    (on PostgreSQL: COPY, 1 MB at a time, tickets/pg.py)."""
+    if engine_of(db) == "postgresql":
+        _store_raw_spool_pg(db, sha256, spool, now)
+        return
     conn = db.conn
     before = conn.total_changes
     db.execute(
@@ -146,6 +152,31 @@ def store_raw_spool(db: Database, sha256: str, spool: Spool, now: str) -> None:
                 digest.update(chunk)
                 blob.write(chunk)
                 written += len(chunk)
+    except OSError as exc:
+        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
+                            "the next poll fetches it again") from None
+    if written != spool.size or digest.hexdigest() != sha256:
+        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
+                            "the next poll fetches it again")
+
+
+def _store_raw_spool_pg(db: Database, sha256: str, spool: Spool, now: str) -> None:
+    digest = hashlib.sha256()
+    written = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal written
+        with open(spool.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                if written + len(chunk) > spool.size:
+                    break
+                digest.update(chunk)
+                written += len(chunk)
+                yield chunk
+
+    try:
+        if not pg.copy_raw(db, sha256, spool.size, now, chunks()):
+            return  # the same bytes are already stored
     except OSError as exc:
         raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
                             "the next poll fetches it again") from None

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from mail2ticket.errors import TempFailError
 from mail2ticket.files.spool import MiB, Spool, spool_chunks
 from mail2ticket.parse.bigmessage import BIG_MESSAGE, too_many_lines
+from mail2ticket.tickets import pg
 from mail2ticket.tickets.db import insert_row
+from mail2ticket.tickets.engine import engine_of
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -73,18 +75,24 @@ def take_stored(db: Any, sha256: str, directory: str | os.PathLike, threshold: i
                 ) -> tuple[bytes | None, Spool | None] | None:
     """A stored raw message (raw_messages): ``(raw, None)`` when it is at most ``threshold`` bytes,
     else ``(None, spool)``: copied into a temp file 1 MB at a time with incremental blob I/O.
-    None when no raw message has that hash. ``db``: a sqlite_utils Database."""
-    row = db.execute("select rowid, length(raw) from raw_messages where sha256 = ?", [sha256]).fetchone()
+    None when no raw message has that hash. ``db``: a sqlite_utils Database (or tickets/pg.py's)."""
+    postgres = engine_of(db) == "postgresql"
+    key = "sha256" if postgres else "rowid"
+    row = db.execute(f"select {key}, length(raw) from raw_messages where sha256 = ?", [sha256]).fetchone()
     if row is None:
         return None
     rowid, size = row
     if (size or 0) <= threshold:
-        raw = db.execute("select raw from raw_messages where rowid = ?", [rowid]).fetchone()[0]
+        raw = db.execute(f"select raw from raw_messages where {key} = ?", [rowid]).fetchone()[0]
+        raw = bytes(raw) if raw is not None else None
         if raw is None or not too_many_lines(raw):
             return raw, None
         return None, spool_chunks([raw], directory)
-    with db.conn.blobopen("raw_messages", "raw", rowid, readonly=True) as blob:
-        spool = spool_chunks(iter(lambda: blob.read(MiB), b""), directory)
+    if postgres:
+        spool = spool_chunks(pg.read_raw(db, sha256, MiB), directory)
+    else:
+        with db.conn.blobopen("raw_messages", "raw", rowid, readonly=True) as blob:
+            spool = spool_chunks(iter(lambda: blob.read(MiB), b""), directory)
     if spool.sha256 != sha256:
         spool.unlink()
         raise TempFailError(f"the stored raw message {sha256} does not match its hash",
