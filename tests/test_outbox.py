@@ -12,6 +12,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from mail2ticket.config.load import load_config
 from mail2ticket.outgoing.sender import BACKOFF_MAX, backoff_seconds, send_pending
 from tests.helpers import Desk, make_mail
@@ -156,6 +158,7 @@ def test_outbox_retry_of_an_unknown_entry_is_a_one_line_error(desk):
     assert "no outbox entry #999" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.sqlite_only("an upgrade of an old SQLite database by its own migrations")
 def test_mail_queued_before_the_m102_upgrade_is_still_sent(desk):
     """An outbox row from before m102 (its bytes in raw_messages) survives the upgrade and goes."""
     import sqlite3

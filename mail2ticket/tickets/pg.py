@@ -337,6 +337,12 @@ class PgDatabase:
     def close(self) -> None:
         self.conn.close()
 
+    def __enter__(self) -> PgDatabase:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
 
 def open_pg(url: str, *, busy_timeout_ms: int, password: str | Callable[[], str | None] | None = None) -> PgDatabase:
     """Connect to the PostgreSQL database of ``url`` (libpq syntax) and create or upgrade its
