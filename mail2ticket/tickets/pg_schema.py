@@ -6,13 +6,15 @@ new database at the same moment cannot race (the second waits, then finds it don
 Every SQLite migration needs its PostgreSQL twin: append a step to ``PG_MIGRATIONS`` (never edit
 one that has shipped). Types: INTEGER -> bigint, TEXT -> text collate "C" (SQLite compares text
 byte by byte; ISO 8601 times sort as text), BLOB -> bytea, INTEGER PRIMARY KEY -> an identity
-column. The full-text index is not here yet (issue 17, helper t17f: search on PostgreSQL).
+column. The full-text index is PostgreSQL's own (tickets/fts_pg.py: a tsvector per message).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+
+from mail2ticket.tickets import fts_pg, leases
 
 PgDatabase = Any  # tickets/pg.py's PgDatabase (which imports this module)
 
@@ -331,6 +333,8 @@ INITIAL = """
 # (name, SQL): applied in order, each once, in one transaction with its row in m2t_schema.
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001 the schema as SQLite has it after tickets/migrations.py m1803_hooks", FUNCTIONS + INITIAL),
+    ("0002 leases of several daemons (m1702_leases)", ";\n".join(leases.TABLES) + ";\n"),
+    ("0003 full-text search (tickets/fts_pg.py)", fts_pg.SCHEMA),
 ]
 
 
