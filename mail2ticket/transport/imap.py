@@ -19,6 +19,7 @@ from mail2ticket.config.providers import auth_failure_hint
 from mail2ticket.errors import AuthError, ConnectError, ConnectTimeout, ServerError, TLSError
 from mail2ticket.files.perms import makedirs, open_new
 from mail2ticket.files.spool import PIECE, Spool
+from mail2ticket.transport.fetchreader import parse_fetch
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class Mailbox:
         except Exception as exc:  # imaplib.error on a garbled greeting
             raise ServerError(f"IMAP server {host}:{port} sent an unexpected greeting: {exc}") from None
         self.client = client
+        quiet_imaplib(client)
         try:
             if mode != "tls" and getattr(client._imap, "state", "NONAUTH") != "NONAUTH":
                 raise TLSError(  # RELIABILITY 48: a plaintext session must not start signed in
@@ -321,7 +323,7 @@ class Mailbox:
         )
 
         try:
-            return self.client.fetch(uids, items)
+            return self._uid_fetch(uids, items, parse_fetch_response)
         except IMAPClientError as exc:
             if not gone_error(exc):
                 raise
@@ -330,6 +332,20 @@ class Mailbox:
             if data == [None]:
                 return {}
             return parse_fetch_response(data, self.client.normalise_times, self.client.use_uid)
+
+    def _uid_fetch(self, uids: Sequence[int], items: list[str], parse_fetch_response) -> dict[int, dict]:
+        """What ``self.client.fetch(uids, items)`` returns, read by fetchreader.parse_fetch: the
+        usual answer without imapclient's character-by-character parser, any other with it."""
+        client = self.client
+        if not uids:
+            return {}
+        imap = client._imap
+        tag = imap._command("UID", "FETCH", ",".join(str(u) for u in uids), "(" + " ".join(i.upper() for i in items) + ")")
+        typ, data = imap._command_complete("FETCH", tag)
+        client._checkok("fetch", typ, data)
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        response = parse_fetch(data, lambda d: parse_fetch_response(d, client.normalise_times, True))
+        return {uid: response[uid] for uid in uids if uid in response}  # no unsolicited answers for others
 
     def _fetch_each(self, uids: Sequence[int], items: list[str]) -> tuple[dict[int, dict], dict[int, str]]:
         """Like _fetch_tolerant; when the answer cannot be parsed (RELIABILITY 9), each UID is fetched
@@ -510,6 +526,17 @@ class Mailbox:
         if self._archive_folder is None:
             self._archive_folder = choose_archive_folder(self.special_folders(), self.folder)
         return self._archive_folder
+
+
+def quiet_imaplib(client) -> None:
+    """Turn imaplib's debug output off unless it is logged (``--debug``).
+
+    imapclient sets imaplib's debug level to 5 and hands its output to the logger
+    "imapclient.imaplib". imaplib builds that output before the logger is asked: the repr of
+    every FETCH response, whole message bodies included, twice per command. Unlogged, that was
+    about half of the fetch thread's CPU in a poll (docs/performance.md, issue 19.6, fourth step)."""
+    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
+        client._imap.debug = 0
 
 
 def gone_error(exc: Exception) -> bool:
