@@ -16,17 +16,18 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
-from multiprocessing.connection import wait
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from mail2ticket.intake.importer import (
     known_items,
     prepare_item,
 )
-from mail2ticket.parse.parsed import Prepared
+from mail2ticket.parse.parsed import ParsedMessage, Prepared, StoredAttachment
 from mail2ticket.parse.prepare import prepare
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,37 @@ def _serve(conn, parse: Callable[[bytes], Any], root: Path, limits: Any = None, 
         except TempFailError as exc:  # raised in the main process, as if prepared there
             result = exc
         del raw
+        for att in result.parsed.attachments if isinstance(result, Prepared) and result.parsed is not None else ():
+            if isinstance(att, StoredAttachment):
+                att.source = None  # the main process's own store reads it back (PreparedBatch)
         try:
-            conn.send(result)
+            conn.send(_compact(result))
         except (EOFError, OSError):
             return
         except Exception as exc:  # the result could not be pickled: say so, the message is quarantined
             conn.send(Prepared(error=f"internal parser error: result not transferable: {exc.__class__.__name__}: {exc}"))
         del result
+
+
+_FIELDS = tuple(f.name for f in fields(ParsedMessage))
+
+
+def _compact(result: Any) -> Any:
+    """A worker's answer as the dispatcher thread receives it most cheaply: a parsed message as a
+    tuple of its fields (unpickling a tuple costs about half of unpickling the object). Anything
+    else (a parser's own class, an error) goes as it is."""
+    if isinstance(result, Prepared) and type(result.parsed) is ParsedMessage and len(vars(result.parsed)) == len(_FIELDS):
+        values = vars(result.parsed)
+        return (tuple(values[name] for name in _FIELDS), result.stored, result.error)
+    return result
+
+
+def _expand(answer: Any) -> Any:
+    """The Prepared a worker's answer stands for (see _compact)."""
+    if type(answer) is tuple:
+        values, stored, error = answer
+        return Prepared(ParsedMessage(*values), stored, error)
+    return answer
 
 
 # ----------------------------------------------------------------------------- the pool
@@ -144,13 +169,33 @@ class _Task:
     future: Future
     deadline: float = 0.0
     path: str | None = None  # a spool file to parse instead of ``raw``
+    running: bool = False  # its future is set running (it is, or was, at the head of a worker's line)
+    discard: bool = False  # cancelled while it waited in a worker's line: its answer is dropped
+
+    @property
+    def size(self) -> int:
+        return len(self.raw or b"") + len(self.path or "")
 
 
 class _Worker:
     def __init__(self, proc, conn):
         self.proc = proc
         self.conn = conn
-        self.task: _Task | None = None
+        # The messages sent to it, in order: it parses the first; the others wait in its pipe.
+        self.tasks: deque[_Task] = deque()
+        self.watched = False  # its pipe and sentinel are registered with the dispatcher's poll
+
+    @property
+    def task(self) -> _Task | None:
+        return self.tasks[0] if self.tasks else None
+
+
+# Messages a worker may have waiting in its pipe behind the one it parses, and their bytes at most:
+# the next one is there when it answers, instead of after the dispatcher thread has had the GIL.
+# Small enough that sending them never blocks (a socket pair's buffer holds far more), so the
+# dispatcher never waits on a worker that waits on it.
+WAITING = 2
+WAITING_BYTES = 64 * 1024
 
 
 class ParsePool:
@@ -158,7 +203,8 @@ class ParsePool:
 
     ``submit(raw)`` returns a Future of parse_and_store's result. A worker that dies or overruns
     ``timeout`` seconds on a message is killed and replaced; that message's result is an
-    ("error", ...) that sends it to the quarantine. Use as a context manager, or call close().
+    ("error", ...) that sends it to the quarantine, and the messages waiting behind it go to
+    another worker. Use as a context manager, or call close().
 
     ``deferred``: the workers write attachment files as temp files without fsync (each stored
     attachment's ``pending``), for the caller to make durable with AttachmentStore.make_durable
@@ -179,6 +225,8 @@ class ParsePool:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._poll = select.poll()  # the dispatcher's: the wake pipe, and busy workers' pipes and sentinels
+        self._poll.register(self._wake_r, select.POLLIN)
         self._closed = False
         self._failed: BaseException | None = None
         self._respawns = 0
@@ -210,16 +258,21 @@ class ParsePool:
 
     def submit(self, raw: bytes | None, path: str | None = None) -> Future:
         """Parse ``raw``, or the message in the spool file ``path`` (bounded memory)."""
-        future: Future = Future()
+        return self.submit_many([(raw, path)])[0]
+
+    def submit_many(self, messages: Sequence[tuple[bytes | None, str | None]]) -> list[Future]:
+        """submit() of each (raw, path), in order, waking the dispatcher once."""
+        futures: list[Future] = [Future() for _ in messages]
         with self._lock:
             if self._closed:
                 raise RuntimeError("the parse pool is closed")
             if self._failed is not None:
-                future.set_exception(self._failed)
-                return future
-            self._queue.append(_Task(raw, future, path=path))
+                for future in futures:
+                    future.set_exception(self._failed)
+                return futures
+            self._queue.extend(_Task(raw, future, path=path) for (raw, path), future in zip(messages, futures, strict=True))
         self._wake()
-        return future
+        return futures
 
     def _wake(self) -> None:
         try:
@@ -235,62 +288,105 @@ class ParsePool:
                     if self._closed:
                         break
                 self._dispatch()
-                busy = [w for w in self._workers if w.task is not None]
+                fds: dict[int, _Worker] = {}
+                for w in self._workers:
+                    self._watch(w, bool(w.tasks))
+                    if w.tasks:
+                        fds[w.conn.fileno()] = fds[w.proc.sentinel] = w
                 now = time.monotonic()
-                timeout = min((w.task.deadline - now for w in busy), default=None)
-                ready = wait([self._wake_r] + [w.conn for w in busy] + [w.proc.sentinel for w in busy],
-                             timeout=None if timeout is None else max(0.0, timeout))
-                if self._wake_r in ready:
-                    os.read(self._wake_r, 4096)
-                for w in busy:
-                    if w.conn in ready or w.proc.sentinel in ready:
-                        self._collect(w)
+                timeout = min((w.tasks[0].deadline - now for w in self._workers if w.tasks), default=None)
+                ready = self._poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+                collect: list[_Worker] = []
+                for fd, _event in ready:
+                    if fd == self._wake_r:
+                        os.read(self._wake_r, 4096)
+                    elif fds.get(fd) is not None and fds[fd] not in collect:
+                        collect.append(fds[fd])
+                for w in collect:
+                    self._collect(w, readable=any(fd == w.conn.fileno() for fd, _ in ready))
                 now = time.monotonic()
-                for w in busy:
-                    if w.task is not None and now >= w.task.deadline:
+                for w in list(self._workers):
+                    if w.tasks and now >= w.tasks[0].deadline:
                         self._replace(w, f"parsing took longer than {self.timeout:g} s: the parser was stopped")
         except BaseException as exc:  # never leave a Future unresolved: the poll would wait forever
             log.exception("the parse pool failed")
             self._fail(TempFailError(f"the parser processes failed: {exc}", "the next poll tries again"))
 
-    def _dispatch(self) -> None:
-        for w in self._workers:
-            if w.task is not None:
-                continue
-            with self._lock:
-                if not self._queue:
-                    return
-                task = self._queue.popleft()
-            if not task.future.set_running_or_notify_cancel():
-                continue
-            task.deadline = time.monotonic() + self.timeout
-            w.task = task
-            try:
-                if task.path is not None:
-                    w.conn.send_bytes(b"f")
-                    w.conn.send_bytes(task.path.encode("utf-8", "surrogateescape"))
-                else:
-                    w.conn.send_bytes(b"r")
-                    w.conn.send_bytes(task.raw or b"")
-            except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-                self._replace(w, self._death_reason(w))
+    def _watch(self, w: _Worker, on: bool) -> None:
+        if on and not w.watched:
+            self._poll.register(w.conn.fileno(), select.POLLIN)
+            self._poll.register(w.proc.sentinel, select.POLLIN)
+        elif w.watched and not on:
+            self._poll.unregister(w.conn.fileno())
+            self._poll.unregister(w.proc.sentinel)
+        w.watched = on
 
-    def _collect(self, w: _Worker) -> None:
+    def _dispatch(self) -> None:
+        """Hand queued messages out in order: first one to each idle worker, then small ones to
+        wait in busy workers' pipes (WAITING, WAITING_BYTES)."""
+        for line in (1, 1 + WAITING):
+            for w in self._workers:
+                while len(w.tasks) < line:
+                    with self._lock:
+                        if not self._queue:
+                            return
+                        task = self._queue[0]
+                        if w.tasks and (task.size + sum(t.size for t in list(w.tasks)[1:]) > WAITING_BYTES):
+                            break  # too large to wait in a pipe: it goes to the next idle worker
+                        self._queue.popleft()
+                    if not w.tasks and not self._start(task):
+                        continue  # cancelled
+                    if not self._send(w, task):
+                        break
+
+    def _start(self, task: _Task) -> bool:
+        """``task`` is now at the head of a worker's line: its future runs and its time counts."""
+        task.deadline = time.monotonic() + self.timeout
+        if not task.running:
+            task.running = True
+            if not task.future.set_running_or_notify_cancel():
+                task.discard = True
+                return False
+        return True
+
+    def _send(self, w: _Worker, task: _Task) -> bool:
+        try:
+            if task.path is not None:
+                w.conn.send_bytes(b"f")
+                w.conn.send_bytes(task.path.encode("utf-8", "surrogateescape"))
+            else:
+                w.conn.send_bytes(b"r")
+                w.conn.send_bytes(task.raw or b"")
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            # The worker died before this message reached it: the message goes to another worker.
+            with self._lock:
+                self._queue.appendleft(task)
+            self._replace(w, self._death_reason(w))
+            self._wake()  # the new worker gets it in the next round
+            return False
+        w.tasks.append(task)
+        return True
+
+    def _collect(self, w: _Worker, readable: bool) -> None:
         task = w.task
         assert task is not None
         try:
-            if not w.conn.poll():
+            if not readable:
                 if w.proc.is_alive():
                     return
                 raise EOFError
-            result = w.conn.recv()
+            result = _expand(w.conn.recv())
         except (EOFError, OSError):
             self._replace(w, self._death_reason(w))
             return
         except Exception as exc:  # an answer that cannot be read: treat the message as unreadable
             self._replace(w, f"internal parser error: unreadable answer: {exc.__class__.__name__}: {exc}")
             return
-        w.task = None
+        w.tasks.popleft()
+        if w.tasks:
+            self._start(w.tasks[0])  # if cancelled while it waited, its answer comes and is dropped
+        if task.discard:
+            return
         if isinstance(result, TempFailError):
             task.future.set_exception(result)
         else:
@@ -308,8 +404,14 @@ class ParsePool:
         return f"the parser process died (exit code {code}) while reading this message"
 
     def _replace(self, w: _Worker, reason: str) -> None:
-        """Stop worker ``w`` (dead or overrunning), fail its message with ``reason``, start another."""
-        task, w.task = w.task, None
+        """Stop worker ``w`` (dead or overrunning), fail its message with ``reason``, start another;
+        the messages that waited in its pipe go back to the front of the queue."""
+        self._watch(w, False)
+        tasks, w.tasks = list(w.tasks), deque()
+        task = tasks.pop(0) if tasks else None
+        if tasks:
+            with self._lock:
+                self._queue.extendleft(reversed(tasks))
         if w.proc.is_alive():
             w.proc.kill()
         w.proc.join(5)
@@ -317,7 +419,8 @@ class ParsePool:
         if task is not None:
             self.crashed += 1
             log.warning("%s; the message goes to the quarantine", reason)
-            task.future.set_result(Prepared(error=reason))
+            if not task.discard:
+                task.future.set_result(Prepared(error=reason))
         else:
             self._respawns += 1
             if self._respawns > MAX_RESPAWNS:
@@ -330,9 +433,9 @@ class ParsePool:
             self._failed = exc
             tasks = list(self._queue)
             self._queue.clear()
-        tasks += [w.task for w in self._workers if w.task is not None]
         for w in self._workers:
-            w.task = None
+            tasks += w.tasks
+            w.tasks = deque()
         for task in tasks:
             if not task.future.done():
                 task.future.set_exception(exc)
@@ -348,6 +451,8 @@ class ParsePool:
             self._queue.clear()
         self._wake()
         self._thread.join(timeout)
+        for w in self._workers:
+            queued += list(w.tasks)[1:]  # waiting in its pipe, not started: cancelled like the queued
         for task in queued:
             task.future.cancel()
         for w in self._workers:
@@ -452,7 +557,7 @@ class PreparedBatch:
                 for att in prep.parsed.attachments:
                     if getattr(att, "pending", None) is not None:
                         att.pending = None
-                    if getattr(att, "source", None) is not None:
+                    if isinstance(att, StoredAttachment):
                         att.source = self._store  # the main process's store reads it back
         self._out = out
 
@@ -491,16 +596,19 @@ class Pipeline:
             for it in items
         ]
         known = known_items(self.ctx.db, items, digests)
-        parts: list[PreparedItem | tuple[str, Future]] = []
+        parts: list[PreparedItem | tuple[str, Future] | None] = []
+        to_parse: list[tuple[bytes | None, str | None]] = []
         for i, item in enumerate(items):
             if not item.raw and item.spool is None:
                 parts.append(prepare_item(self.ctx, item))  # over the size limit, or empty: nothing to parse
             elif i in known:
                 parts.append(PreparedItem(item, digests[i], None, None, []))  # nothing to parse
-            elif item.spool is not None:  # large: the worker reads it from its file
-                parts.append((digests[i], self._ensure_pool(len(items)).submit(None, item.spool.path)))
-            else:
-                parts.append((digests[i], self._ensure_pool(len(items)).submit(item.raw)))
+            else:  # a large one is parsed from its spool file
+                parts.append(None)
+                to_parse.append((None, item.spool.path) if item.spool is not None else (item.raw, None))
+        if to_parse:
+            futures = iter(self._ensure_pool(len(items)).submit_many(to_parse))
+            parts = [part if part is not None else (digests[i], next(futures)) for i, part in enumerate(parts)]
         batch = PreparedBatch(items, parts, self.ctx.attachments)
         self._batches = [b for b in self._batches if b._thread is not None and b._thread.is_alive()] + [batch]
         return batch
