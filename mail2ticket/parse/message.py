@@ -61,10 +61,12 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedMessage:
             f"header section too large: {header_bytes} bytes, over the limit of "
             f"{limits.max_header_bytes} bytes (max_header_bytes)"
         )
-    delimiters = count_delimiters(raw)
+    lowered = raw.lower()  # for the two scans below, which ignore case
+    delimiters = count_delimiters(raw, lowered)
     if delimiters > limits.max_parts:
         raise ParseError(f"too many MIME parts: {delimiters}, over {limits.max_parts} (max_parts)")
-    source, cut = unnest(raw, limits.max_depth)
+    source, cut = unnest(raw, limits.max_depth, lowered)
+    del lowered
     if cut:
         defects.append(
             f"MIME nesting deeper than {limits.max_depth} levels: deeper parts kept unparsed"
