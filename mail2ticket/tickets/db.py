@@ -34,9 +34,17 @@ from mail2ticket.errors import ConfigError, NotFoundError, StoreError, TempFailE
 BUSY_TIMEOUT_MS = 30_000
 
 
+_now: tuple[int, str] = (0, "")  # the last second now_iso formatted, and its text
+
+
 def now_iso() -> str:
-    """The current time as ISO 8601 UTC with a Z, to the second."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """The current time as ISO 8601 UTC with a Z, to the second (formatted once per second: an
+    import asks several times per message)."""
+    global _now
+    second = int(time.time())
+    if second != _now[0]:
+        _now = (second, datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z"))
+    return _now[1]
 
 
 def current_user() -> str:
