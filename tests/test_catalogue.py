@@ -525,6 +525,9 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     104: tests(
         "tests/test_pg_engine.py::test_a_connection_lost_in_the_middle_of_an_import_stores_nothing_and_the_next_poll_imports_each_once",
     ),
+    110: tests(
+        "tests/test_pipeline.py::test_a_message_for_a_worker_that_died_idle_goes_to_another_worker_not_to_the_quarantine",
+    ),
 }
 
 

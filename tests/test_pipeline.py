@@ -210,6 +210,31 @@ def test_the_pool_replaces_a_dead_or_stuck_worker_and_keeps_serving(tmp_path: Pa
             os.kill(pid, 0)  # exited and reaped
 
 
+def test_a_message_for_a_worker_that_died_idle_goes_to_another_worker_not_to_the_quarantine(tmp_path: Path) -> None:
+    """Catalogue 110: a worker killed between two messages (the OOM killer) had the next message
+    sent to it, and that message was quarantined "killed by SIGKILL while reading this message"."""
+    with ParsePool(_parse_or_misbehave, tmp_path / "files", workers=1, timeout=30) as pool:
+        assert pool.submit(_mail(1)).result(timeout=30).error is None
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGKILL)  # idle: no message in hand
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # dead (a zombie until the pool reaps it)
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.01)
+
+        answer = pool.submit(_mail(2)).result(timeout=30)
+
+        assert answer.error is None, answer.error
+        assert answer.parsed.subject == "pipeline test 2"
+        assert pool.crashed == 0, "no message was blamed for the death"
+        assert pool.pids != [pid], "the dead worker was replaced"
+
+
 def test_closing_the_pool_cancels_what_is_queued_and_stops_every_worker(tmp_path: Path) -> None:
     pool = ParsePool(_parse_or_misbehave, tmp_path / "files", workers=1, timeout=60)
     busy = pool.submit(b"hang")
