@@ -63,7 +63,8 @@ class ServerError(RuntimeError):
 # --------------------------------------------------------------------------------------- ports
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (and of ``bind(0)``)."""
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
         return int(low), int(high)
@@ -78,7 +79,7 @@ def free_port(host: str = LOOPBACK) -> int:
     connections (which take ephemeral ports) cannot grab it between this check and the server's
     bind. A server that cannot hand over a bound socket must still retry on "address in use".
     """
-    low, _ = _ephemeral_range()
+    low, _ = ephemeral_range()
     candidates = range(10000, low) if low > 11000 else range(0)
     for _ in range(50):
         port = secrets.choice(candidates) if candidates else 0

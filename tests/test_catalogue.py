@@ -528,6 +528,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     110: tests(
         "tests/test_pipeline.py::test_a_message_for_a_worker_that_died_idle_goes_to_another_worker_not_to_the_quarantine",
     ),
+    111: tests(
+        "tests/test_object_storage.py::test_the_s3_server_listens_below_the_ephemeral_port_range",
+        "tests/test_smtp.py::test_the_plain_smtp_server_listens_below_the_ephemeral_port_range",
+    ),
 }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from werkzeug.serving import make_server
 
 from mail2ticket.accounts.secrets import delete_password, store_password
 from tests.helpers import LONG_AGO, rows, run_cli, sha256_hex
-from tests.servers import LOOPBACK
+from tests.servers import LOOPBACK, ephemeral_range, free_port
 
 REGION = "us-east-1"
 
@@ -43,9 +42,7 @@ class S3Server:
         self.cert, self.key, self.ca_file = cert, key, ca_file
         self.requests: list[tuple[str, str]] = []
         self.puts_left: int | None = None  # objects it still accepts before it fails (None: no limit)
-        with socket.socket() as s:
-            s.bind((LOOPBACK, 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()  # below the ephemeral range: still free when it starts again
         self._app = DomainDispatcherApplication(create_backend_app)
         self._server = None
         self._thread = None
@@ -97,6 +94,14 @@ def s3(test_ca):
     server.start()
     yield server
     server.stop()
+
+
+def test_the_s3_server_listens_below_the_ephemeral_port_range(s3):
+    """Catalogue 111: stopped and started again on its port (a bucket that is down), the server
+    must find that port free. A port of the ephemeral range can be taken meanwhile as the local
+    port of any outgoing connection, and a parallel run's other worker opens thousands."""
+    low, _ = ephemeral_range()
+    assert s3.port < low, f"port {s3.port} is in the ephemeral range (from {low})"
 
 
 def _desk(root: Path, s3: S3Server, bucket: str, user=None, account_config=None, batch_size=100,

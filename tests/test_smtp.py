@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import tomli_w
@@ -14,6 +13,7 @@ from aiosmtpd.smtp import AuthResult
 from mail2ticket.outgoing.compose import Draft, build, header_text
 from mail2ticket.tickets.db import open_db
 from tests.helpers import Desk, make_mail
+from tests.servers import ephemeral_range, free_port
 
 
 def test_mail_goes_out_over_starttls_signed_in_with_the_accounts_secret(desk):
@@ -70,15 +70,20 @@ class _PlainRecorder:
 @pytest.fixture
 def plain_smtp():
     recorder = _PlainRecorder()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # below the ephemeral range, so no outgoing connection takes it first
     controller = Controller(recorder, hostname="127.0.0.1", port=port, authenticator=recorder.authenticate,
                             auth_require_tls=False, server_hostname="plain.example.test")
     controller.start()
     recorder.port = port
     yield recorder
     controller.stop()
+
+
+def test_the_plain_smtp_server_listens_below_the_ephemeral_port_range(plain_smtp):
+    """Catalogue 111: its port is chosen, then bound by the controller; in the ephemeral range an
+    outgoing connection (a parallel run's other worker opens thousands) can take it between."""
+    low, _ = ephemeral_range()
+    assert plain_smtp.port < low, f"port {plain_smtp.port} is in the ephemeral range (from {low})"
 
 
 def test_a_server_that_does_not_offer_starttls_never_sees_the_password(desk, plain_smtp):
