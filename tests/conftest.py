@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import parallel
 from tests.helpers import DaemonProcess, Desk
 from tests.postgres import (
     POSTGRES_MISSING,
@@ -248,3 +249,18 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for proc in started:
         proc.close()
+
+
+# ------------------------------------------------------------------------------ parallel runs
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The whole suite on every core, one file in this process (tests/parallel.py, README)."""
+    parallel.configure(config)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole files to one worker each, ``xdist_group`` tests together (tests/parallel.py)."""
+    return parallel.make_scheduler(config, log)

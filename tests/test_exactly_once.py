@@ -23,8 +23,11 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
+
 from mail2ticket.accounts.secrets import store_password
 from tests.helpers import command, sha256_hex, write_config
+from tests.parallel import HEAVY
 from tests.servers import Dovecot, User
 
 KILLS = int(os.environ.get("MAIL2TICKET_KILLS", "25"))
@@ -325,6 +328,7 @@ def survivors(config: Path, timeout: float = 3.0) -> list[str]:
         time.sleep(0.05)
 
 
+@pytest.mark.xdist_group(HEAVY)  # never beside the other SIGKILL loop: it counts kills mid-import
 def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path
 ) -> None:

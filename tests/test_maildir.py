@@ -17,6 +17,7 @@ import pytest
 import tomli_w
 
 from tests.helpers import all_tickets, command, request_mail, run_cli, sha256_hex
+from tests.parallel import HEAVY
 
 REPO = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("MAIL2TICKET_KILLS", "25"))
@@ -313,6 +314,7 @@ def _subprocess_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(HEAVY)  # never beside the other SIGKILL loop: it counts kills mid-import
 def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message_exactly_once(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
