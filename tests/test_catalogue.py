@@ -532,6 +532,12 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_object_storage.py::test_the_s3_server_listens_below_the_ephemeral_port_range",
         "tests/test_smtp.py::test_the_plain_smtp_server_listens_below_the_ephemeral_port_range",
     ),
+    108: tests(
+        "tests/test_db_copy.py::test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there",
+    ),
+    109: tests(
+        "tests/test_db_copy.py::test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there",
+    ),
 }
 
 

@@ -166,7 +166,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 # start-up, so each imports what its commands need inside the command: start-up stays fast.
 COMMAND_MODULES = (
     "accounts", "config_cmd", "mail", "tickets", "conversation", "triage", "outbox",
-    "reparse_cmd", "parse_cmd", "ingest", "daemon", "hooks",
+    "reparse_cmd", "parse_cmd", "ingest", "daemon", "hooks", "db",
 )
 
 

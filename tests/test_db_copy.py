@@ -1,0 +1,168 @@
+"""Moving a SQLite database to PostgreSQL: ``mail2ticket db copy --to postgresql://...`` (issue 17
+point 4; catalogue 108-109).
+
+One scenario, run once: a database made by real polls of the real Dovecot (mail with attachments,
+a follow-up, a reply in the outbox, a quarantined message) is copied into the test's real
+PostgreSQL; the copy is killed (SIGKILL) in the middle of a batch's transaction, run again, and
+then every ticket reads the same on both (``tickets show --json``), the ids and the ledger carry
+on (the next poll on PostgreSQL imports only the new mail, as the next ticket number).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from mail2ticket.accounts.secrets import store_password
+from mail2ticket.errors import EXIT_CONFIG, EXIT_TEMPFAIL
+from mail2ticket.service.daemon import acquire_lock
+from mail2ticket.tickets.db import open_db
+from mail2ticket.tickets.pg import WRITE_LOCK
+from tests.helpers import Desk, command, make_mail, reply_to, run_cli
+from tests.postgres import TEST_PASSWORD
+
+pytestmark = pytest.mark.sqlite_only("the source of db copy is a SQLite file")
+
+
+def _pg_config(desk: Desk, url: str) -> Path:
+    """The desk's config with only [storage] database changed (what db copy tells the user to do)."""
+    data = tomllib.loads(desk.config.read_text())
+    data["storage"]["database"] = url
+    path = desk.root / "pg.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def _json(config: Path, *args: str):
+    result = run_cli(config, *args, "--json")
+    assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def _views(config: Path) -> dict:
+    """What a user reads: every ticket shown, the ticket list, the outbox, the quarantine."""
+    tickets = _json(config, "tickets", "list", "--status", "all", "--sort", "id")
+    return {
+        "list": tickets,
+        "shown": [_json(config, "tickets", "show", str(t["id"])) for t in tickets],
+        "outbox": _json(config, "outbox", "list", "--all"),
+        "quarantine": _json(config, "quarantine", "list"),
+    }
+
+
+def _copied_rows(admin) -> int:
+    row = admin.execute("select to_regclass('m2t_copy') is not null").fetchone()
+    return admin.execute("select coalesce(sum(rows), 0) from m2t_copy").fetchone()[0] if row[0] else 0
+
+
+def test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there(
+    tmp_path: Path, dovecot, imap_user, smtp_server, account_config, postgres_server, pg_url: str
+) -> None:
+    desk = Desk(tmp_path / "desk", dovecot, imap_user, smtp_server, account_config, max_message_size="100KB")
+    first = make_mail("Printer on fire", "Ann <ann@customer.test>", desk.email, attachment=b"%PDF-1.4 invoice 1")
+    desk.deliver(first)
+    for n in range(2, 6):
+        desk.deliver(make_mail(f"Request {n}", f"C{n} <c{n}@customer.test>", desk.email,
+                               attachment=b"%PDF-1.4 n" * n if n % 2 else None))
+    desk.deliver(make_mail("Too big", "Big <big@customer.test>", desk.email, body="x" * 200_000))
+    desk.poll()
+    desk.deliver(reply_to(first, body="Still burning."))
+    desk.poll()
+    tickets = desk.tickets()
+    assert len(tickets) == 5
+    desk.ok("tickets", "reply", str(tickets[0]["id"]), "--message", "A technician is on the way.")
+    desk.ok("tickets", "close", str(tickets[1]["id"]))
+    assert _json(desk.config, "quarantine", "list"), "the over-size mail is in the quarantine"
+    before = _views(desk.config)
+    store_password("database", TEST_PASSWORD)  # the password chain: the keyring entry 'database'
+
+    # Refused at once: a password on the command line, a running daemon, a database with other data.
+    secret = run_cli(desk.config, "db", "copy", "--to", pg_url.replace("m2t@", f"m2t:{TEST_PASSWORD}@"))
+    assert secret.exit_code == EXIT_CONFIG and "holds a password" in secret.stderr
+    assert TEST_PASSWORD not in secret.stdout + secret.stderr
+    lock = acquire_lock(desk.root / "m2t.db")  # what a running daemon holds
+    try:
+        busy = run_cli(desk.config, "db", "copy", "--to", pg_url)
+    finally:
+        lock.close()
+    assert busy.exit_code == EXIT_TEMPFAIL and "daemon is running" in busy.stderr, busy.stderr
+    foreign = postgres_server.new_database()
+    db = open_db(foreign, password=TEST_PASSWORD)
+    db.execute("insert into tickets (account, subject, created_at, updated_at) values ('x', 'theirs', 'now', 'now')")
+    db.close()
+    refused = run_cli(desk.config, "db", "copy", "--to", foreign)
+    assert refused.exit_code == EXIT_CONFIG and "is not empty" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) <= 2, refused.stderr
+    postgres_server.drop_database(foreign)
+
+    # The first run, one row per transaction, killed while a batch waits inside its transaction.
+    proc = subprocess.Popen(command(desk.config, "db", "copy", "--to", pg_url, "--batch-rows", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    admin = _target_conn(pg_url)
+    try:
+        deadline = time.monotonic() + 60
+        while _copied_rows(admin) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        admin.execute("select pg_advisory_lock(%s)", [WRITE_LOCK])  # the copy's next batch waits for it
+        while time.monotonic() < deadline and not admin.execute(
+                "select 1 from pg_stat_activity where application_name = 'mail2ticket' and wait_event_type = 'Lock'"
+        ).fetchone():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        copied = _copied_rows(admin)
+        admin.execute("select pg_advisory_unlock(%s)", [WRITE_LOCK])
+    finally:
+        admin.close()
+    assert 3 <= copied < _source_rows(desk.root / "m2t.db"), "killed mid-way"
+
+    again = run_cli(desk.config, "db", "copy", "--to", pg_url, "--json")
+    assert again.exit_code == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["resumed"] and summary["verified"] and not summary["source_changed"]
+    assert sum(t["copied"] for t in summary["tables"]) == _source_rows(desk.root / "m2t.db") - copied, \
+        "the second run copies exactly what the first did not"
+    raw_count = _source_rows(desk.root / "m2t.db", "raw_messages")
+    assert raw_count >= 7  # six mails from customers, the reply we sent
+    assert summary["raw_messages"] == {"checked": raw_count, "sha256_mismatched": 0, "missing": 0}
+    assert summary["config_change"] == {"storage": {"database": pg_url}}
+
+    pg_config = _pg_config(desk, pg_url)
+    assert _views(pg_config) == before
+    # A third run finds nothing to copy and verifies again; its summary says what to change.
+    third = run_cli(desk.config, "db", "copy", "--to", pg_url)
+    assert third.exit_code == 0, third.stderr
+    assert f'database = "{pg_url}"' in third.stdout and "keyring set mail2ticket database" in third.stdout
+    assert "Verified" in third.stdout and "attachments stay in" in third.stdout
+
+    # The ledger and the ids carry on: the next poll on PostgreSQL imports only the new mail,
+    # as the next ticket number.
+    desk.deliver(make_mail("After the move", "Dan <dan@customer.test>", desk.email))
+    assert run_cli(pg_config, "poll").exit_code == 0
+    after = _json(pg_config, "tickets", "list", "--status", "all", "--sort", "id")
+    assert [t["id"] for t in after] == [t["id"] for t in before["list"]] + [before["list"][-1]["id"] + 1]
+    assert after[-1]["subject"] == "After the move"
+
+
+def _target_conn(url: str):
+    import psycopg  # the postgresql extra (installed for the tests)
+
+    return psycopg.connect(url, password=TEST_PASSWORD, autocommit=True)
+
+
+def _source_rows(path: Path, *only: str) -> int:
+    """Rows in the SQLite database's tables (every table db copy copies, or ``only`` these)."""
+    with sqlite3.connect(path) as conn:
+        tables = only or [r[0] for r in conn.execute(
+            "select name from sqlite_master where type = 'table' and sql not like 'CREATE VIRTUAL%' "
+            "and name not like 'sqlite_%' and name not like 'messages_fts%' and name != '_sqlite_migrations'")]
+        return sum(conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables)
