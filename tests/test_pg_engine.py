@@ -50,7 +50,7 @@ def test_the_test_server_signs_in_with_a_password_over_tcp_and_gives_each_test_i
 
 def test_the_sqlite_dialect_is_translated_outside_string_literals_only() -> None:
     assert translate("select * from t where a = ? and b like ? and c = 'x?%'") == (
-        "select * from t where a = %s and b ilike %s and c = 'x?%'", False)
+        "select * from t where a = %s and b ilike %s and c = 'x?%%'", False)
     assert translate("select s.hook, ?1, ?2 from s where k = ?5 or a = ?1") == (
         "select s.hook, %(p1)s, %(p2)s from s where k = %(p5)s or a = %(p1)s", True)
     assert translate("insert or ignore into ticket_tags (ticket_id, tag) values (?, ?)")[0] == (
@@ -75,6 +75,9 @@ def test_sqlite_only_functions_and_case_rules_behave_alike_on_postgresql(pg_url:
         # Text sorts byte by byte (ISO times, 'Z' after digits), whatever the database's locale.
         db.execute("insert into conversation_state (key, value) values ('a', 'x'), ('B', 'y'), ('_', 'z')")
         assert [r[0] for r in db.execute("select key from conversation_state order by key")] == ["B", "_", "a"]
+        # A % in a string literal, with parameters or without.
+        assert db.execute("select 'a%b' like 'a%', ? like '5%'", ["50"]).fetchone() == (True, True)
+        assert db.execute("select 'a%b'").fetchone() == ("a%b",)
         # Python's True is stored as 1 in an integer column, as sqlite3 stores it.
         db.execute("insert into account_status (account, failures) values (?, ?)", ["acc", True])
         assert db.execute("select failures from account_status").fetchone() == (1,)
@@ -249,3 +252,37 @@ def test_the_sqlite_engine_needs_nothing_new(tmp_path: Path) -> None:
     db = open_db(tmp_path / "plain.db")
     assert db.engine == "sqlite" and isinstance(db.conn, sqlite3.Connection)
     db.close()
+
+
+# ------------------------------------------------------------------ large raw messages in pieces
+
+
+def test_a_large_raw_message_goes_in_and_comes_back_in_pieces_byte_identical(tmp_path: Path, pg_url: str) -> None:
+    import hashlib
+
+    from mail2ticket.errors import TempFailError
+    from mail2ticket.files.spool import spool_chunks
+    from mail2ticket.tickets.db import transaction
+    from mail2ticket.tickets.ledger import store_raw_spool
+    from mail2ticket.tickets.messages import take_stored
+
+    piece = bytes(range(256)) * 4096  # 1 MiB that no compression would shrink much: 0..255 repeated
+    data = b"Subject: big\r\n\r\n" + piece * 3 + b"tail\r\n"
+    spool = spool_chunks([data[i:i + 65536] for i in range(0, len(data), 65536)], tmp_path)
+    db = open_db(pg_url, password=TEST_PASSWORD)
+    try:
+        with transaction(db):
+            store_raw_spool(db, spool.sha256, spool, "2026-01-01T00:00:00Z")
+            store_raw_spool(db, spool.sha256, spool, "2026-01-01T00:00:00Z")  # the same bytes: kept once
+        assert db.execute("select count(*), sum(size) from raw_messages").fetchone() == (1, len(data))
+        raw, back = take_stored(db, spool.sha256, tmp_path, threshold=1024 * 1024)
+        assert raw is None and back.size == len(data) and back.sha256 == spool.sha256
+        assert hashlib.sha256(Path(back.path).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+        # A spool that changed after it was fetched is refused, and nothing of it is stored.
+        Path(spool.path).write_bytes(data[:-3] + b"xx\n")
+        other = type(spool)(spool.path, spool.size, "0" * 64)
+        with pytest.raises(TempFailError, match="changed before it was stored"), transaction(db):
+            store_raw_spool(db, other.sha256, other, "2026-01-01T00:00:00Z")
+        assert db.execute("select count(*) from raw_messages").fetchone() == (1,)
+    finally:
+        db.close()

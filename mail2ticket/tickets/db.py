@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 from mail2ticket.config.fields import STATUSES
 from mail2ticket.files import perms as fileperms
 from mail2ticket.tickets import hookqueue
-from mail2ticket.tickets.engine import TRANSIENT_ERRORS, PgError, engine_of, is_postgres_url
+from mail2ticket.tickets.engine import (
+    TRANSIENT_ERRORS,
+    PgError,
+    engine_of,
+    is_postgres_url,
+    savepoint_block,
+)
 
 if TYPE_CHECKING:  # imported where needed: 'import mail2ticket.tickets.db' stays cheap
     from sqlite_utils import Database
@@ -288,16 +294,8 @@ def savepoint(db: Database) -> Iterator[Database]:
         with db.atomic():
             yield db
         return
-    conn.execute("SAVEPOINT m2t_savepoint")
-    try:
+    with savepoint_block(conn, "m2t_savepoint"):  # as in atomic()
         yield db
-    except BaseException:
-        # As in atomic(): an error that ended the whole transaction leaves no savepoint to undo.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK TO SAVEPOINT m2t_savepoint")
-            conn.execute("RELEASE SAVEPOINT m2t_savepoint")
-        raise
-    conn.execute("RELEASE SAVEPOINT m2t_savepoint")
 
 
 def log_event(

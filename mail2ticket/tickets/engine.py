@@ -9,7 +9,9 @@ SQLite (a file path, the default) or PostgreSQL (a libpq URL, ``postgresql://`` 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from mail2ticket.config.storage import is_postgres as is_postgres_url  # noqa: F401  # a URL, not a file
@@ -34,3 +36,18 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, PgError)
 def engine_of(db: Any) -> str:
     """'sqlite' or 'postgresql': the engine of an open database."""
     return getattr(db, "engine", "sqlite")
+
+
+@contextlib.contextmanager
+def savepoint_block(conn: Any, name: str) -> Iterator[None]:
+    """SAVEPOINT ``name`` ... RELEASE on ``conn`` (sqlite3's or tickets/pg.py's), rolled back to
+    on an error; an error that ended the whole transaction leaves no savepoint to undo."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            conn.execute(f"RELEASE SAVEPOINT {name}")
+        raise
+    conn.execute(f"RELEASE SAVEPOINT {name}")

@@ -5,7 +5,7 @@ the quarantine rows. intake/importer.py decides; the SQL is here."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mail2ticket.errors import TempFailError
@@ -126,63 +126,59 @@ def insert_quarantine(db: Database, row: dict[str, Any]) -> int:
 
 
 def store_raw_spool(db: Database, sha256: str, spool: Spool, now: str) -> None:
-    """The raw bytes of a spooled (large) message into raw_messages, once per content, with
-    incremental blob I/O 1 MB at a time inside the caller's transaction: never whole in memory
-    (on PostgreSQL: COPY, 1 MB at a time, tickets/pg.py)."""
-    if engine_of(db) == "postgresql":
-        _store_raw_spool_pg(db, sha256, spool, now)
-        return
+    """The raw bytes of a spooled (large) message into raw_messages, once per content, 1 MB at a
+    time inside the caller's transaction: never whole in memory (SQLite: incremental blob I/O;
+    PostgreSQL: COPY, tickets/pg.py)."""
+    chunks = _SpoolChunks(spool)
+    try:
+        if engine_of(db) == "postgresql":
+            stored = pg.copy_raw(db, sha256, spool.size, now, iter(chunks))
+        else:
+            stored = _write_blob(db, sha256, spool.size, now, chunks)
+    except OSError as exc:
+        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
+                            "the next poll fetches it again") from None
+    if stored and (chunks.written != spool.size or chunks.digest.hexdigest() != sha256):
+        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
+                            "the next poll fetches it again")
+
+
+def _write_blob(db: Database, sha256: str, size: int, now: str, chunks: Iterable[bytes]) -> bool:
+    """SQLite: a zeroblob of ``size`` filled by incremental blob I/O; False when the same bytes
+    are stored already."""
     conn = db.conn
     before = conn.total_changes
     db.execute(
         "insert into raw_messages (sha256, size, raw, stored_at) values (?, ?, zeroblob(?), ?) "
         "on conflict(sha256) do nothing",
-        [sha256, spool.size, spool.size, now],
+        [sha256, size, size, now],
     )
     if conn.total_changes == before:
-        return  # the same bytes are already stored
+        return False
     rowid = db.execute("select rowid from raw_messages where sha256 = ?", [sha256]).fetchone()[0]
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        with open(spool.path, "rb") as f, conn.blobopen("raw_messages", "raw", rowid) as blob:
+    with conn.blobopen("raw_messages", "raw", rowid) as blob:
+        for chunk in chunks:
+            blob.write(chunk)
+    return True
+
+
+class _SpoolChunks:
+    """A spool file's bytes, 1 MB at a time, hashed and counted as they are read (never more
+    than the spool's size: a file that grew is caught by the hash)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.digest = hashlib.sha256()
+        self.written = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.spool.path, "rb") as f:
             while chunk := f.read(1 << 20):
-                if written + len(chunk) > spool.size:
+                if self.written + len(chunk) > self.spool.size:
                     break
-                digest.update(chunk)
-                blob.write(chunk)
-                written += len(chunk)
-    except OSError as exc:
-        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
-                            "the next poll fetches it again") from None
-    if written != spool.size or digest.hexdigest() != sha256:
-        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
-                            "the next poll fetches it again")
-
-
-def _store_raw_spool_pg(db: Database, sha256: str, spool: Spool, now: str) -> None:
-    digest = hashlib.sha256()
-    written = 0
-
-    def chunks() -> Iterator[bytes]:
-        nonlocal written
-        with open(spool.path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                if written + len(chunk) > spool.size:
-                    break
-                digest.update(chunk)
-                written += len(chunk)
+                self.digest.update(chunk)
+                self.written += len(chunk)
                 yield chunk
-
-    try:
-        if not pg.copy_raw(db, sha256, spool.size, now, chunks()):
-            return  # the same bytes are already stored
-    except OSError as exc:
-        raise TempFailError(f"cannot read the fetched message {spool.path}: {exc.strerror or exc}",
-                            "the next poll fetches it again") from None
-    if written != spool.size or digest.hexdigest() != sha256:
-        raise TempFailError(f"the fetched message {spool.path} changed before it was stored",
-                            "the next poll fetches it again")
 
 
 # --- server actions after the commit (\Seen, move, delete; a Maildir file moved to cur/) ---------

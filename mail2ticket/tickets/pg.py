@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from mail2ticket.tickets.engine import PgError, PgTransientError
+from mail2ticket.tickets.engine import PgError, PgTransientError, savepoint_block
 
 # The key of the one advisory lock that serialises write transactions (and, as a session
 # lock, the creation of the schema: pg_schema.SCHEMA_LOCK). Arbitrary, fixed, documented.
@@ -38,7 +38,7 @@ _TOKENS = re.compile(
       | \?(\d+)                 # ?N: a numbered parameter
       | (?<![:\w]):([A-Za-z_]\w*) # :name: a named parameter
       | \?                      # a parameter
-      | %                       # a literal percent sign (psycopg's placeholders use %)
+      | %                       # a percent sign (psycopg's placeholders use %)
       | \binsert\s+or\s+ignore\b
       | \blimit\s+-1\b
       | \blike\b
@@ -54,7 +54,8 @@ def translate(sql: str) -> tuple[str, bool]:
     """SQLite's dialect as the tickets/ modules write it -> PostgreSQL's, and whether it uses
     numbered parameters (``?1``: then the parameters go by name, ``%(p1)s``).
 
-    Outside string literals: ``?`` -> ``%s``, ``?N`` -> ``%(pN)s``, ``:name`` -> ``%(name)s``, ``%`` -> ``%%``, ``INSERT OR
+    Every ``%`` -> ``%%`` (the statement always goes with parameters, so psycopg undoes it); outside
+    string literals: ``?`` -> ``%s``, ``?N`` -> ``%(pN)s``, ``:name`` -> ``%(name)s``, ``INSERT OR
     IGNORE`` -> ``INSERT ... ON CONFLICT DO NOTHING``, ``LIMIT -1`` -> ``LIMIT ALL``, ``LIKE`` ->
     ``ILIKE`` (SQLite's LIKE ignores the case of ASCII letters), ``ifnull(`` -> ``coalesce(``;
     and an INSERT into a table with an id gets ``RETURNING id`` (for ``lastrowid``).
@@ -67,7 +68,7 @@ def translate(sql: str) -> tuple[str, bool]:
         token = match.group(0)
         first = token[0]
         if first in "'\"":
-            return token
+            return token.replace("%", "%%")  # psycopg reads every % of the statement (params always given)
         if match.group(1):
             numbered = True
             return f"%(p{match.group(1)})s"
@@ -98,7 +99,7 @@ def translate(sql: str) -> tuple[str, bool]:
 
 def _params(params: Sequence[Any] | dict | None, numbered: bool) -> Any:
     if params is None:
-        return None
+        return {} if numbered else []  # always some: then psycopg turns %% back into %
     if isinstance(params, dict):
         return {k: (int(v) if isinstance(v, bool) else v) for k, v in params.items()}
     values = [int(v) if isinstance(v, bool) else v for v in params]  # SQLite keeps True as 1
@@ -316,15 +317,8 @@ class PgDatabase:
         """A savepoint inside a transaction, else a transaction of its own (sqlite-utils' atomic())."""
         conn = self.conn
         if conn.in_transaction:
-            conn.execute("SAVEPOINT m2t_atomic")
-            try:
+            with savepoint_block(conn, "m2t_atomic"):
                 yield self
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK TO SAVEPOINT m2t_atomic")
-                    conn.execute("RELEASE SAVEPOINT m2t_atomic")
-                raise
-            conn.execute("RELEASE SAVEPOINT m2t_atomic")
             return
         conn.execute("BEGIN")
         try:
