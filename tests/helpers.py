@@ -85,7 +85,8 @@ def engine_storage(root: Path, storage: dict) -> dict:
     if engine_under_test() != "postgresql" or storage.get("database") not in (None, "m2t.db", str(root / "m2t.db")):
         return storage
     store_password("database", TEST_PASSWORD)
-    return {**storage, "database": fresh_database()}
+    # A config written again (a test changing its accounts) keeps its database, as m2t.db would.
+    return {**storage, "database": database_url(root) or fresh_database()}
 
 
 def database_url(root: Path) -> str | None:

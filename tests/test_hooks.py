@@ -21,7 +21,16 @@ import tomli_w
 from mail2ticket.config.load import load_config
 from mail2ticket.errors import ConfigError
 from mail2ticket.outgoing import hooks as delivery
-from tests.helpers import all_tickets, make_mail, nagios_service, run_cli, wait_until, write_config
+from tests.helpers import (
+    all_tickets,
+    database_url,
+    make_mail,
+    nagios_service,
+    run_cli,
+    wait_until,
+    write_config,
+)
+from tests.postgres import TEST_PASSWORD
 from tests.servers import LOOPBACK, free_port
 from tests.test_metrics import parse
 
@@ -343,7 +352,7 @@ def test_the_monitoring_events_are_queued_under_their_public_names(tmp_path):
     config = write_config(tmp_path, PIPE_ACCOUNT, hooks=[file_hook("ops", tmp_path / "ops.jsonl",
                                                                    ["monitoring.problem", "monitoring.recovery"])])
     ok(config, "hooks", "list")  # a command loads the config: the subscriptions are written
-    db = open_db(tmp_path / "m2t.db")
+    db = open_db(database_url(tmp_path) or tmp_path / "m2t.db", password=TEST_PASSWORD)
     with transaction(db):
         ticket = create_ticket(db, account="support", subject="PROBLEM web1/HTTP", requester=None,
                                requester_name=None, now=now_iso())

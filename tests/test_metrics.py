@@ -17,7 +17,8 @@ from mail2ticket.cli import cli
 from mail2ticket.errors import AuthError, ConnectError, Mail2TicketError, ServerError, StoreError
 from mail2ticket.intake.results import failure_cause
 from mail2ticket.service.metrics import Family, render
-from tests.helpers import LONG_AGO, make_mail, wait_until
+from tests.helpers import LONG_AGO, engine_storage, make_mail, wait_until
+from tests.postgres import engine_under_test
 from tests.servers import free_port
 
 
@@ -45,8 +46,10 @@ def prometheus(config: Path) -> dict:
 def write_config(root: Path, accounts: list[dict], **tables) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
-    config.write_text(tomli_w.dumps({"storage": {"database": "var/m2t.db", "attachments": "var/att"},
-                                     **tables, "accounts": accounts}))
+    storage = {"database": "var/m2t.db", "attachments": "var/att"}
+    if engine_under_test() == "postgresql":  # a database of the test's own, as for m2t.db
+        storage = engine_storage(root, {**storage, "database": "m2t.db"})
+    config.write_text(tomli_w.dumps({"storage": storage, **tables, "accounts": accounts}))
     return config
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import tomllib
 from datetime import UTC, datetime, timedelta
 
@@ -21,9 +20,11 @@ import tomli_w
 from tests import test_narrow_terminal  # its on_terminal: the installed CLI on a pseudo-terminal
 from tests.helpers import (
     alertmanager,
+    engine_storage,
     monitoring_mail,
     nagios_host,
     nagios_service,
+    rows,
     run_cli,
     zabbix_problem,
     zabbix_recovery,
@@ -150,9 +151,8 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
         "recovered 2026-12-01T22:55:00Z, duration 45m"]
 
     # No acknowledgement to a machine: nothing was ever queued.
-    with sqlite3.connect(desk.root / "m2t.db") as conn:
-        assert conn.execute("select count(*) from outbox").fetchone()[0] == 0
-        assert conn.execute("select count(*) from monitoring").fetchone()[0] == 10
+    assert rows(desk.root, "select count(*) from outbox") == [(0,)]
+    assert rows(desk.root, "select count(*) from monitoring") == [(10,)]
 
     listing = desk.ok("tickets", "list", "--monitoring").stdout
     lines = listing.rstrip("\n").split("\n")
@@ -187,7 +187,7 @@ def test_a_realistic_night_makes_one_ticket_per_problem(desk):
 
 def pipe_desk(tmp_path, table: dict | None = None, rules=(), **account) -> object:
     config = tmp_path / "config.toml"
-    data = {"storage": {"database": "m2t.db", "attachments": "files"},
+    data = {"storage": engine_storage(tmp_path, {"database": "m2t.db", "attachments": "files"}),
             "accounts": [{"name": "ops", "email": "ops@example.com", "source": "pipe", "smtp_host": "127.0.0.1",
                           "added_at": "2000-01-01T00:00:00Z", **account}]}
     if table is not None:

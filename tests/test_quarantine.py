@@ -8,7 +8,6 @@ the size limit is not downloaded at all: it stays unflagged on the server and is
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from click.testing import CliRunner
 import mail2ticket.parse.message
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
-from tests.helpers import all_tickets, numbered_mail, run_cli, sha256_hex, write_config
+from tests.helpers import all_tickets, numbered_mail, rows, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 
@@ -26,8 +25,7 @@ def _message(n: int, extra_header: bytes = b"", body: bytes = b"") -> bytes:
 
 
 def _events(tmp_path: Path, kind: str) -> int:
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        return conn.execute("select count(*) from events where kind = ?", [kind]).fetchone()[0]
+    return rows(tmp_path, "select count(*) from events where kind = ?", [kind])[0][0]
 
 
 @pytest.fixture
@@ -119,9 +117,8 @@ def test_hostile_messages_never_block_the_good_mail_and_each_is_accounted_for(
 
     assert result.exit_code == 0, result.output
     server = dovecot.fetch_raw(imap_user)
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        in_tickets = {r[0] for r in conn.execute("select raw_sha256 from messages")}
-        in_quarantine = {r[0] for r in conn.execute("select raw_sha256 from quarantine")}
+    in_tickets = {r[0] for r in rows(tmp_path, "select raw_sha256 from messages")}
+    in_quarantine = {r[0] for r in rows(tmp_path, "select raw_sha256 from quarantine")}
     for uid, raw in server.items():
         assert (sha256_hex(raw) in in_tickets) != (sha256_hex(raw) in in_quarantine), f"UID {uid} not accounted for once"
     subjects = {t["subject"] for t in all_tickets(config)}
@@ -170,9 +167,8 @@ def test_an_over_size_message_is_quarantined_without_download_and_imported_by_re
     assert retried.exit_code == 0, retried.output
     assert json.loads(run_cli(config, "quarantine", "list", "--json").stdout) == []
     assert "\\Seen" in dovecot.flags(imap_user)[2], "flagged once stored"
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        stored = conn.execute("select raw from raw_messages where sha256 = ?", [sha256_hex(big)]).fetchone()
-    assert stored is not None and stored[0] == dovecot.fetch_raw(imap_user)[2]
+    [stored] = rows(tmp_path, "select raw from raw_messages where sha256 = ?", [sha256_hex(big)])
+    assert stored[0] == dovecot.fetch_raw(imap_user)[2]
     assert len(all_tickets(config)) == 3
     assert run_cli(config, "poll").stdout.startswith(f"{imap_user.name}: 0 imported")
     assert len(all_tickets(config)) == 3

@@ -121,6 +121,7 @@ def test_deleting_a_message_removes_it_from_the_index(cfg: Path):
     assert found(cfg, "VPN") == []
 
 
+@pytest.mark.sqlite_only("SQLite's migrations and FTS5 table (PostgreSQL: tests/test_search_postgresql.py)")
 def test_an_existing_database_is_indexed_when_it_is_upgraded(tmp_path: Path):
     from mail2ticket.tickets.db import open_db
     from mail2ticket.tickets.migrations import migrations
@@ -143,6 +144,7 @@ def test_an_existing_database_is_indexed_when_it_is_upgraded(tmp_path: Path):
     assert found(cfg, "fax") == [7]
 
 
+@pytest.mark.sqlite_only("sqlite-utils' table rebuild (PostgreSQL: tests/test_search_postgresql.py)")
 def test_a_table_rebuild_that_drops_the_triggers_is_repaired_by_the_next_poll(cfg: Path):
     from mail2ticket.service.jobs import poll_once
 

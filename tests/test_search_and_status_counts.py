@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import accounts_status, hashed_lines, numbered_mail
+from tests.helpers import accounts_status, engine_storage, hashed_lines, numbered_mail, rows
 from tests.triage_support import deliver, mail, run, write_config
 
 # ------------------------------------------------------------------------------------ search
@@ -50,15 +49,15 @@ def test_a_poll_that_stored_messages_and_then_lost_its_connection_counts_them(
     relay = tcp_relay(dovecot.host, dovecot.imaps_port)
     config = tmp_path / "config.toml"
     config.write_text(tomli_w.dumps({
-        "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
+        "storage": engine_storage(tmp_path, {"database": str(tmp_path / "m2t.db"),
+                                             "attachments": str(tmp_path / "files")}),
         "accounts": [account_config(imap_user, imap_port=relay.port, batch_size=3, timeout=10)],
     }))
     relay.cut_after(250_000)  # a few batches are stored, then the connection dies
     polled = subprocess.run([sys.executable, "-m", "mail2ticket", "--config", str(config), "poll"],
                             capture_output=True, text=True, timeout=120)
     assert polled.returncode != 0 and "was lost" in polled.stderr, polled.stderr
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        stored = conn.execute("select count(*) from tickets").fetchone()[0]
+    [(stored,)] = rows(tmp_path, "select count(*) from tickets")
     assert 0 < stored < 30
     acct = accounts_status(config)[imap_user.name]
     print(f"stored before the cut: {stored}; status counts {acct['imported_total']}")

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from mail2ticket.accounts.secrets import store_password
+from tests.postgres import TEST_PASSWORD, engine_under_test, fresh_database
+
 BASE_CONFIG = """\
 [storage]
 database = "tickets.db"
@@ -32,9 +35,14 @@ source = "pipe"
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
-    """A config with two accounts (support, sales) and ``extra`` TOML appended."""
+    """A config with two accounts (support, sales) and ``extra`` TOML appended; with
+    MAIL2TICKET_TEST_ENGINE=postgresql its database is a fresh PostgreSQL database."""
     path = tmp_path / "config.toml"
-    path.write_text(BASE_CONFIG + "\n" + textwrap.dedent(extra))
+    base = BASE_CONFIG
+    if engine_under_test() == "postgresql":
+        store_password("database", TEST_PASSWORD)  # where a real installation keeps it
+        base = base.replace('database = "tickets.db"', f'database = "{fresh_database()}"')
+    path.write_text(base + "\n" + textwrap.dedent(extra))
     return path
 
 
@@ -69,10 +77,10 @@ def mail(
 
 def load(cfg_path: Path):
     from mail2ticket.config.load import load_config
-    from mail2ticket.tickets.db import open_db
+    from mail2ticket.tickets.db import open_store
 
     cfg = load_config(cfg_path)
-    return cfg, open_db(cfg.database)
+    return cfg, open_store(cfg)
 
 
 def deliver(cfg_path: Path, *raws: bytes, account: str = "support") -> list:

@@ -580,7 +580,8 @@ def tickets_search(app, query, status, account, limit, offset, as_json):
     """Full-text search in subjects, bodies and senders, best match first, with the matching text.
 
     Words must all appear (in any message of a ticket). QUERY may use SQLite FTS5
-    syntax: "a phrase", OR, NOT, prefix*, subject:word, from_name:word.
+    syntax: "a phrase", OR, NOT, prefix*, subject:word, from_name:word; the same
+    syntax on PostgreSQL (its own full-text search, docs/storage.md).
 
     \b
     Examples:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mail2ticket.tickets import fts_pg
 from mail2ticket.tickets.engine import engine_of
 
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def install(db: Database) -> None:
 
 def ensure_triggers(db: Database) -> bool:
     """Recreate missing triggers (a table rebuild drops them) and re-index; True if it had to.
-    (SQLite's FTS5 index; PostgreSQL's full-text search keeps no triggers here.)"""
+    (On PostgreSQL: its index's trigger, tickets/fts_pg.py.)"""
     if engine_of(db) == "postgresql":
-        return False
+        return fts_pg.ensure_triggers(db)
     existing = {r[0] for r in db.execute("select name from sqlite_master where type = 'trigger'")}
     missing = [name for name in TRIGGERS if name not in existing]
     if not missing:

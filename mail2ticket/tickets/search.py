@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from mail2ticket.tickets import fts_pg, fts_query
 from mail2ticket.tickets.db import NOT_CLOSED_SQL, get_tickets
+from mail2ticket.tickets.engine import engine_of
 from mail2ticket.tickets.fts import FTS_COLUMNS, FTS_TABLE
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def search(
     if not query.strip():
         return []
     tree = None
-    if _engine(db) == "postgresql":
+    if engine_of(db) == "postgresql":
         tree = _pg_tree(query)  # None: not one word to search for
         if tree is None:
             return []
@@ -170,10 +171,6 @@ def _snippet(db: Database, query: str, rowid: int) -> str:
     rows = _match(db, sql, query, [rowid])
     text = rows[0][0] if rows else ""
     return " ".join((text or "").split())
-
-
-def _engine(db: Database) -> str:
-    return getattr(db, "engine", "sqlite")
 
 
 def _pg_tree(query: str) -> fts_query.Node | None:
