@@ -10,6 +10,7 @@ on (the next poll on PostgreSQL imports only the new mail, as the next ticket nu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sqlite3
@@ -26,7 +27,16 @@ from mail2ticket.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from mail2ticket.service.daemon import acquire_lock
 from mail2ticket.tickets.db import open_db
 from mail2ticket.tickets.pg import WRITE_LOCK
-from tests.helpers import Desk, command, make_mail, reply_to, run_cli
+from tests.helpers import (
+    Desk,
+    MiB,
+    command,
+    make_mail,
+    reply_to,
+    run_cli,
+    run_measured,
+    write_config,
+)
 from tests.postgres import TEST_PASSWORD
 
 pytestmark = pytest.mark.sqlite_only("the source of db copy is a SQLite file")
@@ -166,3 +176,41 @@ def _source_rows(path: Path, *only: str) -> int:
             "select name from sqlite_master where type = 'table' and sql not like 'CREATE VIRTUAL%' "
             "and name not like 'sqlite_%' and name not like 'messages_fts%' and name != '_sqlite_migrations'")]
         return sum(conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables)
+
+
+def test_a_large_raw_message_is_copied_in_bounded_memory_and_its_hash_checked(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path)
+    size = 16 * MiB
+    db = open_db(tmp_path / "m2t.db")
+    db.execute("insert into raw_messages (sha256, size, stored_at, raw) values ('pending', ?, 'now', zeroblob(?))",
+               [size, size])
+    hasher = hashlib.sha256()
+    with db.conn.blobopen("raw_messages", "raw", 1) as blob:
+        for n in range(size // MiB):
+            piece = hashlib.sha256(b"%d" % n).digest() * (MiB // 32)  # 1 MiB, different each time
+            hasher.update(piece)
+            blob.write(piece)
+    digest = hasher.hexdigest()
+    db.execute("update raw_messages set sha256 = ?", [digest])
+    db.conn.commit()
+    db.close()
+    store_password("database", TEST_PASSWORD)
+
+    big, peak = _measured_copy(config, pg_url)
+    again, baseline = _measured_copy(config, pg_url)  # the same command, with nothing left to copy
+
+    assert big.returncode == 0, big.stderr
+    summary = json.loads(big.stdout)
+    assert summary["verified"] and summary["raw_messages"] == {"checked": 1, "sha256_mismatched": 0, "missing": 0}
+    with _target_conn(pg_url) as conn:
+        assert conn.execute("select sha256, octet_length(raw) from raw_messages").fetchall() == [(digest, size)]
+    assert again.returncode == 0 and sum(t["copied"] for t in json.loads(again.stdout)["tables"]) == 0
+    print(f"\ndb copy: peak RSS {peak / 1024:.0f} MiB copying a 16 MiB message, {baseline / 1024:.0f} MiB "
+          "run again with nothing to copy")
+    assert peak - baseline < 16 * 1024, f"{(peak - baseline) / 1024:.0f} MiB more for a 16 MiB message"
+
+
+def _measured_copy(config: Path, url: str) -> tuple[subprocess.CompletedProcess, int]:
+    """``db copy --to URL --json`` as its own process: (its result, its peak RSS in KiB)."""
+    result, hwm, _ = run_measured(command(config, "db", "copy", "--to", url, "--json"))
+    return result, max(hwm.values(), default=0)

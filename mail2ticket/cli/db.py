@@ -23,7 +23,7 @@ def db_group():
               help="A command that prints the PostgreSQL password (else the keyring entry or systemd "
                    "credential 'database', else libpq's PGPASSFILE/PGSERVICE).")
 @click.option("--batch-rows", type=click.IntRange(1, 100_000), default=500, show_default=True,
-              help="Rows per transaction (raw messages: also at most 32 MB per transaction).")
+              help="Rows per transaction (and at most about 32 MB of values per transaction).")
 @json_option
 @click.pass_obj
 def db_copy(app, url, password_command, batch_rows, as_json):
@@ -104,8 +104,9 @@ def db_copy(app, url, password_command, batch_rows, as_json):
     else:
         print_summary(cfg, url, result)
     if not result.verified:
-        raise StoreError("the copy differs from the SQLite database (see above)",
-                         "run db copy again; if it still differs, report it with the output above")
+        raise StoreError("the copy differs from the SQLite database (see above): it changed since an earlier run",
+                         "stop everything that writes to the SQLite database, then copy into a new, empty "
+                         "PostgreSQL database")
     if result.source_changed:
         raise TempFailError("the SQLite database changed during the copy (a poll or a command wrote to it)",
                             "stop what writes to it (daemon, cron polls, MTA delivery), then run db copy again")

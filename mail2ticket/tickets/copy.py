@@ -13,7 +13,7 @@ What it guarantees (docs/storage.md "Moving to PostgreSQL"):
   run killed at any point leaves whole batches and the next run continues after the last one:
   no row is copied twice, none is skipped.
 - **Bounded memory.** Raw messages are streamed through COPY 1 MB at a time (never whole in
-  memory), and a batch of them holds at most ``BATCH_BYTES``.
+  memory); a batch of any other table holds at most about ``BATCH_BYTES`` of values (or one row).
 - **Verified.** Rows per table on both sides, and the SHA-256 of every raw message as PostgreSQL
   stores it (computed by the server) against its key, and every source key present.
 - **Only into an empty database** (or one this source was partly copied into): a target that
@@ -34,7 +34,7 @@ from mail2ticket.tickets.db import now_iso, transaction
 PgDatabase = Any  # tickets/pg.py's PgDatabase
 
 BATCH_ROWS = 500  # rows of an ordinary table per transaction
-BATCH_BYTES = 32 * 1024 * 1024  # raw bytes per transaction of raw_messages
+BATCH_BYTES = 32 * 1024 * 1024  # bytes of values per transaction (raw messages: sent, not held)
 CHUNK = 1024 * 1024  # raw bytes read from SQLite and sent at a time
 
 PROGRESS = "m2t_copy"  # the copy's own table in the target: how far each table got
@@ -197,19 +197,26 @@ def copy_database(src: sqlite3.Connection, source: str, db: PgDatabase, *, batch
 
 
 def _copy_batch(src: sqlite3.Connection, db: PgDatabase, table: str, after: int, rows: int,
-                _bytes: int) -> tuple[int, int]:
-    """The next batch of ``table`` after rowid ``after``, in one transaction with its progress."""
+                max_bytes: int) -> tuple[int, int]:
+    """The next batch of ``table`` after rowid ``after`` (at most ``rows``, and at most about
+    ``max_bytes`` of values unless one row is larger: an outbox mail holds its raw bytes), in one
+    transaction with its progress."""
     columns = _columns(src, table)
     names = ", ".join(f'"{c}"' for c in columns)
-    batch = src.execute(f'select rowid, {names} from "{table}" where rowid > ? order by rowid limit ?',
-                        [after, rows]).fetchall()
-    if not batch:
+    sizes = " + ".join(f'coalesce(length("{c}"), 0)' for c in columns)
+    last, total = after, 0
+    for rowid, size in src.execute(f'select rowid, {sizes} from "{table}" where rowid > ? order by rowid limit ?',
+                                   [after, rows]):
+        if last != after and total + size > max_bytes:
+            break
+        last, total = rowid, total + size
+    if last == after:
         return 0, after
-    last = batch[-1][0]
+    batch = src.execute(f'select {names} from "{table}" where rowid > ? and rowid <= ? order by rowid',
+                        [after, last]).fetchall()
     try:
         with transaction(db):
-            db.conn.executemany(f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})',
-                                [r[1:] for r in batch])
+            db.conn.executemany(f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})', batch)
             _advance(db, table, last, len(batch))
     except StoreError as exc:
         raise StoreError(f"copying {table} (rows after rowid {after}): {exc}", exc.hint) from None
