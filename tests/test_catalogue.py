@@ -510,12 +510,15 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_leases.py::test_a_lease_is_held_by_one_daemon_until_it_expires_then_taken_over_with_a_new_epoch",
         "tests/test_leases.py::test_eight_daemons_asking_at_once_never_both_win",
         "tests/test_leases.py::test_accounts_spread_over_the_live_daemons_and_a_dead_ones_are_taken_over",
+        "tests/test_daemons_shared.py::test_two_daemons_share_four_accounts_and_one_takes_over_a_killed_ones",
     ),
     113: tests(
         "tests/test_leases.py::test_a_stale_holders_batch_is_refused_inside_its_transaction_and_nothing_is_stored_twice",
+        "tests/test_kill_shared.py::test_three_daemons_six_accounts_random_kills_and_cut_connections_lose_and_duplicate_nothing",
     ),
     114: tests(
         "tests/test_leases.py::test_a_daemon_that_cannot_renew_stops_touching_its_accounts_before_they_may_expire",
+        "tests/test_daemons_shared.py::test_a_paused_daemon_stops_touching_its_accounts_and_its_stale_work_is_refused",
     ),
     115: tests(
         "tests/test_leases.py::test_a_group_wide_job_runs_once_per_period_whichever_daemon_asks",

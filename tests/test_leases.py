@@ -21,6 +21,18 @@ from mail2ticket.tickets import leases
 from mail2ticket.tickets.db import open_db, transaction
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def connect(request, tmp_path):
+    """``connect()``: one more connection (one more daemon) to one database of this test: a
+    SQLite file, or a fresh database on the tests' PostgreSQL."""
+    if request.param == "sqlite":
+        return lambda: open_db(tmp_path / "m.db")
+    from tests.postgres import TEST_PASSWORD
+
+    url = request.getfixturevalue("pg_url")
+    return lambda: open_db(url, password=TEST_PASSWORD)
+
+
 def _db(path: Path):
     return open_db(path)
 
@@ -30,8 +42,8 @@ def _acquire(db, daemon_id: str, account: str, ttl: float):
         return leases.acquire(db, daemon_id, account, ttl)
 
 
-def test_a_lease_is_held_by_one_daemon_until_it_expires_then_taken_over_with_a_new_epoch(tmp_path):
-    a, b = _db(tmp_path / "m.db"), _db(tmp_path / "m.db")
+def test_a_lease_is_held_by_one_daemon_until_it_expires_then_taken_over_with_a_new_epoch(connect):
+    a, b = connect(), connect()
     assert _acquire(a, "A", "desk", 0.5) == 1
     assert _acquire(b, "B", "desk", 0.5) is None  # held, not expired
     assert _acquire(a, "A", "desk", 0.5) == 1  # ours already: same epoch
@@ -44,14 +56,14 @@ def test_a_lease_is_held_by_one_daemon_until_it_expires_then_taken_over_with_a_n
     assert _acquire(a, "A", "desk", 30) == 3  # released: free at once
 
 
-def test_eight_daemons_asking_at_once_never_both_win(tmp_path):
-    _db(tmp_path / "m.db").close()  # the schema, once
+def test_eight_daemons_asking_at_once_never_both_win(connect):
+    connect().close()  # the schema, once
     accounts = [f"acct{i}" for i in range(8)]
     won: dict[str, list[str]] = {a: [] for a in accounts}
     start = threading.Barrier(8)
 
     def daemon(me: str) -> None:
-        db = _db(tmp_path / "m.db")
+        db = connect()
         start.wait()
         for account in accounts:
             if _acquire(db, me, account, 30) is not None:
@@ -64,7 +76,7 @@ def test_eight_daemons_asking_at_once_never_both_win(tmp_path):
     for t in threads:
         t.join()
     assert all(len(holders) == 1 for holders in won.values()), won
-    db = _db(tmp_path / "m.db")
+    db = connect()
     rows = {r["account"]: r["daemon_id"] for r in leases.lease_rows(db)}
     assert rows == {a: holders[0] for a, holders in won.items()}
 
@@ -78,11 +90,10 @@ def _incoming(uid: int) -> Incoming:
     return Incoming("desk", _mail(uid), Source("desk", "INBOX", 7, uid), action="seen")
 
 
-def test_a_stale_holders_batch_is_refused_inside_its_transaction_and_nothing_is_stored_twice(tmp_path):
+def test_a_stale_holders_batch_is_refused_inside_its_transaction_and_nothing_is_stored_twice(connect, tmp_path):
     """Catalogue 113: daemon A was cut off (it still thinks it holds 'desk'), B took the account
     over; A's batch reaches the database: the fence in its write transaction refuses it."""
-    path = tmp_path / "m.db"
-    a, b = _db(path), _db(path)
+    a, b = connect(), connect()
     store = AttachmentStore(tmp_path / "att")
     share_a = AccountShare("A", host="h", pid=1, settings=DaemonSettings(1, 2), shared=True)
     share_b = AccountShare("B", host="h", pid=2, settings=DaemonSettings(1, 2), shared=True)
@@ -140,10 +151,9 @@ def test_a_daemon_that_cannot_renew_stops_touching_its_accounts_before_they_may_
         share.fence("desk")(db)
 
 
-def test_accounts_spread_over_the_live_daemons_and_a_dead_ones_are_taken_over(tmp_path):
-    path = tmp_path / "m.db"
+def test_accounts_spread_over_the_live_daemons_and_a_dead_ones_are_taken_over(connect):
     accounts = ["a1", "a2", "a3", "a4"]
-    conns = [_db(path) for _ in range(3)]
+    conns = [connect() for _ in range(3)]
     shares = [AccountShare(n, host="h", pid=i, settings=DaemonSettings(0.2, 0.5), shared=True)
               for i, n in enumerate("ABC")]
     for share, db in zip(shares[:2], conns, strict=False):
@@ -172,9 +182,9 @@ def test_accounts_spread_over_the_live_daemons_and_a_dead_ones_are_taken_over(tm
     assert sorted(shares[2].held) == accounts
 
 
-def test_a_group_wide_job_runs_once_per_period_whichever_daemon_asks(tmp_path):
+def test_a_group_wide_job_runs_once_per_period_whichever_daemon_asks(connect):
     """Catalogue 115: the overdue check of a group: one claim per period, for all daemons."""
-    a, b = _db(tmp_path / "m.db"), _db(tmp_path / "m.db")
+    a, b = connect(), connect()
 
     def claim(db, me):
         with transaction(db):

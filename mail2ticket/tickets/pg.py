@@ -25,6 +25,9 @@ from mail2ticket.tickets.engine import PgError, PgTransientError, savepoint_bloc
 # The key of the one advisory lock that serialises write transactions (and, as a session
 # lock, the creation of the schema: pg_schema.SCHEMA_LOCK). Arbitrary, fixed, documented.
 WRITE_LOCK = 0x6D327401  # 'm2t' 0x01
+# How long a session may sit idle inside a transaction before the server ends it: a daemon frozen
+# in the middle of one never holds the others up for longer (docs/scaling.md).
+IDLE_IN_TRANSACTION_MS = 5000
 
 # The tables whose rows have an ``id`` (the INSERT of one returns it: cursor.lastrowid).
 ID_TABLES = frozenset({
@@ -360,6 +363,11 @@ def open_pg(url: str, *, busy_timeout_ms: int, password: str | Callable[[], str 
         for key, value in (("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"),
                            ("keepalives_count", "3")):
             params.setdefault(key, value)
+        # A process frozen inside a write transaction (SIGSTOP, a paused VM, a partition) would
+        # hold the write lock, and so every other daemon, for ever: the server ends such a session
+        # after IDLE_IN_TRANSACTION_MS (its transaction rolled back, nothing of it stored).
+        params["options"] = (params.get("options", "") +
+                             f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}").strip()
         if secret is not None:
             extra["password"] = secret
         try:
