@@ -178,7 +178,7 @@ def _source_rows(path: Path, *only: str) -> int:
         return sum(conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables)
 
 
-def test_a_large_raw_message_is_copied_in_bounded_memory_and_its_hash_checked(tmp_path: Path, pg_url: str) -> None:
+def test_a_large_raw_message_is_copied_in_bounded_memory_and_a_row_changed_since_is_found(tmp_path: Path, pg_url: str) -> None:
     config = write_config(tmp_path)
     size = 16 * MiB
     db = open_db(tmp_path / "m2t.db")
@@ -192,11 +192,14 @@ def test_a_large_raw_message_is_copied_in_bounded_memory_and_its_hash_checked(tm
             blob.write(piece)
     digest = hasher.hexdigest()
     db.execute("update raw_messages set sha256 = ?", [digest])
+    db.execute("insert into conversation_state (key, value) values ('note', 'before')")
     db.conn.commit()
     db.close()
     store_password("database", TEST_PASSWORD)
 
     big, peak = _measured_copy(config, pg_url)
+    with sqlite3.connect(tmp_path / "m2t.db") as conn:  # a row changed after it was copied
+        conn.execute("update conversation_state set value = 'after' where key = 'note'")
     again, baseline = _measured_copy(config, pg_url)  # the same command, with nothing left to copy
 
     assert big.returncode == 0, big.stderr
@@ -204,7 +207,11 @@ def test_a_large_raw_message_is_copied_in_bounded_memory_and_its_hash_checked(tm
     assert summary["verified"] and summary["raw_messages"] == {"checked": 1, "sha256_mismatched": 0, "missing": 0}
     with _target_conn(pg_url) as conn:
         assert conn.execute("select sha256, octet_length(raw) from raw_messages").fetchall() == [(digest, size)]
-    assert again.returncode == 0 and sum(t["copied"] for t in json.loads(again.stdout)["tables"]) == 0
+    # Run again, it copies nothing; it finds the row changed since (the same number of rows).
+    rerun = json.loads(again.stdout)
+    assert sum(t["copied"] for t in rerun["tables"]) == 0 and not rerun["verified"]
+    assert [t["table"] for t in rerun["tables"] if not t["same_content"]] == ["conversation_state"]
+    assert again.returncode == 1 and "changed since an earlier run" in again.stderr
     print(f"\ndb copy: peak RSS {peak / 1024:.0f} MiB copying a 16 MiB message, {baseline / 1024:.0f} MiB "
           "run again with nothing to copy")
     assert peak - baseline < 16 * 1024, f"{(peak - baseline) / 1024:.0f} MiB more for a 16 MiB message"

@@ -31,8 +31,9 @@ def db_copy(app, url, password_command, batch_rows, as_json):
 
     Every table is copied with its ids (tickets keep their numbers), the raw
     bytes of every message included, in batches of one transaction each. Then
-    the counts of every table are compared and the SHA-256 of every raw message
-    as PostgreSQL stores it is checked. It prints the config change to make.
+    the number and the values of the rows of every table are compared, and the
+    SHA-256 of every raw message as PostgreSQL stores it is checked. It prints
+    the config change to make.
 
     \b
     Safe to stop and run again: an interrupted copy continues where it
@@ -152,11 +153,12 @@ def print_summary(cfg, url: str, result) -> None:
     print_table([[t.name, t.source_rows, t.target_rows, t.copied, "" if t.ok else "DIFFERS"]
                  for t in result.tables], ["table", "rows (SQLite)", "rows (PostgreSQL)", "copied now", ""])
     if result.verified:
-        click.echo(f"Verified: every table has as many rows on both; the {result.raw_checked} raw message(s) "
-                   "match their SHA-256.")
+        click.echo(f"Verified: every table has the same rows on both (their number and their values); the "
+                   f"{result.raw_checked} raw message(s) match their SHA-256.")
     else:
-        click.echo(f"NOT verified: {result.raw_mismatched} raw message(s) do not match their SHA-256, "
-                   f"{result.raw_missing} are missing.")
+        differ = ", ".join(t.name for t in result.tables if not t.ok) or "none"
+        click.echo(f"NOT verified: tables that differ: {differ}; {result.raw_mismatched} raw message(s) do not "
+                   f"match their SHA-256, {result.raw_missing} are missing.")
     click.echo(f"The {attachments_note(cfg)}.")
     click.echo(f"\nNow change [storage] in {cfg.path}:\n\n    [storage]\n    database = \"{url}\"\n")
     click.echo("and give mail2ticket the database's password, one of: 'keyring set mail2ticket database' "

@@ -14,14 +14,17 @@ What it guarantees (docs/storage.md "Moving to PostgreSQL"):
   no row is copied twice, none is skipped.
 - **Bounded memory.** Raw messages are streamed through COPY 1 MB at a time (never whole in
   memory); a batch of any other table holds at most about ``BATCH_BYTES`` of values (or one row).
-- **Verified.** Rows per table on both sides, and the SHA-256 of every raw message as PostgreSQL
-  stores it (computed by the server) against its key, and every source key present.
+- **Verified.** Rows per table on both sides; the values of every row of every table alike on
+  both (a digest of each row, summed: no order needed, a row changed in the source since an
+  interrupted run is found); the SHA-256 of every raw message as PostgreSQL stores it (computed
+  by the server) against its key, and every source key present.
 - **Only into an empty database** (or one this source was partly copied into): a target that
   holds other data is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,10 +55,11 @@ class TableCopy:
     source_rows: int = 0
     target_rows: int = 0
     copied: int = 0  # by this run
+    same_content: bool = True  # every row's values alike on both (raw_messages: by their SHA-256)
 
     @property
     def ok(self) -> bool:
-        return self.source_rows == self.target_rows
+        return self.source_rows == self.target_rows and self.same_content
 
 
 @dataclass
@@ -78,7 +82,7 @@ class CopyResult:
             "source": self.source, "target": self.target, "resumed": self.resumed,
             "verified": self.verified, "source_changed": self.source_changed,
             "tables": [{"table": t.name, "source_rows": t.source_rows, "target_rows": t.target_rows,
-                        "copied": t.copied} for t in self.tables],
+                        "copied": t.copied, "same_content": t.same_content} for t in self.tables],
             "raw_messages": {"checked": self.raw_checked, "sha256_mismatched": self.raw_mismatched,
                              "missing": self.raw_missing},
         }
@@ -189,6 +193,8 @@ def copy_database(src: sqlite3.Connection, source: str, db: PgDatabase, *, batch
     _set_sequences(src, db)
     for entry in result.tables:
         entry.target_rows = db.execute(f'select count(*) from "{entry.name}"').fetchone()[0]
+        if entry.name != "raw_messages" and entry.source_rows == entry.target_rows:
+            entry.same_content = _same_rows(src, db, entry.name)
     if "raw_messages" in tables:
         _verify_raw(src, db, result)
     src.execute("commit")  # the snapshot ends: did anyone write to the source meanwhile?
@@ -283,6 +289,41 @@ def _set_sequences(src: sqlite3.Connection, db: PgDatabase) -> None:
                       counters.get(table, 0))
             if top > 0:
                 db.execute("select setval(pg_get_serial_sequence(?, ?), ?)", [f'"{table}"', column, top])
+
+
+def _row_digest(row: tuple) -> int:
+    """A digest of one row's values, alike for SQLite's and psycopg's types of the same values
+    (a number in a SQLite text column comes back from PostgreSQL as text: compared as text)."""
+    values: list[bytes | str | None] = []
+    for v in row:
+        if isinstance(v, (bytes, memoryview)):
+            values.append(bytes(v))
+        elif v is None:
+            values.append(None)
+        elif isinstance(v, float) and v.is_integer():
+            values.append(str(int(v)))
+        else:
+            values.append(str(v))
+    return int.from_bytes(hashlib.sha256(repr(values).encode()).digest()[:16], "big")
+
+
+def _same_rows(src: sqlite3.Connection, db: PgDatabase, table: str, batch: int = 1000) -> bool:
+    """Whether ``table`` holds the same rows on both sides: the sums of their rows' digests (order
+    does not matter), each side read in batches (PostgreSQL's through a server-side cursor)."""
+    columns = ", ".join(f'"{c}"' for c in _columns(src, table))
+    mask = (1 << 128) - 1
+    ours = 0
+    rows = src.execute(f'select {columns} from "{table}"')
+    while part := rows.fetchmany(batch):
+        ours = (ours + sum(_row_digest(r) for r in part)) & mask
+    theirs = 0
+    raw = db.conn.raw
+    with raw.transaction(), raw.cursor(name="m2t_copy_verify") as cursor:
+        cursor.itersize = batch
+        cursor.execute(f'select {columns} from "{table}"')
+        while part := cursor.fetchmany(batch):
+            theirs = (theirs + sum(_row_digest(r) for r in part)) & mask
+    return ours == theirs
 
 
 def _verify_raw(src: sqlite3.Connection, db: PgDatabase, result: CopyResult, batch: int = 1000) -> None:
