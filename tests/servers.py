@@ -1002,6 +1002,7 @@ class TcpRelay:
         self._listener = _bind_free(host)
         self.host, self.port = self._listener.getsockname()[:2]
         self.connections = 0
+        self.accepted_at: list[float] = []  # time.monotonic() of each connection accepted
         self.cuts = 0
         self._cut_after: int | None = None
         self._cut_once_at: int | None = None
@@ -1085,6 +1086,7 @@ class TcpRelay:
                         continue
                     with self._lock:
                         self.connections += 1
+                        self.accepted_at.append(time.monotonic())
                     try:
                         upstream = socket.create_connection(self.target, timeout=10)
                     except OSError:

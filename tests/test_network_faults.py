@@ -143,10 +143,15 @@ def test_a_stalled_server_times_out_quickly_with_a_clear_error(
 
     started = time.monotonic()
     result = _poll(config)
-    elapsed = time.monotonic() - started
+    finished = time.monotonic()
 
     assert result.returncode == 6  # a network failure
-    assert elapsed < 8, f"a 2 s timeout took {elapsed:.1f} s to report"
+    # Counted from the connection, not from the start of the process: the interpreter's start-up
+    # is not the behaviour, and on a busy machine (the suite's other worker) it alone can take
+    # seconds (catalogue 111).
+    elapsed = finished - relay.accepted_at[0]
+    assert elapsed < 8, f"a 2 s timeout took {elapsed:.1f} s to report after the connection"
+    assert finished - started < 60, "the poll stalled"
     assert "did not answer" in result.stderr and f"{relay.port}" in result.stderr, result.stderr
     check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
     relay.resume()

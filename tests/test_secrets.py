@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -97,9 +98,16 @@ def run_daemon(main: Path, env: dict[str, str], timeout: float = 20) -> tuple[su
 def test_without_any_keyring_backend_the_daemon_exits_at_once_with_one_actionable_line(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     main = make_account(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc, took = run_daemon(main, {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert proc.returncode == EXIT_SECRET
-    assert took < 5  # figure 13 aims at 2 s; the interpreter's start-up is most of it
+    # At once: the work of a start-up (figure 13 aims at 2 s; about 1 s of CPU), then the exit,
+    # where a daemon that started would go on retrying. The wall clock only guards against a
+    # wait: on a busy machine (the suite's other worker) it stretches several times (catalogue 111).
+    assert cpu < 3, f"{cpu:.1f} s of CPU"
+    assert took < 15, f"{took:.1f} s"
     [line] = proc.stderr.strip().splitlines()  # one line, no traceback, no log noise
     assert line.startswith("Error: ")
     assert "'support'" in line and "no backend" in line
