@@ -550,6 +550,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     108: tests(
         "tests/test_db_copy.py::test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there",
         "tests/test_db_copy.py::test_a_large_raw_message_is_copied_in_bounded_memory_and_a_row_changed_since_is_found",
+        "tests/test_db_copy.py::test_two_copies_into_one_database_never_copy_a_row_twice",
     ),
     109: tests(
         "tests/test_db_copy.py::test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there",

@@ -23,8 +23,9 @@ import pytest
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
-from mail2ticket.errors import EXIT_CONFIG, EXIT_TEMPFAIL
+from mail2ticket.errors import EXIT_CONFIG, EXIT_TEMPFAIL, StoreError
 from mail2ticket.service.daemon import acquire_lock
+from mail2ticket.tickets.copy import copy_database, open_snapshot
 from mail2ticket.tickets.db import open_db
 from mail2ticket.tickets.pg import WRITE_LOCK
 from tests.helpers import (
@@ -221,3 +222,43 @@ def _measured_copy(config: Path, url: str) -> tuple[subprocess.CompletedProcess,
     """``db copy --to URL --json`` as its own process: (its result, its peak RSS in KiB)."""
     result, hwm, _ = run_measured(command(config, "db", "copy", "--to", url, "--json"))
     return result, max(hwm.values(), default=0)
+
+
+def test_two_copies_into_one_database_never_copy_a_row_twice(tmp_path: Path, pg_url: str) -> None:
+    source = tmp_path / "m2t.db"
+    db = open_db(source)
+    for n in range(4):  # a table without a primary key: nothing but the copy's progress stops a second row
+        db.execute("insert into hook_subscriptions (hook, kind, event, account) values (?, 'created', "
+                   "'ticket.created', null)", [f"hook{n}"])
+    db.conn.commit()
+    db.close()
+    target = open_db(pg_url, password=TEST_PASSWORD)
+    other = _target_conn(pg_url)
+
+    with sqlite3.connect(source) as conn:
+        rows = conn.execute("select rowid, hook from hook_subscriptions order by rowid").fetchall()
+    keys = sorted(hook for _, hook in rows)
+
+    def the_other_copy(table: str, done: int, total: int) -> None:  # commits the next row first
+        if table == "hook_subscriptions" and done == 1:
+            rowid, hook = rows[1]
+            other.execute("insert into hook_subscriptions (hook, kind, event) values (%s, 'created', 'ticket.created')",
+                          [hook])
+            other.execute("update m2t_copy set last_rowid = %s where table_name = 'hook_subscriptions'", [rowid])
+
+    src = open_snapshot(source)
+    try:
+        with pytest.raises(StoreError, match="another db copy is filling"):
+            copy_database(src, str(source), target, batch_rows=1, progress=the_other_copy)
+    finally:
+        src.close()
+    assert sorted(r[0] for r in target.execute("select hook from hook_subscriptions")) == keys[:2], "each row once"
+    src = open_snapshot(source)
+    try:
+        result = copy_database(src, str(source), target, batch_rows=1)  # run again: it continues
+    finally:
+        src.close()
+        other.close()
+    assert result.verified and result.resumed
+    assert sorted(r[0] for r in target.execute("select hook from hook_subscriptions")) == keys
+    target.close()

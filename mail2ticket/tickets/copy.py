@@ -33,6 +33,7 @@ from typing import Any
 
 from mail2ticket.errors import ConfigError, StoreError
 from mail2ticket.tickets.db import now_iso, transaction
+from mail2ticket.tickets.engine import PgError
 
 PgDatabase = Any  # tickets/pg.py's PgDatabase
 
@@ -223,9 +224,10 @@ def _copy_batch(src: sqlite3.Connection, db: PgDatabase, table: str, after: int,
     try:
         with transaction(db):
             db.conn.executemany(f'insert into "{table}" ({names}) values ({", ".join("?" * len(columns))})', batch)
-            _advance(db, table, last, len(batch))
-    except StoreError as exc:
-        raise StoreError(f"copying {table} (rows after rowid {after}): {exc}", exc.hint) from None
+            _advance(db, table, after, last, len(batch))
+    except (StoreError, PgError) as exc:
+        raise StoreError(f"copying {table} (rows after rowid {after}): {exc}",
+                         getattr(exc, "hint", None) or "run db copy again: it continues where it stopped") from None
     return len(batch), last
 
 
@@ -257,7 +259,7 @@ def _copy_raw_batch(src: sqlite3.Connection, db: PgDatabase, table: str, after: 
                     for chunk in _blob_chunks(src, rowid, size):
                         copy.write(chunk.hex().encode())
                     copy.write(b"\n")
-            _advance(db, table, batch[-1][0], len(batch))
+            _advance(db, table, after, batch[-1][0], len(batch))
     except psycopg.Error as exc:
         raise StoreError(f"copying raw_messages (rows after rowid {after}): {str(exc).strip().splitlines()[0]}",
                          "check the PostgreSQL server, then run db copy again: it continues") from None
@@ -270,9 +272,14 @@ def _blob_chunks(src: sqlite3.Connection, rowid: int, size: int) -> Iterator[byt
             yield chunk
 
 
-def _advance(db: PgDatabase, table: str, last: int, n: int) -> None:
-    db.execute(f"update {PROGRESS} set last_rowid = ?, rows = rows + ?, updated_at = ? where table_name = ?",
-               [last, n, now_iso(), table])
+def _advance(db: PgDatabase, table: str, after: int, last: int, n: int) -> None:
+    """The progress of ``table`` from rowid ``after`` to ``last``, in the batch's transaction; a
+    progress that is no longer ``after`` (another db copy into the same database) rolls it back."""
+    moved = db.execute(f"update {PROGRESS} set last_rowid = ?, rows = rows + ?, updated_at = ? "
+                       "where table_name = ? and last_rowid = ?", [last, n, now_iso(), table, after]).rowcount
+    if moved != 1:
+        raise StoreError(f"another db copy is filling {db.url} at the same time (table {table})",
+                         "let one run alone; run it again afterwards: it continues")
 
 
 def _set_sequences(src: sqlite3.Connection, db: PgDatabase) -> None:
