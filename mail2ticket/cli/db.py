@@ -55,8 +55,9 @@ def db_copy(app, url, password_command, batch_rows, as_json):
 
     \b
     Exit codes: 0 copied and verified; 1 the verification found a difference;
-    3 the URL or the target is refused; 75 the database changed during the
-    copy, or the server could not be reached (run it again).
+    3 the URL or the target is refused; 75 a daemon runs on the database, the
+    database changed during the copy, or the server could not be reached
+    (run it again).
 
     \b
     Examples:
