@@ -97,12 +97,44 @@ def build(db_path: Path, n_tickets: int, seed: int) -> dict:
     ).fetchall()
     for kind, name, _ in saved:
         conn.execute(f"drop {kind} {name}")
+    conn.execute("begin")
+    for tickets, messages, tags, events, done, n_messages in batches(n_tickets, rng):
+        _flush(conn, tickets, messages, tags, events)
+        print(f"\r  rows: {done:,} tickets, {n_messages:,} messages", end="", file=sys.stderr, flush=True)
+    conn.execute("commit")
+    print(file=sys.stderr)
+    t_rows = time.perf_counter()
+    for kind, _name, sql in saved:
+        if kind == "index":
+            conn.execute(sql)
+    t_index = time.perf_counter()
+    conn.execute("insert into messages_fts (messages_fts) values ('rebuild')")
+    for kind, _name, sql in saved:
+        if kind == "trigger":
+            conn.execute(sql)
+    t_fts = time.perf_counter()
+    conn.execute("pragma wal_checkpoint(truncate)")
+    conn.close()
+    return {
+        "tickets": n_tickets,
+        "messages": n_messages,
+        "rows_s": t_rows - t0,
+        "indexes_s": t_index - t_rows,
+        "fts_s": t_fts - t_index,
+        "total_s": time.perf_counter() - t0,
+        "size_mb": db_path.stat().st_size / 1e6,
+    }
+
+
+def batches(n_tickets: int, rng: random.Random):
+    """The rows of the database, about 100,000 messages at a time: (tickets, messages, tags, events,
+    tickets so far, messages so far), each a list of tuples in the column order of _flush.
+    bench_scaling.py writes the same rows to PostgreSQL."""
     words, cum = vocabulary(rng)
     now = time.time()
     start = now - 5 * 365 * DAY
     span = now - start
     requesters = [(f"user{k}@domain{k % 5000}.example", f"Customer {k}") for k in range(100_000)]
-    conn.execute("begin")
     tickets, messages, tags, events = [], [], [], []
     n_messages = 0
     for ticket_id in range(1, n_tickets + 1):
@@ -156,50 +188,28 @@ def build(db_path: Path, n_tickets: int, seed: int) -> dict:
             ))
         n_messages += n_msg
         if len(messages) >= 100_000 or ticket_id == n_tickets:
-            _flush(conn, tickets, messages, tags, events)
+            yield tickets, messages, tags, events, ticket_id, n_messages
             tickets, messages, tags, events = [], [], [], []
-            print(f"\r  rows: {ticket_id:,} tickets, {n_messages:,} messages", end="", file=sys.stderr, flush=True)
-    conn.execute("commit")
-    print(file=sys.stderr)
-    t_rows = time.perf_counter()
-    for kind, _name, sql in saved:
-        if kind == "index":
-            conn.execute(sql)
-    t_index = time.perf_counter()
-    conn.execute("insert into messages_fts (messages_fts) values ('rebuild')")
-    for kind, _name, sql in saved:
-        if kind == "trigger":
-            conn.execute(sql)
-    t_fts = time.perf_counter()
-    conn.execute("pragma wal_checkpoint(truncate)")
-    conn.close()
-    return {
-        "tickets": n_tickets,
-        "messages": n_messages,
-        "rows_s": t_rows - t0,
-        "indexes_s": t_index - t_rows,
-        "fts_s": t_fts - t_index,
-        "total_s": time.perf_counter() - t0,
-        "size_mb": db_path.stat().st_size / 1e6,
-    }
+
+
+# The columns of the rows batches() makes, table by table (bench_scaling.py copies them as they are).
+COLUMNS = {
+    "tickets": ("id", "account", "subject", "requester", "requester_name", "status", "priority", "assignee",
+                "created_at", "updated_at", "closed_at", "first_response_at", "due_response_at",
+                "due_resolution_at", "overdue", "response_breached_at", "resolution_breached_at"),
+    "messages": ("ticket_id", "direction", "account", "message_id", "subject", "from_address", "from_name",
+                 "to_addrs", "cc_addrs", "date", "received_at", "body_text", "refs", "defects"),
+    "ticket_tags": ("ticket_id", "tag"),
+    "events": ("ticket_id", "account", "created_at", "kind", "actor", "detail"),
+}
 
 
 def _flush(conn, tickets, messages, tags, events) -> None:
-    conn.executemany(
-        "insert into tickets (id, account, subject, requester, requester_name, status, priority, assignee, "
-        "created_at, updated_at, closed_at, first_response_at, due_response_at, due_resolution_at, overdue, "
-        "response_breached_at, resolution_breached_at) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        tickets,
-    )
-    conn.executemany(
-        "insert into messages (ticket_id, direction, account, message_id, subject, from_address, from_name, "
-        "to_addrs, cc_addrs, date, received_at, body_text, refs, defects) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        messages,
-    )
-    conn.executemany("insert into ticket_tags (ticket_id, tag) values (?, ?)", tags)
-    conn.executemany(
-        "insert into events (ticket_id, account, created_at, kind, actor, detail) values (?,?,?,?,?,?)", events
-    )
+    for table, rows in zip(COLUMNS, (tickets, messages, tags, events), strict=True):
+        columns = COLUMNS[table]
+        conn.executemany(
+            f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})", rows
+        )
 
 
 def commands(n_tickets: int) -> list[tuple[str, list[str]]]:
@@ -287,16 +297,23 @@ def main() -> None:
     env.pop("NO_COLOR", None)
     print(f"\n{'command':<46} {'best':>8} {'median':>8} {'lines':>8}   (wall time, start-up included)")
     for label, argv in commands(args.tickets):
-        times, lines = [], 0
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            result = subprocess.run([*base, *argv], env=env, capture_output=True, text=True)
-            times.append(time.perf_counter() - t)
-            if result.returncode != 0:
-                print(f"{label}: exit {result.returncode}: {result.stderr.strip()}", file=sys.stderr)
-                break
-            lines = result.stdout.count("\n")
+        times, lines = time_command(label, [*base, *argv], env, args.runs)
         print(f"{label:<46} {min(times):>7.3f}s {statistics.median(times):>7.3f}s {lines:>8,}")
+
+
+def time_command(label: str, cmd: list[str], env: dict, runs: int) -> tuple[list[float], int]:
+    """Run ``cmd`` ``runs`` times as a user does (output piped): the wall times and the lines printed
+    (an error is printed to stderr and ends the runs)."""
+    times, lines = [], 0
+    for _ in range(runs):
+        t = time.perf_counter()
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - t)
+        if result.returncode != 0:
+            print(f"{label}: exit {result.returncode}: {result.stderr.strip()}", file=sys.stderr)
+            break
+        lines = result.stdout.count("\n")
+    return times, lines
 
 
 if __name__ == "__main__":
