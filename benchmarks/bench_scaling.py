@@ -25,17 +25,23 @@ server runs, where the tests turn them off), both on 127.0.0.1, and prints, in o
 4. triage on PostgreSQL: bench_triage.py's commands, each run as a user runs it (a new process,
    start-up included; the target is under 0.5 s), on a database of --tickets tickets made from
    bench_triage's own rows (bench_triage.batches) written with COPY into the real schema (open_db
-   on the URL), then the indexes, the real search index (tickets/fts_pg.py's trigger and rebuild)
-   and VACUUM ANALYZE (what autovacuum does by itself after a bulk load). With --keep the cluster
-   lives in --dir and the database is built once: later runs reuse it.
+   on the URL), then the indexes, the real search index (filled on every core with the function
+   its trigger calls, tickets/fts_pg.py; the trigger on again) and VACUUM ANALYZE (what
+   autovacuum does by itself after a bulk load). With --keep the cluster lives in --dir and the
+   database is built once: later runs reuse it.
 
 The load average is printed before and after each part: the machine may be shared. At the end a
 Markdown table of every figure, ready for docs/scaling.md.
 
 How long it takes (2 vCPUs): --quick (N = 1,000, 1,600 messages for the daemons, leases 2 s/6 s,
-3 takeovers, 20,000 tickets) about 5 minutes on a machine loaded by other test suites. The full
-sizes (N = 10,000, 8,000 messages for the daemons, default leases 10 s/30 s, 3 takeovers,
-1,000,000 tickets) are estimated in docs/scaling.md ("Figures"), with the command.
+3 takeovers, 20,000 tickets, 1 run each) took 764 s at a load average of 11-18 (other test
+suites on the same two cores): part 1 76 s, part 2 372 s (of which 110 s filling the source
+mailbox three times, since fixed: once), part 3 44 s, part 4 221 s (build 85 s); on a quiet
+machine expect a third of that. The full sizes (N = 10,000 and 3 runs, 8,000 messages for the
+daemons, leases 10 s/30 s, 3 takeovers, 1,000,000 tickets and 3 runs of each command) were not
+run on the shared machine; scaled from the quick run they need about 12 minutes for parts 1-3 on
+a quiet machine and 10-15 more the first time to build the million tickets, which --keep then
+saves: build it first with `--only 4 --keep`, then run `--keep` (docs/scaling.md, "Figures").
 """
 
 from __future__ import annotations
@@ -180,7 +186,8 @@ class Bench:
                extra: str = "") -> Path:
         self._configs += 1
         path = self.base / f"config{self._configs}.toml"
-        lines = [f'[storage]\ndatabase = "{database}"\n',
+        # One attachments directory for every daemon of the config, as docs/scaling.md asks.
+        lines = [f'[storage]\ndatabase = "{database}"\nattachments = "{self.base / f"files{self._configs}"}"\n',
                  '[schedule]\npoll = "60m"\noutbox = "1h"\noverdue = "1h"\n',
                  '[limits]\nmax_message_size = "200MB"\nmax_attachment_size = "200MB"\n', extra]
         if daemon:
@@ -333,6 +340,7 @@ def part_daemons(bench: Bench, total: int, counts: list[int]) -> dict:
     per = total // ACCOUNTS
     results = {}
     users = [bench.dovecot.add_user() for _ in range(ACCOUNTS)]
+    bench.source(per * ACCOUNTS)  # filled once, all of it (not grown account by account)
     for i, user in enumerate(users):
         bench.dovecot.create_folder(user, STAGING)
         bench.copy(per, user, STAGING, first=1 + i * per)
@@ -428,7 +436,8 @@ def build_pg(pg: DurablePostgres, url: str, n_tickets: int, seed: int) -> dict:
             [list(BIG_TABLES)]).fetchall()
         for name, _ in saved:
             conn.execute(f'drop index "{name}"')
-        conn.execute(f"drop trigger {fts_pg.TRIGGER} on messages")
+        # The search index is filled after the rows, on both cores (below), not row by row.
+        conn.execute(f"alter table messages disable trigger {fts_pg.TRIGGER}")
         n_messages = 0
         with conn.transaction():
             for rows in bench_triage.batches(n_tickets, random.Random(seed)):
@@ -447,12 +456,8 @@ def build_pg(pg: DurablePostgres, url: str, n_tickets: int, seed: int) -> dict:
             if not name.startswith(fts_pg.FTS_TABLE):
                 conn.execute(sql)
         t_index = time.perf_counter()
-        db = open_db(url, password=TEST_PASSWORD)
-        try:
-            fts_pg.ensure_triggers(db)  # the trigger back, every message indexed (the real rebuild)
-            db.conn.commit()
-        finally:
-            db.close()
+        conn.execute(f"alter table messages enable trigger {fts_pg.TRIGGER}")
+        fill_search_index(pg, url, workers=os.cpu_count() or 1)
         for name, sql in saved:
             if name.startswith(fts_pg.FTS_TABLE):
                 conn.execute(sql)
@@ -464,7 +469,46 @@ def build_pg(pg: DurablePostgres, url: str, n_tickets: int, seed: int) -> dict:
             "fts_s": t_fts - t_index, "analyze_s": t_end - t_fts, "total_s": t_end - t0, "size_mb": size / 1e6}
 
 
-def part_triage(bench: Bench, n_tickets: int, runs: int, seed: int) -> dict:
+def fill_search_index(pg: DurablePostgres, url: str, workers: int) -> None:
+    """Every message into the search index with the function the trigger of tickets/fts_pg.py
+    calls (the same vectors), in ``workers`` connections at once over slices of the ids."""
+    import threading
+
+    from mail2ticket.tickets import fts_pg
+
+    def work(k: int) -> None:
+        with pg.connect(url) as conn:
+            conn.execute(
+                f"insert into {fts_pg.FTS_TABLE} (id, vector) select id, mail2ticket_search_vector(subject, "
+                f"from_name, from_address, body_text) from messages where id % {workers} = {k}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with pg.connect(url) as conn:
+        indexed, stored = conn.execute(
+            f"select (select count(*) from {fts_pg.FTS_TABLE}), (select count(*) from messages)").fetchone()
+    if indexed != stored:
+        raise RuntimeError(f"the search index holds {indexed} of {stored} messages")
+
+
+def sqlite_triage(n_tickets: int, seed: int) -> Path:
+    """bench_triage's SQLite database of ``n_tickets`` (in its own default place, so that either
+    benchmark builds it once for both) and its config."""
+    work = Path(tempfile.gettempdir()) / f"mail2ticket-bench-triage-{n_tickets}"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "tickets.db").exists():
+        t = time.perf_counter()
+        bench_triage.build(work / "tickets.db", n_tickets, seed)
+        say(f"    SQLite database for the comparison built in {time.perf_counter() - t:.0f} s ({work})")
+    config = work / "config.toml"
+    config.write_text(bench_triage.config_text("tickets.db"))
+    return config
+
+
+def part_triage(bench: Bench, n_tickets: int, runs: int, seed: int, compare: bool) -> dict:
     say(f"\n[4] triage commands on PostgreSQL, {n_tickets:,} tickets ({load()})")
     name = f"triage{n_tickets}"
     url = bench.pg.database(name, fresh=False)
@@ -484,18 +528,26 @@ def part_triage(bench: Bench, n_tickets: int, runs: int, seed: int) -> dict:
             f"(rows {stats['rows_s']:.0f} s, indexes {stats['indexes_s']:.0f} s, search index "
             f"{stats['fts_s']:.0f} s, vacuum analyze {stats['analyze_s']:.0f} s); {stats['size_mb']:,.0f} MB "
             f"({load()})")
-    accounts = "\n".join(f'[[accounts]]\nname = "{a}"\nemail = "{a}@example.com"\nsource = "pipe"\n'
-                         for a in bench_triage.ACCOUNTS)
     config = bench.base / "triage.toml"
-    config.write_text(f'[storage]\ndatabase = "{url}"\n\n[sla]\nresponse = "4h"\nresolution = "3d"\n\n{accounts}')
+    config.write_text(bench_triage.config_text(url))
     env = {**bench.environ(bench.base / "home-triage"), "MAIL2TICKET_CONFIG": str(config)}
+    sqlite_env = None
+    if compare:
+        sqlite_config = sqlite_triage(n_tickets, seed)
+        sqlite_env = {**bench.environ(bench.base / "home-triage"), "MAIL2TICKET_CONFIG": str(sqlite_config)}
     base = bench_triage.mail2ticket_command()
     rows = []
-    say(f"    {'command':<46} {'best':>8} {'median':>8} {'lines':>8}")
+    say(f"    {'command':<46} {'best':>8} {'median':>8} {'lines':>8}" + ("   SQLite: median, lines" if compare else ""))
     for label, argv in bench_triage.commands(n_tickets):
         times, lines = bench_triage.time_command(label, [*base, *argv], env, runs)
-        rows.append((label, min(times), median(times), lines))
-        say(f"    {label:<46} {min(times):>7.3f}s {median(times):>7.3f}s {lines:>8,}")
+        row = [label, min(times), median(times), lines, None, None]
+        text = f"    {label:<46} {min(times):>7.3f}s {median(times):>7.3f}s {lines:>8,}"
+        if sqlite_env:  # right after, under the same load
+            s_times, s_lines = bench_triage.time_command(label, [*base, *argv], sqlite_env, runs)
+            row[4:] = [median(s_times), s_lines]
+            text += f"   {median(s_times):>7.3f}s {s_lines:>8,}"
+        rows.append(tuple(row))
+        say(text)
     say(f"    ({load()})")
     return {"tickets": n_tickets, "build": stats, "rows": rows}
 
@@ -533,12 +585,16 @@ def table(results: dict, args) -> str:
             out.append(f"| 4. triage on PostgreSQL, {r['tickets']:,} tickets | build ({b['messages']:,} messages, "
                        f"{b['size_mb']:,.0f} MB) | {b['total_s']:.0f} s |")
         worst = max(r["rows"], key=lambda x: x[2])
+        if r["rows"][0][4] is not None:
+            out.append(f"| | commands under 0.5 s on SQLite, the same rows, run right after each | "
+                       f"{sum(1 for x in r['rows'] if x[4] < 0.5)} of {len(r['rows'])} |")
         under = sum(1 for x in r["rows"] if x[2] < 0.5)
         first = "" if b else f"4. triage on PostgreSQL, {r['tickets']:,} tickets (kept)"
         out.append(f"| {first} | commands under 0.5 s (median) | {under} of {len(r['rows'])} |")
         out.append(f"| | slowest: {worst[0]} | {worst[2]:.3f} s |")
-        for label, _best, med, _lines in r["rows"]:
-            out.append(f"| | `{label}` | {med:.3f} s |")
+        for label, _best, med, _lines, s_med, _s_lines in r["rows"]:
+            beside = f" (SQLite {s_med:.3f} s)" if s_med is not None else ""
+            out.append(f"| | `{label}` | {med:.3f} s{beside} |")
     return "\n".join(out)
 
 
@@ -554,11 +610,16 @@ def main() -> None:
     parser.add_argument("--lease-ttl", help="[daemon] lease_ttl for part 3 (default 30s; --quick 6s)")
     parser.add_argument("--takeovers", type=int, default=3, help="kills in part 3 (default 3)")
     parser.add_argument("--tickets", type=int, help="tickets for part 4 (default 1,000,000; --quick 20,000)")
+    parser.add_argument("--compare-sqlite", action=argparse.BooleanOptionalAction, default=None,
+                        help="run each triage command on bench_triage's SQLite database of the same size too, "
+                             "right after (default with --quick; built once in bench_triage's own place)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the PostgreSQL cluster (and part 4's database) in --dir for later runs")
     parser.add_argument("--dir", type=Path, help="where --keep keeps it (default $TMPDIR/mail2ticket-bench-scaling)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    # SIGTERM (and SIGINT, which a background job ignores) stops the daemons and the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     quick = args.quick
     args.messages = args.messages or (1_000 if quick else 10_000)
     args.runs = args.runs or (1 if quick else 3)
@@ -566,6 +627,8 @@ def main() -> None:
     args.lease_renew = args.lease_renew or ("2s" if quick else "10s")
     args.lease_ttl = args.lease_ttl or ("6s" if quick else "30s")
     args.tickets = args.tickets or (20_000 if quick else 1_000_000)
+    if args.compare_sqlite is None:
+        args.compare_sqlite = quick
     parts = {int(p) for p in args.only.split(",") if p.strip()}
     keep_dir = (args.dir or Path(tempfile.gettempdir()) / "mail2ticket-bench-scaling") if args.keep else None
 
@@ -595,7 +658,7 @@ def main() -> None:
                     elif part == 3:
                         results["takeover"] = part_takeover(bench, args.lease_renew, args.lease_ttl, args.takeovers)
                     elif part == 4:
-                        results["triage"] = part_triage(bench, args.tickets, args.runs, args.seed)
+                        results["triage"] = part_triage(bench, args.tickets, args.runs, args.seed, args.compare_sqlite)
                     say(f"    part {part} took {time.perf_counter() - t:.0f} s ({load()})")
             finally:
                 if bench:

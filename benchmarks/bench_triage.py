@@ -253,6 +253,15 @@ def commands(n_tickets: int) -> list[tuple[str, list[str]]]:
     ]
 
 
+def config_text(database: str) -> str:
+    """The config the commands run with: the database (a path or a PostgreSQL URL), an SLA, the accounts."""
+    accounts = "\n".join(
+        f'[[accounts]]\nname = "{a}"\nemail = "{a}@example.com"\nsource = "pipe"\n' for a in ACCOUNTS
+    )
+    return (f'[storage]\ndatabase = "{database}"\nattachments = "attachments"\n\n'
+            f'[sla]\nresponse = "4h"\nresolution = "3d"\n\n{accounts}')
+
+
 def mail2ticket_command() -> list[str]:
     script = Path(sys.executable).with_name("mail2ticket")
     return [str(script)] if script.exists() else [sys.executable, "-m", "mail2ticket"]
@@ -272,13 +281,7 @@ def main() -> None:
     if args.rebuild and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    accounts = "\n".join(
-        f'[[accounts]]\nname = "{a}"\nemail = "{a}@example.com"\nsource = "pipe"\n' for a in ACCOUNTS
-    )
-    config.write_text(
-        f'[storage]\ndatabase = "tickets.db"\nattachments = "attachments"\n\n'
-        f'[sla]\nresponse = "4h"\nresolution = "3d"\n\n{accounts}'
-    )
+    config.write_text(config_text("tickets.db"))
     if not db_path.exists():
         print(f"Building {args.tickets:,} tickets in {db_path} ...", file=sys.stderr)
         stats = build(db_path, args.tickets, args.seed)
