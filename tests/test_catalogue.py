@@ -537,6 +537,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     104: tests(
         "tests/test_pg_engine.py::test_a_connection_lost_in_the_middle_of_an_import_stores_nothing_and_the_next_poll_imports_each_once",
     ),
+    105: tests(
+        "tests/test_pg_engine.py::test_write_transactions_wait_for_each_other_as_on_sqlite_and_a_timeout_is_a_temporary_failure",
+        "tests/test_pg_engine.py::test_an_older_postgresql_schema_is_upgraded_step_by_step_and_keeps_its_rows",
+    ),
     110: tests(
         "tests/test_pipeline.py::test_a_message_for_a_worker_that_died_idle_goes_to_another_worker_not_to_the_quarantine",
     ),

@@ -286,3 +286,61 @@ def test_a_large_raw_message_goes_in_and_comes_back_in_pieces_byte_identical(tmp
         assert db.execute("select count(*) from raw_messages").fetchone() == (1,)
     finally:
         db.close()
+
+
+def test_an_older_postgresql_schema_is_upgraded_step_by_step_and_keeps_its_rows(pg_url: str) -> None:
+    import psycopg
+
+    first_name, first_sql = pg_schema.PG_MIGRATIONS[0]
+    with psycopg.connect(pg_url, password=TEST_PASSWORD, autocommit=True) as conn:
+        conn.execute("create table m2t_schema (name text primary key, applied_at text not null)")
+        conn.execute(first_sql)
+        conn.execute("insert into m2t_schema values (%s, '2026-01-01T00:00:00Z')", [first_name])
+        conn.execute("insert into tickets (account, subject, created_at, updated_at) "
+                     "values ('a', 'kept', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
+    db = open_db(pg_url, password=TEST_PASSWORD)
+    try:
+        assert pg_schema.pending(db) == []
+        assert [r[0] for r in db.execute("select name from m2t_schema order by name")] == [
+            name for name, _ in pg_schema.PG_MIGRATIONS]
+        assert db.execute("select subject from tickets").fetchall() == [("kept",)]
+    finally:
+        db.close()
+
+
+def test_write_transactions_wait_for_each_other_as_on_sqlite_and_a_timeout_is_a_temporary_failure(pg_url: str) -> None:
+    import threading
+
+    from mail2ticket.errors import TempFailError
+    from mail2ticket.tickets.db import transaction
+
+    first = open_db(pg_url, password=TEST_PASSWORD)
+    second = open_db(pg_url, password=TEST_PASSWORD, busy_timeout_ms=300)
+    try:
+        with transaction(first):
+            first.execute("insert into conversation_state (key, value) values ('k', 'first')")
+            # Another writer waits for the lock (BEGIN IMMEDIATE's promise), up to its busy timeout.
+            with pytest.raises(TempFailError):
+                with transaction(second):
+                    pass
+            # A reader does not wait, and sees only what is committed.
+            assert second.execute("select count(*) from conversation_state").fetchone() == (0,)
+        done = threading.Event()
+        third = open_db(pg_url, password=TEST_PASSWORD)  # the default busy timeout: 30 s
+
+        def write() -> None:
+            with transaction(third):
+                third.execute("update conversation_state set value = 'third' where key = 'k'")
+            done.set()
+
+        with transaction(first):
+            thread = threading.Thread(target=write)
+            thread.start()
+            assert not done.wait(0.2)  # waiting for the first writer's commit
+        thread.join(30)
+        third.close()
+        assert done.is_set()
+        assert first.execute("select value from conversation_state").fetchone() == ("third",)
+    finally:
+        first.close()
+        second.close()
