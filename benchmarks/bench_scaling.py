@@ -41,8 +41,8 @@ machine expect a third of that. The full sizes (N = 10,000 and 3 runs, 8,000 mes
 daemons, leases 10 s/30 s, 3 takeovers, 1,000,000 tickets and 3 runs of each command) were not
 run on the shared machine; scaled from the quick run they need about 12 minutes for parts 1-3 on
 a quiet machine and 10-20 more the first time to build the million tickets (100,000 took 198 s
-at a load of 10-13), which --keep then
-saves: build it first with `--only 4 --keep`, then run `--keep` (docs/scaling.md, "Figures").
+at a load of 10-13), which --keep then saves: build it first with `--only 4 --keep`, then run
+`--keep` (docs/scaling.md, "Figures").
 """
 
 from __future__ import annotations
