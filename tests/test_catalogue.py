@@ -559,6 +559,10 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     109: tests(
         "tests/test_db_copy.py::test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there",
     ),
+    116: tests(
+        "tests/test_attachments_in_database.py::test_with_postgresql_and_no_location_attachments_go_into_the_database_once_and_come_back_checked",
+        "tests/test_attachments_in_database.py::test_an_explicit_attachments_location_keeps_its_meaning_on_postgresql",
+    ),
 }
 
 

@@ -48,10 +48,10 @@ def ingest_message(cfg, db, account: Account, raw: bytes | None, *, hooks=None, 
     the file and stored with incremental blob I/O, in bounded memory, as poll does.
     Returns the importer's Outcome; raises TempFailError when it could not be stored durably now.
     """
-    from mail2ticket.accounts.storage import attachment_store
     from mail2ticket.intake.importer import ImportContext, Incoming, import_batch
     from mail2ticket.intake.maildir import limit_size
     from mail2ticket.intake.pipeline import Pipeline
+    from mail2ticket.tickets.blobs import attachment_store
 
     ctx = ImportContext(
         db=db, attachments=attachment_store(cfg), hooks=list(hooks or []), config=cfg

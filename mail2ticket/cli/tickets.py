@@ -421,7 +421,7 @@ def tickets_show(app, ticket_id, as_json):
       mail2ticket tickets show 42
       mail2ticket tickets show 42 --json | jq '.messages[-1].body_text'
     """
-    from mail2ticket.accounts.storage import attachment_store
+    from mail2ticket.tickets.blobs import attachment_store
     from mail2ticket.tickets.db import get_ticket, ticket_events, ticket_messages
 
     ticket = get_ticket(app.db, ticket_id)
@@ -519,9 +519,9 @@ def tickets_attachment(app, ticket_id, which, output):
     import os
     import shutil
 
-    from mail2ticket.accounts.storage import attachment_store
     from mail2ticket.errors import StoreError
     from mail2ticket.intake.quarantine import write_private
+    from mail2ticket.tickets.blobs import attachment_store
     from mail2ticket.tickets.db import get_ticket, ticket_messages
 
     get_ticket(app.db, ticket_id)  # NotFoundError for a ticket that does not exist

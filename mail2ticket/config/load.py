@@ -190,6 +190,11 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
             raise ConfigError(f"{cfg_path}: 'storage.password_command' is for a PostgreSQL database",
                               "remove it, or set storage.database to a postgresql:// URL")
         database = resolve(storage["database"], data_dir / "mail2ticket.db")
+    # PostgreSQL and no attachments location: attachments go into the database (tickets/blobs.py),
+    # so a second host needs nothing shared but the database; staged locally on their way there.
+    attachments_in_database = database_url is not None and storage["attachments"] is None
+    if attachments_in_database:
+        attachments = data_dir / "staging"
     return Config(
         path=cfg_path,
         database=database,
@@ -197,6 +202,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         database_password_command=storage["password_command"],
         attachments=attachments,
         object_store=object_store,
+        attachments_in_database=attachments_in_database,
         schedule=schedule,
         sla=sla,
         max_message_size=sizes["max_message_size"],

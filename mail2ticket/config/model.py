@@ -92,6 +92,9 @@ class Config:
     # password; ``database`` is then where the local lock files go (docs/storage.md).
     database_url: str | None = None
     database_password_command: str | None = None
+    # PostgreSQL without [storage] attachments: attachments in the table attachment_blobs
+    # (tickets/blobs.py); ``attachments`` is then the local staging directory.
+    attachments_in_database: bool = False
 
     @property
     def store(self) -> Path | str:

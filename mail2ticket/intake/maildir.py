@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import ConfigError, ParseError, StoreError
 from mail2ticket.files.attachments import fsync_dir
@@ -22,6 +21,7 @@ from mail2ticket.intake.pipeline import Pipeline, ahead
 from mail2ticket.intake.results import PollResult
 from mail2ticket.parse.bigmessage import take
 from mail2ticket.parse.parsed import ParsedMessage
+from mail2ticket.tickets.blobs import attachment_store
 from mail2ticket.tickets.db import now_iso, transaction
 from mail2ticket.tickets.ledger import (
     maildir_ids,

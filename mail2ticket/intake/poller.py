@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.credentials import imap_mailbox, sign_in_secret
 from mail2ticket.accounts.diagnostics import check_move_folder, move_target
-from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Account, Config
 from mail2ticket.errors import (
     EXIT_FAILURE,
@@ -32,6 +31,7 @@ from mail2ticket.intake.maildir import poll_maildir
 from mail2ticket.intake.pipeline import Pipeline, ahead, prefetch, size_batches
 from mail2ticket.intake.results import PollResult, failure_cause
 from mail2ticket.parse.bigmessage import BIG_MESSAGE
+from mail2ticket.tickets.blobs import attachment_store
 from mail2ticket.tickets.db import (
     get_mailbox,
     log_event,

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from mail2ticket.accounts.credentials import imap_mailbox
-from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Config
 from mail2ticket.errors import Mail2TicketError, NotFoundError
 from mail2ticket.files.spool import Spool
@@ -21,6 +20,7 @@ from mail2ticket.intake.importer import (
     prepare_item,
 )
 from mail2ticket.parse.bigmessage import BIG_MESSAGE
+from mail2ticket.tickets.blobs import attachment_store
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
 from mail2ticket.tickets.ledger import (
     open_quarantine_count,

@@ -8,13 +8,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mail2ticket.accounts.storage import attachment_store
 from mail2ticket.config.model import Config
 from mail2ticket.errors import ParseError, TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.files.spool import Spool
 from mail2ticket.intake.importer import ImportContext, bounded_addresses
 from mail2ticket.parse.prepare import prepare
+from mail2ticket.tickets.blobs import attachment_store
 from mail2ticket.tickets.db import log_event, transaction
 from mail2ticket.tickets.messages import (
     attachment_rows,

@@ -330,11 +330,24 @@ INITIAL = """
         from tickets t;
 """
 
+# Attachments in the database (tickets/blobs.py owns the table), when no attachments location is set.
+BLOBS = """
+create table attachment_blobs (
+    sha256 text collate "C" primary key,
+    size bigint not null,
+    data bytea not null,
+    stored_at text collate "C" not null
+);
+-- uncompressed, so substring() reads a piece without decompressing what comes before it
+alter table attachment_blobs alter column data set storage external;
+"""
+
 # (name, SQL): applied in order, each once, in one transaction with its row in m2t_schema.
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001 the schema as SQLite has it after tickets/migrations.py m1803_hooks", FUNCTIONS + INITIAL),
     ("0002 leases of several daemons (m1702_leases)", ";\n".join(leases.TABLES) + ";\n"),
     ("0003 full-text search (tickets/fts_pg.py)", fts_pg.SCHEMA),
+    ("0004 attachments in the database (tickets/blobs.py)", BLOBS),
 ]
 
 

@@ -1,0 +1,95 @@
+"""Attachments in the PostgreSQL database when no attachments location is given (issue 17,
+point 5; catalogue 116): a real poll from the real Dovecot into the real PostgreSQL puts each
+attachment once into attachment_blobs, the CLI reads it back byte for byte checked against its
+SHA-256, and a changed row is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import random
+from email.message import EmailMessage
+from pathlib import Path
+
+import tomli_w
+
+from mail2ticket.accounts.secrets import store_password
+from tests.helpers import LONG_AGO, run_cli, sha256_hex
+from tests.postgres import TEST_PASSWORD
+
+
+def _mail(n: int, attachments: list[tuple[str, bytes]]) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"user{n}@customer.example"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = f"Request {n} with files"
+    msg["Message-ID"] = f"<blob-{n}@customer.example>"
+    msg.set_content(f"Request {n}: see the attached files.\n")
+    for name, data in attachments:
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return msg.as_bytes()
+
+
+def _ok(config: Path, *args: str):
+    result = run_cli(config, *args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result
+
+
+def _sql(url: str, sql: str, params=()):
+    import psycopg
+
+    with psycopg.connect(url, password=TEST_PASSWORD, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def test_with_postgresql_and_no_location_attachments_go_into_the_database_once_and_come_back_checked(
+        tmp_path, pg_url, dovecot, imap_user, account_config):
+    rng = random.Random(116)
+    shared, small, large = rng.randbytes(30_000), rng.randbytes(2_000), rng.randbytes(3 * 1024 * 1024 + 7)
+    store_password("database", TEST_PASSWORD)
+    store_password(imap_user.name, imap_user.password)
+    config = tmp_path / "config.toml"
+    config.write_text(tomli_w.dumps({"storage": {"database": pg_url},
+                                     "accounts": [account_config(imap_user, added_at=LONG_AGO)]}))
+    dovecot.append(imap_user, _mail(1, [("report.pdf", shared), ("note.txt", small)]))
+    dovecot.append(imap_user, _mail(2, [("report-again.pdf", shared), ("big.bin", large)]))
+
+    _ok(config, "poll")
+
+    stored = _sql(pg_url, "select sha256, size, length(data) from attachment_blobs order by size")
+    assert stored == [(sha256_hex(d), len(d), len(d)) for d in (small, shared, large)]  # the shared file once
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and len(p.name) == 64], \
+        "an attachment was left on the local disk"
+
+    tickets = json.loads(_ok(config, "tickets", "list", "--status", "all", "--json", "--sort", "id").stdout)
+    for ticket, which, data in ((tickets[0], "1", shared), (tickets[0], "note.txt", small),
+                                (tickets[1], "report-again.pdf", shared), (tickets[1], "big.bin", large)):
+        out = tmp_path / f"saved-{ticket['id']}-{which}"
+        _ok(config, "tickets", "attachment", str(ticket["id"]), which, "-o", str(out))
+        assert out.read_bytes() == data
+    assert "attachment_blobs" in _ok(config, "tickets", "show", str(tickets[0]["id"])).stdout
+
+    # A row changed in the database is refused, naming the attachment; nothing is written.
+    _sql(pg_url, "update attachment_blobs set data = %s where sha256 = %s", [b"X" * 2_000, sha256_hex(small)])
+    out = tmp_path / "tampered"
+    result = run_cli(config, "tickets", "attachment", str(tickets[0]["id"]), "note.txt", "-o", str(out))
+    assert result.exit_code != 0 and not out.exists()
+    error = result.stderr.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "'note.txt'" in error and "does not match its SHA-256" in error and "restore it" in error
+
+
+def test_an_explicit_attachments_location_keeps_its_meaning_on_postgresql(tmp_path, pg_url):
+    from mail2ticket.config.load import load_config
+    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.tickets.blobs import BlobStore, attachment_store
+
+    config = tmp_path / "config.toml"
+    config.write_text(tomli_w.dumps({"storage": {"database": pg_url, "attachments": str(tmp_path / "files")}}))
+    store = attachment_store(load_config(config))
+    assert isinstance(store, AttachmentStore) and store.root == tmp_path / "files"
+    config.write_text(tomli_w.dumps({"storage": {"database": pg_url}}))
+    assert isinstance(attachment_store(load_config(config)), BlobStore)
+    config.write_text(tomli_w.dumps({"storage": {"database": str(tmp_path / "m2t.db")}}))
+    assert type(attachment_store(load_config(config))) is AttachmentStore  # SQLite: unchanged
