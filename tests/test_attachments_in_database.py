@@ -10,6 +10,7 @@ import random
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
@@ -93,3 +94,45 @@ def test_an_explicit_attachments_location_keeps_its_meaning_on_postgresql(tmp_pa
     assert isinstance(attachment_store(load_config(config)), BlobStore)
     config.write_text(tomli_w.dumps({"storage": {"database": str(tmp_path / "m2t.db")}}))
     assert type(attachment_store(load_config(config))) is AttachmentStore  # SQLite: unchanged
+
+
+@pytest.mark.sqlite_only("the source of db copy is a SQLite file")
+def test_db_copy_puts_the_default_directorys_attachments_into_the_database_checked(
+        tmp_path, pg_url, dovecot, imap_user, account_config):
+    rng = random.Random(1160)
+    shared, other = rng.randbytes(20_000), rng.randbytes(5_000)
+    store_password("database", TEST_PASSWORD)
+    store_password(imap_user.name, imap_user.password)
+    account = account_config(imap_user, added_at=LONG_AGO)
+    config = tmp_path / "config.toml"  # SQLite, attachments not set: the default directory
+    config.write_text(tomli_w.dumps({"storage": {"database": str(tmp_path / "m2t.db")}, "accounts": [account]}))
+    dovecot.append(imap_user, _mail(1, [("a.bin", shared), ("b.bin", other)]))
+    dovecot.append(imap_user, _mail(2, [("a-again.bin", shared)]))
+    _ok(config, "poll")
+    [damaged] = [p for p in tmp_path.rglob(sha256_hex(other)) if p.is_file()]
+    damaged.write_bytes(b"Y" * 5_000)
+
+    # A file that does not match its SHA-256 is not copied: exit 1 naming it; the rest is copied.
+    first = run_cli(config, "db", "copy", "--to", pg_url)
+    assert first.exit_code == 1, (first.stdout, first.stderr)
+    assert "not matching their SHA-256" in first.stderr and sha256_hex(other) in first.stderr
+    assert _sql(pg_url, "select sha256 from attachment_blobs") == [(sha256_hex(shared),)]
+
+    damaged.write_bytes(other)  # restored from a backup: the copy run again copies the rest
+    again = run_cli(config, "db", "copy", "--to", pg_url, "--json")
+    assert again.exit_code == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["attachments_copy"] == {"copied": 1, "present": 1, "missing": [], "damaged": [],
+                                           "damaged_in_database": [], "verified": True}
+    assert "copied into the database's table attachment_blobs" in summary["attachments"]
+    assert summary["config_change"] == {"storage": {"database": pg_url}}
+    assert damaged.read_bytes() == other, "the directory is left as it is"
+
+    # The config as db copy says: only the database; the attachments come from the database.
+    pg_config = tmp_path / "pg.toml"
+    pg_config.write_text(tomli_w.dumps({"storage": {"database": pg_url}, "accounts": [account]}))
+    tickets = json.loads(_ok(pg_config, "tickets", "list", "--status", "all", "--json", "--sort", "id").stdout)
+    for ticket, which, data in ((tickets[0], "b.bin", other), (tickets[1], "a-again.bin", shared)):
+        out = tmp_path / f"saved-{which}"
+        _ok(pg_config, "tickets", "attachment", str(ticket["id"]), which, "-o", str(out))
+        assert out.read_bytes() == data

@@ -562,6 +562,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     116: tests(
         "tests/test_attachments_in_database.py::test_with_postgresql_and_no_location_attachments_go_into_the_database_once_and_come_back_checked",
         "tests/test_attachments_in_database.py::test_an_explicit_attachments_location_keeps_its_meaning_on_postgresql",
+        "tests/test_attachments_in_database.py::test_db_copy_puts_the_default_directorys_attachments_into_the_database_checked",
     ),
 }
 

@@ -24,9 +24,14 @@ def db_group():
                    "credential 'database', else libpq's PGPASSFILE/PGSERVICE).")
 @click.option("--batch-rows", type=click.IntRange(1, 100_000), default=500, show_default=True,
               help="Rows per transaction (and at most about 32 MB of values per transaction).")
+@click.option("--attachments", "attachments_mode", type=click.Choice(["auto", "keep", "into-database"]),
+              default="auto", show_default=True,
+              help="keep: attachments stay in their directory or bucket. into-database: the directory's "
+                   "files are copied into the PostgreSQL table attachment_blobs, each SHA-256 checked. auto: "
+                   "into-database when the config sets no [storage] attachments, else keep.")
 @json_option
 @click.pass_obj
-def db_copy(app, url, password_command, batch_rows, as_json):
+def db_copy(app, url, password_command, batch_rows, attachments_mode, as_json):
     """Copy the whole SQLite database of the config into an empty PostgreSQL database.
 
     Every table is copied with its ids (tickets keep their numbers), the raw
@@ -44,8 +49,14 @@ def db_copy(app, url, password_command, batch_rows, as_json):
     database meanwhile (run it again, or stop what wrote).
 
     \b
-    Attachments in a directory (or a bucket) stay where they are: keep
-    [storage] attachments as it is.
+    Attachments: with a PostgreSQL database and no [storage] attachments,
+    they are kept in the database itself. So when the config sets no
+    attachments (the default directory), --attachments auto copies the
+    directory's files into the database (table attachment_blobs, each
+    SHA-256 checked by PostgreSQL; the directory is left as it is). A
+    directory or bucket the config names stays where it is (keep [storage]
+    attachments as it is), unless --attachments into-database. The output
+    says which happened.
 
     \b
     The password never goes on the command line (nor in the URL): it comes
@@ -76,6 +87,10 @@ def db_copy(app, url, password_command, batch_rows, as_json):
 
     cfg = app.config()
     check_target_url(url, is_postgres, DATABASE_SECRET_NAME)
+    into_database = attachments_mode == "into-database" or (attachments_mode == "auto" and not cfg.attachments_given)
+    if into_database and cfg.object_store is not None:
+        raise click.UsageError(f"--attachments into-database copies a directory; the attachments of {cfg.path} are "
+                               f"in {cfg.object_store.url}: keep them there (--attachments keep)")
     if cfg.database_url is not None:
         raise ConfigError(f"the database of {cfg.path} is a PostgreSQL database already ({cfg.database_url})",
                           "db copy copies a SQLite database: run it with the config that names the .db file")
@@ -94,6 +109,7 @@ def db_copy(app, url, password_command, batch_rows, as_json):
         from mail2ticket.tickets.copy import copy_database
 
         result = copy_database(src, str(cfg.database.resolve()), target, batch_rows=batch_rows, progress=progress)
+        blobs = copy_attachments(src, target_cfg, cfg.attachments) if into_database and result.verified else None
     finally:
         src.close()
         target.close()
@@ -101,14 +117,23 @@ def db_copy(app, url, password_command, batch_rows, as_json):
     if progress:
         click.echo("\r\033[K", nl=False, err=True)
     if as_json:
-        print_json({**result.as_dict(), "attachments": attachments_note(cfg),
-                    "config_change": {"storage": {"database": url}}})
+        change = {"database": url} if into_database or cfg.attachments_given else {
+            "database": url, "attachments": str(cfg.attachments)}
+        print_json({**result.as_dict(), "attachments": attachments_note(cfg, into_database, blobs),
+                    "attachments_copy": blobs.as_dict() if blobs is not None else None,
+                    "config_change": {"storage": change}})
     else:
-        print_summary(cfg, url, result)
+        print_summary(cfg, url, result, into_database, blobs)
     if not result.verified:
         raise StoreError("the copy differs from the SQLite database (see above): it changed since an earlier run",
                          "stop everything that writes to the SQLite database, then copy into a new, empty "
                          "PostgreSQL database")
+    if blobs is not None and not blobs.verified:
+        raise StoreError(f"{len(blobs.missing)} attachment file(s) missing from {cfg.attachments}, "
+                         f"{len(blobs.damaged) + len(blobs.damaged_in_database)} not matching their SHA-256 "
+                         "(the first: " + (blobs.missing + blobs.damaged + blobs.damaged_in_database)[0] + ")",
+                         "restore them from a backup and run db copy again, or keep the directory "
+                         "(--attachments keep and [storage] attachments set to it)")
     if result.source_changed:
         raise TempFailError("the SQLite database changed during the copy (a poll or a command wrote to it)",
                             "stop what writes to it (daemon, cron polls, MTA delivery), then run db copy again")
@@ -144,12 +169,35 @@ def hold_daemon_lock(database):
                             "stop the daemon first (systemctl stop mail2ticket), then run db copy") from None
 
 
-def attachments_note(cfg) -> str:
+def copy_attachments(src, target_cfg, directory):
+    """The directory's attachment files into the target's attachment_blobs (BlobCopy)."""
+    import dataclasses
+
+    from mail2ticket.tickets.blobs import BlobStore
+    from mail2ticket.tickets.copy import attachment_files
+
+    store = BlobStore(dataclasses.replace(target_cfg, attachments_in_database=True))
+    try:
+        return store.copy_directory(directory, attachment_files(src))
+    finally:
+        store.close()
+
+
+def attachments_note(cfg, into_database: bool = False, blobs=None) -> str:
+    if blobs is not None:
+        return (f"attachments of {cfg.attachments} copied into the database's table attachment_blobs: "
+                f"{blobs.copied} copied, {blobs.present} there already, each SHA-256 checked by PostgreSQL; "
+                f"the directory is left where it is (remove it once satisfied)")
+    if into_database:
+        return f"attachments of {cfg.attachments} NOT copied (the copy was not verified)"
     where = cfg.object_store.url if cfg.object_store is not None else str(cfg.attachments)
+    if not cfg.attachments_given:
+        return (f"attachments stay in {where}: set [storage] attachments to it (without it, PostgreSQL keeps "
+                "attachments in the database)")
     return f"attachments stay in {where}: keep [storage] attachments as it is"
 
 
-def print_summary(cfg, url: str, result) -> None:
+def print_summary(cfg, url: str, result, into_database: bool = False, blobs=None) -> None:
     click.echo(f"{'Continued the copy of' if result.resumed else 'Copied'} {result.source} into {result.target}.")
     print_table([[t.name, t.source_rows, t.target_rows, t.copied, "" if t.ok else "DIFFERS"]
                  for t in result.tables], ["table", "rows (SQLite)", "rows (PostgreSQL)", "copied now", ""])
@@ -160,8 +208,10 @@ def print_summary(cfg, url: str, result) -> None:
         differ = ", ".join(t.name for t in result.tables if not t.ok) or "none"
         click.echo(f"NOT verified: tables that differ: {differ}; {result.raw_mismatched} raw message(s) do not "
                    f"match their SHA-256, {result.raw_missing} are missing.")
-    click.echo(f"The {attachments_note(cfg)}.")
-    click.echo(f"\nNow change [storage] in {cfg.path}:\n\n    [storage]\n    database = \"{url}\"\n")
+    click.echo(f"The {attachments_note(cfg, into_database, blobs)}.")
+    keep_dir = "" if into_database or cfg.attachments_given else f"    attachments = \"{cfg.attachments}\"\n"
+    drop = "  (and remove 'attachments')" if into_database and cfg.attachments_given else ""
+    click.echo(f"\nNow change [storage] in {cfg.path}:\n\n    [storage]\n    database = \"{url}\"{drop}\n{keep_dir}")
     click.echo("and give mail2ticket the database's password, one of: 'keyring set mail2ticket database' "
                "(as the service user), the systemd credential 'database', [storage] password_command, or "
                "libpq's PGPASSFILE. Then start the daemon (docs/storage.md, \"Moving to PostgreSQL\").")

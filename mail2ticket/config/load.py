@@ -203,6 +203,7 @@ def load_config(path: str | os.PathLike | None = None, *, must_exist: bool = Tru
         attachments=attachments,
         object_store=object_store,
         attachments_in_database=attachments_in_database,
+        attachments_given=storage["attachments"] is not None,
         schedule=schedule,
         sla=sla,
         max_message_size=sizes["max_message_size"],

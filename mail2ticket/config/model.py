@@ -95,6 +95,7 @@ class Config:
     # PostgreSQL without [storage] attachments: attachments in the table attachment_blobs
     # (tickets/blobs.py); ``attachments`` is then the local staging directory.
     attachments_in_database: bool = False
+    attachments_given: bool = True  # [storage] attachments set in the config (db copy: where they go)
 
     @property
     def store(self) -> Path | str:

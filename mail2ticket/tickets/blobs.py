@@ -17,6 +17,7 @@ import contextlib
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +48,27 @@ def attachment_store(cfg: Config) -> AttachmentStore | ObjectStore:
         if store is None:
             store = cfg.__dict__["blob_store"] = BlobStore(cfg)
     return store
+
+
+@dataclass
+class BlobCopy:
+    """What copy_directory did: rows written, rows found there already, and the files it could
+    not copy (missing from the directory, or not matching their SHA-256 there or in the table)."""
+
+    copied: int = 0
+    present: int = 0
+    missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    damaged_in_database: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not (self.missing or self.damaged or self.damaged_in_database)
+
+    def as_dict(self) -> dict:
+        return {"copied": self.copied, "present": self.present, "missing": self.missing,
+                "damaged": self.damaged, "damaged_in_database": self.damaged_in_database,
+                "verified": self.verified}
 
 
 class BlobStore(ObjectStore):
@@ -170,6 +192,47 @@ class BlobStore(ObjectStore):
                 raise damaged_error(sha256, where)
             f.seek(0)
             yield f
+
+    # --- moving a directory in (db copy --attachments into-database) -----------------------------
+    def copy_directory(self, directory: Path, files: Iterable[tuple[str, int]]) -> BlobCopy:
+        """Put the files of the local store ``directory`` named by ``files`` ((sha256, size) of
+        the attachments' rows) into the table: each file's SHA-256 checked before it is sent,
+        written as make_durable writes (a row already there is kept), then the row's SHA-256
+        computed by PostgreSQL checked against its key. The directory is not changed."""
+        local = AttachmentStore(directory)
+        result = BlobCopy()
+        for sha256, _size in files:
+            path = local.path(sha256)
+            try:
+                with open(path, "rb") as f:
+                    intact = file_sha256(f) == sha256
+            except FileNotFoundError:
+                result.missing.append(sha256)
+                continue
+            if not intact:
+                result.damaged.append(sha256)
+                continue
+            there = self._head(sha256) is not None
+            self._publish(sha256, [path])
+            try:
+                with self._lock:
+                    row = self._conn().execute(f"select encode(sha256(data), 'hex') from {TABLE} where sha256 = %s",
+                                               [sha256]).fetchone()
+            except Exception as exc:
+                raise self._failure(exc, f"checking attachment {sha256}") from None
+            if row is None or row[0] != sha256:
+                result.damaged_in_database.append(sha256)
+            elif there:
+                result.present += 1
+            else:
+                result.copied += 1
+        return result
+
+    def close(self) -> None:
+        """Close the store's connection (db copy; a daemon's store lives as long as its config)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def check(self) -> None:
         """Reach the database's table once (config check --online)."""

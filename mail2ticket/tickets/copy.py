@@ -343,3 +343,9 @@ def _verify_raw(src: sqlite3.Connection, db: PgDatabase, result: CopyResult, bat
     while part := [r[0] for r in keys.fetchmany(batch)]:
         found = db.execute("select count(*) from raw_messages where sha256 = any(?)", [part]).fetchone()[0]
         result.raw_missing += len(part) - found
+
+
+def attachment_files(src: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(sha256, size) of every attachment the source's rows name, once each (db copy
+    --attachments into-database copies their files into the target's attachment_blobs)."""
+    return [(r[0], r[1]) for r in src.execute("select sha256, max(size) from attachments group by sha256 order by sha256")]
