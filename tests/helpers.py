@@ -256,6 +256,20 @@ def make_mail(
     return msg.as_bytes()
 
 
+def files_mail(n: int, attachments: list[tuple[str, bytes]], tag: str) -> bytes:
+    """Request ``n`` with ``attachments`` ((file name, bytes): octet-stream parts), Message-ID
+    ``<TAG-N@customer.example>``."""
+    msg = EmailMessage()
+    msg["From"] = f"user{n}@customer.example"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = f"Request {n} with files"
+    msg["Message-ID"] = f"<{tag}-{n}@customer.example>"
+    msg.set_content(f"Request {n}: see the attached files.\n")
+    for name, data in attachments:
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return msg.as_bytes()
+
+
 def reply_to(sent: bytes, *, sender: str = "ann@customer.test", body: str = "Thanks!", **kw) -> bytes:
     """What a mail client makes when its user answers ``sent``: Re: subject, threading headers."""
     from email import message_from_bytes, policy

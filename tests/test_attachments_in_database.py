@@ -7,27 +7,18 @@ from __future__ import annotations
 
 import json
 import random
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import LONG_AGO, run_cli, sha256_hex
+from tests.helpers import LONG_AGO, files_mail, run_cli, sha256_hex
 from tests.postgres import TEST_PASSWORD
 
 
 def _mail(n: int, attachments: list[tuple[str, bytes]]) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = f"user{n}@customer.example"
-    msg["To"] = "support@example.test"
-    msg["Subject"] = f"Request {n} with files"
-    msg["Message-ID"] = f"<blob-{n}@customer.example>"
-    msg.set_content(f"Request {n}: see the attached files.\n")
-    for name, data in attachments:
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return msg.as_bytes()
+    return files_mail(n, attachments, "blob")
 
 
 def _ok(config: Path, *args: str):

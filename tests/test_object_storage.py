@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from email.message import EmailMessage
 from pathlib import Path
 
 import boto3
@@ -28,7 +27,7 @@ from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
 from mail2ticket.accounts.secrets import delete_password, store_password
-from tests.helpers import LONG_AGO, rows, run_cli, sha256_hex
+from tests.helpers import LONG_AGO, files_mail, rows, run_cli, sha256_hex
 from tests.servers import LOOPBACK, ephemeral_range, free_port
 
 REGION = "us-east-1"
@@ -122,15 +121,7 @@ def _desk(root: Path, s3: S3Server, bucket: str, user=None, account_config=None,
 
 
 def _mail(n: int, attachments: list[tuple[str, bytes]]) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = f"user{n}@customer.example"
-    msg["To"] = "support@example.test"
-    msg["Subject"] = f"Request {n} with files"
-    msg["Message-ID"] = f"<s3-{n}@customer.example>"
-    msg.set_content(f"Request {n}: see the attached files.\n")
-    for name, data in attachments:
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return msg.as_bytes()
+    return files_mail(n, attachments, "s3")
 
 
 def _key(sha: str) -> str:

@@ -111,10 +111,11 @@ class BlobStore(ObjectStore):
         import psycopg  # loaded already: the engine of a postgresql:// database
         if isinstance(exc, psycopg.Error | OSError):
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            if self._db is not None:
-                with contextlib.suppress(Exception):
-                    self._db.close()
-                self._db = None  # connect again next time
+            with self._lock:
+                if self._db is not None:
+                    with contextlib.suppress(Exception):
+                        self._db.close()
+                    self._db = None  # connect again next time
             return TempFailError(f"attachment store {self.url}: {text} while {doing}", RETRY_HINT)
         raise exc
 
@@ -128,7 +129,9 @@ class BlobStore(ObjectStore):
 
     def _upload(self, sha256: str, path: Path, size: int) -> None:
         """One row from the file at ``path``, written with COPY a MiB at a time and committed;
-        under a transaction lock on the hash, so two hosts writing the same file write one row."""
+        under a transaction lock on the hash, so two hosts writing the same file write one row.
+        ObjectStore.make_durable calls it from its threads: ``_lock`` keeps one statement or
+        transaction at a time on the connection."""
         now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         try:
             with self._lock, open(path, "rb") as f:
@@ -146,21 +149,6 @@ class BlobStore(ObjectStore):
             raise
         except Exception as exc:
             raise self._failure(exc, f"storing attachment {sha256}") from None
-
-    # --- writing ---------------------------------------------------------------------------------
-    def make_durable(self, pending: list[tuple[Path, str]], stored: Iterable[tuple[Path, str]] = ()) -> None:
-        """Write a batch's staged files into the table, one after the other on the store's own
-        connection, each committed, before the batch commits; each staged file is removed once
-        its row is there. TempFailError (the batch must not commit) when a write fails."""
-        by_sha: dict[str, list[Path]] = {}
-        for path, sha256 in [*pending, *stored]:
-            by_sha.setdefault(sha256, []).append(Path(path))
-        for sha256, files in by_sha.items():
-            self._publish(sha256, files)
-        for files in by_sha.values():
-            for path in files:
-                with contextlib.suppress(OSError):
-                    path.unlink()
 
     # --- reading ---------------------------------------------------------------------------------
     @contextlib.contextmanager
