@@ -115,7 +115,7 @@ def test_two_daemons_share_four_accounts_and_one_takes_over_a_killed_ones(group,
     with capsys.disabled():
         print(f"\ntakeover of a SIGKILLed daemon's {len(of_a)} accounts: {takeover:.1f} s "
               f"(lease_ttl {TTL} s + lease_renew {RENEW} s)")
-    assert takeover <= TTL + RENEW + 3  # the bound is the behaviour; 3 s for a loaded machine
+    assert takeover <= TTL + RENEW + 5  # the bound is the behaviour; 5 s for a loaded machine (CI runs in parallel)
     report = status(b.main)
     assert [d["stale"] for d in report["daemons"] if d["pid"] == a.proc.pid] == [True]
     assert report["daemon"]["running"] and any("no heartbeat" in x for x in report["alerts"])
@@ -138,13 +138,21 @@ def test_a_paused_daemon_stops_touching_its_accounts_and_its_stale_work_is_refus
                                 for i in range(per_account)])
     wait_until(lambda: len(stored(pg_url)) >= 20, 60, "a importing")
     a.send(signal.SIGSTOP)  # in the middle of the import: frozen, its leases run out
-    paused_at = len(stored(pg_url))
     b = group.start("b")
-    wait_until(lambda: set(holders(pg_url).values()) == {b.proc.pid} and len(holders(pg_url)) == 2,
-               TTL + 4 * RENEW + 15, "b took both accounts over")
-    wait_until(lambda: len(stored(pg_url)) >= paused_at + 20, 60, "b importing")
-    a.send(signal.SIGCONT)  # wakes up believing it still holds both
-    wait_until(lambda: len(stored(pg_url)) == 2 * per_account, 120, "every message")
+    try:
+        wait_until(lambda: set(holders(pg_url).values()) == {b.proc.pid} and len(holders(pg_url)) == 2,
+                   TTL + 4 * RENEW + 15, "b took both accounts over")
+        a.send(signal.SIGCONT)  # wakes up believing it still holds both, maybe in a transaction
+        wait_until(lambda: len(stored(pg_url)) == 2 * per_account, 120, "every message")
+    except AssertionError as exc:
+        ledger = _sql(pg_url, "select account, count(*), count(message), count(quarantine) from sources group by account")
+        marks = _sql(pg_url, "select account, last_uid from mailboxes")
+        quarantine = _sql(pg_url, "select count(*) from quarantine")
+        noisy = ("0 new, 0 follow-ups", "polls every 2 seconds")
+        logs = {n: "\n".join(line for line in d.log().splitlines() if not any(x in line for x in noisy))[-4000:]
+                for n, d in (("a", a), ("b", b))}
+        raise AssertionError(f"{exc}; ledger {ledger}; watermarks {marks}; quarantine {quarantine}; stored "
+                             f"{len(stored(pg_url))}\n--- a:\n{logs['a']}\n--- b:\n{logs['b']}") from None
     time.sleep(2 * RENEW)  # whatever a still had in flight has reached the database by now
     counts = stored(pg_url)
     assert len(counts) == 2 * per_account and set(counts.values()) == {1}
