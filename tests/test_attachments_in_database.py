@@ -83,6 +83,8 @@ def test_an_explicit_attachments_location_keeps_its_meaning_on_postgresql(tmp_pa
     assert isinstance(store, AttachmentStore) and store.root == tmp_path / "files"
     config.write_text(tomli_w.dumps({"storage": {"database": pg_url}}))
     assert isinstance(attachment_store(load_config(config)), BlobStore)
+    shown = run_cli(config, "config", "check").stdout
+    assert f"Attachments: {pg_url} table attachment_blobs (staging " in shown, shown
     config.write_text(tomli_w.dumps({"storage": {"database": str(tmp_path / "m2t.db")}}))
     assert type(attachment_store(load_config(config))) is AttachmentStore  # SQLite: unchanged
 

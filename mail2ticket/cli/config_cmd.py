@@ -58,7 +58,7 @@ def config_check(app, online, as_json):
         "config": str(cfg.path),
         "files": [str(f) for f in cfg.files],
         "database": str(cfg.database),
-        "attachments": bucket.url if bucket else str(cfg.attachments),
+        "attachments": bucket.url if bucket else _in_database(cfg) or str(cfg.attachments),
         # an s3:// location (docs/storage.md): where it is, how it is reached, the local staging directory
         "object_store": None if bucket is None else {
             "url": bucket.url, "endpoint": bucket.endpoint, "region": bucket.region,
@@ -110,7 +110,7 @@ def config_check(app, online, as_json):
     for f in cfg.files[1:]:
         click.echo(f"  includes {f}")
     click.echo(f"Database:    {cfg.database}")
-    click.echo(f"Attachments: {bucket.describe(cfg.attachments) if bucket else cfg.attachments}"
+    click.echo(f"Attachments: {bucket.describe(cfg.attachments) if bucket else _in_database(cfg) or cfg.attachments}"
                + ("; reached" if online and bucket else ""))
     click.echo(f"Schedule:    poll {cfg.schedule['poll']}, overdue {cfg.schedule['overdue']}")
     click.echo(f"Monitoring:  {_monitoring_line(data['monitoring'])}")
@@ -128,6 +128,15 @@ def config_check(app, online, as_json):
     if data["hooks"]:
         click.echo("Hooks:       " + "; ".join(f"{h['name']} ({h['action']}: {', '.join(h['events'])})"
                                                for h in data["hooks"]))
+
+
+def _in_database(cfg) -> str | None:
+    """Where attachments go with a PostgreSQL database and no location (tickets/blobs.py), or None."""
+    if not cfg.attachments_in_database:
+        return None
+    from mail2ticket.tickets.pg import redact
+
+    return f"{redact(cfg.database_url)} table attachment_blobs (staging {cfg.attachments})"
 
 
 def _bucket_check(cfg) -> list[str]:
