@@ -13,6 +13,7 @@ import pytest
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
+from mail2ticket.errors import EXIT_TEMPFAIL
 from tests.helpers import LONG_AGO, files_mail, run_cli, sha256_hex
 from tests.postgres import TEST_PASSWORD
 
@@ -47,8 +48,22 @@ def test_with_postgresql_and_no_location_attachments_go_into_the_database_once_a
     dovecot.append(imap_user, _mail(1, [("report.pdf", shared), ("note.txt", small)]))
     dovecot.append(imap_user, _mail(2, [("report-again.pdf", shared), ("big.bin", large)]))
 
+    # The table refusing writes (a full disk, a server going away): the poll fails, nothing of
+    # the batch is committed, no mail is flagged; the next poll imports every mail once.
+    _ok(config, "status")  # creates the schema
+    _sql(pg_url, "create function refuse() returns trigger language plpgsql as "
+                 "$$ begin raise exception 'could not extend file: No space left on device'; end $$")
+    _sql(pg_url, "create trigger refuse before insert on attachment_blobs for each row execute function refuse()")
+    failed = run_cli(config, "poll")
+    assert failed.exit_code == EXIT_TEMPFAIL, (failed.stdout, failed.stderr)
+    assert "No space left on device" in failed.stderr and "the next poll fetches the mail again" in failed.stderr, failed.stderr
+    assert _sql(pg_url, "select count(*) from messages") == [(0,)]
+    assert not [uid for uid, flags in dovecot.flags(imap_user).items() if "\\Seen" in flags]
+    _sql(pg_url, "drop trigger refuse on attachment_blobs")
+
     _ok(config, "poll")
 
+    assert _sql(pg_url, "select count(*) from messages") == [(2,)]
     stored = _sql(pg_url, "select sha256, size, length(data) from attachment_blobs order by size")
     assert stored == [(sha256_hex(d), len(d), len(d)) for d in (small, shared, large)]  # the shared file once
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and len(p.name) == 64], \
