@@ -543,6 +543,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     ),
     110: tests(
         "tests/test_pipeline.py::test_a_message_for_a_worker_that_died_idle_goes_to_another_worker_not_to_the_quarantine",
+        "tests/test_pipeline.py::test_closing_the_pool_ends_a_message_that_a_dead_idle_worker_never_got",
     ),
     111: tests(
         "tests/test_object_storage.py::test_the_s3_server_listens_below_the_ephemeral_port_range",

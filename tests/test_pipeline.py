@@ -235,6 +235,43 @@ def test_a_message_for_a_worker_that_died_idle_goes_to_another_worker_not_to_the
         assert pool.pids != [pid], "the dead worker was replaced"
 
 
+def _wait_dead(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # dead (a zombie until the pool reaps it)
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+
+
+def test_closing_the_pool_ends_a_message_that_a_dead_idle_worker_never_got(tmp_path: Path) -> None:
+    """Catalogue 110: the message sent in vain to a worker that died idle was already running;
+    put back in line (here behind a hang), closing the pool could not cancel it and left its
+    future unresolved: a poll stopping then would have waited forever."""
+    pool = ParsePool(_parse_or_misbehave, tmp_path / "files", workers=2, timeout=60)
+    busy = pool.submit(b"hang")  # the first worker has it in hand
+    deadline = time.monotonic() + 10
+    while not busy.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    idle = pool.pids[1]
+    os.kill(idle, signal.SIGKILL)
+    _wait_dead(idle)
+    resent, queued = pool.submit_many([(_mail(1), None), (_mail(2), None)])
+    deadline = time.monotonic() + 10
+    while pool.pids[1] == idle and time.monotonic() < deadline:  # the dead one was found and replaced
+        time.sleep(0.01)
+
+    pool.close(timeout=1)
+
+    for future in (busy, resent, queued):
+        assert future.done(), "a future left unresolved"
+        assert future.cancelled() or isinstance(future.exception(timeout=0), TempFailError) \
+            or future.exception(timeout=0) is None
+    assert multiprocessing.active_children() == []
+
+
 def test_closing_the_pool_cancels_what_is_queued_and_stops_every_worker(tmp_path: Path) -> None:
     pool = ParsePool(_parse_or_misbehave, tmp_path / "files", workers=1, timeout=60)
     busy = pool.submit(b"hang")

@@ -454,7 +454,14 @@ class ParsePool:
         for w in self._workers:
             queued += list(w.tasks)[1:]  # waiting in its pipe, not started: cancelled like the queued
         for task in queued:
-            task.future.cancel()
+            # One that was at the head of a worker that died before it got it is running: it
+            # cannot be cancelled, and nobody would ever complete it.
+            if not task.future.cancel() and not task.future.done():
+                try:
+                    task.future.set_exception(TempFailError("the parser was stopped before this message was parsed",
+                                                            "the next poll parses it again"))
+                except InvalidStateError:
+                    pass
         for w in self._workers:
             if w.task is not None and not w.task.future.done() and not w.task.future.cancel():
                 # Already running: cancel() cannot stop it, and nobody would ever complete it.
