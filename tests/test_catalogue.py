@@ -519,6 +519,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     114: tests(
         "tests/test_leases.py::test_a_daemon_that_cannot_renew_stops_touching_its_accounts_before_they_may_expire",
         "tests/test_daemons_shared.py::test_a_paused_daemon_stops_touching_its_accounts_and_its_stale_work_is_refused",
+        "tests/test_leases.py::test_a_session_the_server_ends_mid_transaction_never_lets_later_statements_commit_alone",
     ),
     115: tests(
         "tests/test_leases.py::test_a_group_wide_job_runs_once_per_period_whichever_daemon_asks",

@@ -6,6 +6,7 @@ tests/test_daemons_shared.py."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -226,3 +227,22 @@ def test_status_lists_the_daemon_with_the_accounts_it_holds_and_a_clean_stop_giv
     assert report["daemons"] == []
     db = open_db(main.parent.parent / "var" / "m2t.db")
     assert [(r["account"], r["left_seconds"] < 0) for r in leases.lease_rows(db)] == [(imap_user.name, True)]
+
+
+def test_a_session_the_server_ends_mid_transaction_never_lets_later_statements_commit_alone(pg_url):
+    """Found by the paused-daemon test: the server ended a frozen daemon's session
+    (idle_in_transaction_session_timeout, SQLSTATE 25P03, not an OperationalError); the importer's
+    savepoint caught the error and went on, and its next statements ran on a new connection in
+    autocommit: a quarantine row committed alone from a batch that was refused."""
+    from mail2ticket.tickets.engine import PgTransientError
+    from tests.postgres import TEST_PASSWORD
+
+    db = open_db(pg_url, password=TEST_PASSWORD)
+    with pytest.raises(PgTransientError), transaction(db):
+        db.execute("set local idle_in_transaction_session_timeout = 200")
+        db.execute("insert into group_jobs (name, daemon_id, token, last_run_at) values ('a', 'A', 't', 0)")
+        time.sleep(0.6)  # the server ends the session
+        with contextlib.suppress(PgTransientError):
+            db.execute("insert into group_jobs (name, daemon_id, token, last_run_at) values ('b', 'A', 't', 0)")
+        db.execute("insert into group_jobs (name, daemon_id, token, last_run_at) values ('c', 'A', 't', 0)")
+    assert db.execute("select count(*) from group_jobs").fetchone()[0] == 0

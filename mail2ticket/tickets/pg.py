@@ -198,6 +198,11 @@ class PgConnection:
                     self._conn = None
             raise PgTransientError(f"database: {_one_line(exc)}") from exc
         except psycopg.Error as exc:
+            if conn.closed or conn.broken:  # the server ended the session (idle-in-transaction timeout: 25P03)
+                self._lost = was_in_transaction  # never a silent reconnect in autocommit mid-transaction
+                if not was_in_transaction:
+                    self._conn = None
+                raise PgTransientError(f"database: {_one_line(exc)}") from exc
             raise PgError(f"database: {_one_line(exc)}") from exc
 
     def execute(self, sql: str, params: Sequence[Any] | dict | None = None) -> PgCursor:
