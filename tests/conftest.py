@@ -165,6 +165,7 @@ def tcp_relay() -> Iterator[Callable[[str, int], TcpRelay]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    parallel.configure_worker(config)
     config.addinivalue_line(
         "markers", "sqlite_only(reason): the test is about SQLite itself (its file, WAL, a full disk under "
         "the .db); not run when MAIL2TICKET_TEST_ENGINE=postgresql")
@@ -264,3 +265,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Whole files to one worker each, ``xdist_group`` tests together (tests/parallel.py)."""
     return parallel.make_scheduler(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Tell each worker the ``--dist`` chosen here (tests/parallel.py configure_worker)."""
+    node.workerinput["mail2ticket_dist"] = node.config.option.dist

@@ -38,6 +38,15 @@ def configure(config: pytest.Config) -> None:
         option.dist = "loadgroup"  # not xdist's "load" (one test at a time): see SuiteScheduling
 
 
+def configure_worker(config: pytest.Config) -> None:
+    """In a worker: send the groups' tests with their group's name, as the controller expects.
+    A worker parses the original command line again (without the ``--dist`` chosen above), so
+    the controller tells it (``pytest_configure_node``)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get("mail2ticket_dist") == "loadgroup":
+        config.option.loadgroup = True
+
+
 def _whole_suite_or_directory(config: pytest.Config) -> bool:
     option = config.option
     if option.collectonly or option.usepdb or option.trace:
