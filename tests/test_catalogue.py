@@ -552,6 +552,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_parse_pathological.py::test_a_large_attachment_within_the_limits_is_kept_with_bounded_memory",
         "tests/test_network_faults.py::test_a_stalled_server_times_out_quickly_with_a_clear_error",
         "tests/test_secrets.py::test_without_any_keyring_backend_the_daemon_exits_at_once_with_one_actionable_line",
+        "tests/test_push_scale.py::test_a_sighup_that_changes_one_account_touches_only_its_connection_and_says_what_changed",
     ),
     108: tests(
         "tests/test_db_copy.py::test_a_polled_database_is_copied_to_postgresql_through_a_kill_and_reads_the_same_there",

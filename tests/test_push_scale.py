@@ -122,7 +122,9 @@ def test_a_sighup_that_changes_one_account_touches_only_its_connection_and_says_
     main.write_text(main.read_text().replace('poll = "1h"', 'poll = "2h"'))
     daemon.send(signal.SIGHUP)
     sessions_open(daemon, 7)  # the changed account's new session
-    log = daemon.log()
+    # The new session opens while the reload applies the config; its summary line comes after
+    # (reading the log at once lost that race under a parallel run's load).
+    log = wait_until(lambda: "config reloaded" in (text := daemon.log()) and text, 10, "the reload's summary")
     assert f"changed: account {changed.name} (batch_size), [schedule] poll '1h' -> '2h'" in log, log
     after = wait_until(lambda: (c := logins(dovecot))[changed.name] > before[changed.name] and c, 10,
                        "Dovecot to log the new login")
