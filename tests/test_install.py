@@ -33,6 +33,8 @@ case "$name" in
       [ -e "$STUB_PKGS/dovecot-imapd" ] && touch "$STUB_PKGS/dovecot-core"
     fi ;;
   tee|chmod|rm) cat >/dev/null 2>&1 || true ;;
+  # The real one refuses to run outside a maintainer script (exit 1: "was not called from dpkg").
+  deb-systemd-helper) [ -n "${DPKG_MAINTSCRIPT_PACKAGE:-}" ] || { echo "$0 was not called from dpkg. Exiting." >&2; exit 1; } ;;
   python|python3)
     if [ "${1:-}" = -m ] && [ "${2:-}" = venv ]; then
       mkdir -p "$3/bin" && cp "$0" "$3/bin/python"
