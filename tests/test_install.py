@@ -31,6 +31,7 @@ case "$name" in
     if [ "$1" = install ]; then
       for p in "$@"; do case "$p" in -*|install) ;; *) touch "$STUB_PKGS/$p" ;; esac; done
       [ -e "$STUB_PKGS/dovecot-imapd" ] && touch "$STUB_PKGS/dovecot-core"
+      [ -e "$STUB_PKGS/postgresql" ] && touch "$STUB_PKGS/postgresql-common"
     fi ;;
   tee|chmod|rm) cat >/dev/null 2>&1 || true ;;
   # The real one refuses to run outside a maintainer script (exit 1: "was not called from dpkg").
@@ -89,6 +90,9 @@ def test_install_test_deps_keeps_the_system_dovecot_disabled_and_installs_into_a
     assert len(installs) == 1 and "dovecot-imapd" in installs[0] and "openssl" in installs[0]
     after = calls[calls.index(installs[0]):]
     assert any(re.match(r"deb-systemd-helper disable dovecot.service dovecot.socket", c) for c in after)
+    # PostgreSQL too: the tests run their own cluster; the package's would start at the next boot.
+    assert "postgresql" in installs[0]
+    assert any(re.match(r"deb-systemd-helper disable postgresql.service", c) for c in after)
     assert any(c.startswith("update-rc.d dovecot disable") for c in after) or not Path("/etc/init.d").exists()
     # Nothing is ever enabled or started.
     for call in calls:
@@ -107,7 +111,7 @@ def test_a_dovecot_installed_before_is_left_as_it_was(tmp_path) -> None:
     # Every package the tests need is there (PostgreSQL too, since issue 17): apt is not touched.
     calls = run_script(
         tmp_path, ".ci/install-test-deps", "--venv", str(tmp_path / "venv"),
-        preinstalled=["python3", "dovecot-imapd", "dovecot-core", "openssl", "postgresql"],
+        preinstalled=["python3", "dovecot-imapd", "dovecot-core", "openssl", "postgresql", "postgresql-common"],
     )
     assert not any(c.startswith(("apt-get", "deb-systemd-helper", "systemctl", "update-rc.d")) for c in calls), calls
 
