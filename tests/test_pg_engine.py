@@ -45,6 +45,69 @@ def test_the_test_server_signs_in_with_a_password_over_tcp_and_gives_each_test_i
     postgres_server.drop_database(other)
 
 
+def _database_oid(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, password=TEST_PASSWORD) as conn:
+        return conn.execute("select oid from pg_database where datname = current_database()").fetchone()[0]
+
+
+def test_a_test_database_used_again_has_no_row_of_the_last_test_and_no_client_of_it(
+    postgres_server: PostgresServer,
+) -> None:
+    import psycopg
+
+    first = postgres_server.new_database(migrated=True)
+    db = open_db(first, password=TEST_PASSWORD)
+    assert pg_schema.pending(db) == []  # a copy of the migrated template
+    db.execute("insert into tickets (account, subject, created_at, updated_at) values ('a', 'old', 'x', 'x')")
+    db.execute("insert into raw_messages (sha256, size, stored_at, raw) values ('ab', 1, 'x', 'x')")
+    db.execute("insert into messages (ticket_id, direction, account, raw_sha256, received_at, subject) "
+               "values (1, 'in', 'a', 'ab', 'x', 'old')")  # the full-text trigger fills messages_fts
+    db.execute("insert into events (ticket_id, created_at, kind) values (1, 'x', 'created')")
+    db.close()
+    oid = _database_oid(first)
+    leftover = psycopg.connect(first, password=TEST_PASSWORD, autocommit=True)  # a process the test left running
+
+    postgres_server.recycle_database(first)
+    second = postgres_server.new_database(migrated=True)
+
+    assert second != first and _database_oid(second) == oid  # the same database, renamed
+    with pytest.raises(psycopg.OperationalError):
+        leftover.execute("select 1")  # disconnected
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
+        psycopg.connect(first, password=TEST_PASSWORD, connect_timeout=5)  # and cannot come back
+    db = open_db(second, password=TEST_PASSWORD)
+    tables = [r[0] for r in db.execute("select tablename from pg_tables where schemaname = 'public'")]
+    assert {"tickets", "messages", "messages_fts", "raw_messages", "events", "m2t_schema"} <= set(tables)
+    assert {t: db.execute(f"select count(*) from {t}").fetchone()[0] for t in tables if t != "m2t_schema"} == \
+        dict.fromkeys([t for t in tables if t != "m2t_schema"], 0)
+    assert pg_schema.pending(db) == []
+    db.execute("insert into tickets (account, subject, created_at, updated_at) values ('a', 'new', 'x', 'x')")
+    assert db.execute("select id from tickets").fetchall() == [(1,)]  # the identities start again
+    db.close()
+    postgres_server.recycle_database(second)
+
+
+def test_a_test_database_whose_schema_a_test_changed_is_dropped_not_used_again(
+    postgres_server: PostgresServer,
+) -> None:
+    import psycopg
+
+    first = postgres_server.new_database(migrated=True)
+    with psycopg.connect(first, password=TEST_PASSWORD) as conn:
+        conn.execute("alter table tickets add column extra text")
+    oid = _database_oid(first)
+    postgres_server.recycle_database(first)
+    second = postgres_server.new_database(migrated=True)
+    with postgres_server.admin() as conn:
+        assert conn.execute("select count(*) from pg_database where oid = %s", [oid]).fetchone() == (0,)
+    with psycopg.connect(second, password=TEST_PASSWORD) as conn:
+        assert conn.execute("select count(*) from information_schema.columns "
+                            "where table_name = 'tickets' and column_name = 'extra'").fetchone() == (0,)
+    postgres_server.recycle_database(second)
+
+
 # ------------------------------------------------------------------------ the SQL dialect
 
 

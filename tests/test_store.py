@@ -45,7 +45,7 @@ def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
 
 def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     if engine_under_test() == "postgresql":  # the password from libpq's own PGPASSWORD
-        target, env = fresh_database(), {**os.environ, "PGPASSWORD": TEST_PASSWORD}
+        target, env = fresh_database(migrated=False), {**os.environ, "PGPASSWORD": TEST_PASSWORD}
     else:
         target, env = str(tmp_path / "race.db"), None
     code = f"from mail2ticket.tickets.db import open_db; open_db({target!r}).close()"
