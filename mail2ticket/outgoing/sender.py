@@ -1,4 +1,15 @@
-"""The outbox sender: claims a queued mail, sends it over SMTP, records the answer; retries with backoff."""
+"""The outbox sender: claims a queued mail, sends it over SMTP, records the answer; retries with backoff.
+
+Who sends is a ``Claimer``: ``host:pid`` for a command (``poll``, ``outbox retry``), and for a
+daemon ``host:pid/ID`` with ID its row in the daemons table (tickets/leases.py); that name is the
+outbox row's ``claimed_by`` while it sends. A claim is taken over only from a dead claimer
+(``_claim_is_stale``): on this host its pid is gone; a daemon whose row is gone or whose heartbeat
+is older than [daemon] lease_ttl, at once, on any host; another host's command after
+CLAIM_LEASE. A daemon's claim is never taken while its heartbeat is fresh, however old the
+claim; and a daemon stops claiming and sending once its own clock says its heartbeat may be
+going stale (``Claimer.alive``). Why this sends a mail at most once more after a crash between
+the server's 250 and the update, and never twice otherwise: tickets/mailqueue.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,20 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 from mail2ticket.accounts.credentials import open_smtp
 from mail2ticket.config.conversations import conversation_settings
+from mail2ticket.config.daemon import DaemonSettings
 from mail2ticket.config.model import Config
 from mail2ticket.config.periods import parse_duration
 from mail2ticket.errors import Mail2TicketError
 from mail2ticket.outgoing.loops import iso_utc, parse_utc
 from mail2ticket.outgoing.outbox import account_for
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
+from mail2ticket.tickets.leases import heartbeat_age
 from mail2ticket.tickets.mailqueue import (
     accounts_of,
+    claim_entry,
     due_entries,
-    entry_row,
     get_entry,
     list_entries,
     mark_finished,
-    mark_sending,
 )
 from mail2ticket.transport.smtp import SendFailure, send_raw, smtp_connect
 
@@ -58,52 +71,95 @@ def _me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim_is_stale(claimed_by: str | None, claimed_at: str | None, now: datetime) -> bool:
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Claimer:
+    """Who claims outbox mail. ``name`` goes into the row's claimed_by: ``host:pid``, or for a
+    daemon ``host:pid/ID`` (``for_daemon``). ``alive``: whether this claimer may still claim and
+    send; a daemon says no once its heartbeat may be stale (or it is stopping), so no other
+    sender can have taken its claims for dead while it sends."""
+
+    name: str
+    alive: Callable[[], bool] = _always
+
+    @classmethod
+    def this_process(cls) -> Claimer:
+        return cls(_me())
+
+    @classmethod
+    def for_daemon(cls, daemon_id: str, alive: Callable[[], bool]) -> Claimer:
+        return cls(f"{_me()}/{daemon_id}", alive)
+
+
+# The entries this process is sending now (any thread): a claim of ours on one of them is never
+# "our own leftover" (only a claim left by an exception between claim and update is).
+_in_flight: set[int] = set()
+_in_flight_lock = threading.Lock()
+
+
+def parse_claimer(claimed_by: str) -> tuple[str, str, str | None]:
+    """(host, pid, daemon id or None) of a claimed_by value."""
+    who, _, daemon_id = claimed_by.partition("/")
+    host, _, pid = who.rpartition(":")
+    return host, pid, daemon_id or None
+
+
+def _claim_is_stale(db: Database, row: dict, now: datetime, ttl: float) -> bool:
+    """Whether the claim on ``row`` (status 'sending') is a dead claimer's, so it may be taken
+    over: the module docstring. ``ttl``: [daemon] lease_ttl, the age of a dead daemon's heartbeat."""
+    claimed_by = row["claimed_by"]
     if not claimed_by:
         return True
-    at = parse_utc(claimed_at)
-    if at is None or (now - at).total_seconds() > CLAIM_LEASE:
-        return True
-    host, _, pid = claimed_by.rpartition(":")
+    host, pid, daemon_id = parse_claimer(claimed_by)
     if host == socket.gethostname() and pid.isdigit():
         if int(pid) == os.getpid():
-            return True  # our own leftover (an exception between claim and update)
+            with _in_flight_lock:
+                return row["id"] not in _in_flight  # our own leftover (an exception between claim and update)
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             return True  # the sender died (after the server's 250, perhaps): send again
         except PermissionError:
-            return False
-        return False
-    return False
+            pass
+    if daemon_id is not None:
+        age = heartbeat_age(db, daemon_id)
+        return age is None or age > ttl  # a live daemon's claim is never taken, however old
+    at = parse_utc(row["claimed_at"])
+    return at is None or (now - at).total_seconds() > CLAIM_LEASE
 
 
-def _claim(db: Database, entry_id: int, now: datetime, *, force: bool) -> dict | None:
+def _claim(db: Database, entry_id: int, now: datetime, *, force: bool, claimer: Claimer, ttl: float) -> dict | None:
     """Take one mail for sending; None if it is not due, sent, or another sender has it."""
-    with transaction(db):
-        row = entry_row(db, entry_id)
-        if row is None or row["status"] == "sent":
-            return None
+
+    def may_take(row: dict) -> bool:
+        if row["status"] == "sent":
+            return False
         if row["status"] in ("failed", "held") and not force:
-            return None
-        if row["status"] == "sending" and not _claim_is_stale(row["claimed_by"], row["claimed_at"], now):
-            return None
+            return False
+        if row["status"] == "sending" and not _claim_is_stale(db, row, now, ttl):
+            return False
         due = parse_utc(row["next_attempt_at"])
-        if not force and due is not None and due > now:
-            return None
-        mark_sending(db, entry_id, _me(), iso_utc(now))
-        row["attempts"] += 1
-        return row
+        return force or due is None or due <= now
+
+    return claim_entry(db, entry_id, claimed_by=claimer.name, claimed_at=iso_utc(now), may_take=may_take)
 
 
 def _finish(db: Database, row: dict, *, status: str, error: str | None = None, reply: str | None = None,
             next_at: datetime | None = None) -> None:
     now = now_iso()
     with transaction(db):
-        mark_finished(db, row["id"], status=status, error=error, reply=reply,
-                      next_attempt_at=iso_utc(next_at) if next_at else None, now=now)
+        done = mark_finished(db, row["id"], claimed_by=row["claimed_by"], status=status, error=error, reply=reply,
+                             next_attempt_at=iso_utc(next_at) if next_at else None, now=now)
         what = f"{row['kind']} {row['message_id']} to {', '.join(json.loads(row['recipients']))}"
-        if status == "sent":
+        if not done:
+            # Another sender took our claim for a dead one's (this process was frozen or cut
+            # off from the database): it sends, or has sent, the mail itself.
+            log.warning("outbox #%s: %s, but another sender had taken the claim over meanwhile%s", row["id"],
+                        status, ": the mail may have gone out twice" if status == "sent" else "; left to it")
+        elif status == "sent":
             log_event(db, "mail-sent", f"{what}: {reply}", ticket_id=row["ticket_id"], account=row["account"])
         elif status == "failed":
             log_event(db, "mail-failed", f"{what}: {error}", ticket_id=row["ticket_id"], account=row["account"])
@@ -127,16 +183,19 @@ def _defer(cfg: Config, db: Database, row: dict, error: str, now: datetime, repo
 
 def send_pending(
     cfg: Config, db: Database, *, ids: list[int] | None = None, force: bool = False,
-    now: datetime | None = None,
+    now: datetime | None = None, claimer: Claimer | None = None,
 ) -> SendReport:
     """Send what is due (or the named entries; ``force`` ignores backoff and retries failed ones).
 
     One SMTP connection per account. Never raises for a mail that could not be sent: it stays
     queued with the error and a next attempt time (4xx, network, TLS, login), or is marked
-    failed (5xx, or older than outbox_expire).
+    failed (5xx, or older than outbox_expire). ``claimer``: who sends (a daemon gives its own;
+    default this process, ``host:pid``).
     """
 
     now = now or datetime.now(UTC)
+    claimer = claimer or Claimer.this_process()
+    ttl = (cfg.daemon or DaemonSettings()).lease_ttl  # a daemon's heartbeat older than this: it died
     if ids is None:
         candidates = due_entries(db, iso_utc(now))
     else:
@@ -149,43 +208,64 @@ def send_pending(
         conn = None
         try:
             for entry_id in entry_ids:
-                row = _claim(db, entry_id, now, force=force)
-                if row is None:
-                    continue
+                if not claimer.alive():
+                    log.warning("outbox: not sending any more in this pass (this daemon is stopping, or its "
+                                "heartbeat may be stale: the database cannot be reached)")
+                    return report
+                with _in_flight_lock:
+                    _in_flight.add(entry_id)
                 try:
-                    if conn is None:
-                        conn = _connect(cfg, account_name, smtp_connect)
-                    raw = row["raw"] or get_raw(db, row["raw_sha256"])
-                    if raw is None:
-                        raise SendFailure(f"the raw mail {row['raw_sha256']} is missing", permanent=True)
-                    reply, refused = send_raw(conn, row["mail_from"], json.loads(row["recipients"]), raw)
-                except SendFailure as exc:
-                    if exc.permanent:
-                        _finish(db, row, status="failed", error=str(exc))
-                        report.failed.append(row["id"])
-                        report.errors[row["id"]] = str(exc)
-                        log.error("outbox #%s: refused, not retried: %s", row["id"], exc)
-                    else:
-                        _defer(cfg, db, row, str(exc), now, report)
-                        _close(conn)
-                        conn = None
-                    continue
-                except Mail2TicketError as exc:  # connect, TLS, login, no password, no account
-                    _defer(cfg, db, row, exc.one_line(), now, report)
-                    _close(conn)
-                    conn = None
-                    continue
-                if after_accept is not None:
-                    after_accept(row)
-                note = None
-                if refused:
-                    note = "refused for " + "; ".join(f"{r}: {t}" for r, t in refused.items())
-                _finish(db, row, status="sent", reply=reply, error=note)
-                report.sent.append(row["id"])
-                log.info("outbox #%s: sent %s (%s)", row["id"], row["message_id"], reply)
+                    conn = _send_one(cfg, db, entry_id, account_name, conn, now, force=force, claimer=claimer,
+                                     ttl=ttl, report=report)
+                finally:
+                    with _in_flight_lock:
+                        _in_flight.discard(entry_id)
         finally:
             _close(conn)
     return report
+
+
+def _send_one(cfg: Config, db: Database, entry_id: int, account_name: str, conn: Any, now: datetime, *,
+              force: bool, claimer: Claimer, ttl: float, report: SendReport) -> Any:
+    """Claim, send and record one entry; the SMTP connection to go on with (None: closed)."""
+    row = _claim(db, entry_id, now, force=force, claimer=claimer, ttl=ttl)
+    if row is None:
+        return conn
+    try:
+        if conn is None:
+            conn = _connect(cfg, account_name, smtp_connect)
+        raw = row["raw"] or get_raw(db, row["raw_sha256"])
+        if raw is None:
+            raise SendFailure(f"the raw mail {row['raw_sha256']} is missing", permanent=True)
+        if not claimer.alive():  # our claim may be taken for dead soon: leave the mail to the others
+            _finish(db, row, status="queued", error=row["last_error"])
+            log.warning("outbox #%s: not sent by this daemon (stopping, or its heartbeat may be stale); "
+                        "left in the outbox", row["id"])
+            return conn
+        reply, refused = send_raw(conn, row["mail_from"], json.loads(row["recipients"]), raw)
+    except SendFailure as exc:
+        if exc.permanent:
+            _finish(db, row, status="failed", error=str(exc))
+            report.failed.append(row["id"])
+            report.errors[row["id"]] = str(exc)
+            log.error("outbox #%s: refused, not retried: %s", row["id"], exc)
+            return conn
+        _defer(cfg, db, row, str(exc), now, report)
+        _close(conn)
+        return None
+    except Mail2TicketError as exc:  # connect, TLS, login, no password, no account
+        _defer(cfg, db, row, exc.one_line(), now, report)
+        _close(conn)
+        return None
+    if after_accept is not None:
+        after_accept(row)
+    note = None
+    if refused:
+        note = "refused for " + "; ".join(f"{r}: {t}" for r, t in refused.items())
+    _finish(db, row, status="sent", reply=reply, error=note)
+    report.sent.append(row["id"])
+    log.info("outbox #%s: sent %s (%s)", row["id"], row["message_id"], reply)
+    return conn
 
 
 def _connect(cfg: Config, account_name: str, smtp_connect: Callable) -> Any:
@@ -220,9 +300,9 @@ def retry(cfg: Config, db: Database, ids: list[int] | None = None) -> SendReport
     return send_pending(cfg, db, ids=ids, force=True)
 
 
-def outbox_job(cfg: Config, db: Database) -> None:
-    """The scheduled job (service.AFTER_POLL_JOBS): send what is due."""
-    report = send_pending(cfg, db)
+def outbox_job(cfg: Config, db: Database, claimer: Claimer | None = None) -> None:
+    """The scheduled job (service.AFTER_POLL_JOBS): send what is due (``claimer``: the daemon)."""
+    report = send_pending(cfg, db, claimer=claimer)
     if report.sent or report.deferred or report.failed:
         log.info("outbox: %s", report.summary())
 

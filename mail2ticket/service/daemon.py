@@ -34,6 +34,7 @@ from mail2ticket.files import perms as fileperms
 from mail2ticket.intake.poller import run_poll
 from mail2ticket.intake.push import DEFAULT_LOGINS_PER_SECOND, LoginGate, PushHub, WorkerPool
 from mail2ticket.outgoing.hooks import subscribe
+from mail2ticket.outgoing.sender import Claimer
 from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
 from mail2ticket.service.metrics import write_textfile
 from mail2ticket.service.notify import Notifier
@@ -621,9 +622,17 @@ class Daemon:
             if getattr(job, "group", False) and self.share.shared and not self._claim_group_run(job, db):
                 log.debug("job %s: another daemon of the group ran it this period; skipped", job.name)
                 return
-            job(cfg, db)
+            if getattr(job, "claims", False):
+                job(cfg, db, Claimer.for_daemon(self.share.daemon_id, self._may_send))
+            else:
+                job(cfg, db)
         finally:
             db.close()
+
+    def _may_send(self) -> bool:
+        """Whether this daemon may claim and send outbox mail now: not stopping, and (several
+        daemons) its heartbeat cannot have gone stale for the others (outgoing/sender.py)."""
+        return not self.stop_event.is_set() and self.share.alive()
 
     def _claim_group_run(self, job: Job, db: Database) -> bool:
         """Whether this daemon runs the group-wide ``job`` now: once per period of its [schedule]

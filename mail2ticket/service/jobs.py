@@ -11,7 +11,7 @@ from mail2ticket.config.model import Account, Config
 from mail2ticket.intake import poller
 from mail2ticket.outgoing.hooks import hooks_job
 from mail2ticket.outgoing.notices import check_overdue
-from mail2ticket.outgoing.sender import outbox_job
+from mail2ticket.outgoing.sender import Claimer, outbox_job
 from mail2ticket.tickets.fts import ensure_triggers
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -30,9 +30,15 @@ class Job:
     # Once per period for a whole group of daemons on one database, not once per daemon
     # (docs/scaling.md): the daemon claims the run first (tickets/leases.claim_group_run).
     group: bool = False
+    # The job claims outbox mail: a daemon passes its own Claimer (outgoing/sender.py), so that
+    # the others know its claims from a dead daemon's.
+    claims: bool = False
 
-    def __call__(self, cfg: Config, db: Database) -> None:
-        self.run(cfg, db)
+    def __call__(self, cfg: Config, db: Database, claimer: Claimer | None = None) -> None:
+        if self.claims:
+            self.run(cfg, db, claimer)
+        else:
+            self.run(cfg, db)
 
 
 def overdue_check(cfg: Config, db: Database) -> None:
@@ -43,10 +49,10 @@ def overdue_check(cfg: Config, db: Database) -> None:
     check_overdue(cfg, db)
 
 
-def send_outbox(cfg: Config, db: Database) -> None:
+def send_outbox(cfg: Config, db: Database, claimer: Claimer | None = None) -> None:
     """Send the mail waiting in the outbox (acknowledgements, replies, notices) that is due."""
 
-    outbox_job(cfg, db)
+    outbox_job(cfg, db, claimer)
 
 
 def deliver_hooks(cfg: Config, db: Database) -> None:
@@ -60,7 +66,7 @@ def deliver_hooks(cfg: Config, db: Database) -> None:
 # breach notice goes out with the same pass's outbox. Add a job here and give it a [schedule] key.
 AFTER_POLL_JOBS: tuple[Job, ...] = (
     Job("overdue", "overdue", overdue_check, group=True),
-    Job("outbox", "outbox", send_outbox),
+    Job("outbox", "outbox", send_outbox, claims=True),
     Job("hooks", "hooks", deliver_hooks, pool="hooks"),
 )
 

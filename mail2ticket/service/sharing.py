@@ -105,6 +105,11 @@ class AccountShare:
             return True
         return account in self.held and self.clock() < self.safe_until
 
+    def alive(self) -> bool:
+        """Whether no other daemon can have found this one's heartbeat stale yet (renewed with the
+        leases): its outbox claims still hold. Always, when not shared (one daemon)."""
+        return not self.shared or self.clock() < self.safe_until
+
     def fence(self, account: str) -> Callable[[Database], None] | None:
         """The import's fence for ``account`` (importer.ImportContext.fence), None when not shared."""
         if not self.shared:

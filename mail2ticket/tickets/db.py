@@ -248,16 +248,18 @@ def _raise_store_error(exc: sqlite3.Error | PgError, path: Any = None) -> None:
 
 
 @contextlib.contextmanager
-def transaction(db: Database) -> Iterator[Database]:
+def transaction(db: Database, *, writers_lock: bool = True) -> Iterator[Database]:
     """BEGIN IMMEDIATE ... COMMIT: take the write lock up front (waiting up to busy_timeout).
-    On PostgreSQL: BEGIN and the one advisory write lock (tickets/pg.py, the same guarantee)."""
+    On PostgreSQL: BEGIN and the one advisory write lock (tickets/pg.py, the same guarantee);
+    ``writers_lock=False`` (PostgreSQL only, SQLite ignores it): without that lock, for a
+    transaction that takes row locks on what it changes (the outbox claim, tickets/mailqueue.py)."""
     if db.conn.in_transaction:
         with db.atomic():
             yield db
         return
     try:
         if engine_of(db) == "postgresql":
-            db.begin_write()
+            db.begin_write(writers_lock=writers_lock)
         else:
             _retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), getattr(db, "busy_timeout_ms", BUSY_TIMEOUT_MS))
     except (sqlite3.OperationalError, PgError) as exc:

@@ -195,6 +195,15 @@ def daemons(db: Database, *, stale_after: float) -> list[dict]:
     return rows
 
 
+def heartbeat_age(db: Database, daemon_id: str) -> float | None:
+    """Seconds since the daemon ``daemon_id`` last beat (the database's clock), None when it has no
+    row (stopped cleanly, pruned, or never ran here): who holds an outbox claim (outgoing/sender.py)."""
+    if not db["daemons"].exists():
+        return None
+    row = db.execute(f"select {now_sql(db)} - heartbeat_at from daemons where id = ?", [daemon_id]).fetchone()
+    return None if row is None else float(row[0])
+
+
 def live_ids(db: Database, *, stale_after: float) -> list[str]:
     """The daemons that share the accounts, by id: a heartbeat within ``stale_after`` s, not stopping."""
     now = now_sql(db)

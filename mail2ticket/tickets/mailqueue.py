@@ -1,13 +1,49 @@
 """The rows of the outbox and failing_addresses tables: queued mail, its claims and results, and
-addresses that bounced. outgoing/ decides what to queue, holds and sends; the SQL is here."""
+addresses that bounced. outgoing/ decides what to queue, holds and sends; the SQL is here.
+
+Sending at most once more after a crash, never twice otherwise (docs/scaling.md, "The outbox"):
+a mail goes to the SMTP server only after a **claim** (``claim_entry``) moved its row to
+'sending' with the claimer's name, and the claimer records the outcome (``mark_finished``) after
+the server's answer. Every writer of an outbox row, and why two never send the same mail:
+
+- **queue** (``insert_entry``): a new row, in the transaction that caused it; no one sees it
+  before the commit.
+- **claim** (``claim_entry``), the only way into 'sending': on PostgreSQL the row is read with
+  ``FOR UPDATE SKIP LOCKED`` and updated in the same transaction, so the decision (status, who
+  holds it, due) and the update are about one row version: of two claimers at once one gets the
+  row, the other skips it (it never waits), and whoever reads it after the commit finds it
+  'sending' by a live claimer. That transaction takes no writers' lock (tickets/pg.py
+  WRITE_LOCK): senders wait neither for each other nor for the importer. On SQLite the claim
+  is a BEGIN IMMEDIATE transaction, one writer at a time: the same guarantee.
+- **finish** (``mark_finished``), only by the claimer, after the send: out of 'sending' only
+  while the claim is still its own; 'sent' is recorded whoever holds it then, unless it is sent
+  already (the mail did go). It runs in a writers' transaction (it logs an event) and locks the
+  row after the writers' lock; the claim holds the row lock only for its few statements and
+  never asks for the writers' lock, so the two never wait for each other in a circle.
+- **outbox retry** (one id, or --all) claims through ``claim_entry`` too: it lifts the backoff
+  and sends failed and held mail again, never a live claim. ``outbox list`` only reads.
+- **db copy** writes a new PostgreSQL database while the daemons are stopped (its documented
+  use); a 'sending' row copied over is the claim of a stopped process, taken over as below.
+- **taking a claim over**: only a dead claimer's (outgoing/sender.py decides): a process on this
+  host whose pid is gone; a daemon whose row in ``daemons`` is gone or whose heartbeat is older
+  than ``lease_ttl``; a process that is not a daemon, on another host, after CLAIM_LEASE
+  (20 min). A daemon's own clock stops it claiming and sending before the others can find its
+  heartbeat stale (``lease_ttl - lease_renew`` after its last renew), and at a stop before its
+  row goes. So a claim is taken over only from a claimer that died, or was frozen or cut off
+  from the database, between its check and recording the answer: if that was before the
+  server's 250 the mail goes once; after it, once more - the one repeat. A live claimer's claim
+  is never taken.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mail2ticket.errors import NotFoundError
+from mail2ticket.tickets.db import transaction
+from mail2ticket.tickets.engine import engine_of
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -74,24 +110,46 @@ def entry_row(db: Database, entry_id: int) -> dict | None:
     return next(iter(db.query("select * from outbox where id = ?", [entry_id])), None)
 
 
-def mark_sending(db: Database, entry_id: int, claimed_by: str, claimed_at: str) -> None:
-    """Claim an entry for sending: one more attempt, by ``claimed_by`` since ``claimed_at``."""
-    db.execute(
-        "update outbox set status = 'sending', claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
-        "where id = ?",
-        [claimed_by, claimed_at, entry_id],
-    )
+def claim_entry(db: Database, entry_id: int, *, claimed_by: str, claimed_at: str,
+                may_take: Callable[[dict], bool]) -> dict | None:
+    """Claim entry ``entry_id`` for sending in a transaction of its own: the whole row (raw bytes,
+    attempts counted with this one) when ``may_take(row)`` agrees, else None; None too, at
+    once, when another process is claiming it on PostgreSQL (the row is locked: skipped, not
+    waited for). ``may_take`` runs inside the transaction, the row locked (it may read the
+    daemons table). The module docstring says why a mail is never claimed twice."""
+    rows_only = engine_of(db) == "postgresql"
+    with transaction(db, writers_lock=not rows_only):
+        if rows_only:
+            row = next(iter(db.query("select * from outbox where id = ? for update skip locked", [entry_id])), None)
+        else:
+            row = entry_row(db, entry_id)
+        if row is None or not may_take(row):
+            return None
+        db.execute(
+            "update outbox set status = 'sending', claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
+            "where id = ?",
+            [claimed_by, claimed_at, entry_id],
+        )
+        row.update(status="sending", claimed_by=claimed_by, claimed_at=claimed_at, attempts=row["attempts"] + 1)
+        return row
 
 
-def mark_finished(db: Database, entry_id: int, *, status: str, error: str | None, reply: str | None,
-                  next_attempt_at: str | None, now: str) -> None:
-    """Release the claim with the outcome: sent (with the server's reply), queued again, or failed."""
-    db.execute(
+def mark_finished(db: Database, entry_id: int, *, claimed_by: str, status: str, error: str | None,
+                  reply: str | None, next_attempt_at: str | None, now: str) -> bool:
+    """Release ``claimed_by``'s claim with the outcome: sent (with the server's reply), queued
+    again, or failed. False when the claim was no longer ours and nothing changed: another sender
+    took it over (we were taken for dead), or, for 'sent', the mail is recorded sent already."""
+    if status == "sent":
+        condition = "(claimed_by = ? or status != 'sent')"
+    else:
+        condition = "status = 'sending' and claimed_by = ?"
+    cursor = db.execute(
         "update outbox set status = ?, claimed_by = null, claimed_at = null, last_error = ?, "
         "smtp_reply = coalesce(?, smtp_reply), next_attempt_at = ?, "
-        "sent_at = case when ? = 'sent' then ? else sent_at end where id = ?",
-        [status, error, reply, next_attempt_at, status, now, entry_id],
+        f"sent_at = case when ? = 'sent' then ? else sent_at end where id = ? and {condition}",
+        [status, error, reply, next_attempt_at, status, now, entry_id, claimed_by],
     )
+    return cursor.rowcount == 1
 
 
 def due_entries(db: Database, now: str) -> list[int]:

@@ -310,12 +310,15 @@ class PgDatabase:
     def __getitem__(self, name: str) -> PgTable:
         return PgTable(self, name)
 
-    def begin_write(self) -> None:
-        """BEGIN, then the write lock (waiting up to the busy timeout, as SQLite's BEGIN IMMEDIATE)."""
+    def begin_write(self, *, writers_lock: bool = True) -> None:
+        """BEGIN, then the write lock (waiting up to the busy timeout, as SQLite's BEGIN IMMEDIATE).
+        ``writers_lock=False``: no writers' lock, only the busy timeout for row locks (a transaction
+        that locks the rows it changes itself: the outbox claim, tickets/mailqueue.claim_entry)."""
         self.conn.execute("BEGIN")
         try:
             self.conn.execute(f"set local lock_timeout = {int(self.busy_timeout_ms)}")
-            self.conn.execute("select pg_advisory_xact_lock(?)", [WRITE_LOCK])
+            if writers_lock:
+                self.conn.execute("select pg_advisory_xact_lock(?)", [WRITE_LOCK])
         except BaseException:
             self.conn.rollback()
             raise
