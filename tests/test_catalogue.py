@@ -567,6 +567,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_attachments_in_database.py::test_an_explicit_attachments_location_keeps_its_meaning_on_postgresql",
         "tests/test_attachments_in_database.py::test_db_copy_puts_the_default_directorys_attachments_into_the_database_checked",
     ),
+    120: tests(
+        "tests/test_outbox_shared.py::test_three_processes_send_one_outbox_at_once_each_mail_exactly_once_without_the_writers_lock",
+        "tests/test_outbox_shared.py::test_a_daemon_killed_after_the_servers_250_has_its_mail_sent_once_more_as_soon_as_its_heartbeat_expires",
+        "tests/test_outbox_shared.py::test_a_live_daemons_claim_is_never_taken_however_old",
+    ),
 }
 
 

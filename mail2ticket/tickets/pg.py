@@ -7,7 +7,8 @@ Transactions are explicit (the connection is in autocommit mode, as sqlite3 is o
 A write transaction (tickets/db.transaction) takes ``pg_advisory_xact_lock(WRITE_LOCK)`` right
 after BEGIN: writers are serialised as SQLite's BEGIN IMMEDIATE serialises them, so every
 read-then-write of the importer, the outbox and the ticket commands sees the same world it did
-on SQLite, across processes and hosts (docs/storage.md). A connection lost in the middle of a
+on SQLite, across processes and hosts (docs/storage.md). The outbox's claim alone locks its row
+instead (``begin_write(writers_lock=False)``, tickets/mailqueue.claim_entry). A connection lost in the middle of a
 transaction leaves nothing half-stored (the server rolls it back); every statement then raises
 PgTransientError until the caller's ROLLBACK, and the next statement after it connects again.
 """
