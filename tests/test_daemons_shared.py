@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def group(tmp_path, pg_url, dovecot, account_config, start_daemon, monkeypatch):
             users.append(user)
         return users
 
-    def start(name: str):
+    def config(name: str, accounts=None) -> Path:
         main = tmp_path / name / "config.toml"
         main.parent.mkdir(parents=True, exist_ok=True)
         main.write_text(tomli_w.dumps({
@@ -45,14 +46,19 @@ def group(tmp_path, pg_url, dovecot, account_config, start_daemon, monkeypatch):
             "storage": {"database": pg_url, "attachments": str(tmp_path / "att"), "instance": name},
             "schedule": {"poll": "2s", "outbox": "1h", "overdue": "1h"},
             "daemon": {"lease_renew": f"{RENEW}s", "lease_ttl": f"{TTL}s"},
-            "accounts": [account_config(u) for u in users],
+            "accounts": [account_config(u) for u in (users if accounts is None else accounts)],
         }))
+        return main
+
+    def start(name: str, accounts=None):
+        main = config(name, accounts)
         daemon = start_daemon(main, env={"PGPASSWORD": TEST_PASSWORD})
         daemon.main = main
         daemon.notify.wait_for("READY", "1", timeout=30)
         return daemon
 
     setup.start = start
+    setup.config = config
     return setup
 
 
@@ -162,3 +168,32 @@ def test_a_paused_daemon_stops_touching_its_accounts_and_its_stale_work_is_refus
         print("\npaused daemon's log:", *[line for line in log.splitlines() if " INFO " not in line or "lease" in line],
               sep="\n  ")
     assert a.stop()[0] == 0 and b.stop()[0] == 0
+
+
+def test_a_poll_from_cron_skips_the_accounts_a_live_daemon_holds_and_polls_the_others_under_a_lease(group, pg_url,
+                                                                                                    dovecot):
+    """'mail2ticket poll' (cron, another host) beside a daemon: the daemon's account is left to it
+    (and the output says so), the other is polled under a lease of the pass, given back after."""
+    from click.testing import CliRunner
+
+    held, free = group(2)
+    a = group.start("a", accounts=[held])
+    wait_until(lambda: holders(pg_url) == {held.name: a.proc.pid}, 6 * RENEW + 10, "the daemon holds its account")
+    cron = group.config("cron")  # both accounts, its own data directory: as on another host
+    dovecot.append(held, make_mail("for the daemon", message_id="<held-1@test>"))
+    dovecot.append(free, make_mail("for cron", message_id="<free-1@test>"))
+    result = CliRunner().invoke(cli, ["--config", str(cron), "poll"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    said = f"skipped: the daemon on {socket.gethostname()} (pid {a.proc.pid}) holds account {held.name} and polls it"
+    assert said in lines[held.name], result.stdout
+    assert lines[free.name].startswith("1 imported"), result.stdout
+    assert holders(pg_url) == {held.name: a.proc.pid}  # the pass gave its lease back
+    wait_until(lambda: len(stored(pg_url)) == 2, 30, "the daemon's mail, imported by the daemon")
+    assert set(stored(pg_url).values()) == {1}
+    assert a.stop()[0] == 0  # a clean stop: its lease free at once
+    dovecot.append(held, make_mail("no daemon now", message_id="<held-2@test>"))
+    result = CliRunner().invoke(cli, ["--config", str(cron), "poll"])
+    assert result.exit_code == 0 and f"{held.name}: 1 imported" in result.stdout, (result.stdout, result.stderr)
+    assert holders(pg_url) == {}
+    assert set(stored(pg_url).values()) == {1} and len(stored(pg_url)) == 3

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Account, Config
 from mail2ticket.intake import poller
+from mail2ticket.intake.results import PollResult
 from mail2ticket.outgoing.hooks import hooks_job
 from mail2ticket.outgoing.notices import check_overdue
 from mail2ticket.outgoing.sender import Claimer, outbox_job
+from mail2ticket.service.sharing import pass_leases
+from mail2ticket.tickets.engine import engine_of
 from mail2ticket.tickets.fts import ensure_triggers
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -73,9 +76,27 @@ AFTER_POLL_JOBS: tuple[Job, ...] = (
 
 def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_poll=None) -> list:
     """Poll each account in turn (one failing never stops the others), then run the other jobs.
-    ``run_poll`` polls one account (default: mail2ticket.intake.poller.run_poll)."""
+    ``run_poll`` polls one account (default: mail2ticket.intake.poller.run_poll).
+
+    On PostgreSQL, where daemons may share the database (docs/scaling.md), the pass takes each
+    account's lease for itself (service/sharing.pass_leases): an account a live daemon holds is
+    skipped (its result says by whom), the others are polled under the lease, fenced as a
+    daemon's poll, and given back at the end."""
     poll = run_poll or poller.run_poll
-    results = [poll(cfg, db, account) for account in accounts]
+    if engine_of(db) != "postgresql":
+        results = [poll(cfg, db, account) for account in accounts]
+    else:
+        with pass_leases(db, cfg.daemon, [a.name for a in accounts if a.source != "pipe"]) as plan:
+            results = []
+            for account in accounts:
+                held = plan.get(account.name)
+                if isinstance(held, str):
+                    log.info("%s", held)
+                    results.append(PollResult(account.name, skipped=held))
+                elif held is None:  # a pipe account: mail handed over, nothing polled
+                    results.append(poll(cfg, db, account))
+                else:
+                    results.append(poll(cfg, db, account, fence=held))
     for job in AFTER_POLL_JOBS:
         try:
             job(cfg, db)

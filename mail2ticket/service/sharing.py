@@ -6,12 +6,13 @@ stops touching its accounts once its own monotonic clock says a lease may have e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.daemon import DaemonSettings
 from mail2ticket.tickets import leases
@@ -136,6 +137,39 @@ class AccountShare:
         except Exception as exc:
             log.warning("could not give back the account leases: %s (they expire in %g s)", exc, self.ttl)
         self.held = {}
+
+
+@contextlib.contextmanager
+def pass_leases(db: Database, settings: DaemonSettings | None, accounts: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """One 'poll' pass (cron) on a database that daemons may share (PostgreSQL): the pass takes
+    the lease of each account that is free or expired, under an id of its own, for
+    ``lease_ttl``; {account: its import fence (renewing the lease at each batch) or, for an
+    account another daemon or pass holds, the line that says so}. Every lease it took is given
+    back at the end of the ``with`` block, so the daemons take them at their next renew."""
+    ttl = (settings or DaemonSettings()).lease_ttl
+    pass_id = "poll-" + leases.new_daemon_id()
+    plan: dict[str, Any] = {}
+    with transaction(db):
+        leases.ensure_tables(db)
+        for name in accounts:
+            epoch = leases.acquire(db, pass_id, name, ttl)
+            if epoch is not None:
+                plan[name] = partial(leases.check_fence, daemon_id=pass_id, account=name, epoch=epoch, extend=ttl)
+                continue
+            who = leases.holder(db, name) or {}
+            if who.get("host") is not None:
+                plan[name] = (f"skipped: the daemon on {who['host']} (pid {who['pid']}) holds account {name} "
+                              "and polls it")
+            else:
+                plan[name] = f"skipped: another 'poll' holds account {name}"
+    try:
+        yield plan
+    finally:
+        try:
+            with transaction(db):
+                leases.release(db, pass_id)
+        except Exception as exc:
+            log.warning("could not give back the account leases of this poll: %s (they expire in %g s)", exc, ttl)
 
 
 def fair_share(accounts: int, live: list[str], me: str) -> int:

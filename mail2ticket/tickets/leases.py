@@ -150,16 +150,28 @@ def release(db: Database, daemon_id: str, accounts: Iterable[str] | None = None)
                    [daemon_id, name])
 
 
-def check_fence(db: Database, daemon_id: str, account: str, epoch: int) -> None:
+def check_fence(db: Database, daemon_id: str, account: str, epoch: int, extend: float | None = None) -> None:
     """Inside the import's write transaction, before it commits: raise LeaseLost unless this
     daemon still holds ``account`` with ``epoch``. The UPDATE locks the lease row until the
-    commit, so a takeover either came before (and this refuses) or waits until after."""
+    commit, so a takeover either came before (and this refuses) or waits until after.
+    ``extend``: also renew the lease for that many seconds (a 'poll' pass, which has no renew
+    thread, renews at each batch)."""
+    renew = f"expires_at = {now_sql(db)} + ?" if extend is not None else "epoch = epoch"
     cursor = db.execute(
-        "update account_leases set epoch = epoch where account = ? and daemon_id = ? and epoch = ?",
-        [account, daemon_id, int(epoch)],
+        f"update account_leases set {renew} where account = ? and daemon_id = ? and epoch = ?",
+        [*([float(extend)] if extend is not None else []), account, daemon_id, int(epoch)],
     )
     if cursor.rowcount != 1:
         raise LeaseLost(account)
+
+
+def holder(db: Database, account: str) -> dict | None:
+    """Who holds the lease of ``account`` now (not expired): daemon_id, and the host and pid of
+    its daemons row (None when it has none: a 'poll' pass); None when nobody holds it."""
+    rows = list(db.query(
+        "select l.daemon_id, d.host, d.pid from account_leases l left join daemons d on d.id = l.daemon_id "
+        f"where l.account = ? and l.expires_at > {now_sql(db)}", [account]))
+    return rows[0] if rows else None
 
 
 def forget_accounts(db: Database, keep: Iterable[str]) -> None:
