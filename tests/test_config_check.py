@@ -134,3 +134,40 @@ def test_online_fails_with_the_cause_of_the_failing_step(tmp_path, dovecot, imap
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert lines[0].startswith(f"Error: account {imap_user.name}: ")
+
+
+def test_online_tries_a_postgresql_database_and_says_in_one_line_why_it_cannot_use_it(tmp_path, pg_url):
+    from mail2ticket.tickets.db import open_db
+    from tests.postgres import TEST_PASSWORD
+    from tests.servers import free_port
+
+    storage = {"database": pg_url, "attachments": str(tmp_path / "files")}
+    config = write(tmp_path, storage=storage)
+    store_password("database", TEST_PASSWORD)
+    open_db(pg_url, password=TEST_PASSWORD).close()  # the schema, as a first start makes it
+    result = check(config, "--online")
+    assert result.exit_code == 0, result.output
+    assert "; reached, schema up to date" in result.stdout
+    assert json.loads(check(config, "--online", "--json").stdout)["database_online"]["ok"] is True
+
+    store_password("database", "wrong")
+    result = check(config, "--online")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 4 and len(lines) == 1 and "cannot sign in to the PostgreSQL database" in lines[0], \
+        result.output
+    assert "wrong" not in result.output and check(config).exit_code == 0  # offline: nothing to see
+
+    store_password("database", TEST_PASSWORD)
+    nowhere = pg_url.replace(f":{pg_url.split(':')[-1].split('/')[0]}/", f":{free_port()}/")
+    config = write(tmp_path, storage={**storage, "database": nowhere})
+    result = check(config, "--online")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 6 and len(lines) == 1 and "cannot connect to the PostgreSQL database" in lines[0], \
+        result.output
+
+    with open_db(pg_url, password=TEST_PASSWORD) as db:
+        db.execute("insert into m2t_schema (name, applied_at) values ('9999 from a newer version', 'x')")
+    config = write(tmp_path, storage=storage)
+    result = check(config, "--online")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == CONFIG_ERROR and len(lines) == 1 and "newer mail2ticket" in lines[0], result.output

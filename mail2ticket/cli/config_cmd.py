@@ -34,6 +34,9 @@ def config_check(app, online, as_json):
     sign-in, 5 TLS, 6 network, 7 no password; 1 for mixed causes). With an S3
     attachment location, its credentials and boto3 are checked too, and with
     --online the bucket is reached once (a failure there is a problem: exit 3).
+    With a PostgreSQL database, --online connects to it (the password chain of
+    every command) and reads its schema version without changing anything; it
+    cannot: one line, exit 6 (unreachable) or 4 (sign-in refused, no password).
 
     \b
     Examples:
@@ -49,6 +52,9 @@ def config_check(app, online, as_json):
     bucket = cfg.object_store
     if online and bucket is not None and not found:
         found += _bucket_check(cfg)
+    database = None
+    if online and cfg.database_url is not None:
+        database = _database_check(cfg)
     if online:
         for account in cfg.accounts:
             if not account.enabled or not needs_secret(account) or account_problems(account):
@@ -94,14 +100,21 @@ def config_check(app, online, as_json):
                   for h in cfg.hooks],
         "problems": found,
         "online": checked if online else None,
+        # --online with a PostgreSQL database: reached, and its schema (or why not).
+        "database_online": database,
     }
     failed = {name: r for name, r in checked.items() if not r["ok"]}
-    code = EXIT_CONFIG if found else common_exit_code(r["exit_code"] for r in failed.values())
+    codes = [r["exit_code"] for r in failed.values()]
+    if database is not None and not database["ok"]:
+        codes.append(database["exit_code"])
+    code = EXIT_CONFIG if found else common_exit_code(codes)
     if as_json:
         print_json(data)
         raise click.exceptions.Exit(code)
     for problem in found:
         click.echo(f"Error: {problem}", err=True)
+    if database is not None and not database["ok"]:
+        click.echo(f"Error: {database['error']}", err=True)
     for name, r in failed.items():
         click.echo(f"Error: account {name}: {r['error']}", err=True)
     if code:
@@ -109,7 +122,7 @@ def config_check(app, online, as_json):
     click.echo(f"Config OK: {cfg.path}")
     for f in cfg.files[1:]:
         click.echo(f"  includes {f}")
-    click.echo(f"Database:    {cfg.database}")
+    click.echo(f"Database:    {cfg.database}" + (f"; reached, {database['schema']}" if database else ""))
     click.echo(f"Attachments: {bucket.describe(cfg.attachments) if bucket else _in_database(cfg) or cfg.attachments}"
                + ("; reached" if online and bucket else ""))
     click.echo(f"Schedule:    poll {cfg.schedule['poll']}, overdue {cfg.schedule['overdue']}")
@@ -137,6 +150,43 @@ def _in_database(cfg) -> str | None:
     from mail2ticket.tickets.pg import redact
 
     return f"{redact(cfg.database_url)} table attachment_blobs (staging {cfg.attachments})"
+
+
+def _database_check(cfg) -> dict:
+    """--online with a PostgreSQL database: connect as every command does (the password chain)
+    and read the schema's version, changing nothing. ok, schema (in words), error (one line),
+    exit_code (6 unreachable, 4 sign-in refused or no password, 3 otherwise)."""
+    from mail2ticket.accounts.storage import database_password
+    from mail2ticket.errors import (
+        EXIT_AUTH,
+        EXIT_CONFIG,
+        EXIT_NETWORK,
+        ConfigError,
+        Mail2TicketError,
+        TempFailError,
+    )
+    from mail2ticket.tickets import pg_schema
+    from mail2ticket.tickets.pg import open_pg, redact
+
+    try:
+        db = open_pg(cfg.database_url, busy_timeout_ms=5000, password=lambda: database_password(cfg),
+                     ensure_schema=False)
+    except Mail2TicketError as exc:
+        code = EXIT_NETWORK if isinstance(exc, TempFailError) else EXIT_AUTH if isinstance(exc, ConfigError) \
+            else exc.exit_code
+        return {"ok": False, "schema": None, "error": exc.one_line(), "exit_code": code}
+    try:
+        schema, usable = pg_schema.describe(db)
+    except Exception as exc:
+        text = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        return {"ok": False, "schema": None, "error": f"database {redact(cfg.database_url)}: {text}",
+                "exit_code": EXIT_CONFIG}
+    finally:
+        db.close()
+    if not usable:
+        return {"ok": False, "schema": schema, "error": f"database {redact(cfg.database_url)}: {schema}",
+                "exit_code": EXIT_CONFIG}
+    return {"ok": True, "schema": schema, "error": None, "exit_code": 0}
 
 
 def _bucket_check(cfg) -> list[str]:

@@ -350,10 +350,12 @@ class PgDatabase:
         self.close()
 
 
-def open_pg(url: str, *, busy_timeout_ms: int, password: str | Callable[[], str | None] | None = None) -> PgDatabase:
+def open_pg(url: str, *, busy_timeout_ms: int, password: str | Callable[[], str | None] | None = None,
+            ensure_schema: bool = True) -> PgDatabase:
     """Connect to the PostgreSQL database of ``url`` (libpq syntax) and create or upgrade its
-    schema. ``password``: the password, or a function that gives it (asked at each connection),
-    or None: libpq finds it itself (PGPASSWORD, PGPASSFILE, PGSERVICE) or needs none."""
+    schema (not with ``ensure_schema=False``: 'config check --online' only looks). ``password``:
+    the password, or a function that gives it (asked at each connection), or None: libpq finds
+    it itself (PGPASSWORD, PGPASSFILE, PGSERVICE) or needs none."""
     from mail2ticket.errors import ConfigError, StoreError, TempFailError
     from mail2ticket.tickets import pg_schema
 
@@ -397,7 +399,8 @@ def open_pg(url: str, *, busy_timeout_ms: int, password: str | Callable[[], str 
     except psycopg.Error as exc:
         raise StoreError(f"cannot open the PostgreSQL database {where}: {_one_line(exc)}") from None
     try:
-        pg_schema.ensure(db)
+        if ensure_schema:
+            pg_schema.ensure(db)
     except (psycopg.Error, PgError) as exc:
         db.close()
         raise StoreError(f"cannot create the schema in the PostgreSQL database {where}: {_one_line(exc)}",

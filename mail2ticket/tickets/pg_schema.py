@@ -363,6 +363,24 @@ def pending(db: PgDatabase) -> list[str]:
     return [name for name, _ in PG_MIGRATIONS if name not in done]
 
 
+def describe(db: PgDatabase) -> tuple[str, bool]:
+    """What the schema of ``db`` is, in words, and whether this version of mail2ticket can use it
+    ('config check --online'): up to date, steps its next start applies, or steps of a newer
+    mail2ticket (then False)."""
+    done = applied(db)
+    known = [name for name, _ in PG_MIGRATIONS]
+    unknown = sorted(done - set(known))
+    if unknown:
+        return (f"schema has {len(unknown)} step(s) of a newer mail2ticket ({unknown[-1]}): "
+                "upgrade mail2ticket on this host"), False
+    if not done:
+        return "empty: the schema is created at the first start", True
+    left = pending(db)
+    if left:
+        return f"schema {len(done)} of {len(known)} steps: the first start applies the other {len(left)}", True
+    return f"schema up to date ({len(known)} steps)", True
+
+
 def ensure(db: PgDatabase) -> list[str]:
     """Create or upgrade the schema; the names of the steps this call applied. Under the session
     advisory lock SCHEMA_LOCK: a second process (on any host) waits, then finds nothing to do."""
