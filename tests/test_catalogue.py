@@ -571,6 +571,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_outbox_shared.py::test_three_processes_send_one_outbox_at_once_each_mail_exactly_once_without_the_writers_lock",
         "tests/test_outbox_shared.py::test_a_daemon_killed_after_the_servers_250_has_its_mail_sent_once_more_as_soon_as_its_heartbeat_expires",
         "tests/test_outbox_shared.py::test_a_live_daemons_claim_is_never_taken_however_old",
+        "tests/test_outbox_shared.py::test_a_sender_taken_for_dead_never_overwrites_the_new_claim_but_a_send_it_made_is_recorded",
     ),
 }
 

@@ -217,3 +217,42 @@ def test_a_live_daemons_claim_is_never_taken_however_old(shared, start_daemon):
         if hung.poll() is None:
             hung.kill()
             hung.wait()
+
+
+def test_a_sender_taken_for_dead_never_overwrites_the_new_claim_but_a_send_it_made_is_recorded(shared):
+    """Two claimers in one process, as two hosts would be: a daemon whose row is gone is dead;
+    what it records afterwards touches the row only when it is the truth (sent)."""
+    from datetime import UTC, datetime
+
+    from mail2ticket.config.load import load_config
+    from mail2ticket.outgoing import sender
+    from mail2ticket.tickets.leases import ensure_tables, register_daemon
+
+    shared.queue(2)
+    cfg = load_config(shared.config("unit"))
+    db = open_db(shared.url, password=TEST_PASSWORD)
+    try:
+        with transaction(db):
+            ensure_tables(db)
+            register_daemon(db, "alive0000000000", host=OTHER_HOST, pid=1)
+        now = datetime.now(UTC)
+        ttl = cfg.daemon.lease_ttl
+        gone = sender.Claimer(f"{OTHER_HOST}:1/gone00000000000")  # no daemons row: dead at once
+        live = sender.Claimer(f"{OTHER_HOST}:1/alive0000000000")
+        me = sender.Claimer.this_process()
+        rows = [sender._claim(db, i, now, force=False, claimer=gone, ttl=ttl) for i in (1, 2)]
+        assert [r["claimed_by"] for r in rows] == [gone.name, gone.name]
+        taken = [sender._claim(db, i, now, force=False, claimer=me, ttl=ttl) for i in (1, 2)]
+        assert [t["attempts"] for t in taken] == [2, 2]  # taken over at once: its daemon is gone
+        sender._finish(db, rows[0], status="queued", error="4xx")  # the old claimer: not its claim any more
+        assert shared.outbox()[0][1:3] == ("sending", me.name)
+        sender._finish(db, rows[1], status="sent", reply="250 ok")  # it did go: recorded whoever holds it
+        assert shared.outbox()[1][1:3] == ("sent", None)
+        sender._finish(db, taken[1], status="queued", error="4xx")  # the new claimer's failure: the mail went
+        assert shared.outbox()[1][1] == "sent"
+        # A live daemon's claim: never taken, whoever asks.
+        sender._finish(db, taken[0], status="queued", error=None)
+        assert sender._claim(db, 1, now, force=True, claimer=live, ttl=ttl)["claimed_by"] == live.name
+        assert sender._claim(db, 1, now, force=True, claimer=me, ttl=ttl) is None
+    finally:
+        db.close()

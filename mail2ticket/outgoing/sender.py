@@ -3,9 +3,9 @@
 Who sends is a ``Claimer``: ``host:pid`` for a command (``poll``, ``outbox retry``), and for a
 daemon ``host:pid/ID`` with ID its row in the daemons table (tickets/leases.py); that name is the
 outbox row's ``claimed_by`` while it sends. A claim is taken over only from a dead claimer
-(``_claim_is_stale``): on this host its pid is gone; a daemon whose row is gone or whose heartbeat
-is older than [daemon] lease_ttl, at once, on any host; another host's command after
-CLAIM_LEASE. A daemon's claim is never taken while its heartbeat is fresh, however old the
+(``_claim_is_stale``): on this host its pid is gone; on PostgreSQL a daemon whose row is gone or
+whose heartbeat is older than [daemon] lease_ttl, at once, on any host; another host's command
+after CLAIM_LEASE. A daemon's claim is never taken while its heartbeat is fresh, however old the
 claim; and a daemon stops claiming and sending once its own clock says its heartbeat may be
 going stale (``Claimer.alive``). Why this sends a mail at most once more after a crash between
 the server's 250 and the update, and never twice otherwise: tickets/mailqueue.py.
@@ -32,6 +32,7 @@ from mail2ticket.errors import Mail2TicketError
 from mail2ticket.outgoing.loops import iso_utc, parse_utc
 from mail2ticket.outgoing.outbox import account_for
 from mail2ticket.tickets.db import get_raw, log_event, now_iso, transaction
+from mail2ticket.tickets.engine import engine_of
 from mail2ticket.tickets.leases import heartbeat_age
 from mail2ticket.tickets.mailqueue import (
     accounts_of,
@@ -125,6 +126,10 @@ def _claim_is_stale(db: Database, row: dict, now: datetime, ttl: float) -> bool:
         except PermissionError:
             pass
     if daemon_id is not None:
+        if engine_of(db) != "postgresql":
+            # SQLite: one host, and its daemon does not watch its own heartbeat (Claimer.alive is
+            # always true there): its pid, alive, is the proof. Never taken, however old.
+            return False
         age = heartbeat_age(db, daemon_id)
         return age is None or age > ttl  # a live daemon's claim is never taken, however old
     at = parse_utc(row["claimed_at"])
