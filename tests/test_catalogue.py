@@ -580,11 +580,18 @@ def named_files() -> list[str]:
     return sorted({i.split("::")[0] for e in CATALOGUE.values() if isinstance(e, Tests) for i in e.ids})
 
 
+def _without_group(nodeid: str) -> str:
+    """pytest-xdist's loadgroup names a grouped test ``nodeid@group`` in the workers
+    (tests/parallel.py); a parameter may hold an @ too (``[ann@example.com]``)."""
+    base, at, group = nodeid.rpartition("@")
+    return base if at and not any(c in group for c in "]/:[") else nodeid
+
+
 @pytest.fixture(scope="module")
 def collected(request: pytest.FixtureRequest) -> set[str]:
     """Every node id pytest collects from the files the table names."""
     files = named_files()
-    ids = {item.nodeid for item in request.session.items}
+    ids = {_without_group(item.nodeid) for item in request.session.items}
     if {nodeid.split("::")[0] for nodeid in ids} >= set(files):
         return ids
     missing = [f for f in files if not (REPO / f).exists()]
