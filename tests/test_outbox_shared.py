@@ -24,7 +24,7 @@ from mail2ticket.outgoing.outbox import queue
 from mail2ticket.outgoing.sender import CLAIM_LEASE, parse_claimer
 from mail2ticket.tickets.db import open_db, transaction
 from mail2ticket.tickets.pg import WRITE_LOCK
-from tests.helpers import wait_until
+from tests.helpers import run_cli, wait_until
 from tests.postgres import TEST_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +177,8 @@ def test_a_daemon_killed_after_the_servers_250_has_its_mail_sent_once_more_as_so
     [(_, status, claimed_by, _)] = shared.outbox()
     host, pid, daemon_id = parse_claimer(claimed_by)
     assert status == "sending" and host == OTHER_HOST and pid == str(dead.pid)
+    [listed] = json.loads(run_cli(shared.config("b"), "outbox", "list", "--json").stdout)
+    assert listed["status"] == "sending" and listed["claimed_by"] == claimed_by  # who sends it, for a person
 
     survivor = start_daemon(shared.config("b"), env={"PGPASSWORD": TEST_PASSWORD})
     survivor.notify.wait_for("READY", "1", timeout=30)

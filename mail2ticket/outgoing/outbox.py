@@ -3,6 +3,7 @@
 A mail is marked sent only once the server answered 250 to DATA. A sender claims a mail before
 sending it; a crash between the server's 250 and the update leaves the claim of a dead process,
 so the mail is sent once more, byte for byte the same (same Message-ID): at most one repeat.
+Why never twice otherwise, with several daemons too: tickets/mailqueue.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ the server's answer. Every writer of an outbox row, and why two never send the s
   row after the writers' lock; the claim holds the row lock only for its few statements and
   never asks for the writers' lock, so the two never wait for each other in a circle.
 - **outbox retry** (one id, or --all) claims through ``claim_entry`` too: it lifts the backoff
-  and sends failed and held mail again, never a live claim. ``outbox list`` only reads.
+  and sends failed and held mail again, never a live claim; so do ``reply`` and ``close
+  --notify``, which send their own mail at once. ``outbox list`` only reads.
 - **db copy** writes a new PostgreSQL database while the daemons are stopped (its documented
   use); a 'sending' row copied over is the claim of a stopped process, taken over as below.
 - **taking a claim over**: only a dead claimer's (outgoing/sender.py decides): a process on this
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tick
 
 ENTRY_COLUMNS = (
     "id, ticket_id, message, account, kind, mail_from, recipients, to_address, message_id, subject, "
-    "status, attempts, created_at, next_attempt_at, sent_at, last_error, smtp_reply"
+    "status, attempts, created_at, next_attempt_at, sent_at, last_error, smtp_reply, claimed_by, claimed_at"
 )
 
 
