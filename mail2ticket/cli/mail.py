@@ -24,7 +24,9 @@ def poll(app, accounts, as_json):
     included) before it is marked on the server. Exits non-zero if any account
     failed (the others are still polled): with the cause's exit code when every
     failing account failed for the same cause (4 sign-in refused, 5 TLS, 6 server
-    unreachable, 7 no password), else 1. Each failure is printed once.
+    unreachable, 7 no password), else 1. Each failure is printed once. On a
+    PostgreSQL database shared by daemons, an account a live daemon holds is
+    skipped, and the line says so (docs/scaling.md).
 
     \b
     Examples:
