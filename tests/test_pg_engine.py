@@ -211,6 +211,41 @@ def test_processes_creating_the_schema_at_the_same_moment_all_succeed_and_it_is_
     db.close()
 
 
+def test_the_schema_check_at_every_open_is_one_round_trip(tmp_path: Path, pg_url: str) -> None:
+    """Every command opens the database and checks its schema (issue 17.7: the fixed cost of a
+    command): on a current schema that is one statement, counted in libpq's own trace of what
+    this client sends, not two (whether m2t_schema exists, then its rows). A new database still
+    gets its schema (the missing table is the answer), and inside a transaction the check asks
+    first, so the transaction goes on."""
+    import psycopg
+    from psycopg import pq
+
+    from mail2ticket.tickets.pg import PgConnection, PgDatabase
+
+    open_db(pg_url, password=TEST_PASSWORD).close()  # a new database: its schema is made
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as out:
+
+        def connect():
+            conn = psycopg.connect(pg_url, password=TEST_PASSWORD, autocommit=True)
+            conn.pgconn.trace(out.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            return conn
+
+        db = PgDatabase(PgConnection(connect), "test", 5000)
+        assert pg_schema.ensure(db) == []
+        db.conn.raw.pgconn.untrace()
+    sent = [line.split("\t") for line in trace.read_text().splitlines() if line.startswith("F")]
+    statements = [m for m in sent if m[2] in ("Query", "Sync")]  # one per round trip
+    assert len(statements) == 1, sent
+    db.execute("begin")
+    db.execute("select count(*) from tickets")
+    assert pg_schema.applied(db) == {name for name, _ in pg_schema.PG_MIGRATIONS}
+    assert db.execute("select count(*) from tickets").fetchone() == (0,)
+    db.execute("rollback")
+    db.close()
+
+
 # --------------------------------------------------------------- the password and its chain
 
 

@@ -352,10 +352,19 @@ PG_MIGRATIONS: list[tuple[str, str]] = [
 
 
 def applied(db: PgDatabase) -> set[str]:
-    """The names of the steps applied to this database (none before the first open)."""
-    if not db.execute("select to_regclass('m2t_schema') is not null").fetchone()[0]:
+    """The names of the steps applied to this database (none before the first open). One round
+    trip at every open: the names, or the error that there is no m2t_schema yet (outside a
+    transaction that error costs nothing; inside one it would end it, so there it asks first)."""
+    if db.conn.in_transaction:
+        if not db.execute("select to_regclass('m2t_schema') is not null").fetchone()[0]:
+            return set()
+        return {r[0] for r in db.execute("select name from m2t_schema")}
+    import psycopg  # loaded with the engine
+
+    try:
+        return {r[0] for r in db.conn.raw.execute("select name from m2t_schema")}
+    except psycopg.errors.UndefinedTable:
         return set()
-    return {r[0] for r in db.execute("select name from m2t_schema")}
 
 
 def pending(db: PgDatabase) -> list[str]:
