@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import engine_under_test
+from tests.postgres import TEST_PASSWORD, engine_under_test
 from tests.ptys import read_all
 from tests.triage_support import deliver, mail, run, run_json, sql, write_config
 
@@ -277,10 +277,10 @@ def test_terminal_listing_pages_and_says_how_to_see_more(cfg: Path):
 # --- start-up: a command imports only what it needs ----------------------------------------------
 
 
-def _imported(*args: str, cfg: Path) -> set[str]:
+def _imported(*args: str, cfg: Path, env: dict | None = None) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "mail2ticket", "--config", str(cfg), *args],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     )
     return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
 
@@ -298,6 +298,33 @@ def test_listing_from_a_script_does_not_import_rich_or_the_mail_libraries(desk: 
     assert not (heavy - _password_chain_modules()) & modules, heavy & modules
     help_modules = _imported("tickets", "list", "--help", cfg=desk)
     assert not ({"sqlite_utils", "sqlite3"} | heavy) & help_modules
+
+
+def test_a_triage_command_loads_neither_the_keyring_nor_the_other_engine_nor_the_hooks(desk: Path, tmp_path: Path):
+    """The fixed cost of every command (issue 17.7). With the keyring backend of a headless
+    server's unit (examples/mail2ticket.service: keyring.backends.fail.Keyring) and, on
+    PostgreSQL, the password in the systemd credential 'database', no command imports keyring
+    (that backend never holds a secret: the chain goes on to the credential without it). The
+    other engine's library is never loaded (sqlite-utils on PostgreSQL, psycopg on SQLite). A
+    command that only reads tickets does not record the [[hooks]] (outgoing/hooks), and 'tickets
+    show' loads neither the mail composer nor the parser for its failing addresses."""
+    env = dict(os.environ, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    never = {"keyring", "rich", "imapclient", "smtplib", "mail2ticket.outgoing.hooks", "mail2ticket.outgoing.compose",
+             "mail2ticket.parse.autoreply", "mail2ticket.intake.importer"}
+    if engine_under_test() == "postgresql":
+        (tmp_path / "creds").mkdir()
+        (tmp_path / "creds" / "database").write_text(TEST_PASSWORD + "\n")
+        env["CREDENTIALS_DIRECTORY"] = str(tmp_path / "creds")
+        never |= {"sqlite_utils", "sqlite_fts4"}
+    else:
+        never |= {"psycopg", "email.parser"}
+    for args in (("tickets", "list", "--status", "all"), ("tickets", "count"), ("tickets", "show", "1"),
+                 ("tickets", "search", "printer")):
+        modules = _imported(*args, cfg=desk, env=env)
+        assert not never & modules, (args, never & modules)
+    # A command that can make an event still records the hooks first, and still finds its password.
+    assert "mail2ticket.outgoing.hooks" in _imported("tickets", "tag", "1", "vip", cfg=desk, env=env)
 
 
 def test_the_overdue_check_and_status_do_not_load_numpy(desk: Path, tmp_path: Path):

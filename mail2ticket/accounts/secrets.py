@@ -6,6 +6,7 @@ import logging
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from mail2ticket.config.model import Account
@@ -62,7 +63,23 @@ def delete_password(account_name: str) -> bool:
         return False
 
 
+# The keyring backends that never hold a secret, when PYTHON_KEYRING_BACKEND names one (as a
+# headless server's unit does: examples/mail2ticket.service): what asking them would answer,
+# known without importing keyring (15-50 ms of the start-up of every command on PostgreSQL,
+# whose password is looked up first in the keyring). keyring itself takes this variable before
+# any other setting (its load_env, then keyringrc.cfg, then the detection), so the answer is
+# the same; once keyring is loaded (a backend set in code), it is asked as usual.
+NO_SECRET_BACKENDS = {
+    "keyring.backends.fail.Keyring": "keyring (no backend available)",  # NoKeyringError
+    "keyring.backends.null.Keyring": "keyring",  # None
+}
+
+
 def _from_keyring(name: str) -> tuple[str | None, str]:
+    if "keyring" not in sys.modules:
+        nothing = NO_SECRET_BACKENDS.get(os.environ.get("PYTHON_KEYRING_BACKEND", ""))
+        if nothing is not None:
+            return None, nothing
     keyring = _keyring()
     from keyring.errors import (  # keyring loads only when a secret is read or written (slow to import)
         KeyringError,
@@ -130,6 +147,22 @@ def get_named_secret(name: str, command: str | None, what: str, command_key: str
     value, tried = _first_of(((_from_keyring, name), (_from_credentials, name)))
     if value:
         return value
+    return _named_from_command(name, command, what, command_key, tried)
+
+
+def find_named_secret(name: str, command: str | None, what: str, command_key: str) -> str | None:
+    """get_named_secret, or None when none of its sources is set up (no keyring entry, no
+    credential, no command); each source asked once (the PostgreSQL password, asked at each
+    connection: libpq's own sources come after these)."""
+    value, tried = _first_of(((_from_keyring, name), (_from_credentials, name)))
+    if value:
+        return value
+    if not command:
+        return None
+    return _named_from_command(name, command, what, command_key, tried)
+
+
+def _named_from_command(name: str, command: str | None, what: str, command_key: str, tried: list[str]) -> str:
     value, where = _run_command(command, f"{command_key} of {what}")
     if value:
         return value

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 
-from mail2ticket.accounts.secrets import get_named_secret, named_secret_source
+from mail2ticket.accounts.secrets import find_named_secret, get_named_secret, named_secret_source
 from mail2ticket.config.model import Config
 from mail2ticket.config.storage import DATABASE_SECRET_NAME, SECRET_NAME, S3Location
 from mail2ticket.errors import ConfigError
@@ -80,7 +80,5 @@ def database_password(cfg: Config) -> str | None:
     """The PostgreSQL database's password: the keyring entry or systemd credential "database",
     or what ``[storage] password_command`` prints; None when none of them is set up (libpq then
     looks itself: PGPASSWORD, PGPASSFILE or ~/.pgpass, PGSERVICE). Asked at each connection."""
-    if named_secret_source(DATABASE_SECRET_NAME, cfg.database_password_command) is None:
-        return None
-    return get_named_secret(DATABASE_SECRET_NAME, cfg.database_password_command,
-                            f"the PostgreSQL database {cfg.database_url}", "storage.password_command")
+    return find_named_secret(DATABASE_SECRET_NAME, cfg.database_password_command,
+                             f"the PostgreSQL database {cfg.database_url}", "storage.password_command")

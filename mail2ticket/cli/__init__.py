@@ -11,6 +11,13 @@ import click
 from mail2ticket import __version__
 from mail2ticket.errors import EXIT_FAILURE, Mail2TicketError
 
+# The commands that only read tickets: they make no event, so they need not record the config's
+# [[hooks]] first (one statement and outgoing/hooks less at their start-up; the next command that
+# can make an event, or the daemon, records them).
+READ_ONLY_COMMANDS = frozenset({
+    "tickets list", "tickets count", "tickets show", "tickets search", "tickets attachment",
+})
+
 
 class AppContext:
     """Opens the config and the database lazily, once per command."""
@@ -20,23 +27,27 @@ class AppContext:
         self.debug = debug
         self._config = None
         self._db = None
+        self._subscribed = False
 
     def config(self, must_exist: bool = True):
         if self._config is None:
+            # sqlite-utils is imported where a SQLite database is opened (tickets/db.open_db,
+            # without numpy and pandas): not at all for a PostgreSQL one.
             from mail2ticket.config.load import load_config
-            from mail2ticket.tickets.db import import_sqlite_utils
 
-            import_sqlite_utils()  # first, so that it loads without numpy and pandas (start-up)
             self._config = load_config(self.config_path, must_exist=must_exist)
         return self._config
 
     @property
     def db(self):
         if self._db is None:
-            from mail2ticket.outgoing.hooks import subscribe
             from mail2ticket.tickets.db import open_store
 
             self._db = open_store(self.config())
+        if not self._subscribed and not _running_read_only():
+            self._subscribed = True
+            from mail2ticket.outgoing.hooks import subscribe
+
             # Every command that can make an event queues it for the hooks of this config (a
             # read when they are recorded already; a database this user cannot write is no error).
             try:
@@ -49,6 +60,19 @@ class AppContext:
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._subscribed = False
+
+
+def _running_read_only() -> bool:
+    """Whether the command running is one of READ_ONLY_COMMANDS."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    path = []
+    while ctx.parent is not None:  # the root's name is the program's: left out
+        path.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(path)) in READ_ONLY_COMMANDS
 
 
 class JournalFormatter(logging.Formatter):

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
 from mail2ticket.config.periods import parse_duration
-from mail2ticket.outgoing.compose import mailbox_domains, mailbox_key, not_a_mailbox
 from mail2ticket.tickets.mailqueue import automatic_recipients
 from mail2ticket.tickets.mailqueue import failing_address as queued_failing_address
 from mail2ticket.tickets.threading import participants
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
+
+# outgoing/compose (the email package) is imported by the functions that need it: 'tickets show'
+# imports this module for failing_participants alone.
 
 # Mail a machine decided to send: capped per ticket and per address, never sent to a failing
 # address (RELIABILITY 45, 46). A reply typed by a person is never held, only warned about.
@@ -43,6 +45,8 @@ def automatic_count(db: Database, *, since: datetime, ticket_id: int | None = No
     """Automatic mails queued (held ones not counted) since ``since``, on a ticket, from an
     account, or to the mailbox of an address (compose.mailbox_key: ``v.i.c.t.i.m+1@gmail.com``
     is ``victim@gmail.com``, item 56)."""
+    from mail2ticket.outgoing.compose import mailbox_domains, mailbox_key
+
     counted = {"since": iso_utc(since), "kinds": kinds, "ticket_id": ticket_id, "account": account}
     if address is None:
         return automatic_recipients(db, **counted)
@@ -59,6 +63,7 @@ def hold_reason(cfg: Config, db: Database, *, to_address: str, ticket_id: int | 
     ticket or to the address within [conversations] auto_mail_*_period (RELIABILITY 45): what
     stops a ping-pong with a responder that ignores Auto-Submitted.
     """
+    from mail2ticket.outgoing.compose import not_a_mailbox
 
     now = now or datetime.now(UTC)
     address = to_address.lower()

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 
 from mail2ticket.config.conversations import conversation_settings
 from mail2ticket.config.model import Config
-from mail2ticket.parse.autoreply import bounce_reason
-from mail2ticket.parse.parsed import ParsedMessage
 from mail2ticket.tickets.ids import (
     OUR_ID_IN_TEXT,
     is_our_message_id,
@@ -22,6 +20,10 @@ from mail2ticket.tickets.ids import (
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
+
+    # Only named in annotations; parse/autoreply is imported by _is_bounce: 'tickets show' needs
+    # participants() alone, without the parser's modules.
+    from mail2ticket.parse.parsed import ParsedMessage
 
 log = logging.getLogger(__name__)
 DEFAULT_TAG_FORMAT = "[#{id}]"
@@ -190,6 +192,7 @@ def _ticket_of_id(db: Database, message_id: str) -> tuple[int, str] | None:
 
 
 def _is_bounce(parsed: ParsedMessage) -> bool:
+    from mail2ticket.parse.autoreply import bounce_reason
 
     return bounce_reason(parsed) is not None
 
