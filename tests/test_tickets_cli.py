@@ -287,8 +287,10 @@ def _imported(*args: str, cfg: Path, env: dict | None = None) -> set[str]:
 
 def _password_chain_modules() -> set[str]:
     """On PostgreSQL every command asks the keyring for the database's password first
-    (docs/storage.md), and keyring loads importlib.metadata, which loads email.parser: those two
-    are the price of the password chain there, not a mail library loaded by mistake."""
+    (docs/storage.md; the tests keep it in a file keyring), and importlib.metadata, which keyring
+    and psycopg-binary (its version) load, loads email.parser: the price of the password chain and
+    of the driver there, not a mail library loaded by mistake. Without a keyring (the headless
+    unit's backend) keyring is not loaded: test_a_triage_command_loads_neither_..."""
     return {"keyring", "email.parser"} if engine_under_test() == "postgresql" else set()
 
 
