@@ -309,7 +309,8 @@ def test_a_triage_command_loads_neither_the_keyring_nor_the_other_engine_nor_the
     (that backend never holds a secret: the chain goes on to the credential without it). The
     other engine's library is never loaded (sqlite-utils on PostgreSQL, psycopg on SQLite). A
     command that only reads tickets does not record the [[hooks]] (outgoing/hooks), and 'tickets
-    show' loads neither the mail composer nor the parser for its failing addresses."""
+    show' loads neither the mail composer nor the parser for its failing addresses; the password
+    chain does not load the attachment store."""
     env = dict(os.environ, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
     env.pop("CREDENTIALS_DIRECTORY", None)
     never = {"keyring", "rich", "imapclient", "smtplib", "mail2ticket.outgoing.hooks", "mail2ticket.outgoing.compose",
@@ -325,6 +326,9 @@ def test_a_triage_command_loads_neither_the_keyring_nor_the_other_engine_nor_the
                  ("tickets", "search", "printer")):
         modules = _imported(*args, cfg=desk, env=env)
         assert not never & modules, (args, never & modules)
+        # The attachment store is loaded by the commands that show attachments only.
+        store = {"mail2ticket.files.attachments", "mail2ticket.files.objectstore"}
+        assert args[1] == "show" or not store & modules, (args, store & modules)
     # A command that can make an event still records the hooks first, and still finds its password.
     assert "mail2ticket.outgoing.hooks" in _imported("tickets", "tag", "1", "vip", cfg=desk, env=env)
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from typing import TYPE_CHECKING
 
 from mail2ticket.accounts.secrets import find_named_secret, get_named_secret, named_secret_source
 from mail2ticket.config.model import Config
 from mail2ticket.config.storage import DATABASE_SECRET_NAME, SECRET_NAME, S3Location
 from mail2ticket.errors import ConfigError
-from mail2ticket.files.attachments import AttachmentStore
-from mail2ticket.files.objectstore import ObjectStore
+
+if TYPE_CHECKING:  # imported by attachment_store: every command on PostgreSQL imports this module for its password
+    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.files.objectstore import ObjectStore
 
 _lock = threading.Lock()
 
@@ -20,6 +23,9 @@ _lock = threading.Lock()
 def attachment_store(cfg: Config) -> AttachmentStore | ObjectStore:
     """The store of ``cfg``: the local AttachmentStore, or one ObjectStore per loaded config (its
     connections are shared by the daemon's polls). ConfigError when boto3 is missing."""
+    from mail2ticket.files.attachments import AttachmentStore
+    from mail2ticket.files.objectstore import ObjectStore
+
     location: S3Location | None = cfg.object_store
     if location is None:
         return AttachmentStore(cfg.attachments)
