@@ -227,15 +227,28 @@ def _known_assignees(app) -> list[str]:
     return sorted(names)
 
 
+def _is_account(app, name: str) -> bool:
+    from mail2ticket.tickets.db import account_has_tickets
+
+    return any(a.name == name for a in app.config().accounts) or account_has_tickets(app.db, name)
+
+
+def _is_assignee(app, name: str) -> bool:
+    from mail2ticket.tickets.db import ever_assigned
+
+    return any(getattr(r, "assignee", None) == name for r in app.config().rules) or ever_assigned(app.db, name)
+
+
 def check_filters(app, filters: dict) -> None:
     """A typo is an error naming what exists, not an empty answer: unknown accounts, and assignees
-    that never existed, are usage errors (exit 2). (Statuses and priorities are click choices.)"""
-    checks = (("account", "--account", "no account", _known_accounts),
-              ("assignee", "--assignee", "nobody named", _known_assignees))
-    for key, option, what, known_values in checks:
+    that never existed, are usage errors (exit 2). (Statuses and priorities are click choices.)
+    Each name given is looked up alone (an index); the whole list only for the error."""
+    checks = (("account", "--account", "no account", _is_account, _known_accounts),
+              ("assignee", "--assignee", "nobody named", _is_assignee, _known_assignees))
+    for key, option, what, is_known, known_values in checks:
         given = filters.get(key)
         given = [given] if isinstance(given, str) else list(given or ())
-        if not given:
+        if not given or all(is_known(app, g) for g in given):
             continue
         known = known_values(app)
         unknown = [g for g in given if g not in known]

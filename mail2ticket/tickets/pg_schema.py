@@ -342,12 +342,29 @@ create table attachment_blobs (
 alter table attachment_blobs alter column data set storage external;
 """
 
+# Indexes for triage at a million tickets (issue 17 point 7, docs/scaling.md "Triage at a million
+# tickets"); PostgreSQL only: SQLite's indexes end with the rowid, and it has no expression of these.
+TRIAGE_INDEXES = """
+-- A page of 'tickets list' (--sort updated, created): its ids by an index-only scan of the sort
+-- key and the id, in the order of the listing; these replace the indexes of the sort key alone.
+create index idx_tickets_updated_id on tickets (updated_at, id);
+drop index idx_tickets_updated;
+create index idx_tickets_created_id on tickets (created_at, id);
+drop index idx_tickets_created;
+-- --requester @domain: the address reversed and in lower case, so that the domain is its prefix.
+create index idx_tickets_requester_reversed on tickets (reverse(lower(requester)));
+-- Whether someone was ever assigned a ticket (the check of --assignee): the 'assigned' events only.
+create index idx_events_assigned on events (detail) where kind = 'assigned';
+analyze tickets;
+"""
+
 # (name, SQL): applied in order, each once, in one transaction with its row in m2t_schema.
 PG_MIGRATIONS: list[tuple[str, str]] = [
     ("0001 the schema as SQLite has it after tickets/migrations.py m1803_hooks", FUNCTIONS + INITIAL),
     ("0002 leases of several daemons (m1702_leases)", ";\n".join(leases.TABLES) + ";\n"),
     ("0003 full-text search (tickets/fts_pg.py)", fts_pg.SCHEMA),
     ("0004 attachments in the database (tickets/blobs.py)", BLOBS),
+    ("0005 indexes for triage at a million tickets", TRIAGE_INDEXES),
 ]
 
 
