@@ -404,3 +404,44 @@ def test_the_benchmark_builds_a_small_database_and_times_every_command(tmp_path:
              and "s " in line]
     assert len(timed) >= 25, result.stdout
     assert "exit" not in result.stderr, result.stderr
+
+
+# --- the same order on both engines, pages included (issue 17 point 7) ---------------------------
+
+
+@pytest.mark.parametrize("sort", ["updated", "created", "id", "priority", "due", "date"])
+def test_every_page_is_its_slice_of_the_whole_listing_in_every_order(desk: Path, sort: str):
+    # A page is found by its ids first, then read (tickets/db.list_tickets): the same tickets in
+    # the same order as the whole listing, cut; ties (same time, same priority) broken by id.
+    run(desk, "tickets", "priority", "3", "urgent")
+    run(desk, "tickets", "priority", "2", "urgent")
+    sql(desk, "update tickets set updated_at = '2026-01-01T00:00:00Z' where id in (2, 3, 4)")
+    sql(desk, "update tickets set due_resolution_at = '2026-02-01T00:00:00Z' where id in (1, 4)")
+    for filters in (["--status", "all"], ["--requester", "@corp.example"]):
+        for reverse in ([], ["--reverse"]):
+            args = [*filters, "--sort", sort, *reverse]
+            whole = ids(desk, *args)
+            assert len(whole) == (5 if filters[0] == "--status" else 2)
+            pages = [ids(desk, *args, "--limit", "2", "--offset", str(n)) for n in range(0, len(whole), 2)]
+            assert [i for page in pages for i in page] == whole, (args, pages)
+            assert ids(desk, *args, "--offset", "1") == whole[1:]
+
+
+def test_a_ticket_without_mail_comes_last_by_date_and_first_reversed_on_both_engines(desk: Path):
+    # SQLite sorts NULL before every value, PostgreSQL after: the order says where it goes.
+    sql(desk, "insert into tickets (account, subject, status, priority, created_at, updated_at) values "
+              "('support', 'No mail yet', 'open', 'normal', '2026-01-30T10:00:00Z', '2026-01-30T10:00:00Z')")
+    newest_first = ids(desk, "--sort", "date")
+    assert newest_first[-1] == 6 and sorted(newest_first) == [1, 2, 3, 4, 6]
+    assert ids(desk, "--sort", "date", "--reverse") == [6, *reversed(newest_first[:-1])]
+    assert ids(desk, "--sort", "date", "--limit", "1", "--offset", "4") == [6]
+
+
+def test_count_by_lists_ties_in_the_order_of_the_value_none_first_on_both_engines(desk: Path):
+    for ticket_id, who in ((1, "bob"), (2, "carol"), (3, "alice")):
+        assert run(desk, "tickets", "assign", str(ticket_id), who).exit_code == 0
+    rows = run_json(desk, "tickets", "count", "--by", "assignee")
+    assert [(r["assignee"], r["count"]) for r in rows] == [(None, 1), ("alice", 1), ("bob", 1), ("carol", 1)]
+    run(desk, "tickets", "assign", "4", "carol")
+    rows = run_json(desk, "tickets", "count", "--by", "assignee")
+    assert [(r["assignee"], r["count"]) for r in rows] == [("carol", 2), ("alice", 1), ("bob", 1)]
