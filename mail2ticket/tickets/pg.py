@@ -378,7 +378,10 @@ def open_pg(url: str, *, busy_timeout_ms: int, password: str | Callable[[], str 
         # hold the write lock, and so every other daemon, for ever: the server ends such a session
         # after IDLE_IN_TRANSACTION_MS (its transaction rolled back, nothing of it stored).
         params["options"] = (params.get("options", "") +
-                             f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}").strip()
+                             f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+                             # No JIT: compiling a triage query took longer than running it (0.3-0.6 s
+                             # of 'tickets list' at a million tickets; docs/scaling.md).
+                             " -c jit=off").strip()
         if secret is not None:
             extra["password"] = secret
         try:
