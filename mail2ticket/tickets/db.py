@@ -442,9 +442,11 @@ def _with_tags(db: Database, tickets: list[dict]) -> list[dict]:
         t["tags"] = []
         t["monitoring"] = None
     ids = list(by_id)
-    # PostgreSQL takes the ids as one array (16,000 tickets: 2 queries, not 64); SQLite 500 at a time.
+    # PostgreSQL takes the ids as one array (16,000 tickets: 2 queries, not 64), written as text
+    # (psycopg's own adaptation of a list took 70 ms for 16,000 ids); SQLite 500 at a time.
     if engine_of(db) == "postgresql":
-        chunks = [("= any(?)", [ids])] if ids else []
+        array = "{" + ",".join(str(int(i)) for i in ids) + "}"
+        chunks = [("= any(cast(? as bigint[]))", [array])] if ids else []
     else:
         chunks = [("in ({})".format(",".join("?" * len(ids[i : i + 500]))), ids[i : i + 500])
                   for i in range(0, len(ids), 500)]
