@@ -40,8 +40,9 @@ from mail2ticket.service.metrics import write_textfile
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
 from mail2ticket.service.sharing import AccountShare
-from mail2ticket.tickets.daemon_state import (
-    latest_daemon,
+from mail2ticket.tickets.daemon_state import (  # daemon_state: here for the callers of old
+    STALE_AFTER_SECONDS,  # noqa: F401
+    daemon_state,
     publish_jobs,
     publish_push_sessions,
     record_heartbeat,
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 4  # accounts polled at the same time; each poll holds one IMAP connection
 JOB_WORKERS = 2  # outbox sender, overdue check: their own pool, so slow polls never delay them
 HEARTBEAT_SECONDS = 10  # how often the daemon row is refreshed
-STALE_AFTER_SECONDS = 60  # a heartbeat older than this means the daemon is not running
 STOP_GRACE_SECONDS = 8  # how long a stop waits for the batch being imported (exit within 10 s)
 RELOAD_POLL_SECONDS = 5  # a reload polls an account at most once in this long (a burst of SIGHUPs)
 # A poll with more to import yields its thread after this when others wait, and goes on in the
@@ -71,59 +71,6 @@ BACKLOG_PAUSE_SECONDS = 10.0  # how long a backlog waits at most for the main po
 
 class DaemonError(Mail2TicketError):
     """The daemon cannot start: another one serves the same database, or no account has a secret."""
-
-
-# --- heartbeat: whether a daemon serves this database ----------------------------------------------
-
-
-def _iso_age(value: str | None, now: datetime) -> float | None:
-    if not value:
-        return None
-    try:
-        then = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (now - then).total_seconds()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
-
-
-def daemon_state(db: Database, now: datetime | None = None) -> dict:
-    """Whether a daemon is running on this database, from its heartbeat row (for 'status')."""
-    now = now or datetime.now(UTC)
-    row = latest_daemon(db)
-    if row is None:
-        return {"running": False, "state": "never started", "pid": None, "host": None,
-                "version": None, "started_at": None, "heartbeat_at": None, "stopped_at": None,
-                "status": None}
-    age = _iso_age(row["heartbeat_at"], now)
-    fresh = age is not None and age < STALE_AFTER_SECONDS
-    alive = row["host"] != socket.gethostname() or _pid_alive(row["pid"])
-    if row["stopped_at"]:
-        state = "stopped"
-    elif fresh and alive:
-        state = "running"
-    else:
-        state = "dead"  # no clean stop and no heartbeat: killed, crashed or hung
-    return {
-        "running": state == "running",
-        "state": state,
-        "pid": row["pid"],
-        "host": row["host"],
-        "version": row["version"],
-        "started_at": row["started_at"],
-        "heartbeat_at": row["heartbeat_at"],
-        "stopped_at": row["stopped_at"],
-        "status": row["status"],
-    }
 
 
 # --- jobs registered by other modules ----------------------------------------------------------------

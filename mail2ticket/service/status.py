@@ -6,13 +6,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Config
-from mail2ticket.intake.quarantine import open_count
-from mail2ticket.service.daemon import daemon_state
 from mail2ticket.service.metrics import prometheus_text, textfile_error
-from mail2ticket.tickets.daemon_state import next_polls, push_session_rows
+from mail2ticket.tickets.daemon_state import daemon_state, next_polls, push_session_rows
 from mail2ticket.tickets.db import account_status, recent_events, ticket_counts
 from mail2ticket.tickets.hookqueue import queue_stats
 from mail2ticket.tickets.leases import daemons as daemon_rows
+from mail2ticket.tickets.ledger import open_quarantine_count
 from mail2ticket.tickets.mailqueue import waiting_count
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -102,7 +101,7 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
             "closed": counts.get("closed", 0),
             "overdue": counts["overdue"],
         },
-        "quarantine": open_count(db),
+        "quarantine": open_quarantine_count(db),
         "outbox": _outbox_alerts(db, alerts),
         "metrics": metrics,
         "hooks": _hook_alerts(db, alerts),

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
 
+
+STALE_AFTER_SECONDS = 60  # a heartbeat older than this means the daemon is not running
 
 PUSH_SESSIONS_TABLE = (
     "create table if not exists push_sessions (account text primary key, state text, since text, "
@@ -21,6 +26,57 @@ def latest_daemon(db: Database) -> dict | None:
     if not db["daemon"].exists():
         return None
     return next(iter(db.query("select * from daemon order by id desc limit 1")), None)
+
+
+def _iso_age(value: str | None, now: datetime) -> float | None:
+    if not value:
+        return None
+    try:
+        then = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (now - then).total_seconds()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def daemon_state(db: Database, now: datetime | None = None) -> dict:
+    """Whether a daemon is running on this database, from its heartbeat row (for 'status'; here, not in
+    service/daemon.py, so that 'status' does not import the whole daemon: 0.13 s of its start)."""
+    now = now or datetime.now(UTC)
+    row = latest_daemon(db)
+    if row is None:
+        return {"running": False, "state": "never started", "pid": None, "host": None,
+                "version": None, "started_at": None, "heartbeat_at": None, "stopped_at": None,
+                "status": None}
+    age = _iso_age(row["heartbeat_at"], now)
+    fresh = age is not None and age < STALE_AFTER_SECONDS
+    alive = row["host"] != socket.gethostname() or _pid_alive(row["pid"])
+    if row["stopped_at"]:
+        state = "stopped"
+    elif fresh and alive:
+        state = "running"
+    else:
+        state = "dead"  # no clean stop and no heartbeat: killed, crashed or hung
+    return {
+        "running": state == "running",
+        "state": state,
+        "pid": row["pid"],
+        "host": row["host"],
+        "version": row["version"],
+        "started_at": row["started_at"],
+        "heartbeat_at": row["heartbeat_at"],
+        "stopped_at": row["stopped_at"],
+        "status": row["status"],
+    }
 
 
 def next_polls(db: Database) -> dict[str, str]:
