@@ -573,6 +573,9 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_outbox_shared.py::test_a_live_daemons_claim_is_never_taken_however_old",
         "tests/test_outbox_shared.py::test_a_sender_taken_for_dead_never_overwrites_the_new_claim_but_a_send_it_made_is_recorded",
     ),
+    121: tests(
+        "tests/test_daemons_shared.py::test_a_poll_from_cron_runs_the_overdue_check_once_per_period_for_the_whole_group",
+    ),
     126: tests(
         "tests/test_tickets_cli.py::test_every_page_is_its_slice_of_the_whole_listing_in_every_order",
         "tests/test_tickets_cli.py::test_a_ticket_without_mail_comes_last_by_date_and_first_reversed_on_both_engines",

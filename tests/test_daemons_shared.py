@@ -197,3 +197,29 @@ def test_a_poll_from_cron_skips_the_accounts_a_live_daemon_holds_and_polls_the_o
     assert result.exit_code == 0 and f"{held.name}: 1 imported" in result.stdout, (result.stdout, result.stderr)
     assert holders(pg_url) == {}
     assert set(stored(pg_url).values()) == {1} and len(stored(pg_url)) == 3
+
+
+def test_a_poll_from_cron_runs_the_overdue_check_once_per_period_for_the_whole_group(group, pg_url):
+    """The overdue check runs once per period for all the daemons and 'poll' passes on one
+    database (issue 17.2): a pass right after another's skips it; a period later, it runs."""
+    from click.testing import CliRunner
+
+    group(1)
+
+    def overdue_run() -> list[tuple]:
+        return _sql(pg_url, "select daemon_id, token from group_jobs where name = 'overdue'")
+
+    for name in ("cron1", "cron2", "cron3"):
+        group.config(name)  # one config each: as the crontabs of three hosts
+    result = CliRunner().invoke(cli, ["--config", str(group.config("cron1")), "poll"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    first = overdue_run()
+    assert len(first) == 1 and first[0][0].startswith("poll-"), first
+    result = CliRunner().invoke(cli, ["--config", str(group.config("cron2")), "poll"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert overdue_run() == first  # [schedule] overdue = 1h: not again within the hour
+    _sql(pg_url, "update group_jobs set last_run_at = last_run_at - 3600 where name = 'overdue' returning name")
+    result = CliRunner().invoke(cli, ["--config", str(group.config("cron3")), "poll"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    again = overdue_run()
+    assert len(again) == 1 and again[0] != first[0] and again[0][0].startswith("poll-"), (first, again)

@@ -35,7 +35,7 @@ from mail2ticket.intake.poller import run_poll
 from mail2ticket.intake.push import DEFAULT_LOGINS_PER_SECOND, LoginGate, PushHub, WorkerPool
 from mail2ticket.outgoing.hooks import subscribe
 from mail2ticket.outgoing.sender import Claimer
-from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job
+from mail2ticket.service.jobs import AFTER_POLL_JOBS, Job, claim_group_job
 from mail2ticket.service.metrics import write_textfile
 from mail2ticket.service.notify import Notifier
 from mail2ticket.service.schedules import PollPlan, add_jobs, spread_offsets
@@ -50,7 +50,7 @@ from mail2ticket.tickets.daemon_state import (  # daemon_state: here for the cal
     record_stop,
 )
 from mail2ticket.tickets.db import next_attempt_at, now_iso, open_store, transaction
-from mail2ticket.tickets.leases import claim_group_run, new_daemon_id
+from mail2ticket.tickets.leases import new_daemon_id
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -584,9 +584,7 @@ class Daemon:
     def _claim_group_run(self, job: Job, db: Database) -> bool:
         """Whether this daemon runs the group-wide ``job`` now: once per period of its [schedule]
         key for all the daemons on the database (the first to ask; a little early is fine)."""
-        period = parse_schedule(self.cfg.schedule.get(job.schedule_key) or self.cfg.schedule["poll"]).period
-        with transaction(db):
-            return claim_group_run(db, job.name, self.share.daemon_id, period * 0.8)
+        return claim_group_job(self.cfg, db, job, self.share.daemon_id)
 
     # --- leases: which accounts this daemon polls (service/sharing.py, docs/scaling.md) ----------
     @property

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mail2ticket.config.model import Account, Config
+from mail2ticket.config.periods import parse_schedule
 from mail2ticket.intake import poller
 from mail2ticket.intake.results import PollResult
 from mail2ticket.outgoing.hooks import hooks_job
 from mail2ticket.outgoing.notices import check_overdue
 from mail2ticket.outgoing.sender import Claimer, outbox_job
 from mail2ticket.service.sharing import pass_leases
+from mail2ticket.tickets.db import transaction
 from mail2ticket.tickets.engine import engine_of
 from mail2ticket.tickets.fts import ensure_triggers
+from mail2ticket.tickets.leases import claim_group_run, new_daemon_id
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
     from sqlite_utils import Database
@@ -81,7 +84,8 @@ def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_pol
     On PostgreSQL, where daemons may share the database (docs/scaling.md), the pass takes each
     account's lease for itself (service/sharing.pass_leases): an account a live daemon holds is
     skipped (its result says by whom), the others are polled under the lease, fenced as a
-    daemon's poll, and given back at the end."""
+    daemon's poll, and given back at the end; and a group job (the overdue check) runs only if
+    no daemon or pass of the group ran it this period (claim_group_job)."""
     poll = run_poll or poller.run_poll
     if engine_of(db) != "postgresql":
         results = [poll(cfg, db, account) for account in accounts]
@@ -97,11 +101,24 @@ def poll_once(cfg: Config, db: Database, accounts: Sequence[Account], *, run_pol
                     results.append(poll(cfg, db, account))
                 else:
                     results.append(poll(cfg, db, account, fence=held))
+    runner = "poll-" + new_daemon_id()
     for job in AFTER_POLL_JOBS:
         try:
+            if job.group and engine_of(db) == "postgresql" and not claim_group_job(cfg, db, job, runner):
+                log.info("job %s: run by another daemon or poll of the group this period; skipped", job.name)
+                continue
             job(cfg, db)
         except Exception:
             log.exception("job %s failed", job.name)
     return results
+
+
+def claim_group_job(cfg: Config, db: Database, job: Job, runner: str) -> bool:
+    """Whether ``runner`` (a daemon's id, or a 'poll' pass's) runs the group-wide ``job`` now:
+    once per period of its [schedule] key for every daemon and pass on the database (the first
+    to ask; a little early is fine: 0.8 of the period)."""
+    period = parse_schedule(cfg.schedule.get(job.schedule_key) or cfg.schedule["poll"]).period
+    with transaction(db):
+        return claim_group_run(db, job.name, runner, period * 0.8)
 
 
