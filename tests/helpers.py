@@ -146,6 +146,12 @@ def rows(root: Path, sql: str, params=()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
+def has_database(root: Path) -> bool:
+    """Whether the database of ``root`` exists yet: root/m2t.db, or the PostgreSQL database of
+    ``root``'s config (made with its schema by write_config)."""
+    return database_url(root) is not None or (root / "m2t.db").exists()
+
+
 @contextlib.contextmanager
 def connect(root: Path) -> Iterator:
     """``with connect(root) as conn``: the database of ``root`` with ``execute(sql, params)`` in

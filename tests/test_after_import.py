@@ -8,14 +8,13 @@ messages stored and their server action pending; new mail keeps coming in; the f
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import numbered_mail, run_cli, status_json, write_config
+from tests.helpers import connect, numbered_mail, run_cli, status_json, write_config
 from tests.servers import Dovecot, account_config, find_dovecot
 
 # Cyrus lays folders out below INBOX with a '.' separator: "INBOX.Processed", not "Processed".
@@ -33,7 +32,7 @@ def _mail(n: int) -> bytes:
 
 
 def _subjects(tmp_path: Path) -> list[str]:
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         return [row[0] for row in conn.execute("select subject from tickets order by id")]
 
 
@@ -102,7 +101,7 @@ def test_a_changed_after_import_applies_to_actions_still_pending(cyrus_like, tmp
     config = write_config(tmp_path, account)
     assert run_cli(config, "poll").exit_code == 0
     assert "\\Seen" in server.flags(user)[uid]
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         assert conn.execute("select action, action_state from sources").fetchall() == [("seen", "done")]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import random
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.helpers import (
     PEAK_LIMIT_KIB,
     MiB,
     command,
+    connect,
     file_sha256,
     raw_sha,
     run_measured,
@@ -121,7 +121,7 @@ def _assert_bounded(result: subprocess.CompletedProcess, peak: int) -> None:
 
 def _check_stored(tmp_path: Path, eml: dict) -> None:
     """One message, byte-identical raw, its 50 MB attachment with the right hash on disk."""
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         assert raw_sha(conn, eml["sha"]) == eml["sha"], "the stored raw differs from the original"
         assert conn.execute("select count(*) from messages").fetchone()[0] == 1
         assert conn.execute("select count(*) from quarantine where resolved_at is null").fetchone()[0] == 0
@@ -153,7 +153,7 @@ def test_ingest_of_a_50_mb_pathological_message_stays_under_150_mb(tmp_path: Pat
 
     _assert_bounded(result, peak)
     assert "stored as new ticket #1" in result.stdout, result.stdout
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         assert raw_sha(conn, sha) == sha, "the stored raw differs from the original"
         [(subject, body)] = conn.execute("select subject, body_text from messages").fetchall()
     if build is _qp_soft_breaks:
@@ -179,7 +179,7 @@ def test_a_small_message_of_millions_of_short_lines_is_parsed_in_bounded_memory_
     result, peak = _measured(config, "ingest", "--account", "pipe", stdin=eml)
 
     _assert_bounded(result, peak)
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         assert raw_sha(conn, sha256_hex(raw)) == sha256_hex(raw)
         [(subject, body)] = conn.execute("select subject, body_text from messages").fetchall()
     assert subject == "short lines" and body.strip() == "Hello, the end."
@@ -219,7 +219,7 @@ def test_quarantine_retry_of_a_50_mb_message_is_bounded_and_byte_for_byte(
     kept, _ = _measured(small, "ingest", "--account", "pipe", stdin=attachment_eml["path"])
     assert kept.returncode == 0 and "quarantine as #1" in kept.stderr, kept.stderr
     assert "over the size limit" in kept.stderr
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         assert raw_sha(conn, attachment_eml["sha"]) == attachment_eml["sha"], "the quarantine keeps the raw"
     config = _config(tmp_path)  # the limit raised
 
@@ -240,7 +240,7 @@ def test_reparse_of_a_50_mb_message_is_bounded_and_restores_the_attachment(
     )
     assert stored.returncode == 0, stored.stderr
     # As if an older parser had missed the attachment: reparse must find it and write it again.
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         [rel] = conn.execute("select path from attachments").fetchone()
         conn.execute("delete from attachments")
     (tmp_path / "files" / rel).unlink()
@@ -298,7 +298,7 @@ def test_quarantine_retry_fetches_a_large_message_left_on_the_server_in_pieces(
 
     _assert_bounded(result, peak)
     assert "#1: imported as message 1" in result.stdout, result.stdout
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         assert raw_sha(conn, sha256_hex(raw)) == sha256_hex(raw), "the stored raw differs from the server's copy"
         [(size, sha, rel)] = conn.execute("select size, sha256, path from attachments").fetchall()
     assert (size, sha) == (len(data), sha256_hex(data)) and (tmp_path / "files" / rel).read_bytes() == data

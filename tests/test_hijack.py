@@ -11,14 +11,13 @@ carries the ticket's content or number, or an injected header.
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
 
-from tests.helpers import Desk, make_mail
+from tests.helpers import Desk, connect, make_mail
 from tests.servers import SmtpServer, account_config
 
 SECRET_SUBJECT = "payroll-K7Q"  # only Ann, Bob and the desk know these two
@@ -195,7 +194,7 @@ def attack(tmp_path_factory, dovecot, test_ca) -> Attack:
         dovecot.append_many(user, [forged_mail(n, name, victim) for n, name in enumerate(names)])
         desk.poll()
         after = desk.show(victim.ticket)
-        with sqlite3.connect(root / "desk" / "m2t.db") as conn:
+        with connect(root / "desk") as conn:
             where = {}
             for message_id, ticket_id, reason in conn.execute(
                 "select message_id, ticket_id, thread_reason from messages where message_id like '<forged-%'"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -19,7 +18,7 @@ from email.utils import make_msgid
 
 import pytest
 
-from tests.helpers import Desk
+from tests.helpers import Desk, connect
 
 
 class EchoBot:
@@ -108,7 +107,7 @@ def outbox(desk: Desk) -> list[dict]:
 
 def age_the_outbox(desk: Desk, minutes: int) -> None:
     """Move every outbox row ``minutes`` into the past: the caps' periods pass without waiting."""
-    with sqlite3.connect(desk.root / "m2t.db") as conn:
+    with connect(desk.root) as conn:
         for row_id, created in conn.execute("select id, created_at from outbox").fetchall():
             at = datetime.fromisoformat(created.replace("Z", "+00:00")) - timedelta(minutes=minutes)
             conn.execute("update outbox set created_at = ? where id = ?",
@@ -135,7 +134,7 @@ def test_an_echo_bot_gets_at_most_40_automatic_mails_a_day_however_many_rounds_i
     assert rounds >= 5  # many rounds were played: the cap, not the first round, ended it
     tickets = desk.tickets()
     assert len(tickets) == 8 + bot.answered  # every mail of the bot is still a ticket: nothing dropped
-    with sqlite3.connect(desk.root / "m2t.db") as conn:  # the ack_reason of 48 tickets, in one read
+    with connect(desk.root) as conn:  # the ack_reason of 48 tickets, in one read
         reasons = [r for (r,) in conn.execute("select ack_reason from messages order by id")]
     held = [r for r in reasons if "loop protection" in r]
     assert len(held) == len(tickets) - 40

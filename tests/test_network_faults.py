@@ -8,7 +8,6 @@ clear line, and the next poll resumes where the last commit ended and completes.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +19,15 @@ from click.testing import CliRunner
 
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
-from tests.helpers import accounts_status, hashed_lines, numbered_mail, sha256_hex, write_config
+from tests.helpers import (
+    accounts_status,
+    has_database,
+    hashed_lines,
+    numbered_mail,
+    rows,
+    sha256_hex,
+    write_config,
+)
 from tests.servers import Dovecot, User
 
 CUTS_SURVIVED: list[int] = []  # offsets of the connections cut in this module
@@ -49,32 +56,26 @@ def _poll(config: Path, *accounts: str) -> subprocess.CompletedProcess:
     )
 
 
-def _ledger(db_path: Path, account: str, uidvalidity: int) -> dict[int, str]:
-    if not db_path.exists():
+def _ledger(root: Path, account: str, uidvalidity: int) -> dict[int, str]:
+    if not has_database(root):
         return {}
-    with sqlite3.connect(db_path) as conn:
-        return dict(
-            conn.execute(
-                "select uid, raw_sha256 from sources where account = ? and uidvalidity = ?",
-                [account, uidvalidity],
-            ).fetchall()
-        )
+    return dict(rows(root, "select uid, raw_sha256 from sources where account = ? and uidvalidity = ?",
+                     [account, uidvalidity]))
 
 
-def check_consistent(dovecot: Dovecot, user: User, db_path: Path) -> dict[int, str]:
-    """Nothing partial stored, nothing flagged without a row; returns the ledger {uid: sha256}."""
+def check_consistent(dovecot: Dovecot, user: User, root: Path) -> dict[int, str]:
+    """Nothing partial stored, nothing flagged without a row; returns the ledger {uid: sha256}.
+    ``root``: the directory of the config (its database: m2t.db, or PostgreSQL's)."""
     server = {uid: sha256_hex(raw) for uid, raw in dovecot.fetch_raw(user).items()}
-    ledger = _ledger(db_path, user.name, dovecot.uidvalidity(user))
+    ledger = _ledger(root, user.name, dovecot.uidvalidity(user))
     for uid, digest in ledger.items():
         assert server[uid] == digest, f"UID {uid} stored with other bytes than the server has"
-    if db_path.exists():
-        with sqlite3.connect(db_path) as conn:
-            for digest, raw in conn.execute("select sha256, raw from raw_messages"):
-                assert sha256_hex(raw) == digest and digest in server.values(), "a partial message was stored"
-            dup = conn.execute(
-                "select count(*) from (select raw_sha256 from messages group by raw_sha256 having count(*) > 1)"
-            ).fetchone()[0]
-            assert dup == 0, "a message was imported twice"
+    if has_database(root):
+        for digest, raw in rows(root, "select sha256, raw from raw_messages"):
+            assert sha256_hex(raw) == digest and digest in server.values(), "a partial message was stored"
+        [(dup,)] = rows(root, "select count(*) from (select raw_sha256 from messages group by raw_sha256 "
+                              "having count(*) > 1) as twice")
+        assert dup == 0, "a message was imported twice"
     seen = {uid for uid, flags in dovecot.flags(user).items() if "\\Seen" in flags}
     assert seen <= set(ledger), f"flagged on the server but not stored: {sorted(seen - set(ledger))}"
     return ledger
@@ -102,14 +103,14 @@ def test_a_connection_cut_mid_fetch_stores_nothing_partial_and_the_next_poll_com
     error = [line for line in cut.stderr.splitlines() if line.startswith(f"{mailbox.name}: FAILED:")]
     assert len(error) == 1 and "Traceback" not in cut.stdout + cut.stderr, cut.stderr
     assert f"{dovecot.host}:{relay.port} was lost" in error[0], error
-    partial = check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
+    partial = check_consistent(dovecot, mailbox, tmp_path)
     assert len(partial) < 30 and len(partial) % 5 == 0, "only whole committed batches are stored"
 
     done = _poll(config)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{30 - len(partial)} imported" in done.stdout
-    ledger = check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
+    ledger = check_consistent(dovecot, mailbox, tmp_path)
     assert len(ledger) == 30
     assert all("\\Seen" in f for f in dovecot.flags(mailbox).values())
     CUTS_SURVIVED.append(offset)
@@ -124,7 +125,7 @@ def test_connections_cut_again_and_again_still_import_everything_exactly_once(
     stored = []
     for _ in range(20):
         result = _poll(config)
-        stored.append(len(check_consistent(dovecot, mailbox, tmp_path / "m2t.db")))
+        stored.append(len(check_consistent(dovecot, mailbox, tmp_path)))
         if result.returncode == 0:
             break
     assert stored[-1] == 30, f"stored after each poll: {stored}"
@@ -153,10 +154,10 @@ def test_a_stalled_server_times_out_quickly_with_a_clear_error(
     assert elapsed < 8, f"a 2 s timeout took {elapsed:.1f} s to report after the connection"
     assert finished - started < 60, "the poll stalled"
     assert "did not answer" in result.stderr and f"{relay.port}" in result.stderr, result.stderr
-    check_consistent(dovecot, mailbox, tmp_path / "m2t.db")
+    check_consistent(dovecot, mailbox, tmp_path)
     relay.resume()
     assert _poll(config).returncode == 0
-    assert len(check_consistent(dovecot, mailbox, tmp_path / "m2t.db")) == 30
+    assert len(check_consistent(dovecot, mailbox, tmp_path)) == 30
 
 
 def _in_seconds(iso: str) -> float:

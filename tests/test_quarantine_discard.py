@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
+from mail2ticket.config.load import load_config
 from tests.helpers import run_cli, write_config
 from tests.servers import Dovecot, User
 from tests.test_quarantine import _message, buggy_parser  # noqa: F401  (a fixture)
@@ -29,6 +30,12 @@ def poisoned(dovecot: Dovecot, imap_user: User, account_config, tmp_path: Path, 
     return config, entry, raw
 
 
+def discarded_dir(config: Path) -> Path:
+    """Where discard keeps the raw bytes by default: quarantine-discarded/ beside the SQLite file,
+    or on PostgreSQL in the local data directory (where the lock files are, docs/storage.md)."""
+    return load_config(config).database.parent / "quarantine-discarded"
+
+
 def waiting(config: Path) -> int:
     report = json.loads(run_cli(config, "status", "--json", "--no-daemon").stdout)
     return report["quarantine"]
@@ -39,7 +46,7 @@ def test_discard_keeps_the_raw_bytes_in_an_export_file_and_status_no_longer_coun
     assert waiting(config) == 1
     result = run_cli(config, "quarantine", "discard", str(entry["id"]), "--yes")
     assert result.exit_code == 0, result.output
-    [exported] = (tmp_path / "quarantine-discarded").iterdir()
+    [exported] = discarded_dir(config).iterdir()
     assert str(exported) in result.stdout and "kept in" in result.stdout
     assert exported.read_bytes() == raw, "the exact bytes"
     assert stat.S_IMODE(exported.stat().st_mode) == 0o600, "mail is private"
@@ -67,7 +74,7 @@ def test_discard_without_export_says_the_bytes_are_not_kept(poisoned, tmp_path):
     result = run_cli(config, "quarantine", "discard", str(entry["id"]), "--yes", "--no-export")
     assert result.exit_code == 0, result.output
     assert "not kept" in result.stdout
-    assert not (tmp_path / "quarantine-discarded").exists()
+    assert not discarded_dir(config).exists()
     assert waiting(config) == 0
 
 

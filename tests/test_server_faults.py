@@ -14,7 +14,6 @@ import contextlib
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import command, sha256_hex, write_config
+from tests.helpers import command, rows, sha256_hex, write_config
 from tests.servers import LOOPBACK, Dovecot, User
 
 TRIES = 3  # fetch failures of one UID before it is quarantined (mail2ticket.intake.poller.FETCH_TRIES)
@@ -190,8 +189,7 @@ def poll(config: Path) -> subprocess.CompletedProcess:
 
 
 def query(tmp_path: Path, sql: str, *args) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(tmp_path / "m2t.db")) as conn:
-        return conn.execute(sql, args).fetchall()
+    return rows(tmp_path, sql, args)
 
 
 def ledger(tmp_path: Path) -> dict[int, tuple]:

@@ -9,13 +9,12 @@ and show it in `status`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import numbered_mail, run_cli, sha256_hex, write_config
+from tests.helpers import connect, numbered_mail, run_cli, sha256_hex, write_config
 from tests.servers import Dovecot, User
 
 
@@ -23,17 +22,11 @@ def _message(n: int) -> bytes:
     return numbered_mail(n, b"uidvalidity test", b"<uv-%d@example.org>" % n)
 
 
-def _db(tmp_path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(tmp_path / "m2t.db")
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def check_exactly_once(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
     """Every message on the server: one ledger row under the current UIDVALIDITY, one ticket entry."""
     server = dovecot.fetch_raw(user)
     uidvalidity = dovecot.uidvalidity(user)
-    with _db(tmp_path) as conn:
+    with connect(tmp_path) as conn:
         ledger = dict(
             conn.execute(
                 "select uid, raw_sha256 from sources where account = ? and uidvalidity = ?",
@@ -72,8 +65,8 @@ def test_a_new_uidvalidity_rescans_the_folder_loses_nothing_and_duplicates_nothi
     assert f"{imap_user.name}: 15 imported" in result.stdout
     assert "40 duplicates" in result.stdout and "UIDVALIDITY changed" in result.stdout
     check_exactly_once(dovecot, imap_user, tmp_path)
-    with _db(tmp_path) as conn:
-        events = [r["detail"] for r in conn.execute("select detail from events where kind = 'uidvalidity-changed'")]
+    with connect(tmp_path) as conn:
+        events = [detail for (detail,) in conn.execute("select detail from events where kind = 'uidvalidity-changed'")]
     assert len(events) == 1 and f"from {old} to {new}" in events[0]
     status = run_cli(config, "status", "--json")
     alerts = json.loads(status.stdout)["alerts"]
@@ -100,7 +93,7 @@ def test_repeated_resets_with_mail_arriving_each_time_keep_exactly_one_entry_per
         assert result.exit_code == 0, result.output
         assert f"{imap_user.name}: 10 imported" in result.stdout
         check_exactly_once(dovecot, imap_user, tmp_path)
-    with _db(tmp_path) as conn:
+    with connect(tmp_path) as conn:
         assert conn.execute("select count(*) from events where kind = 'uidvalidity-changed'").fetchone()[0] == 4
 
 
