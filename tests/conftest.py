@@ -6,6 +6,8 @@ the section they belong to, or start a new section; keep the machinery itself in
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import parallel
+from tests import engines, parallel
 from tests.helpers import DaemonProcess, Desk
 from tests.postgres import (
     POSTGRES_MISSING,
@@ -171,6 +173,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "the .db); not run when MAIL2TICKET_TEST_ENGINE=postgresql")
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With MAIL2TICKET_TEST_ENGINE=postgresql the whole suite (or a directory) is the files of
+    tests/engines.py BOTH_ENGINES; a file named on the command line runs whatever its list."""
+    if engine_under_test() != "postgresql" or collection_path.suffix != ".py" \
+            or not collection_path.name.startswith("test_") or collection_path.name in engines.BOTH_ENGINES:
+        return None
+    named = {(config.invocation_params.dir / arg.split("::", 1)[0]).resolve() for arg in config.args}
+    return None if collection_path.resolve() in named else True
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if engine_under_test() != "postgresql":
         return
@@ -206,6 +218,25 @@ def test_engine_database(request: pytest.FixtureRequest) -> Iterator[None]:
     request.getfixturevalue("postgres_server")
     yield
     drop_created()
+    sqlite_files = _sqlite_files(request.getfixturevalue("tmp_path"))
+    if sqlite_files:
+        pytest.fail(
+            f"MAIL2TICKET_TEST_ENGINE=postgresql, but this test made the SQLite database {sqlite_files[0]}: "
+            "it ran (partly) on SQLite. Give it its database with tests/helpers write_config, Desk or "
+            "open_store (engine_storage for a config of its own), or mark it @pytest.mark.sqlite_only('why')",
+            pytrace=False)
+
+
+def _sqlite_files(root: Path) -> list[Path]:
+    """The SQLite database files under ``root`` (by their first 16 bytes, whatever their name)."""
+    found = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder, name)
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                if f.read(16) == b"SQLite format 3\x00":
+                    found.append(path)
+    return sorted(found)
 
 
 @pytest.fixture

@@ -78,24 +78,44 @@ def write_config(root: Path, *accounts: dict, storage: dict | None = None, **tab
     return config
 
 
-def engine_storage(root: Path, storage: dict) -> dict:
-    """``storage`` as the engine under test wants it: on PostgreSQL (MAIL2TICKET_TEST_ENGINE), the
-    database ``m2t.db`` becomes a fresh database of this test's own, its password in the keyring
-    entry 'database' (the password chain of a real installation)."""
-    if engine_under_test() != "postgresql" or storage.get("database") not in (None, "m2t.db", str(root / "m2t.db")):
+def engine_storage(root: Path, storage: dict, *, replaces: str | None = None) -> dict:
+    """``storage`` (of the config in ``root``) as the engine under test wants it: on PostgreSQL
+    (MAIL2TICKET_TEST_ENGINE), a database named ``m2t.db`` (in any directory; or ``replaces``)
+    becomes a fresh database of this test's own, its password in the keyring entry 'database'
+    (the password chain of a real installation). Another name stays a SQLite file."""
+    database = storage.get("database")
+    if engine_under_test() != "postgresql" or \
+            (database is not None and Path(database).name != "m2t.db" and database != replaces):
         return storage
     store_password("database", TEST_PASSWORD)
     # A config written again (a test changing its accounts) keeps its database, as m2t.db would.
     return {**storage, "database": database_url(root) or fresh_database()}
 
 
+def storage_toml(root: Path, database: str = "m2t.db", **storage: str) -> str:
+    """The ``[storage]`` table of a test's own config file in ``root`` (TOML text): ``database``
+    and ``storage``'s keys, the database on the engine under test (engine_storage)."""
+    return "[storage]\n" + tomli_w.dumps(engine_storage(root, {"database": database, **storage}, replaces=database))
+
+
 def database_url(root: Path) -> str | None:
-    """The PostgreSQL URL of the config in ``root``, or None (SQLite: root/m2t.db)."""
+    """The PostgreSQL URL of the config in ``root``, or None (SQLite: sqlite_path)."""
+    value = _configured_database(root)
+    return value if value.startswith(("postgresql://", "postgres://")) else None
+
+
+def sqlite_path(root: Path) -> Path:
+    """The SQLite file of the config in ``root`` ([storage] database, relative to ``root``), or
+    root/m2t.db (no config, or none named there)."""
+    value = _configured_database(root)
+    return root / value if value and not value.startswith(("postgresql://", "postgres://")) else root / "m2t.db"
+
+
+def _configured_database(root: Path) -> str:
     config = root / "config.toml"
     if not config.exists():
-        return None
-    value = tomllib.loads(config.read_text()).get("storage", {}).get("database", "")
-    return value if value.startswith(("postgresql://", "postgres://")) else None
+        return ""
+    return tomllib.loads(config.read_text()).get("storage", {}).get("database", "")
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -132,7 +152,7 @@ def command(config: Path, *args: str) -> list[str]:
 
 
 def rows(root: Path, sql: str, params=()) -> list[tuple]:
-    """The rows of ``sql`` in ``root/m2t.db`` (the database write_config puts there), or in the
+    """The rows of ``sql`` in root/m2t.db (the database write_config puts there; sqlite_path), or in the
     PostgreSQL database of ``root``'s config (the SQL translated as mail2ticket translates it)."""
     url = database_url(root)
     if url is not None:
@@ -142,29 +162,88 @@ def rows(root: Path, sql: str, params=()) -> list[tuple]:
                     for row in db.execute(sql, list(params)).fetchall()]
         finally:
             db.close()
-    with sqlite3.connect(root / "m2t.db") as conn:
+    with contextlib.closing(sqlite3.connect(sqlite_path(root))) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def open_store(root: Path):
+    """mail2ticket's database for a test that opens the store itself (open_db): root/m2t.db, or
+    with MAIL2TICKET_TEST_ENGINE=postgresql the database of root's config, made (write_config:
+    a config.toml with just [storage]) when root has none yet, so rows and connect find it too."""
+    if engine_under_test() == "postgresql" and database_url(root) is None:
+        root.mkdir(parents=True, exist_ok=True)
+        write_config(root)
+    return open_db(database_url(root) or sqlite_path(root), password=TEST_PASSWORD)
 
 
 def has_database(root: Path) -> bool:
     """Whether the database of ``root`` exists yet: root/m2t.db, or the PostgreSQL database of
     ``root``'s config (made with its schema by write_config)."""
-    return database_url(root) is not None or (root / "m2t.db").exists()
+    return database_url(root) is not None or sqlite_path(root).exists()
 
 
 @contextlib.contextmanager
-def connect(root: Path) -> Iterator:
+def connect(root: Path, *, by_name: bool = False) -> Iterator:
     """``with connect(root) as conn``: the database of ``root`` with ``execute(sql, params)`` in
     SQLite's dialect (sqlite3 on root/m2t.db, or mail2ticket's PostgreSQL engine), committed
-    and closed at the end of the block."""
+    and closed at the end of the block. ``by_name``: rows read by column name too (sqlite3.Row)."""
     url = database_url(root)
-    conn = open_db(url, password=TEST_PASSWORD) if url is not None else sqlite3.connect(root / "m2t.db")
+    conn = open_db(url, password=TEST_PASSWORD) if url is not None else sqlite3.connect(sqlite_path(root), timeout=30)
+    if by_name and url is None:
+        conn.row_factory = sqlite3.Row
     try:
-        yield conn
+        yield _NamedRows(conn) if by_name and url is not None else conn
         if url is None:
             conn.commit()
     finally:
         conn.close()
+
+
+class _Row(tuple):
+    """A row read by position or by column name, as sqlite3.Row (bytea as bytes)."""
+
+    names: tuple[str, ...] = ()
+
+    def __getitem__(self, key):  # type: ignore[override]
+        return super().__getitem__(self.names.index(key) if isinstance(key, str) else key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+class _NamedRows:
+    """A PostgreSQL database (tickets/pg.py) whose rows are read by column name too (connect)."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    def execute(self, sql: str, params=()):
+        cursor = self.db.execute(sql, list(params))
+        names = tuple(c.name for c in cursor.description or ())
+        result = []
+        for values in cursor.fetchall():
+            row = _Row(bytes(v) if isinstance(v, memoryview) else v for v in values)
+            row.names = names
+            result.append(row)
+        return _Result(result, cursor.rowcount)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+class _Result(list):
+    def __init__(self, rows: list, rowcount: int) -> None:
+        super().__init__(rows)
+        self.rowcount = rowcount
+
+    def fetchone(self):
+        return self[0] if self else None
+
+    def fetchall(self) -> list:
+        return list(self)
 
 
 def raw_sha(conn: sqlite3.Connection, digest: str) -> str | None:

@@ -71,7 +71,6 @@ def test_sigkill_before_a_batch_is_made_durable_leaves_no_file_at_a_content_addr
     rng = random.Random(19)
     config = _write_config(tmp_path, account_config(imap_user, batch_size=10, timeout=20))
     store_password(imap_user.name, imap_user.password)
-    db_path = tmp_path / "data" / "m2t.db"
     files = tmp_path / "data" / "files"
     mails = [_mail(rng, n) for n in range(25)]
     dovecot.append_many(imap_user, mails)
@@ -99,12 +98,12 @@ def test_sigkill_before_a_batch_is_made_durable_leaves_no_file_at_a_content_addr
         assert sha in wanted
         assert not AttachmentStore(files).path(sha).exists(), f"{sha} at its content address before it was durable"
     assert _content_files(files) == [], "a file at a content address before the batch was made durable"
-    assert check_nothing_flagged_without_a_durable_row(dovecot, imap_user, db_path) == 0
+    assert check_nothing_flagged_without_a_durable_row(dovecot, imap_user, tmp_path) == 0
 
     final = subprocess.run(command(config, "poll"),
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
-    figures = audit(dovecot, imap_user, db_path, files)  # each once, files match their hash
+    figures = audit(dovecot, imap_user, tmp_path, files)  # each once, files match their hash
     assert figures["messages"] == 25 and figures["duplicated"] == 0
     assert figures["attachments"] == 50
     for path in _content_files(files):

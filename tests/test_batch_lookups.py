@@ -5,7 +5,6 @@ one message that fails to store and goes to the quarantine instead)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.intake import importer
 from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.parse.message import parse_message
-from mail2ticket.tickets.db import open_db
+from tests.helpers import connect, open_store
 
 
 def _mail(n: int, body: str = "hello") -> bytes:
@@ -62,7 +61,7 @@ def _failing_message(db, outcome, parsed) -> None:
 
 
 def _import(tmp_path: Path) -> tuple[list[list[tuple]], dict[str, list[tuple]]]:
-    db = open_db(tmp_path / "m2t.db")
+    db = open_store(tmp_path)
     ctx = ImportContext(db=db, attachments=AttachmentStore(tmp_path / "files"), parse=_parse,
                         hooks=[_failing_message])
     outcomes = []
@@ -70,8 +69,8 @@ def _import(tmp_path: Path) -> tuple[list[list[tuple]], dict[str, list[tuple]]]:
         items = [Incoming(i.account, i.raw, i.source, action=i.action) for i in batch]
         outcomes.append([(o.status, o.ticket_id, o.message_row, o.quarantine_id, o.detail)
                          for o in import_batch(ctx, items)])
-    db.conn.close()
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
+    db.close()
+    with connect(tmp_path) as conn:
         tables = {
             "sources": conn.execute("select account, folder, uidvalidity, uid, raw_sha256, message, quarantine, "
                                     "action, action_state from sources order by id").fetchall(),

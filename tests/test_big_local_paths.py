@@ -25,6 +25,7 @@ from tests.helpers import (
     MiB,
     command,
     connect,
+    engine_storage,
     file_sha256,
     raw_sha,
     run_measured,
@@ -282,7 +283,8 @@ def test_quarantine_retry_fetches_a_large_message_left_on_the_server_in_pieces(
 
     def write(limit: str) -> None:
         config.write_text(tomli_w.dumps({
-            "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
+            "storage": engine_storage(tmp_path, {"database": str(tmp_path / "m2t.db"),
+                                                 "attachments": str(tmp_path / "files")}),
             "limits": {"max_attachment_size": "60MB"},
             "performance": {"workers": 2},
             "accounts": [account_config(imap_user, max_message_size=limit, timeout=60)],

@@ -34,6 +34,7 @@ from tests.helpers import (
     database_url,
     file_sha256,
     numbered_mail,
+    open_store,
     process_tree,
     raw_sha,
     run_measured,
@@ -374,7 +375,6 @@ def test_an_unparseable_large_message_is_quarantined_with_its_raw_bytes(
 ) -> None:
     from mail2ticket.files.spool import Spool
     from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
-    from mail2ticket.tickets.db import open_db
 
     inner = (
         b"From: x@example.org\r\nSubject: inner\r\n\r\n"
@@ -384,7 +384,7 @@ def test_an_unparseable_large_message_is_quarantined_with_its_raw_bytes(
     monkeypatch.setattr(bigmessage, "SKELETON_MAX", 1 * MiB)
     path = tmp_path / "spool.tmp"
     path.write_bytes(raw)
-    db = open_db(tmp_path / "m2t.db")
+    db = open_store(tmp_path)
     ctx = ImportContext(db=db, attachments=AttachmentStore(tmp_path / "files"))
     item = Incoming(
         "acct",

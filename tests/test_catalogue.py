@@ -581,6 +581,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_tickets_cli.py::test_a_ticket_without_mail_comes_last_by_date_and_first_reversed_on_both_engines",
         "tests/test_tickets_cli.py::test_count_by_lists_ties_in_the_order_of_the_value_none_first_on_both_engines",
     ),
+    117: tests("tests/test_daemon.py::test_a_killed_daemon_is_reported_as_not_running"),
 }
 
 

@@ -17,7 +17,6 @@ import contextlib
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from email.message import EmailMessage
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import command, sha256_hex, write_config
+from tests.helpers import command, connect, has_database, sha256_hex, write_config
 from tests.parallel import HEAVY
 from tests.servers import Dovecot, User
 
@@ -174,20 +173,14 @@ def _write_config(tmp_path: Path, account: dict) -> Path:
     return write_config(tmp_path, account, storage={"database": str(data / "m2t.db"), "attachments": str(data / "files")})
 
 
-def _db(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def check_nothing_flagged_without_a_durable_row(dovecot: Dovecot, user: User, db_path: Path) -> int:
+def check_nothing_flagged_without_a_durable_row(dovecot: Dovecot, user: User, root: Path) -> int:
     """After a kill: every \\Seen message on the server has a row in the committed ledger."""
     uidvalidity = dovecot.uidvalidity(user)
     seen = {uid for uid, flags in dovecot.flags(user).items() if "\\Seen" in flags}
-    if not db_path.exists():
+    if not has_database(root):
         assert not seen, f"{len(seen)} messages flagged \\Seen and no database at all"
         return 0
-    with _db(db_path) as conn:
+    with connect(root, by_name=True) as conn:
         stored = {
             row["uid"]
             for row in conn.execute(
@@ -202,12 +195,17 @@ def check_nothing_flagged_without_a_durable_row(dovecot: Dovecot, user: User, db
     return len(stored)
 
 
-def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dict[str, int]:
-    """Compare the server with the database: returns the figures (lost, duplicated, ...)."""
+def audit(dovecot: Dovecot, user: User, root: Path, attachments: Path) -> dict[str, int]:
+    """Compare the server with the database of ``root``'s config: returns the figures (lost,
+    duplicated, ...)."""
+    with connect(root, by_name=True) as conn:
+        return _audit(conn, dovecot, user, attachments)
+
+
+def _audit(conn, dovecot: Dovecot, user: User, attachments: Path) -> dict[str, int]:
     server = dovecot.fetch_raw(user)
     uidvalidity = dovecot.uidvalidity(user)
     flags = dovecot.flags(user)
-    conn = _db(db_path)
     sources = {}
     for row in conn.execute(
         "select * from sources where account = ? and folder = 'INBOX' and uidvalidity = ?",
@@ -258,11 +256,11 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
     # Exactly one ticket entry per distinct content, and no entry from nowhere.
     dup_messages = conn.execute(
         "select coalesce(sum(n - 1), 0) from (select count(*) as n from messages "
-        "where direction = 'in' group by raw_sha256 having n > 1)"
+        "where direction = 'in' group by raw_sha256 having count(*) > 1) as twice"
     ).fetchone()[0]
     dup_quarantine = conn.execute(
         "select coalesce(sum(n - 1), 0) from (select count(*) as n from quarantine "
-        "where raw_sha256 is not null group by raw_sha256 having n > 1)"
+        "where raw_sha256 is not null group by raw_sha256 having count(*) > 1) as twice"
     ).fetchone()[0]
     hashes = {sha256_hex(raw) for raw in server.values()}
     in_db = {r[0] for r in conn.execute("select raw_sha256 from messages where direction = 'in'")}
@@ -287,7 +285,8 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
         if sha256_hex(data) != att["sha256"] or len(data) != att["size"]:
             bad_files.append(f"attachment file {path} does not match its recorded hash")
     problems += bad_files
-    integrity = conn.execute("pragma integrity_check").fetchone()[0]
+    integrity = "ok" if getattr(conn, "engine", None) == "postgresql" else \
+        conn.execute("pragma integrity_check").fetchone()[0]
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     figures = {
@@ -298,7 +297,6 @@ def audit(dovecot: Dovecot, user: User, db_path: Path, attachments: Path) -> dic
         "quarantined": len(in_q & hashes),
         "attachments": conn.execute("select count(*) from attachments").fetchone()[0],
     }
-    conn.close()
     assert not lost, f"lost (on the server, not in the database): UIDs {lost[:20]}"
     assert not problems, "\n".join(problems[:30])
     return figures
@@ -336,7 +334,6 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
     print(f"\nseed {SEED} (MAIL2TICKET_SEED={SEED} replays this run), kills {KILLS}")
     config = _write_config(tmp_path, account_config(imap_user, batch_size=20, timeout=20))
     store_password(imap_user.name, imap_user.password)
-    db_path = tmp_path / "data" / "m2t.db"
     files = tmp_path / "data" / "files"
     env = dict(os.environ)
 
@@ -377,13 +374,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
         assert proc.returncode in (0, -signal.SIGKILL), (
             f"poll failed with {proc.returncode}; see {log}"
         )
-        stored = check_nothing_flagged_without_a_durable_row(dovecot, imap_user, db_path)
+        stored = check_nothing_flagged_without_a_durable_row(dovecot, imap_user, tmp_path)
         if proc.returncode == -signal.SIGKILL:
             total = len(dovecot.uids(imap_user))
             interrupted += stored < total
             progressed += stored > previous
             patience = patience / 2 if stored > previous else patience + 0.15
-            with _db(db_path) as conn:
+            with connect(tmp_path) as conn:
                 pending_after_kill += conn.execute(
                     "select count(*) > 0 from sources where action_state = 'pending'"
                 ).fetchone()[0]
@@ -399,7 +396,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_imports_nothing_twice(
 
     final = subprocess.run(command(config, "poll"), env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
-    figures = audit(dovecot, imap_user, db_path, files)
+    figures = audit(dovecot, imap_user, tmp_path, files)
     print(
         f"kills: {kills} (mid-import: {interrupted}, after a commit: {progressed}, leaving server actions pending: "
         f"{pending_after_kill}, leaving a temp attachment file: {temp_files_after_kill}; "

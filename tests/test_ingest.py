@@ -14,12 +14,22 @@ from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 import tomli_w
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
 from mail2ticket.errors import EXIT_TEMPFAIL
-from tests.helpers import all_tickets, request_mail
+from tests.helpers import (
+    all_tickets,
+    database_url,
+    engine_storage,
+    has_database,
+    request_mail,
+    rows,
+    sqlite_path,
+)
+from tests.postgres import TEST_PASSWORD
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +42,7 @@ def message(n: int, subject: str | None = None, **headers: str) -> bytes:
 def write_config(tmp_path: Path, *accounts: dict, **storage: str) -> Path:
     config = tmp_path / "config.toml"
     data = {
-        "storage": {"database": "data/m2t.db", "attachments": "data/files", **storage},
+        "storage": engine_storage(tmp_path, {"database": "data/m2t.db", "attachments": "data/files", **storage}),
         "accounts": list(accounts)
         or [{"name": "support", "email": "support@example.com", "source": "pipe", "acknowledge": False}],
     }
@@ -55,14 +65,33 @@ def ingest_process(config: Path, raw: bytes, *args: str, timeout: float = 120) -
     )
 
 
-def stored_copies(db_path: Path, raw: bytes) -> int:
-    """How many incoming messages hold exactly these bytes."""
+def stored_copies(root: Path, raw: bytes) -> int:
+    """How many incoming messages hold exactly these bytes (the database of root's config)."""
     digest = hashlib.sha256(raw).hexdigest()
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(
-            "select count(*) from messages m join raw_messages r on r.sha256 = m.raw_sha256 "
-            "where m.raw_sha256 = ? and m.direction = 'in' and r.raw = ?", [digest, raw]
-        ).fetchone()[0]
+    return rows(root, "select count(*) from messages m join raw_messages r on r.sha256 = m.raw_sha256 "
+                      "where m.raw_sha256 = ? and m.direction = 'in' and r.raw = ?", [digest, raw])[0][0]
+
+
+class WriteLock:
+    """Another process's write transaction, held until release(): BEGIN EXCLUSIVE on the SQLite
+    file, or on PostgreSQL the advisory lock every write transaction takes (tickets/pg.py)."""
+
+    def __init__(self, root: Path) -> None:
+        url = database_url(root)
+        if url is None:
+            self.conn = sqlite3.connect(sqlite_path(root), isolation_level=None, check_same_thread=False)
+            self.conn.execute("BEGIN EXCLUSIVE")
+        else:
+            import psycopg
+
+            from mail2ticket.tickets.pg import WRITE_LOCK
+
+            self.conn = psycopg.connect(url, password=TEST_PASSWORD)
+            self.conn.execute("select pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+
+    def release(self) -> None:
+        self.conn.rollback() if not isinstance(self.conn, sqlite3.Connection) else self.conn.execute("ROLLBACK")
+        self.conn.close()
 
 
 def test_an_mta_piping_many_messages_in_parallel_gets_one_ticket_each_and_none_for_repeated_deliveries(
@@ -86,7 +115,7 @@ def test_an_mta_piping_many_messages_in_parallel_gets_one_ticket_each_and_none_f
     assert sorted(t["subject"] for t in listed) == sorted(f"Request number {n}" for n in range(24))
     assert all(t["message_count"] == 1 and t["account"] == "support" for t in listed)
     for raw in mails:
-        assert stored_copies(tmp_path / "data" / "m2t.db", raw) == 1
+        assert stored_copies(tmp_path, raw) == 1
     said = [r.stdout.decode() for r in results]
     assert sum("stored as new ticket" in s for s in said) == 24
     assert sum("this delivery is a duplicate" in s for s in said) == 6
@@ -107,51 +136,47 @@ def test_a_reply_piped_in_joins_the_ticket_of_its_original(tmp_path: Path) -> No
 
 def test_a_locked_database_gives_exit_75_within_the_lock_timeout_and_nothing_is_lost(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    db_path = tmp_path / "data" / "m2t.db"
     assert ingest(config, message(1)).exit_code == 0  # the database exists, fully migrated
     late = message(2, "Arrives while the database is locked")
 
-    holder = sqlite3.connect(db_path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = WriteLock(tmp_path)
     try:
         started = time.monotonic()
         locked = ingest_process(config, late, "--lock-timeout", "0.5")
         elapsed = time.monotonic() - started
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
     assert locked.returncode == EXIT_TEMPFAIL == 75
-    assert b"locked" in locked.stderr
+    assert b"lock" in locked.stderr  # SQLite: "database is locked"; PostgreSQL: "lock timeout"
     assert elapsed < 15  # 0.5 s of waiting plus a Python start, not the default 30 s
-    assert stored_copies(db_path, late) == 0
+    assert stored_copies(tmp_path, late) == 0
 
     # The MTA retries later: stored once; a further retry changes nothing.
     retried = ingest_process(config, late)
     assert retried.returncode == 0, retried.stderr
     assert ingest_process(config, late).returncode == 0
-    assert stored_copies(db_path, late) == 1
+    assert stored_copies(tmp_path, late) == 1
     assert [t["subject"] for t in all_tickets(config)].count("Arrives while the database is locked") == 1
 
 
 def test_a_lock_shorter_than_the_lock_timeout_is_waited_for(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    db_path = tmp_path / "data" / "m2t.db"
     assert ingest(config, message(1)).exit_code == 0
-    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN EXCLUSIVE")
-    release = threading.Timer(1.0, lambda: (holder.execute("ROLLBACK"), holder.close()))
+    holder = WriteLock(tmp_path)
+    release = threading.Timer(1.0, holder.release)
     release.start()
     try:
         result = ingest_process(config, message(2), "--lock-timeout", "20")
     finally:
         release.join()
     assert result.returncode == 0, result.stderr
-    assert stored_copies(db_path, message(2)) == 1
+    assert stored_copies(tmp_path, message(2)) == 1
 
 
+@pytest.mark.sqlite_only("the SQLite file's directory is a file")
 def test_a_store_that_cannot_be_written_gives_exit_75_and_says_why(tmp_path: Path) -> None:
     (tmp_path / "not-a-directory").write_text("a file where the data directory should be\n")
-    config = write_config(tmp_path, database="not-a-directory/m2t.db")
+    config = write_config(tmp_path, database="not-a-directory/store.db")
     result = ingest(config, message(1))
     assert result.exit_code == 75
     assert "cannot open database" in result.stderr
@@ -194,7 +219,7 @@ def test_an_empty_message_is_refused_and_is_not_a_success(tmp_path: Path) -> Non
         result = ingest(config, empty)
         assert result.exit_code == 2
         assert "standard input was empty" in result.stderr
-    assert not (tmp_path / "data" / "m2t.db").exists() or all_tickets(config) == []
+    assert not has_database(tmp_path) or all_tickets(config) == []
 
 
 def test_an_unknown_account_gives_exit_75_so_the_mta_keeps_the_mail_and_names_the_known_ones(

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from email.message import EmailMessage
@@ -16,7 +15,17 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.helpers import all_tickets, command, request_mail, run_cli, sha256_hex
+from tests.helpers import (
+    all_tickets,
+    command,
+    connect,
+    engine_storage,
+    open_store,
+    request_mail,
+    rows,
+    run_cli,
+    sha256_hex,
+)
 from tests.parallel import HEAVY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +55,8 @@ def message(n: int, subject: str | None = None, **headers: str) -> bytes:
 def write_config(tmp_path: Path, maildir: Path, **account: object) -> Path:
     config = tmp_path / "config.toml"
     data = {
-        "storage": {"database": "data/m2t.db", "attachments": "data/files"},
+        "storage": engine_storage(tmp_path, {"database": "data/m2t.db", "attachments": "data/files"},
+                                  replaces="data/m2t.db"),
         "accounts": [
             {"name": "local", "email": "support@example.com", "source": "maildir",
              "path": os.path.relpath(maildir, tmp_path), "acknowledge": False, **account}
@@ -178,7 +188,7 @@ def test_a_message_stored_but_not_yet_moved_when_the_poll_died_is_moved_by_the_n
     assert run(config, "poll").exit_code == 0
     # Recreate the state a kill between COMMIT and rename leaves: stored, action pending, file in new/.
     os.rename(root / "cur" / "1772442001.M2P1.host:2,S", root / "new" / "1772442001.M2P1.host")
-    with sqlite3.connect(tmp_path / "data" / "m2t.db") as conn:
+    with connect(tmp_path) as conn:
         changed = conn.execute(
             "update sources set action_state = 'pending' where uid = "
             "(select id from maildir_names where name = '1772442001.M2P1.host')"
@@ -229,7 +239,6 @@ def test_a_stop_request_ends_the_poll_after_the_committed_batch_and_the_next_pol
 
     from mail2ticket.config.load import load_config
     from mail2ticket.intake.poller import run_poll
-    from mail2ticket.tickets.db import open_db
 
     root = make_maildir(tmp_path / "Maildir")
     for n in range(20):
@@ -237,7 +246,7 @@ def test_a_stop_request_ends_the_poll_after_the_committed_batch_and_the_next_pol
     config = write_config(tmp_path, root, batch_size=5)
     cfg = load_config(config)
     stop = threading.Event()
-    db = open_db(cfg.database)
+    db = open_store(tmp_path)
     try:
         # The stop request arrives while the first message is being stored.
         result = run_poll(cfg, db, cfg.accounts[0], hooks=[lambda *_: stop.set()], stop=stop)
@@ -336,7 +345,6 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
     config = write_config(tmp_path, root, batch_size=10)
     # A parse worker of a killed poll can outlive it: clean up what this test started.
     request.addfinalizer(lambda: print(f"leftover processes killed: {_kill_leftovers(str(config))}"))
-    db_path = tmp_path / "data" / "m2t.db"
     env = _subprocess_env()
     # How long a poll takes to find nothing to do: the kill delays are drawn around it, so most
     # kills land inside the import (reading, attachment files, commit, renames).
@@ -361,10 +369,9 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
         assert proc.returncode in (0, -signal.SIGKILL), f"poll failed with {proc.returncode}; see {log}"
         # After any kill: no file is marked seen unless its message is durably stored.
         seen = {f.split(":", 1)[0] for f in files_in(root, "cur")}
-        with sqlite3.connect(db_path, timeout=30) as conn:
-            stored = {r[0] for r in conn.execute(
-                "select n.name from maildir_names n join sources s on s.uid = n.id "
-                "and s.folder = n.folder and s.account = 'local'")}
+        stored = {r[0] for r in rows(
+            tmp_path, "select n.name from maildir_names n join sources s on s.uid = n.id "
+            "and s.folder = n.folder and s.account = 'local'")}
         assert seen <= stored, f"marked seen but not stored: {sorted(seen - stored)[:10]}"
         if proc.returncode == -signal.SIGKILL and len(stored) < len(delivered):
             mid_import += 1
@@ -382,24 +389,24 @@ def test_sigkill_at_random_moments_while_polling_a_maildir_imports_every_message
     # Every file ended in cur/ with the S flag, under its own unique name.
     assert files_in(root, "new") == []
     assert files_in(root, "cur") == sorted(f"{name}:2,S" for name in delivered)
-    conn = sqlite3.connect(db_path)
-    # Every file is in the ledger exactly once, pointing at byte-identical stored bytes.
-    rows = conn.execute(
-        "select n.name, s.raw_sha256, r.raw from maildir_names n join sources s on s.uid = n.id "
-        "and s.folder = n.folder join raw_messages r on r.sha256 = s.raw_sha256 where s.account = 'local'"
-    ).fetchall()
-    assert len(rows) == len(delivered) == len({name for name, _, _ in rows})
-    for name, sha, raw in rows:
-        assert sha == sha256_hex(delivered[name]) and raw == delivered[name], name
-    # Each distinct message is one ticket message, no more; no ticket without a message.
-    distinct = {sha256_hex(raw) for raw in delivered.values()}
-    in_db = conn.execute("select raw_sha256, count(*) from messages group by raw_sha256").fetchall()
-    assert {sha for sha, _ in in_db} == distinct
-    assert all(count == 1 for _, count in in_db)
-    assert conn.execute("select count(*) from tickets").fetchone()[0] == len(distinct)
-    assert conn.execute("select count(*) from sources where action_state != 'done'").fetchone()[0] == 0
-    for sha, size, path in conn.execute("select sha256, size, path from attachments"):
-        data = (tmp_path / "data" / "files" / path).read_bytes()
-        assert sha256_hex(data) == sha and len(data) == size
-    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
-    conn.close()
+    with connect(tmp_path) as conn:
+        # Every file is in the ledger exactly once, pointing at byte-identical stored bytes.
+        ledger = conn.execute(
+            "select n.name, s.raw_sha256, r.raw from maildir_names n join sources s on s.uid = n.id "
+            "and s.folder = n.folder join raw_messages r on r.sha256 = s.raw_sha256 where s.account = 'local'"
+        ).fetchall()
+        assert len(ledger) == len(delivered) == len({name for name, _, _ in ledger})
+        for name, sha, raw in ledger:
+            assert sha == sha256_hex(delivered[name]) and raw == delivered[name], name
+        # Each distinct message is one ticket message, no more; no ticket without a message.
+        distinct = {sha256_hex(raw) for raw in delivered.values()}
+        in_db = conn.execute("select raw_sha256, count(*) from messages group by raw_sha256").fetchall()
+        assert {sha for sha, _ in in_db} == distinct
+        assert all(count == 1 for _, count in in_db)
+        assert conn.execute("select count(*) from tickets").fetchone()[0] == len(distinct)
+        assert conn.execute("select count(*) from sources where action_state != 'done'").fetchone()[0] == 0
+        for sha, size, path in conn.execute("select sha256, size, path from attachments"):
+            data = (tmp_path / "data" / "files" / path).read_bytes()
+            assert sha256_hex(data) == sha and len(data) == size
+        if getattr(conn, "engine", None) != "postgresql":
+            assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"

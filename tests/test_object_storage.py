@@ -27,7 +27,7 @@ from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
 from mail2ticket.accounts.secrets import delete_password, store_password
-from tests.helpers import LONG_AGO, files_mail, rows, run_cli, sha256_hex
+from tests.helpers import LONG_AGO, engine_storage, files_mail, rows, run_cli, sha256_hex
 from tests.servers import LOOPBACK, ephemeral_range, free_port
 
 REGION = "us-east-1"
@@ -110,7 +110,8 @@ def _desk(root: Path, s3: S3Server, bucket: str, user=None, account_config=None,
     s3.client().create_bucket(Bucket=bucket)
     table = {"endpoint": s3.endpoint, "region": REGION, "addressing_style": "path",
              "ca_file": str(s3.ca_file), "access_key_id": "AKIAMAIL2TICKET", **s3_keys}
-    data: dict = {"storage": {"database": "m2t.db", "attachments": f"s3://{bucket}/desk", "s3": table}}
+    data: dict = {"storage": engine_storage(root, {"database": "m2t.db", "attachments": f"s3://{bucket}/desk",
+                                                   "s3": table})}
     if user is not None:
         data["accounts"] = [account_config(user, added_at=LONG_AGO, batch_size=batch_size)]
         store_password(user.name, user.password)
@@ -300,7 +301,8 @@ HIDE_BOTO3 = "import sys; sys.modules['boto3'] = None; from mail2ticket.cli impo
 
 def test_without_boto3_an_s3_location_is_one_line_saying_to_install_the_extra(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(tomli_w.dumps({"storage": {"database": "m2t.db", "attachments": "s3://helpdesk/att"}}))
+    config.write_text(tomli_w.dumps({"storage": engine_storage(tmp_path, {"database": "m2t.db",
+                                                                          "attachments": "s3://helpdesk/att"})}))
     for args, code in ((["config", "check"], 3), (["reparse", "--all"], 3)):
         done = subprocess.run([sys.executable, "-c", HIDE_BOTO3, "--config", str(config), *args],
                               capture_output=True, text=True, cwd=tmp_path)

@@ -8,10 +8,11 @@ import tomllib
 from datetime import UTC, datetime
 
 import pytest
+import tomli_w
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from tests.helpers import make_mail
+from tests.helpers import engine_storage, make_mail
 
 
 @pytest.fixture
@@ -19,9 +20,9 @@ def setup(tmp_path, dovecot, imap_user, smtp_server, account_config):
     """A main config in tmp_path, and a helper that registers accounts through add-account."""
     main = tmp_path / "etc" / "config.toml"
     main.parent.mkdir()
-    main.write_text(
-        '# my hand-written comment\n[storage]\ndatabase = "../var/m2t.db"\nattachments = "../var/att"\n'
-    )
+    storage = engine_storage(main.parent, {"database": "../var/m2t.db", "attachments": "../var/att"},
+                             replaces="../var/m2t.db")  # on PostgreSQL: a database of this test's own
+    main.write_text("# my hand-written comment\n[storage]\n" + tomli_w.dumps(storage))
 
     def invoke(*args, input=None):
         return CliRunner().invoke(cli, ["--config", str(main), *args], input=input)

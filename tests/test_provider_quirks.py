@@ -26,9 +26,9 @@ from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.intake.importer import ImportContext, Incoming, Source, import_batch
 from mail2ticket.intake.locks import account_lock, lock_path
 from mail2ticket.intake.poller import run_poll
-from mail2ticket.tickets.db import open_db
 from mail2ticket.transport.imap import choose_archive_folder, fetch_items, gmail_ids
 from tests.helpers import (
+    open_store,
     rawlogged_dovecot,
     rawlogged_user,
     rows,
@@ -269,7 +269,7 @@ def _incoming(
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> ImportContext:
-    db = open_db(tmp_path / "m2t.db")
+    db = open_store(tmp_path)
     return ImportContext(db=db, attachments=AttachmentStore(tmp_path / "files"))
 
 
@@ -400,7 +400,7 @@ def test_a_poll_of_an_account_another_poll_holds_in_this_process_is_skipped(
     dovecot.append(imap_user, _mail(1))
     store_password(imap_user.name, imap_user.password)
     cfg = load_config(write_config(tmp_path, account_config(imap_user)))
-    db = open_db(cfg.database)
+    db = open_store(tmp_path)
     account = cfg.account(imap_user.name)
 
     held = threading.Event()
@@ -447,7 +447,7 @@ def test_a_second_process_polling_a_busy_account_skips_it_and_names_the_pid(
         stderr=subprocess.PIPE,
     )
     try:
-        lock = lock_path(tmp_path / "m2t.db", imap_user.name)
+        lock = lock_path(load_config(config).database, imap_user.name)  # PostgreSQL: in the data directory
         deadline = time.monotonic() + 30
         while not (lock.exists() and lock.read_text().strip() and dovecot.sessions(imap_user) == 1):
             assert first.poll() is None, first.communicate()

@@ -11,8 +11,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from mail2ticket.outgoing.compose import Draft, build, header_text
-from mail2ticket.tickets.db import open_db
-from tests.helpers import Desk, make_mail
+from tests.helpers import Desk, make_mail, open_store
 from tests.servers import ephemeral_range, free_port
 
 
@@ -116,7 +115,7 @@ def test_a_subject_with_encoded_line_breaks_cannot_add_headers_to_the_acknowledg
 
 
 def test_compose_strips_line_breaks_and_refuses_addresses_with_them(tmp_path):
-    db = open_db(tmp_path / "c.db")
+    db = open_store(tmp_path)
     assert header_text("a\r\nBcc: x\x00\u2028y") == "a Bcc: x y"
     raw = build(db, Draft("support@example.test", ["ann@customer.test"], "Re: a\nBcc: x@evil.test", "Hi"))
     assert raw.count(b"\r\nBcc:") == 0 and b"Subject: Re: a Bcc: x@evil.test\r\n" in raw

@@ -13,7 +13,7 @@ import re
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import LONG_AGO, Desk, make_mail, reply_to
+from tests.helpers import LONG_AGO, Desk, engine_storage, make_mail, reply_to
 
 
 def test_the_customers_reply_to_the_acknowledgement_lands_in_the_same_ticket(desk):
@@ -160,7 +160,7 @@ def test_one_mail_arriving_in_two_monitored_mailboxes_makes_one_ticket(
     desk = Desk(root, dovecot, sales, smtp_server, account_config)
     second = account_config(support, smtp_server, added_at=LONG_AGO)
     store_password(second["name"], support.password)
-    config = json.loads(json.dumps({"storage": {"database": "m2t.db", "attachments": "att"},
+    config = json.loads(json.dumps({"storage": engine_storage(root, {"database": "m2t.db", "attachments": "att"}),
                                     "accounts": [desk.account, second]}))
     desk.config.write_text(tomli_w.dumps(config))
     mail = make_mail("Quote please", to=f"{sales.email}, {support.email}")

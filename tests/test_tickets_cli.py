@@ -381,6 +381,7 @@ def test_the_views_show_tickets_overdue_tickets_and_history_to_plain_sqlite(desk
         conn.close()
 
 
+@pytest.mark.sqlite_only("the names of a new SQLite file's tables (FTS5's own among them)")
 def test_docs_name_every_table_and_view_of_the_database(tmp_path: Path):
     from mail2ticket.tickets.db import open_db
 
@@ -392,6 +393,7 @@ def test_docs_name_every_table_and_view_of_the_database(tmp_path: Path):
     assert not missing, f"docs/triage.md does not describe: {missing}"
 
 
+@pytest.mark.sqlite_only("benchmarks/bench_triage builds a SQLite database")
 def test_the_benchmark_builds_a_small_database_and_times_every_command(tmp_path: Path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_triage.py"
     result = subprocess.run(

@@ -28,8 +28,11 @@ def status_report(cfg: Config, db: Database, *, require_daemon: bool | None = No
     daemon = daemon_state(db)
     group = daemon_group(cfg, db)
     shared = getattr(db, "engine", "sqlite") == "postgresql"
-    if shared and not daemon["running"] and any(not d["stale"] for d in group):
-        daemon = dict(daemon, running=True, state="running")  # the newest row is one dead daemon of several
+    # The newest row is one dead daemon of several: another one's fresh heartbeat says the group
+    # runs. The dead one's own row in the group (fresh until lease_ttl) does not (catalogue 117).
+    if shared and not daemon["running"] and any(
+            not d["stale"] and (d["host"], d["pid"]) != (daemon["host"], daemon["pid"]) for d in group):
+        daemon = dict(daemon, running=True, state="running")
     upcoming = next_polls(db) if daemon["running"] else {}
     sessions = push_sessions(db) if daemon["running"] else {}
     accounts = []
