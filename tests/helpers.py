@@ -111,11 +111,21 @@ def sqlite_path(root: Path) -> Path:
     return root / value if value and not value.startswith(("postgresql://", "postgres://")) else root / "m2t.db"
 
 
+_last_read: dict[Path, str] = {}  # root -> its config's database, as last read (_configured_database)
+
+
 def _configured_database(root: Path) -> str:
+    """[storage] database of root/config.toml ("" without one); while a test has broken the file
+    (a daemon's reload of bad TOML), what it said before."""
     config = root / "config.toml"
     if not config.exists():
         return ""
-    return tomllib.loads(config.read_text()).get("storage", {}).get("database", "")
+    try:
+        value = tomllib.loads(config.read_text()).get("storage", {}).get("database", "")
+    except tomllib.TOMLDecodeError:
+        return _last_read.get(root, "")
+    _last_read[root] = value
+    return value
 
 
 # ---------------------------------------------------------------------------------- the CLI
