@@ -114,6 +114,7 @@ POSTGRESQL_ITSELF: dict[str, str] = {
     "test_pg_engine.py": "the engine: the test server, the dialect, the schema of both engines, the password chain",
     "test_daemons_shared.py": "several daemons on one PostgreSQL database (leases, takeover)",
     "test_kill_shared.py": "SIGKILLed daemons sharing one PostgreSQL database",
+    "test_outbox_shared.py": "several processes and daemons sending one outbox on PostgreSQL",
     "test_search_postgresql.py": "PostgreSQL's full-text index and its upgrade",
     "test_search_query.py": "the FTS5 query syntax read without FTS5, compared on SQLite and PostgreSQL",
     "test_attachments_in_database.py": "attachments in the PostgreSQL table attachment_blobs",
