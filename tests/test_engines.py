@@ -26,6 +26,7 @@ STORE_SIGNS = re.compile(
 def _lists() -> dict[str, list[str]]:
     return {
         "BOTH_ENGINES": list(engines.BOTH_ENGINES),
+        "POSTGRESQL_OUTSIDE_CI": list(engines.POSTGRESQL_OUTSIDE_CI),
         "SQLITE_ONLY": list(engines.SQLITE_ONLY),
         "NOT_YET_ON_POSTGRESQL": list(engines.NOT_YET_ON_POSTGRESQL),
         "POSTGRESQL_ITSELF": list(engines.POSTGRESQL_ITSELF),
@@ -70,8 +71,12 @@ def test_ci_runs_the_postgresql_list_and_the_reasons_are_said() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^.*MAIL2TICKET_TEST_ENGINE=postgresql \.venv/bin/python -m pytest \|\| status=\$\?$", ci, re.M)
     assert all(reason.strip() for reason in {**engines.SQLITE_ONLY, **engines.NOT_YET_ON_POSTGRESQL,
+                                              **engines.POSTGRESQL_OUTSIDE_CI,
                                               **engines.POSTGRESQL_ITSELF,
                                               **engines.STORAGE_FREE}.values())
     printed = subprocess.run([sys.executable, "-m", "tests.engines"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.split()
     assert printed == [f"tests/{name}" for name in engines.BOTH_ENGINES]
+    everything = subprocess.run([sys.executable, "-m", "tests.engines", "all"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.split()
+    assert everything == printed + [f"tests/{name}" for name in engines.POSTGRESQL_OUTSIDE_CI]
