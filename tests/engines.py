@@ -32,6 +32,8 @@ import sys
 BOTH_ENGINES: tuple[str, ...] = (
     # storing exactly once: the import, the ledger, crashes and faults
     "test_poll.py",
+    "test_exactly_once.py",
+    "test_batch_durability.py",
     "test_ledger.py",
     "test_store.py",
     "test_batch_lookups.py",
@@ -77,11 +79,6 @@ BOTH_ENGINES: tuple[str, ...] = (
 # its 13 minutes on two cores; the least important for "nothing lost, nothing twice" first out.
 # Their cost on PostgreSQL (test time, measured on the shared 2-core machine).
 POSTGRESQL_OUTSIDE_CI: dict[str, str] = {
-    "test_exactly_once.py": "~110 s; fails on PostgreSQL since 1af0a06 (cron poll takes account leases): the poll "
-                            "after a SIGKILLed one skips the account until the dead pass's lease expires (30 s), so "
-                            "the clean poll at the end imports nothing and the loop takes ~7 min (tests/helpers "
-                            "KILLED_POLL_HOLDS_ITS_LEASE); passed on PostgreSQL before that change",
-    "test_batch_durability.py": "~5 s; fails on PostgreSQL since 1af0a06 for the same reason (the poll after the kill)",
     "test_maildir.py": "~50 s, but its SIGKILL loop ran away once on PostgreSQL (15 min, 52,000 messages): its "
                        "kill delays come from the first, empty poll, and when polls end before them no kill lands "
                        "and 150 more messages arrive each round",

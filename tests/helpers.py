@@ -65,15 +65,6 @@ def file_sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------------- configs
 
 
-# On PostgreSQL since the cron poll takes each account's lease (1af0a06, service/sharing.pass_leases),
-# a poll right after a SIGKILLed one skips the account ("another 'poll' holds account ...") until
-# the killed pass's lease expires (lease_ttl, 30 s): the tests that poll again at once after a kill
-# fail there. Known, reported by t17g (docs in its note), not fixed yet: expected to fail there.
-KILLED_POLL_HOLDS_ITS_LEASE = pytest.mark.xfail(
-    engine_under_test() == "postgresql", strict=False,
-    reason="PostgreSQL: a SIGKILLed poll's account lease blocks the next poll until lease_ttl")
-
-
 def write_config(root: Path, *accounts: dict, storage: dict | None = None, **tables: object) -> Path:
     """``root/config.toml``: ``storage`` (default: m2t.db and files/ in ``root``), ``tables``, ``accounts``.
     With MAIL2TICKET_TEST_ENGINE=postgresql the database m2t.db is a fresh PostgreSQL database instead."""

@@ -27,7 +27,6 @@ from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.parse import bigmessage
 from mail2ticket.parse.message import ParseLimits, parse_message
 from tests.helpers import (
-    KILLED_POLL_HOLDS_ITS_LEASE,
     PEAK_LIMIT_KIB,
     MiB,
     command,
@@ -231,7 +230,6 @@ def _kill_when(config: Path, ready, what: str, timeout: float = 120) -> None:
     assert not left, f"processes of the killed poll still run: {left}"
 
 
-@KILLED_POLL_HOLDS_ITS_LEASE
 def test_sigkill_mid_import_then_a_fresh_poll_imports_it_exactly_once(
     dovecot: Dovecot, big_mailbox: User, account_config, tmp_path: Path, big: dict
 ) -> None:

@@ -223,3 +223,36 @@ def test_a_poll_from_cron_runs_the_overdue_check_once_per_period_for_the_whole_g
     assert result.exit_code == 0, (result.stdout, result.stderr)
     again = overdue_run()
     assert len(again) == 1 and again[0] != first[0] and again[0][0].startswith("poll-"), (first, again)
+
+
+def test_a_poll_right_after_a_killed_poll_takes_its_lease_over_at_once(group, pg_url, dovecot):
+    """A 'poll' SIGKILLed mid-pass leaves its account leases behind; the next 'poll' on the same
+    host sees the pass's process gone and polls at once, not after lease_ttl (it skipped the
+    account for 30 s before, and the exactly-once SIGKILL loops failed on PostgreSQL)."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    (user,) = group(1)
+    cron = group.config("cron")
+    assert CliRunner().invoke(cli, ["--config", str(cron), "poll"]).exit_code == 0  # the lease tables
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed_pass = f"poll:{socket.gethostname()}:{dead.pid}:0123456789abcdef"
+    # What the killed pass left: its lease, for lease_ttl more (an hour here, to make it plain).
+    (before,) = _sql(pg_url, "update account_leases set daemon_id = %s, expires_at = extract(epoch from now()) + 3600 "
+                             "where account = %s returning epoch", [killed_pass, user.name])[0]
+    dovecot.append(user, make_mail("after the kill", message_id="<after-kill@test>"))
+    result = CliRunner().invoke(cli, ["--config", str(cron), "poll"])
+    assert result.exit_code == 0 and f"{user.name}: 1 imported" in result.stdout, (result.stdout, result.stderr)
+    assert stored(pg_url) == {"<after-kill@test>": 1}
+    epoch = _sql(pg_url, "select epoch from account_leases where account = %s", [user.name])[0][0]
+    assert epoch == before + 1  # taken over: whatever the dead pass had begun can no longer commit
+
+    # A live pass (this test's own process, on this host) is never taken over: the account is skipped.
+    _sql(pg_url, "update account_leases set daemon_id = %s, expires_at = extract(epoch from now()) + 3600 "
+                 "where account = %s returning account", [f"poll:{socket.gethostname()}:{os.getpid()}:ab", user.name])
+    result = CliRunner().invoke(cli, ["--config", str(cron), "poll"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert f"account {user.name} is being polled by pid {os.getpid()}: skipped" in result.stdout, result.stdout

@@ -28,7 +28,6 @@ from mail2ticket.intake.locks import account_lock, lock_path
 from mail2ticket.intake.poller import run_poll
 from mail2ticket.transport.imap import choose_archive_folder, fetch_items, gmail_ids
 from tests.helpers import (
-    KILLED_POLL_HOLDS_ITS_LEASE,
     open_store,
     rawlogged_dovecot,
     rawlogged_user,
@@ -429,7 +428,6 @@ def test_a_poll_of_an_account_another_poll_holds_in_this_process_is_skipped(
     assert run_poll(cfg, db, account).imported == 1  # free again once released
 
 
-@KILLED_POLL_HOLDS_ITS_LEASE
 def test_a_second_process_polling_a_busy_account_skips_it_and_names_the_pid(
     dovecot, imap_user, account_config, tcp_relay, tmp_path: Path
 ) -> None:

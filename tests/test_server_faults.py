@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import KILLED_POLL_HOLDS_ITS_LEASE, command, rows, sha256_hex, write_config
+from tests.helpers import command, rows, sha256_hex, write_config
 from tests.servers import LOOPBACK, Dovecot, User
 
 TRIES = 3  # fetch failures of one UID before it is quarantined (mail2ticket.intake.poller.FETCH_TRIES)
@@ -230,7 +230,6 @@ def assert_imported_exactly(tmp_path: Path, dovecot: Dovecot, user: User, uids: 
 # ----------------------------------------------------------------------- item 2: kill before EXPUNGE
 
 
-@KILLED_POLL_HOLDS_ITS_LEASE
 def test_a_kill_between_uid_store_deleted_and_uid_expunge_imports_nothing_twice_and_another_clients_deleted_mail_is_imported(
     dovecot, mailbox, account_config, mitm, tmp_path
 ):

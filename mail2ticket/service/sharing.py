@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -145,9 +147,14 @@ def pass_leases(db: Database, settings: DaemonSettings | None, accounts: Iterabl
     the lease of each account that is free or expired, under an id of its own, for
     ``lease_ttl``; {account: its import fence (renewing the lease at each batch) or, for an
     account another daemon or pass holds, the line that says so}. Every lease it took is given
-    back at the end of the ``with`` block, so the daemons take them at their next renew."""
+    back at the end of the ``with`` block, so the daemons take them at their next renew.
+
+    A pass's id names its host and pid (``poll:HOST:PID:TOKEN``): the lease of a pass of this host
+    whose process is gone (SIGKILLed, the machine's OOM killer) is taken over at once, not after
+    ``lease_ttl``, so a poll run again right after a killed one polls (the epoch rises: nothing
+    of the dead pass could commit anyway)."""
     ttl = (settings or DaemonSettings()).lease_ttl
-    pass_id = "poll-" + leases.new_daemon_id()
+    pass_id = f"poll:{socket.gethostname()}:{os.getpid()}:{leases.new_daemon_id()}"
     plan: dict[str, Any] = {}
     with transaction(db):
         leases.ensure_tables(db)
@@ -157,9 +164,20 @@ def pass_leases(db: Database, settings: DaemonSettings | None, accounts: Iterabl
                 plan[name] = partial(leases.check_fence, daemon_id=pass_id, account=name, epoch=epoch, extend=ttl)
                 continue
             who = leases.holder(db, name) or {}
+            other = _pass_of(who.get("daemon_id") or "")
+            if other and other[0] == socket.gethostname() and not _alive(other[1]):
+                epoch = leases.take_over(db, pass_id, name, ttl, from_id=who["daemon_id"])
+                if epoch is not None:
+                    log.info("%s: the lease of a 'poll' (pid %d) that is gone taken over", name, other[1])
+                    plan[name] = partial(leases.check_fence, daemon_id=pass_id, account=name, epoch=epoch,
+                                         extend=ttl)
+                    continue
             if who.get("host") is not None:
                 plan[name] = (f"skipped: the daemon on {who['host']} (pid {who['pid']}) holds account {name} "
                               "and polls it")
+            elif other:  # in the words of the local poll lock (intake/locks.py), the host added if not this one
+                where = "" if other[0] == socket.gethostname() else f" on {other[0]}"
+                plan[name] = f"account {name} is being polled by pid {other[1]}{where}: skipped"
             else:
                 plan[name] = f"skipped: another 'poll' holds account {name}"
     try:
@@ -170,6 +188,24 @@ def pass_leases(db: Database, settings: DaemonSettings | None, accounts: Iterabl
                 leases.release(db, pass_id)
         except Exception as exc:
             log.warning("could not give back the account leases of this poll: %s (they expire in %g s)", exc, ttl)
+
+
+def _pass_of(lease_holder: str) -> tuple[str, int] | None:
+    """(host, pid) of a 'poll' pass's id (``poll:HOST:PID:TOKEN``), or None (a daemon's id)."""
+    parts = lease_holder.split(":")
+    if len(parts) == 4 and parts[0] == "poll" and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def fair_share(accounts: int, live: list[str], me: str) -> int:

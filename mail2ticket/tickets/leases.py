@@ -125,6 +125,19 @@ def acquire(db: Database, daemon_id: str, account: str, ttl: float) -> int | Non
     return int(row[1]) if row and row[0] == daemon_id else None
 
 
+def take_over(db: Database, daemon_id: str, account: str, ttl: float, from_id: str) -> int | None:
+    """Take the lease of ``account`` from ``from_id`` although it has not expired (its holder is
+    known dead: a 'poll' pass of this host whose process is gone); the new epoch, or None when
+    ``from_id`` no longer holds it. The epoch rises, so a commit of the old holder is refused."""
+    db.execute(
+        f"update account_leases set daemon_id = ?, epoch = epoch + 1, expires_at = {now_sql(db)} + ? "
+        "where account = ? and daemon_id = ?",
+        [daemon_id, float(ttl), account, from_id],
+    )
+    row = db.execute("select daemon_id, epoch from account_leases where account = ?", [account]).fetchone()
+    return int(row[1]) if row and row[0] == daemon_id else None
+
+
 def renew(db: Database, daemon_id: str, ttl: float) -> dict[str, int]:
     """Extend every lease this daemon holds by ``ttl`` from now; {account: epoch} of those held.
     A lease of ours that expired but that nobody took is ours again (same epoch: nobody else
