@@ -8,13 +8,13 @@ from email.message import EmailMessage
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
-from tests.helpers import run_cli
+from tests.helpers import run_cli, storage_toml
 
 
 def _config(tmp_path, attachment_limit: str):
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        f'[storage]\ndatabase = "t.db"\nattachments = "files"\n'
+        storage_toml(tmp_path, "t.db", attachments="files") +
         f'[limits]\nmax_message_size = "10MB"\nmax_attachment_size = "{attachment_limit}"\n'
         '[[accounts]]\nname = "desk"\nemail = "desk@example.test"\nsource = "pipe"\nacknowledge = false\n'
     )

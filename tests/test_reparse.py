@@ -8,13 +8,13 @@ from email.message import EmailMessage
 import pytest
 
 import mail2ticket.parse
-from tests.helpers import run_cli
+from tests.helpers import run_cli, storage_toml
 
 
 def _config(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        '[storage]\ndatabase = "t.db"\nattachments = "files"\n'
+        storage_toml(tmp_path, "t.db", attachments="files") +
         '[[accounts]]\nname = "desk"\nemail = "desk@example.test"\nsource = "pipe"\nacknowledge = false\n'
     )
     return cfg
