@@ -93,6 +93,9 @@ POSTGRESQL_OUTSIDE_CI: dict[str, str] = {
     "test_editor_and_ids.py": "~12 s",
     "test_hijack.py": "~10 s",
     "test_metrics.py": "~10 s",
+    "test_old_mail.py": "~24 s",
+    "test_rule_limits.py": "~21 s",
+    "test_accounts_cli.py": "~17 s",
     "test_limits.py": "~2 s",
     "test_reparse.py": "~1 s",
 }
@@ -109,9 +112,6 @@ SQLITE_ONLY: dict[str, str] = {
 NOT_YET_ON_POSTGRESQL: dict[str, str] = {
     "test_pipeline.py": "two configs of its own (worker and inline parsing compared), sqlite3 reads",
     "test_hostile_input.py": "its own desk (../var/m2t.db) and ingest config, sqlite3 reads",
-    "test_old_mail.py": "its own config text (m2t.db)",
-    "test_rule_limits.py": "its own config text (m2t.db)",
-    "test_accounts_cli.py": "its own config text (../var/m2t.db), sqlite3 reads",
     "test_narrow_terminal.py": "its own config (m2t.db)",
     "test_typos.py": "its own config text (m2t.db)",
     "test_oauth.py": "its own config text (../var/m2t.db)",

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from email.message import EmailMessage
 
 import keyring
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import connect, run_cli, storage_toml
 
 
 @pytest.fixture
 def env(tmp_path, dovecot, imap_user, smtp_server, account_config):
     main = tmp_path / "etc" / "config.toml"
     main.parent.mkdir()
-    main.write_text('# my own comment\n[storage]\ndatabase = "../var/m2t.db"\n')
+    main.write_text("# my own comment\n" + storage_toml(main.parent, "../var/m2t.db"))
     acc = account_config(imap_user, smtp_server)
 
     class Env:
         user = imap_user
         name = acc["name"]
         config = main
-        database = tmp_path / "var" / "m2t.db"
 
         def invoke(self, *args, input=None):
             return run_cli(main, *args, input=input)
@@ -107,7 +105,7 @@ def test_rename_moves_the_file_the_password_and_every_row_of_the_account(env, do
     assert (env.config.parent / "accounts.d" / "helpdesk.toml").exists()
     assert keyring.get_password("mail2ticket", "helpdesk") == env.user.password
     assert keyring.get_password("mail2ticket", env.name) is None
-    with sqlite3.connect(env.database) as db:
+    with connect(env.config.parent) as db:
         for table in ("tickets", "messages", "sources", "mailboxes", "account_status"):
             names = {row[0] for row in db.execute(f"select account from {table}")}
             assert names == {"helpdesk"}, table
@@ -152,12 +150,12 @@ def test_rename_refuses_a_name_still_used_in_the_database(env, dovecot):
     env.add()
     dovecot.append(env.user, mail("Old ticket"))
     assert env.invoke("poll").exit_code == 0
-    with sqlite3.connect(env.database) as db:
+    with connect(env.config.parent) as db:
         db.execute("update tickets set account = 'gone'")
     result = env.invoke("accounts", "rename", env.name, "gone")
     assert result.exit_code == 3
     assert "already holds" in result.stderr
-    with sqlite3.connect(env.database) as db:
+    with connect(env.config.parent) as db:
         assert {r[0] for r in db.execute("select account from sources")} == {env.name}
     assert (env.config.parent / "accounts.d" / f"{env.name}.toml").exists()
     assert not (env.config.parent / "accounts.d" / "gone.toml").exists()

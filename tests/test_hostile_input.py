@@ -9,7 +9,6 @@ audit sees. The audit lists every path under the test's directory before and aft
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import tomli_w
 
 from mail2ticket.accounts.secrets import store_password
+from tests.helpers import engine_storage, rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,11 +83,10 @@ class Desk:
         self.config = root / "etc" / "config.toml"
         self.config.parent.mkdir()
         acc = account_config(user, added_at="2000-01-01T00:00:00Z", acknowledge=False, **account)
-        storage = {"database": "../var/m2t.db", "attachments": "../var/att"}
+        storage = engine_storage(self.config.parent, {"database": "../var/m2t.db", "attachments": "../var/att"})
         self.config.write_text(tomli_w.dumps({"storage": storage, "accounts": [acc]}))
         store_password(acc["name"], user.password)
         self.attachments = root / "var" / "att"
-        self.database = root / "var" / "m2t.db"
 
     def poll(self, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -97,8 +96,7 @@ class Desk:
         )
 
     def rows(self, sql: str) -> list[tuple]:
-        with sqlite3.connect(self.database) as db:
-            return db.execute(sql).fetchall()
+        return rows(self.config.parent, sql)
 
 
 def test_a_hundred_hostile_file_names_and_content_ids_create_no_file_outside_the_attachment_root(
@@ -215,7 +213,7 @@ def test_pathological_mail_through_poll_ends_as_a_ticket_or_quarantined_within_b
 def test_pathological_mail_through_ingest_exits_0_within_the_bound(name, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(tomli_w.dumps({
-        "storage": {"database": "m2t.db", "attachments": "att"},
+        "storage": engine_storage(tmp_path, {"database": "m2t.db", "attachments": "att"}),
         "accounts": [{"name": "pipe", "email": "support@example.test", "source": "pipe", "acknowledge": False}],
     }))
     started = time.monotonic()
@@ -226,7 +224,6 @@ def test_pathological_mail_through_ingest_exits_0_within_the_bound(name, tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 30
-    with sqlite3.connect(tmp_path / "m2t.db") as db:
-        entries = db.execute("select count(*) from messages").fetchone()[0]
-        entries += db.execute("select count(*) from quarantine").fetchone()[0]
+    entries = rows(tmp_path, "select count(*) from messages")[0][0]
+    entries += rows(tmp_path, "select count(*) from quarantine")[0][0]
     assert entries == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, storage_toml
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = dt.UTC
@@ -40,7 +40,7 @@ def mail(subject: str, date: dt.datetime) -> bytes:
 def env(tmp_path, dovecot, imap_user, account_config):
     """A mailbox of 5 mails from March 2024, 1 from yesterday and 1 whose Date lies in the future."""
     main = tmp_path / "config.toml"
-    main.write_text('[storage]\ndatabase = "m2t.db"\n')
+    main.write_text(storage_toml(tmp_path))
     for i, date in enumerate(OLD):
         dovecot.append(imap_user, mail(f"old {i}", date), msg_time=date)
     yesterday = NOW - dt.timedelta(days=1)

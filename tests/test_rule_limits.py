@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.accounts.secrets import store_password
-from tests.helpers import DaemonProcess, run_cli, write_config
+from tests.helpers import DaemonProcess, run_cli, storage_toml, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Exponential for a backtracking engine on a string of word characters ending in '!', though no
@@ -124,7 +124,7 @@ def test_the_daemon_stops_on_sigterm_while_a_backtracking_rule_runs(
 def test_a_pattern_with_nested_quantifiers_is_refused_at_load_naming_the_rule(tmp_path: Path, pattern: str) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[storage]\ndatabase = "{tmp_path / "m2t.db"}"\n\n[[rules]]\nname = "names"\nmatch = "regex"\n'
+        storage_toml(tmp_path, str(tmp_path / "m2t.db")) + '\n[[rules]]\nname = "names"\nmatch = "regex"\n'
         f"subject = '{pattern}'\ntags = [\"x\"]\n"
     )
     result = run_cli(config, "tickets", "list")
@@ -138,7 +138,7 @@ def test_a_pattern_with_nested_quantifiers_is_refused_at_load_naming_the_rule(tm
 def test_ordinary_patterns_are_accepted(tmp_path: Path, pattern: str) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[storage]\ndatabase = "{tmp_path / "m2t.db"}"\n\n[[rules]]\nname = "ok"\nmatch = "regex"\n'
+        storage_toml(tmp_path, str(tmp_path / "m2t.db")) + '\n[[rules]]\nname = "ok"\nmatch = "regex"\n'
         f"subject = '{pattern}'\ntags = [\"x\"]\n"
     )
     result = run_cli(config, "tickets", "list")
