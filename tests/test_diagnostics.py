@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, storage_toml
 from tests.servers import LOOPBACK, Dovecot
 
 
@@ -17,7 +17,7 @@ def env(tmp_path, account_config):
     """Write accounts straight into accounts.d/, store their password, and run the CLI."""
     main = tmp_path / "etc" / "config.toml"
     (main.parent / "accounts.d").mkdir(parents=True)
-    main.write_text('[storage]\ndatabase = "../var/m2t.db"\n')
+    main.write_text(storage_toml(main.parent, "../var/m2t.db"))
 
     class Env:
         def invoke(self, *args, input=None):

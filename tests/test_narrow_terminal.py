@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
 from mail2ticket.cli.output import display_width
-from tests.helpers import make_mail
+from tests.helpers import engine_storage, make_mail
 from tests.ptys import read_all
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -67,7 +67,7 @@ def desk(tmp_path, dovecot, imap_user, smtp_server, account_config):
         account_config(other, smtp_server, name="customer-support-europe-" + other.name),
     ]
     config.write_text(tomli_w.dumps({
-        "storage": {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")},
+        "storage": engine_storage(tmp_path, {"database": str(tmp_path / "m2t.db"), "attachments": str(tmp_path / "files")}),
         "sla": {"response": "4h", "resolution": "3d"},
         "accounts": accounts,
     }))

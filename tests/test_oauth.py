@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from mail2ticket.accounts import oauth
 from mail2ticket.cli import cli
-from tests.helpers import run_cli
+from tests.helpers import run_cli, storage_toml
 from tests.servers import LOOPBACK, Dovecot, free_port
 
 CLIENT_ID = "mail2ticket-test-client"
@@ -206,7 +206,7 @@ def oauth_smtp(test_ca, tokens):
 def env(tmp_path, oauth_dovecot, oauth_smtp, tokens):
     main = tmp_path / "etc" / "config.toml"
     main.parent.mkdir()
-    main.write_text('[storage]\ndatabase = "../var/m2t.db"\n')
+    main.write_text(storage_toml(main.parent, "../var/m2t.db"))
     user = oauth_dovecot.add_user()
     tokens.user = user.email
 

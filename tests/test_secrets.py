@@ -16,6 +16,7 @@ import tomli_w
 from mail2ticket.accounts.secrets import get_password
 from mail2ticket.config.load import load_config
 from mail2ticket.errors import EXIT_SECRET, SecretError
+from tests.helpers import TEST_PASSWORD, engine_under_test, storage_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def make_account(tmp_path: Path, name: str = "support", **extra) -> Path:
     main = tmp_path / "etc" / "config.toml"
     main.parent.mkdir(exist_ok=True)
-    main.write_text('[storage]\ndatabase = "../var/m2t.db"\n')
+    main.write_text(storage_toml(main.parent, "../var/m2t.db"))
     acc = {"name": name, "email": f"{name}@example.test", "imap_host": "127.0.0.1", **extra}
     (main.parent / "accounts.d").mkdir(exist_ok=True)
     (main.parent / "accounts.d" / f"{name}.toml").write_text(tomli_w.dumps({"accounts": [acc]}))
@@ -117,13 +118,15 @@ def test_without_any_keyring_backend_the_daemon_exits_at_once_with_one_actionabl
 def test_with_a_systemd_credential_and_no_keyring_the_daemon_starts(tmp_path, dovecot, imap_user, account_config):
     main = tmp_path / "etc" / "config.toml"
     main.parent.mkdir()
-    main.write_text('[storage]\ndatabase = "../var/m2t.db"\n[schedule]\npoll = "1h"\n')
+    main.write_text(storage_toml(main.parent, "../var/m2t.db") + '[schedule]\npoll = "1h"\n')
     (main.parent / "accounts.d").mkdir()
     acc = account_config(imap_user)
     (main.parent / "accounts.d" / "a.toml").write_text(tomli_w.dumps({"accounts": [acc]}))
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / acc["name"]).write_text(imap_user.password)  # what LoadCredentialEncrypted= decrypts
+    if engine_under_test() == "postgresql":  # the database's password comes the same way
+        (creds / "database").write_text(TEST_PASSWORD)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mail2ticket", "--config", str(main), "run"],
         env={**os.environ, "PYTHONPATH": str(REPO), "CREDENTIALS_DIRECTORY": str(creds),
@@ -145,5 +148,10 @@ def test_with_a_systemd_credential_and_no_keyring_the_daemon_starts(tmp_path, do
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    stored = (tmp_path / "var" / "m2t.db").read_bytes()
+    if engine_under_test() == "postgresql":
+        from tests.test_secrets_canary import stored_in_database
+        stored = stored_in_database(main.parent)
+        assert acc["name"].encode() in stored  # the poll wrote to this database
+    else:
+        stored = (tmp_path / "var" / "m2t.db").read_bytes()
     assert imap_user.password.encode() not in stored  # the secret is never written to the database

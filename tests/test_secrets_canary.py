@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import database_url, engine_under_test, rows, storage_toml
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,29 @@ def canary_forms(users: list[str], secret: str = CANARY) -> dict[str, bytes]:
     forms["repr"] = repr(secret).encode()
     forms["utf-16"] = secret.encode("utf-16-le")
     return forms
+
+
+def stored_in_database(root: Path) -> bytes:
+    """On PostgreSQL, every value of every table of the database of root's config (its rows, as
+    text or bytes): the twin of searching the SQLite file, which the files' search covers."""
+    assert database_url(root) is not None
+    tables = rows(root, "select table_name from information_schema.tables "
+                        "where table_schema = current_schema() and table_type = 'BASE TABLE'")
+    assert tables, "no tables in the database"
+    found = bytearray()
+    for (table,) in tables:
+        for row in rows(root, f'select * from "{table}"'):
+            for value in row:
+                found += (value if isinstance(value, bytes) else str(value).encode()) + b"\0"
+    return bytes(found)
+
+
+def search_the_database(root: Path, forms: dict[str, bytes]) -> list[str]:
+    """The canary's forms found in the database on PostgreSQL ([] on SQLite: its file is searched)."""
+    if engine_under_test() != "postgresql":
+        return []
+    data = stored_in_database(root)
+    return [f"database {database_url(root)}: {form}" for form, needle in forms.items() if needle in data]
 
 
 class Run:
@@ -83,7 +107,7 @@ def test_a_canary_password_appears_nowhere_but_the_keyring_after_every_command_a
     smtp_server.add_user(user)
     config = isolated_env.config_home / "mail2ticket" / "config.toml"
     config.parent.mkdir(parents=True)
-    config.write_text('[storage]\ndatabase = "../../var/m2t.db"\nattachments = "../../var/att"\n')
+    config.write_text(storage_toml(config.parent, "../../var/m2t.db", attachments="../../var/att"))
     run = Run(config)
     common = [
         "--imap-host", dovecot.host, "--imap-port", str(dovecot.imaps_port),
@@ -124,10 +148,12 @@ def test_a_canary_password_appears_nowhere_but_the_keyring_after_every_command_a
     for path in files:
         data = path.read_bytes()
         hits += [f"{path}: {form}" for form, needle in forms.items() if needle in data]
+    hits += search_the_database(config.parent, forms)
     print(f"canary: {len(hits)} hits in {len(files)} files and {len(run.outputs)} outputs")
     assert hits == []
     assert forms["base64"] in isolated_env.keyring_file.read_bytes()  # stored there, and only there
-    assert any(p.suffix == ".db" for p in files)  # the database was among the files searched
+    # the database was among the places searched (on PostgreSQL, its rows: search_the_database)
+    assert engine_under_test() == "postgresql" or any(p.suffix == ".db" for p in files)
 
 
 @pytest.mark.parametrize("where", ["imap", "smtp"])
@@ -137,7 +163,7 @@ def test_a_refused_login_at_debug_level_names_the_account_but_not_the_password(
     user = dovecot.add_user(password=CANARY)
     smtp_server.add_user(user.email, "the-server-wants-another")
     config = tmp_path / "config.toml"
-    config.write_text('[storage]\ndatabase = "m2t.db"\n')
+    config.write_text(storage_toml(tmp_path))
     run = Run(config)
     imap_password = CANARY if where == "smtp" else CANARY + "-wrong"
     dovecot_user = user if where == "smtp" else dovecot.add_user(password="another-one")
@@ -166,7 +192,7 @@ def test_a_hooks_signing_secret_appears_nowhere_but_the_keyring(tmp_path, isolat
         closed = free_port()
         config = tmp_path / "config.toml"
         config.write_text(
-            '[storage]\ndatabase = "m2t.db"\n\n'
+            storage_toml(tmp_path) + '\n'
             '[[accounts]]\nname = "support"\nemail = "support@example.test"\nsource = "pipe"\n'
             'acknowledge = false\n\n'
             f'[[hooks]]\nname = "signed"\nevents = ["ticket.created"]\n'
@@ -195,7 +221,8 @@ def test_a_hooks_signing_secret_appears_nowhere_but_the_keyring(tmp_path, isolat
     for path in files:
         data = path.read_bytes()
         hits += [f"{path}: {form}" for form, needle in forms.items() if needle in data]
+    hits += search_the_database(tmp_path, forms)
     assert hits == []
-    assert any(p.name == "m2t.db" for p in files)
+    assert engine_under_test() == "postgresql" or any(p.name == "m2t.db" for p in files)
     assert forms["base64"] in isolated_env.keyring_file.read_bytes() or forms["raw"] in \
         isolated_env.keyring_file.read_bytes()
