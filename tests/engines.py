@@ -84,6 +84,7 @@ POSTGRESQL_OUTSIDE_CI: dict[str, str] = {
                        "and 150 more messages arrive each round",
     "test_push_scale.py": "~48 s (fifty IDLE accounts, SIGHUP bursts); failed once in three PostgreSQL runs "
                           "(a refused session's other account: no ticket within 10 s)",
+    "test_typos.py": "~104 s (each of its commands a process of its own, each opening the database)",
     "test_big_local_paths.py": "~41 s (50 MB messages through ingest, Maildir, the quarantine and reparse)",
     "test_acknowledge.py": "~24 s",
     "test_narrow_terminal.py": "~24 s",
@@ -116,7 +117,6 @@ SQLITE_ONLY: dict[str, str] = {
 NOT_YET_ON_POSTGRESQL: dict[str, str] = {
     "test_pipeline.py": "two configs of its own (worker and inline parsing compared), sqlite3 reads",
     "test_hostile_input.py": "its own desk (../var/m2t.db) and ingest config, sqlite3 reads",
-    "test_typos.py": "its own config text (m2t.db)",
     "test_secrets_canary.py": "its own config texts (m2t.db); it greps the database file for the canary",
     "test_tls_matrix.py": "its own config (m2t.db)",
     "test_hints.py": "the health check's own config (m2t.db)",

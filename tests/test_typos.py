@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import storage_toml
+
 REPO = Path(__file__).resolve().parent.parent
 USAGE = 2
 
@@ -29,7 +31,7 @@ def config(tmp_path) -> Path:
     for n in (1, 2, 3):
         (tmp_path / "Maildir" / "new" / f"m{n}").write_bytes(mail(n))
     cfg = tmp_path / "config.toml"
-    cfg.write_text('[storage]\ndatabase = "m2t.db"\n\n[[accounts]]\nname = "support"\nemail = "desk@example.test"\n'
+    cfg.write_text(storage_toml(tmp_path) + '\n[[accounts]]\nname = "support"\nemail = "desk@example.test"\n'
                    'source = "maildir"\npath = "Maildir"\nacknowledge = false\n\n'
                    '[[rules]]\nname = "billing"\nsubject = "invoice"\nassignee = "bert"\n')
     assert run("--config", str(cfg), "poll").returncode == 0
