@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sqlite3
 import threading
 import time
 from email.message import EmailMessage
@@ -27,7 +26,7 @@ from mail2ticket.errors import TempFailError
 from mail2ticket.files.attachments import AttachmentStore
 from mail2ticket.intake.pipeline import ParsePool, ahead, prefetch, size_batches
 from mail2ticket.parse.prepare import prepare
-from tests.helpers import run_cli
+from tests.helpers import engine_storage, rows, run_cli
 from tests.servers import Dovecot, User
 
 
@@ -60,9 +59,13 @@ def _mailbox(count: int) -> list[bytes]:
 
 
 def _setup(tmp_path: Path, name: str, account: dict, **performance: int) -> Path:
-    config = tmp_path / f"{name}.toml"
+    # "m2t" is tmp_path's config.toml, the one tests/helpers rows reads; each name its own database
+    # (on PostgreSQL, with MAIL2TICKET_TEST_ENGINE, a database of its own).
+    config = tmp_path / ("config.toml" if name == "m2t" else f"{name}.toml")
+    database = str(tmp_path / f"{name}.db")
     data: dict = {
-        "storage": {"database": str(tmp_path / f"{name}.db"), "attachments": str(tmp_path / f"{name}-files")},
+        "storage": engine_storage(tmp_path, {"database": database, "attachments": str(tmp_path / f"{name}-files")},
+                                  replaces=database),
         "accounts": [account],
     }
     if performance:
@@ -163,10 +166,9 @@ def test_batches_are_committed_in_uid_order_and_the_watermark_follows(
 
     assert _cli(config, "poll").exit_code == 0
 
-    with sqlite3.connect(tmp_path / "m2t.db") as conn:
-        ledger = [uid for (uid,) in conn.execute("select uid from sources order by id")]
-        messages = [s for (s,) in conn.execute("select subject from messages order by id")]
-        last_uid = conn.execute("select last_uid from mailboxes").fetchone()[0]
+    ledger = [uid for (uid,) in rows(tmp_path, "select uid from sources order by id")]
+    messages = [s for (s,) in rows(tmp_path, "select subject from messages order by id")]
+    [(last_uid,)] = rows(tmp_path, "select last_uid from mailboxes")
     assert ledger == list(range(1, 24))
     assert messages == [f"pipeline test {n}" for n in range(1, 24)]
     assert last_uid == 23
