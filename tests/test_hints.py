@@ -15,6 +15,7 @@ import keyring
 from click.testing import CliRunner
 
 from mail2ticket.cli import cli
+from tests.helpers import storage_toml
 from tests.test_old_mail import run_on_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_the_documented_health_check_fails_for_a_service_that_never_came_up(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text('[storage]\ndatabase = "m2t.db"\n')
+    config.write_text(storage_toml(tmp_path))
     section = (ROOT / "examples" / "systemd.md").read_text().split("## Health checks", 1)[1]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     (command,) = [line for block in blocks for line in block.splitlines() if " status" in line]

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 from mail2ticket.accounts.secrets import store_password
 from mail2ticket.cli import cli
+from tests.helpers import engine_storage
 from tests.servers import LOOPBACK, CertFiles, CertificateAuthority
 
 PASSWORD = "Canary-tls-7f3a9c"  # noqa: S105 - the value the captures are searched for
@@ -348,7 +349,7 @@ def smtp_server_for(case: str, certs: CertificateAuthority, smtp_server) -> tupl
 
 def write_config(root: Path, account: dict) -> Path:
     config = root / "config.toml"
-    config.write_text(tomli_w.dumps({"storage": {"database": "m2t.db"}, "accounts": [account]}))
+    config.write_text(tomli_w.dumps({"storage": engine_storage(root, {"database": "m2t.db"}), "accounts": [account]}))
     store_password(account["name"], PASSWORD)
     return config
 
