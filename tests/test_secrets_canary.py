@@ -60,6 +60,7 @@ def search_the_database(root: Path, forms: dict[str, bytes]) -> list[str]:
     if engine_under_test() != "postgresql":
         return []
     data = stored_in_database(root)
+    assert b"Printer on fire" in data  # the ticket's rows were among those searched
     return [f"database {database_url(root)}: {form}" for form, needle in forms.items() if needle in data]
 
 
