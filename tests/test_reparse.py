@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
-import mail2ticket.parse
+import mail2ticket.parse.message
 from tests.helpers import run_cli, storage_toml
 
 
