@@ -110,8 +110,15 @@ def test_three_daemons_six_accounts_random_kills_and_cut_connections_lose_and_du
     time.sleep(2)
     restart_exited()
     wait_until(lambda: stored() >= len(sent_mail), 600 if FULL else 240, "every message stored")
-    wait_until(lambda: not _sql(pg_url, "select count(*) from outbox where status in ('queued', 'sending')")[0][0],
-               120, "the outbox drained")
+    # A mail whose send failed waits its backoff (30 s, then 60 s, 120 s: outgoing/sender.py), so
+    # a mail deferred three times by the cuts needs 210 s; the rows left say why if it never drains.
+    try:
+        wait_until(lambda: not _sql(pg_url, "select count(*) from outbox where status in ('queued', 'sending')")[0][0],
+                   360, "the outbox drained")
+    except AssertionError:
+        left = _sql(pg_url, "select id, status, claimed_by, attempts, next_attempt_at, last_error from outbox "
+                            "where status in ('queued', 'sending') order by id")
+        raise AssertionError(f"the outbox did not drain in 360 s; left: {left}") from None
     took = time.monotonic() - t0
 
     # Every message exactly once, byte for byte what the server has.
