@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mail2ticket.config.daemon import DaemonSettings
 from mail2ticket.tickets import leases
+from mail2ticket.tickets.daemon_state import pid_alive
 from mail2ticket.tickets.db import transaction
 
 if TYPE_CHECKING:  # sqlite-utils is imported where the database is opened (tickets/db.py)
@@ -165,7 +166,7 @@ def pass_leases(db: Database, settings: DaemonSettings | None, accounts: Iterabl
                 continue
             who = leases.holder(db, name) or {}
             other = _pass_of(who.get("daemon_id") or "")
-            if other and other[0] == socket.gethostname() and not _alive(other[1]):
+            if other and other[0] == socket.gethostname() and not pid_alive(other[1]):
                 epoch = leases.take_over(db, pass_id, name, ttl, from_id=who["daemon_id"])
                 if epoch is not None:
                     log.info("%s: the lease of a 'poll' (pid %d) that is gone taken over", name, other[1])
@@ -196,16 +197,6 @@ def _pass_of(lease_holder: str) -> tuple[str, int] | None:
     if len(parts) == 4 and parts[0] == "poll" and parts[2].isdigit():
         return parts[1], int(parts[2])
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
 
 
 def fair_share(accounts: int, live: list[str], me: str) -> int:

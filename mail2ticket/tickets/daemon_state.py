@@ -38,7 +38,8 @@ def _iso_age(value: str | None, now: datetime) -> float | None:
     return (now - then).total_seconds()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (under any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,7 @@ def daemon_state(db: Database, now: datetime | None = None) -> dict:
                 "status": None}
     age = _iso_age(row["heartbeat_at"], now)
     fresh = age is not None and age < STALE_AFTER_SECONDS
-    alive = row["host"] != socket.gethostname() or _pid_alive(row["pid"])
+    alive = row["host"] != socket.gethostname() or pid_alive(row["pid"])
     if row["stopped_at"]:
         state = "stopped"
     elif fresh and alive:
