@@ -579,6 +579,9 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
     122: tests(
         "tests/test_daemons_shared.py::test_a_poll_right_after_a_killed_poll_takes_its_lease_over_at_once",
     ),
+    123: tests(
+        "tests/test_outbox.py::test_a_live_senders_own_leftover_claim_is_sent_by_its_next_pass",
+    ),
     126: tests(
         "tests/test_tickets_cli.py::test_every_page_is_its_slice_of_the_whole_listing_in_every_order",
         "tests/test_tickets_cli.py::test_a_ticket_without_mail_comes_last_by_date_and_first_reversed_on_both_engines",

@@ -140,6 +140,33 @@ def test_a_crash_after_the_servers_acceptance_sends_the_mail_once_more_with_the_
     assert outbox(desk) == []
 
 
+def test_a_live_senders_own_leftover_claim_is_sent_by_its_next_pass(desk):
+    """A daemon whose database connection is cut between its claim and recording the answer
+    leaves the mail 'sending' under its own live name; its next pass must send it (the CI kill
+    test found the mail stuck for good: the pass marked the entry in flight before judging the
+    claim, and then took its own leftover for another thread's)."""
+    import os
+    import socket
+
+    from mail2ticket.outgoing.sender import Claimer
+    from mail2ticket.tickets.db import transaction
+
+    desk.smtp.stop()
+    desk.deliver(make_mail("Cut mid-send", to=desk.email))
+    desk.poll()  # queued, not sent
+    db = desk.db()
+    me = Claimer.for_daemon("d0123456789abcde", lambda: True)
+    assert me.name.startswith(f"{socket.gethostname()}:{os.getpid()}/")
+    [entry] = outbox(desk)
+    with transaction(db):  # what the cut left: the claim, under this process's live name
+        db.execute("update outbox set status = 'sending', claimed_by = ?, claimed_at = ?, next_attempt_at = null "
+                   "where id = ?", [me.name, entry["created_at"], entry["id"]])
+    desk.smtp.start()
+    report = send_pending(load_config(desk.config), db, claimer=me)
+    assert report.sent == [entry["id"]], report
+    assert len(desk.smtp.messages) == 1 and outbox(desk) == []
+
+
 def test_outbox_list_json_gives_every_field_a_script_needs(desk):
     desk.smtp.stop()
     desk.deliver(make_mail("Fields", to=desk.email))

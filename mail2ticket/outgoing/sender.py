@@ -97,7 +97,10 @@ class Claimer:
 
 # The entries this process is sending now (any thread): a claim of ours on one of them is never
 # "our own leftover" (only a claim left by an exception between claim and update is).
-_in_flight: set[int] = set()
+# The entries this process is sending now, and the thread of each: a claim under this process's
+# name is a leftover (an exception between the claim and recording the answer, such as a cut
+# database connection) unless another thread of it is sending that entry now.
+_in_flight: dict[int, int] = {}
 _in_flight_lock = threading.Lock()
 
 
@@ -117,8 +120,8 @@ def _claim_is_stale(db: Database, row: dict, now: datetime, ttl: float) -> bool:
     host, pid, daemon_id = parse_claimer(claimed_by)
     if host == socket.gethostname() and pid.isdigit():
         if int(pid) == os.getpid():
-            with _in_flight_lock:
-                return row["id"] not in _in_flight  # our own leftover (an exception between claim and update)
+            with _in_flight_lock:  # our own leftover, unless another of our threads sends it now
+                return _in_flight.get(row["id"], threading.get_ident()) == threading.get_ident()
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -218,13 +221,13 @@ def send_pending(
                                 "heartbeat may be stale: the database cannot be reached)")
                     return report
                 with _in_flight_lock:
-                    _in_flight.add(entry_id)
+                    _in_flight[entry_id] = threading.get_ident()
                 try:
                     conn = _send_one(cfg, db, entry_id, account_name, conn, now, force=force, claimer=claimer,
                                      ttl=ttl, report=report)
                 finally:
                     with _in_flight_lock:
-                        _in_flight.discard(entry_id)
+                        _in_flight.pop(entry_id, None)
         finally:
             _close(conn)
     return report
