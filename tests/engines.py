@@ -134,6 +134,7 @@ POSTGRESQL_ITSELF: dict[str, str] = {
 STORAGE_FREE: dict[str, str] = {
     "test_architecture.py": "the import contracts and the README's module table",
     "test_docs.py": "help texts and the docs",
+    "test_plain_tables.py": "tables as printed when piped",
     "test_engines.py": "these lists",
     "test_install.py": "./install and .ci/install-test-deps with a fake system",
     "test_servers.py": "the test servers (Dovecot, SMTP, the relay)",

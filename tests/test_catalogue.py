@@ -504,7 +504,7 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_sla.py::test_each_new_ticket_gets_due_times_from_its_priority_and_account",
         "tests/test_search_postgresql.py::test_messages_stored_before_the_search_step_are_indexed_when_the_schema_is_upgraded",
         "tests/test_search_postgresql.py::test_a_trigger_dropped_by_hand_is_recreated_by_the_next_poll_and_the_index_rebuilt",
-        "tests/test_search_postgresql.py::test_a_search_can_use_the_gin_index",
+        "tests/test_search_postgresql.py::test_a_search_reads_its_windows_the_two_ways_it_means_to",
     ),
     112: tests(
         "tests/test_leases.py::test_a_lease_is_held_by_one_daemon_until_it_expires_then_taken_over_with_a_new_epoch",
@@ -588,6 +588,13 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_tickets_cli.py::test_count_by_lists_ties_in_the_order_of_the_value_none_first_on_both_engines",
     ),
     117: tests("tests/test_daemon.py::test_a_killed_daemon_is_reported_as_not_running"),
+    124: tests(
+        "tests/test_search.py::test_a_search_ranks_only_the_newest_matches",
+        "tests/test_search.py::test_the_bound_counts_matches_of_tickets_that_pass_the_filters",
+        "tests/test_search_postgresql.py::test_a_search_reads_its_windows_the_two_ways_it_means_to",
+        "tests/test_tickets_cli.py::test_a_table_lists_brief_ticket_objects_that_show_the_same",
+        "tests/test_plain_tables.py::test_cells_that_need_it_are_folded_measured_and_cut",
+    ),
 }
 
 

@@ -158,3 +158,83 @@ def test_a_table_rebuild_that_drops_the_triggers_is_repaired_by_the_next_poll(cf
         db.close()
     deliver(cfg, mail("Scanner offline", "The scanner shows error 42."))
     assert found(cfg, "scanner") == [5]
+
+
+# --- the newest matches only (docs/triage.md#search) ---------------------------------------------
+# 60 tickets of one message each (ids 5-64 after the fixture's 4): 'printer' in the subject of the
+# 10 oldest (the best rank) and in the body of every third; 'toner' in the body of every twelfth.
+
+
+@pytest.fixture
+def many(cfg: Path) -> Path:
+    mails = []
+    for i in range(60):
+        subject = f"Printer {i}" if i < 10 else f"Question {i}"
+        words = ["printer"] if i % 3 == 0 else ["nothing", "here"]
+        words += ["toner"] if i % 12 == 0 else []
+        mails.append(mail(subject, " ".join(["Please", *words, "thanks"]), message_id=f"<many{i}@customer.example>"))
+    deliver(cfg, *mails)
+    return cfg
+
+
+def newest_matches(cfg: Path, word: str, n: int, status: str | None = None) -> set[int]:
+    """The ids of the newest ``n`` messages holding ``word`` (of tickets with ``status``), computed
+    here from the stored text, not by the index; "subject:word" in the subject only."""
+    column, _, word = word.rpartition(":")
+    rows = sql(cfg, "select m.id, m.subject, m.body_text, t.status from messages m "
+                    "join tickets t on t.id = m.ticket_id order by m.id desc")
+    ids = [mid for mid, subject, body, st in rows
+           if word in (subject if column else f"{subject} {body}").lower().split()
+           and (status is None or st == status)]
+    return set(ids[:n])
+
+
+@pytest.mark.parametrize(("query", "word", "newest"), [
+    ("printer", "printer", 5),      # every third message: the newest window alone
+    ("printer", "printer", 40),     # more than there are: every match
+    ("subject:printer", "subject:printer", 3),  # the 10 oldest only: nothing in the newest window
+    ("toner", "toner", 3),          # one in twelve: a second window, sized by the first
+    ("toner", "toner", 1),
+])
+def test_a_search_ranks_only_the_newest_matches(many: Path, query: str, word: str, newest: int):
+    from mail2ticket.tickets.search import search
+
+    expected = newest_matches(many, word, newest)
+    conf, db = load(many)
+    try:
+        rows = search(db, query, limit=100, newest=newest)
+    finally:
+        db.close()
+    assert {r["matched_message"] for r in rows} == expected
+    assert len(rows) == len(expected)  # one message per ticket here
+
+
+def test_without_the_bound_the_best_match_is_older(many: Path):
+    from mail2ticket.tickets.search import NEWEST, search
+
+    conf, db = load(many)
+    try:
+        best_of_all = search(db, "printer", limit=3)
+        best_of_newest = search(db, "printer", limit=3, newest=5)
+    finally:
+        db.close()
+    assert NEWEST >= 1000
+    assert all(r["subject"].startswith(("Printer", "Re: Printer")) for r in best_of_all)  # the subject counts most
+    assert all(r["subject"].startswith("Question") for r in best_of_newest)
+
+
+def test_the_bound_counts_matches_of_tickets_that_pass_the_filters(many: Path):
+    from mail2ticket.tickets.search import search
+
+    # The newest printer tickets closed: the newest 4 open ones are older.
+    newest_ids = sorted(newest_matches(many, "printer", 6), reverse=True)
+    sql(many, f"update tickets set status = 'closed' where id in (select ticket_id from messages "
+              f"where id in ({','.join(str(i) for i in newest_ids)}))")
+    expected = newest_matches(many, "printer", 4, status="open")
+    assert not expected & set(newest_ids)
+    conf, db = load(many)
+    try:
+        rows = search(db, "printer", limit=100, newest=4, status="open")
+    finally:
+        db.close()
+    assert {r["matched_message"] for r in rows} == expected

@@ -12,6 +12,7 @@ import click
 from mail2ticket.cli.output import (
     is_tty,
     json_option,
+    local_time,
     print_csv,
     print_json,
     print_table,
@@ -262,31 +263,36 @@ def check_filters(app, filters: dict) -> None:
 # --- list and count ------------------------------------------------------------------------------
 
 
-def _styled(text: str, style: str):
+def _styled(text: str, style: str, tty: bool | None = None):
     """Coloured text on a terminal (rich is only imported there), the plain string otherwise."""
-    if not style or not is_tty():
+    if not style or not (is_tty() if tty is None else tty):
         return text
     from rich.text import Text
 
     return Text(text, style=style)
 
 
-def _due_cell(t: dict):
+def _due_cell(t: dict, tty: bool | None = None):
+    tty = is_tty() if tty is None else tty
     if t["status"] == "closed" or not t["due_at"]:
         return ""
+    due = local_time(t["due_at"]) if tty else t["due_at"]
     if t["overdue"]:
-        return _styled(f"OVERDUE {shown_time(t['due_at'])}", "bold red")
-    return shown_time(t["due_at"])
+        return _styled(f"OVERDUE {due}", "bold red", tty)
+    return due
 
 
 def _ticket_rows(rows: list[dict], extra=None, monitoring: bool = False) -> tuple[list[list], list[str]]:
     """The table of tickets; with ``monitoring``, the host, service and state columns too."""
+    tty = is_tty()  # asked once: the whole open queue piped is 16,000 rows (docs/scaling.md)
     table = []
     for t in rows:
+        priority = t["priority"]
         row = [
-            f"#{t['id']}", t["status"], _styled(t["priority"], PRIORITY_STYLE.get(t["priority"], "")),
-            _due_cell(t), t["account"], t["requester"] or "", t["assignee"] or "", t["subject"],
-            " ".join(t.get("tags") or []), t["message_count"], shown_time(t["updated_at"]),
+            f"#{t['id']}", t["status"], _styled(priority, PRIORITY_STYLE.get(priority, ""), tty) if tty else priority,
+            _due_cell(t, tty), t["account"], t["requester"] or "", t["assignee"] or "", t["subject"],
+            " ".join(t["tags"]) if t.get("tags") else "", t["message_count"],
+            local_time(t["updated_at"]) if tty else (t["updated_at"] or ""),
         ]
         if monitoring:
             facts = t.get("monitoring") or {}
@@ -359,7 +365,10 @@ def tickets_list(app, order, reverse, limit, offset, as_csv, as_json, **kw):
     table_on_tty = is_tty() and not as_json and not as_csv
     if limit is None and table_on_tty:
         limit = PAGE
-    rows = list_tickets(app.db, order=order, reverse=reverse, limit=limit or None, offset=offset, **filters)
+    # A table needs neither incoming_count nor (but sorted by it) first_message_at.
+    brief = not as_json and not as_csv and order != "date"
+    rows = list_tickets(app.db, order=order, reverse=reverse, limit=limit or None, offset=offset, brief=brief,
+                        **filters)
     if as_json:
         print_json(rows)
         return

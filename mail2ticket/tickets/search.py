@@ -15,6 +15,9 @@ from mail2ticket.tickets.fts import FTS_COLUMNS, FTS_TABLE
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
+# A search ranks at most this many matching messages: the newest (docs/triage.md#search).
+NEWEST = 5_000
+
 # Marks around matched words in snippets: control characters that mail text never holds.
 HIT_START, HIT_END = "\x02", "\x03"
 
@@ -89,9 +92,14 @@ def search(
     offset: int = 0,
     status: str | None = "all",
     account: str | None = None,
+    newest: int | None = None,
 ) -> list[dict]:
     """Tickets whose messages match ``query``, best first: ticket objects plus ``snippet``,
     ``rank`` (lower is better) and ``matched_message`` (the best-matching message's row id).
+
+    When more than ``newest`` messages match (of tickets that pass the filters: default
+    NEWEST), the best are chosen among the newest ``newest`` of them (the highest ids), on both
+    engines: a search ranks at most that many messages however large the database grows.
 
     ``query`` is FTS5 syntax ("printer AND toner", "subject:invoice", "migrat*", a "quoted phrase");
     text that is not valid syntax (an address, a path) is searched as plain words. On PostgreSQL
@@ -105,6 +113,7 @@ def search(
         tree = _pg_tree(query)  # None: not one word to search for
         if tree is None:
             return []
+    newest = NEWEST if newest is None else newest
     where, params = [], []
     if status in (None, "", "active"):
         where.append(NOT_CLOSED_SQL)
@@ -114,23 +123,28 @@ def search(
     if account:
         where.append("t.account = ?")
         params.append(account)
-    best: dict[int, tuple[float, int]] = {}
+    if tree is not None:
+        found = _pg_newest(db, tree, where, params, newest)
+    else:
+        found = _fts5_newest(db, query, where, params, newest)
+    # Best first; of equal rank the older message (the same order on both engines).
+    found.sort(key=lambda row: (row[1], row[0]))
     wanted = offset + limit
-    window = max(50, wanted * 4)
-    while True:
-        if tree is not None:
-            sql = fts_pg.match_sql(where, ranked_first=not where)
-            rows = fts_pg.run(db, sql, tree, [*params, window])
-        else:
-            rows = _fts5_rows(db, query, where, params, window)
-        best = {}
-        for rowid, rank, ticket_id in rows:
-            if ticket_id not in best:
-                best[ticket_id] = (rank, rowid)
-        if len(best) >= wanted or len(rows) < window:
-            break
-        window *= 4  # many matches in few tickets: look further down the ranking
-    chosen = sorted(best.items(), key=lambda kv: kv[1][0])[offset : offset + limit]
+    best: dict[int, tuple[float, int]] = {}
+    if where:
+        for rowid, rank, ticket_id in found:
+            best.setdefault(ticket_id, (rank, rowid))
+    else:
+        # The ticket of each match, best first, only as far as the page needs (each a lookup).
+        start, step = 0, max(50, wanted * 4)
+        while start < len(found) and len(best) < wanted:
+            chunk = found[start : start + step]
+            tickets_of = _tickets_of(db, [rowid for rowid, _, _ in chunk])
+            for rowid, rank, _ in chunk:
+                if rowid in tickets_of:
+                    best.setdefault(tickets_of[rowid], (rank, rowid))
+            start, step = start + step, step * 4
+    chosen = list(best.items())[offset : offset + limit]  # in the order found: best first
     if not chosen:
         return []
     tickets = {t["id"]: t for t in get_tickets(db, [tid for tid, _ in chosen])}
@@ -146,21 +160,63 @@ def search(
     return out
 
 
-def _fts5_rows(db: Database, query: str, where: list[str], params: list, window: int) -> list:
+def _fts5_newest(db: Database, query: str, where: list[str], params: list, newest: int) -> list:
+    """The newest ``newest`` matches (id, rank, ticket id; the ticket only with filters): FTS5
+    walks its index from the highest rowid down and ranks only those."""
     if where:
-        # Filters need the ticket of every match: rank them all (still one indexed pass).
         sql = (
             f"select f.rowid, f.rank, m.ticket_id from {FTS_TABLE} f "
             "join messages m on m.id = f.rowid join tickets t on t.id = m.ticket_id "
-            f"where {FTS_TABLE} match ? and {' and '.join(where)} order by f.rank limit ?"
+            f"where {FTS_TABLE} match ? and {' and '.join(where)} order by f.rowid desc limit ?"
         )
-        return _match(db, sql, query, [*params, window])
-    sql = (
-        f"select f.rowid, f.rank, m.ticket_id from (select rowid, rank from {FTS_TABLE} "
-        f"where {FTS_TABLE} match ? order by rank limit ?) f join messages m on m.id = f.rowid "
-        "order by f.rank"
-    )
-    return _match(db, sql, query, [window])
+        return [tuple(r) for r in _match(db, sql, query, [*params, newest])]
+    sql = f"select rowid, rank, null from {FTS_TABLE} where {FTS_TABLE} match ? order by rowid desc limit ?"
+    return [tuple(r) for r in _match(db, sql, query, [newest])]
+
+
+def _pg_newest(db: Database, tree: fts_query.Node, where: list[str], params: list, newest: int) -> list:
+    """The newest ``newest`` matches on PostgreSQL (id, rank, ticket id; the ticket only with
+    filters). With filters, one query of the planner's choosing. Without, read in windows of
+    message ids from the newest down, ranked as they are read.
+
+    The first window is the newest 10 times ``newest`` ids, each message tested from the newest
+    down until ``newest`` match (a word in one message of ten fills it); the next ones take the GIN index's matches within the range
+    (fts_pg.window), each sized by the matches found per id so far (all the rest when none
+    were). Ranking every match of a common word took 0.77 s at 3 million messages.
+    """
+    if where:
+        return [tuple(r) for r in fts_pg.run(db, fts_pg.newest_filtered_sql(where), tree, [*params, newest])]
+    top = db.execute(f"select max(id) from {fts_pg.FTS_TABLE}").fetchone()[0]
+    if top is None:
+        return []
+    found: list[tuple] = []
+    hi, size, gin = top, newest * 10, False
+    while True:
+        lo = hi - size
+        rows = fts_pg.window(db, tree, lo if lo > 0 else None, hi if hi < top else None, gin=gin, newest=newest)
+        gin = True
+        found += [(rowid, rank, None) for rowid, rank in rows]
+        if len(found) >= newest or lo <= 0:
+            break
+        per_id = len(found) / (top - lo)
+        size = lo if not per_id else max(size, int((newest - len(found)) / per_id * 1.25))
+        hi = lo
+    found.sort(key=lambda row: row[0], reverse=True)
+    return found[:newest]
+
+
+def _tickets_of(db: Database, ids: list[int]) -> dict[int, int]:
+    """Message id -> its ticket's id, for those of ``ids`` that exist."""
+    if engine_of(db) == "postgresql":
+        array = "{" + ",".join(str(int(i)) for i in ids) + "}"
+        return dict(db.execute("select id, ticket_id from messages where id = any(cast(? as bigint[]))",
+                               [array]).fetchall())
+    out: dict[int, int] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        out.update(db.execute(f"select id, ticket_id from messages where id in ({','.join('?' * len(chunk))})",
+                              chunk).fetchall())
+    return out
 
 
 def _snippet(db: Database, query: str, rowid: int) -> str:
