@@ -467,3 +467,25 @@ def test_a_table_lists_brief_ticket_objects_that_show_the_same(desk: Path):
         assert set(f) - set(b) == {"incoming_count", "first_message_at"}
         assert b == {k: v for k, v in f.items() if k in b}
     assert _ticket_rows(brief) == _ticket_rows(full)
+
+
+def test_the_triage_commands_end_without_teardown_and_lose_no_output(desk: Path):
+    # tickets list/count/show/search end with os._exit once their output is flushed (cli.main:
+    # the interpreter's teardown cost 45 ms of each, docs/scaling.md): each prints all of it,
+    # piped, with its exit code, in a process of its own as a user runs it.
+    def process(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mail2ticket", "--config", str(desk), *args],
+                              capture_output=True, text=True)
+
+    for args in (["tickets", "list", "--status", "all"], ["tickets", "list", "--status", "all", "--json"],
+                 ["tickets", "count", "--by", "status"], ["tickets", "show", "2", "--json"],
+                 ["tickets", "search", "printer"]):
+        result, expected = process(*args), run(desk, *args)
+        assert (result.returncode, result.stdout, result.stderr) == (0, expected.stdout, ""), args
+    missing = process("tickets", "show", "999")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == "Error: no ticket #999 (see 'mail2ticket tickets list --status all')\n"
+    # Cut short by the reader ('| head'): click's exit code for a broken pipe, no traceback.
+    cut = subprocess.run(f"{sys.executable} -m mail2ticket --config {desk} tickets list --status all --json | head -c 10",
+                         shell=True, capture_output=True, text=True)
+    assert cut.stdout == '[\n  {\n    ' and "Traceback" not in cut.stderr

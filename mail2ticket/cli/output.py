@@ -148,7 +148,7 @@ def print_table(
     columns = [_plain_column(col, header) for col, header in zip(zip(*rows, strict=True), headers, strict=True)]
     click.echo("  ".join(h.ljust(width) for h, (_, width, _) in zip(headers, columns, strict=True)).rstrip())
     line = "  ".join("{}" if padded else "{:<" + str(width) + "}" for _, width, padded in columns)
-    lines = [line.format(*cells).rstrip() for cells in zip(*(cells for cells, _, _ in columns), strict=True)]
+    lines = list(map(str.rstrip, map(line.format, *(cells for cells, _, _ in columns))))
     # Written 1,000 lines at a time (16,000 rows: 16 writes, not 16,000).
     for start in range(0, len(lines), 1000):
         click.echo("\n".join(lines[start : start + 1000]))
@@ -157,7 +157,13 @@ def print_table(
 def _plain_column(values: Sequence[Any], header: str) -> tuple[list[str], int, bool]:
     """A column as piped: (its cells as text, the column's width, whether the cells are padded to
     it already). Cells of plain ASCII (no cell to fold or cut) are as wide as they are long."""
-    cells = ["" if v is None else v if type(v) is str else str(v) for v in values]
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        cells = list(values)
+    elif kinds <= {int, str}:
+        cells = list(map(str, values))
+    else:
+        cells = ["" if v is None else v if type(v) is str else str(v) for v in values]
     joined = "|".join(cells)
     if (joined.isascii() and joined.isprintable() and "  " not in joined and "| " not in joined
             and " |" not in joined and joined[:1] != " " and joined[-1:] != " "
