@@ -15,6 +15,7 @@ import heapq
 import itertools
 import logging
 import random
+import re
 import selectors
 import socket
 import threading
@@ -292,7 +293,7 @@ class PushHub:
             announced = len(exists) > (1 if box.folder else 0) or (session.news and not polled)
             session.news = False
             try:
-                self._idle(session)
+                announced = self._idle(session) or announced
             except Exception as exc:
                 self._fail(session, _describe(exc, session.account))
                 return
@@ -374,16 +375,20 @@ class PushHub:
         self.on_new_mail(account.name)  # whatever came while we were not listening
 
     # --- under session.lock ------------------------------------------------------------------------
-    def _idle(self, session: Session) -> None:
-        session.box.client.idle()
+    def _idle(self, session: Session) -> bool:
+        """IDLE on the session's connection, its socket watched by the hub. True when the server
+        announced new mail together with its '+ idling' (catalogue 125)."""
+        client = session.box.client
+        client.idle()
         session.idle_started += 1
         session.idle_since = time.monotonic()
         if session.state != "idle":
             session.state, session.since = "idle", _now_iso()
         session.empty_reads = 0
         session.registered = True
-        self._selector.register(session.box.client.socket(), selectors.EVENT_READ, session)
+        self._selector.register(client.socket(), selectors.EVENT_READ, session)
         self._at(session.idle_since + self.renew_after, "renew", session, session.idle_started)
+        return _buffered_announce(client)
 
     def _unregister(self, session: Session) -> None:
         if session.registered:
@@ -528,6 +533,34 @@ def _logout(box, *, in_idle: bool = False) -> None:
         client.shutdown()
     except Exception:
         pass
+
+
+def _buffered_announce(client) -> bool:
+    """Whether the lines the client has read from the socket already, without handing them out,
+    announce new mail: what came in the same packet as the '+ idling' that ``idle()`` waited
+    for. They sit in imaplib's buffer, where the hub's select() never sees them: the socket is
+    not readable again until the server says something more (Dovecot's 'Still here' after two
+    minutes; some servers nothing before IDLE is renewed). Reading never waits on the socket."""
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    announced = False
+    try:
+        while True:
+            try:
+                line = client._imap._get_line()  # from the buffer; an empty buffer raises
+            except OSError:  # would block (TLS: SSLWantReadError)
+                break
+            except client.AbortError:  # a plain socket's would-block reads as EOF to imaplib
+                break
+            announced = announced or _ANNOUNCE.match(line) is not None
+    finally:
+        sock.settimeout(timeout)
+    return announced
+
+
+# An untagged EXISTS or RECENT as the server sends it ('* 23 EXISTS').
+_ANNOUNCE = re.compile(rb"\* \d+ (EXISTS|RECENT)\b", re.IGNORECASE)
 
 
 def _announces_mail(response: tuple) -> bool:
