@@ -167,6 +167,40 @@ def test_a_live_senders_own_leftover_claim_is_sent_by_its_next_pass(desk):
     assert len(desk.smtp.messages) == 1 and outbox(desk) == []
 
 
+def test_a_mail_the_server_accepted_is_recorded_not_sent_again_after_a_cut_connection(desk, monkeypatch):
+    """The database connection cut after the server's 250, before the row is marked sent: the
+    daemon knows the mail went out, so its next pass records it instead of sending it again.
+    Sending it again made the cut a second cause of repeats beside a kill, and a cut and a kill
+    on one mail sent it three times (the full kill test, catalogue 127)."""
+    from mail2ticket.errors import StoreError
+    from mail2ticket.outgoing import sender
+    from mail2ticket.outgoing.sender import Claimer
+
+    desk.deliver(make_mail("Cut after the 250", to=desk.email))
+    desk.smtp.stop()
+    desk.poll()  # the acknowledgement queued, not sent
+    [entry] = outbox(desk)
+    desk.smtp.start()
+    db = desk.db()
+    me = Claimer.for_daemon("d0123456789abcde", lambda: True)
+
+    def cut(row):
+        raise StoreError("database: server closed the connection unexpectedly", "it is retried")
+
+    monkeypatch.setattr(sender, "after_accept", cut)
+    with pytest.raises(StoreError):
+        send_pending(load_config(desk.config), db, ids=[entry["id"]], force=True, claimer=me)  # not its backoff
+    assert len(desk.smtp.messages) == 1
+    assert [e["status"] for e in outbox(desk)] == ["sending"]  # what the cut left
+    monkeypatch.setattr(sender, "after_accept", None)
+    report = send_pending(load_config(desk.config), db, ids=[entry["id"]], force=True, claimer=me)
+    assert report.sent == [entry["id"]], report
+    assert len(desk.smtp.messages) == 1  # recorded, not sent again
+    assert outbox(desk) == []
+    row = desk.db().execute("select status, smtp_reply from outbox where id = ?", [entry["id"]]).fetchone()
+    assert row[0] == "sent" and row[1].startswith("250")
+
+
 def test_outbox_list_json_gives_every_field_a_script_needs(desk):
     desk.smtp.stop()
     desk.deliver(make_mail("Fields", to=desk.email))

@@ -8,7 +8,9 @@ whose heartbeat is older than [daemon] lease_ttl, at once, on any host; another 
 after CLAIM_LEASE. A daemon's claim is never taken while its heartbeat is fresh, however old the
 claim; and a daemon stops claiming and sending once its own clock says its heartbeat may be
 going stale (``Claimer.alive``). Why this sends a mail at most once more after a crash between
-the server's 250 and the update, and never twice otherwise: tickets/mailqueue.py.
+the server's 250 and the update, and never twice otherwise: tickets/mailqueue.py. A process that
+lives on after its record failed (a cut database connection) records the mail at its next claim
+instead of sending it again (``_accepted``).
 """
 
 from __future__ import annotations
@@ -95,13 +97,16 @@ class Claimer:
         return cls(f"{_me()}/{daemon_id}", alive)
 
 
-# The entries this process is sending now (any thread): a claim of ours on one of them is never
-# "our own leftover" (only a claim left by an exception between claim and update is).
 # The entries this process is sending now, and the thread of each: a claim under this process's
 # name is a leftover (an exception between the claim and recording the answer, such as a cut
 # database connection) unless another thread of it is sending that entry now.
 _in_flight: dict[int, int] = {}
 _in_flight_lock = threading.Lock()
+# The entries whose mail the server accepted (its reply, and the note of refused recipients)
+# that this process has not recorded as sent yet: recording failed (a cut database connection).
+# Its next claim of the entry records them instead of sending the mail again (catalogue 127):
+# only a process that dies between the 250 and the record sends a mail twice.
+_accepted: dict[int, tuple[str, str | None]] = {}
 
 
 def parse_claimer(claimed_by: str) -> tuple[str, str, str | None]:
@@ -239,6 +244,15 @@ def _send_one(cfg: Config, db: Database, entry_id: int, account_name: str, conn:
     row = _claim(db, entry_id, now, force=force, claimer=claimer, ttl=ttl)
     if row is None:
         return conn
+    with _in_flight_lock:
+        accepted = _accepted.get(row["id"])
+    if accepted is not None:  # sent by this process already: its record failed
+        _finish(db, row, status="sent", reply=accepted[0], error=accepted[1])
+        with _in_flight_lock:
+            _accepted.pop(row["id"], None)
+        report.sent.append(row["id"])
+        log.info("outbox #%s: sent %s (%s), recorded at the next pass", row["id"], row["message_id"], accepted[0])
+        return conn
     try:
         if conn is None:
             conn = _connect(cfg, account_name, smtp_connect)
@@ -265,12 +279,16 @@ def _send_one(cfg: Config, db: Database, entry_id: int, account_name: str, conn:
         _defer(cfg, db, row, exc.one_line(), now, report)
         _close(conn)
         return None
-    if after_accept is not None:
-        after_accept(row)
     note = None
     if refused:
         note = "refused for " + "; ".join(f"{r}: {t}" for r, t in refused.items())
+    with _in_flight_lock:
+        _accepted[row["id"]] = (reply, note)
+    if after_accept is not None:
+        after_accept(row)
     _finish(db, row, status="sent", reply=reply, error=note)
+    with _in_flight_lock:
+        _accepted.pop(row["id"], None)
     report.sent.append(row["id"])
     log.info("outbox #%s: sent %s (%s)", row["id"], row["message_id"], reply)
     return conn
