@@ -17,6 +17,7 @@ import pytest
 from mail2ticket.config.load import load_config
 from mail2ticket.outgoing.sender import BACKOFF_MAX, backoff_seconds, send_pending
 from tests.helpers import Desk, make_mail
+from tests.postgres import engine_under_test
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,6 +200,42 @@ def test_a_mail_the_server_accepted_is_recorded_not_sent_again_after_a_cut_conne
     assert outbox(desk) == []
     row = desk.db().execute("select status, smtp_reply from outbox where id = ?", [entry["id"]]).fetchone()
     assert row[0] == "sent" and row[1].startswith("250")
+
+
+def test_recording_a_send_does_not_wait_for_the_writers_lock(desk):
+    """Between the server's 250 and the record, a kill sends the mail again (once: the next
+    sender takes the dead one's claim). On PostgreSQL that window waited for the writers' lock,
+    which an import holds for a whole batch: the window was long enough that two kills in a row
+    fell in it for one mail, and it went out three times (the full kill test, catalogue 127).
+    The record takes the outbox row's own lock only, as the claim does."""
+    import contextlib
+    import threading
+
+    from mail2ticket.config.load import load_config as load
+    from mail2ticket.tickets.db import open_store
+
+    if engine_under_test() != "postgresql":
+        pytest.skip("SQLite has one writer at a time: its record waits as every write does")
+    desk.deliver(make_mail("Recorded at once", to=desk.email))
+    desk.smtp.stop()
+    desk.poll()  # the acknowledgement queued, not sent
+    [entry] = outbox(desk)
+    desk.smtp.start()
+    importer = open_store(load(desk.config))
+    importer.begin_write()  # an import's transaction: the writers' lock held
+    report = []
+    sending = threading.Thread(target=lambda: report.append(
+        send_pending(load_config(desk.config), desk.db(), ids=[entry["id"]], force=True)))
+    try:
+        sending.start()
+        sending.join(3)  # less than the idle-in-transaction timeout that would end the import's
+        assert not sending.is_alive(), "the record waited for the writers' lock"
+    finally:
+        with contextlib.suppress(Exception):
+            importer.conn.rollback()
+        importer.close()
+        sending.join(30)
+    assert report[0].sent == [entry["id"]] and len(desk.smtp.messages) == 1
 
 
 def test_outbox_list_json_gives_every_field_a_script_needs(desk):
