@@ -588,7 +588,11 @@ CATALOGUE: dict[int, Tests | OutOfScope | Pending] = {
         "tests/test_tickets_cli.py::test_count_by_lists_ties_in_the_order_of_the_value_none_first_on_both_engines",
     ),
     117: tests("tests/test_daemon.py::test_a_killed_daemon_is_reported_as_not_running"),
-    127: tests("tests/test_outbox.py::test_a_mail_the_server_accepted_is_recorded_not_sent_again_after_a_cut_connection"),
+    128: tests("tests/test_tickets_cli.py::test_a_lost_database_connection_no_caller_caught_is_a_temporary_failure"),
+    127: tests(
+        "tests/test_outbox.py::test_a_mail_the_server_accepted_is_recorded_not_sent_again_after_a_cut_connection",
+        "tests/test_outbox.py::test_recording_a_send_does_not_wait_for_the_writers_lock",
+    ),
     125: tests("tests/test_daemon.py::test_mail_that_came_while_a_poll_had_the_connection_is_announced_when_idle_starts_again"),
     124: tests(
         "tests/test_search.py::test_a_search_ranks_only_the_newest_matches",

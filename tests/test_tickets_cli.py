@@ -489,3 +489,21 @@ def test_the_triage_commands_end_without_teardown_and_lose_no_output(desk: Path)
     cut = subprocess.run(f"{sys.executable} -m mail2ticket --config {desk} tickets list --status all --json | head -c 10",
                          shell=True, capture_output=True, text=True)
     assert cut.stdout == '[\n  {\n    ' and "Traceback" not in cut.stderr
+
+
+def test_a_lost_database_connection_no_caller_caught_is_a_temporary_failure(desk: Path, monkeypatch):
+    # The full kill test cut a daemon's database connection at its start: the PgTransientError
+    # reached the command line as "unexpected" and the daemon exited 1 (systemd's
+    # Restart=on-failure starts it again either way, but 1 says "a bug", and the MTA of pipe mode
+    # bounces on 1 where it retries on 75). Now exit 75 and one line (catalogue 128).
+    from mail2ticket.tickets import db as tickets_db
+    from mail2ticket.tickets.engine import PgTransientError
+
+    def cut(*args, **kwargs):
+        raise PgTransientError("database: consuming input failed: server closed the connection unexpectedly")
+
+    monkeypatch.setattr(tickets_db, "count_tickets", cut)
+    result = run(desk, "tickets", "count")
+    assert result.exit_code == 75
+    assert result.stderr == ("Error: database: consuming input failed: server closed the connection unexpectedly "
+                             "(check the PostgreSQL server and the connection, then try again)\n")

@@ -9,7 +9,7 @@ import traceback
 import click
 
 from mail2ticket import __version__
-from mail2ticket.errors import EXIT_FAILURE, Mail2TicketError
+from mail2ticket.errors import EXIT_FAILURE, EXIT_TEMPFAIL, Mail2TicketError
 
 # The commands that only read tickets: they make no event, so they need not record the config's
 # [[hooks]] first (one statement and outgoing/hooks less at their start-up; the next command that
@@ -159,6 +159,13 @@ class RootGroup(click.Group):
             app = ctx.obj
             if app is not None and app.debug:
                 traceback.print_exc()
+            from mail2ticket.tickets.engine import PgTransientError
+
+            if isinstance(exc, PgTransientError):
+                # A lost PostgreSQL connection that its caller did not turn into a StoreError
+                # (a daemon whose start was cut): temporary, exit 75 as TempFailError (catalogue 128).
+                click.echo(f"Error: {exc} (check the PostgreSQL server and the connection, then try again)", err=True)
+                ctx.exit(EXIT_TEMPFAIL)
             click.echo(
                 f"Error: unexpected {exc.__class__.__name__}: {exc} (run with --debug for the traceback)",
                 err=True,
