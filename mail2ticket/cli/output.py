@@ -74,10 +74,6 @@ def display_width(text: str) -> int:
     )
 
 
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - display_width(text))
-
-
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     # Whitespace made single spaces; printable text has no whitespace but the space, so text
