@@ -177,6 +177,11 @@ def _lexeme(token: str, weights: frozenset[str], prefix: bool) -> str:
     return f"{quoted}:{label}" if label else quoted
 
 
+# The two parameters every search query starts with: the tsquery to match (q) and the words to
+# rank by (r, rank_query).
+_QUERIES = "cross join (select cast(? as tsquery) as q, cast(? as tsquery) as r) query"
+
+
 def window(db: Any, node: Node, above: int | None, upto: int | None, *, gin: bool,
            newest: int | None = None) -> list[tuple[int, float]]:
     """(id, rank) of every message matching the query with ``above`` < id <= ``upto`` (None: no
@@ -206,7 +211,7 @@ def newest_filtered_sql(where: list[str]) -> str:
     planner's choice: for few tickets (the open ones) it reads their messages and tests each."""
     return (
         f"select f.id, {RANK} as rank, m.ticket_id from {FTS_TABLE} f "
-        "cross join (select cast(? as tsquery) as q, cast(? as tsquery) as r) query "
+        f"{_QUERIES} "
         "join messages m on m.id = f.id join tickets t on t.id = m.ticket_id "
         f"where f.vector @@ query.q and {' and '.join(where)} order by f.id desc limit ?"
     )
@@ -224,7 +229,7 @@ def window_sql(above: bool, upto: bool) -> str:
     """window()'s query: the tsquery, the rank query (rank_query), then the bounds it has."""
     return (
         f"select f.id, {RANK} as rank from {FTS_TABLE} f "
-        "cross join (select cast(? as tsquery) as q, cast(? as tsquery) as r) query "
+        f"{_QUERIES} "
         "where f.vector @@ query.q" + (" and f.id > ?" if above else "") + (" and f.id <= ?" if upto else "")
     )
 
